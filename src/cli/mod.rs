@@ -1,0 +1,202 @@
+//! The command-line interface: a thin layer over the library.
+//!
+//! stdout carries data only (with `--json`, one JSON document); logs and progress go to stderr,
+//! and progress bars appear only on a terminal. Exit codes: 0 ok, 1 user error (bad spec,
+//! missing input, hash mismatch, failed verification), 2 internal or I/O error.
+
+mod progress;
+mod spec;
+mod store;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::hint::Hint;
+
+/// A Nix-style content-addressed store and builder for ComfyUI environments.
+#[derive(Debug, Parser)]
+#[command(name = "comfix", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Store directory [default: $COMFIX_STORE, else /runpod-volume/comfix-store when
+    /// /runpod-volume exists, else $XDG_DATA_HOME/comfix/store]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of human-readable output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less output on stderr: warnings and errors only (repeat for errors only)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Never show progress bars
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect and maintain the store
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// Check version specs
+    #[command(subcommand)]
+    Spec(spec::SpecCommand),
+}
+
+/// How a command ended when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The command ran but found problems (e.g. `store verify`): exit 1.
+    Failure,
+}
+
+/// Settings every command needs.
+pub struct Context {
+    pub json: bool,
+    pub store_dir: PathBuf,
+    pub progress: bool,
+}
+
+impl Context {
+    /// Print `value` as the command's one JSON document.
+    pub fn print_json<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(value)?;
+        println!("{text}");
+        Ok(())
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<crate::store::Store> {
+        Ok(crate::store::Store::open(&self.store_dir)?)
+    }
+
+    pub fn reporter(&self) -> Box<dyn crate::reporter::Reporter> {
+        if self.progress {
+            Box::new(progress::BarReporter::new())
+        } else {
+            Box::new(crate::reporter::NoReporter)
+        }
+    }
+}
+
+/// Parse the arguments, run the command, and return the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { 1 } else { 0 };
+            let _ = err.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let context = Context {
+        json: cli.json,
+        store_dir: cli
+            .store
+            .clone()
+            .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok())),
+        progress: !cli.no_progress && cli.quiet == 0 && std::io::stderr().is_terminal(),
+    };
+    let result = match cli.command {
+        Command::Store(command) => store::run(command, &context),
+        Command::Spec(command) => spec::run(command, &context),
+    };
+    match result {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::Failure) => 1,
+        Err(err) => report_error(&err),
+    }
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let level = match (verbose, quiet) {
+        (_, 1) => "warn",
+        (_, q) if q >= 2 => "error",
+        (0, _) => "info",
+        (1, _) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COMFIX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("comfix={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .try_init();
+}
+
+/// Find the library error in `err`'s chain that knows its hint and whether it is the user's.
+fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::spec::SpecError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
+            return (e.is_user_error(), e.hint());
+        }
+    }
+    (false, None)
+}
+
+fn report_error(err: &anyhow::Error) -> i32 {
+    let (user, hint) = classify(err);
+    let mut message = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(&format!("\n  caused by: {text}"));
+        }
+    }
+    eprintln!("{message}");
+    if let Some(hint) = hint {
+        eprintln!("hint: {hint}");
+    }
+    if user {
+        1
+    } else {
+        2
+    }
+}
+
+/// `1536` → `1.5 KiB`.
+pub fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(format_bytes(10), "10 B");
+        assert_eq!(format_bytes(1536), "1.5 KiB");
+        assert_eq!(format_bytes(3 << 30), "3.0 GiB");
+    }
+}

@@ -1,0 +1,99 @@
+//! `comfix spec check`: parse and validate a version spec.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{Context, Outcome};
+use crate::spec::{NodeSource, Spec};
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Validate a spec and summarize it (with --json: the spec as comfix reads it)
+    Check(SpecArg),
+}
+
+/// Which spec: a version id (looked up in `versions/<id>.json`, then `specs/<id>.json`) or a file.
+#[derive(Debug, Args)]
+pub struct SpecArg {
+    /// Version id, looked up in `versions/<ID>.json`, then `specs/<ID>.json`
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "spec",
+        conflicts_with = "spec"
+    )]
+    pub id: Option<String>,
+    /// Path of the spec file
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+}
+
+impl SpecArg {
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.spec, &self.id) {
+            (Some(path), _) => Ok(path.clone()),
+            (None, Some(id)) => Ok(Spec::find(&std::env::current_dir()?, id)?),
+            (None, None) => unreachable!("clap requires an id or --spec"),
+        }
+    }
+}
+
+pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
+    match command {
+        SpecCommand::Check(arg) => {
+            let loaded = Spec::load(&arg.path()?)?;
+            let spec = &loaded.spec;
+            if context.json {
+                context.print_json(&serde_json::json!({
+                    "path": loaded.path,
+                    "spec": spec,
+                }))?;
+                return Ok(Outcome::Success);
+            }
+            println!("{}: `{}` is valid", spec.version_id, loaded.path.display());
+            let pin = |r: &Option<String>, c: &Option<String>| match (c, r) {
+                (Some(commit), _) => format!("commit {commit}"),
+                (None, Some(r)) => format!("ref {r}"),
+                (None, None) => "default branch".into(),
+            };
+            println!(
+                "  core: {} ({})",
+                spec.comfy.repo,
+                pin(&spec.comfy.git_ref, &spec.comfy.commit)
+            );
+            for node in &spec.custom_nodes {
+                let state = if node.is_enabled() { "" } else { " [disabled]" };
+                match node.source() {
+                    NodeSource::Git { repo } => println!(
+                        "  node {}: {repo} ({}){state}",
+                        node.dir_name(),
+                        pin(&node.git_ref, &node.commit)
+                    ),
+                    NodeSource::Registry { id, version } => println!(
+                        "  node {}: registry {id} {}{state}",
+                        node.dir_name(),
+                        version.unwrap_or("latest")
+                    ),
+                }
+            }
+            for model in &spec.models {
+                let dir = model.target_subdir.as_deref().unwrap_or(".");
+                let optional = if model.is_required() {
+                    ""
+                } else {
+                    " [optional]"
+                };
+                println!(
+                    "  model {dir}/{}: {}{optional}",
+                    model.file_name(),
+                    model.source
+                );
+            }
+            if !spec.env.is_empty() {
+                let keys: Vec<&str> = spec.env.keys().map(String::as_str).collect();
+                println!("  env: {}", keys.join(", "));
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}

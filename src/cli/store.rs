@@ -1,0 +1,237 @@
+//! `comfix store …`: add paths, list them, show their info, verify the store.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{format_bytes, Context, Outcome};
+use crate::store::{AddOptions, PathRecord, Store};
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Add a file or directory tree to the store and print its store path
+    Add {
+        /// File, directory or symlink to add
+        path: PathBuf,
+        /// Name part of the store path [default: the file name of PATH]
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// A valid store path the new path references (repeatable); kept alive with it
+        #[arg(long = "ref", value_name = "STORE_PATH")]
+        references: Vec<String>,
+    },
+    /// List the valid store paths
+    Ls,
+    /// Show a store path's size, closure size, references and registration time
+    PathInfo {
+        /// Store path (absolute, or its `<digest>-<name>`)
+        path: String,
+        /// List every path in the closure
+        #[arg(long)]
+        closure: bool,
+    },
+    /// Check that every valid path exists; exit 1 if anything is missing or corrupted
+    Verify {
+        /// Rehash every file and object and compare with the registered hashes
+        #[arg(long)]
+        check_contents: bool,
+    },
+}
+
+pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> {
+    let store = context.open_store()?;
+    match command {
+        StoreCommand::Add {
+            path,
+            name,
+            references,
+        } => add(&store, context, path, name, references),
+        StoreCommand::Ls => ls(&store, context),
+        StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
+        StoreCommand::Verify { check_contents } => verify(&store, context, check_contents),
+    }
+}
+
+fn add(
+    store: &Store,
+    context: &Context,
+    path: PathBuf,
+    name: Option<String>,
+    references: Vec<String>,
+) -> anyhow::Result<Outcome> {
+    let reporter = context.reporter();
+    let added = store.add_path(&path, &AddOptions { name, references }, reporter.as_ref())?;
+    if context.json {
+        context.print_json(&added)?;
+    } else {
+        println!("{}", added.path.display());
+    }
+    tracing::debug!(
+        "{} objects new ({}), {} files",
+        added.new_objects,
+        format_bytes(added.new_object_bytes),
+        added.record.file_count
+    );
+    Ok(Outcome::Success)
+}
+
+#[derive(serde::Serialize)]
+struct Listed<'a> {
+    path: PathBuf,
+    #[serde(flatten)]
+    record: &'a PathRecord,
+}
+
+fn ls(store: &Store, context: &Context) -> anyhow::Result<Outcome> {
+    let records = store.list()?;
+    if context.json {
+        let listed: Vec<Listed> = records
+            .iter()
+            .map(|record| Listed {
+                path: store.path_of(&record.name),
+                record,
+            })
+            .collect();
+        context.print_json(&listed)?;
+    } else {
+        for record in &records {
+            println!("{}", store.path_of(&record.name).display());
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+#[derive(serde::Serialize)]
+struct PathInfo {
+    path: PathBuf,
+    #[serde(flatten)]
+    record: PathRecord,
+    registered: String,
+    closure_size: u64,
+    references: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    closure: Option<Vec<ClosureEntry>>,
+}
+
+#[derive(serde::Serialize)]
+struct ClosureEntry {
+    path: PathBuf,
+    size: u64,
+}
+
+fn path_info(
+    store: &Store,
+    context: &Context,
+    arg: &str,
+    show_closure: bool,
+) -> anyhow::Result<Outcome> {
+    let record = store.resolve(arg)?;
+    let closure = store.closure(&record)?;
+    let references = store
+        .references(&record)?
+        .iter()
+        .map(|name| store.path_of(name))
+        .collect();
+    let registered = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.registered_at.max(0) as u64),
+    )
+    .to_string();
+    let info = PathInfo {
+        path: store.path_of(&record.name),
+        closure_size: closure.iter().map(|r| r.size).sum(),
+        references,
+        registered,
+        closure: show_closure.then(|| {
+            closure
+                .iter()
+                .map(|r| ClosureEntry {
+                    path: store.path_of(&r.name),
+                    size: r.size,
+                })
+                .collect()
+        }),
+        record,
+    };
+    if context.json {
+        context.print_json(&info)?;
+        return Ok(Outcome::Success);
+    }
+    println!("{}", info.path.display());
+    println!(
+        "  kind:          {} ({} files)",
+        info.record.kind, info.record.file_count
+    );
+    println!("  tree hash:     blake3:{}", info.record.tree_hash);
+    println!(
+        "  size:          {} ({} bytes)",
+        format_bytes(info.record.size),
+        info.record.size
+    );
+    println!(
+        "  closure size:  {} ({} bytes)",
+        format_bytes(info.closure_size),
+        info.closure_size
+    );
+    println!("  registered:    {}", info.registered);
+    if info.references.is_empty() {
+        println!("  references:    none");
+    } else {
+        println!("  references:");
+        for reference in &info.references {
+            println!("    {}", reference.display());
+        }
+    }
+    if let Some(closure) = &info.closure {
+        println!("  closure:");
+        for entry in closure {
+            println!("    {}\t{}", entry.path.display(), format_bytes(entry.size));
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn verify(store: &Store, context: &Context, check_contents: bool) -> anyhow::Result<Outcome> {
+    let report = store.verify(check_contents)?;
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        for path in &report.missing {
+            println!("missing\t{path}");
+        }
+        for corrupt in &report.corrupted {
+            println!(
+                "corrupted\t{}\texpected blake3:{}, found {}",
+                corrupt.path, corrupt.expected, corrupt.actual
+            );
+        }
+        for object in &report.corrupted_objects {
+            println!("corrupted-object\t{object}");
+        }
+    }
+    let problems = report.missing.len() + report.corrupted.len() + report.corrupted_objects.len();
+    if !report.unregistered.is_empty() {
+        tracing::info!(
+            "{} unregistered entries under `paths/` (left by interrupted adds; `comfix gc` removes them)",
+            report.unregistered.len()
+        );
+    }
+    if problems == 0 {
+        tracing::info!(
+            "checked {} paths{}: no problems",
+            report.checked_paths,
+            if check_contents {
+                " and their contents"
+            } else {
+                ""
+            }
+        );
+        Ok(Outcome::Success)
+    } else {
+        tracing::error!(
+            "checked {} paths: {problems} problems",
+            report.checked_paths
+        );
+        eprintln!("hint: re-add the affected paths, or restore the store from a backup");
+        Ok(Outcome::Failure)
+    }
+}

@@ -1,0 +1,15 @@
+//! comfix — a Nix-style content-addressed store and builder for ComfyUI environments.
+//!
+//! The library holds everything; `src/main.rs` only calls [`cli::main`]. Each stage of the
+//! pipeline is a module with its own error type (see `docs/ARCHITECTURE.md`):
+//!
+//! - [`spec`]: the version spec (`versions/<id>.json`, schema_version 2), parsed and validated.
+//! - [`store`]: the content-addressed store — objects, store paths, the SQLite db, locks.
+//! - [`reporter`]: how library code reports progress without printing.
+//! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
+
+pub mod cli;
+pub mod hint;
+pub mod reporter;
+pub mod spec;
+pub mod store;

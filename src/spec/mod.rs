@@ -1,0 +1,352 @@
+//! The version spec: `versions/<id>.json` (schema_version 2).
+//!
+//! The seed format is accepted unchanged; the additive fields of `DESIGN.md` are optional.
+//! [`Spec::load`] parses a file and validates it, reporting every problem with the file, the JSON
+//! path of the field and what is wrong. Unknown fields are rejected with a hint.
+
+mod env;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use env::{ExpandedEnv, Secret};
+pub use validate::check_path_component;
+
+use crate::hint::Hint;
+
+/// The only schema version comfix reads.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// A ComfyUI version: core, custom nodes, models and Python requirements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub schema_version: u32,
+    pub version_id: String,
+    pub comfy: Comfy,
+    #[serde(default)]
+    pub custom_nodes: Vec<CustomNode>,
+    #[serde(default)]
+    pub models: Vec<Model>,
+    /// Extra environment variables; values may reference the process environment as `${VAR}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub options: Options,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<Python>,
+    /// Workflow JSON files that belong to the version, relative to the spec's directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<String>,
+}
+
+/// The ComfyUI core checkout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Comfy {
+    pub repo: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// A custom node pack, from a git repository (`repo`) or the Comfy Node Registry (`cnr`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomNode {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// Where a custom node comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSource<'a> {
+    Git {
+        repo: &'a str,
+    },
+    Registry {
+        id: &'a str,
+        version: Option<&'a str>,
+    },
+}
+
+impl CustomNode {
+    /// The node's source; validation guarantees exactly one of `repo` and `cnr` is set.
+    pub fn source(&self) -> NodeSource<'_> {
+        match (&self.repo, &self.cnr) {
+            (_, Some(id)) => NodeSource::Registry {
+                id,
+                version: self.version.as_deref(),
+            },
+            (Some(repo), None) => NodeSource::Git { repo },
+            (None, None) => NodeSource::Git { repo: "" },
+        }
+    }
+
+    /// The directory name under `custom_nodes/`: `name`, else the registry id, else the
+    /// repository's last path segment without `.git`.
+    pub fn dir_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        match self.source() {
+            NodeSource::Registry { id, .. } => id.to_string(),
+            NodeSource::Git { repo } => repo_basename(repo).to_string(),
+        }
+    }
+
+    /// Whether the node is enabled (the default).
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// A model file to place under the models directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_subdir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+}
+
+impl Model {
+    /// The file name in the models directory: `filename`, else the source's last path segment
+    /// (without any `@rev` or query string).
+    pub fn file_name(&self) -> String {
+        if let Some(name) = &self.filename {
+            return name.clone();
+        }
+        let source = self.source.split(['?', '#']).next().unwrap_or_default();
+        let last = source.rsplit('/').next().unwrap_or_default();
+        let last = if self.source.starts_with("hf://") {
+            last.split('@').next().unwrap_or_default()
+        } else {
+            last
+        };
+        last.to_string()
+    }
+
+    /// Whether the version cannot be realized without this model (the default).
+    pub fn is_required(&self) -> bool {
+        self.required.unwrap_or(true)
+    }
+}
+
+/// Default flags for realization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    #[serde(default)]
+    pub offline: bool,
+    #[serde(default)]
+    pub skip_models: bool,
+}
+
+/// The Python environment of the version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Python {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
+}
+
+/// One problem found in a spec: the JSON path of the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issue {
+    /// The JSON path of the field, such as `custom_nodes[2].repo` (empty for the whole document).
+    pub field: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Errors from finding, reading, parsing and validating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("No spec found for version `{id}` (looked for {})", display_paths(.searched))]
+    NotFound { id: String, searched: Vec<PathBuf> },
+    #[error("Invalid version id `{id}`: {reason}")]
+    InvalidId { id: String, reason: String },
+    #[error("Failed to read spec `{}`", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid JSON in spec `{}` at line {line}, column {column}: {message}", .path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("Invalid spec `{}`:\n{}", .path.display(), display_issues(.issues))]
+    Invalid { path: PathBuf, issues: Vec<Issue> },
+    #[error("Environment variable `{var}` used by `env.{key}` is not set")]
+    MissingEnvVar { key: String, var: String },
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn display_issues(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Hint for SpecError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            SpecError::NotFound { id, .. } => Some(format!(
+                "create `versions/{id}.json`, run from the directory that holds `versions/`, or pass `--spec FILE`"
+            )),
+            SpecError::InvalidId { .. } => Some(
+                "a version id is a single path component: letters, digits, `.`, `_`, `-`".into(),
+            ),
+            SpecError::Invalid { issues, .. } => {
+                let hints: Vec<String> = issues
+                    .iter()
+                    .filter_map(|i| i.hint.as_ref().map(|h| format!("{}: {h}", i.field)))
+                    .collect();
+                if hints.is_empty() {
+                    Some("see `specs/spec.schema.json` for the format".into())
+                } else {
+                    Some(hints.join("\nhint: "))
+                }
+            }
+            SpecError::MissingEnvVar { var, .. } => {
+                Some(format!("export `{var}` before running comfix"))
+            }
+            SpecError::Syntax { .. } | SpecError::Read { .. } => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        !matches!(self, SpecError::Read { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Where a spec was found and what it says.
+#[derive(Debug, Clone)]
+pub struct LoadedSpec {
+    pub path: PathBuf,
+    pub spec: Spec,
+}
+
+impl Spec {
+    /// Read, parse and validate the spec at `path`.
+    pub fn load(path: &Path) -> Result<LoadedSpec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let spec = Spec::parse(&text, path)?;
+        Ok(LoadedSpec {
+            path: path.to_path_buf(),
+            spec,
+        })
+    }
+
+    /// Parse and validate spec text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecError> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let spec: Spec = match serde_path_to_error::deserialize(deserializer) {
+            Ok(spec) => spec,
+            Err(err) => return Err(validate::deserialize_error(err, path)),
+        };
+        let issues = validate::validate(&spec);
+        if issues.is_empty() {
+            Ok(spec)
+        } else {
+            Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                issues,
+            })
+        }
+    }
+
+    /// Find the spec of version `id`: `versions/<id>.json`, then `specs/<id>.json`, under `base`.
+    pub fn find(base: &Path, id: &str) -> Result<PathBuf, SpecError> {
+        if let Err(reason) = check_path_component(id) {
+            return Err(SpecError::InvalidId {
+                id: id.to_string(),
+                reason,
+            });
+        }
+        let searched: Vec<PathBuf> = ["versions", "specs"]
+            .iter()
+            .map(|dir| base.join(dir).join(format!("{id}.json")))
+            .collect();
+        match searched.iter().find(|p| p.is_file()) {
+            Some(found) => Ok(found.clone()),
+            None => Err(SpecError::NotFound {
+                id: id.to_string(),
+                searched,
+            }),
+        }
+    }
+
+    /// Expand `${VAR}` references in `env` from `lookup` (normally the process environment).
+    /// The values are wrapped in [`Secret`] so they never reach output by accident.
+    pub fn expand_env(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<ExpandedEnv, SpecError> {
+        env::expand(&self.env, lookup)
+    }
+}
+
+/// The last path segment of a repository URL, without a trailing `.git`.
+pub fn repo_basename(repo: &str) -> &str {
+    let trimmed = repo.trim_end_matches('/');
+    let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
+    last.strip_suffix(".git").unwrap_or(last)
+}

@@ -1,0 +1,344 @@
+//! Adding a file or a tree to the store.
+//!
+//! The protocol (see `store-layout.md`, "Adding a path"):
+//! 1. take `gc.lock` shared; stage the tree under `tmp/`, each file hashed while it is read and
+//!    written there read-only — or hardlinked from `objects/` when its object already exists;
+//! 2. compute the tree hash and the path's name; take the path's build lock; stop if it is valid;
+//! 3. `syncfs`, so every staged byte is durable before anything names it;
+//! 4. link each new file into `objects/` (losing a race to another writer means linking theirs);
+//! 5. make directories read-only and rename the staged root to `paths/<digest>-<name>`; `syncfs`;
+//! 6. record a temporary root and register the path and its references in one transaction.
+//!
+//! A crash anywhere before 6 leaves unregistered garbage under `tmp/` or `paths/`, never a
+//! registered path with wrong contents.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::db::{self, PathRecord, Registered};
+use super::tree::{self, Digest, EntryKind};
+use super::{check_name, lock, sanitize_name, Result, Store, StoreError};
+use crate::reporter::Reporter;
+
+/// Options of [`Store::add_path`].
+#[derive(Debug, Clone, Default)]
+pub struct AddOptions {
+    /// The name part of the store path; defaults to the source's file name, sanitized.
+    pub name: Option<String>,
+    /// Valid store paths (names or absolute paths) the new path references.
+    pub references: Vec<String>,
+}
+
+/// The result of [`Store::add_path`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Added {
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub record: PathRecord,
+    pub references: Vec<String>,
+    /// False when the path was already valid.
+    pub newly_registered: bool,
+    /// Objects this add created (identical contents already in the store are not counted).
+    pub new_objects: u64,
+    pub new_object_bytes: u64,
+}
+
+/// A staged file whose object did not exist when it was staged.
+struct Pending {
+    staged: PathBuf,
+    object: PathBuf,
+    size: u64,
+}
+
+struct Ingested {
+    size: u64,
+    digest: Digest,
+    pending: Option<Pending>,
+}
+
+fn with_path(err: std::io::Error, action: &str, path: &Path) -> std::io::Error {
+    std::io::Error::new(
+        err.kind(),
+        format!("failed to {action} `{}`: {err}", path.display()),
+    )
+}
+
+fn mode(executable: bool) -> u32 {
+    if executable {
+        0o555
+    } else {
+        0o444
+    }
+}
+
+impl Store {
+    /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
+    pub fn add_path(
+        &self,
+        src: &Path,
+        options: &AddOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Added> {
+        if let Err(err) = fs::symlink_metadata(src) {
+            return Err(if err.kind() == ErrorKind::NotFound {
+                StoreError::SourceMissing {
+                    path: src.to_path_buf(),
+                }
+            } else {
+                with_path(err, "read", src).into()
+            });
+        }
+        let name = match &options.name {
+            Some(name) => {
+                check_name(name).map_err(|reason| StoreError::InvalidName {
+                    name: name.clone(),
+                    reason,
+                })?;
+                name.clone()
+            }
+            None => {
+                let base = std::path::absolute(src)?;
+                sanitize_name(&base.file_name().unwrap_or_default().to_string_lossy())
+            }
+        };
+        let references = options
+            .references
+            .iter()
+            .map(|r| self.resolve(r).map(|rec| rec.name))
+            .collect::<Result<Vec<_>>>()?;
+
+        let entries = tree::walk(src)?;
+        let _gc = lock::shared(&self.root.join("gc.lock"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("add-")
+            .tempdir_in(self.root.join("tmp"))?;
+        let staged = tmp.path().join("root");
+
+        let mut files = Vec::new();
+        for entry in &entries {
+            let at = tree::join_rel(&staged, &entry.rel);
+            match &entry.kind {
+                EntryKind::Directory => {
+                    fs::create_dir(&at).map_err(|e| with_path(e, "create", &at))?
+                }
+                EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at)
+                    .map_err(|e| with_path(e, "create", &at))?,
+                EntryKind::File { size, executable } => {
+                    files.push((tree::join_rel(src, &entry.rel), at, *size, *executable))
+                }
+            }
+        }
+        let total: u64 = files.iter().map(|f| f.2).sum();
+        reporter.start(&format!("Adding {}", src.display()), Some(total));
+        let ingested = files
+            .par_iter()
+            .map(|(from, to, size, executable)| {
+                let result = self.ingest_file(from, to, *size, *executable);
+                reporter.advance(*size);
+                result
+            })
+            .collect::<Result<Vec<_>>>()?;
+        reporter.finish();
+
+        let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
+        let node = tree::build_node(&entries, &sizes);
+        let tree_hash = node.tree_hash();
+        let path_name = format!("{}-{name}", tree::path_digest(&name, &tree_hash));
+        let final_path = self.path_of(&path_name);
+        let record = PathRecord {
+            id: 0,
+            name: path_name.clone(),
+            kind: if matches!(node, tree::Node::Directory { .. }) {
+                "tree".into()
+            } else {
+                "file".into()
+            },
+            tree_hash: blake3::Hash::from(tree_hash).to_hex().to_string(),
+            size: node.content_size(),
+            file_count: node.file_count(),
+            registered_at: db::now(),
+        };
+
+        let _build = lock::exclusive(&self.root.join("locks").join(format!("{path_name}.lock")))?;
+        if let Some(existing) = self.query(&path_name)? {
+            if fs::symlink_metadata(&final_path).is_ok() {
+                self.temp_roots.add(&path_name)?;
+                let references = self.references(&existing)?;
+                return Ok(Added {
+                    path: final_path,
+                    record: existing,
+                    references,
+                    newly_registered: false,
+                    new_objects: 0,
+                    new_object_bytes: 0,
+                });
+            }
+            tracing::warn!("valid path `{path_name}` is missing on disk; adding it again");
+        }
+
+        self.sync()?;
+        let (new_objects, new_object_bytes) = self.publish_objects(ingested, tmp.path())?;
+        for entry in entries.iter().rev() {
+            if matches!(entry.kind, EntryKind::Directory) && !entry.rel.as_os_str().is_empty() {
+                let at = staged.join(&entry.rel);
+                fs::set_permissions(&at, Permissions::from_mode(0o555))
+                    .map_err(|e| with_path(e, "make read-only", &at))?;
+            }
+        }
+        if fs::symlink_metadata(&final_path).is_ok() {
+            // Left by a process that died before registering it; we hold its build lock.
+            tracing::debug!("removing unregistered `{}`", final_path.display());
+            remove_tree(&final_path)?;
+        }
+        fs::rename(&staged, &final_path).map_err(|e| with_path(e, "rename into", &final_path))?;
+        if matches!(node, tree::Node::Directory { .. }) {
+            fs::set_permissions(&final_path, Permissions::from_mode(0o555))
+                .map_err(|e| with_path(e, "make read-only", &final_path))?;
+        }
+        self.sync()?;
+
+        self.temp_roots.add(&path_name)?;
+        let registered = {
+            let mut conn = self.db();
+            db::register(&mut conn, &record, &references)?
+        };
+        let record = self.query(&path_name)?.unwrap_or(record);
+        Ok(Added {
+            path: final_path,
+            record,
+            references,
+            newly_registered: registered == Registered::New,
+            new_objects,
+            new_object_bytes,
+        })
+    }
+
+    /// Stage one file at `to`: hardlinked from its object when that exists, else written
+    /// read-only from `from` while hashed.
+    fn ingest_file(&self, from: &Path, to: &Path, size: u64, executable: bool) -> Result<Ingested> {
+        if size < tree::LARGE_FILE {
+            let mut buf = Vec::with_capacity(size as usize);
+            fs::File::open(from)
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(|e| with_path(e, "read", from))?;
+            let digest = *blake3::hash(&buf).as_bytes();
+            let object = self.object_path(&digest, executable);
+            let size = buf.len() as u64;
+            if link_existing(&object, to)? {
+                return Ok(Ingested {
+                    size,
+                    digest,
+                    pending: None,
+                });
+            }
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode(executable))
+                .open(to)
+                .map_err(|e| with_path(e, "create", to))?;
+            file.write_all(&buf)
+                .map_err(|e| with_path(e, "write", to))?;
+            return Ok(Ingested {
+                size,
+                digest,
+                pending: Some(Pending {
+                    staged: to.to_path_buf(),
+                    object,
+                    size,
+                }),
+            });
+        }
+        // Large: hash the source in place first, so content already stored costs one read.
+        let source_digest = tree::hash_file(from, size).map_err(|e| with_path(e, "read", from))?;
+        let object = self.object_path(&source_digest, executable);
+        if link_existing(&object, to)? {
+            return Ok(Ingested {
+                size,
+                digest: source_digest,
+                pending: None,
+            });
+        }
+        fs::copy(from, to).map_err(|e| with_path(e, "copy to", to))?;
+        fs::set_permissions(to, Permissions::from_mode(mode(executable)))
+            .map_err(|e| with_path(e, "make read-only", to))?;
+        // The staged copy is what the store keeps: name it by its own bytes, in case the source
+        // changed between the two reads.
+        let size = fs::metadata(to)
+            .map_err(|e| with_path(e, "read", to))?
+            .len();
+        let digest = tree::hash_file(to, size).map_err(|e| with_path(e, "read", to))?;
+        if digest != source_digest {
+            tracing::warn!("`{}` changed while it was being added", from.display());
+        }
+        Ok(Ingested {
+            size,
+            digest,
+            pending: Some(Pending {
+                staged: to.to_path_buf(),
+                object: self.object_path(&digest, executable),
+                size,
+            }),
+        })
+    }
+
+    /// Link each newly staged file into `objects/`. Returns how many objects (and bytes) were new.
+    /// `scratch` is a private directory outside the staged tree.
+    fn publish_objects(&self, ingested: Vec<Ingested>, scratch: &Path) -> Result<(u64, u64)> {
+        let mut count = 0;
+        let mut bytes = 0;
+        let swap = scratch.join("swap");
+        for pending in ingested.into_iter().filter_map(|i| i.pending) {
+            match fs::hard_link(&pending.staged, &pending.object) {
+                Ok(()) => {
+                    count += 1;
+                    bytes += pending.size;
+                }
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => {
+                    // Another file of this add, or another process, published it first: share theirs.
+                    match fs::hard_link(&pending.object, &swap) {
+                        Ok(()) => fs::rename(&swap, &pending.staged)
+                            .map_err(|e| with_path(e, "replace", &pending.staged))?,
+                        Err(err) if err.kind() == ErrorKind::TooManyLinks => {}
+                        Err(err) => return Err(with_path(err, "link", &pending.object).into()),
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::TooManyLinks => {}
+                Err(err) => return Err(with_path(err, "link", &pending.object).into()),
+            }
+        }
+        Ok((count, bytes))
+    }
+}
+
+/// Hardlink `object` to `to` if the object exists. A full link count means a private copy.
+fn link_existing(object: &Path, to: &Path) -> Result<bool> {
+    match fs::hard_link(object, to) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(false),
+        Err(err) if err.kind() == ErrorKind::TooManyLinks => Ok(false),
+        Err(err) => Err(with_path(err, "link", object).into()),
+    }
+}
+
+/// Remove a tree whose directories may be read-only.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path).map_err(|e| with_path(e, "read", path))?;
+    if meta.is_dir() {
+        for entry in walkdir::WalkDir::new(path).follow_links(false) {
+            let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
+            if entry.file_type().is_dir() {
+                fs::set_permissions(entry.path(), Permissions::from_mode(0o755))
+                    .map_err(|e| with_path(e, "make writable", entry.path()))?;
+            }
+        }
+        fs::remove_dir_all(path).map_err(|e| with_path(e, "remove", path))?;
+    } else {
+        fs::remove_file(path).map_err(|e| with_path(e, "remove", path))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! The store's SQLite database: valid paths, their references, and roots.
+//!
+//! The schema enforces the closure property: a reference must name a registered path
+//! (`FOREIGN KEY`), and a path that something references cannot be deleted (`ON DELETE RESTRICT`).
+//! Migrations are numbered and recorded in `migrations`; a db newer than this binary is refused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+/// Schema migrations, applied in order; index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE valid_paths (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT    NOT NULL UNIQUE,
+    kind          TEXT    NOT NULL CHECK (kind IN ('file', 'tree')),
+    tree_hash     TEXT    NOT NULL,
+    size          INTEGER NOT NULL,
+    file_count    INTEGER NOT NULL,
+    registered_at INTEGER NOT NULL
+);
+CREATE TABLE refs (
+    referrer  INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE CASCADE,
+    reference INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE RESTRICT,
+    PRIMARY KEY (referrer, reference),
+    CHECK (referrer <> reference)
+);
+CREATE INDEX refs_reference ON refs(reference);
+CREATE TABLE roots (
+    name       TEXT    PRIMARY KEY,
+    path_id    INTEGER NOT NULL REFERENCES valid_paths(id) ON DELETE RESTRICT,
+    kind       TEXT    NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+/// A registered store path as the db records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PathRecord {
+    #[serde(skip)]
+    pub id: i64,
+    /// `<digest>-<name>`, the path's file name under `paths/`.
+    pub name: String,
+    /// `file` or `tree`.
+    pub kind: String,
+    /// Hex BLAKE3 of the canonical serialization.
+    pub tree_hash: String,
+    /// Bytes of file contents.
+    pub size: u64,
+    pub file_count: u64,
+    /// Seconds since the Unix epoch.
+    pub registered_at: i64,
+}
+
+/// Journal mode: WAL needs shared memory between processes, which network filesystems lack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Journal {
+    Wal,
+    /// Rollback journal, for a store on a network filesystem (single machine only).
+    Delete,
+}
+
+pub fn open(path: &Path, journal: Journal) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(120))?;
+    let mode = match journal {
+        Journal::Wal => "WAL",
+        Journal::Delete => "DELETE",
+    };
+    conn.pragma_update(None, "journal_mode", mode)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// The highest schema version this binary knows.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+    )?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    if current as usize >= MIGRATIONS.len() {
+        return Ok(());
+    }
+    let mut conn_tx = rusqlite::Connection::unchecked_transaction(conn)?;
+    conn_tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+    // Re-read under the write lock: another process may have migrated meanwhile.
+    let current: i64 = conn_tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        conn_tx.execute_batch(sql)?;
+        conn_tx.execute(
+            "INSERT INTO migrations (version, applied_at) VALUES (?1, ?2)",
+            params![(i + 1) as i64, now()],
+        )?;
+    }
+    conn_tx.commit()
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Schema version recorded in the db (0 for a fresh one).
+pub fn recorded_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM migrations",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PathRecord> {
+    Ok(PathRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        kind: row.get(2)?,
+        tree_hash: row.get(3)?,
+        size: row.get::<_, i64>(4)? as u64,
+        file_count: row.get::<_, i64>(5)? as u64,
+        registered_at: row.get(6)?,
+    })
+}
+
+const COLUMNS: &str = "id, name, kind, tree_hash, size, file_count, registered_at";
+
+/// What registering found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    New,
+    AlreadyValid,
+}
+
+/// Register `record` with its `references` (path names) in one transaction. Fails if a
+/// reference is not registered (the closure property).
+pub fn register(
+    conn: &mut Connection,
+    record: &PathRecord,
+    references: &[String],
+) -> Result<Registered, RegisterError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT tree_hash FROM valid_paths WHERE name = ?1",
+            [&record.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(hash) = existing {
+        if hash != record.tree_hash {
+            return Err(RegisterError::Conflict {
+                name: record.name.clone(),
+                registered: hash,
+                new: record.tree_hash.clone(),
+            });
+        }
+        return Ok(Registered::AlreadyValid);
+    }
+    tx.execute(
+        "INSERT INTO valid_paths (name, kind, tree_hash, size, file_count, registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            record.name,
+            record.kind,
+            record.tree_hash,
+            record.size as i64,
+            record.file_count as i64,
+            record.registered_at
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    for reference in references {
+        let ref_id: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM valid_paths WHERE name = ?1",
+                [reference],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(ref_id) = ref_id else {
+            return Err(RegisterError::MissingReference {
+                name: record.name.clone(),
+                reference: reference.clone(),
+            });
+        };
+        if ref_id != id {
+            tx.execute(
+                "INSERT OR IGNORE INTO refs (referrer, reference) VALUES (?1, ?2)",
+                params![id, ref_id],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(Registered::New)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    #[error("Cannot register `{name}`: its reference `{reference}` is not a valid store path")]
+    MissingReference { name: String, reference: String },
+    #[error("`{name}` is already registered with tree hash `{registered}`, not `{new}`")]
+    Conflict {
+        name: String,
+        registered: String,
+        new: String,
+    },
+}
+
+pub fn query(conn: &Connection, name: &str) -> rusqlite::Result<Option<PathRecord>> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM valid_paths WHERE name = ?1"),
+        [name],
+        row_to_record,
+    )
+    .optional()
+}
+
+pub fn list(conn: &Connection) -> rusqlite::Result<Vec<PathRecord>> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM valid_paths ORDER BY name"))?;
+    let rows = stmt.query_map([], row_to_record)?;
+    rows.collect()
+}
+
+/// The names of the paths `id` references directly, sorted.
+pub fn references(conn: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT p.name FROM refs r JOIN valid_paths p ON p.id = r.reference WHERE r.referrer = ?1 ORDER BY p.name",
+    )?;
+    let rows = stmt.query_map([id], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The path `id` and everything it references, transitively, sorted by name.
+pub fn closure(conn: &Connection, id: i64) -> rusqlite::Result<Vec<PathRecord>> {
+    let sql = format!(
+        "WITH RECURSIVE c(id) AS (SELECT ?1 UNION SELECT r.reference FROM refs r JOIN c ON r.referrer = c.id)
+         SELECT {COLUMNS} FROM valid_paths WHERE id IN (SELECT id FROM c) ORDER BY name"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([id], row_to_record)?;
+    rows.collect()
+}
+
+/// Delete a path's registration; fails (foreign key) if another path or a root references it.
+pub fn unregister(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM valid_paths WHERE name = ?1", [name])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str) -> PathRecord {
+        PathRecord {
+            id: 0,
+            name: name.into(),
+            kind: "tree".into(),
+            tree_hash: format!("hash-{name}"),
+            size: 1,
+            file_count: 1,
+            registered_at: 0,
+        }
+    }
+
+    #[test]
+    fn schema_enforces_closure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir.path().join("db.sqlite"), Journal::Wal).unwrap();
+        // A reference to an unregistered path is refused and nothing is registered.
+        let err = register(&mut conn, &record("a"), &["b".into()]).unwrap_err();
+        assert!(
+            matches!(err, RegisterError::MissingReference { .. }),
+            "{err}"
+        );
+        assert!(query(&conn, "a").unwrap().is_none());
+
+        register(&mut conn, &record("b"), &[]).unwrap();
+        register(&mut conn, &record("a"), &["b".into()]).unwrap();
+        // b is referenced by a, so the db refuses to delete it.
+        assert!(unregister(&conn, "b").is_err());
+        let a = query(&conn, "a").unwrap().unwrap();
+        let names: Vec<_> = closure(&conn, a.id)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        // Deleting the referrer first releases the reference.
+        assert_eq!(unregister(&conn, "a").unwrap(), 1);
+        assert_eq!(unregister(&conn, "b").unwrap(), 1);
+    }
+
+    #[test]
+    fn migrations_are_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(open(&path, Journal::Wal).unwrap());
+        let conn = open(&path, Journal::Wal).unwrap();
+        assert_eq!(recorded_version(&conn).unwrap(), schema_version() as i64);
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM migrations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, schema_version() as i64);
+    }
+}

@@ -1,0 +1,403 @@
+//! The content-addressed store: objects, store paths, the db and the locks.
+//!
+//! Layout (normative description: `store-layout.md`):
+//!
+//! ```text
+//! <store>/VERSION                  layout version, "1"
+//! <store>/db/db.sqlite             valid paths, references, roots (WAL)
+//! <store>/objects/<xx>/<blake3>    file contents, read-only; `.x` suffix when executable
+//! <store>/paths/<digest>-<name>    immutable store paths, files hardlinked to objects
+//! <store>/tmp/                     work in progress, hashed while written
+//! <store>/locks/                   per-path build locks
+//! <store>/temproots/<pid>          temporary roots of running processes
+//! <store>/gc.lock                  shared by writers, exclusive for the garbage collector
+//! ```
+//!
+//! Nothing outside this module writes into the store.
+
+mod add;
+pub mod db;
+pub mod lock;
+pub mod tree;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+
+pub use add::{AddOptions, Added};
+pub use db::{Journal, PathRecord};
+pub use verify::{CorruptPath, VerifyReport};
+
+use crate::hint::Hint;
+
+/// The store layout version this binary reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Errors from store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("Store database `{}` failed", .path.display())]
+    Db {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Register(#[from] db::RegisterError),
+    #[error(transparent)]
+    Walk(#[from] tree::WalkError),
+    #[error("Store `{}` has layout version `{found}`, this comfix reads version `{expected}`", .root.display())]
+    UnsupportedLayout {
+        root: PathBuf,
+        found: String,
+        expected: u32,
+    },
+    #[error("Store database `{}` has schema version {found}, newer than this comfix knows ({known})", .path.display())]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: usize,
+    },
+    #[error("`{}` is not empty and is not a comfix store", .root.display())]
+    NotAStore { root: PathBuf },
+    #[error("Invalid store path name `{name}`: {reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("`{}` does not exist", .path.display())]
+    SourceMissing { path: PathBuf },
+    #[error("`{arg}` is not a valid path in store `{}`", .root.display())]
+    NotValid { arg: String, root: PathBuf },
+}
+
+impl Hint for StoreError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::UnsupportedLayout { .. } | StoreError::NewerSchema { .. } => {
+                Some("use a comfix release that matches this store, or point `--store` at another directory".into())
+            }
+            StoreError::NotAStore { .. } => {
+                Some("choose an empty or missing directory with `--store` or `COMFIX_STORE`".into())
+            }
+            StoreError::InvalidName { .. } => Some(
+                "names use letters, digits and `+-._?=@`, do not start with `.`, and are at most 200 bytes".into(),
+            ),
+            StoreError::NotValid { .. } => Some("`comfix store ls` lists the valid paths".into()),
+            StoreError::Register(db::RegisterError::MissingReference { .. }) => {
+                Some("add the referenced path to the store first".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::InvalidName { .. }
+                | StoreError::SourceMissing { .. }
+                | StoreError::NotValid { .. }
+                | StoreError::NotAStore { .. }
+                | StoreError::UnsupportedLayout { .. }
+                | StoreError::NewerSchema { .. }
+                | StoreError::Register(db::RegisterError::MissingReference { .. })
+                | StoreError::Walk(tree::WalkError::Unsupported { .. })
+        )
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The default store directory: `$COMFIX_STORE`, else `/runpod-volume/comfix-store` when
+/// `/runpod-volume` exists, else `$XDG_DATA_HOME/comfix/store` (`~/.local/share/comfix/store`).
+pub fn default_dir(env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dir) = env("COMFIX_STORE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if Path::new("/runpod-volume").is_dir() {
+        return PathBuf::from("/runpod-volume/comfix-store");
+    }
+    if let Some(data) = env("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(data).join("comfix/store");
+    }
+    match env("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/comfix/store"),
+        None => PathBuf::from(".comfix-store"),
+    }
+}
+
+/// An open store.
+pub struct Store {
+    root: PathBuf,
+    db: Mutex<Connection>,
+    journal: Journal,
+    temp_roots: lock::TempRoots,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).finish()
+    }
+}
+
+/// Filesystem magic numbers of network filesystems, where SQLite's WAL shared memory is unsafe.
+const NETWORK_FS_MAGIC: &[(u64, &str)] = &[
+    (0x6969, "nfs"),
+    (0xFF53_4D42, "cifs"),
+    (0xFE53_4D42, "smb2"),
+    (0x6573_5546, "fuse"),
+    (0x0102_1997, "9p"),
+    (0x0BD0_0BD0, "lustre"),
+    (0x1957_0705, "afs"),
+];
+
+fn network_fs(path: &Path) -> Option<&'static str> {
+    let stat = rustix::fs::statfs(path).ok()?;
+    let magic = stat.f_type as u64;
+    NETWORK_FS_MAGIC
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|(_, name)| *name)
+}
+
+impl Store {
+    /// Open the store at `root`, creating it when the directory is missing or empty.
+    pub fn open(root: &Path) -> Result<Store> {
+        fs_err::create_dir_all(root)?;
+        let root = fs_err::canonicalize(root)?;
+        let version_file = root.join("VERSION");
+        match std::fs::read_to_string(&version_file) {
+            Ok(found) => {
+                if found.trim() != LAYOUT_VERSION.to_string() {
+                    return Err(StoreError::UnsupportedLayout {
+                        root,
+                        found: found.trim().to_string(),
+                        expected: LAYOUT_VERSION,
+                    });
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let foreign = fs_err::read_dir(&root)?
+                    .filter_map(|e| e.ok())
+                    .any(|e| !matches!(e.file_name().to_str(), Some("tmp" | "VERSION.tmp") | None));
+                if foreign {
+                    return Err(StoreError::NotAStore { root });
+                }
+                Self::init_layout(&root)?;
+            }
+            Err(err) => {
+                return Err(std::io::Error::new(
+                    err.kind(),
+                    format!("failed to read `{}`: {err}", version_file.display()),
+                )
+                .into())
+            }
+        }
+        Self::ensure_dirs(&root)?;
+
+        let journal = match network_fs(&root) {
+            Some(fs) => {
+                tracing::warn!(
+                    "store `{}` is on a network filesystem ({fs}): using a rollback journal; \
+                     the store is safe for processes on this machine only",
+                    root.display()
+                );
+                Journal::Delete
+            }
+            None => Journal::Wal,
+        };
+        let db_path = root.join("db/db.sqlite");
+        let conn = db::open(&db_path, journal).map_err(|source| StoreError::Db {
+            path: db_path.clone(),
+            source,
+        })?;
+        let recorded = db::recorded_version(&conn).map_err(|source| StoreError::Db {
+            path: db_path.clone(),
+            source,
+        })?;
+        if recorded > db::schema_version() as i64 {
+            return Err(StoreError::NewerSchema {
+                path: db_path,
+                found: recorded,
+                known: db::schema_version(),
+            });
+        }
+        let temp_roots = lock::TempRoots::new(root.join("temproots"));
+        Ok(Store {
+            root,
+            db: Mutex::new(conn),
+            journal,
+            temp_roots,
+        })
+    }
+
+    fn init_layout(root: &Path) -> Result<()> {
+        Self::ensure_dirs(root)?;
+        // Written last, atomically: a store without VERSION is not yet a store.
+        let tmp = root.join("VERSION.tmp");
+        fs_err::write(&tmp, format!("{LAYOUT_VERSION}\n"))?;
+        fs_err::File::open(&tmp)?.sync_all()?;
+        fs_err::rename(&tmp, root.join("VERSION"))?;
+        Ok(())
+    }
+
+    fn ensure_dirs(root: &Path) -> Result<()> {
+        for dir in ["db", "paths", "tmp", "locks", "temproots"] {
+            fs_err::create_dir_all(root.join(dir))?;
+        }
+        let objects = root.join("objects");
+        if !objects.join("ff").is_dir() {
+            for shard in 0..=255u8 {
+                fs_err::create_dir_all(objects.join(format!("{shard:02x}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn journal(&self) -> Journal {
+        self.journal
+    }
+
+    /// The absolute path of store path `name`.
+    pub fn path_of(&self, name: &str) -> PathBuf {
+        self.root.join("paths").join(name)
+    }
+
+    /// The object file for a digest and executable bit.
+    pub fn object_path(&self, digest: &tree::Digest, executable: bool) -> PathBuf {
+        let hex = blake3::Hash::from(*digest).to_hex();
+        let file = if executable {
+            format!("{hex}.x")
+        } else {
+            hex.to_string()
+        };
+        self.root.join("objects").join(&hex[..2]).join(file)
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn db_err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Db {
+            path: self.root.join("db/db.sqlite"),
+            source,
+        }
+    }
+
+    /// Turn a user's argument (an absolute store path, a path inside one, or a bare
+    /// `<digest>-<name>`) into a valid path's record.
+    pub fn resolve(&self, arg: &str) -> Result<PathRecord> {
+        let not_valid = || StoreError::NotValid {
+            arg: arg.to_string(),
+            root: self.root.clone(),
+        };
+        let name = if arg.contains('/') {
+            let given = Path::new(arg);
+            let absolute = std::path::absolute(given)?;
+            let paths = self.root.join("paths");
+            let rel = absolute
+                .strip_prefix(&paths)
+                .ok()
+                .map(Path::to_path_buf)
+                .or_else(|| {
+                    // The store root may have been given through a symlink.
+                    let parent = absolute.parent()?.canonicalize().ok()?;
+                    let full = parent.join(absolute.file_name()?);
+                    full.strip_prefix(&paths).ok().map(Path::to_path_buf)
+                })
+                .ok_or_else(not_valid)?;
+            rel.iter()
+                .next()
+                .and_then(|c| c.to_str())
+                .ok_or_else(not_valid)?
+                .to_string()
+        } else {
+            arg.to_string()
+        };
+        self.query(&name)?.ok_or_else(not_valid)
+    }
+
+    /// The record of a valid path, if `name` is one.
+    pub fn query(&self, name: &str) -> Result<Option<PathRecord>> {
+        db::query(&self.db(), name).map_err(|e| self.db_err(e))
+    }
+
+    /// Every valid path, sorted by name.
+    pub fn list(&self) -> Result<Vec<PathRecord>> {
+        db::list(&self.db()).map_err(|e| self.db_err(e))
+    }
+
+    /// The direct references of a valid path.
+    pub fn references(&self, record: &PathRecord) -> Result<Vec<String>> {
+        db::references(&self.db(), record.id).map_err(|e| self.db_err(e))
+    }
+
+    /// A valid path and everything it references, transitively.
+    pub fn closure(&self, record: &PathRecord) -> Result<Vec<PathRecord>> {
+        db::closure(&self.db(), record.id).map_err(|e| self.db_err(e))
+    }
+
+    /// Flush everything written to the store's filesystem to disk.
+    fn sync(&self) -> Result<()> {
+        let dir = fs_err::File::open(&self.root)?;
+        rustix::fs::syncfs(&dir).map_err(|err| {
+            std::io::Error::new(
+                std::io::Error::from(err).kind(),
+                format!(
+                    "failed to sync the filesystem of `{}`: {err}",
+                    self.root.display()
+                ),
+            )
+        })?;
+        Ok(())
+    }
+}
+
+/// Check a store path name: letters, digits and `+-._?=@`, not starting with `.`, 1–200 bytes.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 200 {
+        return Err("is longer than 200 bytes".into());
+    }
+    if name.starts_with('.') {
+        return Err("must not start with `.`".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "+-._?=@".contains(*c)))
+    {
+        return Err(format!("contains `{}`", bad.escape_debug()));
+    }
+    Ok(())
+}
+
+/// Make a valid name out of an arbitrary file name by replacing what is not allowed.
+pub fn sanitize_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "+-._?=@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while name.starts_with('.') {
+        name.remove(0);
+    }
+    name.truncate(200);
+    if name.is_empty() {
+        "source".into()
+    } else {
+        name
+    }
+}
