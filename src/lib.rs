@@ -9,6 +9,7 @@
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod cli;
+pub mod fault;
 pub mod hint;
 pub mod reporter;
 pub mod spec;

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use super::db::{self, PathRecord, Registered};
 use super::tree::{self, Digest, EntryKind};
 use super::{check_name, lock, sanitize_name, Result, Store, StoreError};
+use crate::fault::pause_point;
 use crate::reporter::Reporter;
 
 /// Options of [`Store::add_path`].
@@ -143,6 +144,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         reporter.finish();
+        pause_point("add-staged");
 
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
         let node = tree::build_node(&entries, &sizes);
@@ -182,6 +184,7 @@ impl Store {
 
         self.sync()?;
         let (new_objects, new_object_bytes) = self.publish_objects(ingested, tmp.path())?;
+        pause_point("add-objects-published");
         for entry in entries.iter().rev() {
             if matches!(entry.kind, EntryKind::Directory) && !entry.rel.as_os_str().is_empty() {
                 let at = staged.join(&entry.rel);
@@ -200,6 +203,7 @@ impl Store {
                 .map_err(|e| with_path(e, "make read-only", &final_path))?;
         }
         self.sync()?;
+        pause_point("add-renamed");
 
         self.temp_roots.add(&path_name)?;
         let registered = {

@@ -178,9 +178,16 @@ impl Store {
                 }
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let foreign = fs_err::read_dir(&root)?
-                    .filter_map(|e| e.ok())
-                    .any(|e| !matches!(e.file_name().to_str(), Some("tmp" | "VERSION.tmp") | None));
+                // An init interrupted before `VERSION` was written leaves only layout entries:
+                // finish it. Anything else means the directory is somebody else's.
+                let foreign = fs_err::read_dir(&root)?.filter_map(|e| e.ok()).any(|e| {
+                    !matches!(
+                        e.file_name().to_str(),
+                        Some(
+                            "db" | "objects" | "paths" | "tmp" | "locks" | "temproots" | "gc.lock"
+                        )
+                    )
+                });
                 if foreign {
                     return Err(StoreError::NotAStore { root });
                 }
@@ -235,10 +242,11 @@ impl Store {
     fn init_layout(root: &Path) -> Result<()> {
         Self::ensure_dirs(root)?;
         // Written last, atomically: a store without VERSION is not yet a store.
-        let tmp = root.join("VERSION.tmp");
-        fs_err::write(&tmp, format!("{LAYOUT_VERSION}\n"))?;
-        fs_err::File::open(&tmp)?.sync_all()?;
-        fs_err::rename(&tmp, root.join("VERSION"))?;
+        // Several processes may initialize at once: each writes its own temporary file.
+        let mut tmp = tempfile::NamedTempFile::new_in(root.join("tmp"))?;
+        std::io::Write::write_all(&mut tmp, format!("{LAYOUT_VERSION}\n").as_bytes())?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(root.join("VERSION")).map_err(|e| e.error)?;
         Ok(())
     }
 

@@ -1,1 +1,10 @@
+//! Integration tests: one binary (see `Cargo.toml`), each module a concern. Every test runs the
+//! real `comfix` binary against its own store in a temporary directory.
 
+mod support;
+
+mod cli;
+mod spec;
+mod store_add;
+mod store_crash;
+mod store_verify;

@@ -1,0 +1,156 @@
+//! Test helpers: a private environment per test that runs the real binary.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A test's own store, working directory and environment.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub store: PathBuf,
+    pub work: PathBuf,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let dir = tempfile::Builder::new()
+            .prefix("comfix-test-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let store = dir.path().join("store");
+        let work = dir.path().join("work");
+        fs::create_dir_all(&work).unwrap();
+        TestEnv { dir, store, work }
+    }
+
+    /// A `comfix` command with `--store` set, run in the work directory, with a clean environment.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
+        cmd.current_dir(&self.work)
+            .env_remove("COMFIX_STORE")
+            .env_remove("COMFIX_LOG")
+            .env_remove("COMFIX_FAULT_PAUSE")
+            .env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
+            .arg("--store")
+            .arg(&self.store);
+        cmd
+    }
+
+    /// Run comfix with `args`; returns the output whatever the exit code.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run comfix")
+    }
+
+    /// Run comfix and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "comfix {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("stdout is UTF-8")
+    }
+
+    /// Run comfix with `--json` and parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let stdout = self.ok(&all);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("bad JSON ({e}): {stdout}"))
+    }
+
+    /// `store add PATH`, returning the printed store path.
+    pub fn add(&self, path: &Path) -> PathBuf {
+        PathBuf::from(self.ok(&["store", "add", path.to_str().unwrap()]).trim())
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Every object file in the store.
+    pub fn objects(&self) -> Vec<PathBuf> {
+        walkdir::WalkDir::new(self.store.join("objects"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect()
+    }
+
+    /// Bytes used by distinct inodes under the store's `objects/` and `paths/` (what `du` counts).
+    pub fn content_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for top in ["objects", "paths"] {
+            for entry in walkdir::WalkDir::new(self.store.join(top))
+                .into_iter()
+                .flatten()
+            {
+                if entry.file_type().is_file() {
+                    let meta = entry.metadata().unwrap();
+                    if seen.insert((meta.dev(), meta.ino())) {
+                        total += meta.len();
+                    }
+                }
+            }
+        }
+        total
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Store directories are read-only; make them writable so the temp dir can be removed.
+        for entry in walkdir::WalkDir::new(self.dir.path()).into_iter().flatten() {
+            if entry.file_type().is_dir() {
+                let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
+            }
+        }
+    }
+}
+
+/// Write `files` (relative path, contents) under `root`, creating directories.
+pub fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
+    for (rel, contents) in files {
+        let path = root.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, contents).unwrap();
+    }
+}
+
+pub fn set_executable(path: &Path, executable: bool) {
+    let mode = if executable { 0o755 } else { 0o644 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A file's contents as a 0444 file may need to be rewritten: make it writable first.
+pub fn overwrite(path: &Path, contents: &[u8]) {
+    let mut perms = fs::metadata(path).unwrap().permissions();
+    let mode = perms.mode();
+    perms.set_mode(mode | 0o200);
+    fs::set_permissions(path, perms).unwrap();
+    fs::write(path, contents).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
