@@ -350,3 +350,100 @@ pub fn repo_basename(repo: &str) -> &str {
     let last = trimmed.rsplit(['/', ':']).next().unwrap_or(trimmed);
     last.strip_suffix(".git").unwrap_or(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Spec, SpecError> {
+        Spec::parse(text, Path::new("versions/t.json"))
+    }
+
+    const SEED: &str = r#"{ "schema_version": 2, "version_id": "wan22-fast",
+      "comfy": { "repo": "https://github.com/comfyanonymous/ComfyUI", "ref": "master" },
+      "custom_nodes": [ { "repo": "https://github.com/city96/ComfyUI-GGUF", "name": "gguf", "ref": "main" } ],
+      "models": [ { "source": "hf://org/repo/path/file.safetensors@abc", "name": "wan22-unet", "target_subdir": "unet" } ],
+      "env": { "HF_TOKEN": "${HF_TOKEN}" },
+      "options": { "offline": false, "skip_models": false } }"#;
+
+    #[test]
+    fn seed_format_parses_unchanged() {
+        let spec = parse(SEED).unwrap();
+        assert_eq!(spec.version_id, "wan22-fast");
+        assert_eq!(spec.custom_nodes[0].dir_name(), "gguf");
+        assert_eq!(spec.models[0].file_name(), "file.safetensors");
+        assert!(spec.models[0].is_required());
+        assert!(spec.custom_nodes[0].is_enabled());
+    }
+
+    #[test]
+    fn derived_names() {
+        let node = |repo: &str| CustomNode {
+            repo: Some(repo.into()),
+            cnr: None,
+            version: None,
+            name: None,
+            git_ref: None,
+            commit: None,
+            enabled: None,
+        };
+        assert_eq!(
+            node("https://github.com/a/ComfyUI-KJNodes.git").dir_name(),
+            "ComfyUI-KJNodes"
+        );
+        assert_eq!(node("git@github.com:a/b.git").dir_name(), "b");
+        assert_eq!(node("/srv/git/nodes/").dir_name(), "nodes");
+        let model = |source: &str| Model {
+            source: source.into(),
+            name: None,
+            target_subdir: None,
+            filename: None,
+            sha256: None,
+            blake3: None,
+            required: None,
+        };
+        assert_eq!(
+            model("https://h/x/model.pth?download=true").file_name(),
+            "model.pth"
+        );
+        assert_eq!(model("hf://o/r/dir/f.gguf@main").file_name(), "f.gguf");
+    }
+
+    #[test]
+    fn env_expansion_is_redacted_and_reports_missing_vars() {
+        let spec = parse(SEED).unwrap();
+        let env = spec
+            .expand_env(|k| (k == "HF_TOKEN").then(|| "hf_secret".to_string()))
+            .unwrap();
+        assert_eq!(env.get("HF_TOKEN").unwrap().expose(), "hf_secret");
+        assert!(!format!("{env:?}").contains("hf_secret"));
+        let err = spec.expand_env(|_| None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Environment variable `HF_TOKEN` used by `env.HF_TOKEN` is not set"
+        );
+    }
+
+    #[test]
+    fn expansion_is_single_pass() {
+        let mut map = BTreeMap::new();
+        map.insert("A".to_string(), "x-${ONE}-${TWO}-y".to_string());
+        let env = env::expand(&map, |k| match k {
+            "ONE" => Some("${TWO}".into()),
+            "TWO" => Some("2".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(env.get("A").unwrap().expose(), "x-${TWO}-2-y");
+    }
+
+    #[test]
+    fn path_components() {
+        for bad in ["", ".", "..", "a/b", "/abs", "a\\b", "a\nb", "a\0b"] {
+            assert!(check_path_component(bad).is_err(), "{bad:?}");
+        }
+        for good in ["unet", "ComfyUI-GGUF", "a..b", "model.v2", "ünïcode"] {
+            assert!(check_path_component(good).is_ok(), "{good:?}");
+        }
+    }
+}

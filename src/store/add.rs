@@ -1,13 +1,16 @@
 //! Adding a file or a tree to the store.
 //!
 //! The protocol (see `store-layout.md`, "Adding a path"):
-//! 1. take `gc.lock` shared; stage the tree under `tmp/`, each file hashed while it is read and
-//!    written there read-only — or hardlinked from `objects/` when its object already exists;
-//! 2. compute the tree hash and the path's name; take the path's build lock; stop if it is valid;
-//! 3. `syncfs`, so every staged byte is durable before anything names it;
-//! 4. link each new file into `objects/` (losing a race to another writer means linking theirs);
-//! 5. make directories read-only and rename the staged root to `paths/<digest>-<name>`; `syncfs`;
-//! 6. record a temporary root and register the path and its references in one transaction.
+//! 1. hash every file of the source (read-only) and compute the path's name; take `gc.lock`
+//!    shared; if the path is already valid, record a temporary root and stop — nothing is written;
+//! 2. stage the tree under `tmp/`, each file hashed while it is read and written there read-only,
+//!    or hardlinked from `objects/` when its object already exists; the staged bytes decide the
+//!    name (the source may have changed since step 1);
+//! 3. take the path's build lock; stop if another process made it valid meanwhile;
+//! 4. `syncfs`, so every staged byte is durable before anything names it;
+//! 5. link each new file into `objects/` (losing a race to another writer means linking theirs);
+//! 6. make directories read-only and rename the staged root to `paths/<digest>-<name>`; `syncfs`;
+//! 7. record a temporary root and register the path and its references in one transaction.
 //!
 //! A crash anywhere before 6 leaves unregistered garbage under `tmp/` or `paths/`, never a
 //! registered path with wrong contents.
@@ -113,13 +116,39 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
 
         let entries = tree::walk(src)?;
+        let files: Vec<(PathBuf, u64, bool)> = entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::File { size, executable } => {
+                    Some((tree::join_rel(src, &e.rel), size, executable))
+                }
+                _ => None,
+            })
+            .collect();
+        let total: u64 = files.iter().map(|f| f.1).sum();
+
+        // Hash first, read-only: a path that is already valid costs one read of each file and
+        // no write at all.
+        reporter.start(&format!("Hashing {}", src.display()), Some(total));
+        let hashed = files
+            .par_iter()
+            .map(|(from, size, _)| {
+                let digest = tree::hash_file(from, *size).map_err(|e| with_path(e, "read", from));
+                reporter.advance(*size);
+                digest.map(|d| (*size, d))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        reporter.finish();
         let _gc = lock::shared(&self.root.join("gc.lock"))?;
+        let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
+        if let Some(added) = self.existing(&expected.name)? {
+            return Ok(added);
+        }
+
         let tmp = tempfile::Builder::new()
             .prefix("add-")
             .tempdir_in(self.root.join("tmp"))?;
         let staged = tmp.path().join("root");
-
-        let mut files = Vec::new();
         for entry in &entries {
             let at = tree::join_rel(&staged, &entry.rel);
             match &entry.kind {
@@ -128,17 +157,21 @@ impl Store {
                 }
                 EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at)
                     .map_err(|e| with_path(e, "create", &at))?,
-                EntryKind::File { size, executable } => {
-                    files.push((tree::join_rel(src, &entry.rel), at, *size, *executable))
-                }
+                EntryKind::File { .. } => {}
             }
         }
-        let total: u64 = files.iter().map(|f| f.2).sum();
+        let staged_files: Vec<PathBuf> = entries
+            .iter()
+            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
+            .map(|e| tree::join_rel(&staged, &e.rel))
+            .collect();
         reporter.start(&format!("Adding {}", src.display()), Some(total));
         let ingested = files
             .par_iter()
-            .map(|(from, to, size, executable)| {
-                let result = self.ingest_file(from, to, *size, *executable);
+            .zip(staged_files.par_iter())
+            .zip(hashed.par_iter())
+            .map(|(((from, size, executable), to), (_, digest))| {
+                let result = self.ingest_file(from, to, *size, *executable, digest);
                 reporter.advance(*size);
                 result
             })
@@ -146,40 +179,19 @@ impl Store {
         reporter.finish();
         pause_point("add-staged");
 
+        // What was staged is what counts: the source may have changed since it was hashed.
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
         let node = tree::build_node(&entries, &sizes);
-        let tree_hash = node.tree_hash();
-        let path_name = format!("{}-{name}", tree::path_digest(&name, &tree_hash));
+        let record = self.describe(&name, &node, &references);
+        if record.name != expected.name {
+            tracing::warn!("`{}` changed while it was being added", src.display());
+        }
+        let path_name = record.name.clone();
         let final_path = self.path_of(&path_name);
-        let record = PathRecord {
-            id: 0,
-            name: path_name.clone(),
-            kind: if matches!(node, tree::Node::Directory { .. }) {
-                "tree".into()
-            } else {
-                "file".into()
-            },
-            tree_hash: blake3::Hash::from(tree_hash).to_hex().to_string(),
-            size: node.content_size(),
-            file_count: node.file_count(),
-            registered_at: db::now(),
-        };
 
         let _build = lock::exclusive(&self.root.join("locks").join(format!("{path_name}.lock")))?;
-        if let Some(existing) = self.query(&path_name)? {
-            if fs::symlink_metadata(&final_path).is_ok() {
-                self.temp_roots.add(&path_name)?;
-                let references = self.references(&existing)?;
-                return Ok(Added {
-                    path: final_path,
-                    record: existing,
-                    references,
-                    newly_registered: false,
-                    new_objects: 0,
-                    new_object_bytes: 0,
-                });
-            }
-            tracing::warn!("valid path `{path_name}` is missing on disk; adding it again");
+        if let Some(added) = self.existing(&path_name)? {
+            return Ok(added);
         }
 
         self.sync()?;
@@ -221,9 +233,56 @@ impl Store {
         })
     }
 
+    /// The record a tree would be registered with under `name`.
+    fn describe(&self, name: &str, node: &tree::Node, references: &[String]) -> PathRecord {
+        let tree_hash = node.tree_hash();
+        PathRecord {
+            id: 0,
+            name: format!("{}-{name}", tree::path_digest(name, &tree_hash, references)),
+            kind: if matches!(node, tree::Node::Directory { .. }) {
+                "tree".into()
+            } else {
+                "file".into()
+            },
+            tree_hash: blake3::Hash::from(tree_hash).to_hex().to_string(),
+            size: node.content_size(),
+            file_count: node.file_count(),
+            registered_at: db::now(),
+        }
+    }
+
+    /// If `name` is valid and present on disk, protect it with a temporary root and describe it.
+    fn existing(&self, name: &str) -> Result<Option<Added>> {
+        let Some(record) = self.query(name)? else {
+            return Ok(None);
+        };
+        let path = self.path_of(name);
+        if fs::symlink_metadata(&path).is_err() {
+            tracing::warn!("valid path `{name}` is missing on disk; adding it again");
+            return Ok(None);
+        }
+        self.temp_roots.add(name)?;
+        let references = self.references(&record)?;
+        Ok(Some(Added {
+            path,
+            record,
+            references,
+            newly_registered: false,
+            new_objects: 0,
+            new_object_bytes: 0,
+        }))
+    }
+
     /// Stage one file at `to`: hardlinked from its object when that exists, else written
-    /// read-only from `from` while hashed.
-    fn ingest_file(&self, from: &Path, to: &Path, size: u64, executable: bool) -> Result<Ingested> {
+    /// read-only from `from` while hashed. `known` is the digest the first read found.
+    fn ingest_file(
+        &self,
+        from: &Path,
+        to: &Path,
+        size: u64,
+        executable: bool,
+        known: &Digest,
+    ) -> Result<Ingested> {
         if size < tree::LARGE_FILE {
             let mut buf = Vec::with_capacity(size as usize);
             fs::File::open(from)
@@ -257,8 +316,8 @@ impl Store {
                 }),
             });
         }
-        // Large: hash the source in place first, so content already stored costs one read.
-        let source_digest = tree::hash_file(from, size).map_err(|e| with_path(e, "read", from))?;
+        // Large: content already stored costs no second read.
+        let source_digest = *known;
         let object = self.object_path(&source_digest, executable);
         if link_existing(&object, to)? {
             return Ok(Ingested {

@@ -12,7 +12,8 @@
 //!
 //! The tree's hash is `BLAKE3("comfix-tree-v1\n" || node)`. A store path's name is
 //! `<digest>-<name>` with `digest` the first 32 hex digits of
-//! `BLAKE3("comfix-path-v1\n" || len(name) name || tree hash)`. File contents enter the
+//! `BLAKE3("comfix-path-v1\n" || len(name) name || tree hash || count { len(ref) ref })`, the
+//! references being the sorted, distinct names of the store paths the path refers to. File contents enter the
 //! serialization by their BLAKE3 digest, so the serialization is small and each file is read once.
 //! `store-layout.md` is the normative description of this format.
 
@@ -106,13 +107,22 @@ impl Node {
     }
 }
 
-/// The digest part of a store path's name, from its name and tree hash.
-pub fn path_digest(name: &str, tree_hash: &Digest) -> String {
+/// The digest part of a store path's name, from its name, tree hash and references (the
+/// `<digest>-<name>` of each referenced path; order does not matter).
+pub fn path_digest(name: &str, tree_hash: &Digest, references: &[String]) -> String {
+    let mut refs: Vec<&str> = references.iter().map(String::as_str).collect();
+    refs.sort_unstable();
+    refs.dedup();
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"comfix-path-v1\n");
     hasher.update(&(name.len() as u64).to_le_bytes());
     hasher.update(name.as_bytes());
     hasher.update(tree_hash);
+    hasher.update(&(refs.len() as u64).to_le_bytes());
+    for reference in refs {
+        hasher.update(&(reference.len() as u64).to_le_bytes());
+        hasher.update(reference.as_bytes());
+    }
     hasher.finalize().to_hex()[..32].to_string()
 }
 
@@ -329,7 +339,11 @@ mod tests {
     #[test]
     fn path_digest_depends_on_name() {
         let h = file(0, false, 0).tree_hash();
-        assert_ne!(path_digest("a", &h), path_digest("b", &h));
-        assert_eq!(path_digest("a", &h).len(), 32);
+        assert_ne!(path_digest("a", &h, &[]), path_digest("b", &h, &[]));
+        assert_eq!(path_digest("a", &h, &[]).len(), 32);
+        let refs = ["x".to_string(), "y".to_string()];
+        let reversed = ["y".to_string(), "x".to_string()];
+        assert_ne!(path_digest("a", &h, &[]), path_digest("a", &h, &refs));
+        assert_eq!(path_digest("a", &h, &refs), path_digest("a", &h, &reversed));
     }
 }

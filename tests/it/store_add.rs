@@ -319,3 +319,32 @@ fn concurrent_adds_of_overlapping_trees_share_objects() {
     assert_eq!(env.ok(&["store", "ls"]).lines().count(), 2);
     env.ok(&["store", "verify", "--check-contents"]);
 }
+
+#[test]
+fn references_are_part_of_the_path() {
+    let env = TestEnv::new();
+    let dep_src = env.path("dep.txt");
+    fs::write(&dep_src, b"dep").unwrap();
+    let dep = env.add(&dep_src);
+    let src = env.path("app.txt");
+    fs::write(&src, b"app").unwrap();
+    let plain = env.add(&src);
+    let with_ref = PathBuf::from(
+        env.ok(&[
+            "store",
+            "add",
+            src.to_str().unwrap(),
+            "--ref",
+            dep.to_str().unwrap(),
+        ])
+        .trim(),
+    );
+    assert_ne!(
+        plain, with_ref,
+        "same bytes with other references is another path"
+    );
+    let info = env.json(&["store", "path-info", plain.to_str().unwrap()]);
+    assert_eq!(info["references"].as_array().unwrap().len(), 0);
+    // They still share the object.
+    assert_eq!(inode(&plain), inode(&with_ref));
+}
