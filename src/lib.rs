@@ -5,12 +5,18 @@
 //!
 //! - [`spec`]: the version spec (`versions/<id>.json`, schema_version 2), parsed and validated.
 //! - [`store`]: the content-addressed store — objects, store paths, the SQLite db, locks.
+//! - [`lockfile`]: the lock, `<id>.lock.json`, with every moving part pinned.
+//! - [`fetch`]: git mirrors and checkouts, registry packages, model downloads.
+//! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod cli;
 pub mod fault;
+pub mod fetch;
 pub mod hint;
+pub mod lockfile;
 pub mod reporter;
+pub mod resolve;
 pub mod spec;
 pub mod store;

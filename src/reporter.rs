@@ -1,7 +1,7 @@
 //! Progress reporting kept out of library code.
 //!
 //! Library functions take a `&dyn Reporter` and call it as work advances; the CLI decides whether
-//! that becomes a progress bar (on a terminal), log lines, or nothing.
+//! that becomes progress bars (on a terminal), log lines, or nothing.
 
 /// Receives progress events from long-running library operations.
 pub trait Reporter: Send + Sync {
@@ -11,6 +11,13 @@ pub trait Reporter: Send + Sync {
     fn advance(&self, _delta: u64) {}
     /// The current task is finished.
     fn finish(&self) {}
+
+    /// One of several concurrent items (a download) starts; `id` is unique while it runs.
+    fn item_start(&self, _id: u64, _label: &str, _total: Option<u64>) {}
+    /// `delta` more bytes of item `id` are done.
+    fn item_advance(&self, _id: u64, _delta: u64) {}
+    /// Item `id` is finished (successfully or not).
+    fn item_finish(&self, _id: u64) {}
 }
 
 /// A reporter that ignores every event.

@@ -5,6 +5,7 @@
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
 mod progress;
+mod resolve;
 mod spec;
 mod store;
 
@@ -41,6 +42,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pin a spec into `<id>.lock.json` beside it and fetch what it pins into the store
+    Resolve(resolve::ResolveArgs),
     /// Inspect and maintain the store
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -105,6 +108,7 @@ pub fn main() -> i32 {
         progress: !cli.no_progress && cli.quiet == 0 && std::io::stderr().is_terminal(),
     };
     let result = match cli.command {
+        Command::Resolve(args) => resolve::run(args, &context),
         Command::Store(command) => store::run(command, &context),
         Command::Spec(command) => spec::run(command, &context),
     };
@@ -141,6 +145,12 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::fetch::FetchError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::lockfile::LockError>() {
             return (e.is_user_error(), e.hint());
         }
     }

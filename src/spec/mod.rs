@@ -334,6 +334,19 @@ impl Spec {
         }
     }
 
+    /// Like [`Spec::expand_env`], but entries whose variables are unset are left out instead of
+    /// failing: for optional credentials such as `HF_TOKEN: ${HF_TOKEN}` on public models.
+    pub fn expand_env_available(&self, lookup: impl Fn(&str) -> Option<String>) -> ExpandedEnv {
+        let mut out = ExpandedEnv::default();
+        for (key, template) in &self.env {
+            let single: BTreeMap<String, String> = [(key.clone(), template.clone())].into();
+            if let Ok(expanded) = env::expand(&single, &lookup) {
+                out.0.extend(expanded.0);
+            }
+        }
+        out
+    }
+
     /// Expand `${VAR}` references in `env` from `lookup` (normally the process environment).
     /// The values are wrapped in [`Secret`] so they never reach output by accident.
     pub fn expand_env(

@@ -79,7 +79,74 @@ fn mode(executable: bool) -> u32 {
     }
 }
 
+/// A private directory under the store's `tmp/` that a fetcher writes a file or tree into before
+/// [`Store::add_staged`] registers it by rename (no copy). While it exists, the store lock is held
+/// shared, so the garbage collector leaves it alone. Dropping it removes what is left.
+pub struct Staging {
+    dir: tempfile::TempDir,
+    _gc: lock::LockGuard,
+}
+
+impl Staging {
+    /// The directory to write into.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 impl Store {
+    /// A fresh staging directory (see [`Staging`]).
+    pub fn staging(&self) -> Result<Staging> {
+        let gc = lock::shared(&self.root.join("gc.lock"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("stage-")
+            .tempdir_in(self.root.join("tmp"))?;
+        Ok(Staging { dir, _gc: gc })
+    }
+
+    /// Register the file or tree a fetcher wrote at `staging.path()/rel` as a content-addressed
+    /// store path, by rename. Files are made read-only and replaced by links to existing objects
+    /// where their contents are already stored. `known_digest` is the BLAKE3 of a single-file
+    /// root that the caller hashed while writing it (it is not read again).
+    pub fn add_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        options: &AddOptions,
+        known_digest: Option<Digest>,
+    ) -> Result<Added> {
+        let name = self.path_name_for(options, &staging.path().join(rel))?;
+        let references = self.resolve_references(options)?;
+        let staged = staging.path().join(rel);
+        let entries = tree::walk(&staged)?;
+        let files: Vec<(PathBuf, u64, bool)> = file_list(&staged, &entries);
+        let single = known_digest.filter(|_| entries.len() == 1 && files.len() == 1);
+        let ingested = files
+            .par_iter()
+            .map(|(path, size, executable)| {
+                let digest = match single {
+                    Some(digest) => digest,
+                    None => tree::hash_file(path, *size).map_err(|e| with_path(e, "read", path))?,
+                };
+                fs::set_permissions(path, Permissions::from_mode(mode(*executable)))
+                    .map_err(|e| with_path(e, "make read-only", path))?;
+                // Publishing links it into `objects/`, or swaps in the existing object.
+                let pending = Some(Pending {
+                    staged: path.clone(),
+                    object: self.object_path(&digest, *executable),
+                    size: *size,
+                });
+                Ok(Ingested {
+                    size: *size,
+                    digest,
+                    pending,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let Staging { dir, _gc } = staging;
+        self.commit(&dir, &staged, &entries, ingested, &name, &references, None)
+    }
+
     /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
     pub fn add_path(
         &self,
@@ -96,35 +163,10 @@ impl Store {
                 with_path(err, "read", src).into()
             });
         }
-        let name = match &options.name {
-            Some(name) => {
-                check_name(name).map_err(|reason| StoreError::InvalidName {
-                    name: name.clone(),
-                    reason,
-                })?;
-                name.clone()
-            }
-            None => {
-                let base = std::path::absolute(src)?;
-                sanitize_name(&base.file_name().unwrap_or_default().to_string_lossy())
-            }
-        };
-        let references = options
-            .references
-            .iter()
-            .map(|r| self.resolve(r).map(|rec| rec.name))
-            .collect::<Result<Vec<_>>>()?;
-
+        let name = self.path_name_for(options, src)?;
+        let references = self.resolve_references(options)?;
         let entries = tree::walk(src)?;
-        let files: Vec<(PathBuf, u64, bool)> = entries
-            .iter()
-            .filter_map(|e| match e.kind {
-                EntryKind::File { size, executable } => {
-                    Some((tree::join_rel(src, &e.rel), size, executable))
-                }
-                _ => None,
-            })
-            .collect();
+        let files = file_list(src, &entries);
         let total: u64 = files.iter().map(|f| f.1).sum();
 
         // Hash first, read-only: a path that is already valid costs one read of each file and
@@ -139,7 +181,7 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
         reporter.finish();
-        let _gc = lock::shared(&self.root.join("gc.lock"))?;
+        let gc = lock::shared(&self.root.join("gc.lock"))?;
         let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
         if let Some(added) = self.existing(&expected.name)? {
             return Ok(added);
@@ -160,10 +202,9 @@ impl Store {
                 EntryKind::File { .. } => {}
             }
         }
-        let staged_files: Vec<PathBuf> = entries
-            .iter()
-            .filter(|e| matches!(e.kind, EntryKind::File { .. }))
-            .map(|e| tree::join_rel(&staged, &e.rel))
+        let staged_files: Vec<PathBuf> = file_list(&staged, &entries)
+            .into_iter()
+            .map(|f| f.0)
             .collect();
         reporter.start(&format!("Adding {}", src.display()), Some(total));
         let ingested = files
@@ -177,14 +218,68 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         reporter.finish();
-        pause_point("add-staged");
+        let added = self.commit(
+            &tmp,
+            &staged,
+            &entries,
+            ingested,
+            &name,
+            &references,
+            Some((&expected.name, src)),
+        );
+        drop(gc);
+        added
+    }
 
+    fn path_name_for(&self, options: &AddOptions, src: &Path) -> Result<String> {
+        match &options.name {
+            Some(name) => {
+                check_name(name).map_err(|reason| StoreError::InvalidName {
+                    name: name.clone(),
+                    reason,
+                })?;
+                Ok(name.clone())
+            }
+            None => {
+                let base = std::path::absolute(src)?;
+                Ok(sanitize_name(
+                    &base.file_name().unwrap_or_default().to_string_lossy(),
+                ))
+            }
+        }
+    }
+
+    fn resolve_references(&self, options: &AddOptions) -> Result<Vec<String>> {
+        options
+            .references
+            .iter()
+            .map(|r| self.resolve(r).map(|rec| rec.name))
+            .collect()
+    }
+
+    /// Steps 3–7 of the protocol for a tree staged at `staged` inside `tmp`: name it by the staged
+    /// bytes, publish its objects, rename it into `paths/`, register it. `expected` is the name
+    /// the source hashed to before staging, and the source, to warn when it changed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        tmp: &tempfile::TempDir,
+        staged: &Path,
+        entries: &[tree::Entry],
+        ingested: Vec<Ingested>,
+        name: &str,
+        references: &[String],
+        expected: Option<(&str, &Path)>,
+    ) -> Result<Added> {
+        pause_point("add-staged");
         // What was staged is what counts: the source may have changed since it was hashed.
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
-        let node = tree::build_node(&entries, &sizes);
-        let record = self.describe(&name, &node, &references);
-        if record.name != expected.name {
-            tracing::warn!("`{}` changed while it was being added", src.display());
+        let node = tree::build_node(entries, &sizes);
+        let record = self.describe(name, &node, references);
+        if let Some((expected, src)) = expected {
+            if record.name != expected {
+                tracing::warn!("`{}` changed while it was being added", src.display());
+            }
         }
         let path_name = record.name.clone();
         let final_path = self.path_of(&path_name);
@@ -209,7 +304,7 @@ impl Store {
             tracing::debug!("removing unregistered `{}`", final_path.display());
             remove_tree(&final_path)?;
         }
-        fs::rename(&staged, &final_path).map_err(|e| with_path(e, "rename into", &final_path))?;
+        fs::rename(staged, &final_path).map_err(|e| with_path(e, "rename into", &final_path))?;
         if matches!(node, tree::Node::Directory { .. }) {
             fs::set_permissions(&final_path, Permissions::from_mode(0o555))
                 .map_err(|e| with_path(e, "make read-only", &final_path))?;
@@ -220,13 +315,13 @@ impl Store {
         self.temp_roots.add(&path_name)?;
         let registered = {
             let mut conn = self.db();
-            db::register(&mut conn, &record, &references)?
+            db::register(&mut conn, &record, references)?
         };
         let record = self.query(&path_name)?.unwrap_or(record);
         Ok(Added {
             path: final_path,
             record,
-            references,
+            references: references.to_vec(),
             newly_registered: registered == Registered::New,
             new_objects,
             new_object_bytes,
@@ -376,6 +471,19 @@ impl Store {
         }
         Ok((count, bytes))
     }
+}
+
+/// The regular files of a walked tree: (path under `base`, size, executable), in walk order.
+fn file_list(base: &Path, entries: &[tree::Entry]) -> Vec<(PathBuf, u64, bool)> {
+    entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            EntryKind::File { size, executable } => {
+                Some((tree::join_rel(base, &e.rel), size, executable))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Hardlink `object` to `to` if the object exists. A full link count means a private copy.

@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
-pub use add::{AddOptions, Added};
+pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
 pub use verify::{CorruptPath, VerifyReport};
 

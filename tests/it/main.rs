@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod resolve;
 mod spec;
 mod store_add;
 mod store_crash;

@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod git;
+pub mod http;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -28,15 +31,20 @@ impl TestEnv {
 
     /// A `comfix` command with `--store` set, run in the work directory, with a clean environment.
     pub fn cmd(&self) -> Command {
+        let mut cmd = self.cmd_without_store();
+        cmd.arg("--store").arg(&self.store);
+        cmd
+    }
+
+    /// Like [`TestEnv::cmd`], for a test that chooses its own `--store`.
+    pub fn cmd_without_store(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
         cmd.current_dir(&self.work)
             .env_remove("COMFIX_STORE")
             .env_remove("COMFIX_LOG")
             .env_remove("COMFIX_FAULT_PAUSE")
             .env("HOME", self.dir.path())
-            .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
-            .arg("--store")
-            .arg(&self.store);
+            .env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         cmd
     }
 

@@ -1,0 +1,85 @@
+//! `comfix resolve`: pin a spec into its lock, fetching what the lock names into the store.
+
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::spec::SpecArg;
+use super::{Context, Outcome};
+use crate::fetch::http::Client;
+use crate::fetch::FetchConfig;
+use crate::lockfile::{lock_path_for, Lock};
+use crate::resolve::{Resolver, Update};
+use crate::spec::Spec;
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub spec: SpecArg,
+    /// Use only what the store already holds; fail listing everything that is missing
+    #[arg(long)]
+    pub offline: bool,
+    /// Re-resolve the named entries (node names, model names or file names, `comfy`), or all
+    /// when no name is given; other entries of an existing lock are kept as they are
+    #[arg(long, value_name = "NAME", num_args = 0..)]
+    pub update: Option<Vec<String>>,
+    /// Concurrent downloads
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+}
+
+pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let loaded = Spec::load(&args.spec.path()?)?;
+    let spec = &loaded.spec;
+    let lock_path = lock_path_for(&loaded.path, &spec.version_id);
+    let old = Lock::read(&lock_path)?;
+    let update = match args.update {
+        None => Update::Nothing,
+        Some(names) if names.is_empty() => Update::All,
+        Some(names) => Update::Names(names),
+    };
+    let offline = args.offline || spec.options.offline;
+    let env = |k: &str| std::env::var(k).ok();
+    let config = FetchConfig::from_env(env, &spec.expand_env_available(env), offline, args.jobs)?;
+    let store = Arc::new(context.open_store()?);
+    let store_root = store.root().to_path_buf();
+    let client = Arc::new(Client::new(Arc::new(config))?);
+    let resolver = Resolver {
+        store,
+        client,
+        reporter: context.reporter().into(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (lock, items) = runtime.block_on(resolver.resolve(spec, old.as_ref(), &update))?;
+    let changed = old.as_ref() != Some(&lock);
+    if changed {
+        lock.write(&lock_path)?;
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "lock_path": lock_path,
+            "changed": changed,
+            "items": items,
+            "lock": lock,
+        }))?;
+    } else {
+        for item in &items {
+            println!(
+                "{}\t{}\t{}\t{}\t{}",
+                item.kind,
+                item.name,
+                item.action,
+                item.pin,
+                store_root.join("paths").join(&item.store_path).display()
+            );
+        }
+    }
+    tracing::info!(
+        "{} `{}`",
+        if changed { "wrote" } else { "unchanged:" },
+        lock_path.display()
+    );
+    Ok(Outcome::Success)
+}

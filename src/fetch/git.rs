@@ -1,0 +1,329 @@
+//! Git sources: a bare mirror per repository URL inside the store (`<store>/git/`), refs resolved
+//! to commits there, and checkouts written from git objects (no `.git`, no filters) into
+//! content-addressed store paths. Submodules are checked out at the commits the superproject pins.
+
+use std::path::{Path, PathBuf};
+
+use git2::{FetchOptions, ObjectType, Oid, Repository};
+
+use super::FetchError;
+use crate::store::{lock, AddOptions, Added, Store};
+
+/// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.
+pub fn mirror_path(store: &Store, url: &str) -> PathBuf {
+    let key = &blake3::hash(url.as_bytes()).to_hex()[..16];
+    let name = crate::store::sanitize_name(crate::spec::repo_basename(url));
+    store.root().join("git").join(format!("{key}-{name}.git"))
+}
+
+fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
+    move |e| FetchError::Git {
+        url: url.to_string(),
+        message: e.message().to_string(),
+    }
+}
+
+/// Open the mirror of `url`, creating it if needed.
+fn open_mirror(store: &Store, url: &str) -> Result<Repository, FetchError> {
+    let path = mirror_path(store, url);
+    match Repository::open_bare(&path) {
+        Ok(repo) => Ok(repo),
+        Err(_) => {
+            std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
+                .map_err(FetchError::io(&path))?;
+            Repository::init_bare(&path).map_err(git_err(url))
+        }
+    }
+}
+
+/// Fetch every branch and tag of `url` into its mirror, force-updating moved refs, and the
+/// remote's HEAD as `refs/comfix/HEAD`.
+pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError> {
+    let path = mirror_path(store, url);
+    let lock_path = path.with_extension("lock");
+    std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
+        .map_err(FetchError::io(&path))?;
+    let _lock = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
+    let repo = open_mirror(store, url)?;
+    {
+        let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
+        let mut options = FetchOptions::new();
+        options.download_tags(git2::AutotagOption::All);
+        remote
+            .fetch(
+                &[
+                    "+refs/heads/*:refs/heads/*",
+                    "+refs/tags/*:refs/tags/*",
+                    "+HEAD:refs/comfix/HEAD",
+                ],
+                Some(&mut options),
+                None,
+            )
+            .map_err(git_err(url))?;
+    }
+    Ok(repo)
+}
+
+/// Resolve `commit` (wins when given, checked to exist) or `git_ref` (branch, tag, or the remote's
+/// default branch when `None`) to a full commit id in the mirror of `url`. With `fetch`, the
+/// mirror is updated first; without, only what the mirror already holds is used.
+pub fn resolve(
+    store: &Store,
+    url: &str,
+    git_ref: Option<&str>,
+    commit: Option<&str>,
+    fetch: bool,
+) -> Result<String, FetchError> {
+    let repo = if fetch {
+        update_mirror(store, url)?
+    } else {
+        Repository::open_bare(mirror_path(store, url)).map_err(|_| FetchError::Offline {
+            missing: vec![format!("git mirror of `{url}`")],
+        })?
+    };
+    if let Some(commit) = commit {
+        return repo
+            .revparse_single(commit)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| c.id().to_string())
+            .map_err(|_| FetchError::GitCommitNotFound {
+                url: url.to_string(),
+                commit: commit.to_string(),
+            });
+    }
+    let candidates: Vec<String> = match git_ref {
+        None => vec!["refs/comfix/HEAD".into()],
+        Some(r) => vec![
+            format!("refs/heads/{r}"),
+            format!("refs/tags/{r}"),
+            r.to_string(),
+        ],
+    };
+    for candidate in &candidates {
+        if let Ok(object) = repo.revparse_single(candidate) {
+            if let Ok(commit) = object.peel_to_commit() {
+                return Ok(commit.id().to_string());
+            }
+        }
+    }
+    Err(FetchError::GitRefNotFound {
+        url: url.to_string(),
+        reference: git_ref.unwrap_or("HEAD").to_string(),
+    })
+}
+
+/// Whether the mirror of `url` holds `commit`.
+pub fn has_commit(store: &Store, url: &str, commit: &str) -> bool {
+    Repository::open_bare(mirror_path(store, url))
+        .ok()
+        .and_then(|repo| {
+            let oid = Oid::from_str(commit).ok()?;
+            repo.find_commit(oid).ok().map(|_| ())
+        })
+        .is_some()
+}
+
+/// Write the tree of `commit` (from the mirror of `url`, with submodules) into a store path named
+/// `name`. With `fetch`, submodule mirrors are updated when they lack their pinned commit.
+pub fn checkout(
+    store: &Store,
+    url: &str,
+    commit: &str,
+    name: &str,
+    fetch: bool,
+) -> Result<Added, FetchError> {
+    let staging = store.staging()?;
+    let root = staging.path().join("tree");
+    std::fs::create_dir(&root).map_err(FetchError::io(&root))?;
+    write_commit(store, url, commit, &root, fetch)?;
+    let options = AddOptions {
+        name: Some(name.to_string()),
+        references: Vec::new(),
+    };
+    Ok(store.add_staged(staging, "tree", &options, None)?)
+}
+
+fn write_commit(
+    store: &Store,
+    url: &str,
+    commit: &str,
+    dest: &Path,
+    fetch: bool,
+) -> Result<(), FetchError> {
+    let repo = Repository::open_bare(mirror_path(store, url)).map_err(git_err(url))?;
+    let oid = Oid::from_str(commit).map_err(git_err(url))?;
+    let commit_obj = repo
+        .find_commit(oid)
+        .map_err(|_| FetchError::GitCommitNotFound {
+            url: url.to_string(),
+            commit: commit.to_string(),
+        })?;
+    let tree = commit_obj.tree().map_err(git_err(url))?;
+    let submodules = read_gitmodules(&repo, &tree, url)?;
+    write_tree(
+        store,
+        &repo,
+        url,
+        &tree,
+        dest,
+        Path::new(""),
+        &submodules,
+        fetch,
+    )
+}
+
+/// `path → url` of the submodules declared in the tree's `.gitmodules`.
+fn read_gitmodules(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    url: &str,
+) -> Result<Vec<(String, String)>, FetchError> {
+    let Some(entry) = tree.get_name(".gitmodules") else {
+        return Ok(Vec::new());
+    };
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(git_err(url))?
+        .content()
+        .to_vec();
+    let tmp = tempfile::NamedTempFile::new().map_err(FetchError::io(".gitmodules"))?;
+    std::fs::write(tmp.path(), &blob).map_err(FetchError::io(tmp.path()))?;
+    let config = git2::Config::open(tmp.path()).map_err(git_err(url))?;
+    let mut paths = std::collections::BTreeMap::new();
+    let mut urls = std::collections::BTreeMap::new();
+    let mut entries = config
+        .entries(Some("submodule\\..*"))
+        .map_err(git_err(url))?;
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(git_err(url))?;
+        let (Some(key), Some(value)) = (entry.name(), entry.value()) else {
+            continue;
+        };
+        let rest = key.trim_start_matches("submodule.");
+        if let Some(name) = rest.strip_suffix(".path") {
+            paths.insert(name.to_string(), value.to_string());
+        } else if let Some(name) = rest.strip_suffix(".url") {
+            urls.insert(name.to_string(), value.to_string());
+        }
+    }
+    Ok(paths
+        .into_iter()
+        .filter_map(|(name, path)| {
+            urls.get(&name)
+                .map(|u| (path, resolve_submodule_url(url, u)))
+        })
+        .collect())
+}
+
+/// A submodule URL relative to its superproject's (`../sub.git`) made absolute, as git does.
+pub fn resolve_submodule_url(parent: &str, sub: &str) -> String {
+    if !(sub.starts_with("./") || sub.starts_with("../")) {
+        return sub.to_string();
+    }
+    let mut base = parent.trim_end_matches('/').to_string();
+    let mut rest = sub;
+    loop {
+        if let Some(r) = rest.strip_prefix("./") {
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("../") {
+            if let Some(cut) = base.rfind(['/', ':']) {
+                base.truncate(cut);
+            }
+            rest = r;
+        } else {
+            break;
+        }
+    }
+    format!("{base}/{rest}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_tree(
+    store: &Store,
+    repo: &Repository,
+    url: &str,
+    tree: &git2::Tree<'_>,
+    dest: &Path,
+    prefix: &Path,
+    submodules: &[(String, String)],
+    fetch: bool,
+) -> Result<(), FetchError> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in tree.iter() {
+        let Some(name) = entry.name() else {
+            continue;
+        };
+        if name == ".git" || name.contains('/') || name == ".." || name == "." {
+            continue; // never valid in a git tree; refuse to write it
+        }
+        let path = dest.join(name);
+        let rel = prefix.join(name);
+        let mode = entry.filemode();
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                std::fs::create_dir(&path).map_err(FetchError::io(&path))?;
+                let sub = repo.find_tree(entry.id()).map_err(git_err(url))?;
+                write_tree(store, repo, url, &sub, &path, &rel, submodules, fetch)?;
+            }
+            Some(ObjectType::Blob) => {
+                let blob = repo.find_blob(entry.id()).map_err(git_err(url))?;
+                if mode == 0o120000 {
+                    let target = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                        blob.content(),
+                    );
+                    std::os::unix::fs::symlink(target, &path).map_err(FetchError::io(&path))?;
+                } else {
+                    std::fs::write(&path, blob.content()).map_err(FetchError::io(&path))?;
+                    let perm = if mode == 0o100755 { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm))
+                        .map_err(FetchError::io(&path))?;
+                }
+            }
+            Some(ObjectType::Commit) => {
+                // A submodule: its commit id is pinned here, its URL in .gitmodules.
+                let rel_str = rel.to_string_lossy().into_owned();
+                let Some((_, sub_url)) = submodules.iter().find(|(p, _)| *p == rel_str) else {
+                    return Err(FetchError::Git {
+                        url: url.to_string(),
+                        message: format!("submodule `{rel_str}` is not declared in .gitmodules"),
+                    });
+                };
+                let commit = entry.id().to_string();
+                if !has_commit(store, sub_url, &commit) {
+                    if !fetch {
+                        return Err(FetchError::Offline {
+                            missing: vec![format!("commit `{commit}` of submodule `{sub_url}`")],
+                        });
+                    }
+                    update_mirror(store, sub_url)?;
+                }
+                std::fs::create_dir(&path).map_err(FetchError::io(&path))?;
+                write_commit(store, sub_url, &commit, &path, fetch)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_submodule_url;
+
+    #[test]
+    fn relative_submodule_urls() {
+        assert_eq!(
+            resolve_submodule_url("https://h/org/super.git", "../lib.git"),
+            "https://h/org/lib.git"
+        );
+        assert_eq!(
+            resolve_submodule_url("/srv/git/super", "../lib"),
+            "/srv/git/lib"
+        );
+        assert_eq!(
+            resolve_submodule_url("git@h:org/super.git", "../lib.git"),
+            "git@h:org/lib.git"
+        );
+        assert_eq!(resolve_submodule_url("/a/b", "https://x/y"), "https://x/y");
+    }
+}

@@ -1,0 +1,535 @@
+//! HTTP(S): JSON APIs, metadata requests and resumable, verified downloads into the store.
+//!
+//! Redirects are followed by hand so that a token is attached only to requests whose host is the
+//! token's own host. Downloads stream into `tmp/downloads/<key>.part` (key: BLAKE3 of the URL),
+//! hashed while written on a separate thread; an interrupted download, in this process or a later
+//! one, resumes with a `Range` request from where the file ends. Transient failures (connection
+//! errors, 5xx, 429) are retried with exponential backoff.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, ETAG, IF_RANGE, LOCATION, RANGE};
+use reqwest::{Method, Response, StatusCode};
+use sha2::Digest as _;
+use url::Url;
+
+use super::{FetchConfig, FetchError};
+use crate::reporter::Reporter;
+use crate::spec::Secret;
+use crate::store::{lock, Staging, Store};
+
+/// A credential for one host: sent only to `host` (host and port), never to a redirect target.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    host: String,
+    /// The `Authorization` header value, when the token is set.
+    header: Option<Secret>,
+    /// The variable the token comes from, for hints.
+    pub var: &'static str,
+}
+
+fn host_key(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+impl Auth {
+    /// A bearer token for the host of `base`.
+    pub fn bearer(base: &Url, token: Option<&Secret>, var: &'static str) -> Auth {
+        Auth {
+            host: host_key(base),
+            header: token.map(|t| Secret::new(format!("Bearer {}", t.expose()))),
+            var,
+        }
+    }
+
+    fn applies(&self, url: &Url) -> bool {
+        host_key(url) == self.host
+    }
+
+    fn host(&self) -> &str {
+        self.host.rsplit_once(':').map_or(&self.host, |(h, _)| h)
+    }
+}
+
+/// One file to download.
+#[derive(Debug, Clone)]
+pub struct Download {
+    /// What it is, for messages (`model wan-vae`).
+    pub what: String,
+    pub url: Url,
+    pub auth: Option<Auth>,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub blake3: Option<String>,
+    /// The file name inside the staging directory.
+    pub file_name: String,
+}
+
+/// A verified download, staged in the store but not yet registered.
+pub struct Fetched {
+    pub staging: Staging,
+    pub file_name: String,
+    pub size: u64,
+    /// Computed when an expected SHA-256 was given (and then equal to it).
+    pub sha256: Option<String>,
+    pub blake3: crate::store::tree::Digest,
+}
+
+/// The HTTP client of a fetch session.
+pub struct Client {
+    http: reqwest::Client,
+    config: Arc<FetchConfig>,
+    next_id: AtomicU64,
+}
+
+fn status_error(what: &str, url: &Url, status: StatusCode, auth: Option<&Auth>) -> FetchError {
+    let hint = match status.as_u16() {
+        401 | 403 => Some(match auth {
+            Some(auth) if auth.header.is_some() => format!(
+                "`{}` refused the token in `{}`; check that it grants access to this file",
+                auth.host(),
+                auth.var
+            ),
+            Some(auth) => format!(
+                "set `{}` to a token with access (it is sent only to `{}`)",
+                auth.var,
+                auth.host()
+            ),
+            None => "the server requires authentication for this URL".to_string(),
+        }),
+        404 => Some(format!(
+            "check the source (path, revision, id) of {what}; `{url}` does not exist"
+        )),
+        _ => None,
+    };
+    FetchError::Status {
+        what: what.to_string(),
+        url: url.to_string(),
+        status: status.as_u16(),
+        hint,
+    }
+}
+
+fn http_error(what: &str, url: &Url, err: impl std::fmt::Display) -> FetchError {
+    FetchError::Http {
+        what: what.to_string(),
+        url: url.to_string(),
+        message: err.to_string(),
+    }
+}
+
+impl Client {
+    pub fn new(config: Arc<FetchConfig>) -> Result<Client, FetchError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| FetchError::Config {
+                message: format!("cannot create the HTTP client: {e}"),
+            })?;
+        Ok(Client {
+            http,
+            config,
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &FetchConfig {
+        &self.config
+    }
+
+    /// Send one request, following redirects by hand when `follow`; the token goes only to its
+    /// own host. Returns the response and the URL that answered.
+    async fn send(
+        &self,
+        what: &str,
+        method: Method,
+        url: &Url,
+        auth: Option<&Auth>,
+        headers: &[(reqwest::header::HeaderName, String)],
+        follow: bool,
+    ) -> Result<(Response, Url), FetchError> {
+        if self.config.offline {
+            return Err(FetchError::Offline {
+                missing: vec![format!("{what} (`{url}`)")],
+            });
+        }
+        let mut current = url.clone();
+        for _ in 0..10 {
+            let mut request = self.http.request(method.clone(), current.clone());
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            if let Some(auth) = auth.filter(|a| a.applies(&current)) {
+                if let Some(header) = &auth.header {
+                    request = request.header(AUTHORIZATION, header.expose());
+                }
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| http_error(what, &current, e))?;
+            if follow && response.status().is_redirection() {
+                if let Some(location) = response.headers().get(LOCATION) {
+                    let location = location
+                        .to_str()
+                        .map_err(|e| http_error(what, &current, e))?;
+                    let next = current
+                        .join(location)
+                        .map_err(|e| http_error(what, &current, e))?;
+                    tracing::debug!("{what}: redirected to `{}`", next.host_str().unwrap_or(""));
+                    current = next;
+                    continue;
+                }
+            }
+            return Ok((response, current));
+        }
+        Err(http_error(what, url, "too many redirects"))
+    }
+
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, FetchError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, FetchError>>,
+    {
+        let mut delay = self.config.retry_base;
+        let mut tries = 1;
+        loop {
+            match attempt().await {
+                Err(err) if err.is_transient() && tries < self.config.attempts => {
+                    tracing::warn!("{err}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        url: &Url,
+        auth: Option<&Auth>,
+    ) -> Result<T, FetchError> {
+        self.retrying(|| async {
+            let (response, at) = self.send(what, Method::GET, url, auth, &[], true).await?;
+            if !response.status().is_success() {
+                return Err(status_error(what, &at, response.status(), auth));
+            }
+            let text = response
+                .text()
+                .await
+                .map_err(|e| http_error(what, &at, e))?;
+            serde_json::from_str(&text).map_err(|e| FetchError::Api {
+                what: what.to_string(),
+                message: format!("unexpected answer from `{at}`: {e}"),
+            })
+        })
+        .await
+    }
+
+    /// HEAD without following redirects: the status and headers of the first answer.
+    pub async fn head(
+        &self,
+        what: &str,
+        url: &Url,
+        auth: Option<&Auth>,
+    ) -> Result<(StatusCode, HeaderMap), FetchError> {
+        self.retrying(|| async {
+            let (response, at) = self.send(what, Method::HEAD, url, auth, &[], false).await?;
+            let status = response.status();
+            if status.is_success() || status.is_redirection() {
+                Ok((status, response.headers().clone()))
+            } else {
+                Err(status_error(what, &at, status, auth))
+            }
+        })
+        .await
+    }
+
+    /// Download `d` into the store's staging area, verified against every expected value.
+    pub async fn download(
+        &self,
+        store: &Store,
+        reporter: &dyn Reporter,
+        d: &Download,
+    ) -> Result<Fetched, FetchError> {
+        let dir = store.root().join("tmp/downloads");
+        std::fs::create_dir_all(&dir).map_err(FetchError::io(&dir))?;
+        let key = &blake3::hash(d.url.as_str().as_bytes()).to_hex()[..32];
+        let part = dir.join(format!("{key}.part"));
+        let meta = dir.join(format!("{key}.etag"));
+        let lock_path = dir.join(format!("{key}.lock"));
+        let _lock = tokio::task::spawn_blocking(move || lock::exclusive(&lock_path))
+            .await
+            .expect("the lock task does not panic")
+            .map_err(FetchError::io(dir.join(format!("{key}.lock"))))?;
+
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        reporter.item_start(id, &d.what, d.size);
+        let mut sink = Sink::resume(&part, d.sha256.is_some())?;
+        if sink.written > 0 {
+            tracing::info!("{}: resuming at byte {}", d.what, sink.written);
+            reporter.item_advance(id, sink.written);
+        }
+        let etag = std::fs::read_to_string(&meta).ok();
+        let mut delay = self.config.retry_base;
+        let mut tries = 1;
+        let result = loop {
+            let (result, back) = self
+                .download_once(d, sink, etag.as_deref(), &meta, reporter, id)
+                .await;
+            sink = back;
+            match result {
+                Err(err) if err.is_transient() && tries < self.config.attempts => {
+                    tracing::warn!("{err}; retrying in {delay:?} from byte {}", sink.written);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    tries += 1;
+                }
+                other => break other,
+            }
+        };
+        reporter.item_finish(id);
+        result?;
+        let (size, sha256, blake3) = sink.finish().map_err(FetchError::io(&part))?;
+
+        let discard = || {
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_file(&meta);
+        };
+        let blake3_hex = blake3::Hash::from(blake3).to_hex().to_string();
+        if let Some(expected) = d.size.filter(|e| *e != size) {
+            discard();
+            return Err(FetchError::SizeMismatch {
+                what: d.what.clone(),
+                url: d.url.to_string(),
+                expected,
+                actual: size,
+            });
+        }
+        for (algorithm, expected, actual) in [
+            ("SHA-256", &d.sha256, sha256.clone()),
+            ("BLAKE3", &d.blake3, Some(blake3_hex.clone())),
+        ] {
+            if let (Some(expected), Some(actual)) = (expected, actual) {
+                if !expected.eq_ignore_ascii_case(&actual) {
+                    discard();
+                    return Err(FetchError::HashMismatch {
+                        what: d.what.clone(),
+                        url: d.url.to_string(),
+                        algorithm,
+                        expected: expected.to_ascii_lowercase(),
+                        actual,
+                    });
+                }
+            }
+        }
+        let staging = store.staging()?;
+        let staged = staging.path().join(&d.file_name);
+        std::fs::rename(&part, &staged).map_err(FetchError::io(&staged))?;
+        let _ = std::fs::remove_file(&meta);
+        Ok(Fetched {
+            staging,
+            file_name: d.file_name.clone(),
+            size,
+            sha256,
+            blake3,
+        })
+    }
+
+    /// One attempt: request from `sink.written` on, stream the body into the sink. Always hands
+    /// the sink back, with whatever was written.
+    async fn download_once(
+        &self,
+        d: &Download,
+        mut sink: Sink,
+        etag: Option<&str>,
+        meta: &Path,
+        reporter: &dyn Reporter,
+        id: u64,
+    ) -> (Result<(), FetchError>, Sink) {
+        let mut headers = Vec::new();
+        if sink.written > 0 {
+            headers.push((RANGE, format!("bytes={}-", sink.written)));
+            if let Some(etag) = etag {
+                headers.push((IF_RANGE, etag.to_string()));
+            }
+        }
+        let (mut response, at) = match self
+            .send(
+                &d.what,
+                Method::GET,
+                &d.url,
+                d.auth.as_ref(),
+                &headers,
+                true,
+            )
+            .await
+        {
+            Ok(answer) => answer,
+            Err(err) => return (Err(err), sink),
+        };
+        let status = response.status();
+        if status == StatusCode::RANGE_NOT_SATISFIABLE && sink.written > 0 {
+            // Either complete already or the file changed: start over.
+            if d.size == Some(sink.written) {
+                return (Ok(()), sink);
+            }
+            return match sink.restart() {
+                Ok(()) => (
+                    Err(http_error(
+                        &d.what,
+                        &at,
+                        "range not satisfiable; restarting",
+                    )),
+                    sink,
+                ),
+                Err(e) => (Err(FetchError::io(&sink.path)(e)), sink),
+            };
+        }
+        if !status.is_success() {
+            return (
+                Err(status_error(&d.what, &at, status, d.auth.as_ref())),
+                sink,
+            );
+        }
+        let resumed = status == StatusCode::PARTIAL_CONTENT
+            && response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {}-", sink.written)));
+        if !resumed && sink.written > 0 {
+            tracing::info!("{}: the server sent the whole file; starting over", d.what);
+            if let Err(e) = sink.restart() {
+                return (Err(FetchError::io(&sink.path)(e)), sink);
+            }
+        }
+        if let Some(tag) = response.headers().get(ETAG).and_then(|v| v.to_str().ok()) {
+            let _ = std::fs::write(meta, tag);
+        }
+
+        // Hash and write on a blocking thread while this task receives.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut result = Ok(());
+            while let Some(chunk) = rx.blocking_recv() {
+                if let Err(e) = sink.write(&chunk) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            (result, sink)
+        });
+        let mut received = Ok(());
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let len = chunk.len() as u64;
+                    if tx.send(chunk).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                    reporter.item_advance(id, len);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    received = Err(http_error(&d.what, &at, e));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let (written, sink) = writer.await.expect("the writer thread does not panic");
+        if let Err(e) = written {
+            let path = sink.path.clone();
+            return (Err(FetchError::io(path)(e)), sink);
+        }
+        (received, sink)
+    }
+}
+
+/// The file being downloaded and the hashes of what it holds so far.
+struct Sink {
+    path: PathBuf,
+    file: File,
+    blake3: blake3::Hasher,
+    sha256: Option<sha2::Sha256>,
+    written: u64,
+}
+
+impl Sink {
+    /// Open `path` for appending, hashing what an earlier attempt left in it.
+    fn resume(path: &Path, want_sha256: bool) -> Result<Sink, FetchError> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(FetchError::io(path))?;
+        let mut sink = Sink {
+            path: path.to_path_buf(),
+            file: file.try_clone().map_err(FetchError::io(path))?,
+            blake3: blake3::Hasher::new(),
+            sha256: want_sha256.then(sha2::Sha256::new),
+            written: 0,
+        };
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(FetchError::io(path))?;
+            if n == 0 {
+                break;
+            }
+            sink.hash(&buf[..n]);
+        }
+        Ok(sink)
+    }
+
+    fn hash(&mut self, bytes: &[u8]) {
+        self.blake3.update(bytes);
+        if let Some(sha) = &mut self.sha256 {
+            sha.update(bytes);
+        }
+        self.written += bytes.len() as u64;
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hash(bytes);
+        Ok(())
+    }
+
+    fn restart(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.blake3.reset();
+        if let Some(sha) = &mut self.sha256 {
+            *sha = sha2::Sha256::new();
+        }
+        self.written = 0;
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<(u64, Option<String>, crate::store::tree::Digest)> {
+        self.file.sync_data()?;
+        let sha256 = self.sha256.map(|s| {
+            s.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        });
+        Ok((self.written, sha256, *self.blake3.finalize().as_bytes()))
+    }
+}

@@ -1,0 +1,214 @@
+//! Fetchers: git repositories, Comfy Node Registry packages and model files into the store.
+//!
+//! Every fetch either checks the bytes against an expected hash (from the lock, the spec or the
+//! source's own report) or records the hash it found; on a mismatch nothing is registered and the
+//! error names both hashes. Tokens are sent only to their own hosts, never across a redirect to
+//! another host, and never logged.
+
+pub mod git;
+pub mod http;
+pub mod model;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::hint::Hint;
+use crate::spec::{ExpandedEnv, Secret};
+use crate::store::StoreError;
+
+/// Where the outside services are and how to talk to them.
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    /// Hugging Face base URL (`HF_ENDPOINT`, default `https://huggingface.co`).
+    pub hf_endpoint: Url,
+    pub hf_token: Option<Secret>,
+    /// CivitAI API base (`COMFIX_CIVITAI_URL`, default `https://civitai.com/api/v1`).
+    pub civitai_api: Url,
+    pub civitai_token: Option<Secret>,
+    /// Comfy Node Registry API base (`COMFIX_REGISTRY_URL`, default `https://api.comfy.org`).
+    pub registry: Url,
+    /// Touch no network at all.
+    pub offline: bool,
+    /// Concurrent downloads.
+    pub jobs: usize,
+    /// Attempts per request for transient errors (`COMFIX_RETRIES`, default 5).
+    pub attempts: u32,
+    /// First backoff delay, doubled per attempt (`COMFIX_RETRY_BASE_MS`, default 500).
+    pub retry_base: Duration,
+}
+
+fn parse_base(value: &str, var: &str) -> Result<Url, FetchError> {
+    let with_slash = if value.ends_with('/') {
+        value.to_string()
+    } else {
+        format!("{value}/")
+    };
+    Url::parse(&with_slash).map_err(|e| FetchError::Config {
+        message: format!("`{var}` is not a URL (`{value}`): {e}"),
+    })
+}
+
+impl FetchConfig {
+    /// Build the configuration from the process environment; a spec's expanded `env` overrides it
+    /// for the tokens (`HF_TOKEN`, `CIVITAI_TOKEN`).
+    pub fn from_env(
+        env: impl Fn(&str) -> Option<String>,
+        spec_env: &ExpandedEnv,
+        offline: bool,
+        jobs: usize,
+    ) -> Result<FetchConfig, FetchError> {
+        let token = |var: &str| {
+            spec_env
+                .get(var)
+                .filter(|s| !s.expose().is_empty())
+                .cloned()
+                .or_else(|| env(var).filter(|v| !v.is_empty()).map(Secret::new))
+        };
+        let base = |var: &str, default: &str| {
+            parse_base(
+                &env(var).filter(|v| !v.is_empty()).unwrap_or(default.into()),
+                var,
+            )
+        };
+        Ok(FetchConfig {
+            hf_endpoint: base("HF_ENDPOINT", "https://huggingface.co")?,
+            hf_token: token("HF_TOKEN"),
+            civitai_api: base("COMFIX_CIVITAI_URL", "https://civitai.com/api/v1")?,
+            civitai_token: token("CIVITAI_TOKEN"),
+            registry: base("COMFIX_REGISTRY_URL", "https://api.comfy.org")?,
+            offline,
+            jobs: jobs.max(1),
+            attempts: env("COMFIX_RETRIES")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5u32)
+                .max(1),
+            retry_base: Duration::from_millis(
+                env("COMFIX_RETRY_BASE_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(500),
+            ),
+        })
+    }
+}
+
+/// Errors from fetching.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{message}")]
+    Config { message: String },
+    #[error("Git operation on `{url}` failed: {message}")]
+    Git { url: String, message: String },
+    #[error("Ref `{reference}` not found in `{url}`")]
+    GitRefNotFound { url: String, reference: String },
+    #[error("Commit `{commit}` not found in `{url}`")]
+    GitCommitNotFound { url: String, commit: String },
+    #[error("Request for {what} to `{url}` failed: {message}")]
+    Http {
+        what: String,
+        url: String,
+        message: String,
+    },
+    #[error("{what}: `{url}` answered {status}")]
+    Status {
+        what: String,
+        url: String,
+        status: u16,
+        hint: Option<String>,
+    },
+    #[error("{what}: {algorithm} mismatch for `{url}`: expected `{expected}`, got `{actual}`")]
+    HashMismatch {
+        what: String,
+        url: String,
+        algorithm: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("{what}: size mismatch for `{url}`: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        what: String,
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("Archive `{url}` is unsafe: entry `{entry}` {reason}")]
+    UnsafeArchive {
+        url: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("Archive `{url}` could not be read: {message}")]
+    BadArchive { url: String, message: String },
+    #[error("{what}: {message}")]
+    Api { what: String, message: String },
+    #[error("Offline, and the store lacks:\n{}", .missing.iter().map(|m| format!("  {m}")).collect::<Vec<_>>().join("\n"))]
+    Offline { missing: Vec<String> },
+    #[error("{} items failed:\n{}", .errors.len(), .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Many { errors: Vec<FetchError> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FetchError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> FetchError {
+        let path = path.into();
+        move |source| FetchError::Io { path, source }
+    }
+
+    /// Whether retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FetchError::Http { .. } => true,
+            FetchError::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+impl Hint for FetchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            FetchError::Status { hint, .. } => hint.clone(),
+            FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. } => Some(
+                "the source changed or the download was corrupted; nothing was stored. If the new content is intended, run `comfix resolve --update <NAME>`".into(),
+            ),
+            FetchError::GitRefNotFound { .. } => {
+                Some("check the spec's `ref`; branches and tags are looked up by name".into())
+            }
+            FetchError::GitCommitNotFound { .. } => Some(
+                "the commit may have been force-pushed away; pin another `commit` or run `comfix resolve --update <NAME>`".into(),
+            ),
+            FetchError::Offline { .. } => Some(
+                "run once with network access (without `--offline`) to fill the store".into(),
+            ),
+            FetchError::Many { errors } => {
+                let hints: Vec<String> = errors.iter().filter_map(|e| e.hint()).collect();
+                (!hints.is_empty()).then(|| {
+                    let mut unique = hints;
+                    unique.dedup();
+                    unique.join("\nhint: ")
+                })
+            }
+            FetchError::Store(e) => e.hint(),
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        match self {
+            FetchError::Store(e) => e.is_user_error(),
+            FetchError::Io { .. } => false,
+            FetchError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
+            FetchError::Status { status, .. } => *status < 500,
+            _ => true,
+        }
+    }
+}

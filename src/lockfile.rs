@@ -1,0 +1,207 @@
+//! The lock: a spec with every moving part pinned, written next to it as `<id>.lock.json`.
+//!
+//! Git refs are pinned to commits, registry versions to a download URL and the BLAKE3 of the zip,
+//! model sources to a URL, size and hashes. Every entry also names the store path its content
+//! lands in, so a store that holds the paths realizes the lock without any network. The format is
+//! described in `docs/lock.md`; keys are written in a fixed order so the file diffs well.
+//! Secrets never enter a lock: tokens are added to requests at fetch time only.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hint::Hint;
+
+/// The only lock format version comfix reads and writes.
+pub const LOCK_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lock {
+    pub lock_version: u32,
+    pub version_id: String,
+    pub comfy: LockedGit,
+    #[serde(default)]
+    pub custom_nodes: Vec<LockedNode>,
+    #[serde(default)]
+    pub models: Vec<LockedModel>,
+}
+
+/// A git checkout pinned to a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedGit {
+    pub repo: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    pub commit: String,
+    /// The content-addressed store path of the checkout (`<digest>-<name>`), without `.git`.
+    pub store_path: String,
+}
+
+/// A custom node, from git or from the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedNode {
+    pub name: String,
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<LockedGit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<LockedRegistry>,
+}
+
+/// A Comfy Node Registry package version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedRegistry {
+    pub id: String,
+    pub version: String,
+    pub download_url: String,
+    /// BLAKE3 of the zip, recorded on first fetch (the registry publishes no hash).
+    pub blake3: String,
+    /// The unpacked package as ComfyUI-Manager installs it, with `.tracking`.
+    pub store_path: String,
+}
+
+/// A model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedModel {
+    /// The spec's `source`, to match the entry to the spec.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_subdir: Option<String>,
+    pub filename: String,
+    pub required: bool,
+    /// Where the bytes come from, pinned (for Hugging Face: `/resolve/<commit>/<path>`).
+    pub url: String,
+    /// The Hugging Face commit, or the CivitAI model version id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub blake3: String,
+    pub store_path: String,
+}
+
+impl LockedModel {
+    /// Which spec model this entry pins: the same source placed at the same file.
+    pub fn key(&self) -> (Option<&str>, &str) {
+        (self.target_subdir.as_deref(), self.filename.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("Failed to read lock `{}`", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid lock `{}`: {message}", .path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("Lock `{}` has format version {found}; this comfix reads version {LOCK_VERSION}", .path.display())]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("Failed to write lock `{}`", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Hint for LockError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            LockError::Invalid { .. } | LockError::UnsupportedVersion { .. } => {
+                Some("delete the lock and run `comfix resolve` to write a new one".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            LockError::Invalid { .. } | LockError::UnsupportedVersion { .. }
+        )
+    }
+}
+
+/// `versions/<id>.json` → `versions/<id>.lock.json`.
+pub fn lock_path_for(spec_path: &Path, version_id: &str) -> PathBuf {
+    spec_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("{version_id}.lock.json"))
+}
+
+impl Lock {
+    /// Read the lock at `path`; `Ok(None)` when there is none.
+    pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(LockError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| LockError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let found = value["lock_version"].as_u64().unwrap_or(0) as u32;
+        if found != LOCK_VERSION {
+            return Err(LockError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found,
+            });
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| LockError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
+    /// The lock as text: pretty JSON, fixed key order, trailing newline.
+    pub fn to_text(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).expect("a lock serializes");
+        text.push('\n');
+        text
+    }
+
+    /// Write the lock atomically (temporary file in the same directory, then rename).
+    pub fn write(&self, path: &Path) -> Result<(), LockError> {
+        let err = |source| LockError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        std::io::Write::write_all(&mut tmp, self.to_text().as_bytes()).map_err(err)?;
+        tmp.as_file().sync_all().map_err(err)?;
+        tmp.persist(path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
+    /// Every store path the lock names.
+    pub fn store_paths(&self) -> Vec<&str> {
+        let mut paths = vec![self.comfy.store_path.as_str()];
+        for node in &self.custom_nodes {
+            if let Some(git) = &node.git {
+                paths.push(&git.store_path);
+            }
+            if let Some(registry) = &node.registry {
+                paths.push(&registry.store_path);
+            }
+        }
+        paths.extend(self.models.iter().map(|m| m.store_path.as_str()));
+        paths
+    }
+}

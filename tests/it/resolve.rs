@@ -1,0 +1,755 @@
+//! `comfix resolve`: git refs, registry packages and models pinned into a lock and fetched into
+//! the store, hermetically (local git repos, loopback servers).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+use crate::support::git::{Entry, TestRepo};
+use crate::support::http::{Route, TestServer};
+use crate::support::*;
+
+const HF_TOKEN: &str = "hf_test_token_123";
+const CIVITAI_TOKEN: &str = "civitai_test_token_456";
+const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(&[seed])
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+pub fn make_zip(entries: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    {
+        let mut zip = zip::ZipWriter::new(&mut buf);
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+        for (name, bytes) in entries {
+            if name.ends_with('/') {
+                zip.add_directory(*name, options).unwrap();
+            } else {
+                zip.start_file(*name, options).unwrap();
+                zip.write_all(bytes).unwrap();
+            }
+        }
+        for (name, target) in symlinks {
+            zip.add_symlink(*name, *target, options).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    buf.into_inner()
+}
+
+/// Local repositories and the services a spec refers to.
+struct World {
+    env: TestEnv,
+    hub: TestServer,
+    cdn: TestServer,
+    civitai: TestServer,
+    registry: TestServer,
+    core: TestRepo,
+    _sub: TestRepo,
+    node_a: TestRepo,
+    node_b: TestRepo,
+    model: Vec<u8>,
+    lora: Vec<u8>,
+    zip: Vec<u8>,
+}
+
+impl World {
+    fn new() -> World {
+        let env = TestEnv::new();
+        let repos = env.path("repos");
+        let mut sub = TestRepo::new(&repos.join("sub.git"));
+        let sub_commit = sub.commit("main", &[("lib.py", Entry::File(b"LIB = 1\n"))]);
+        let mut core = TestRepo::new(&repos.join("ComfyUI.git"));
+        let gitmodules =
+            "[submodule \"vendor/sub\"]\n\tpath = vendor/sub\n\turl = ../sub.git\n".to_string();
+        core.commit(
+            "main",
+            &[
+                ("main.py", Entry::File(b"print('comfy')\n")),
+                ("comfy/__init__.py", Entry::File(b"")),
+                ("run.sh", Entry::Exec(b"#!/bin/sh\n")),
+                ("latest", Entry::Link("main.py")),
+                (".gitmodules", Entry::File(gitmodules.as_bytes())),
+                ("vendor/sub", Entry::Gitlink(sub_commit)),
+            ],
+        );
+        let mut node_a = TestRepo::new(&repos.join("ComfyUI-A.git"));
+        let a1 = node_a.commit("main", &[("__init__.py", Entry::File(b"A = 1\n"))]);
+        node_a.tag("v1", a1);
+        node_a.commit("main", &[("__init__.py", Entry::File(b"A = 2\n"))]);
+        let mut node_b = TestRepo::new(&repos.join("ComfyUI-B.git"));
+        node_b.commit("main", &[("__init__.py", Entry::File(b"B main\n"))]);
+        node_b.commit("dev", &[("__init__.py", Entry::File(b"B dev\n"))]);
+
+        let hub = TestServer::start();
+        let cdn = TestServer::start();
+        let civitai = TestServer::start();
+        let registry = TestServer::start();
+        let model = pseudo_random(3 << 20, 1);
+        let lora = pseudo_random(200_000, 2);
+        let sha = sha256_hex(&model);
+        let auth = format!("Bearer {HF_TOKEN}");
+        for rev in ["main", HF_COMMIT] {
+            let mut route = Route::redirect(&cdn.other_host_url(&format!("/lfs/{sha}")))
+                .header("X-Repo-Commit", HF_COMMIT)
+                .header("X-Linked-Etag", &format!("\"{sha}\""))
+                .header("X-Linked-Size", &model.len().to_string());
+            route.require_auth = Some(auth.clone());
+            hub.route(
+                &format!("/org/wan/resolve/{rev}/split/unet.safetensors"),
+                route,
+            );
+        }
+        cdn.route(&format!("/lfs/{sha}"), Route::file(model.clone()));
+        cdn.route("/mirror/unet.safetensors", Route::file(model.clone()));
+
+        let mut api = Route::json(json!({
+            "id": 123,
+            "files": [
+                { "primary": false, "name": "other.bin", "hashes": {}, "downloadUrl": civitai.url("/nope") },
+                { "primary": true, "name": "detail.safetensors",
+                  "hashes": { "SHA256": sha256_hex(&lora).to_uppercase(), "BLAKE3": blake3_hex(&lora).to_uppercase() },
+                  "downloadUrl": civitai.url("/api/download/models/123") }
+            ]
+        }));
+        api.require_auth = Some(format!("Bearer {CIVITAI_TOKEN}"));
+        civitai.route("/api/v1/model-versions/123", api);
+        civitai.route(
+            "/api/download/models/123",
+            Route::redirect(&cdn.other_host_url("/civitai/123")),
+        );
+        cdn.route("/civitai/123", Route::file(lora.clone()));
+
+        let zip = make_zip(
+            &[
+                (
+                    "pyproject.toml",
+                    b"[project]\nname = \"impact\"\nversion = \"1.0.0\"\n",
+                ),
+                ("modules/", b""),
+                ("modules/impact.py", b"IMPACT = True\n"),
+                ("__init__.py", b"from .modules import impact\n"),
+            ],
+            &[("alias.py", "modules/impact.py")],
+        );
+        registry.route(
+            "/nodes/impact/versions/1.0.0",
+            Route::json(
+                json!({ "version": "1.0.0", "downloadUrl": registry.url("/dl/impact-1.0.0.zip") }),
+            ),
+        );
+        registry.route(
+            "/nodes/impact",
+            Route::json(json!({ "latest_version": { "version": "1.0.0", "downloadUrl": registry.url("/dl/impact-1.0.0.zip") } })),
+        );
+        registry.route("/dl/impact-1.0.0.zip", Route::file(zip.clone()));
+
+        World {
+            env,
+            hub,
+            cdn,
+            civitai,
+            registry,
+            core,
+            _sub: sub,
+            node_a,
+            node_b,
+            model,
+            lora,
+            zip,
+        }
+    }
+
+    fn default_spec(&self) -> Value {
+        json!({
+            "schema_version": 2,
+            "version_id": "v1",
+            "comfy": { "repo": self.core.url(), "ref": "main" },
+            "custom_nodes": [
+                { "repo": self.node_a.url(), "name": "node-a", "ref": "v1" },
+                { "repo": self.node_b.url(), "name": "node-b", "ref": "dev" },
+                { "cnr": "impact", "version": "1.0.0" }
+            ],
+            "models": [
+                { "source": "hf://org/wan/split/unet.safetensors", "name": "wan-unet", "target_subdir": "unet" },
+                { "source": "civitai://123", "name": "detail", "target_subdir": "loras", "filename": "detail.safetensors" },
+                { "source": self.cdn.url("/mirror/unet.safetensors"), "name": "unet-mirror", "target_subdir": "diffusion_models" }
+            ],
+            "env": { "HF_TOKEN": "${HF_TOKEN}" }
+        })
+    }
+
+    fn write_spec(&self, spec: &Value) {
+        let dir = self.env.work.join("versions");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("v1.json"),
+            serde_json::to_string_pretty(spec).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self, store: &Path) -> std::process::Command {
+        let mut cmd = self.env.cmd_without_store();
+        cmd.arg("--store")
+            .arg(store)
+            .env("HF_ENDPOINT", self.hub.url(""))
+            .env("COMFIX_CIVITAI_URL", self.civitai.url("/api/v1"))
+            .env("COMFIX_REGISTRY_URL", self.registry.url(""))
+            .env("HF_TOKEN", HF_TOKEN)
+            .env("CIVITAI_TOKEN", CIVITAI_TOKEN)
+            .env("COMFIX_RETRY_BASE_MS", "10");
+        cmd
+    }
+
+    fn resolve_in(&self, store: &Path, args: &[&str]) -> Output {
+        self.cmd(store)
+            .args(["resolve", "v1"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn resolve(&self, args: &[&str]) -> Output {
+        self.resolve_in(&self.env.store, args)
+    }
+
+    fn resolve_ok(&self, args: &[&str]) -> String {
+        let out = self.resolve(args);
+        assert!(out.status.success(), "resolve failed:\n{}", stderr(&out));
+        stdout(&out)
+    }
+
+    fn lock_text(&self) -> String {
+        std::fs::read_to_string(self.env.work.join("versions/v1.lock.json")).unwrap()
+    }
+
+    fn lock(&self) -> Value {
+        serde_json::from_str(&self.lock_text()).unwrap()
+    }
+
+    fn store_path(&self, name: &str) -> PathBuf {
+        self.env.store.join("paths").join(name)
+    }
+
+    fn total_requests(&self) -> usize {
+        [&self.hub, &self.cdn, &self.civitai, &self.registry]
+            .iter()
+            .map(|s| s.requests().len())
+            .sum()
+    }
+}
+
+fn head_of(repo: &TestRepo, refname: &str) -> String {
+    repo.repo
+        .revparse_single(refname)
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string()
+}
+
+#[test]
+fn resolve_pins_every_source_and_fetches_it() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let lock = w.lock();
+
+    // Git: refs pinned to commits; checkouts without .git, with the submodule at its commit.
+    assert_eq!(lock["comfy"]["commit"], head_of(&w.core, "refs/heads/main"));
+    assert_eq!(
+        lock["custom_nodes"][0]["git"]["commit"],
+        head_of(&w.node_a, "refs/tags/v1")
+    );
+    assert_eq!(
+        lock["custom_nodes"][1]["git"]["commit"],
+        head_of(&w.node_b, "refs/heads/dev")
+    );
+    let core = w.store_path(lock["comfy"]["store_path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(core.join("vendor/sub/lib.py")).unwrap(),
+        b"LIB = 1\n"
+    );
+    assert!(!core.join(".git").exists());
+    assert_eq!(
+        std::fs::read_link(core.join("latest")).unwrap(),
+        Path::new("main.py")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(core.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o111,
+        0o111
+    );
+    let node_a = w.store_path(
+        lock["custom_nodes"][0]["git"]["store_path"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        std::fs::read(node_a.join("__init__.py")).unwrap(),
+        b"A = 1\n",
+        "the tag, not main"
+    );
+
+    // Registry: download URL and the zip's BLAKE3; unpacked as Manager installs it.
+    let reg = &lock["custom_nodes"][2]["registry"];
+    assert_eq!(reg["version"], "1.0.0");
+    assert_eq!(reg["blake3"], blake3_hex(&w.zip));
+    let pkg = w.store_path(reg["store_path"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(pkg.join(".tracking")).unwrap(),
+        "pyproject.toml\nmodules/\nmodules/impact.py\n__init__.py\nalias.py"
+    );
+    assert!(pkg.join("pyproject.toml").is_file());
+    assert_eq!(
+        std::fs::read_link(pkg.join("alias.py")).unwrap(),
+        Path::new("modules/impact.py")
+    );
+
+    // Hugging Face: pinned to the commit the hub reports, with its size and SHA-256.
+    let hf = &lock["models"][0];
+    assert_eq!(hf["revision"], HF_COMMIT);
+    assert!(hf["url"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("/resolve/{HF_COMMIT}/split/unet.safetensors")));
+    assert_eq!(hf["size"], w.model.len() as u64);
+    assert_eq!(hf["sha256"], sha256_hex(&w.model));
+    assert_eq!(hf["blake3"], blake3_hex(&w.model));
+    // CivitAI: the primary file, its reported hashes verified and recorded.
+    let civ = &lock["models"][1];
+    assert_eq!(civ["blake3"], blake3_hex(&w.lora));
+    assert_eq!(civ["sha256"], sha256_hex(&w.lora));
+    assert_eq!(civ["revision"], "123");
+    // The same bytes from two URLs are one store path.
+    assert_eq!(lock["models"][2]["store_path"], hf["store_path"]);
+    assert_eq!(
+        std::fs::read(w.store_path(hf["store_path"].as_str().unwrap())).unwrap(),
+        w.model
+    );
+
+    // Tokens: sent to their own hosts, never to the redirect target.
+    let hub_auth: Vec<_> = w
+        .hub
+        .requests()
+        .iter()
+        .map(|r| r.headers.get("authorization").cloned())
+        .collect();
+    assert!(
+        hub_auth
+            .iter()
+            .all(|a| a.as_deref() == Some(&*format!("Bearer {HF_TOKEN}"))),
+        "{hub_auth:?}"
+    );
+    assert!(!w.cdn.requests().is_empty());
+    for request in w.cdn.requests() {
+        assert!(
+            !request.headers.contains_key("authorization"),
+            "token leaked to {}",
+            request.path
+        );
+    }
+    for request in w.registry.requests() {
+        assert!(!request.headers.contains_key("authorization"));
+    }
+
+    // No secret in the lock, and the store verifies.
+    let text = w.lock_text();
+    assert!(!text.contains(HF_TOKEN) && !text.contains(CIVITAI_TOKEN));
+    w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+#[test]
+fn resolve_is_deterministic_and_keeps_the_lock() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let first = w.lock_text();
+    let served = w.total_requests();
+    // Again: the same lock, and nothing fetched (everything is valid in the store).
+    w.resolve_ok(&[]);
+    assert_eq!(w.lock_text(), first);
+    assert_eq!(
+        w.total_requests(),
+        served,
+        "a complete store needs no request"
+    );
+    // From scratch in another store: the same lock, store paths included.
+    std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
+    let other = w.env.path("other-store");
+    let out = w.resolve_in(&other, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.lock_text(), first);
+}
+
+#[test]
+fn update_changes_only_what_it_names() {
+    let mut w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let before = w.lock();
+    w.node_b
+        .commit("dev", &[("__init__.py", Entry::File(b"B dev 2\n"))]);
+    w.core
+        .commit("main", &[("main.py", Entry::File(b"print('comfy 2')\n"))]);
+
+    // Without --update the lock is kept as it is.
+    w.resolve_ok(&[]);
+    assert_eq!(w.lock(), before);
+
+    w.resolve_ok(&["--update", "node-b"]);
+    let after = w.lock();
+    assert_eq!(
+        after["custom_nodes"][1]["git"]["commit"],
+        head_of(&w.node_b, "refs/heads/dev")
+    );
+    assert_ne!(after["custom_nodes"][1], before["custom_nodes"][1]);
+    let mut expected = before.clone();
+    expected["custom_nodes"][1] = after["custom_nodes"][1].clone();
+    assert_eq!(after, expected, "only node-b changed");
+
+    // An unknown name is an error that lists the known ones.
+    let out = w.resolve(&["--update", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`nope` not in the spec"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("`node-b`"));
+
+    // `--update` alone re-resolves everything.
+    w.resolve_ok(&["--update"]);
+    assert_eq!(
+        w.lock()["comfy"]["commit"],
+        head_of(&w.core, "refs/heads/main")
+    );
+}
+
+#[test]
+fn force_pushed_refs_and_pinned_commits() {
+    let mut w = World::new();
+    let mut spec = w.default_spec();
+    spec["custom_nodes"] = json!([]);
+    spec["models"] = json!([]);
+    w.write_spec(&spec);
+    w.resolve_ok(&[]);
+    let old = w.lock()["comfy"]["commit"].as_str().unwrap().to_string();
+
+    // Force-push main to an unrelated history.
+    let new = w
+        .core
+        .commit_with_parent(
+            "refs/heads/main",
+            &[("main.py", Entry::File(b"rewritten\n"))],
+            None,
+        )
+        .to_string();
+    w.resolve_ok(&["--update", "comfy"]);
+    assert_eq!(w.lock()["comfy"]["commit"], new.as_str());
+
+    // A pinned commit still resolves from the mirror that saw it...
+    spec["comfy"]["commit"] = json!(old);
+    w.write_spec(&spec);
+    w.resolve_ok(&[]);
+    assert_eq!(w.lock()["comfy"]["commit"], old.as_str());
+    // ...but not from a fresh store: the remote no longer has it.
+    std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
+    let out = w.resolve_in(&w.env.path("fresh-store"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("Commit `{old}` not found")),
+        "{}",
+        stderr(&out)
+    );
+
+    // A missing ref is a clear error too.
+    spec["comfy"] = json!({ "repo": w.core.url(), "ref": "no-such-branch" });
+    w.write_spec(&spec);
+    let out = w.resolve(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Ref `no-such-branch` not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn models_only(w: &World, models: Value) -> Value {
+    let mut spec = w.default_spec();
+    spec["custom_nodes"] = json!([]);
+    spec["models"] = models;
+    spec
+}
+
+#[test]
+fn killed_download_resumes_where_it_stopped() {
+    let w = World::new();
+    let big = pseudo_random(8 << 20, 9);
+    let mut route = Route::file(big.clone());
+    route.stall_after = Some(4 << 20);
+    w.cdn.route("/big.bin", route);
+    w.cdn.set_stall(true);
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": w.cdn.url("/big.bin"), "target_subdir": "checkpoints" }]),
+    ));
+
+    let mut child = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while w.cdn.stalls_reached() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the download never reached the stall"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "resolve exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // let the client write what it received
+    child.kill().unwrap(); // SIGKILL at ~50%
+    child.wait().unwrap();
+    w.cdn.set_stall(false);
+    assert_eq!(
+        w.env
+            .ok(&["store", "ls"])
+            .lines()
+            .filter(|l| l.ends_with("big.bin"))
+            .count(),
+        0
+    );
+
+    w.resolve_ok(&[]);
+    let served = w.cdn.bytes_served("/big.bin");
+    assert!(
+        served < big.len() as u64 + (64 << 10),
+        "restart transferred only the rest: {served} bytes served for {}",
+        big.len()
+    );
+    let requests = w.cdn.requests_to("/big.bin");
+    let range = requests
+        .last()
+        .unwrap()
+        .headers
+        .get("range")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        range.starts_with("bytes=") && range != "bytes=0-",
+        "resumed with {range:?}"
+    );
+    let lock = w.lock();
+    assert_eq!(lock["models"][0]["blake3"], blake3_hex(&big));
+    assert_eq!(
+        std::fs::read(w.store_path(lock["models"][0]["store_path"].as_str().unwrap())).unwrap(),
+        big
+    );
+}
+
+#[test]
+fn dropped_connection_is_retried_from_where_it_broke() {
+    let w = World::new();
+    let data = pseudo_random(2 << 20, 5);
+    let mut route = Route::file(data.clone());
+    route.drop_after = Some(1 << 20);
+    w.cdn.route("/flaky.bin", route);
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": w.cdn.url("/flaky.bin") }]),
+    ));
+    w.resolve_ok(&[]);
+    let requests = w.cdn.requests_to("/flaky.bin");
+    assert_eq!(requests.len(), 2, "one retry");
+    assert_eq!(
+        requests[1].headers.get("range").map(String::as_str),
+        Some("bytes=1048576-")
+    );
+    assert_eq!(w.cdn.bytes_served("/flaky.bin"), data.len() as u64);
+    assert_eq!(w.lock()["models"][0]["blake3"], blake3_hex(&data));
+}
+
+#[test]
+fn wrong_bytes_register_nothing_and_name_both_hashes() {
+    let w = World::new();
+    let wrong = "f".repeat(64);
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": w.cdn.url("/mirror/unet.safetensors"), "sha256": wrong }]),
+    ));
+    let out = w.resolve(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("expected `{wrong}`")), "{err}");
+    assert!(
+        err.contains(&format!("got `{}`", sha256_hex(&w.model))),
+        "{err}"
+    );
+    assert!(
+        err.contains("/mirror/unet.safetensors"),
+        "names the URL: {err}"
+    );
+    assert!(
+        !w.env.work.join("versions/v1.lock.json").exists(),
+        "no lock written"
+    );
+    let listed = w.env.ok(&["store", "ls"]);
+    assert!(
+        !listed.contains("unet.safetensors"),
+        "the bad model is not registered: {listed}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(w.env.store.join("tmp/downloads"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .collect();
+    assert!(leftovers.is_empty(), "the bad download is discarded");
+
+    // CivitAI's reported hash is checked too.
+    w.civitai.route("/api/v1/model-versions/9", Route::json(json!({ "files": [{ "primary": true,
+        "hashes": { "BLAKE3": "AB".repeat(32) }, "downloadUrl": w.cdn.url("/mirror/unet.safetensors") }] })));
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": "civitai://9", "filename": "x.safetensors" }]),
+    ));
+    let out = w.resolve(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("BLAKE3 mismatch"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&"ab".repeat(32)));
+}
+
+#[test]
+fn missing_token_is_a_clear_error() {
+    let w = World::new();
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": "hf://org/wan/split/unet.safetensors", "name": "wan-unet" }]),
+    ));
+    let out = w
+        .cmd(&w.env.store)
+        .env_remove("HF_TOKEN")
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("model `wan-unet`") && err.contains("answered 401"),
+        "{err}"
+    );
+    assert!(err.contains("hint: set `HF_TOKEN`"), "{err}");
+}
+
+#[test]
+fn malicious_zips_write_nothing_outside() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "parent",
+            make_zip(&[("ok.py", b"x"), ("../../evil.txt", b"pwned")], &[]),
+        ),
+        (
+            "absolute",
+            make_zip(&[("/tmp/comfix-evil-abs.txt", b"pwned")], &[]),
+        ),
+        (
+            "symlink",
+            make_zip(&[("ok.py", b"x")], &[("link", "../../../evil-link")]),
+        ),
+        ("through-symlink", make_zip(&[], &[("dir", "/tmp")])),
+    ];
+    for (what, zip) in cases {
+        let w = World::new();
+        w.registry.route(
+            "/nodes/evil/versions/1.0.0",
+            Route::json(json!({ "downloadUrl": w.registry.url("/evil.zip") })),
+        );
+        w.registry.route("/evil.zip", Route::file(zip));
+        let mut spec = models_only(&w, json!([]));
+        spec["custom_nodes"] = json!([{ "cnr": "evil", "version": "1.0.0" }]);
+        w.write_spec(&spec);
+        let out = w.resolve(&[]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is unsafe"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        let escaped: Vec<_> = walkdir::WalkDir::new(w.env.dir.path())
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("evil"))
+            .collect();
+        assert!(escaped.is_empty(), "{what}: wrote {escaped:?}");
+        assert!(!Path::new("/tmp/comfix-evil-abs.txt").exists());
+        assert_eq!(
+            w.env
+                .ok(&["store", "ls"])
+                .lines()
+                .filter(|l| l.contains("evil"))
+                .count(),
+            0
+        );
+    }
+}
+
+#[test]
+fn offline_uses_the_store_or_lists_everything_missing() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let lock = w.lock_text();
+    let served = w.total_requests();
+    // Complete store: works with no request at all.
+    w.resolve_ok(&["--offline"]);
+    assert_eq!(w.total_requests(), served);
+    assert_eq!(w.lock_text(), lock);
+
+    // Empty store: one error listing every missing item.
+    let out = w.resolve_in(&w.env.path("empty-store"), &["--offline"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("Offline, and the store lacks"), "{err}");
+    for item in [
+        "core `comfy`",
+        "node `node-a`",
+        "node `node-b`",
+        "registry node `impact`",
+        "model `wan-unet`",
+        "model `detail`",
+        "model `unet-mirror`",
+    ] {
+        assert!(err.contains(item), "{item} missing from:\n{err}");
+    }
+    assert_eq!(w.total_requests(), served, "offline touched the network");
+}
