@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # comfix's main job on this machine, with no network beyond building comfix itself.
 #
-# Today (store + spec): validate the shipped sample spec, generate a small ComfyUI-like core tree
-# and a node pack, add them to a fresh store, add a second core that differs in one file, and show
-# that the store deduplicated them and verifies. Later issues grow this into realizing
-# specs/sample.json from local sources.
+# Today (spec + store + resolve): validate the shipped sample spec; generate a small ComfyUI-like
+# core and a node pack as local git repositories and two model files; write a version spec that
+# uses them; `comfix resolve` it into a lock and a fresh store; resolve it again `--offline`; show
+# and verify the store. Later issues grow this into a full realization of a COMFY_HOME.
 #
 # Usage: scripts/demo.sh [WORKDIR]   (default: a new temporary directory, printed at the end)
 set -euo pipefail
@@ -13,38 +13,59 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 work="${1:-$(mktemp -d -t comfix-demo-XXXXXX)}"
 mkdir -p "$work"
-comfix() { target/release/comfix --store "$work/store" "$@"; }
+work="$(cd "$work" && pwd)"
+bin="$PWD/target/release/comfix"
+comfix() { "$bin" --store "$work/store" "$@"; }
 
 echo "== comfix spec check sample"
 comfix spec check sample
 
-echo "== generating a ComfyUI-like core under $work/src"
-core="$work/src/ComfyUI"
-rm -rf "$work/src" && mkdir -p "$core/comfy" "$core/custom_nodes" "$work/src/nodes/gguf"
-printf 'import comfy\nprint("ComfyUI")\n' > "$core/main.py"
-printf 'torch\nsafetensors\naiohttp\n' > "$core/requirements.txt"
-for i in $(seq 1 200); do printf '# module %d\nVALUE = %d\n' "$i" "$i" > "$core/comfy/mod_$i.py"; done
-: > "$core/comfy/__init__.py"
-printf '#!/bin/sh\nexec python3 main.py "$@"\n' > "$core/run.sh" && chmod +x "$core/run.sh"
-printf 'NODE_CLASS_MAPPINGS = {}\n' > "$work/src/nodes/gguf/__init__.py"
-printf 'gguf>=0.10\n' > "$work/src/nodes/gguf/requirements.txt"
+echo "== generating local sources under $work/sources"
+src="$work/sources"
+rm -rf "$src" && mkdir -p "$src/models"
+export GIT_AUTHOR_NAME=demo GIT_AUTHOR_EMAIL=demo@comfix.invalid GIT_COMMITTER_NAME=demo \
+  GIT_COMMITTER_EMAIL=demo@comfix.invalid GIT_AUTHOR_DATE=2026-01-01T00:00:00Z \
+  GIT_COMMITTER_DATE=2026-01-01T00:00:00Z
+make_repo() { # DIR: commit what the caller generated into DIR, on branch master
+  git -C "$1" init -q -b master && git -C "$1" add -A && git -C "$1" commit -q -m "demo"
+}
+mkdir -p "$src/ComfyUI/comfy" "$src/ComfyUI-GGUF"
+printf 'import comfy\nprint("ComfyUI")\n' > "$src/ComfyUI/main.py"
+printf 'torch\nsafetensors\n' > "$src/ComfyUI/requirements.txt"
+for i in $(seq 1 200); do printf 'VALUE = %d\n' "$i" > "$src/ComfyUI/comfy/mod_$i.py"; done
+make_repo "$src/ComfyUI"
+printf 'NODE_CLASS_MAPPINGS = {}\n' > "$src/ComfyUI-GGUF/__init__.py"
+make_repo "$src/ComfyUI-GGUF"
+python3 -c "
+import hashlib, sys
+for name, n in (('vae.safetensors', 4), ('unet.safetensors', 16)):
+    with open(sys.argv[1] + '/' + name, 'wb') as f:
+        for i in range(n * 256):
+            f.write(hashlib.sha256(f'{name}{i}'.encode()).digest() * 128)
+" "$src/models"
 
-echo "== comfix store add (core, node pack)"
-core_path=$(comfix store add "$core" --name comfyui-core)
-node_path=$(comfix store add "$work/src/nodes/gguf" --name node-gguf)
-echo "$core_path"
-echo "$node_path"
+mkdir -p "$work/versions"
+cat > "$work/versions/demo.json" <<JSON
+{
+  "schema_version": 2,
+  "version_id": "demo",
+  "comfy": { "repo": "$src/ComfyUI", "ref": "master" },
+  "custom_nodes": [ { "repo": "$src/ComfyUI-GGUF", "name": "gguf" } ],
+  "models": [
+    { "source": "file://$src/models/vae.safetensors", "name": "vae", "target_subdir": "vae" },
+    { "source": "file://$src/models/unet.safetensors", "name": "unet", "target_subdir": "diffusion_models" }
+  ]
+}
+JSON
 
-echo "== a second core, one file changed: only that file's bytes are new"
-cp -a "$core" "$work/src/ComfyUI-next"
-printf 'import comfy\nprint("ComfyUI next")\n' > "$work/src/ComfyUI-next/main.py"
-comfix --json store add "$work/src/ComfyUI-next" --name comfyui-core \
-  | python3 -c 'import json,sys; a=json.load(sys.stdin); print(a["path"]); print("  new objects: %d (%d bytes) for %d files" % (a["new_objects"], a["new_object_bytes"], a["file_count"]))'
-
+echo "== comfix resolve --spec $work/versions/demo.json"
+comfix resolve --spec "$work/versions/demo.json"
+echo "== the lock: $work/versions/demo.lock.json"
+cat "$work/versions/demo.lock.json"
+echo "== comfix resolve --offline (everything is in the store now)"
+comfix resolve --offline --spec "$work/versions/demo.json"
 echo "== comfix store ls"
 comfix store ls
-echo "== comfix store path-info $core_path"
-comfix store path-info "$core_path"
 echo "== comfix store verify --check-contents"
 comfix store verify --check-contents
 echo "demo store: $work/store"

@@ -71,7 +71,7 @@ fn is_model_source(source: &str) -> Result<(), String> {
             if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
                 return Err("expected `hf://<owner>/<repo>/<path>[@<revision>]`".into());
             }
-            if parts.iter().any(|p| *p == "..") {
+            if parts.contains(&"..") {
                 return Err("`..` is not allowed in a Hugging Face path".into());
             }
             Ok(())

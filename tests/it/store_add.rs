@@ -38,7 +38,8 @@ fn same_tree_gives_same_path_and_one_change_gives_another() {
     sample_tree(&copy);
     assert_eq!(env.add(&copy), first);
 
-    let variants: [(&str, fn(&Path)); 4] = [
+    type Change = fn(&Path);
+    let variants: [(&str, Change); 4] = [
         ("one byte", |t| {
             fs::write(t.join("nodes/b.py"), b"B = 3\n").unwrap()
         }),
