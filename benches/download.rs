@@ -131,7 +131,12 @@ fn download(c: &mut Criterion) {
                     .unwrap();
                 let digest = fetched.blake3;
                 store
-                    .add_staged(fetched.staging, "model.safetensors", &AddOptions::default(), Some(digest))
+                    .add_staged(
+                        fetched.staging,
+                        "model.safetensors",
+                        &AddOptions::default(),
+                        Some(digest),
+                    )
                     .unwrap();
                 make_writable(dir.path());
                 dir

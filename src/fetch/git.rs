@@ -273,8 +273,17 @@ fn write_tree(
                     );
                     std::os::unix::fs::symlink(target, &path).map_err(FetchError::io(&path))?;
                 } else {
-                    std::fs::write(&path, blob.content()).map_err(FetchError::io(&path))?;
+                    // create_new: never follow or replace what an earlier (duplicate) entry made.
+                    use std::io::Write;
+                    use std::os::unix::fs::OpenOptionsExt;
                     let perm = if mode == 0o100755 { 0o755 } else { 0o644 };
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(perm)
+                        .open(&path)
+                        .and_then(|mut f| f.write_all(blob.content()))
+                        .map_err(FetchError::io(&path))?;
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm))
                         .map_err(FetchError::io(&path))?;
                 }

@@ -205,7 +205,8 @@ impl Hint for FetchError {
     fn is_user_error(&self) -> bool {
         match self {
             FetchError::Store(e) => e.is_user_error(),
-            FetchError::Io { .. } => false,
+            // The network or the disk failed, not the user's input.
+            FetchError::Io { .. } | FetchError::Http { .. } | FetchError::Git { .. } => false,
             FetchError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
             FetchError::Status { status, .. } => *status < 500,
             _ => true,
