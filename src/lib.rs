@@ -8,6 +8,8 @@
 //! - [`lockfile`]: the lock, `<id>.lock.json`, with every moving part pinned.
 //! - [`fetch`]: git mirrors and checkouts, registry packages, model downloads.
 //! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
+//! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
+//! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
@@ -16,6 +18,8 @@ pub mod fault;
 pub mod fetch;
 pub mod hint;
 pub mod lockfile;
+pub mod plan;
+pub mod realize;
 pub mod reporter;
 pub mod resolve;
 pub mod spec;

@@ -55,6 +55,9 @@ pub struct Resolver {
     pub store: Arc<Store>,
     pub client: Arc<Client>,
     pub reporter: Arc<dyn Reporter>,
+    /// Leave models alone: keep their lock entries as they are, fetch nothing for them, and
+    /// leave models the lock does not pin out of it.
+    pub skip_models: bool,
 }
 
 type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), FetchError>>;
@@ -76,12 +79,7 @@ impl Resolver {
 
         let core_name = sanitize_name(crate::spec::repo_basename(&spec.comfy.repo));
         let keep_core = old
-            .map(|l| &l.comfy)
-            .filter(|l| {
-                l.repo == spec.comfy.repo
-                    && l.git_ref == spec.comfy.git_ref
-                    && commit_matches(&spec.comfy.commit, &l.commit)
-            })
+            .and_then(|l| locked_core(spec, l))
             .filter(|_| !update.covers(&["comfy", &core_name]))
             .cloned();
         let core = self.git_task(
@@ -98,13 +96,11 @@ impl Resolver {
         let mut nodes: Vec<(String, bool, NodeTask)> = Vec::new();
         for node in &spec.custom_nodes {
             let name = node.dir_name();
-            let previous = old.and_then(|l| l.custom_nodes.iter().find(|n| n.name == name));
+            let previous = old.and_then(|l| locked_node(node, l));
             let updating = update.covers(&[&name]);
             let task = match node.source() {
                 NodeSource::Git { repo } => {
-                    let keep = previous
-                        .and_then(|p| p.git.clone())
-                        .filter(|g| keep_git_node(node, g) && !updating);
+                    let keep = previous.and_then(|p| p.git.clone()).filter(|_| !updating);
                     NodeTask::Git(self.git_task(
                         "node",
                         name.clone(),
@@ -119,7 +115,6 @@ impl Resolver {
                 NodeSource::Registry { id, version } => {
                     let keep = previous
                         .and_then(|p| p.registry.clone())
-                        .filter(|r| r.id == id && version.is_none_or(|v| v == r.version))
                         .filter(|_| !updating);
                     NodeTask::Registry(self.registry_task(
                         name.clone(),
@@ -134,25 +129,20 @@ impl Resolver {
         }
 
         let mut models = Vec::new();
+        let mut skipped_models = Vec::new();
         for model in &spec.models {
             let filename = model.file_name();
-            let previous = old.and_then(|l| {
-                l.models.iter().find(|m| {
-                    m.key() == (model.target_subdir.as_deref(), filename.as_str())
-                        && m.source == model.source
-                })
-            });
             let label = model.name.clone().unwrap_or_else(|| filename.clone());
-            let keep = previous
-                .filter(|p| {
-                    model
-                        .sha256
-                        .as_ref()
-                        .is_none_or(|s| Some(s) == p.sha256.as_ref())
-                        && model.blake3.as_ref().is_none_or(|b| *b == p.blake3)
-                })
+            let keep = old
+                .and_then(|l| locked_model(model, l))
                 .filter(|_| !update.covers(&[&label, &filename]))
                 .cloned();
+            if self.skip_models {
+                if let Some(kept) = keep {
+                    skipped_models.push(kept);
+                }
+                continue;
+            }
             models.push(self.model_task(model.clone(), label, keep, jobs.clone()));
         }
 
@@ -186,7 +176,7 @@ impl Resolver {
             };
             locked_nodes.extend(locked);
         }
-        let mut locked_models = Vec::new();
+        let mut locked_models = skipped_models;
         for task in models {
             locked_models.extend(collect(task, &mut errors, &mut reports).await);
         }
@@ -498,10 +488,88 @@ fn commit_matches(wanted: &Option<String>, locked: &str) -> bool {
         .is_none_or(|c| locked.starts_with(&c.to_ascii_lowercase()))
 }
 
-fn keep_git_node(node: &CustomNode, locked: &LockedGit) -> bool {
-    node.repo.as_deref() == Some(locked.repo.as_str())
-        && node.git_ref == locked.git_ref
-        && commit_matches(&node.commit, &locked.commit)
+/// The lock's core entry, if it still matches the spec.
+pub fn locked_core<'a>(spec: &Spec, lock: &'a Lock) -> Option<&'a LockedGit> {
+    let locked = &lock.comfy;
+    (locked.repo == spec.comfy.repo
+        && locked.git_ref == spec.comfy.git_ref
+        && commit_matches(&spec.comfy.commit, &locked.commit))
+    .then_some(locked)
+}
+
+/// The lock's entry for a spec node (same name and source), if it still matches.
+pub fn locked_node<'a>(node: &CustomNode, lock: &'a Lock) -> Option<&'a LockedNode> {
+    let name = node.dir_name();
+    let locked = lock.custom_nodes.iter().find(|n| n.name == name)?;
+    let matches = match node.source() {
+        NodeSource::Git { repo } => locked.git.as_ref().is_some_and(|g| {
+            g.repo == repo && g.git_ref == node.git_ref && commit_matches(&node.commit, &g.commit)
+        }),
+        NodeSource::Registry { id, version } => locked
+            .registry
+            .as_ref()
+            .is_some_and(|r| r.id == id && version.is_none_or(|v| v == r.version)),
+    };
+    matches.then_some(locked)
+}
+
+/// The lock's entry for a spec model (same source, placed at the same file), if it still matches.
+pub fn locked_model<'a>(model: &Model, lock: &'a Lock) -> Option<&'a LockedModel> {
+    let filename = model.file_name();
+    lock.models
+        .iter()
+        .find(|m| {
+            m.key() == (model.target_subdir.as_deref(), filename.as_str())
+                && m.source == model.source
+        })
+        .filter(|m| {
+            model
+                .sha256
+                .as_ref()
+                .is_none_or(|s| Some(s) == m.sha256.as_ref())
+                && model.blake3.as_ref().is_none_or(|b| *b == m.blake3)
+        })
+}
+
+/// What resolving `spec` against `lock` would change, one line per entry (empty: up to date).
+pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
+    let mut stale = Vec::new();
+    if lock.version_id != spec.version_id {
+        stale.push(format!(
+            "version_id `{}` (lock has `{}`)",
+            spec.version_id, lock.version_id
+        ));
+    }
+    if locked_core(spec, lock).is_none() {
+        stale.push("core `comfy`".into());
+    }
+    for node in &spec.custom_nodes {
+        match locked_node(node, lock) {
+            None => stale.push(format!("node `{}`", node.dir_name())),
+            Some(locked) if locked.enabled != node.is_enabled() => {
+                stale.push(format!("node `{}` (enabled)", node.dir_name()))
+            }
+            Some(_) => {}
+        }
+    }
+    for model in &spec.models {
+        if locked_model(model, lock).is_none() {
+            stale.push(format!(
+                "model `{}`",
+                model.name.clone().unwrap_or_else(|| model.file_name())
+            ));
+        }
+    }
+    let names: Vec<String> = spec.custom_nodes.iter().map(CustomNode::dir_name).collect();
+    for locked in &lock.custom_nodes {
+        if !names.contains(&locked.name) {
+            stale.push(format!("node `{}` (removed from the spec)", locked.name));
+        }
+    }
+    if lock.models.len() > spec.models.len() {
+        stale.push("models removed from the spec".into());
+    }
+    stale
 }
 
 /// Attach which item an offline error is about.

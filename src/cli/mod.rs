@@ -4,7 +4,9 @@
 //! and progress bars appear only on a terminal. Exit codes: 0 ok, 1 user error (bad spec,
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
+mod diff;
 mod progress;
+mod realize;
 mod resolve;
 mod spec;
 mod store;
@@ -44,6 +46,14 @@ pub struct Cli {
 pub enum Command {
     /// Pin a spec into `<id>.lock.json` beside it and fetch what it pins into the store
     Resolve(resolve::ResolveArgs),
+    /// Realize a version as a new generation of a COMFY_HOME (resolving it first if needed)
+    Realize(realize::RealizeArgs),
+    /// Switch a home back to its previous generation
+    Rollback(realize::HomeArgs),
+    /// Show a home's generation, version and drift from what was realized
+    Status(realize::HomeArgs),
+    /// Show what differs between two versions' closures: core, nodes, models, with sizes
+    Diff(diff::DiffArgs),
     /// Inspect and maintain the store
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -109,6 +119,10 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(args, &context),
+        Command::Realize(args) => realize::realize(args, &context),
+        Command::Rollback(args) => realize::rollback(args, &context),
+        Command::Status(args) => realize::status(args, &context),
+        Command::Diff(args) => diff::run(args, &context),
         Command::Store(command) => store::run(command, &context),
         Command::Spec(command) => spec::run(command, &context),
     };
@@ -152,6 +166,21 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         }
         if let Some(e) = cause.downcast_ref::<crate::lockfile::LockError>() {
             return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::realize::RealizeError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if cause.downcast_ref::<diff::NoLock>().is_some() {
+            return (true, Some("run `comfix resolve <ID>` for it first".into()));
+        }
+        if cause.downcast_ref::<realize::FrozenError>().is_some() {
+            return (
+                true,
+                Some(
+                    "run `comfix resolve` (or realize without `--frozen`) and commit the lock"
+                        .into(),
+                ),
+            );
         }
     }
     (false, None)

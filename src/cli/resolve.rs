@@ -9,8 +9,9 @@ use super::{Context, Outcome};
 use crate::fetch::http::Client;
 use crate::fetch::FetchConfig;
 use crate::lockfile::{lock_path_for, Lock};
-use crate::resolve::{Resolver, Update};
+use crate::resolve::{ItemReport, Resolver, Update};
 use crate::spec::Spec;
+use crate::store::Store;
 
 #[derive(Debug, Args)]
 pub struct ResolveArgs {
@@ -28,6 +29,39 @@ pub struct ResolveArgs {
     pub jobs: usize,
 }
 
+/// Settings of one resolve, shared by `resolve` and `realize`.
+pub struct ResolveRun<'a> {
+    pub spec: &'a Spec,
+    pub old: Option<&'a Lock>,
+    pub update: Update,
+    pub offline: bool,
+    pub jobs: usize,
+    pub skip_models: bool,
+}
+
+/// Resolve and fetch; returns the new lock and what happened to each entry.
+pub fn resolve_with(
+    context: &Context,
+    store: Arc<Store>,
+    run: ResolveRun<'_>,
+) -> anyhow::Result<(Lock, Vec<ItemReport>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    let offline = run.offline || run.spec.options.offline;
+    let config =
+        FetchConfig::from_env(env, &run.spec.expand_env_available(env), offline, run.jobs)?;
+    let client = Arc::new(Client::new(Arc::new(config))?);
+    let resolver = Resolver {
+        store,
+        client,
+        reporter: context.reporter().into(),
+        skip_models: run.skip_models,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(resolver.resolve(run.spec, run.old, &run.update))?)
+}
+
 pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     let loaded = Spec::load(&args.spec.path()?)?;
     let spec = &loaded.spec;
@@ -38,21 +72,20 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
         Some(names) if names.is_empty() => Update::All,
         Some(names) => Update::Names(names),
     };
-    let offline = args.offline || spec.options.offline;
-    let env = |k: &str| std::env::var(k).ok();
-    let config = FetchConfig::from_env(env, &spec.expand_env_available(env), offline, args.jobs)?;
     let store = Arc::new(context.open_store()?);
     let store_root = store.root().to_path_buf();
-    let client = Arc::new(Client::new(Arc::new(config))?);
-    let resolver = Resolver {
+    let (lock, items) = resolve_with(
+        context,
         store,
-        client,
-        reporter: context.reporter().into(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let (lock, items) = runtime.block_on(resolver.resolve(spec, old.as_ref(), &update))?;
+        ResolveRun {
+            spec,
+            old: old.as_ref(),
+            update,
+            offline: args.offline,
+            jobs: args.jobs,
+            skip_models: false,
+        },
+    )?;
     let changed = old.as_ref() != Some(&lock);
     if changed {
         lock.write(&lock_path)?;
@@ -65,16 +98,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             "lock": lock,
         }))?;
     } else {
-        for item in &items {
-            println!(
-                "{}\t{}\t{}\t{}\t{}",
-                item.kind,
-                item.name,
-                item.action,
-                item.pin,
-                store_root.join("paths").join(&item.store_path).display()
-            );
-        }
+        print_items(&items, &store_root);
     }
     tracing::info!(
         "{} `{}`",
@@ -82,4 +106,18 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
         lock_path.display()
     );
     Ok(Outcome::Success)
+}
+
+/// One tab-separated line per entry: kind, name, kept/resolved, pin, store path.
+pub fn print_items(items: &[ItemReport], store_root: &std::path::Path) {
+    for item in items {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            item.kind,
+            item.name,
+            item.action,
+            item.pin,
+            store_root.join("paths").join(&item.store_path).display()
+        );
+    }
 }

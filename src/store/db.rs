@@ -65,10 +65,14 @@ pub fn open(path: &Path, journal: Journal) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(120))?;
     let mode = match journal {
-        Journal::Wal => "WAL",
-        Journal::Delete => "DELETE",
+        Journal::Wal => "wal",
+        Journal::Delete => "delete",
     };
-    conn.pragma_update(None, "journal_mode", mode)?;
+    // The mode persists in the file; changing it is what needs exclusive access.
+    let current: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+    if !current.eq_ignore_ascii_case(mode) {
+        conn.pragma_update(None, "journal_mode", mode)?;
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrate(&conn)?;
@@ -92,7 +96,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if current as usize >= MIGRATIONS.len() {
         return Ok(());
     }
-    let mut conn_tx = rusqlite::Connection::unchecked_transaction(conn)?;
+    let mut conn_tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     conn_tx.set_drop_behavior(rusqlite::DropBehavior::Rollback);
     // Re-read under the write lock: another process may have migrated meanwhile.
     let current: i64 = conn_tx.query_row(
@@ -255,6 +259,45 @@ pub fn closure(conn: &Connection, id: i64) -> rusqlite::Result<Vec<PathRecord>> 
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map([id], row_to_record)?;
+    rows.collect()
+}
+
+/// A GC root as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RootRecord {
+    pub name: String,
+    pub path: String,
+    pub kind: String,
+    pub created_at: i64,
+}
+
+/// Record (or move) root `name` to the valid path `path`.
+pub fn add_root(conn: &Connection, name: &str, path: &str, kind: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO roots (name, path_id, kind, created_at)
+         SELECT ?1, id, ?3, ?4 FROM valid_paths WHERE name = ?2
+         ON CONFLICT(name) DO UPDATE SET path_id = excluded.path_id, kind = excluded.kind",
+        params![name, path, kind, now()],
+    )?;
+    Ok(())
+}
+
+pub fn remove_root(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM roots WHERE name = ?1", [name])
+}
+
+pub fn roots(conn: &Connection) -> rusqlite::Result<Vec<RootRecord>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.name, p.name, r.kind, r.created_at FROM roots r JOIN valid_paths p ON p.id = r.path_id ORDER BY r.name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RootRecord {
+            name: r.get(0)?,
+            path: r.get(1)?,
+            kind: r.get(2)?,
+            created_at: r.get(3)?,
+        })
+    })?;
     rows.collect()
 }
 

@@ -215,10 +215,14 @@ impl Store {
             None => Journal::Wal,
         };
         let db_path = root.join("db/db.sqlite");
+        // Setting the journal mode and migrating need the database to themselves, and SQLite
+        // answers "locked" there without waiting: processes opening the store take turns.
+        let open_lock = lock::exclusive(&root.join("db/open.lock"))?;
         let conn = db::open(&db_path, journal).map_err(|source| StoreError::Db {
             path: db_path.clone(),
             source,
         })?;
+        drop(open_lock);
         let recorded = db::recorded_version(&conn).map_err(|source| StoreError::Db {
             path: db_path.clone(),
             source,
@@ -237,6 +241,15 @@ impl Store {
             journal,
             temp_roots,
         })
+    }
+
+    /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
+    pub fn open_existing(root: &Path) -> Result<Option<Store>> {
+        if root.join("VERSION").is_file() {
+            Store::open(root).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     fn init_layout(root: &Path) -> Result<()> {
@@ -349,6 +362,23 @@ impl Store {
     /// A valid path and everything it references, transitively.
     pub fn closure(&self, record: &PathRecord) -> Result<Vec<PathRecord>> {
         db::closure(&self.db(), record.id).map_err(|e| self.db_err(e))
+    }
+
+    /// Make the valid path `path` a GC root under `name` (replacing an earlier root of that name).
+    pub fn add_root(&self, name: &str, path: &str, kind: &str) -> Result<()> {
+        db::add_root(&self.db(), name, path, kind).map_err(|e| self.db_err(e))
+    }
+
+    /// Drop the root `name`; the path it kept alive may then be collected.
+    pub fn remove_root(&self, name: &str) -> Result<bool> {
+        db::remove_root(&self.db(), name)
+            .map(|n| n > 0)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Every recorded root.
+    pub fn roots(&self) -> Result<Vec<db::RootRecord>> {
+        db::roots(&self.db()).map_err(|e| self.db_err(e))
     }
 
     /// Flush everything written to the store's filesystem to disk.

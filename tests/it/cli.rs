@@ -114,3 +114,21 @@ fn foreign_directories_and_future_layouts_are_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn many_processes_can_create_one_store_at_once() {
+    let env = TestEnv::new();
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            env.cmd()
+                .args(["store", "ls"])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+}

@@ -1,0 +1,157 @@
+//! `comfix diff <A> <B>`: what differs between two versions' locked closures, like
+//! `nix store diff-closures`: the core, nodes and models added, removed or changed, with sizes.
+
+use std::collections::BTreeMap;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::{format_bytes, Context, Outcome};
+use crate::lockfile::{lock_path_for, Lock};
+use crate::spec::Spec;
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The first version id
+    pub a: String,
+    /// The second version id
+    pub b: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("Version `{id}` has no lock `{}`", .path.display())]
+pub struct NoLock {
+    pub id: String,
+    pub path: std::path::PathBuf,
+}
+
+/// One entry that differs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub kind: &'static str,
+    pub name: String,
+    /// What A pins (commit, version, or blake3), when A has it.
+    pub a: Option<String>,
+    pub b: Option<String>,
+    /// Bytes of B's store path minus A's, when known.
+    pub size_delta: Option<i64>,
+}
+
+fn load_lock(id: &str) -> anyhow::Result<Lock> {
+    let spec_path = Spec::find(&std::env::current_dir()?, id)?;
+    let loaded = Spec::load(&spec_path)?;
+    let path = lock_path_for(&spec_path, &loaded.spec.version_id);
+    Lock::read(&path)?.ok_or_else(|| {
+        NoLock {
+            id: id.to_string(),
+            path,
+        }
+        .into()
+    })
+}
+
+/// `kind/name → (pin, store path)` for every entry of a lock.
+fn entries(lock: &Lock) -> BTreeMap<(&'static str, String), (String, String)> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        ("core", "comfy".to_string()),
+        (lock.comfy.commit.clone(), lock.comfy.store_path.clone()),
+    );
+    for node in &lock.custom_nodes {
+        if let Some(git) = &node.git {
+            out.insert(
+                ("node", node.name.clone()),
+                (git.commit.clone(), git.store_path.clone()),
+            );
+        }
+        if let Some(reg) = &node.registry {
+            out.insert(
+                ("node", node.name.clone()),
+                (reg.version.clone(), reg.store_path.clone()),
+            );
+        }
+    }
+    for model in &lock.models {
+        let name = match &model.target_subdir {
+            Some(sub) => format!("{sub}/{}", model.filename),
+            None => model.filename.clone(),
+        };
+        out.insert(
+            ("model", name),
+            (
+                format!("blake3:{}", &model.blake3[..12]),
+                model.store_path.clone(),
+            ),
+        );
+    }
+    out
+}
+
+pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let a = load_lock(&args.a)?;
+    let b = load_lock(&args.b)?;
+    let store = crate::store::Store::open_existing(&context.store_dir)?;
+    let size = |path: &str| -> Option<i64> {
+        store
+            .as_ref()
+            .and_then(|s| s.query(path).ok().flatten())
+            .map(|r| r.size as i64)
+    };
+    let (ea, eb) = (entries(&a), entries(&b));
+    let mut keys: Vec<_> = ea.keys().chain(eb.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    let mut changes = Vec::new();
+    for key in keys {
+        let (pa, pb) = (ea.get(&key), eb.get(&key));
+        if pa.map(|p| &p.1) == pb.map(|p| &p.1) {
+            continue; // the same store path
+        }
+        let size_delta = match (pa, pb) {
+            (Some(x), Some(y)) => size(&y.1).zip(size(&x.1)).map(|(y, x)| y - x),
+            (None, Some(y)) => size(&y.1),
+            (Some(x), None) => size(&x.1).map(|s| -s),
+            (None, None) => None,
+        };
+        changes.push(Change {
+            kind: key.0,
+            name: key.1.clone(),
+            a: pa.map(|p| p.0.clone()),
+            b: pb.map(|p| p.0.clone()),
+            size_delta,
+        });
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({ "a": args.a, "b": args.b, "changes": changes }))?;
+        return Ok(Outcome::Success);
+    }
+    if changes.is_empty() {
+        tracing::info!("`{}` and `{}` have the same closure", args.a, args.b);
+    }
+    let short = |s: &Option<String>| {
+        s.as_deref()
+            .map(|v| {
+                if v.len() == 40 {
+                    v[..12].to_string()
+                } else {
+                    v.to_string()
+                }
+            })
+            .unwrap_or_else(|| "∅".into())
+    };
+    for c in &changes {
+        let delta = match c.size_delta {
+            Some(d) if d >= 0 => format!(", +{}", format_bytes(d as u64)),
+            Some(d) => format!(", -{}", format_bytes(d.unsigned_abs())),
+            None => String::new(),
+        };
+        println!(
+            "{} {}: {} → {}{delta}",
+            c.kind,
+            c.name,
+            short(&c.a),
+            short(&c.b)
+        );
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,272 @@
+//! `comfix realize`, `rollback`, `status`: homes and their generations.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::resolve::{resolve_with, ResolveRun};
+use super::spec::SpecArg;
+use super::{format_bytes, Context, Outcome};
+use crate::lockfile::{lock_path_for, Lock};
+use crate::realize::{self, LinkMode, RealizeOptions};
+use crate::resolve::Update;
+use crate::spec::Spec;
+use crate::store::Store;
+
+#[derive(Debug, Args)]
+pub struct RealizeArgs {
+    #[command(flatten)]
+    pub spec: SpecArg,
+    /// The home [default: /runpod-volume/comfy-<ID> if /runpod-volume exists, else
+    /// $HOME/comfy-<ID>, else ./comfy-<ID>]
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
+    /// Put model links in this directory (shared between homes) instead of <target>/models
+    #[arg(long, value_name = "DIR", env = "MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Show the plan (steps, what is in the store, what would be downloaded) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Use only what the store already holds
+    #[arg(long)]
+    pub offline: bool,
+    /// Do not fetch or place models
+    #[arg(long)]
+    pub skip_models: bool,
+    /// How to place store content: auto = reflink or copy for the core and nodes, symlink for
+    /// models
+    #[arg(long, value_enum, default_value_t = LinkMode::Auto)]
+    pub link_mode: LinkMode,
+    /// Concurrent downloads
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// Fail instead of writing or changing the lock
+    #[arg(long)]
+    pub frozen: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HomeArgs {
+    /// The home [default: $COMFY_HOME, else the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<PathBuf>,
+}
+
+impl HomeArgs {
+    fn target(&self) -> PathBuf {
+        self.target
+            .clone()
+            .or_else(|| std::env::var_os("COMFY_HOME").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrozenError {
+    #[error("`--frozen`, but there is no lock `{}`", .0.display())]
+    Missing(PathBuf),
+    #[error("`--frozen`, but the lock does not match the spec:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
+    Stale(Vec<String>),
+}
+
+pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let loaded = Spec::load(&args.spec.path()?)?;
+    let spec = &loaded.spec;
+    let lock_path = lock_path_for(&loaded.path, &spec.version_id);
+    let old = Lock::read(&lock_path)?;
+    let target = args
+        .target
+        .clone()
+        .unwrap_or_else(|| realize::default_target(&spec.version_id, |k| std::env::var(k).ok()));
+    let skip_models = args.skip_models || spec.options.skip_models;
+
+    if args.dry_run {
+        let store = Store::open_existing(&context.store_dir)?;
+        let mut plan = crate::plan::plan(store.as_ref(), spec, old.as_ref());
+        if skip_models {
+            plan.steps.retain(|s| s.kind != "fetch-model");
+        }
+        print_plan(context, &plan, &target)?;
+        return Ok(Outcome::Success);
+    }
+    if args.frozen {
+        match &old {
+            None => return Err(FrozenError::Missing(lock_path).into()),
+            Some(lock) => {
+                let stale = crate::resolve::stale_entries(spec, lock);
+                if !stale.is_empty() {
+                    return Err(FrozenError::Stale(stale).into());
+                }
+            }
+        }
+    }
+
+    let store = Arc::new(context.open_store()?);
+    let (lock, _items) = resolve_with(
+        context,
+        store.clone(),
+        ResolveRun {
+            spec,
+            old: old.as_ref(),
+            update: Update::Nothing,
+            offline: args.offline,
+            jobs: args.jobs,
+            skip_models,
+        },
+    )?;
+    if old.as_ref() != Some(&lock) {
+        if args.frozen {
+            return Err(FrozenError::Stale(vec!["the resolved lock differs".into()]).into());
+        }
+        if !(skip_models && lock.models.len() < spec.models.len()) {
+            lock.write(&lock_path)?;
+            tracing::info!("wrote `{}`", lock_path.display());
+        }
+    }
+    let report = realize::realize(
+        &store,
+        &lock,
+        &RealizeOptions {
+            target,
+            models_dir: args.models_dir.clone(),
+            skip_models,
+            link_mode: args.link_mode,
+        },
+    )?;
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        println!("{}", report.target.display());
+        let modes: Vec<String> = report
+            .link_modes
+            .iter()
+            .map(|(kind, mode)| format!("{kind}: {mode}"))
+            .collect();
+        if report.up_to_date {
+            tracing::info!(
+                "`{}` is up to date at generation {} ({})",
+                report.version_id,
+                report.generation,
+                modes.join(", ")
+            );
+        } else {
+            tracing::info!(
+                "realized `{}` as generation {}{} ({})",
+                report.version_id,
+                report.generation,
+                report
+                    .previous
+                    .map(|p| format!(", previous {p}"))
+                    .unwrap_or_default(),
+                modes.join(", ")
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn print_plan(
+    context: &Context,
+    plan: &crate::plan::Plan,
+    target: &std::path::Path,
+) -> anyhow::Result<()> {
+    if context.json {
+        context.print_json(&serde_json::json!({ "target": target, "plan": plan }))?;
+        return Ok(());
+    }
+    println!(
+        "plan for `{}` into `{}` (lock: {})",
+        plan.version_id,
+        target.display(),
+        plan.lock
+    );
+    for stale in &plan.stale {
+        println!("  stale in the lock: {stale}");
+    }
+    for step in &plan.steps {
+        let detail = match (step.state, step.download_bytes, &step.output) {
+            ("fetch", Some(bytes), _) if step.kind == "fetch-model" => format_bytes(bytes),
+            (_, _, Some(output)) => output.clone(),
+            ("resolve", _, None) => "not pinned yet".into(),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<14} {:<24} {:<8} {}",
+            step.kind, step.name, step.state, detail
+        );
+    }
+    let t = &plan.totals;
+    println!(
+        "{} steps: {} valid, {} to fetch, {} to resolve, {} to build; download {}{}",
+        t.steps,
+        t.valid,
+        t.to_fetch,
+        t.to_resolve,
+        t.to_build,
+        format_bytes(t.download_bytes),
+        if t.unknown_sizes > 0 {
+            format!(" + {} of unknown size", t.unknown_sizes)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let report = realize::rollback(&args.target())?;
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        println!("{}", report.target.display());
+        tracing::info!(
+            "rolled back from generation {} to {} (`{}`)",
+            report.from,
+            report.to,
+            report.version_id
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn status(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let store = context.open_store()?;
+    let report = realize::status(&store, &args.target())?;
+    if context.json {
+        context.print_json(&report)?;
+        return Ok(Outcome::Success);
+    }
+    println!("home:        {}", report.target.display());
+    println!("version:     {}", report.version_id);
+    println!(
+        "generation:  {} (of {})",
+        report.generation,
+        report
+            .generations
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let modes: Vec<String> = report
+        .link_modes
+        .iter()
+        .map(|(kind, mode)| format!("{kind}: {mode}"))
+        .collect();
+    println!("link modes:  {}", modes.join(", "));
+    if report.clean() {
+        println!("drift:       none");
+    } else {
+        for (label, list) in [
+            ("changed", &report.changed),
+            ("added", &report.added),
+            ("missing", &report.missing),
+        ] {
+            for path in list {
+                println!("{label}\t{path}");
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}

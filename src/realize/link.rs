@@ -1,0 +1,325 @@
+//! Link modes: how store content is materialized in a home.
+//!
+//! Trees that ComfyUI and its nodes write into (the core, the nodes) are reflinked where the
+//! filesystem supports it, else copied — so writing in the home never changes the store. Models are
+//! symlinked into the store. `--link-mode` overrides the choice; `auto` tries a reflink once per
+//! realization and falls back to copying. The mode actually used is returned and reported.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::RealizeError;
+
+/// What the user asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    /// Reflink or copy for trees, symlink for models
+    Auto,
+    Reflink,
+    Hardlink,
+    Symlink,
+    Copy,
+}
+
+/// What was actually done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsedMode {
+    Reflink,
+    Copy,
+    Hardlink,
+    Symlink,
+}
+
+impl std::fmt::Display for UsedMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UsedMode::Reflink => "reflink",
+            UsedMode::Copy => "copy",
+            UsedMode::Hardlink => "hardlink",
+            UsedMode::Symlink => "symlink",
+        })
+    }
+}
+
+/// A file the home holds a private copy of, for drift detection: its size and mtime when placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
+    move |source| RealizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+/// Materializes trees with one requested mode, remembering whether reflinks work here.
+pub struct Linker {
+    requested: LinkMode,
+    reflink_failed: AtomicBool,
+}
+
+impl Linker {
+    pub fn new(requested: LinkMode) -> Linker {
+        Linker {
+            requested,
+            reflink_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The mode for a tree the home writes into.
+    fn tree_mode(&self) -> Result<UsedMode, RealizeError> {
+        Ok(match self.requested {
+            LinkMode::Auto if self.reflink_failed.load(Ordering::Relaxed) => UsedMode::Copy,
+            LinkMode::Auto | LinkMode::Reflink => UsedMode::Reflink,
+            LinkMode::Copy => UsedMode::Copy,
+            LinkMode::Hardlink => UsedMode::Hardlink,
+            LinkMode::Symlink => {
+                return Err(RealizeError::LinkMode {
+                    message: "`symlink` cannot be used for the core and node trees: ComfyUI resolves its own path and would write into the store".into(),
+                })
+            }
+        })
+    }
+
+    /// The mode for a model file.
+    pub fn model_mode(&self) -> UsedMode {
+        match self.requested {
+            LinkMode::Auto | LinkMode::Symlink => UsedMode::Symlink,
+            LinkMode::Reflink => UsedMode::Reflink,
+            LinkMode::Copy => UsedMode::Copy,
+            LinkMode::Hardlink => UsedMode::Hardlink,
+        }
+    }
+
+    /// Materialize the store tree `src` at `dst` (which must not exist). Returns the mode used and
+    /// the private files placed (for reflink and copy), relative to `rel_base`.
+    pub fn tree(
+        &self,
+        src: &Path,
+        dst: &Path,
+        rel_base: &str,
+    ) -> Result<(UsedMode, Vec<Placed>), RealizeError> {
+        let mut mode = self.tree_mode()?;
+        let mut dirs = Vec::new();
+        let mut files = Vec::new();
+        let mut links = Vec::new();
+        for entry in walkdir::WalkDir::new(src)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| RealizeError::Io {
+                path: src.to_path_buf(),
+                source: e.into(),
+            })?;
+            let rel = entry
+                .path()
+                .strip_prefix(src)
+                .expect("under src")
+                .to_path_buf();
+            let kind = entry.file_type();
+            if kind.is_dir() {
+                dirs.push(rel);
+            } else if kind.is_symlink() {
+                links.push(rel);
+            } else {
+                files.push(rel);
+            }
+        }
+        for rel in &dirs {
+            let at = dst.join(rel);
+            fs::create_dir_all(&at).map_err(io(&at))?;
+            fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).map_err(io(&at))?;
+        }
+        for rel in &links {
+            let target = fs::read_link(src.join(rel)).map_err(io(&src.join(rel)))?;
+            let at = dst.join(rel);
+            std::os::unix::fs::symlink(&target, &at).map_err(io(&at))?;
+        }
+        // Probe reflink support with the first file, then go parallel with the settled mode.
+        let (first, rest) = files
+            .split_first()
+            .map_or((None, &[][..]), |(f, r)| (Some(f), r));
+        let mut placed = Vec::with_capacity(files.len());
+        if let Some(first) = first {
+            let (used, p) = self.file(&src.join(first), &dst.join(first), mode, rel_base, first)?;
+            mode = used;
+            placed.extend(p);
+        }
+        let rest_placed = rest
+            .par_iter()
+            .map(|rel| {
+                self.file(&src.join(rel), &dst.join(rel), mode, rel_base, rel)
+                    .map(|(_, p)| p)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        placed.extend(rest_placed.into_iter().flatten());
+        Ok((mode, placed))
+    }
+
+    fn file(
+        &self,
+        src: &Path,
+        dst: &Path,
+        mode: UsedMode,
+        rel_base: &str,
+        rel: &Path,
+    ) -> Result<(UsedMode, Option<Placed>), RealizeError> {
+        let used = place_file(src, dst, mode, self.requested == LinkMode::Auto).map_err(|e| match e {
+            PlaceError::Io(source) => RealizeError::Io {
+                path: dst.to_path_buf(),
+                source,
+            },
+            PlaceError::NoReflink(source) => RealizeError::LinkMode {
+                message: format!(
+                    "the filesystem of `{}` cannot reflink from the store ({source}); use `--link-mode copy` or `auto`",
+                    dst.display()
+                ),
+            },
+        })?;
+        if used == UsedMode::Copy && mode == UsedMode::Reflink {
+            self.reflink_failed.store(true, Ordering::Relaxed);
+        }
+        let placed = match used {
+            UsedMode::Reflink | UsedMode::Copy => {
+                let meta = fs::symlink_metadata(dst).map_err(io(dst))?;
+                Some(Placed {
+                    path: join_rel(rel_base, rel),
+                    size: meta.len(),
+                    mtime_ns: mtime_ns(&meta),
+                })
+            }
+            UsedMode::Hardlink | UsedMode::Symlink => None,
+        };
+        Ok((used, placed))
+    }
+}
+
+pub(crate) fn join_rel(base: &str, rel: &Path) -> String {
+    let rel = rel.to_string_lossy();
+    if base.is_empty() {
+        rel.into_owned()
+    } else if rel.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}/{rel}")
+    }
+}
+
+enum PlaceError {
+    Io(std::io::Error),
+    NoReflink(std::io::Error),
+}
+
+/// Place one store file at `dst` with `mode`; with `fallback`, a failed reflink becomes a copy.
+/// Private copies are made writable (0644/0755) — they belong to the home.
+fn place_file(
+    src: &Path,
+    dst: &Path,
+    mode: UsedMode,
+    fallback: bool,
+) -> Result<UsedMode, PlaceError> {
+    let executable = fs::metadata(src)
+        .map_err(PlaceError::Io)?
+        .permissions()
+        .mode()
+        & 0o111
+        != 0;
+    let writable = || {
+        let perm = if executable { 0o755 } else { 0o644 };
+        fs::set_permissions(dst, fs::Permissions::from_mode(perm)).map_err(PlaceError::Io)
+    };
+    match mode {
+        UsedMode::Reflink => match reflink_copy::reflink(src, dst) {
+            Ok(()) => {
+                writable()?;
+                Ok(UsedMode::Reflink)
+            }
+            Err(err) if fallback => {
+                tracing::debug!("reflink unsupported here ({err}); copying");
+                let _ = fs::remove_file(dst);
+                fs::copy(src, dst).map_err(PlaceError::Io)?;
+                writable()?;
+                Ok(UsedMode::Copy)
+            }
+            Err(err) => Err(PlaceError::NoReflink(err)),
+        },
+        UsedMode::Copy => {
+            fs::copy(src, dst).map_err(PlaceError::Io)?;
+            writable()?;
+            Ok(UsedMode::Copy)
+        }
+        UsedMode::Hardlink => fs::hard_link(src, dst)
+            .map(|_| UsedMode::Hardlink)
+            .map_err(PlaceError::Io),
+        UsedMode::Symlink => std::os::unix::fs::symlink(src, dst)
+            .map(|_| UsedMode::Symlink)
+            .map_err(PlaceError::Io),
+    }
+}
+
+/// Place a single store file (a model) at `dst`, replacing nothing.
+pub fn model(linker: &Linker, src: &Path, dst: &Path) -> Result<UsedMode, RealizeError> {
+    let mode = linker.model_mode();
+    place_file(src, dst, mode, false).map_err(|e| match e {
+        PlaceError::Io(source) => RealizeError::Io {
+            path: dst.to_path_buf(),
+            source,
+        },
+        PlaceError::NoReflink(source) => RealizeError::LinkMode {
+            message: format!("cannot reflink `{}`: {source}", dst.display()),
+        },
+    })
+}
+
+/// Remove a tree that may contain read-only directories.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.is_dir() => return fs::remove_file(path),
+        Ok(_) => {}
+    }
+    for entry in walkdir::WalkDir::new(path)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_dir() {
+            let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
+        }
+    }
+    fs::remove_dir_all(path)
+}
+
+/// Every regular file and symlink under `root`, relative, skipping `__pycache__`.
+pub fn list_files(root: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != "__pycache__")
+        .flatten()
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| {
+            e.path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_path_buf()
+        })
+        .collect()
+}

@@ -1,0 +1,787 @@
+//! Realization: a lock's store paths materialized as a `COMFY_HOME`, in numbered generations.
+//!
+//! A home looks like this (`docs/realize.md` has the details):
+//!
+//! ```text
+//! <home>/ComfyUI -> .comfix/current/ComfyUI     the core, nodes under custom_nodes/
+//! <home>/models  -> .comfix/current/models      unless --models-dir / $MODELS_DIR
+//! <home>/data/{output,input,user,temp}/        user data; ComfyUI/<dir> links here
+//! <home>/.comfix/current -> generations/<N>     switched atomically by rename
+//! <home>/.comfix/generations/<N>/               ComfyUI/, models/, generation.json, files.json
+//! ```
+//!
+//! A new generation is built beside the current one, made durable, then `current` is replaced in
+//! one rename: a crash leaves the old generation or the new one, never a mix. User data lives
+//! outside the generations; files a user added inside the trees are carried into the new
+//! generation (by hard link). Each generation is a GC root through its home manifest store path,
+//! which references every store path the generation uses.
+
+mod link;
+mod manager;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use link::{LinkMode, UsedMode};
+use link::{Linker, Placed};
+
+use crate::fault::pause_point;
+use crate::hint::Hint;
+use crate::lockfile::Lock;
+use crate::store::{AddOptions, Store, StoreError};
+
+/// The user data directories of ComfyUI, kept outside the generations.
+pub const USER_DATA: [&str; 4] = ["output", "input", "user", "temp"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealizeError {
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{message}")]
+    LinkMode { message: String },
+    #[error("Git error in `{}`: {message}", .path.display())]
+    Git { path: PathBuf, message: String },
+    #[error("`{}` exists and was not made by comfix", .path.display())]
+    Foreign { path: PathBuf },
+    #[error("`{}` is not a comfix home (no generations)", .path.display())]
+    NotAHome { path: PathBuf },
+    #[error("Home `{}` has no generation before {current}", .home.display())]
+    NoPrevious { home: PathBuf, current: u32 },
+    #[error("Two entries of the version would be placed at `{at}`")]
+    Conflict { at: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Hint for RealizeError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RealizeError::Foreign { .. } => {
+                Some("move it away, or realize into another directory with `--target`".into())
+            }
+            RealizeError::NotAHome { .. } => {
+                Some("run `comfix realize` first, or pass the home with `--target`".into())
+            }
+            RealizeError::Conflict { .. } => {
+                Some("give the nodes or models different names or folders".into())
+            }
+            RealizeError::Store(e) => e.hint(),
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        match self {
+            RealizeError::Io { .. } | RealizeError::Git { .. } => false,
+            RealizeError::Store(e) => e.is_user_error(),
+            _ => true,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
+    move |source| RealizeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The default home: `/runpod-volume/comfy-<id>` when `/runpod-volume` exists, else
+/// `$HOME/comfy-<id>`, else `./comfy-<id>`.
+pub fn default_target(version_id: &str, env: impl Fn(&str) -> Option<String>) -> PathBuf {
+    let name = format!("comfy-{version_id}");
+    if Path::new("/runpod-volume").is_dir() {
+        return Path::new("/runpod-volume").join(name);
+    }
+    match env("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join(name),
+        None => PathBuf::from(".").join(name),
+    }
+}
+
+/// How to realize.
+#[derive(Debug, Clone)]
+pub struct RealizeOptions {
+    pub target: PathBuf,
+    /// An external models directory (shared between homes); `None` means `<home>/models`.
+    pub models_dir: Option<PathBuf>,
+    pub skip_models: bool,
+    pub link_mode: LinkMode,
+}
+
+/// Where a store path is placed in a generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Relative to the generation directory (`ComfyUI/custom_nodes/gguf`), or absolute for models
+    /// in an external models directory.
+    pub at: String,
+    pub store_path: String,
+    pub kind: String,
+    pub mode: UsedMode,
+}
+
+/// `generation.json`: what a generation is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    pub generation: u32,
+    pub version_id: String,
+    /// Identifies the lock and options; equal keys mean re-realizing is a no-op.
+    pub key: String,
+    pub created_at: i64,
+    pub models_dir: PathBuf,
+    pub skip_models: bool,
+    pub link_mode: LinkMode,
+    /// The home manifest store path (a GC root) that references every store path used.
+    pub manifest: String,
+    pub mounts: Vec<Mount>,
+}
+
+/// What `realize` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealizeReport {
+    pub target: PathBuf,
+    pub version_id: String,
+    pub generation: u32,
+    pub previous: Option<u32>,
+    pub up_to_date: bool,
+    /// The link mode used per kind of content (`core`, `node`, `model`).
+    pub link_modes: BTreeMap<String, UsedMode>,
+    pub models_dir: PathBuf,
+    pub carried_user_files: usize,
+}
+
+/// The paths of a home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: &Path) -> Result<Home, RealizeError> {
+        let root = std::path::absolute(root).map_err(io(root))?;
+        Ok(Home { root })
+    }
+    fn meta(&self) -> PathBuf {
+        self.root.join(".comfix")
+    }
+    fn generations(&self) -> PathBuf {
+        self.meta().join("generations")
+    }
+    pub fn generation_dir(&self, n: u32) -> PathBuf {
+        self.generations().join(n.to_string())
+    }
+    fn current_link(&self) -> PathBuf {
+        self.meta().join("current")
+    }
+
+    /// The generation `current` points to.
+    pub fn current(&self) -> Option<u32> {
+        let target = fs::read_link(self.current_link()).ok()?;
+        target.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// Every complete generation, ascending.
+    pub fn list(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = fs::read_dir(self.generations())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    pub fn read_generation(&self, n: u32) -> Result<Generation, RealizeError> {
+        let path = self.generation_dir(n).join("generation.json");
+        let text = fs::read_to_string(&path).map_err(io(&path))?;
+        serde_json::from_str(&text).map_err(|e| RealizeError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })
+    }
+
+    fn read_files(&self, n: u32) -> Vec<Placed> {
+        fs::read(self.generation_dir(n).join("files.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn lock(&self) -> Result<crate::store::lock::LockGuard, RealizeError> {
+        fs::create_dir_all(self.generations()).map_err(io(&self.generations()))?;
+        let path = self.meta().join("lock");
+        crate::store::lock::exclusive(&path).map_err(io(&path))
+    }
+
+    /// The name of the GC root of generation `n`.
+    pub fn root_name(&self, n: u32) -> String {
+        format!("home:{}#{n}", self.root.display())
+    }
+
+    /// Point `current` at generation `n` in one rename.
+    fn switch(&self, n: u32) -> Result<(), RealizeError> {
+        let tmp = self.meta().join("current.tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("generations/{n}"), &tmp).map_err(io(&tmp))?;
+        fs::rename(&tmp, self.current_link()).map_err(io(&self.current_link()))?;
+        sync_dir(&self.meta());
+        Ok(())
+    }
+
+    /// Make sure `<home>/ComfyUI` (and `<home>/models` for a home-local models directory) point
+    /// into `current`; refuse to replace anything comfix did not make.
+    fn ensure_top_links(&self, local_models: bool) -> Result<(), RealizeError> {
+        let mut wanted = vec![("ComfyUI", ".comfix/current/ComfyUI")];
+        if local_models {
+            wanted.push(("models", ".comfix/current/models"));
+        }
+        for (name, target) in wanted {
+            let at = self.root.join(name);
+            match fs::read_link(&at) {
+                Ok(existing) if existing == Path::new(target) => continue,
+                Ok(_) => fs::remove_file(&at).map_err(io(&at))?,
+                Err(_) if fs::symlink_metadata(&at).is_ok() => {
+                    return Err(RealizeError::Foreign { path: at })
+                }
+                Err(_) => {}
+            }
+            std::os::unix::fs::symlink(target, &at).map_err(io(&at))?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(file) = fs::File::open(dir) {
+        let _ = rustix::fs::syncfs(&file);
+    }
+}
+
+/// The directory a disabled node goes to, as ComfyUI-Manager names it.
+pub fn disabled_dir_name(node: &crate::lockfile::LockedNode) -> String {
+    match &node.registry {
+        Some(r) => format!("{}@{}", r.id.to_lowercase(), r.version.replace('.', "_")),
+        None => format!("{}@nightly", node.name.to_lowercase()),
+    }
+}
+
+/// The key of a realization: the lock and the options that shape the home.
+fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(lock.to_text().as_bytes());
+    hasher.update(models_dir.as_os_str().as_encoded_bytes());
+    hasher.update(&[options.skip_models as u8]);
+    hasher.update(format!("{:?}", options.link_mode).as_bytes());
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+/// Realize `lock` (whose store paths must all be valid) into `options.target`.
+pub fn realize(
+    store: &Store,
+    lock: &Lock,
+    options: &RealizeOptions,
+) -> Result<RealizeReport, RealizeError> {
+    let home = Home::new(&options.target)?;
+    if let Ok(meta) = fs::symlink_metadata(home.root.join("ComfyUI")) {
+        if !meta.file_type().is_symlink() {
+            return Err(RealizeError::Foreign {
+                path: home.root.join("ComfyUI"),
+            });
+        }
+    }
+    let _lock = home.lock()?;
+    let local_models = options.models_dir.is_none();
+    let models_dir = match &options.models_dir {
+        Some(dir) => std::path::absolute(dir).map_err(io(dir))?,
+        None => home.root.join("models"),
+    };
+    let key = realization_key(lock, options, &models_dir);
+    let current = home.current();
+
+    // Re-realizing what is already current is a check, not work.
+    if let Some(n) = current {
+        if let Ok(generation) = home.read_generation(n) {
+            if generation.key == key && home.ensure_top_links(local_models).is_ok() {
+                return Ok(RealizeReport {
+                    target: home.root.clone(),
+                    version_id: lock.version_id.clone(),
+                    generation: n,
+                    previous: None,
+                    up_to_date: true,
+                    link_modes: modes_of(&generation.mounts),
+                    models_dir,
+                    carried_user_files: 0,
+                });
+            }
+        }
+    }
+
+    // Leftovers of an interrupted realization.
+    for entry in fs::read_dir(home.generations())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            link::remove_tree(&entry.path()).map_err(io(&entry.path()))?;
+        }
+    }
+    let number = home.list().last().copied().unwrap_or(0) + 1;
+    let building = home.generations().join(format!("{number}.tmp"));
+    fs::create_dir_all(&building).map_err(io(&building))?;
+
+    let linker = Linker::new(options.link_mode);
+    let mut mounts = Vec::new();
+    let mut placed = Vec::new();
+
+    // The core.
+    let core_src = store.path_of(&lock.comfy.store_path);
+    let (mode, files) = linker.tree(&core_src, &building.join("ComfyUI"), "ComfyUI")?;
+    placed.extend(files);
+    mounts.push(Mount {
+        at: "ComfyUI".into(),
+        store_path: lock.comfy.store_path.clone(),
+        kind: "core".into(),
+        mode,
+    });
+
+    // The nodes.
+    for node in &lock.custom_nodes {
+        let rel = if node.enabled {
+            format!("ComfyUI/custom_nodes/{}", node.name)
+        } else {
+            format!("ComfyUI/custom_nodes/.disabled/{}", disabled_dir_name(node))
+        };
+        let dest = building.join(&rel);
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(RealizeError::Conflict { at: rel });
+        }
+        let store_path = match (&node.git, &node.registry) {
+            (Some(g), _) => &g.store_path,
+            (_, Some(r)) => &r.store_path,
+            _ => continue,
+        };
+        let (mode, files) = linker.tree(&store.path_of(store_path), &dest, &rel)?;
+        placed.extend(files);
+        if let Some(git) = &node.git {
+            manager::make_worktree(store, &dest, &git.repo, &git.commit, git.git_ref.as_deref())?;
+        }
+        mounts.push(Mount {
+            at: rel,
+            store_path: store_path.clone(),
+            kind: "node".into(),
+            mode,
+        });
+    }
+
+    // User data lives outside generations; the core's own files there seed it.
+    let data = home.root.join("data");
+    for dir in USER_DATA {
+        let shared = data.join(dir);
+        fs::create_dir_all(&shared).map_err(io(&shared))?;
+        let inside = building.join("ComfyUI").join(dir);
+        if fs::symlink_metadata(&inside).is_ok() {
+            for rel in link::list_files(&inside) {
+                let to = shared.join(&rel);
+                if fs::symlink_metadata(&to).is_err() {
+                    if let Some(parent) = to.parent() {
+                        fs::create_dir_all(parent).map_err(io(parent))?;
+                    }
+                    fs::rename(inside.join(&rel), &to).map_err(io(&to))?;
+                }
+            }
+            link::remove_tree(&inside).map_err(io(&inside))?;
+            let prefix = format!("ComfyUI/{dir}/");
+            placed.retain(|p| !p.path.starts_with(&prefix));
+        }
+        std::os::unix::fs::symlink(format!("../../../../data/{dir}"), &inside)
+            .map_err(io(&inside))?;
+    }
+
+    // Models.
+    let models_root = if local_models {
+        building.join("models")
+    } else {
+        models_dir.clone()
+    };
+    fs::create_dir_all(&models_root).map_err(io(&models_root))?;
+    let mut folders = BTreeSet::new();
+    if !options.skip_models {
+        for model in &lock.models {
+            let rel = match &model.target_subdir {
+                Some(sub) => {
+                    folders.insert(sub.clone());
+                    format!("{sub}/{}", model.filename)
+                }
+                None => model.filename.clone(),
+            };
+            let at = models_root.join(&rel);
+            if let Some(parent) = at.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            if fs::symlink_metadata(&at).is_ok() {
+                let ours = fs::read_link(&at)
+                    .ok()
+                    .is_some_and(|t| t.starts_with(store.root().join("paths")));
+                if local_models || !ours {
+                    return Err(if local_models {
+                        RealizeError::Conflict { at: rel }
+                    } else {
+                        RealizeError::Foreign { path: at }
+                    });
+                }
+                fs::remove_file(&at).map_err(io(&at))?;
+            }
+            let mode = link::model(&linker, &store.path_of(&model.store_path), &at)?;
+            let recorded = if local_models {
+                format!("models/{rel}")
+            } else {
+                at.display().to_string()
+            };
+            if local_models && matches!(mode, UsedMode::Copy | UsedMode::Reflink) {
+                let meta = fs::symlink_metadata(&at).map_err(io(&at))?;
+                placed.push(Placed {
+                    path: recorded.clone(),
+                    size: meta.len(),
+                    mtime_ns: link::mtime_ns(&meta),
+                });
+            }
+            mounts.push(Mount {
+                at: recorded,
+                store_path: model.store_path.clone(),
+                kind: "model".into(),
+                mode,
+            });
+        }
+    }
+    let yaml = extra_model_paths(&models_dir, &folders);
+    let yaml_path = building.join("ComfyUI/extra_model_paths.yaml");
+    fs::write(&yaml_path, yaml).map_err(io(&yaml_path))?;
+
+    // Files the user added to the current generation's trees come along.
+    let carried = match current {
+        Some(n) => carry_user_files(&home, n, &building)?,
+        None => 0,
+    };
+
+    // The home manifest: a store path referencing everything, rooted for this generation.
+    let manifest = {
+        let staging = store.staging()?;
+        let file = staging.path().join("lock.json");
+        fs::write(&file, lock.to_text()).map_err(io(&file))?;
+        let references: Vec<String> = lock.store_paths().iter().map(|s| s.to_string()).collect();
+        let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
+        store
+            .add_staged(
+                staging,
+                "lock.json",
+                &AddOptions {
+                    name: Some(name),
+                    references,
+                },
+                None,
+            )?
+            .record
+            .name
+    };
+    store.add_root(&home.root_name(number), &manifest, "home")?;
+
+    let generation = Generation {
+        generation: number,
+        version_id: lock.version_id.clone(),
+        key,
+        created_at: crate::store::db::now(),
+        models_dir: models_dir.clone(),
+        skip_models: options.skip_models,
+        link_mode: options.link_mode,
+        manifest,
+        mounts,
+    };
+    for (name, text) in [
+        ("files.json", serde_json::to_string(&placed)),
+        ("generation.json", serde_json::to_string_pretty(&generation)),
+    ] {
+        let path = building.join(name);
+        fs::write(&path, text.expect("serializable")).map_err(io(&path))?;
+    }
+    sync_dir(&building);
+    let done = home.generation_dir(number);
+    fs::rename(&building, &done).map_err(io(&done))?;
+    pause_point("realize-built");
+    home.ensure_top_links(local_models)?;
+    home.switch(number)?;
+    pause_point("realize-switched");
+
+    Ok(RealizeReport {
+        target: home.root.clone(),
+        version_id: lock.version_id.clone(),
+        generation: number,
+        previous: current,
+        up_to_date: false,
+        link_modes: modes_of(&generation.mounts),
+        models_dir,
+        carried_user_files: carried,
+    })
+}
+
+fn modes_of(mounts: &[Mount]) -> BTreeMap<String, UsedMode> {
+    mounts.iter().map(|m| (m.kind.clone(), m.mode)).collect()
+}
+
+/// `extra_model_paths.yaml` naming exactly the folders the version's models use.
+fn extra_model_paths(models_dir: &Path, folders: &BTreeSet<String>) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let mut out =
+        String::from("# Written by comfix; realizing another generation replaces it.\ncomfix:\n");
+    out.push_str(&format!(
+        "    base_path: {}\n",
+        quote(&models_dir.to_string_lossy())
+    ));
+    out.push_str("    is_default: true\n");
+    for folder in folders {
+        out.push_str(&format!("    {}: {}\n", quote(folder), quote(folder)));
+    }
+    out
+}
+
+/// Files comfix made in a generation, relative to its directory.
+fn known_files(home: &Home, n: u32) -> Result<BTreeSet<String>, RealizeError> {
+    let generation = home.read_generation(n)?;
+    let mut known: BTreeSet<String> = home.read_files(n).into_iter().map(|p| p.path).collect();
+    known.insert("ComfyUI/extra_model_paths.yaml".into());
+    for dir in USER_DATA {
+        known.insert(format!("ComfyUI/{dir}"));
+    }
+    for mount in &generation.mounts {
+        known.insert(mount.at.clone());
+    }
+    Ok(known)
+}
+
+/// Whether `rel` is inside something comfix manages wholesale (a node's `.git`, a hard-linked or
+/// symlinked mount) rather than a file the user added.
+fn managed(rel: &str, generation: &Generation) -> bool {
+    rel.contains("/.git/")
+        || generation.mounts.iter().any(|m| {
+            matches!(m.mode, UsedMode::Hardlink | UsedMode::Symlink)
+                && (rel == m.at || rel.starts_with(&format!("{}/", m.at)))
+        })
+}
+
+/// Hard-link the files a user added to generation `from` into the generation being built.
+fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, RealizeError> {
+    let old = home.generation_dir(from);
+    let generation = home.read_generation(from)?;
+    let known = known_files(home, from)?;
+    let mut carried = 0;
+    for top in ["ComfyUI", "models"] {
+        let root = old.join(top);
+        if !root.is_dir() {
+            continue;
+        }
+        let walker = walkdir::WalkDir::new(&root).follow_links(false).into_iter();
+        for entry in walker.filter_entry(|e| {
+            let name = e.file_name();
+            name != "__pycache__"
+                && name != ".git"
+                && !(e.depth() == 1 && top == "ComfyUI" && USER_DATA.iter().any(|d| name == *d))
+        }) {
+            let Ok(entry) = entry else { continue };
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let rel = format!(
+                "{top}/{}",
+                entry
+                    .path()
+                    .strip_prefix(&root)
+                    .expect("under root")
+                    .display()
+            );
+            if known.contains(&rel) || managed(&rel, &generation) {
+                continue;
+            }
+            let to = building.join(&rel);
+            if fs::symlink_metadata(&to).is_ok() {
+                tracing::warn!(
+                    "`{rel}` is now part of the version; your copy stays in generation {from}"
+                );
+                continue;
+            }
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            let linked = if entry.file_type().is_symlink() {
+                let target = fs::read_link(entry.path()).map_err(io(entry.path()))?;
+                std::os::unix::fs::symlink(target, &to)
+            } else {
+                fs::hard_link(entry.path(), &to)
+                    .or_else(|_| fs::copy(entry.path(), &to).map(|_| ()))
+            };
+            linked.map_err(io(&to))?;
+            carried += 1;
+        }
+    }
+    Ok(carried)
+}
+
+/// What `rollback` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RollbackReport {
+    pub target: PathBuf,
+    pub from: u32,
+    pub to: u32,
+    pub version_id: String,
+}
+
+/// Switch the home back to the generation before the current one.
+pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
+    let home = Home::new(target)?;
+    let _lock = home.lock()?;
+    let current = home.current().ok_or_else(|| RealizeError::NotAHome {
+        path: home.root.clone(),
+    })?;
+    let previous = home
+        .list()
+        .into_iter()
+        .filter(|n| *n < current)
+        .next_back()
+        .ok_or(RealizeError::NoPrevious {
+            home: home.root.clone(),
+            current,
+        })?;
+    let generation = home.read_generation(previous)?;
+    carry_user_files(&home, current, &home.generation_dir(previous))?;
+    home.ensure_top_links(generation.models_dir == home.root.join("models"))?;
+    home.switch(previous)?;
+    Ok(RollbackReport {
+        target: home.root,
+        from: current,
+        to: previous,
+        version_id: generation.version_id,
+    })
+}
+
+/// What `status` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub target: PathBuf,
+    pub generation: u32,
+    pub generations: Vec<u32>,
+    pub version_id: String,
+    pub created_at: i64,
+    pub link_modes: BTreeMap<String, UsedMode>,
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+impl StatusReport {
+    pub fn clean(&self) -> bool {
+        self.changed.is_empty() && self.added.is_empty() && self.missing.is_empty()
+    }
+}
+
+/// The current generation of the home at `target` and its drift from what was realized.
+pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError> {
+    let home = Home::new(target)?;
+    let n = home.current().ok_or_else(|| RealizeError::NotAHome {
+        path: home.root.clone(),
+    })?;
+    let generation = home.read_generation(n)?;
+    let dir = home.generation_dir(n);
+    let placed = home.read_files(n);
+    let mut changed = Vec::new();
+    let mut missing = Vec::new();
+    for file in &placed {
+        let at = dir.join(&file.path);
+        match fs::symlink_metadata(&at) {
+            Err(_) => missing.push(file.path.clone()),
+            Ok(meta) => {
+                if meta.len() == file.size && link::mtime_ns(&meta) == file.mtime_ns {
+                    continue;
+                }
+                if !same_as_store(store, &generation, &file.path, &at) {
+                    changed.push(file.path.clone());
+                }
+            }
+        }
+    }
+    for mount in &generation.mounts {
+        if mount.kind == "model"
+            && !mount.at.starts_with('/')
+            && fs::symlink_metadata(dir.join(&mount.at)).is_err()
+        {
+            missing.push(mount.at.clone());
+        }
+    }
+    let known = known_files(&home, n)?;
+    let mut added = Vec::new();
+    for top in ["ComfyUI", "models"] {
+        let root = dir.join(top);
+        let walker = walkdir::WalkDir::new(&root).follow_links(false).into_iter();
+        for entry in walker.filter_entry(|e| {
+            let name = e.file_name();
+            name != "__pycache__"
+                && name != ".git"
+                && !(e.depth() == 1 && top == "ComfyUI" && USER_DATA.iter().any(|d| name == *d))
+        }) {
+            let Ok(entry) = entry else { continue };
+            if entry.file_type().is_dir() {
+                continue;
+            }
+            let rel = format!(
+                "{top}/{}",
+                entry
+                    .path()
+                    .strip_prefix(&root)
+                    .expect("under root")
+                    .display()
+            );
+            if !known.contains(&rel) && !managed(&rel, &generation) {
+                added.push(rel);
+            }
+        }
+    }
+    Ok(StatusReport {
+        target: home.root.clone(),
+        generation: n,
+        generations: home.list(),
+        version_id: generation.version_id.clone(),
+        created_at: generation.created_at,
+        link_modes: modes_of(&generation.mounts),
+        changed,
+        added,
+        missing,
+    })
+}
+
+/// Compare a realized file with its source in the store, byte for byte.
+fn same_as_store(store: &Store, generation: &Generation, rel: &str, at: &Path) -> bool {
+    let Some(mount) = generation
+        .mounts
+        .iter()
+        .filter(|m| rel == m.at || rel.starts_with(&format!("{}/", m.at)))
+        .max_by_key(|m| m.at.len())
+    else {
+        return false;
+    };
+    let inner = rel[mount.at.len()..].trim_start_matches('/');
+    let source = if inner.is_empty() {
+        store.path_of(&mount.store_path)
+    } else {
+        store.path_of(&mount.store_path).join(inner)
+    };
+    match (fs::read(&source), fs::read(at)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
