@@ -48,7 +48,7 @@ impl std::fmt::Display for UsedMode {
     }
 }
 
-/// A file the home holds a private copy of, for drift detection: its size and mtime when placed.
+/// A file or symlink comfix placed in a home, for drift detection: its size and mtime then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placed {
     pub path: String,
@@ -108,7 +108,7 @@ impl Linker {
     }
 
     /// Materialize the store tree `src` at `dst` (which must not exist). Returns the mode used and
-    /// the private files placed (for reflink and copy), relative to `rel_base`.
+    /// every file and symlink placed, relative to `rel_base`.
     pub fn tree(
         &self,
         src: &Path,
@@ -146,16 +146,22 @@ impl Linker {
             fs::create_dir_all(&at).map_err(io(&at))?;
             fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).map_err(io(&at))?;
         }
+        let mut placed = Vec::with_capacity(files.len() + links.len());
         for rel in &links {
             let target = fs::read_link(src.join(rel)).map_err(io(&src.join(rel)))?;
             let at = dst.join(rel);
             std::os::unix::fs::symlink(&target, &at).map_err(io(&at))?;
+            let meta = fs::symlink_metadata(&at).map_err(io(&at))?;
+            placed.push(Placed {
+                path: join_rel(rel_base, rel),
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+            });
         }
         // Probe reflink support with the first file, then go parallel with the settled mode.
         let (first, rest) = files
             .split_first()
             .map_or((None, &[][..]), |(f, r)| (Some(f), r));
-        let mut placed = Vec::with_capacity(files.len());
         if let Some(first) = first {
             let (used, p) = self.file(&src.join(first), &dst.join(first), mode, rel_base, first)?;
             mode = used;
@@ -195,18 +201,13 @@ impl Linker {
         if used == UsedMode::Copy && mode == UsedMode::Reflink {
             self.reflink_failed.store(true, Ordering::Relaxed);
         }
-        let placed = match used {
-            UsedMode::Reflink | UsedMode::Copy => {
-                let meta = fs::symlink_metadata(dst).map_err(io(dst))?;
-                Some(Placed {
-                    path: join_rel(rel_base, rel),
-                    size: meta.len(),
-                    mtime_ns: mtime_ns(&meta),
-                })
-            }
-            UsedMode::Hardlink | UsedMode::Symlink => None,
+        let meta = fs::symlink_metadata(dst).map_err(io(dst))?;
+        let placed = Placed {
+            path: join_rel(rel_base, rel),
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
         };
-        Ok((used, placed))
+        Ok((used, Some(placed)))
     }
 }
 

@@ -751,6 +751,9 @@ pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError
             }
         }
     }
+    for list in [&mut changed, &mut added, &mut missing] {
+        list.sort();
+    }
     Ok(StatusReport {
         target: home.root.clone(),
         generation: n,
@@ -780,6 +783,11 @@ fn same_as_store(store: &Store, generation: &Generation, rel: &str, at: &Path) -
     } else {
         store.path_of(&mount.store_path).join(inner)
     };
+    let is_link = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link(&source) || is_link(at) {
+        return fs::read_link(&source).ok().is_some()
+            && fs::read_link(&source).ok() == fs::read_link(at).ok();
+    }
     match (fs::read(&source), fs::read(at)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod realize;
 mod resolve;
 mod spec;
 mod store_add;

@@ -24,11 +24,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn blake3_hex(bytes: &[u8]) -> String {
+pub(crate) fn blake3_hex(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new()
         .update(&[seed])
@@ -59,23 +59,23 @@ pub fn make_zip(entries: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8>
 }
 
 /// Local repositories and the services a spec refers to.
-struct World {
-    env: TestEnv,
-    hub: TestServer,
-    cdn: TestServer,
-    civitai: TestServer,
-    registry: TestServer,
-    core: TestRepo,
-    _sub: TestRepo,
-    node_a: TestRepo,
-    node_b: TestRepo,
-    model: Vec<u8>,
-    lora: Vec<u8>,
-    zip: Vec<u8>,
+pub(crate) struct World {
+    pub(crate) env: TestEnv,
+    pub(crate) hub: TestServer,
+    pub(crate) cdn: TestServer,
+    pub(crate) civitai: TestServer,
+    pub(crate) registry: TestServer,
+    pub(crate) core: TestRepo,
+    pub(crate) _sub: TestRepo,
+    pub(crate) node_a: TestRepo,
+    pub(crate) node_b: TestRepo,
+    pub(crate) model: Vec<u8>,
+    pub(crate) lora: Vec<u8>,
+    pub(crate) zip: Vec<u8>,
 }
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         let env = TestEnv::new();
         let repos = env.path("repos");
         let mut sub = TestRepo::new(&repos.join("sub.git"));
@@ -181,7 +181,7 @@ impl World {
         }
     }
 
-    fn default_spec(&self) -> Value {
+    pub(crate) fn default_spec(&self) -> Value {
         json!({
             "schema_version": 2,
             "version_id": "v1",
@@ -200,7 +200,7 @@ impl World {
         })
     }
 
-    fn write_spec(&self, spec: &Value) {
+    pub(crate) fn write_spec(&self, spec: &Value) {
         let dir = self.env.work.join("versions");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
@@ -210,7 +210,7 @@ impl World {
         .unwrap();
     }
 
-    fn cmd(&self, store: &Path) -> std::process::Command {
+    pub(crate) fn cmd(&self, store: &Path) -> std::process::Command {
         let mut cmd = self.env.cmd_without_store();
         cmd.arg("--store")
             .arg(store)
@@ -223,7 +223,7 @@ impl World {
         cmd
     }
 
-    fn resolve_in(&self, store: &Path, args: &[&str]) -> Output {
+    pub(crate) fn resolve_in(&self, store: &Path, args: &[&str]) -> Output {
         self.cmd(store)
             .args(["resolve", "v1"])
             .args(args)
@@ -231,29 +231,29 @@ impl World {
             .unwrap()
     }
 
-    fn resolve(&self, args: &[&str]) -> Output {
+    pub(crate) fn resolve(&self, args: &[&str]) -> Output {
         self.resolve_in(&self.env.store, args)
     }
 
-    fn resolve_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn resolve_ok(&self, args: &[&str]) -> String {
         let out = self.resolve(args);
         assert!(out.status.success(), "resolve failed:\n{}", stderr(&out));
         stdout(&out)
     }
 
-    fn lock_text(&self) -> String {
+    pub(crate) fn lock_text(&self) -> String {
         std::fs::read_to_string(self.env.work.join("versions/v1.lock.json")).unwrap()
     }
 
-    fn lock(&self) -> Value {
+    pub(crate) fn lock(&self) -> Value {
         serde_json::from_str(&self.lock_text()).unwrap()
     }
 
-    fn store_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn store_path(&self, name: &str) -> PathBuf {
         self.env.store.join("paths").join(name)
     }
 
-    fn total_requests(&self) -> usize {
+    pub(crate) fn total_requests(&self) -> usize {
         [&self.hub, &self.cdn, &self.civitai, &self.registry]
             .iter()
             .map(|s| s.requests().len())
@@ -261,7 +261,7 @@ impl World {
     }
 }
 
-fn head_of(repo: &TestRepo, refname: &str) -> String {
+pub(crate) fn head_of(repo: &TestRepo, refname: &str) -> String {
     repo.repo
         .revparse_single(refname)
         .unwrap()

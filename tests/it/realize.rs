@@ -1,0 +1,652 @@
+//! `comfix realize`, `rollback`, `status`, `diff`: homes from local sources, in generations.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::resolve::{head_of, World};
+use crate::support::http::TestServer;
+use crate::support::*;
+
+/// The default world's spec plus a third git node and a disabled one.
+fn full_spec(w: &World, id: &str) -> Value {
+    let mut spec = w.default_spec();
+    spec["version_id"] = json!(id);
+    let nodes = spec["custom_nodes"].as_array_mut().unwrap();
+    nodes.push(json!({ "repo": w.node_a.url(), "name": "node-c", "ref": "main" }));
+    nodes
+        .push(json!({ "repo": w.node_b.url(), "name": "node-d", "ref": "main", "enabled": false }));
+    spec
+}
+
+fn write_spec_as(w: &World, id: &str, spec: &Value) {
+    let dir = w.env.work.join("versions");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join(format!("{id}.json")),
+        serde_json::to_string_pretty(spec).unwrap(),
+    )
+    .unwrap();
+}
+
+fn realize(w: &World, id: &str, target: &Path, args: &[&str]) -> Output {
+    w.cmd(&w.env.store)
+        .args(["realize", id, "--target"])
+        .arg(target)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn realize_ok(w: &World, id: &str, target: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .args(["realize", id, "--target"])
+        .arg(target)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "realize {id} failed:\n{}",
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+fn home_json(w: &World, cmd: &str, home: &Path) -> Value {
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .arg(cmd)
+        .arg("--target")
+        .arg(home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn realized_home_has_the_tree_markers_and_model_paths() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    let report = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(report["generation"], 1);
+    assert_eq!(report["link_modes"]["model"], "symlink");
+    let comfy = home.join("ComfyUI");
+    let lock = w.lock_text_of("v1");
+
+    // The tree.
+    assert_eq!(
+        fs::read(comfy.join("main.py")).unwrap(),
+        b"print('comfy')\n"
+    );
+    assert_eq!(
+        fs::read(comfy.join("vendor/sub/lib.py")).unwrap(),
+        b"LIB = 1\n"
+    );
+    assert_eq!(
+        fs::read(comfy.join("custom_nodes/node-a/__init__.py")).unwrap(),
+        b"A = 1\n"
+    );
+    assert_eq!(
+        fs::read(comfy.join("custom_nodes/node-b/__init__.py")).unwrap(),
+        b"B dev\n"
+    );
+    assert_eq!(
+        fs::read(comfy.join("custom_nodes/node-c/__init__.py")).unwrap(),
+        b"A = 2\n"
+    );
+    assert!(!comfy.join("custom_nodes/node-d").exists());
+    assert!(comfy
+        .join("custom_nodes/.disabled/node-d@nightly/__init__.py")
+        .is_file());
+
+    // ComfyUI-Manager's markers: git working trees at the locked commit with the spec's origin...
+    for (node, repo, refname) in [
+        ("node-a", &w.node_a, "refs/tags/v1"),
+        ("node-b", &w.node_b, "refs/heads/dev"),
+        ("node-c", &w.node_a, "refs/heads/main"),
+    ] {
+        let dir = comfy.join("custom_nodes").join(node);
+        assert_eq!(
+            git(&dir, &["rev-parse", "HEAD"]),
+            head_of(repo, refname),
+            "{node}"
+        );
+        assert_eq!(git(&dir, &["remote", "get-url", "origin"]), repo.url());
+        assert_eq!(git(&dir, &["status", "--porcelain"]), "", "{node} is clean");
+    }
+    assert_eq!(
+        git(
+            &comfy.join("custom_nodes/node-b"),
+            &["rev-parse", "--abbrev-ref", "HEAD"]
+        ),
+        "dev"
+    );
+    // ...and registry nodes with .tracking and pyproject.toml, without .git.
+    let impact = comfy.join("custom_nodes/impact");
+    assert!(impact.join(".tracking").is_file() && impact.join("pyproject.toml").is_file());
+    assert!(!impact.join(".git").exists());
+
+    // Models: symlinks into the store, at <models>/<target_subdir>/<filename>.
+    let models = home.join("models");
+    for (rel, key) in [
+        ("unet/unet.safetensors", 0),
+        ("loras/detail.safetensors", 1),
+        ("diffusion_models/unet.safetensors", 2),
+    ] {
+        let link = fs::read_link(models.join(rel)).unwrap();
+        assert!(
+            link.starts_with(w.env.store.canonicalize().unwrap().join("paths")),
+            "{rel} -> {link:?}"
+        );
+        assert_eq!(
+            link.file_name().unwrap().to_str().unwrap(),
+            lock["models"][key]["store_path"].as_str().unwrap()
+        );
+    }
+    assert_eq!(
+        fs::read(models.join("unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+
+    // extra_model_paths.yaml, read by Python's yaml parser as ComfyUI does: exactly the folders.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+        ])
+        .arg(comfy.join("extra_model_paths.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "python3 yaml: {}", stderr(&out));
+    let yaml: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        yaml,
+        json!({ "comfix": {
+            "base_path": models.to_str().unwrap(), "is_default": true,
+            "unet": "unet", "loras": "loras", "diffusion_models": "diffusion_models" } })
+    );
+
+    // User data directories live outside the generation.
+    for dir in ["output", "input", "user", "temp"] {
+        assert!(home.join("data").join(dir).is_dir());
+        assert_eq!(
+            fs::read_link(comfy.join(dir)).unwrap(),
+            PathBuf::from(format!("../../../../data/{dir}"))
+        );
+    }
+    assert_eq!(home_json(&w, "status", &home)["changed"], json!([]));
+
+    // Writing into a realized core file changes the home, never the store.
+    fs::write(comfy.join("main.py"), b"print('edited')\n").unwrap();
+    w.env.ok(&["store", "verify", "--check-contents"]);
+    let status = home_json(&w, "status", &home);
+    assert_eq!(status["changed"], json!(["ComfyUI/main.py"]));
+
+    // Re-realizing the same lock is a no-op check.
+    let again = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(again["up_to_date"], true);
+    assert_eq!(again["generation"], 1);
+}
+
+impl World {
+    fn lock_text_of(&self, id: &str) -> Value {
+        serde_json::from_str(
+            &fs::read_to_string(self.env.work.join(format!("versions/{id}.lock.json"))).unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+fn model_objects(env: &TestEnv, size: usize) -> usize {
+    env.objects()
+        .iter()
+        .filter(|o| fs::metadata(o).unwrap().len() == size as u64)
+        .count()
+}
+
+#[test]
+fn switching_versions_shares_models_and_keeps_user_data() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let mut v2 = full_spec(&w, "v2");
+    v2["custom_nodes"].as_array_mut().unwrap().remove(1); // no node-b
+    write_spec_as(&w, "v2", &v2);
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    let comfy = home.join("ComfyUI");
+
+    // User data, and files the user added to the trees.
+    fs::write(comfy.join("output/image.png"), b"png").unwrap();
+    fs::create_dir_all(comfy.join("user/default")).unwrap();
+    fs::write(comfy.join("user/default/settings.json"), b"{}").unwrap();
+    fs::write(comfy.join("my_notes.txt"), b"notes").unwrap();
+    fs::create_dir_all(comfy.join("custom_nodes/my-node")).unwrap();
+    fs::write(
+        comfy.join("custom_nodes/my-node/__init__.py"),
+        b"MINE = 1\n",
+    )
+    .unwrap();
+    let user_files = [
+        "output/image.png",
+        "user/default/settings.json",
+        "my_notes.txt",
+        "custom_nodes/my-node/__init__.py",
+    ];
+    assert_eq!(
+        home_json(&w, "status", &home)["added"],
+        json!([
+            "ComfyUI/custom_nodes/my-node/__init__.py",
+            "ComfyUI/my_notes.txt"
+        ])
+    );
+
+    let model_copies = model_objects(&w.env, w.model.len());
+    let report = realize_ok(&w, "v2", &home, &[]);
+    assert_eq!(report["generation"], 2);
+    assert_eq!(report["previous"], 1);
+    assert_eq!(
+        model_objects(&w.env, w.model.len()),
+        model_copies,
+        "the second version adds no model bytes"
+    );
+    assert!(!comfy.join("custom_nodes/node-b").exists());
+    for file in user_files {
+        assert!(comfy.join(file).is_file(), "{file} survived the switch");
+    }
+
+    let rolled = home_json(&w, "rollback", &home);
+    assert_eq!(
+        (rolled["from"].as_u64(), rolled["to"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert!(comfy.join("custom_nodes/node-b").is_dir());
+    for file in user_files {
+        assert!(comfy.join(file).is_file(), "{file} survived the rollback");
+    }
+    let status = home_json(&w, "status", &home);
+    assert_eq!(status["generation"], 1);
+    assert_eq!(status["version_id"], "v1");
+    assert_eq!(status["generations"], json!([1, 2]));
+
+    // No generation before 1.
+    let out = w
+        .cmd(&w.env.store)
+        .args(["rollback", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no generation before 1"),
+        "{}",
+        stderr(&out)
+    );
+
+    // diff: what differs between the two versions' closures.
+    let diff = w
+        .cmd(&w.env.store)
+        .args(["diff", "v1", "v2"])
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let text = stdout(&diff);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("node node-b: ") && text.contains("→ ∅, -"),
+        "{text}"
+    );
+}
+
+#[test]
+fn killed_mid_switch_leaves_a_whole_generation() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let mut v2 = full_spec(&w, "v2");
+    v2["custom_nodes"].as_array_mut().unwrap().remove(1);
+    write_spec_as(&w, "v2", &v2);
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    realize_ok(&w, "v2", &home, &["--dry-run"]); // nothing
+    w.cmd(&w.env.store)
+        .args(["resolve", "v2"])
+        .output()
+        .unwrap();
+
+    for point in ["realize-built", "realize-switched"] {
+        let faults = w.env.path(&format!("faults-{point}"));
+        fs::create_dir_all(&faults).unwrap();
+        let mut child = w
+            .cmd(&w.env.store)
+            .args(["realize", "v2", "--target"])
+            .arg(&home)
+            .env("COMFIX_FAULT_PAUSE", point)
+            .env("COMFIX_FAULT_DIR", &faults)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !faults.join(point).exists() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "realize exited before {point}"
+            );
+            assert!(start.elapsed() < Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A whole generation: the one `current` names, consistent with what is on disk.
+        let status = home_json(&w, "status", &home);
+        let expect_b = status["version_id"] == "v1";
+        assert_eq!(
+            home.join("ComfyUI/custom_nodes/node-b").exists(),
+            expect_b,
+            "{point}: {status}"
+        );
+        assert_eq!(status["changed"], json!([]), "{point}");
+        assert_eq!(status["missing"], json!([]), "{point}");
+        // And the next realize completes.
+        let report = realize_ok(&w, "v2", &home, &[]);
+        assert_eq!(
+            home_json(&w, "status", &home)["version_id"],
+            "v2",
+            "{point}: {report}"
+        );
+        realize_ok(&w, "v1", &home, &[]); // back to v1 for the next kill
+    }
+}
+
+fn snapshot(root: &Path) -> Vec<String> {
+    let mut out: Vec<String> = walkdir::WalkDir::new(root)
+        .into_iter()
+        .flatten()
+        .filter(|e| !e.path().to_string_lossy().contains("db.sqlite"))
+        .map(|e| e.path().display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    // Nothing anywhere yet: the plan says what would be resolved, and nothing is created.
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .args(["realize", "v1", "--dry-run", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["plan"]["lock"], "missing");
+    assert_eq!(
+        plan["plan"]["totals"]["to_resolve"], 9,
+        "core, 5 nodes, 3 models"
+    );
+    assert!(!w.env.store.exists() && !home.exists());
+    assert!(!w.env.work.join("versions/v1.lock.json").exists());
+    assert_eq!(w.total_requests(), 0);
+
+    // With a lock and a partly filled store: steps, states, sizes; still nothing changes.
+    w.resolve_in(&w.env.store, &[]); // v1 is versions/v1.json
+    let before = snapshot(&w.env.store);
+    let plan = {
+        let out = w
+            .cmd(&w.env.store)
+            .arg("--json")
+            .args(["realize", "v1", "--dry-run", "--target"])
+            .arg(&home)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["plan"].clone()
+    };
+    assert_eq!(plan["lock"], "current");
+    let steps = plan["steps"].as_array().unwrap();
+    let home_step = steps.last().unwrap();
+    assert_eq!(home_step["kind"], "assemble-home");
+    assert_eq!(
+        home_step["inputs"].as_array().unwrap().len(),
+        steps.len() - 1
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["state"] == "valid" || s["kind"] == "assemble-home"),
+        "{plan}"
+    );
+    let human = stdout(
+        &w.cmd(&w.env.store)
+            .args(["realize", "v1", "--dry-run", "--target"])
+            .arg(&home)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        human.contains("fetch-model")
+            && human.contains("assemble-home")
+            && human.contains("10 steps"),
+        "{human}"
+    );
+    assert_eq!(snapshot(&w.env.store), before);
+    assert!(!home.exists());
+}
+
+#[test]
+fn offline_realize_from_a_complete_store_without_network() {
+    let mut w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    w.cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    // Take the network away: every service now refuses connections.
+    for server in [&mut w.hub, &mut w.cdn, &mut w.civitai, &mut w.registry] {
+        drop(std::mem::replace(server, TestServer::start()));
+    }
+    let home = w.env.path("home");
+    let report = realize_ok(&w, "v1", &home, &["--offline"]);
+    assert_eq!(report["generation"], 1);
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    // Without the offline flag the complete store still needs no request.
+    realize_ok(&w, "v1", &w.env.path("home2"), &[]);
+}
+
+#[test]
+fn link_modes_are_chosen_reported_and_overridable() {
+    use std::os::unix::fs::MetadataExt;
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let lock_path = |w: &World| w.lock_text_of("v1");
+
+    let auto = realize_ok(&w, "v1", &w.env.path("auto"), &[]);
+    // ext4 here cannot reflink: auto falls back to copy and says so (the XFS test covers reflink).
+    assert!(matches!(
+        auto["link_modes"]["core"].as_str(),
+        Some("copy" | "reflink")
+    ));
+    let lock = lock_path(&w);
+    let core_store = w.store_path(lock["comfy"]["store_path"].as_str().unwrap());
+
+    let hard = realize_ok(&w, "v1", &w.env.path("hard"), &["--link-mode", "hardlink"]);
+    assert_eq!(
+        hard["link_modes"],
+        json!({ "core": "hardlink", "node": "hardlink", "model": "hardlink" })
+    );
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&w.env.path("hard/ComfyUI/main.py")),
+        ino(&core_store.join("main.py"))
+    );
+    assert!(
+        !fs::symlink_metadata(w.env.path("hard/models/unet/unet.safetensors"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    let copy = realize_ok(&w, "v1", &w.env.path("copy"), &["--link-mode", "copy"]);
+    assert_eq!(
+        copy["link_modes"],
+        json!({ "core": "copy", "node": "copy", "model": "copy" })
+    );
+    assert_ne!(
+        ino(&w.env.path("copy/ComfyUI/main.py")),
+        ino(&core_store.join("main.py"))
+    );
+    assert_eq!(
+        fs::read(w.env.path("copy/models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+
+    // Symlinks only suit models: asking for them for the trees is refused clearly.
+    let out = realize(&w, "v1", &w.env.path("sym"), &["--link-mode", "symlink"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`symlink` cannot be used for the core and node trees"),
+        "{}",
+        stderr(&out)
+    );
+    w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+#[test]
+fn frozen_refuses_to_change_the_lock() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    let out = realize(&w, "v1", &home, &["--frozen"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`--frozen`, but there is no lock"),
+        "{}",
+        stderr(&out)
+    );
+    w.cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    let mut changed = full_spec(&w, "v1");
+    changed["custom_nodes"][1]["ref"] = json!("main");
+    write_spec_as(&w, "v1", &changed);
+    let out = realize(&w, "v1", &home, &["--frozen"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("node `node-b`"), "{}", stderr(&out));
+    assert!(!home.exists());
+}
+
+/// Reflinks need a filesystem that has them: a loop-mounted XFS image, when running as root.
+#[test]
+fn reflink_mode_on_a_loop_mounted_xfs() {
+    let skip = |why: &str| eprintln!("skipping the reflink test: {why}");
+    if !rustix_is_root() {
+        return skip("not running as root (mounting needs it)");
+    }
+    if std::process::Command::new("mkfs.xfs")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        return skip("mkfs.xfs is not installed (apt-get install xfsprogs)");
+    }
+    let w = World::new();
+    let image = w.env.path("xfs.img");
+    let mount = w.env.path("xfs");
+    fs::create_dir_all(&mount).unwrap();
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(run("truncate", &["-s", "300M", image.to_str().unwrap()]));
+    assert!(run("mkfs.xfs", &["-q", "-f", image.to_str().unwrap()]));
+    if !run(
+        "mount",
+        &[
+            "-o",
+            "loop",
+            image.to_str().unwrap(),
+            mount.to_str().unwrap(),
+        ],
+    ) {
+        return skip("loop mounting is not permitted here");
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mount.clone());
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let store = mount.join("store");
+    let home = mount.join("home");
+    let out = w
+        .cmd(&store)
+        .arg("--json")
+        .args(["realize", "v1", "--link-mode", "reflink", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["link_modes"]["core"], "reflink");
+    assert_eq!(report["link_modes"]["node"], "reflink");
+    // Auto picks reflink here too, and writing into the reflinked copy leaves the store intact.
+    let out = w
+        .cmd(&store)
+        .arg("--json")
+        .args(["realize", "v1", "--target"])
+        .arg(mount.join("home2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let auto: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(auto["link_modes"]["core"], "reflink");
+    fs::write(home.join("ComfyUI/main.py"), b"edited").unwrap();
+    let out = w
+        .cmd(&store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn rustix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| stdout(&o).trim() == "0")
+        .unwrap_or(false)
+}
