@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # comfix's main job on this machine, with no network beyond building comfix itself.
 #
-# Today (spec + store + resolve): validate the shipped sample spec; generate a small ComfyUI-like
-# core and a node pack as local git repositories and two model files; write a version spec that
-# uses them; `comfix resolve` it into a lock and a fresh store; resolve it again `--offline`; show
-# and verify the store. Later issues grow this into a full realization of a COMFY_HOME.
+# Validate the shipped sample spec; generate a small ComfyUI-like core and a node pack as local
+# git repositories and two model files; write a version spec that uses them; show the plan;
+# `comfix realize` it into a home (resolving it into a lock and a fresh store first); realize it
+# again (a no-op check); show the home's status and verify the store. The Python environment
+# (.venv) joins when that issue lands.
 #
 # Usage: scripts/demo.sh [WORKDIR]   (default: a new temporary directory, printed at the end)
 set -euo pipefail
@@ -58,14 +59,21 @@ cat > "$work/versions/demo.json" <<JSON
 }
 JSON
 
-echo "== comfix resolve --spec $work/versions/demo.json"
-comfix resolve --spec "$work/versions/demo.json"
+echo "== comfix realize --dry-run (the plan; changes nothing)"
+comfix realize --dry-run --spec "$work/versions/demo.json" --target "$work/home"
+echo "== comfix realize --spec $work/versions/demo.json --target $work/home"
+comfix realize --spec "$work/versions/demo.json" --target "$work/home"
 echo "== the lock: $work/versions/demo.lock.json"
 cat "$work/versions/demo.lock.json"
-echo "== comfix resolve --offline (everything is in the store now)"
-comfix resolve --offline --spec "$work/versions/demo.json"
-echo "== comfix store ls"
-comfix store ls
+echo "== the home"
+ls -l "$work/home" "$work/home/ComfyUI/" "$work/home/ComfyUI/custom_nodes/"
+ls -lR "$work/home/models/"
+cat "$work/home/ComfyUI/extra_model_paths.yaml"
+git -C "$work/home/ComfyUI/custom_nodes/gguf" log --oneline -1
+echo "== comfix realize again, --offline: nothing changed, so nothing to do"
+comfix realize --offline --spec "$work/versions/demo.json" --target "$work/home"
+echo "== comfix status"
+comfix status --target "$work/home"
 echo "== comfix store verify --check-contents"
 comfix store verify --check-contents
-echo "demo store: $work/store"
+echo "demo home: $work/home  store: $work/store"
