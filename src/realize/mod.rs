@@ -652,8 +652,7 @@ pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
     let previous = home
         .list()
         .into_iter()
-        .filter(|n| *n < current)
-        .next_back()
+        .rfind(|n| *n < current)
         .ok_or(RealizeError::NoPrevious {
             home: home.root.clone(),
             current,
