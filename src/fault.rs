@@ -1,23 +1,30 @@
-//! Fault injection for crash tests.
+//! Fault injection and synchronization points for tests.
 //!
-//! When `COMFIX_FAULT_PAUSE` names a point that a process reaches, the process creates the file
-//! `$COMFIX_FAULT_DIR/<point>` and then sleeps forever, so a test can `kill -9` it at exactly that
-//! point. Without the variable (every real use), [`pause_point`] does nothing.
+//! - `COMFIX_FAULT_PAUSE=<point>`: on reaching `<point>`, create `$COMFIX_FAULT_DIR/<point>` and
+//!   sleep forever, so a test can `kill -9` the process at exactly that point.
+//! - `COMFIX_FAULT_WAIT=<point>`: on reaching `<point>`, create `$COMFIX_FAULT_DIR/<point>` and wait
+//!   until `$COMFIX_FAULT_DIR/<point>.go` exists, so a test can interleave another process there.
+//!
+//! Without these variables (every real use), [`pause_point`] does nothing.
 
-/// Pause here if the environment asks for it (see the module docs).
+use std::path::Path;
+use std::time::Duration;
+
+/// Pause or wait here if the environment asks for it (see the module docs).
 pub fn pause_point(point: &str) {
-    let Ok(wanted) = std::env::var("COMFIX_FAULT_PAUSE") else {
-        return;
-    };
-    if wanted != point {
+    let pause = std::env::var("COMFIX_FAULT_PAUSE").is_ok_and(|p| p == point);
+    let wait = std::env::var("COMFIX_FAULT_WAIT").is_ok_and(|p| p == point);
+    if !pause && !wait {
         return;
     }
     let dir = std::env::var_os("COMFIX_FAULT_DIR").unwrap_or_else(|| ".".into());
-    let _ = std::fs::write(
-        std::path::Path::new(&dir).join(point),
-        std::process::id().to_string(),
-    );
+    let dir = Path::new(&dir);
+    let _ = std::fs::write(dir.join(point), std::process::id().to_string());
+    let go = dir.join(format!("{point}.go"));
     loop {
-        std::thread::sleep(std::time::Duration::from_secs(60));
+        if wait && go.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(if pause { 1000 } else { 10 }));
     }
 }

@@ -213,8 +213,11 @@ impl Resolver {
                 .await
                 .expect("the semaphore is never closed");
             tokio::task::spawn_blocking(move || {
+                git::protect_mirror(&store, &repo)?;
                 let action = if keep.is_some() { "kept" } else { "resolved" };
                 if let Some(kept) = &keep {
+                    // Protected first: a collector starting now keeps it; one that ran before is over.
+                    store.protect(&[&kept.store_path])?;
                     if store.query(&kept.store_path)?.is_some() {
                         return Ok((
                             kept.clone(),
@@ -276,6 +279,8 @@ impl Resolver {
         tokio::spawn(async move {
             let action = if keep.is_some() { "kept" } else { "resolved" };
             if let Some(kept) = &keep {
+                // Protected first: a collector starting now keeps it; one that ran before is over.
+                store.protect(&[&kept.store_path])?;
                 if store.query(&kept.store_path)?.is_some() {
                     return Ok((
                         kept.clone(),
@@ -347,6 +352,8 @@ impl Resolver {
             let pin_text =
                 |m: &LockedModel| format!("{} bytes, blake3:{}", m.size, &m.blake3[..16]);
             if let Some(kept) = &keep {
+                // Protected first: a collector starting now keeps it; one that ran before is over.
+                store.protect(&[&kept.store_path])?;
                 if store.query(&kept.store_path)?.is_some() {
                     return Ok((
                         kept.clone(),

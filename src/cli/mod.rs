@@ -5,6 +5,7 @@
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
 mod diff;
+mod gc;
 mod progress;
 mod realize;
 mod resolve;
@@ -54,6 +55,11 @@ pub enum Command {
     Status(realize::HomeArgs),
     /// Show what differs between two versions' closures: core, nodes, models, with sizes
     Diff(diff::DiffArgs),
+    /// Delete store paths no root keeps alive, then unused objects, staging leftovers, partial
+    /// downloads and git mirrors
+    Gc(gc::GcArgs),
+    /// List the GC roots (home generations, pins, running processes) and what they keep alive
+    Roots,
     /// Inspect and maintain the store
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -123,6 +129,8 @@ pub fn main() -> i32 {
         Command::Rollback(args) => realize::rollback(args, &context),
         Command::Status(args) => realize::status(args, &context),
         Command::Diff(args) => diff::run(args, &context),
+        Command::Gc(args) => gc::gc(args, &context),
+        Command::Roots => gc::roots(&context),
         Command::Store(command) => store::run(command, &context),
         Command::Spec(command) => spec::run(command, &context),
     };

@@ -124,6 +124,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             tracing::info!("wrote `{}`", lock_path.display());
         }
     }
+    crate::fault::pause_point("realize-resolved");
     let report = realize::realize(
         &store,
         &lock,

@@ -30,6 +30,20 @@ pub enum StoreCommand {
         #[arg(long)]
         closure: bool,
     },
+    /// Keep a store path (or a version's whole locked closure) alive as root `pin:<NAME>`
+    Pin {
+        /// A store path, or a version id whose lock names the paths
+        target: String,
+        /// The pin's name [default: the store path's name, or the version id]
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove the pin `pin:<NAME>`
+    Unpin { name: String },
+    /// Show why A depends on B: the chain of references from A to B
+    WhyDepends { a: String, b: String },
+    /// Disk use per home, per version and per pin: bytes unique to each vs shared
+    Du,
     /// Check that every valid path exists; exit 1 if anything is missing or corrupted
     Verify {
         /// Rehash every file and object and compare with the registered hashes
@@ -49,7 +63,98 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
         StoreCommand::Ls => ls(&store, context),
         StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
         StoreCommand::Verify { check_contents } => verify(&store, context, check_contents),
+        StoreCommand::Pin { target, name } => pin(&store, context, &target, name),
+        StoreCommand::Unpin { name } => {
+            if !store.remove_root(&format!("pin:{name}"))? {
+                anyhow::bail!(crate::store::StoreError::NotValid {
+                    arg: format!("pin:{name}"),
+                    root: store.root().to_path_buf()
+                });
+            }
+            Ok(Outcome::Success)
+        }
+        StoreCommand::WhyDepends { a, b } => {
+            let (a, b) = (store.resolve(&a)?.name, store.resolve(&b)?.name);
+            match store.why_depends(&a, &b)? {
+                Some(chain) => {
+                    if context.json {
+                        let paths: Vec<PathBuf> = chain.iter().map(|n| store.path_of(n)).collect();
+                        context.print_json(&paths)?;
+                    } else {
+                        for (i, name) in chain.iter().enumerate() {
+                            println!("{}{}", "  ".repeat(i), store.path_of(name).display());
+                        }
+                    }
+                    Ok(Outcome::Success)
+                }
+                None => {
+                    tracing::error!("`{a}` does not depend on `{b}`");
+                    Ok(Outcome::Failure)
+                }
+            }
+        }
+        StoreCommand::Du => {
+            let usage = store.du()?;
+            if context.json {
+                context.print_json(&usage)?;
+            } else {
+                for u in &usage {
+                    println!(
+                        "{}	{} paths	{} unique	{} shared",
+                        u.group,
+                        u.paths,
+                        format_bytes(u.unique_bytes),
+                        format_bytes(u.shared_bytes)
+                    );
+                }
+            }
+            Ok(Outcome::Success)
+        }
     }
+}
+
+fn pin(
+    store: &Store,
+    context: &Context,
+    target: &str,
+    name: Option<String>,
+) -> anyhow::Result<Outcome> {
+    let (pin_name, path) = if target.contains('/') || store.query(target)?.is_some() {
+        let record = store.resolve(target)?;
+        (name.unwrap_or_else(|| record.name.clone()), record.name)
+    } else {
+        // A version id: pin a manifest of its locked closure.
+        let spec_path = crate::spec::Spec::find(&std::env::current_dir()?, target)?;
+        let loaded = crate::spec::Spec::load(&spec_path)?;
+        let lock_path = crate::lockfile::lock_path_for(&spec_path, &loaded.spec.version_id);
+        let lock = crate::lockfile::Lock::read(&lock_path)?.ok_or_else(|| {
+            anyhow::anyhow!("version `{target}` has no lock `{}`", lock_path.display())
+        })?;
+        let staging = store.staging()?;
+        std::fs::write(staging.path().join("lock.json"), lock.to_text())?;
+        let added = store.add_staged(
+            staging,
+            "lock.json",
+            &AddOptions {
+                name: Some(crate::store::sanitize_name(&format!("pin-{target}"))),
+                references: lock.store_paths().iter().map(|s| s.to_string()).collect(),
+            },
+            None,
+        )?;
+        (
+            name.unwrap_or_else(|| target.to_string()),
+            added.record.name,
+        )
+    };
+    store.pin(&pin_name, &path)?;
+    if context.json {
+        context.print_json(
+            &serde_json::json!({ "root": format!("pin:{pin_name}"), "path": store.path_of(&path) }),
+        )?;
+    } else {
+        println!("{}", store.path_of(&path).display());
+    }
+    Ok(Outcome::Success)
 }
 
 fn add(

@@ -11,9 +11,19 @@ use crate::store::{lock, AddOptions, Added, Store};
 
 /// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.
 pub fn mirror_path(store: &Store, url: &str) -> PathBuf {
+    store.root().join("git").join(mirror_name(url))
+}
+
+/// `<key>-<name>.git`, the mirror's directory name.
+pub fn mirror_name(url: &str) -> String {
     let key = &blake3::hash(url.as_bytes()).to_hex()[..16];
     let name = crate::store::sanitize_name(crate::spec::repo_basename(url));
-    store.root().join("git").join(format!("{key}-{name}.git"))
+    format!("{key}-{name}.git")
+}
+
+/// Keep the mirror of `url` from the garbage collector for the life of this process.
+pub fn protect_mirror(store: &Store, url: &str) -> Result<(), FetchError> {
+    Ok(store.protect(&[&format!("git/{}", mirror_name(url))])?)
 }
 
 fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {

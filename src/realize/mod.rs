@@ -54,6 +54,8 @@ pub enum RealizeError {
     NotAHome { path: PathBuf },
     #[error("Home `{}` has no generation before {current}", .home.display())]
     NoPrevious { home: PathBuf, current: u32 },
+    #[error("The store has no git mirror of `{repo}`")]
+    NoMirror { repo: String },
     #[error("Two entries of the version would be placed at `{at}`")]
     Conflict { at: String },
     #[error(transparent)]
@@ -298,6 +300,16 @@ pub fn realize(
         }
     }
     let _lock = home.lock()?;
+    // Everything this generation uses stays alive while we work, whatever a collector does.
+    store.protect(&lock.store_paths())?;
+    for node in &lock.custom_nodes {
+        if let Some(git) = &node.git {
+            store.protect(&[&format!(
+                "git/{}",
+                crate::fetch::git::mirror_name(&git.repo)
+            )])?;
+        }
+    }
     let local_models = options.models_dir.is_none();
     let models_dir = match &options.models_dir {
         Some(dir) => std::path::absolute(dir).map_err(io(dir))?,
@@ -372,7 +384,21 @@ pub fn realize(
         let (mode, files) = linker.tree(&store.path_of(store_path), &dest, &rel)?;
         placed.extend(files);
         if let Some(git) = &node.git {
-            manager::make_worktree(store, &dest, &git.repo, &git.commit, git.git_ref.as_deref())?;
+            match manager::make_worktree(
+                store,
+                &dest,
+                &git.repo,
+                &git.commit,
+                git.git_ref.as_deref(),
+            ) {
+                Ok(()) => {}
+                // A store imported without its mirrors still realizes; Manager just sees no git.
+                Err(RealizeError::NoMirror { repo }) => tracing::warn!(
+                    "node `{}`: the store has no mirror of `{repo}`, so it gets no `.git`",
+                    node.name
+                ),
+                Err(err) => return Err(err),
+            }
         }
         mounts.push(Mount {
             at: rel,
@@ -649,14 +675,14 @@ pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
     let current = home.current().ok_or_else(|| RealizeError::NotAHome {
         path: home.root.clone(),
     })?;
-    let previous = home
-        .list()
-        .into_iter()
-        .rfind(|n| *n < current)
-        .ok_or(RealizeError::NoPrevious {
-            home: home.root.clone(),
-            current,
-        })?;
+    let previous =
+        home.list()
+            .into_iter()
+            .rfind(|n| *n < current)
+            .ok_or(RealizeError::NoPrevious {
+                home: home.root.clone(),
+                current,
+            })?;
     let generation = home.read_generation(previous)?;
     carry_user_files(&home, current, &home.generation_dir(previous))?;
     home.ensure_top_links(generation.models_dir == home.root.join("models"))?;

@@ -301,6 +301,27 @@ pub fn roots(conn: &Connection) -> rusqlite::Result<Vec<RootRecord>> {
     rows.collect()
 }
 
+/// Every reference `(referrer id, reference id)`.
+pub fn all_references(conn: &Connection) -> rusqlite::Result<Vec<(i64, i64)>> {
+    let mut stmt = conn.prepare("SELECT referrer, reference FROM refs")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Delete the registrations of `names` in one transaction; the foreign keys are checked at the
+/// end, so a set that includes all its referrers can go in any order.
+pub fn unregister_all(conn: &mut Connection, names: &[&str]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.pragma_update(None, "defer_foreign_keys", "ON")?;
+    {
+        let mut stmt = tx.prepare("DELETE FROM valid_paths WHERE name = ?1")?;
+        for name in names {
+            stmt.execute([name])?;
+        }
+    }
+    tx.commit()
+}
+
 /// Delete a path's registration; fails (foreign key) if another path or a root references it.
 pub fn unregister(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
     conn.execute("DELETE FROM valid_paths WHERE name = ?1", [name])

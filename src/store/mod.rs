@@ -17,6 +17,7 @@
 
 mod add;
 pub mod db;
+mod gc;
 pub mod lock;
 pub mod tree;
 mod verify;
@@ -28,6 +29,7 @@ use rusqlite::Connection;
 
 pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
+pub use gc::{GcOptions, GcReport, Root};
 pub use verify::{CorruptPath, VerifyReport};
 
 use crate::hint::Hint;

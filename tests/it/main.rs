@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod gc;
 mod realize;
 mod resolve;
 mod spec;

@@ -1,0 +1,156 @@
+//! `comfix gc` and `comfix roots`.
+
+use clap::Args;
+
+use super::{format_bytes, Context, Outcome};
+use crate::store::GcOptions;
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be deleted and freed, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Stop once this much is freed (bytes, or with a unit: 500M, 10G, 1T)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_freed: Option<u64>,
+    /// First delete home generations older than this (30d, 12h, 90min), never a current one
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub delete_older_than: Option<std::time::Duration>,
+}
+
+/// `10G` → 10 GiB; plain numbers are bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size"))?;
+    let factor: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("unknown unit in `{text}` (use K, M, G or T)")),
+    };
+    Ok((number * factor as f64) as u64)
+}
+
+pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let store = context.open_store()?;
+    let mut removed_generations = Vec::new();
+    if let Some(age) = args.delete_older_than {
+        let cutoff = crate::store::db::now() - age.as_secs() as i64;
+        removed_generations = store.delete_generations_older_than(cutoff, args.dry_run)?;
+    }
+    let report = store.gc(&GcOptions {
+        dry_run: args.dry_run,
+        max_freed: args.max_freed,
+    })?;
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "removed_generations": removed_generations,
+            "report": report,
+        }))?;
+    } else {
+        for generation in &removed_generations {
+            println!("generation\t{generation}");
+        }
+        for path in &report.deleted_paths {
+            println!("path\t{}", store.path_of(path).display());
+        }
+        for error in &report.errors {
+            eprintln!("warning: {error}");
+        }
+        tracing::info!(
+            "{} {} paths, {} freed{}; {} live paths kept by {} roots",
+            if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            },
+            report.deleted_paths.len(),
+            format_bytes(report.freed_bytes),
+            if args.dry_run {
+                String::new()
+            } else {
+                format!(", {} objects removed", report.removed_objects)
+            },
+            report.live_paths,
+            report.roots
+        );
+    }
+    Ok(if report.errors.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    })
+}
+
+#[derive(serde::Serialize)]
+struct RootInfo {
+    #[serde(flatten)]
+    root: crate::store::Root,
+    closure_paths: usize,
+    closure_bytes: u64,
+}
+
+pub fn roots(context: &Context) -> anyhow::Result<Outcome> {
+    let store = context.open_store()?;
+    let mut out = Vec::new();
+    for root in store.all_roots()? {
+        let (closure_paths, closure_bytes) = match store.query(&root.path)? {
+            Some(record) => {
+                let closure = store.closure(&record)?;
+                (closure.len(), closure.iter().map(|r| r.size).sum())
+            }
+            None => (0, 0),
+        };
+        out.push(RootInfo {
+            root,
+            closure_paths,
+            closure_bytes,
+        });
+    }
+    if context.json {
+        context.print_json(&out)?;
+    } else {
+        for info in &out {
+            println!(
+                "{}\t{}\t{} paths, {}{}",
+                info.root.name,
+                store.path_of(&info.root.path).display(),
+                info.closure_paths,
+                format_bytes(info.closure_bytes),
+                if info.root.live {
+                    ""
+                } else {
+                    "\t(stale: its generation is gone)"
+                }
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert!(parse_size("3X").is_err());
+    }
+}

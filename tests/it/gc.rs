@@ -1,0 +1,398 @@
+//! Garbage collection, roots, pins and introspection, including GC racing a realize.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::resolve::World;
+use crate::support::*;
+
+fn write_spec_as(w: &World, id: &str, spec: &Value) {
+    let dir = w.env.work.join("versions");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join(format!("{id}.json")),
+        serde_json::to_string_pretty(spec).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Two versions: v1 has node-b, v2 does not; both share the core, node-a, impact and the models.
+fn two_versions(w: &World) {
+    let mut v1 = w.default_spec();
+    v1["version_id"] = json!("v1");
+    write_spec_as(w, "v1", &v1);
+    let mut v2 = v1.clone();
+    v2["version_id"] = json!("v2");
+    v2["custom_nodes"].as_array_mut().unwrap().remove(1);
+    write_spec_as(w, "v2", &v2);
+}
+
+fn json_of(w: &World, args: &[&str]) -> Value {
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn realize(w: &World, id: &str, home: &Path) {
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", id, "--target"])
+        .arg(home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn lock_paths(w: &World, id: &str) -> BTreeSet<String> {
+    let lock: Value = serde_json::from_str(
+        &fs::read_to_string(w.env.work.join(format!("versions/{id}.lock.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut out = BTreeSet::new();
+    out.insert(lock["comfy"]["store_path"].as_str().unwrap().to_string());
+    for node in lock["custom_nodes"].as_array().unwrap() {
+        let entry = if node["git"].is_object() {
+            &node["git"]
+        } else {
+            &node["registry"]
+        };
+        out.insert(entry["store_path"].as_str().unwrap().to_string());
+    }
+    for model in lock["models"].as_array().unwrap() {
+        out.insert(model["store_path"].as_str().unwrap().to_string());
+    }
+    out
+}
+
+fn valid_paths(w: &World) -> BTreeSet<String> {
+    json_of(w, &["store", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn deleting_a_home_frees_exactly_what_only_it_used() {
+    let w = World::new();
+    two_versions(&w);
+    let (home1, home2) = (w.env.path("home1"), w.env.path("home2"));
+    realize(&w, "v1", &home1);
+    realize(&w, "v2", &home2);
+    let roots = json_of(&w, &["roots"]);
+    let homes: Vec<&Value> = roots
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "home")
+        .collect();
+    assert_eq!(homes.len(), 2);
+    assert!(homes
+        .iter()
+        .all(|r| r["live"] == true && r["closure_paths"].as_u64() > Some(5)));
+
+    // Nothing is garbage while both homes exist.
+    let dry = json_of(&w, &["gc", "--dry-run"]);
+    assert_eq!(dry["report"]["deleted_paths"], json!([]));
+
+    let only_v1: BTreeSet<String> = lock_paths(&w, "v1")
+        .difference(&lock_paths(&w, "v2"))
+        .cloned()
+        .collect();
+    assert_eq!(only_v1.len(), 1, "node-b: {only_v1:?}");
+    fs::remove_dir_all(&home1).unwrap();
+    let stale = json_of(&w, &["roots"]);
+    assert!(stale
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["kind"] == "home" && r["live"] == false));
+
+    let before_paths = valid_paths(&w);
+    let before_bytes = w.env.content_bytes();
+    let dry = json_of(&w, &["gc", "--dry-run"]);
+    let would: BTreeSet<String> = dry["report"]["deleted_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    // node-b's checkout and v1's home manifest, nothing else.
+    assert_eq!(would.len(), 2, "{would:?}");
+    assert!(only_v1.is_subset(&would));
+    assert!(would.iter().any(|p| p.ends_with("-home-v1")));
+    assert_eq!(valid_paths(&w), before_paths, "--dry-run deletes nothing");
+    assert_eq!(w.env.content_bytes(), before_bytes);
+
+    let done = json_of(&w, &["gc"]);
+    let deleted: BTreeSet<String> = done["report"]["deleted_paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        deleted, would,
+        "the real run deletes what the dry run reported"
+    );
+    assert_eq!(done["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
+    assert_eq!(
+        before_bytes - w.env.content_bytes(),
+        done["report"]["freed_bytes"].as_u64().unwrap(),
+        "freed bytes are the bytes gone from disk"
+    );
+    assert!(done["report"]["freed_bytes"].as_u64().unwrap() > 0);
+    let after = valid_paths(&w);
+    assert!(
+        lock_paths(&w, "v2").is_subset(&after),
+        "everything home2 uses is kept"
+    );
+    w.cmd(&w.env.store)
+        .args(["store", "verify", "--check-contents"])
+        .status()
+        .unwrap()
+        .success()
+        .then_some(())
+        .unwrap();
+    assert_eq!(
+        json_of(&w, &["status", "--target", home2.to_str().unwrap()])["missing"],
+        json!([])
+    );
+    // A second collection finds nothing more.
+    assert_eq!(json_of(&w, &["gc"])["report"]["deleted_paths"], json!([]));
+}
+
+fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited before {}",
+            path.display()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn gc_during_a_realize_leaves_it_intact() {
+    let w = World::new();
+    two_versions(&w);
+    // First while fetching into an empty store; then with everything already fetched (and no
+    // root but the realizing process's own).
+    for (round, prefetch) in [("fetching", false), ("kept", true)] {
+        let store = w.env.path(&format!("store-{round}"));
+        if prefetch {
+            let out = w.cmd(&store).args(["resolve", "v1"]).output().unwrap();
+            assert!(out.status.success());
+        }
+        let faults = w.env.path(&format!("faults-{round}"));
+        fs::create_dir_all(&faults).unwrap();
+        let home = w.env.path(&format!("home-{round}"));
+        let mut child = w
+            .cmd(&store)
+            .args(["realize", "v1", "--target"])
+            .arg(&home)
+            .env("COMFIX_FAULT_WAIT", "realize-resolved")
+            .env("COMFIX_FAULT_DIR", &faults)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&faults.join("realize-resolved"), &mut child);
+        // The collector runs while the realize holds its fetched paths only by temporary roots.
+        let out = w.cmd(&store).arg("--json").arg("gc").output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let deleted = report["report"]["deleted_paths"].as_array().unwrap();
+        assert!(
+            deleted.is_empty(),
+            "{round}: GC deleted what the realize uses: {deleted:?}"
+        );
+        fs::write(faults.join("realize-resolved.go"), b"").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{round}: {}", stderr(&out));
+        let status = w
+            .cmd(&store)
+            .arg("--json")
+            .args(["status", "--target"])
+            .arg(&home)
+            .output()
+            .unwrap();
+        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(
+            (status["changed"].clone(), status["missing"].clone()),
+            (json!([]), json!([])),
+            "{round}"
+        );
+        assert!(w
+            .cmd(&store)
+            .args(["store", "verify", "--check-contents"])
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+#[test]
+fn gc_killed_mid_sweep_leaves_a_verifiable_store() {
+    let w = World::new();
+    two_versions(&w);
+    let home = w.env.path("home");
+    realize(&w, "v1", &home);
+    fs::remove_dir_all(&home).unwrap();
+    let faults = w.env.path("faults");
+    fs::create_dir_all(&faults).unwrap();
+    let mut child = w
+        .cmd(&w.env.store)
+        .arg("gc")
+        .env("COMFIX_FAULT_PAUSE", "gc-unregistered")
+        .env("COMFIX_FAULT_DIR", &faults)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&faults.join("gc-unregistered"), &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    let report = json_of(&w, &["gc"]);
+    assert!(report["report"]["errors"].as_array().unwrap().is_empty());
+    assert_eq!(
+        valid_paths(&w),
+        BTreeSet::new(),
+        "nothing is rooted any more"
+    );
+    assert!(
+        fs::read_dir(w.env.store.join("paths"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "leftovers swept"
+    );
+    assert_eq!(w.env.objects().len(), 0);
+    assert!(
+        fs::read_dir(w.env.store.join("git"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "unneeded mirrors swept"
+    );
+}
+
+#[test]
+fn pins_max_freed_old_generations_and_introspection() {
+    let w = World::new();
+    two_versions(&w);
+    let home = w.env.path("home");
+    realize(&w, "v1", &home);
+    realize(&w, "v2", &home);
+    let lock1 = lock_paths(&w, "v1");
+    let node_b: String = lock1
+        .difference(&lock_paths(&w, "v2"))
+        .next()
+        .unwrap()
+        .clone();
+
+    // why-depends: v1's home manifest → node-b's checkout.
+    let manifest = valid_paths(&w)
+        .into_iter()
+        .find(|p| p.ends_with("-home-v1"))
+        .unwrap();
+    let chain = json_of(&w, &["store", "why-depends", &manifest, &node_b]);
+    assert_eq!(chain.as_array().unwrap().len(), 2);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "why-depends", &node_b, &manifest])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // du: v1 and v2 share everything but node-b.
+    let du = json_of(&w, &["store", "du"]);
+    let group = |name: &str| {
+        du.as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["group"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let node_b_size = json_of(&w, &["store", "path-info", &node_b])["size"]
+        .as_u64()
+        .unwrap();
+    let v1 = group("version:v1");
+    let manifest_size = json_of(&w, &["store", "path-info", &manifest])["size"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        v1["unique_bytes"].as_u64().unwrap(),
+        node_b_size + manifest_size
+    );
+    assert!(v1["shared_bytes"].as_u64().unwrap() > 0);
+
+    // Old generations go first, never the current one.
+    let out = json_of(&w, &["gc", "--delete-older-than", "0s"]);
+    assert_eq!(out["removed_generations"].as_array().unwrap().len(), 1);
+    assert!(
+        !home.join(".comfix/generations/1").exists() && home.join(".comfix/generations/2").is_dir()
+    );
+    assert!(!valid_paths(&w).contains(&node_b));
+
+    // A pin keeps a path; --max-freed stops early.
+    let spare = w.env.path("spare");
+    write_tree(&spare, &[("a.bin", &[1u8; 5000]), ("b.bin", &[2u8; 7000])]);
+    let spare_path = w.env.add(&spare);
+    let spare_name = spare_path
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for i in 0..3u8 {
+        let f = w.env.path(&format!("extra{i}.bin"));
+        fs::write(&f, vec![i + 10; 4096]).unwrap();
+        w.env.add(&f);
+    }
+    w.env.ok(&[
+        "store",
+        "pin",
+        spare_path.to_str().unwrap(),
+        "--name",
+        "keep",
+    ]);
+    let limited = json_of(&w, &["gc", "--max-freed", "1"]);
+    assert_eq!(
+        limited["report"]["deleted_paths"].as_array().unwrap().len(),
+        1,
+        "{limited}"
+    );
+    let rest = json_of(&w, &["gc"]);
+    assert_eq!(rest["report"]["deleted_paths"].as_array().unwrap().len(), 2);
+    assert!(valid_paths(&w).contains(&spare_name), "pinned");
+    w.env.ok(&["store", "unpin", "keep"]);
+    let freed = json_of(&w, &["gc"]);
+    assert_eq!(freed["report"]["deleted_paths"], json!([spare_name]));
+    assert_eq!(freed["report"]["freed_bytes"], 12000);
+}
