@@ -10,6 +10,7 @@
 //! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
+//! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
@@ -20,6 +21,7 @@ pub mod hint;
 pub mod lockfile;
 pub mod plan;
 pub mod realize;
+pub mod repair;
 pub mod reporter;
 pub mod resolve;
 pub mod spec;

@@ -49,6 +49,10 @@ pub enum StoreCommand {
         /// Rehash every file and object and compare with the registered hashes
         #[arg(long)]
         check_contents: bool,
+        /// Fetch or rebuild what is missing or corrupted (implies --check-contents), from the
+        /// sources named by the locks of live roots
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -62,7 +66,16 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
         } => add(&store, context, path, name, references),
         StoreCommand::Ls => ls(&store, context),
         StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
-        StoreCommand::Verify { check_contents } => verify(&store, context, check_contents),
+        StoreCommand::Verify {
+            check_contents,
+            repair,
+        } => {
+            if repair {
+                repair_store(store, context)
+            } else {
+                verify(&store, context, check_contents)
+            }
+        }
         StoreCommand::Pin { target, name } => pin(&store, context, &target, name),
         StoreCommand::Unpin { name } => {
             if !store.remove_root(&format!("pin:{name}"))? {
@@ -293,6 +306,36 @@ fn path_info(
         }
     }
     Ok(Outcome::Success)
+}
+
+fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
+    let report = store.verify(true)?;
+    if report.ok() {
+        return verify(&store, context, true);
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
+    let client = std::sync::Arc::new(crate::fetch::http::Client::new(std::sync::Arc::new(
+        config,
+    ))?);
+    let store = std::sync::Arc::new(store);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let repaired = runtime.block_on(crate::repair::repair(
+        store.clone(),
+        client,
+        context.reporter().into(),
+        &report,
+    ));
+    for name in &repaired.repaired {
+        eprintln!("repaired	{}", store.path_of(name).display());
+    }
+    for (name, why) in &repaired.failed {
+        eprintln!("not repaired	{}: {why}", store.path_of(name).display());
+    }
+    // What remains, after the repairs, decides the exit code.
+    verify(&store, context, true)
 }
 
 fn verify(store: &Store, context: &Context, check_contents: bool) -> anyhow::Result<Outcome> {

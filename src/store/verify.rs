@@ -99,14 +99,53 @@ impl Store {
         Ok(report)
     }
 
-    fn verify_objects(&self) -> Result<Vec<String>> {
+    /// Before a repair: move the path `name` out of `paths/` and drop every object name whose
+    /// bytes no longer match it (a corrupted object is shared by every path that links it), so the
+    /// add protocol can put verified content back. The registration stays.
+    pub fn discard_damaged(&self, name: &str) -> Result<()> {
+        let _gc = super::lock::shared(&self.root.join("gc.lock"))?;
+        let path = self.path_of(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Ok(());
+        }
+        use std::os::unix::fs::MetadataExt;
+        let mut damaged_inodes = std::collections::HashSet::new();
+        for entry in walkdir::WalkDir::new(&path)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+        {
+            if entry.file_type().is_file() {
+                damaged_inodes.insert(entry.metadata().map_err(std::io::Error::from)?.ino());
+            }
+        }
+        for object in self.all_objects()? {
+            if let Ok(meta) = std::fs::metadata(&object) {
+                if damaged_inodes.contains(&meta.ino()) && !object_matches(&object) {
+                    std::fs::remove_file(&object)?;
+                }
+            }
+        }
+        let trash = tempfile::Builder::new()
+            .prefix("trash-")
+            .tempdir_in(self.root.join("tmp"))?;
+        std::fs::rename(&path, trash.path().join("old"))?;
+        super::add::remove_tree(&trash.path().join("old"))?;
+        Ok(())
+    }
+
+    fn all_objects(&self) -> Result<Vec<std::path::PathBuf>> {
         let mut objects = Vec::new();
         for shard in fs_err::read_dir(self.root.join("objects"))? {
-            let shard = shard?;
-            for object in fs_err::read_dir(shard.path())? {
+            for object in fs_err::read_dir(shard?.path())? {
                 objects.push(object?.path());
             }
         }
+        Ok(objects)
+    }
+
+    fn verify_objects(&self) -> Result<Vec<String>> {
+        let objects = self.all_objects()?;
         let mut bad: Vec<String> = objects
             .par_iter()
             .filter(|path| !object_matches(path))

@@ -396,3 +396,66 @@ fn pins_max_freed_old_generations_and_introspection() {
     assert_eq!(freed["report"]["deleted_paths"], json!([spare_name]));
     assert_eq!(freed["report"]["freed_bytes"], 12000);
 }
+
+#[test]
+fn verify_repair_restores_a_corrupted_model_and_node_file() {
+    let w = World::new();
+    two_versions(&w);
+    let home = w.env.path("home");
+    realize(&w, "v1", &home);
+    let lock: Value = serde_json::from_str(
+        &fs::read_to_string(w.env.work.join("versions/v1.lock.json")).unwrap(),
+    )
+    .unwrap();
+    let model = w.store_path(lock["models"][0]["store_path"].as_str().unwrap());
+    let node = w.store_path(
+        lock["custom_nodes"][0]["git"]["store_path"]
+            .as_str()
+            .unwrap(),
+    );
+    let mut bad = w.model.clone();
+    bad[1000] ^= 0xff;
+    overwrite(&model, &bad);
+    overwrite(&node.join("__init__.py"), b"A = 9\n");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("corrupted\t"))
+            .count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--repair"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("repaired\t").count(),
+        2,
+        "{}",
+        stderr(&out)
+    );
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert_eq!(fs::read(&model).unwrap(), w.model);
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model,
+        "the home's link sees the repair"
+    );
+    assert_eq!(fs::read(node.join("__init__.py")).unwrap(), b"A = 1\n");
+}
