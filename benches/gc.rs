@@ -17,7 +17,10 @@ use comfix::reporter::NoReporter;
 use comfix::store::{AddOptions, GcOptions, Store};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn make_writable(root: &Path) {
@@ -38,7 +41,9 @@ fn main() {
     }
     let versions = env_usize("COMFIX_BENCH_GC_VERSIONS", 20);
     let files = env_usize("COMFIX_BENCH_GC_FILES", 5000);
-    let base = std::env::var_os("COMFIX_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("COMFIX_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let work = tempfile::tempdir_in(base).unwrap();
     let store_dir = work.path().join("store");
     let store = Store::open(&store_dir).unwrap();
@@ -54,7 +59,14 @@ fn main() {
             writeln!(f, "version {v} file {i}").unwrap();
         }
         let added = store
-            .add_path(&src, &AddOptions { name: Some(format!("version{v}")), references: vec![] }, &NoReporter)
+            .add_path(
+                &src,
+                &AddOptions {
+                    name: Some(format!("version{v}")),
+                    references: vec![],
+                },
+                &NoReporter,
+            )
             .unwrap();
         names.push(added.record.name);
         fs::remove_dir_all(&src).unwrap();
@@ -64,11 +76,21 @@ fn main() {
         store.pin(name, name).unwrap();
     }
     let dead: Vec<&String> = names.iter().skip(1).step_by(2).collect();
-    eprintln!("built {} versions × {files} files in {:.1?}", versions, started.elapsed());
+    eprintln!(
+        "built {} versions × {files} files in {:.1?}",
+        versions,
+        started.elapsed()
+    );
 
     // The baseline's copy, and the list of what is unreachable in it.
     let copy = work.path().join("copy");
-    assert!(Command::new("cp").arg("-a").arg(&store_dir).arg(&copy).status().unwrap().success());
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(&store_dir)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
     make_writable(&copy);
     let mut victims: Vec<PathBuf> = Vec::new();
     for name in &dead {
@@ -79,7 +101,10 @@ fn main() {
                 let meta = entry.metadata().unwrap();
                 // The object of this file: same inode under objects/.
                 let digest = blake3::hash(&fs::read(entry.path()).unwrap()).to_hex();
-                let object = copy.join("objects").join(&digest[..2]).join(digest.as_str());
+                let object = copy
+                    .join("objects")
+                    .join(&digest[..2])
+                    .join(digest.as_str());
                 if fs::metadata(&object).map(|m| m.ino()).ok() == Some(meta.ino()) {
                     victims.push(object);
                 }
@@ -88,11 +113,25 @@ fn main() {
         victims.push(path);
     }
     let list = work.path().join("victims");
-    fs::write(&list, victims.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    fs::write(
+        &list,
+        victims
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
 
     sync();
     let t = Instant::now();
-    assert!(Command::new("xargs").arg("-a").arg(&list).args(["rm", "-rf"]).status().unwrap().success());
+    assert!(Command::new("xargs")
+        .arg("-a")
+        .arg(&list)
+        .args(["rm", "-rf"])
+        .status()
+        .unwrap()
+        .success());
     let rm = t.elapsed();
 
     sync();
@@ -105,6 +144,9 @@ fn main() {
     println!("gc/objects_total          {}", versions * files);
     println!("gc/unreachable_objects    {}", report.removed_objects);
     println!("gc/rm_rf_same_files       {rm:.3?}");
-    println!("gc/comfix_gc              {gc:.3?}  ({:.2}× rm -rf)", gc.as_secs_f64() / rm.as_secs_f64());
+    println!(
+        "gc/comfix_gc              {gc:.3?}  ({:.2}× rm -rf)",
+        gc.as_secs_f64() / rm.as_secs_f64()
+    );
     make_writable(work.path());
 }

@@ -602,14 +602,16 @@ fn managed(rel: &str, generation: &Generation) -> bool {
         })
 }
 
-/// Hard-link the files a user added to generation `from` into the generation being built.
-fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, RealizeError> {
-    let old = home.generation_dir(from);
-    let generation = home.read_generation(from)?;
-    let known = known_files(home, from)?;
-    let mut carried = 0;
+/// The files and symlinks a user added to generation `n` (relative to its directory, with their
+/// absolute paths): everything under `ComfyUI/` and `models/` that comfix did not place, leaving
+/// out `__pycache__`, nodes' `.git`, and the user data links.
+fn user_added(home: &Home, n: u32) -> Result<Vec<(String, PathBuf)>, RealizeError> {
+    let dir = home.generation_dir(n);
+    let generation = home.read_generation(n)?;
+    let known = known_files(home, n)?;
+    let mut out = Vec::new();
     for top in ["ComfyUI", "models"] {
-        let root = old.join(top);
+        let root = dir.join(top);
         if !root.is_dir() {
             continue;
         }
@@ -624,37 +626,38 @@ fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, Re
             if entry.file_type().is_dir() {
                 continue;
             }
-            let rel = format!(
-                "{top}/{}",
-                entry
-                    .path()
-                    .strip_prefix(&root)
-                    .expect("under root")
-                    .display()
-            );
-            if known.contains(&rel) || managed(&rel, &generation) {
-                continue;
+            let inner = entry.path().strip_prefix(&root).expect("under root");
+            let rel = format!("{top}/{}", inner.display());
+            if !known.contains(&rel) && !managed(&rel, &generation) {
+                out.push((rel, entry.into_path()));
             }
-            let to = building.join(&rel);
-            if fs::symlink_metadata(&to).is_ok() {
-                tracing::warn!(
-                    "`{rel}` is now part of the version; your copy stays in generation {from}"
-                );
-                continue;
-            }
-            if let Some(parent) = to.parent() {
-                fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-            let linked = if entry.file_type().is_symlink() {
-                let target = fs::read_link(entry.path()).map_err(io(entry.path()))?;
-                std::os::unix::fs::symlink(target, &to)
-            } else {
-                fs::hard_link(entry.path(), &to)
-                    .or_else(|_| fs::copy(entry.path(), &to).map(|_| ()))
-            };
-            linked.map_err(io(&to))?;
-            carried += 1;
         }
+    }
+    Ok(out)
+}
+
+/// Hard-link the files a user added to generation `from` into the generation being built.
+fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, RealizeError> {
+    let mut carried = 0;
+    for (rel, path) in user_added(home, from)? {
+        let to = building.join(&rel);
+        if fs::symlink_metadata(&to).is_ok() {
+            tracing::warn!(
+                "`{rel}` is now part of the version; your copy stays in generation {from}"
+            );
+            continue;
+        }
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        let linked = if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = fs::read_link(&path).map_err(io(&path))?;
+            std::os::unix::fs::symlink(target, &to)
+        } else {
+            fs::hard_link(&path, &to).or_else(|_| fs::copy(&path, &to).map(|_| ()))
+        };
+        linked.map_err(io(&to))?;
+        carried += 1;
     }
     Ok(carried)
 }
@@ -748,34 +751,10 @@ pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError
             missing.push(mount.at.clone());
         }
     }
-    let known = known_files(&home, n)?;
-    let mut added = Vec::new();
-    for top in ["ComfyUI", "models"] {
-        let root = dir.join(top);
-        let walker = walkdir::WalkDir::new(&root).follow_links(false).into_iter();
-        for entry in walker.filter_entry(|e| {
-            let name = e.file_name();
-            name != "__pycache__"
-                && name != ".git"
-                && !(e.depth() == 1 && top == "ComfyUI" && USER_DATA.iter().any(|d| name == *d))
-        }) {
-            let Ok(entry) = entry else { continue };
-            if entry.file_type().is_dir() {
-                continue;
-            }
-            let rel = format!(
-                "{top}/{}",
-                entry
-                    .path()
-                    .strip_prefix(&root)
-                    .expect("under root")
-                    .display()
-            );
-            if !known.contains(&rel) && !managed(&rel, &generation) {
-                added.push(rel);
-            }
-        }
-    }
+    let mut added: Vec<String> = user_added(&home, n)?
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect();
     for list in [&mut changed, &mut added, &mut missing] {
         list.sort();
     }

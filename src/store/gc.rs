@@ -50,6 +50,36 @@ pub struct GcReport {
     pub errors: Vec<String>,
 }
 
+/// The reference graph, loaded in one pass over the db.
+struct Graph {
+    paths: Vec<db::PathRecord>,
+    edges: Vec<(i64, i64)>,
+    /// referrer → references
+    refs: HashMap<i64, Vec<i64>>,
+}
+
+impl Graph {
+    fn id_of(&self) -> HashMap<&str, i64> {
+        self.paths.iter().map(|p| (p.name.as_str(), p.id)).collect()
+    }
+
+    fn name_of(&self) -> HashMap<i64, &str> {
+        self.paths.iter().map(|p| (p.id, p.name.as_str())).collect()
+    }
+
+    /// Everything reachable from `start`.
+    fn reachable(&self, start: impl IntoIterator<Item = i64>) -> HashSet<i64> {
+        let mut seen = HashSet::new();
+        let mut queue: VecDeque<i64> = start.into_iter().collect();
+        while let Some(id) = queue.pop_front() {
+            if seen.insert(id) {
+                queue.extend(self.refs.get(&id).into_iter().flatten().copied());
+            }
+        }
+        seen
+    }
+}
+
 /// A home root's name → the generation directory it stands for.
 fn home_generation(name: &str) -> Option<PathBuf> {
     let rest = name.strip_prefix("home:")?;
@@ -58,6 +88,17 @@ fn home_generation(name: &str) -> Option<PathBuf> {
 }
 
 impl Store {
+    fn graph(&self) -> Result<Graph> {
+        let conn = self.db();
+        let paths = db::list(&conn).map_err(|e| self.db_err(e))?;
+        let edges = db::all_references(&conn).map_err(|e| self.db_err(e))?;
+        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (from, to) in &edges {
+            refs.entry(*from).or_default().push(*to);
+        }
+        Ok(Graph { paths, edges, refs })
+    }
+
     /// Protect `names` for the life of this process: after this returns, a collector that starts
     /// later keeps them (call it *before* checking that they are valid). A name `git/<dir>`
     /// protects that git mirror.
@@ -143,28 +184,15 @@ impl Store {
         report.roots = live_roots.len();
 
         // The reference graph, loaded once.
-        let (paths, edges) = {
-            let conn = self.db();
-            let paths = db::list(&conn).map_err(|e| self.db_err(e))?;
-            let edges = db::all_references(&conn).map_err(|e| self.db_err(e))?;
-            (paths, edges)
-        };
+        let graph = self.graph()?;
+        let (paths, edges, refs) = (&graph.paths, &graph.edges, &graph.refs);
         let by_id: HashMap<i64, &db::PathRecord> = paths.iter().map(|p| (p.id, p)).collect();
-        let id_of: HashMap<&str, i64> = paths.iter().map(|p| (p.name.as_str(), p.id)).collect();
-        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (from, to) in &edges {
-            refs.entry(*from).or_default().push(*to);
-        }
-        let mut live: HashSet<i64> = HashSet::new();
-        let mut queue: VecDeque<i64> = live_roots
-            .iter()
-            .filter_map(|n| id_of.get(n.as_str()).copied())
-            .collect();
-        while let Some(id) = queue.pop_front() {
-            if live.insert(id) {
-                queue.extend(refs.get(&id).into_iter().flatten().copied());
-            }
-        }
+        let id_of = graph.id_of();
+        let live = graph.reachable(
+            live_roots
+                .iter()
+                .filter_map(|n| id_of.get(n.as_str()).copied()),
+        );
         report.live_paths = live.len();
 
         // Dead paths, referrers before what they reference.
@@ -174,7 +202,7 @@ impl Store {
             .filter(|id| !live.contains(id))
             .collect();
         let mut dead_referrers: HashMap<i64, usize> = dead.iter().map(|id| (*id, 0)).collect();
-        for (from, to) in &edges {
+        for (from, to) in edges {
             if dead.contains(from) && dead.contains(to) {
                 *dead_referrers.get_mut(to).expect("dead") += 1;
             }
@@ -444,39 +472,19 @@ impl Store {
         &self,
         groups: &BTreeMap<String, Vec<String>>,
     ) -> Result<BTreeMap<String, HashSet<String>>> {
-        let (paths, edges) = {
-            let conn = self.db();
-            (
-                db::list(&conn).map_err(|e| self.db_err(e))?,
-                db::all_references(&conn).map_err(|e| self.db_err(e))?,
-            )
-        };
-        let name_of: HashMap<i64, &str> = paths.iter().map(|p| (p.id, p.name.as_str())).collect();
-        let id_of: HashMap<&str, i64> = paths.iter().map(|p| (p.name.as_str(), p.id)).collect();
-        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (from, to) in edges {
-            refs.entry(from).or_default().push(to);
-        }
-        let mut out = BTreeMap::new();
-        for (group, roots) in groups {
-            let mut seen = HashSet::new();
-            let mut queue: VecDeque<i64> = roots
-                .iter()
-                .filter_map(|r| id_of.get(r.as_str()).copied())
-                .collect();
-            while let Some(id) = queue.pop_front() {
-                if seen.insert(id) {
-                    queue.extend(refs.get(&id).into_iter().flatten().copied());
-                }
-            }
-            out.insert(
-                group.clone(),
-                seen.into_iter()
-                    .map(|id| name_of[&id].to_string())
-                    .collect(),
-            );
-        }
-        Ok(out)
+        let graph = self.graph()?;
+        let (id_of, name_of) = (graph.id_of(), graph.name_of());
+        Ok(groups
+            .iter()
+            .map(|(group, roots)| {
+                let ids = roots.iter().filter_map(|r| id_of.get(r.as_str()).copied());
+                let names = graph
+                    .reachable(ids)
+                    .into_iter()
+                    .map(|id| name_of[&id].to_string());
+                (group.clone(), names.collect())
+            })
+            .collect())
     }
 
     /// Disk use per home, per version and per pin: bytes unique to each vs shared with others of
@@ -539,22 +547,11 @@ impl Store {
 
     /// The shortest chain of references from `a` to `b` (both names), if `a` depends on `b`.
     pub fn why_depends(&self, a: &str, b: &str) -> Result<Option<Vec<String>>> {
-        let (paths, edges) = {
-            let conn = self.db();
-            (
-                db::list(&conn).map_err(|e| self.db_err(e))?,
-                db::all_references(&conn).map_err(|e| self.db_err(e))?,
-            )
-        };
-        let name_of: HashMap<i64, &str> = paths.iter().map(|p| (p.id, p.name.as_str())).collect();
-        let id_of: HashMap<&str, i64> = paths.iter().map(|p| (p.name.as_str(), p.id)).collect();
+        let graph = self.graph()?;
+        let (id_of, name_of, refs) = (graph.id_of(), graph.name_of(), &graph.refs);
         let (Some(&start), Some(&goal)) = (id_of.get(a), id_of.get(b)) else {
             return Ok(None);
         };
-        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (from, to) in edges {
-            refs.entry(from).or_default().push(to);
-        }
         let mut parent: HashMap<i64, i64> = HashMap::new();
         let mut queue = VecDeque::from([start]);
         let mut seen = HashSet::from([start]);

@@ -4,7 +4,6 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -171,23 +170,6 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
     );
     // A second collection finds nothing more.
     assert_eq!(json_of(&w, &["gc"])["report"]["deleted_paths"], json!([]));
-}
-
-fn wait_for(path: &Path, child: &mut std::process::Child) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "exited before {}",
-            path.display()
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

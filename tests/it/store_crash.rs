@@ -2,8 +2,8 @@
 //! verifies, and a next add that succeeds.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -19,24 +19,6 @@ fn big_tree(root: &Path) {
     }
     let big: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
     write_tree(root, &[("model.bin", &big)]);
-}
-
-fn wait_for(path: &Path, child: &mut Child) {
-    let start = Instant::now();
-    while !path.exists() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "comfix exited ({status}) before reaching {}",
-                path.display()
-            );
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn assert_recovers(env: &TestEnv, tree: &Path) {

@@ -162,3 +162,19 @@ pub fn overwrite(path: &Path, contents: &[u8]) {
     fs::write(path, contents).unwrap();
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// Wait until `path` exists, failing if `child` exits first or a minute passes.
+pub fn wait_for(path: &Path, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the process exited ({status}) before {}", path.display());
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out waiting for {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
