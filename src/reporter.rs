@@ -14,6 +14,8 @@ pub trait Reporter: Send + Sync {
 
     /// One of several concurrent items (a download) starts; `id` is unique while it runs.
     fn item_start(&self, _id: u64, _label: &str, _total: Option<u64>) {}
+    /// Item `id` turns out to be `total` bytes (when it was not known at `item_start`).
+    fn item_length(&self, _id: u64, _total: u64) {}
     /// `delta` more bytes of item `id` are done.
     fn item_advance(&self, _id: u64, _delta: u64) {}
     /// Item `id` is finished (successfully or not).

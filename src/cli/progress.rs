@@ -74,6 +74,23 @@ impl Reporter for BarReporter {
             .insert(id, bar);
     }
 
+    fn item_length(&self, id: u64, total: u64) {
+        if let Some(bar) = self
+            .items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+        {
+            if bar.length().is_none() {
+                bar.set_style(bytes_style());
+                bar.set_length(total);
+                if let Some(overall) = &*self.total.lock().unwrap_or_else(|e| e.into_inner()) {
+                    overall.inc_length(total);
+                }
+            }
+        }
+    }
+
     fn item_advance(&self, id: u64, delta: u64) {
         if let Some(bar) = self
             .items

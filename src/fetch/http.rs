@@ -419,6 +419,11 @@ impl Client {
                 return (Err(FetchError::io(&sink.path)(e)), sink);
             }
         }
+        if d.size.is_none() {
+            if let Some(length) = response.content_length() {
+                reporter.item_length(id, sink.written + length);
+            }
+        }
         if let Some(tag) = response.headers().get(ETAG).and_then(|v| v.to_str().ok()) {
             let _ = std::fs::write(meta, tag);
         }
