@@ -124,6 +124,7 @@ fn fixture() -> Fixture {
         },
         custom_nodes: nodes,
         models,
+        python: None,
     };
     let spec = serde_json::json!({
         "schema_version": 2, "version_id": "bench",
@@ -192,6 +193,7 @@ fn bench(c: &mut Criterion) {
         models_dir: None,
         skip_models: false,
         link_mode: LinkMode::Auto,
+        venv: None,
     };
     let mut group = c.benchmark_group("realize");
     group.sample_size(20);

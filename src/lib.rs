@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod hint;
 pub mod lockfile;
 pub mod plan;
+pub mod python;
 pub mod realize;
 pub mod repair;
 pub mod reporter;

@@ -24,6 +24,34 @@ pub struct Lock {
     pub custom_nodes: Vec<LockedNode>,
     #[serde(default)]
     pub models: Vec<LockedModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<LockedPython>,
+}
+
+/// The Python environment: the wheel set uv resolved for the version's requirements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedPython {
+    /// The Python version the set was resolved for (`3.11`).
+    pub version: String,
+    /// What was resolved: each group of requirements with where it came from (`core`,
+    /// `node <name>`, `spec`). When these change, the set is resolved again.
+    pub requirements: Vec<crate::python::Group>,
+    pub wheels: Vec<LockedWheel>,
+}
+
+/// One wheel of the set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedWheel {
+    /// The normalized project name.
+    pub name: String,
+    pub version: String,
+    pub filename: String,
+    /// Where it is downloaded from; absent when it was resolved from a `--wheels-dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub sha256: String,
+    /// The wheel file in the store (content-addressed).
+    pub store_path: String,
 }
 
 /// A git checkout pinned to a commit.
@@ -202,6 +230,9 @@ impl Lock {
             }
         }
         paths.extend(self.models.iter().map(|m| m.store_path.as_str()));
+        if let Some(python) = &self.python {
+            paths.extend(python.wheels.iter().map(|w| w.store_path.as_str()));
+        }
         paths
     }
 }

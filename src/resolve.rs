@@ -29,7 +29,7 @@ pub enum Update {
 }
 
 impl Update {
-    fn covers(&self, names: &[&str]) -> bool {
+    pub(crate) fn covers(&self, names: &[&str]) -> bool {
         match self {
             Update::Nothing => false,
             Update::All => true,
@@ -58,6 +58,8 @@ pub struct Resolver {
     /// Leave models alone: keep their lock entries as they are, fetch nothing for them, and
     /// leave models the lock does not pin out of it.
     pub skip_models: bool,
+    /// Machine-local Python choices (`--wheels-dir`, `--torch-backend`).
+    pub python: crate::python::PythonSettings,
 }
 
 type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), FetchError>>;
@@ -180,6 +182,22 @@ impl Resolver {
         for task in models {
             locked_models.extend(collect(task, &mut errors, &mut reports).await);
         }
+        // Python last: its requirements come from the core and node trees just resolved.
+        let mut locked_python = None;
+        if let (true, Some(core)) = (errors.is_empty(), &comfy) {
+            let old_python = old.and_then(|l| l.python.as_ref());
+            match self
+                .resolve_python(spec, core, &locked_nodes, old_python, update)
+                .await
+            {
+                Ok(Some((python, items))) => {
+                    reports.extend(items);
+                    locked_python = Some(python);
+                }
+                Ok(None) => {}
+                Err(err) => errors.push(err),
+            }
+        }
         if !errors.is_empty() {
             return Err(combine(errors));
         }
@@ -189,6 +207,7 @@ impl Resolver {
             comfy: comfy.expect("no errors means the core resolved"),
             custom_nodes: locked_nodes,
             models: locked_models,
+            python: locked_python,
         };
         Ok((lock, reports))
     }
@@ -610,7 +629,7 @@ async fn collect<T>(
 }
 
 /// One error for many: every offline miss in one list, other failures alongside.
-fn combine(errors: Vec<FetchError>) -> FetchError {
+pub(crate) fn combine(errors: Vec<FetchError>) -> FetchError {
     let mut missing = Vec::new();
     let mut others = Vec::new();
     for err in errors {
@@ -635,6 +654,7 @@ fn check_update_names(spec: &Spec, update: &Update) -> Result<(), FetchError> {
     };
     let mut known = vec![
         "comfy".to_string(),
+        "python".to_string(),
         sanitize_name(crate::spec::repo_basename(&spec.comfy.repo)),
     ];
     known.extend(spec.custom_nodes.iter().map(CustomNode::dir_name));

@@ -44,6 +44,9 @@ pub struct RealizeArgs {
     /// Fail instead of writing or changing the lock
     #[arg(long)]
     pub frozen: bool,
+    /// Resolve and install Python wheels from this directory only (no package index)
+    #[arg(long, value_name = "DIR")]
+    pub wheels_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +116,10 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             offline: args.offline,
             jobs: args.jobs,
             skip_models,
+            python: crate::python::PythonSettings {
+                wheels_dir: args.wheels_dir.clone(),
+                torch_backend: None,
+            },
         },
     )?;
     if old.as_ref() != Some(&lock) {
@@ -125,6 +132,10 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
     crate::fault::pause_point("realize-resolved");
+    let venv = match &lock.python {
+        Some(python) => Some(build_venv(&store, python)?),
+        None => None,
+    };
     let report = realize::realize(
         &store,
         &lock,
@@ -133,6 +144,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             models_dir: args.models_dir.clone(),
             skip_models,
             link_mode: args.link_mode,
+            venv,
         },
     )?;
     if context.json {
@@ -165,6 +177,17 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
     Ok(Outcome::Success)
+}
+
+/// The venv of `python` in the store, built from its stored wheels when it is not there yet.
+fn build_venv(store: &Store, python: &crate::lockfile::LockedPython) -> anyhow::Result<String> {
+    let uv = crate::python::find_uv(store)?;
+    let interpreter = uv.interpreter(Some(&python.version))?;
+    let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
+    if venv.built {
+        tracing::info!("built venv `{}`", venv.name);
+    }
+    Ok(venv.name)
 }
 
 fn print_plan(

@@ -27,6 +27,9 @@ pub struct ResolveArgs {
     /// Concurrent downloads
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
     pub jobs: usize,
+    /// Resolve Python wheels from this directory only (no package index)
+    #[arg(long, value_name = "DIR")]
+    pub wheels_dir: Option<std::path::PathBuf>,
 }
 
 /// Settings of one resolve, shared by `resolve` and `realize`.
@@ -37,6 +40,7 @@ pub struct ResolveRun<'a> {
     pub offline: bool,
     pub jobs: usize,
     pub skip_models: bool,
+    pub python: crate::python::PythonSettings,
 }
 
 /// Resolve and fetch; returns the new lock and what happened to each entry.
@@ -55,6 +59,7 @@ pub fn resolve_with(
         client,
         reporter: context.reporter().into(),
         skip_models: run.skip_models,
+        python: run.python.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -84,6 +89,10 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             offline: args.offline,
             jobs: args.jobs,
             skip_models: false,
+            python: crate::python::PythonSettings {
+                wheels_dir: args.wheels_dir.clone(),
+                torch_backend: None,
+            },
         },
     )?;
     let changed = old.as_ref() != Some(&lock);

@@ -149,6 +149,8 @@ pub enum FetchError {
     Many { errors: Vec<FetchError> },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Python(#[from] crate::python::PythonError),
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -198,6 +200,7 @@ impl Hint for FetchError {
                 })
             }
             FetchError::Store(e) => e.hint(),
+            FetchError::Python(e) => e.hint(),
             _ => None,
         }
     }
@@ -205,6 +208,7 @@ impl Hint for FetchError {
     fn is_user_error(&self) -> bool {
         match self {
             FetchError::Store(e) => e.is_user_error(),
+            FetchError::Python(e) => e.is_user_error(),
             // The network or the disk failed, not the user's input.
             FetchError::Io { .. } | FetchError::Http { .. } | FetchError::Git { .. } => false,
             FetchError::Many { errors } => errors.iter().all(|e| e.is_user_error()),

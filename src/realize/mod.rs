@@ -116,6 +116,8 @@ pub struct RealizeOptions {
     pub models_dir: Option<PathBuf>,
     pub skip_models: bool,
     pub link_mode: LinkMode,
+    /// The venv store path, linked as `<home>/.venv`.
+    pub venv: Option<String>,
 }
 
 /// Where a store path is placed in a generation.
@@ -240,10 +242,17 @@ impl Home {
 
     /// Make sure `<home>/ComfyUI` (and `<home>/models` for a home-local models directory) point
     /// into `current`; refuse to replace anything comfix did not make.
-    fn ensure_top_links(&self, local_models: bool) -> Result<(), RealizeError> {
+    fn ensure_top_links(&self, local_models: bool, venv: bool) -> Result<(), RealizeError> {
         let mut wanted = vec![("ComfyUI", ".comfix/current/ComfyUI")];
         if local_models {
             wanted.push(("models", ".comfix/current/models"));
+        }
+        let venv_link = self.root.join(".venv");
+        if venv {
+            wanted.push((".venv", ".comfix/current/.venv"));
+        } else if fs::read_link(&venv_link).is_ok_and(|t| t == Path::new(".comfix/current/.venv")) {
+            // This generation has no venv; ours would dangle.
+            fs::remove_file(&venv_link).map_err(io(&venv_link))?;
         }
         for (name, target) in wanted {
             let at = self.root.join(name);
@@ -282,6 +291,7 @@ fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> 
     hasher.update(models_dir.as_os_str().as_encoded_bytes());
     hasher.update(&[options.skip_models as u8]);
     hasher.update(format!("{:?}", options.link_mode).as_bytes());
+    hasher.update(options.venv.as_deref().unwrap_or("").as_bytes());
     hasher.finalize().to_hex()[..32].to_string()
 }
 
@@ -302,6 +312,9 @@ pub fn realize(
     let _lock = home.lock()?;
     // Everything this generation uses stays alive while we work, whatever a collector does.
     store.protect(&lock.store_paths())?;
+    if let Some(venv) = &options.venv {
+        store.protect(&[venv])?;
+    }
     for node in &lock.custom_nodes {
         if let Some(git) = &node.git {
             store.protect(&[&format!(
@@ -321,7 +334,11 @@ pub fn realize(
     // Re-realizing what is already current is a check, not work.
     if let Some(n) = current {
         if let Ok(generation) = home.read_generation(n) {
-            if generation.key == key && home.ensure_top_links(local_models).is_ok() {
+            if generation.key == key
+                && home
+                    .ensure_top_links(local_models, options.venv.is_some())
+                    .is_ok()
+            {
                 return Ok(RealizeReport {
                     target: home.root.clone(),
                     version_id: lock.version_id.clone(),
@@ -488,6 +505,25 @@ pub fn realize(
             });
         }
     }
+    // The venv: a read-only link to its store path (or a copy on request).
+    if let Some(venv) = &options.venv {
+        let dest = building.join(".venv");
+        let src = store.path_of(venv);
+        let mode = match linker.model_mode() {
+            UsedMode::Symlink => {
+                std::os::unix::fs::symlink(&src, &dest).map_err(io(&dest))?;
+                UsedMode::Symlink
+            }
+            _ => linker.tree(&src, &dest, ".venv")?.0,
+        };
+        mounts.push(Mount {
+            at: ".venv".into(),
+            store_path: venv.clone(),
+            kind: "venv".into(),
+            mode,
+        });
+    }
+
     let yaml = extra_model_paths(&models_dir, &folders);
     let yaml_path = building.join("ComfyUI/extra_model_paths.yaml");
     fs::write(&yaml_path, yaml).map_err(io(&yaml_path))?;
@@ -503,7 +539,9 @@ pub fn realize(
         let staging = store.staging()?;
         let file = staging.path().join("lock.json");
         fs::write(&file, lock.to_text()).map_err(io(&file))?;
-        let references: Vec<String> = lock.store_paths().iter().map(|s| s.to_string()).collect();
+        let mut references: Vec<String> =
+            lock.store_paths().iter().map(|s| s.to_string()).collect();
+        references.extend(options.venv.clone());
         let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
         store
             .add_staged(
@@ -542,7 +580,7 @@ pub fn realize(
     let done = home.generation_dir(number);
     fs::rename(&building, &done).map_err(io(&done))?;
     pause_point("realize-built");
-    home.ensure_top_links(local_models)?;
+    home.ensure_top_links(local_models, options.venv.is_some())?;
     home.switch(number)?;
     pause_point("realize-switched");
 
@@ -688,7 +726,10 @@ pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
             })?;
     let generation = home.read_generation(previous)?;
     carry_user_files(&home, current, &home.generation_dir(previous))?;
-    home.ensure_top_links(generation.models_dir == home.root.join("models"))?;
+    home.ensure_top_links(
+        generation.models_dir == home.root.join("models"),
+        generation.mounts.iter().any(|m| m.kind == "venv"),
+    )?;
     home.switch(previous)?;
     Ok(RollbackReport {
         target: home.root,

@@ -117,6 +117,55 @@ impl Store {
     ) -> Result<Added> {
         let name = self.path_name_for(options, &staging.path().join(rel))?;
         let references = self.resolve_references(options)?;
+        self.ingest_staged(staging, rel, &name, &references, known_digest, None)
+    }
+
+    /// Build an input-addressed path: `name` (`<digest>-<name>`) is fixed by the recipe, not by
+    /// the bytes, because what is built must know its final name. Under the path's build lock,
+    /// `build` writes the tree at the staging directory's `rel`; it is then registered like a
+    /// fetched tree (files deduplicated into objects, renamed into place). When the path is
+    /// already valid, `build` is not called.
+    pub fn build_input_addressed<E>(
+        &self,
+        name: &str,
+        rel: &str,
+        references: &[String],
+        build: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Added, E>
+    where
+        E: From<StoreError>,
+    {
+        check_name(name).map_err(|reason| StoreError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        if let Some(added) = self.existing(name)? {
+            return Ok(added);
+        }
+        let staging = self.staging()?;
+        let build_lock = lock::exclusive(&self.root.join("locks").join(format!("{name}.lock")))
+            .map_err(StoreError::from)?;
+        if let Some(added) = self.existing(name)? {
+            return Ok(added);
+        }
+        build(staging.path())?;
+        let short = name.split_once('-').map_or(name, |(_, rest)| rest);
+        let added = self.ingest_staged(staging, rel, short, references, None, Some(name))?;
+        drop(build_lock);
+        Ok(added)
+    }
+
+    /// Hash and make read-only the tree staged at `staging/rel`, then commit it as `name`
+    /// (content-addressed) or as exactly `fixed` (input-addressed; its build lock is held).
+    fn ingest_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        name: &str,
+        references: &[String],
+        known_digest: Option<Digest>,
+        fixed: Option<&str>,
+    ) -> Result<Added> {
         let staged = staging.path().join(rel);
         let entries = tree::walk(&staged)?;
         let files: Vec<(PathBuf, u64, bool)> = file_list(&staged, &entries);
@@ -128,8 +177,7 @@ impl Store {
                     Some(digest) => digest,
                     None => tree::hash_file(path, *size).map_err(|e| with_path(e, "read", path))?,
                 };
-                fs::set_permissions(path, Permissions::from_mode(mode(*executable)))
-                    .map_err(|e| with_path(e, "make read-only", path))?;
+                make_read_only(path, *executable)?;
                 // Publishing links it into `objects/`, or swaps in the existing object.
                 let pending = Some(Pending {
                     staged: path.clone(),
@@ -144,7 +192,12 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         let Staging { dir, _gc } = staging;
-        self.commit(&dir, &staged, &entries, ingested, &name, &references, None)
+        match fixed {
+            None => self.commit(&dir, &staged, &entries, ingested, name, references, None),
+            Some(fixed) => {
+                self.commit_as(&dir, &staged, &entries, ingested, name, references, fixed)
+            }
+        }
     }
 
     /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
@@ -281,14 +334,52 @@ impl Store {
                 tracing::warn!("`{}` changed while it was being added", src.display());
             }
         }
-        let path_name = record.name.clone();
-        let final_path = self.path_of(&path_name);
-
-        let _build = lock::exclusive(&self.root.join("locks").join(format!("{path_name}.lock")))?;
-        if let Some(added) = self.existing(&path_name)? {
+        let _build = lock::exclusive(
+            &self
+                .root
+                .join("locks")
+                .join(format!("{}.lock", record.name)),
+        )?;
+        if let Some(added) = self.existing(&record.name)? {
             return Ok(added);
         }
+        self.publish(tmp, staged, entries, ingested, &node, record, references)
+    }
 
+    /// [`Store::commit`] under a name fixed in advance, whose build lock the caller holds.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_as(
+        &self,
+        tmp: &tempfile::TempDir,
+        staged: &Path,
+        entries: &[tree::Entry],
+        ingested: Vec<Ingested>,
+        name: &str,
+        references: &[String],
+        fixed: &str,
+    ) -> Result<Added> {
+        pause_point("add-staged");
+        let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
+        let node = tree::build_node(entries, &sizes);
+        let mut record = self.describe(name, &node, references);
+        record.name = fixed.to_string();
+        self.publish(tmp, staged, entries, ingested, &node, record, references)
+    }
+
+    /// Steps 4–7: make the staged tree durable, publish its objects, rename it, register it.
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &self,
+        tmp: &tempfile::TempDir,
+        staged: &Path,
+        entries: &[tree::Entry],
+        ingested: Vec<Ingested>,
+        node: &tree::Node,
+        record: PathRecord,
+        references: &[String],
+    ) -> Result<Added> {
+        let path_name = record.name.clone();
+        let final_path = self.path_of(&path_name);
         self.sync()?;
         let (new_objects, new_object_bytes) = self.publish_objects(ingested, tmp.path())?;
         pause_point("add-objects-published");
@@ -456,6 +547,9 @@ impl Store {
                     count += 1;
                     bytes += pending.size;
                 }
+                Err(err)
+                    if err.kind() == ErrorKind::AlreadyExists
+                        && same_file(&pending.staged, &pending.object) => {}
                 Err(err) if err.kind() == ErrorKind::AlreadyExists => {
                     // Another file of this add, or another process, published it first: share theirs.
                     match fs::hard_link(&pending.object, &swap) {
@@ -470,6 +564,31 @@ impl Store {
             }
         }
         Ok((count, bytes))
+    }
+}
+
+/// Give a staged file its store mode, unless it has it already (a file hardlinked from a cache
+/// that an earlier add made read-only).
+fn make_read_only(path: &Path, executable: bool) -> Result<()> {
+    let wanted = mode(executable);
+    let current = fs::symlink_metadata(path)
+        .map_err(|e| with_path(e, "read", path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if current != wanted {
+        fs::set_permissions(path, Permissions::from_mode(wanted))
+            .map_err(|e| with_path(e, "make read-only", path))?;
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -242,6 +242,15 @@ pub fn list(conn: &Connection) -> rusqlite::Result<Vec<PathRecord>> {
     rows.collect()
 }
 
+/// The valid paths named `<digest>-<name>`, sorted.
+pub fn named(conn: &Connection, name: &str) -> rusqlite::Result<Vec<PathRecord>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM valid_paths WHERE substr(name, instr(name, '-') + 1) = ?1 ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([name], row_to_record)?;
+    rows.collect()
+}
+
 /// The names of the paths `id` references directly, sorted.
 pub fn references(conn: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(

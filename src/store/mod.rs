@@ -356,6 +356,11 @@ impl Store {
         db::list(&self.db()).map_err(|e| self.db_err(e))
     }
 
+    /// The valid paths whose name part (after `<digest>-`) is `name`.
+    pub fn named(&self, name: &str) -> Result<Vec<PathRecord>> {
+        db::named(&self.db(), name).map_err(|e| self.db_err(e))
+    }
+
     /// The direct references of a valid path.
     pub fn references(&self, record: &PathRecord) -> Result<Vec<String>> {
         db::references(&self.db(), record.id).map_err(|e| self.db_err(e))

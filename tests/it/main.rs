@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod gc;
+mod python;
 mod realize;
 mod resolve;
 mod spec;

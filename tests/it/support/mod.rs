@@ -4,6 +4,7 @@
 
 pub mod git;
 pub mod http;
+pub mod wheels;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,526 @@
+//! Python environments: requirements → a locked wheel set → wheels in the store → a venv.
+//!
+//! comfix does not resolve Python dependencies itself: uv locks the union of the core's, the
+//! nodes' and the spec's requirements (`uv pip compile --format pylock.toml --generate-hashes`) for
+//! the spec's Python version. comfix then fetches every wheel into the store itself (SHA-256
+//! checked, in parallel, resumable) or takes it from `--wheels-dir`, and builds the venv from the
+//! stored wheels only (`--no-index --require-hashes`) at an input-addressed store path, named by
+//! the interpreter, the uv version and the wheels. The venv is relocatable, so it is built under
+//! the store's `tmp/` and renamed into place like any other path, its files deduplicated into
+//! objects: two versions with the same wheel set share one venv, and two sets that differ by one
+//! package share every other file's bytes.
+
+pub mod requirements;
+pub mod uv;
+mod venv;
+mod wheels;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hint::Hint;
+use crate::store::StoreError;
+pub use requirements::Group;
+pub use uv::{Interpreter, Uv, UV_VERSION};
+pub use venv::{build_venv, venv_name, VenvBuild};
+pub use wheels::{find_uv, groups};
+
+/// Machine-local choices of a resolve; none of them is written to the shared lock.
+#[derive(Debug, Clone, Default)]
+pub struct PythonSettings {
+    /// Resolve and install from this directory of wheels only (no index).
+    pub wheels_dir: Option<PathBuf>,
+    /// uv's `--torch-backend` (`cpu`, `cu128`, `auto`, …).
+    pub torch_backend: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PythonError {
+    #[error("uv is not installed: set `COMFIX_UV` to its path or put `uv` on PATH")]
+    NoUv,
+    #[error("Failed to run `{}`: {source}", .program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed:\n{stderr}")]
+    Uv { command: String, stderr: String },
+    #[error("No Python {version} on this machine:\n{detail}")]
+    NoInterpreter { version: String, detail: String },
+    #[error("The Python requirements of {first} and {second} conflict:\n{detail}\nuv says:\n{uv}")]
+    Conflict {
+        first: String,
+        second: String,
+        detail: String,
+        uv: String,
+    },
+    #[error("The Python requirements{} cannot be resolved:\n{uv}", .origin.as_ref().map(|o| format!(" of {o}")).unwrap_or_default())]
+    Unresolvable { origin: Option<String>, uv: String },
+    #[error("Package `{name}` {version} has no wheel{}; comfix installs wheels only", .reason)]
+    NoWheel {
+        name: String,
+        version: String,
+        reason: String,
+    },
+    #[error("Wheel `{filename}` is not in the wheels directory `{}`", .dir.display())]
+    MissingWheel { filename: String, dir: PathBuf },
+    #[error("Invalid `{}`: {message}", .path.display())]
+    Pyproject { path: PathBuf, message: String },
+    #[error("uv wrote a lock comfix cannot read: {message}")]
+    BadPylock { message: String },
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl PythonError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> PythonError {
+        let path = path.into();
+        move |source| PythonError::Io { path, source }
+    }
+}
+
+impl Hint for PythonError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            PythonError::NoUv => Some(format!(
+                "install the tested version with `python3 -m pip install uv=={UV_VERSION}`"
+            )),
+            PythonError::NoInterpreter { .. } => Some(
+                "install that Python (or change the spec's `python.version`); comfix does not download interpreters".into(),
+            ),
+            PythonError::Conflict { .. } => Some(
+                "pin compatible versions in the spec's `python.requirements`, or disable one of the nodes".into(),
+            ),
+            PythonError::MissingWheel { .. } => {
+                Some("put the wheel in the directory, or run without `--wheels-dir`".into())
+            }
+            PythonError::Store(e) => e.hint(),
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        match self {
+            PythonError::NoUv
+            | PythonError::NoInterpreter { .. }
+            | PythonError::Conflict { .. }
+            | PythonError::Unresolvable { .. }
+            | PythonError::NoWheel { .. }
+            | PythonError::MissingWheel { .. }
+            | PythonError::Pyproject { .. } => true,
+            PythonError::Store(e) => e.is_user_error(),
+            _ => false,
+        }
+    }
+}
+
+/// One wheel of a resolved set, before it is fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedWheel {
+    pub name: String,
+    pub version: String,
+    pub filename: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: Option<u64>,
+}
+
+/// Where uv finds packages.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    pub wheels_dir: Option<&'a Path>,
+    pub offline: bool,
+    pub torch_backend: Option<&'a str>,
+}
+
+/// Lock `groups` for Python `version` with uv. A resolution failure between groups is narrowed
+/// down to the two groups that conflict (or the one that cannot be satisfied on its own).
+pub fn compile(
+    uv: &Uv,
+    scratch: &Path,
+    version: &str,
+    groups: &[Group],
+    sources: Sources<'_>,
+    interpreter: Option<&Interpreter>,
+) -> Result<Vec<PinnedWheel>, PythonError> {
+    let all: Vec<&Group> = groups.iter().collect();
+    match compile_groups(uv, scratch, version, &all, sources, interpreter) {
+        Ok(pylock) => select_wheels(&pylock, interpreter),
+        Err(PythonError::Uv { stderr, .. }) if is_unsatisfiable(&stderr) => Err(attribute(
+            uv,
+            scratch,
+            version,
+            groups,
+            sources,
+            interpreter,
+            stderr,
+        )),
+        Err(PythonError::Uv { stderr, .. }) => Err(PythonError::Unresolvable {
+            origin: None,
+            uv: stderr,
+        }),
+        Err(err) => Err(err),
+    }
+}
+
+fn is_unsatisfiable(stderr: &str) -> bool {
+    stderr.contains("No solution found") || stderr.contains("unsatisfiable")
+}
+
+fn compile_groups(
+    uv: &Uv,
+    scratch: &Path,
+    version: &str,
+    groups: &[&Group],
+    sources: Sources<'_>,
+    interpreter: Option<&Interpreter>,
+) -> Result<Pylock, PythonError> {
+    let owned: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
+    let input = scratch.join("requirements.in");
+    let mut text = requirements::merged(&owned).join("\n");
+    text.push('\n');
+    std::fs::write(&input, text).map_err(PythonError::io(&input))?;
+    let mut command = uv.command(["pip", "compile", "--quiet", "--no-header"]);
+    command
+        .arg(&input)
+        .args(["--format", "pylock.toml", "--generate-hashes", "--no-build"])
+        .args(["--python-version", version])
+        .arg("--output-file")
+        .arg(scratch.join("pylock.toml"));
+    if let Some(interpreter) = interpreter {
+        command.arg("--python").arg(&interpreter.path);
+    }
+    if let Some(dir) = sources.wheels_dir {
+        command.args(["--no-index", "--find-links"]).arg(dir);
+    }
+    if sources.offline {
+        command.arg("--offline");
+    }
+    if let Some(backend) = sources.torch_backend {
+        command.args(["--torch-backend", backend]);
+    }
+    command.current_dir(scratch);
+    uv.run(&mut command)?;
+    let written = scratch.join("pylock.toml");
+    let text = std::fs::read_to_string(&written).map_err(PythonError::io(&written))?;
+    toml::from_str(&text).map_err(|e| PythonError::BadPylock {
+        message: e.to_string(),
+    })
+}
+
+/// Find which groups conflict: add groups one by one until the set fails, then find the earlier
+/// group that fails together with the last one.
+fn attribute(
+    uv: &Uv,
+    scratch: &Path,
+    version: &str,
+    groups: &[Group],
+    sources: Sources<'_>,
+    interpreter: Option<&Interpreter>,
+    uv_message: String,
+) -> PythonError {
+    let fails = |set: &[&Group]| {
+        matches!(
+            compile_groups(uv, scratch, version, set, sources, interpreter),
+            Err(PythonError::Uv { ref stderr, .. }) if is_unsatisfiable(stderr)
+        )
+    };
+    let nonempty: Vec<&Group> = groups
+        .iter()
+        .filter(|g| !g.requirements.is_empty())
+        .collect();
+    let mut prefix: Vec<&Group> = Vec::new();
+    for group in &nonempty {
+        if fails(&[group]) {
+            return PythonError::Unresolvable {
+                origin: Some(group.origin.clone()),
+                uv: uv_message,
+            };
+        }
+        let mut with = prefix.clone();
+        with.push(group);
+        if fails(&with) {
+            let partner = prefix.iter().find(|earlier| fails(&[earlier, group]));
+            return match partner {
+                Some(earlier) => PythonError::Conflict {
+                    first: earlier.origin.clone(),
+                    second: group.origin.clone(),
+                    detail: conflict_lines(&[earlier, group], &uv_message),
+                    uv: uv_message,
+                },
+                None => PythonError::Conflict {
+                    first: prefix
+                        .iter()
+                        .map(|g| g.origin.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    second: group.origin.clone(),
+                    detail: conflict_lines(&with, &uv_message),
+                    uv: uv_message,
+                },
+            };
+        }
+        prefix.push(group);
+    }
+    PythonError::Unresolvable {
+        origin: None,
+        uv: uv_message,
+    }
+}
+
+/// `  node `a` wants `shared==1.0`` for each requirement of `groups` whose project uv's message
+/// mentions (or every requirement, when it mentions none).
+fn conflict_lines(groups: &[&Group], uv_message: &str) -> String {
+    let message = uv_message.to_ascii_lowercase();
+    let mentioned = |r: &String| {
+        let name = requirements::project_name(r);
+        !name.is_empty() && message.contains(&name)
+    };
+    let any = groups.iter().any(|g| g.requirements.iter().any(mentioned));
+    let mut lines = Vec::new();
+    for group in groups {
+        for requirement in &group.requirements {
+            if !any || mentioned(requirement) {
+                lines.push(format!("  {} wants `{requirement}`", group.origin));
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+/// The parts of a PEP 751 lock (`pylock.toml`) comfix reads.
+#[derive(Debug, Deserialize)]
+struct Pylock {
+    #[serde(default)]
+    packages: Vec<PylockPackage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PylockPackage {
+    name: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    wheels: Vec<PylockFile>,
+    #[serde(default)]
+    sdist: Option<PylockFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PylockFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
+    #[serde(default)]
+    hashes: std::collections::BTreeMap<String, String>,
+}
+
+impl PylockFile {
+    fn filename(&self) -> Option<String> {
+        self.name.clone().or_else(|| {
+            let location = self.url.as_deref().or(self.path.as_deref())?;
+            let last = location.split(['?', '#']).next()?.rsplit('/').next()?;
+            Some(
+                percent_decode(last)
+                    .unwrap_or_else(|| last.to_string())
+                    .to_string(),
+            )
+        })
+    }
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let url = url::Url::parse(&format!("file:///{text}")).ok()?;
+    let path = url.to_file_path().ok()?;
+    Some(path.file_name()?.to_string_lossy().into_owned())
+}
+
+/// One wheel per package: the only one listed, or the one whose tags the interpreter ranks first.
+fn select_wheels(
+    pylock: &Pylock,
+    interpreter: Option<&Interpreter>,
+) -> Result<Vec<PinnedWheel>, PythonError> {
+    let mut tags: Option<Vec<String>> = None;
+    let mut out = Vec::new();
+    for package in &pylock.packages {
+        let version = package.version.clone().unwrap_or_default();
+        let chosen = match package.wheels.len() {
+            0 => {
+                return Err(PythonError::NoWheel {
+                    name: package.name.clone(),
+                    version,
+                    reason: if package.sdist.is_some() {
+                        " (only a source distribution)".into()
+                    } else {
+                        " (it is a local directory or a VCS checkout)".into()
+                    },
+                })
+            }
+            1 => &package.wheels[0],
+            _ => {
+                if tags.is_none() {
+                    tags = Some(supported_tags(interpreter)?);
+                }
+                let ranked = tags.as_deref().unwrap_or_default();
+                package
+                    .wheels
+                    .iter()
+                    .filter_map(|w| Some((best_rank(&w.filename()?, ranked)?, w)))
+                    .min_by_key(|(rank, _)| *rank)
+                    .map(|(_, w)| w)
+                    .ok_or_else(|| PythonError::NoWheel {
+                        name: package.name.clone(),
+                        version: version.clone(),
+                        reason: " for this interpreter and platform".into(),
+                    })?
+            }
+        };
+        let filename = chosen.filename().ok_or_else(|| PythonError::BadPylock {
+            message: format!("a wheel of `{}` has no file name", package.name),
+        })?;
+        let sha256 =
+            chosen
+                .hashes
+                .get("sha256")
+                .cloned()
+                .ok_or_else(|| PythonError::BadPylock {
+                    message: format!("wheel `{filename}` has no sha256"),
+                })?;
+        let url = chosen
+            .url
+            .clone()
+            .or_else(|| chosen.path.clone())
+            .ok_or_else(|| PythonError::BadPylock {
+                message: format!("wheel `{filename}` has no URL or path"),
+            })?;
+        out.push(PinnedWheel {
+            name: requirements::normalize(&package.name),
+            version,
+            filename,
+            url,
+            sha256: sha256.to_ascii_lowercase(),
+            size: chosen.size,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The rank of a wheel file name's best tag in `ranked` (lower is better).
+fn best_rank(filename: &str, ranked: &[String]) -> Option<usize> {
+    let stem = filename.strip_suffix(".whl")?;
+    let parts: Vec<&str> = stem.split('-').collect();
+    if parts.len() < 5 {
+        return None;
+    }
+    let [py, abi, platform] = [
+        parts[parts.len() - 3],
+        parts[parts.len() - 2],
+        parts[parts.len() - 1],
+    ];
+    let mut best = None;
+    for p in py.split('.') {
+        for a in abi.split('.') {
+            for pl in platform.split('.') {
+                let tag = format!("{p}-{a}-{pl}");
+                if let Some(rank) = ranked.iter().position(|t| *t == tag) {
+                    best = Some(best.map_or(rank, |b: usize| b.min(rank)));
+                }
+            }
+        }
+    }
+    best
+}
+
+/// The interpreter's supported wheel tags, best first (`packaging.tags.sys_tags()`, from
+/// `packaging` or the copy pip vendors).
+fn supported_tags(interpreter: Option<&Interpreter>) -> Result<Vec<String>, PythonError> {
+    const SCRIPT: &str = "try:\n    from packaging import tags\nexcept ImportError:\n    from pip._vendor.packaging import tags\nfor t in tags.sys_tags():\n    print(t)\n";
+    let python = interpreter
+        .map(|i| i.path.clone())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let output = std::process::Command::new(&python)
+        .args(["-c", SCRIPT])
+        .output()
+        .map_err(|source| PythonError::Spawn {
+            program: python.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(PythonError::Uv {
+            command: format!("{} -c <list wheel tags>", python.display()),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_ranked_tag_wins() {
+        let ranked: Vec<String> = [
+            "cp311-cp311-manylinux_2_17_x86_64",
+            "cp311-abi3-manylinux_2_17_x86_64",
+            "py3-none-any",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            best_rank(
+                "x-1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+                &ranked
+            ),
+            Some(0)
+        );
+        assert_eq!(best_rank("x-1.0-py2.py3-none-any.whl", &ranked), Some(2));
+        assert_eq!(best_rank("x-1.0-cp312-cp312-win_amd64.whl", &ranked), None);
+        assert_eq!(best_rank("not-a-wheel.tar.gz", &ranked), None);
+    }
+
+    #[test]
+    fn pylock_wheels_are_read_and_sdist_only_packages_are_refused() {
+        let text = r#"
+lock-version = "1.0"
+[[packages]]
+name = "Alpha_Pkg"
+version = "1.0"
+wheels = [{ url = "http://x/files/alpha_pkg-1.0-py3-none-any.whl", hashes = { sha256 = "AB" } }]
+"#;
+        let pylock: Pylock = toml::from_str(text).unwrap();
+        let wheels = select_wheels(&pylock, None).unwrap();
+        assert_eq!(wheels[0].name, "alpha-pkg");
+        assert_eq!(wheels[0].filename, "alpha_pkg-1.0-py3-none-any.whl");
+        assert_eq!(wheels[0].sha256, "ab");
+        let sdist = r#"
+[[packages]]
+name = "b"
+version = "2"
+sdist = { url = "http://x/b-2.tar.gz", hashes = { sha256 = "cd" } }
+"#;
+        let pylock: Pylock = toml::from_str(sdist).unwrap();
+        let err = select_wheels(&pylock, None).unwrap_err();
+        assert!(
+            err.to_string().contains("only a source distribution"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! Running uv: finding the pinned version, the interpreter, and its commands.
+//!
+//! uv is found as `$COMFIX_UV`, else `uv` on `PATH`. comfix is tested with [`UV_VERSION`]; another
+//! version is used with a warning (its resolutions may differ). Every command runs with the
+//! store's own cache (`<store>/cache/uv`, on the store's filesystem so installs can hardlink) and
+//! with Python downloads disabled: the venv is built for an interpreter the machine has.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::PythonError;
+
+/// The uv version comfix is tested with (and `.ci/run` installs).
+pub const UV_VERSION: &str = "0.13.8";
+
+/// A uv executable and the cache it works with.
+#[derive(Debug, Clone)]
+pub struct Uv {
+    pub exe: PathBuf,
+    pub version: String,
+    pub cache: PathBuf,
+}
+
+/// The Python interpreter a venv is built for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreter {
+    pub path: PathBuf,
+    /// The full version, such as `3.11.7`.
+    pub version: String,
+}
+
+impl Interpreter {
+    /// `3.11.7` → `3.11`.
+    pub fn minor_version(&self) -> String {
+        self.version
+            .split('.')
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+}
+
+impl Uv {
+    /// Find uv; `cache` is the store's uv cache directory.
+    pub fn find(env: impl Fn(&str) -> Option<String>, cache: &Path) -> Result<Uv, PythonError> {
+        let exe = match env("COMFIX_UV").filter(|v| !v.is_empty()) {
+            Some(path) => PathBuf::from(path),
+            None => find_on_path(env("PATH").unwrap_or_default().as_ref(), "uv")
+                .ok_or(PythonError::NoUv)?,
+        };
+        let output = Command::new(&exe)
+            .arg("--version")
+            .output()
+            .map_err(|source| PythonError::Spawn {
+                program: exe.clone(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text
+            .split_whitespace()
+            .nth(1)
+            .filter(|_| output.status.success())
+            .ok_or_else(|| PythonError::Uv {
+                command: format!("{} --version", exe.display()),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            })?
+            .to_string();
+        if version != UV_VERSION {
+            tracing::warn!(
+                "using uv {version} at `{}`; comfix is tested with uv {UV_VERSION}, and another version may resolve differently",
+                exe.display()
+            );
+        }
+        Ok(Uv {
+            exe,
+            version,
+            cache: cache.to_path_buf(),
+        })
+    }
+
+    /// A uv command with comfix's environment.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Command::new(&self.exe);
+        command
+            .args(args)
+            .env("UV_CACHE_DIR", &self.cache)
+            .env("UV_PYTHON_DOWNLOADS", "never")
+            .env("UV_NO_PROGRESS", "1")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("UV_PYTHON")
+            .env_remove("UV_SYSTEM_PYTHON");
+        command
+    }
+
+    /// Run `command`; a failure carries uv's stderr.
+    pub fn run(&self, command: &mut Command) -> Result<Output, PythonError> {
+        let rendered = render(command);
+        tracing::debug!("running {rendered}");
+        let output = command.output().map_err(|source| PythonError::Spawn {
+            program: self.exe.clone(),
+            source,
+        })?;
+        if !output.status.success() {
+            return Err(PythonError::Uv {
+                command: rendered,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        Ok(output)
+    }
+
+    /// The machine's interpreter for `version` (`3.11`), or its default Python.
+    pub fn interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {
+        let mut command = self.command(["python", "find", "--system", "--show-version"]);
+        command.args(version);
+        let shown = match self.run(&mut command) {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).trim().to_string(),
+            Err(PythonError::Uv { stderr, .. }) => {
+                return Err(PythonError::NoInterpreter {
+                    version: version.unwrap_or("any").to_string(),
+                    detail: stderr,
+                })
+            }
+            Err(err) => return Err(err),
+        };
+        let mut command = self.command(["python", "find", "--system"]);
+        command.args(version);
+        let path = self.run(&mut command)?;
+        Ok(Interpreter {
+            path: PathBuf::from(String::from_utf8_lossy(&path.stdout).trim()),
+            version: shown,
+        })
+    }
+}
+
+fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+fn render(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
