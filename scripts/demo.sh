@@ -4,8 +4,10 @@
 # Validate the shipped sample spec; generate a small ComfyUI-like core and a node pack as local
 # git repositories and two model files; write a version spec that uses them; show the plan;
 # `comfix realize` it into a home (resolving it into a lock and a fresh store first); realize it
-# again (a no-op check); show the home's status and verify the store. The Python environment
-# (.venv) joins when that issue lands.
+# again (a no-op check); show the home's status and verify the store. The core and the node pack
+# require small generated pure-Python packages, resolved and installed from a local wheel
+# directory (`--wheels-dir`) into the home's `.venv`. That needs uv (`$COMFIX_UV` or `uv` on PATH;
+# `.ci/run` installs the pinned one); without uv the demo leaves the Python environment out.
 #
 # Usage: scripts/demo.sh [WORKDIR]   (default: a new temporary directory, printed at the end)
 set -euo pipefail
@@ -32,7 +34,17 @@ make_repo() { # DIR: commit what the caller generated into DIR, on branch master
 }
 mkdir -p "$src/ComfyUI/comfy" "$src/ComfyUI-GGUF"
 printf 'import comfy\nprint("ComfyUI")\n' > "$src/ComfyUI/main.py"
-printf 'torch\nsafetensors\n' > "$src/ComfyUI/requirements.txt"
+have_uv=true
+if [ -z "${COMFIX_UV:-}" ] && ! command -v uv >/dev/null 2>&1; then
+  have_uv=false
+  echo "warning: uv is not installed; the demo realizes without a Python environment" >&2
+  echo "         (install it with: python3 -m pip install uv==0.13.8)" >&2
+fi
+if $have_uv; then
+  printf '# the core needs\ndemo-tensors>=1.0\n' > "$src/ComfyUI/requirements.txt"
+  printf '[project]\nname = "gguf"\nversion = "1.0"\ndependencies = ["demo-gguf-reader"]\n' \
+    > "$src/ComfyUI-GGUF/pyproject.toml"
+fi
 for i in $(seq 1 200); do printf 'VALUE = %d\n' "$i" > "$src/ComfyUI/comfy/mod_$i.py"; done
 make_repo "$src/ComfyUI"
 printf 'NODE_CLASS_MAPPINGS = {}\n' > "$src/ComfyUI-GGUF/__init__.py"
@@ -45,7 +57,44 @@ for name, n in (('vae.safetensors', 4), ('unet.safetensors', 16)):
             f.write(hashlib.sha256(f'{name}{i}'.encode()).digest() * 128)
 " "$src/models"
 
+# A wheel directory: three pure-Python packages, one depending on another, one with a script.
+python3 - "$src/wheels" <<'PY'
+import base64, hashlib, os, sys, zipfile
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+def wheel(name, version, files, requires=(), scripts=None):
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = dict(files)
+    files[f"{dist}.dist-info/METADATA"] = (f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+        + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    files[f"{dist}.dist-info/WHEEL"] = "Wheel-Version: 1.0\nGenerator: demo\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    if scripts:
+        files[f"{dist}.dist-info/entry_points.txt"] = "[console_scripts]\n" + "".join(f"{k} = {v}\n" for k, v in scripts.items())
+    record = []
+    with zipfile.ZipFile(f"{out}/{dist}-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            data = text.encode()
+            info = zipfile.ZipInfo(path, (2026, 1, 1, 0, 0, 0))
+            z.writestr(info, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        record.append(f"{dist}.dist-info/RECORD,,")
+        z.writestr(zipfile.ZipInfo(f"{dist}.dist-info/RECORD", (2026, 1, 1, 0, 0, 0)), "\n".join(record) + "\n")
+wheel("demo-tensors", "1.2.0", {"demo_tensors/__init__.py": "def load(path):\n    return open(path, 'rb').read(16)\n"})
+wheel("demo-gguf-reader", "0.3.0", {"demo_gguf_reader/__init__.py": "import demo_tensors\nVERSION = '0.3.0'\n"},
+      requires=["demo-tensors>=1.0"])
+wheel("demo-cli", "1.0.0", {"demo_cli/__init__.py": "def main():\n    print('demo-cli: the venv works')\n"},
+      scripts={"demo-cli": "demo_cli:main"})
+PY
+
 mkdir -p "$work/versions"
+python_section=""
+wheels_args=()
+if $have_uv; then
+  python_section=',
+  "python": { "requirements": ["demo-cli"] }'
+  wheels_args=(--wheels-dir "$src/wheels")
+fi
 cat > "$work/versions/demo.json" <<JSON
 {
   "schema_version": 2,
@@ -55,14 +104,14 @@ cat > "$work/versions/demo.json" <<JSON
   "models": [
     { "source": "file://$src/models/vae.safetensors", "name": "vae", "target_subdir": "vae" },
     { "source": "file://$src/models/unet.safetensors", "name": "unet", "target_subdir": "diffusion_models" }
-  ]
+  ]$python_section
 }
 JSON
 
 echo "== comfix realize --dry-run (the plan; changes nothing)"
 comfix realize --dry-run --spec "$work/versions/demo.json" --target "$work/home"
 echo "== comfix realize --spec $work/versions/demo.json --target $work/home"
-comfix realize --spec "$work/versions/demo.json" --target "$work/home"
+comfix realize --spec "$work/versions/demo.json" --target "$work/home" "${wheels_args[@]}"
 echo "== the lock: $work/versions/demo.lock.json"
 cat "$work/versions/demo.lock.json"
 echo "== the home"
@@ -70,8 +119,14 @@ ls -l "$work/home" "$work/home/ComfyUI/" "$work/home/ComfyUI/custom_nodes/"
 ls -lR "$work/home/models/"
 cat "$work/home/ComfyUI/extra_model_paths.yaml"
 git -C "$work/home/ComfyUI/custom_nodes/gguf" log --oneline -1
+if $have_uv; then
+  echo "== the home's .venv (a read-only link to the venv in the store)"
+  ls -l "$work/home/.venv"
+  "$work/home/.venv/bin/python" -c 'import demo_gguf_reader, demo_tensors; print("imports ok:", demo_gguf_reader.VERSION)'
+  "$work/home/.venv/bin/demo-cli"
+fi
 echo "== comfix realize again, --offline: nothing changed, so nothing to do"
-comfix realize --offline --spec "$work/versions/demo.json" --target "$work/home"
+comfix realize --offline --spec "$work/versions/demo.json" --target "$work/home" "${wheels_args[@]}"
 echo "== comfix status"
 comfix status --target "$work/home"
 echo "== comfix store verify --check-contents"

@@ -1,9 +1,9 @@
 //! The plan: spec + lock → a DAG of derivations, each with a stable id, its inputs, and its
 //! output store path when the lock pins it. `realize --dry-run` shows it without changing anything.
 //!
-//! Kinds: `fetch-git` (core and git nodes), `fetch-archive` (registry nodes), `fetch-model`, and
-//! `assemble-home`, whose inputs are all the others. (`fetch-wheel` and `build-venv` join with
-//! the Python environment.)
+//! Kinds: `fetch-git` (core and git nodes), `fetch-archive` (registry nodes), `fetch-model`,
+//! `fetch-wheel` (one per locked wheel), `build-venv` (whose inputs are the wheels), and
+//! `assemble-home`, whose inputs are all the others.
 
 use serde::Serialize;
 
@@ -63,7 +63,10 @@ fn step_id(kind: &str, name: &str, identity: &str) -> String {
 }
 
 /// Plan the realization of `spec` with `lock` against what `store` holds (`None`: an empty store).
-pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>) -> Plan {
+///
+/// `venv` is the venv's input-addressed store path name when the caller could compute it (it
+/// depends on the machine's interpreter and uv).
+pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Option<&str>) -> Plan {
     let valid = |path: &str| store.is_some_and(|s| s.query(path).ok().flatten().is_some());
     let mut steps = Vec::new();
     let mut push =
@@ -124,6 +127,49 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>) -> Plan {
                 locked.map(|m| (m.store_path.clone(), Some(m.size))),
             );
         }
+    }
+    let wheels = lock
+        .and_then(|l| l.python.as_ref())
+        .map(|p| p.wheels.as_slice())
+        .unwrap_or_default();
+    for wheel in wheels {
+        push(
+            "fetch-wheel",
+            wheel.filename.clone(),
+            &wheel.filename,
+            Some((wheel.store_path.clone(), None)),
+        );
+    }
+    match lock.and_then(|l| l.python.as_ref()) {
+        Some(python) => {
+            let first = steps.len() - wheels.len();
+            let inputs: Vec<String> = steps[first..].iter().map(|s| s.id.clone()).collect();
+            let (output, state) = match venv {
+                Some(name) if valid(name) => (Some(name.to_string()), "valid"),
+                Some(name) => (Some(name.to_string()), "build"),
+                None => (None, "build"),
+            };
+            steps.push(Step {
+                id: step_id("build-venv", &python.version, &inputs.join(",")),
+                kind: "build-venv",
+                name: format!("python{}", python.version),
+                inputs,
+                output,
+                state,
+                download_bytes: None,
+            });
+        }
+        // Not locked yet: whether there is a Python environment is known after resolving.
+        None if spec.python.is_some() => steps.push(Step {
+            id: step_id("fetch-wheel", "python", "python"),
+            kind: "fetch-wheel",
+            name: "python".into(),
+            inputs: Vec::new(),
+            output: None,
+            state: "resolve",
+            download_bytes: None,
+        }),
+        None => {}
     }
     let inputs: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
     let identity = inputs.join(",");

@@ -595,6 +595,34 @@ pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
     if lock.models.len() > spec.models.len() {
         stale.push("models removed from the spec".into());
     }
+    // The core's and nodes' requirements change only with their own (stale) entries.
+    match (&spec.python, &lock.python) {
+        (Some(_), None) => stale.push("python (not locked)".into()),
+        (Some(wanted), Some(locked)) => {
+            if wanted.version.as_ref().is_some_and(|v| *v != locked.version) {
+                stale.push(format!("python version (lock has `{}`)", locked.version));
+            }
+            let locked_spec = locked
+                .requirements
+                .iter()
+                .find(|g| g.origin == "spec")
+                .map(|g| g.requirements.as_slice())
+                .unwrap_or_default();
+            if locked_spec != wanted.requirements.as_slice() {
+                stale.push("python requirements".into());
+            }
+        }
+        (None, Some(locked)) => {
+            if locked
+                .requirements
+                .iter()
+                .any(|g| g.origin == "spec" && !g.requirements.is_empty())
+            {
+                stale.push("python requirements".into());
+            }
+        }
+        (None, None) => {}
+    }
     stale
 }
 

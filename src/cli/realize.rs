@@ -86,7 +86,17 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
 
     if args.dry_run {
         let store = Store::open_existing(&context.store_dir)?;
-        let mut plan = crate::plan::plan(store.as_ref(), spec, old.as_ref());
+        // The venv's name needs uv and the interpreter; without them the step is just "build".
+        let venv = match (&store, old.as_ref().and_then(|l| l.python.as_ref())) {
+            (Some(store), Some(python)) => crate::python::find_uv(store)
+                .and_then(|uv| {
+                    let interpreter = uv.interpreter(Some(&python.version))?;
+                    Ok(crate::python::venv_name(&uv, &interpreter, python))
+                })
+                .ok(),
+            _ => None,
+        };
+        let mut plan = crate::plan::plan(store.as_ref(), spec, old.as_ref(), venv.as_deref());
         if skip_models {
             plan.steps.retain(|s| s.kind != "fetch-model");
         }

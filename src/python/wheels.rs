@@ -109,10 +109,9 @@ impl Resolver {
                         .clone()
                         .or_else(|| interpreter.as_ref().map(|i| i.minor_version()))
                         .expect("an interpreter or a wanted version");
-                    let scratch = tempfile::Builder::new()
-                        .prefix("uv-")
-                        .tempdir_in(store.root().join("tmp"))
-                        .map_err(PythonError::io(store.root().join("tmp")))?;
+                    // A staging directory holds the GC lock shared: the collector, which may
+                    // clear the uv cache, waits for uv to finish.
+                    let scratch = store.staging()?;
                     let sources = Sources {
                         wheels_dir: settings.wheels_dir.as_deref(),
                         offline,

@@ -201,6 +201,18 @@ impl Store {
             .map(|p| p.id)
             .filter(|id| !live.contains(id))
             .collect();
+        // A venv's files share inodes with the uv cache it was installed from (`cache/uv`), so
+        // its objects would never be freed while the cache holds them: the cache goes first.
+        // (No writer is running: they all hold `gc.lock` shared.)
+        if !options.dry_run && dead.iter().any(|id| by_id[id].name.contains("-venv-")) {
+            let cache = self.root.join("cache/uv");
+            if fs::symlink_metadata(&cache).is_ok() {
+                match super::add::remove_tree(&cache) {
+                    Ok(()) => report.removed_other.push("cache/uv".into()),
+                    Err(err) => report.errors.push(format!("cache/uv: {err}")),
+                }
+            }
+        }
         let mut dead_referrers: HashMap<i64, usize> = dead.iter().map(|id| (*id, 0)).collect();
         for (from, to) in edges {
             if dead.contains(from) && dead.contains(to) {
@@ -339,6 +351,9 @@ impl Store {
                 }
             }
             urls.extend(lock.models.iter().map(|m| m.url.clone()));
+            if let Some(python) = &lock.python {
+                urls.extend(python.wheels.iter().filter_map(|w| w.url.clone()));
+            }
         }
         (urls, repos, HashSet::new())
     }

@@ -516,3 +516,20 @@ fn conflicting_node_requirements_name_both_nodes() {
     );
     assert!(!world.env.work.join("versions/v1.lock.json").exists());
 }
+
+#[test]
+fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    world.realize_ok("v1", "home", &[]);
+    let venv = world.venv_of("home");
+    assert!(!world.env.objects().is_empty());
+
+    fs::remove_dir_all(world.env.path("home")).unwrap();
+    let report = world.cmd().args(["--json", "gc"]).output().unwrap();
+    assert!(report.status.success(), "{}", stderr(&report));
+    assert!(!venv.exists());
+    let left = world.env.objects();
+    assert!(left.is_empty(), "objects left after collecting everything: {left:?}");
+    assert!(!world.env.store.join("cache/uv").exists());
+}
