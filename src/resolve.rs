@@ -599,7 +599,11 @@ pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
     match (&spec.python, &lock.python) {
         (Some(_), None) => stale.push("python (not locked)".into()),
         (Some(wanted), Some(locked)) => {
-            if wanted.version.as_ref().is_some_and(|v| *v != locked.version) {
+            if wanted
+                .version
+                .as_ref()
+                .is_some_and(|v| *v != locked.version)
+            {
                 stale.push(format!("python version (lock has `{}`)", locked.version));
             }
             let locked_spec = locked

@@ -7,8 +7,9 @@
 //! with hardlinks from the store's own uv cache; registration then links each file into `objects/`,
 //! so a file already stored (the same file of another venv) costs no bytes.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::uv::{Interpreter, Uv};
 use super::PythonError;
@@ -89,14 +90,13 @@ fn build_into(
     python: &LockedPython,
     staging: &Path,
 ) -> Result<(), PythonError> {
-    // The stored wheels under their file names, which is how `--find-links` knows them.
-    let links = staging.join("wheels");
-    fs::create_dir(&links).map_err(PythonError::io(&links))?;
+    // The stored wheels under their file names, which is how `--find-links` knows them, at
+    // stable paths (`cache/wheels/<sha256>/<file name>`): uv's cache knows a local wheel by its
+    // path, so a wheel that an earlier build unpacked is not unpacked again.
+    let mut links = Vec::new();
     let mut pins = String::new();
     for wheel in &python.wheels {
-        let at = links.join(&wheel.filename);
-        std::os::unix::fs::symlink(store.path_of(&wheel.store_path), &at)
-            .map_err(PythonError::io(&at))?;
+        links.push(wheel_link(store, wheel)?);
         pins.push_str(&format!(
             "{}=={} --hash=sha256:{}\n",
             wheel.name, wheel.version, wheel.sha256
@@ -106,6 +106,73 @@ fn build_into(
     fs::write(&requirements, pins).map_err(PythonError::io(&requirements))?;
 
     let venv = staging.join("venv");
+    link_tree(&empty_venv(store, uv, interpreter)?, &venv)?;
+    if !python.wheels.is_empty() {
+        uv.run(
+            uv.command(["pip", "install", "--quiet", "--python"])
+                .arg(venv.join("bin/python"))
+                .args(["--no-index", "--offline", "--require-hashes", "--no-deps"])
+                .args(["--link-mode", "hardlink"])
+                .args(
+                    links
+                        .iter()
+                        .flat_map(|dir| [OsStr::new("--find-links"), dir.as_os_str()]),
+                )
+                .arg("--requirement")
+                .arg(&requirements),
+        )?;
+    }
+    // uv's bookkeeping that would only make identical venvs differ.
+    for entry in walkdir::WalkDir::new(&venv).into_iter().flatten() {
+        if entry.file_name() == "uv_cache.json" && entry.file_type().is_file() {
+            fs::remove_file(entry.path()).map_err(PythonError::io(entry.path()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `<store>/cache/wheels/<sha256>/<file name>`, a symlink to the wheel's store path; returns its
+/// directory.
+fn wheel_link(store: &Store, wheel: &crate::lockfile::LockedWheel) -> Result<PathBuf, PythonError> {
+    let dir = store.root().join("cache/wheels").join(&wheel.sha256);
+    let link = dir.join(&wheel.filename);
+    let target = store.path_of(&wheel.store_path);
+    if fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(dir);
+    }
+    fs::create_dir_all(&dir).map_err(PythonError::io(&dir))?;
+    // Another process may be making the same link; a temporary name and a rename settle it.
+    let temp = dir.join(format!(".{}.{}", wheel.filename, std::process::id()));
+    let _ = fs::remove_file(&temp);
+    std::os::unix::fs::symlink(&target, &temp).map_err(PythonError::io(&temp))?;
+    fs::rename(&temp, &link).map_err(PythonError::io(&link))?;
+    Ok(dir)
+}
+
+/// An empty relocatable venv for `interpreter`, made once per store by `uv venv` and kept under
+/// `cache/venv-base/`; builds hardlink it (a few small files that installing never rewrites)
+/// instead of running `uv venv` again: creating files is what costs on a slow disk.
+fn empty_venv(store: &Store, uv: &Uv, interpreter: &Interpreter) -> Result<PathBuf, PythonError> {
+    let mut hasher = blake3::Hasher::new();
+    for part in [
+        uv.version.as_bytes(),
+        interpreter.path.as_os_str().as_encoded_bytes(),
+        interpreter.version.as_bytes(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let dir = store.root().join("cache/venv-base");
+    let base = dir.join(&hasher.finalize().to_hex()[..32]);
+    if base.join("pyvenv.cfg").is_file() {
+        return Ok(base);
+    }
+    fs::create_dir_all(&dir).map_err(PythonError::io(&dir))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(&dir)
+        .map_err(PythonError::io(&dir))?;
+    let venv = temp.path().join("venv");
     uv.run(
         uv.command([
             "venv",
@@ -117,25 +184,33 @@ fn build_into(
         .arg(&interpreter.path)
         .arg(&venv),
     )?;
-    if !python.wheels.is_empty() {
-        uv.run(
-            uv.command(["pip", "install", "--quiet", "--python"])
-                .arg(venv.join("bin/python"))
-                .args(["--no-index", "--offline", "--require-hashes", "--no-deps"])
-                .args(["--link-mode", "hardlink", "--find-links"])
-                .arg(&links)
-                .arg("--requirement")
-                .arg(&requirements),
-        )?;
-    }
-    // uv's bookkeeping that would only make identical venvs differ.
     let lock = venv.join(".lock");
     if lock.exists() {
         fs::remove_file(&lock).map_err(PythonError::io(&lock))?;
     }
-    for entry in walkdir::WalkDir::new(&venv).into_iter().flatten() {
-        if entry.file_name() == "uv_cache.json" && entry.file_type().is_file() {
-            fs::remove_file(entry.path()).map_err(PythonError::io(entry.path()))?;
+    match fs::rename(&venv, &base) {
+        Ok(()) => {}
+        // Another process made it first.
+        Err(_) if base.join("pyvenv.cfg").is_file() => {}
+        Err(err) => return Err(PythonError::io(&base)(err)),
+    }
+    Ok(base)
+}
+
+/// Recreate a small tree: directories, hardlinked files and symlinks.
+fn link_tree(from: &Path, to: &Path) -> Result<(), PythonError> {
+    for entry in walkdir::WalkDir::new(from).sort_by_file_name() {
+        let entry = entry.map_err(|e| PythonError::io(from)(e.into()))?;
+        let rel = entry.path().strip_prefix(from).expect("under the root");
+        let at = to.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&at).map_err(PythonError::io(&at))?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(PythonError::io(entry.path()))?;
+            std::os::unix::fs::symlink(target, &at).map_err(PythonError::io(&at))?;
+        } else {
+            fs::hard_link(entry.path(), &at).map_err(PythonError::io(&at))?;
         }
     }
     Ok(())

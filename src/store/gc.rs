@@ -204,12 +204,20 @@ impl Store {
         // A venv's files share inodes with the uv cache it was installed from (`cache/uv`), so
         // its objects would never be freed while the cache holds them: the cache goes first.
         // (No writer is running: they all hold `gc.lock` shared.)
-        if !options.dry_run && dead.iter().any(|id| by_id[id].name.contains("-venv-")) {
-            let cache = self.root.join("cache/uv");
-            if fs::symlink_metadata(&cache).is_ok() {
-                match super::add::remove_tree(&cache) {
-                    Ok(()) => report.removed_other.push("cache/uv".into()),
-                    Err(err) => report.errors.push(format!("cache/uv: {err}")),
+        // The wheel links and the empty venv that builds hardlink (`cache/wheels`,
+        // `cache/venv-base`) go with it.
+        let python_dies = dead.iter().any(|id| {
+            let name = &by_id[id].name;
+            name.contains("-venv-") || name.ends_with(".whl")
+        });
+        if !options.dry_run && python_dies {
+            for cache in ["cache/uv", "cache/wheels", "cache/venv-base"] {
+                let dir = self.root.join(cache);
+                if fs::symlink_metadata(&dir).is_ok() {
+                    match super::add::remove_tree(&dir) {
+                        Ok(()) => report.removed_other.push(cache.into()),
+                        Err(err) => report.errors.push(format!("{cache}: {err}")),
+                    }
                 }
             }
         }

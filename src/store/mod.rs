@@ -181,12 +181,21 @@ impl Store {
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
                 // An init interrupted before `VERSION` was written leaves only layout entries:
-                // finish it. Anything else means the directory is somebody else's.
+                // finish it. Anything else means the directory is somebody else's. (`VERSION`
+                // itself may have appeared since: another process finished initializing.)
                 let foreign = fs_err::read_dir(&root)?.filter_map(|e| e.ok()).any(|e| {
                     !matches!(
                         e.file_name().to_str(),
                         Some(
-                            "db" | "objects" | "paths" | "tmp" | "locks" | "temproots" | "gc.lock"
+                            "db" | "objects"
+                                | "paths"
+                                | "tmp"
+                                | "locks"
+                                | "temproots"
+                                | "gc.lock"
+                                | "VERSION"
+                                | "git"
+                                | "cache"
                         )
                     )
                 });

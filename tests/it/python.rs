@@ -530,6 +530,9 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
     assert!(report.status.success(), "{}", stderr(&report));
     assert!(!venv.exists());
     let left = world.env.objects();
-    assert!(left.is_empty(), "objects left after collecting everything: {left:?}");
+    assert!(
+        left.is_empty(),
+        "objects left after collecting everything: {left:?}"
+    );
     assert!(!world.env.store.join("cache/uv").exists());
 }
