@@ -58,7 +58,7 @@ pub struct Resolver {
     /// Leave models alone: keep their lock entries as they are, fetch nothing for them, and
     /// leave models the lock does not pin out of it.
     pub skip_models: bool,
-    /// Machine-local Python choices (`--wheels-dir`, `--torch-backend`).
+    /// Machine-local Python choices (`--wheels-dir`).
     pub python: crate::python::PythonSettings,
 }
 

@@ -1,5 +1,6 @@
 //! `comfix diff <A> <B>`: what differs between two versions' locked closures, like
-//! `nix store diff-closures`: the core, nodes and models added, removed or changed, with sizes.
+//! `nix store diff-closures`: the core, nodes, models and Python wheels added, removed or changed,
+//! with sizes.
 
 use std::collections::BTreeMap;
 
@@ -82,6 +83,12 @@ fn entries(lock: &Lock) -> BTreeMap<(&'static str, String), (String, String)> {
                 format!("blake3:{}", &model.blake3[..12]),
                 model.store_path.clone(),
             ),
+        );
+    }
+    for wheel in lock.python.iter().flat_map(|p| &p.wheels) {
+        out.insert(
+            ("wheel", wheel.name.clone()),
+            (wheel.version.clone(), wheel.store_path.clone()),
         );
     }
     out

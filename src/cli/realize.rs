@@ -128,7 +128,6 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             skip_models,
             python: crate::python::PythonSettings {
                 wheels_dir: args.wheels_dir.clone(),
-                torch_backend: None,
             },
         },
     )?;

@@ -91,7 +91,6 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             skip_models: false,
             python: crate::python::PythonSettings {
                 wheels_dir: args.wheels_dir.clone(),
-                torch_backend: None,
             },
         },
     )?;

@@ -31,8 +31,6 @@ pub use wheels::{find_uv, groups};
 pub struct PythonSettings {
     /// Resolve and install from this directory of wheels only (no index).
     pub wheels_dir: Option<PathBuf>,
-    /// uv's `--torch-backend` (`cpu`, `cu128`, `auto`, …).
-    pub torch_backend: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +136,6 @@ pub struct PinnedWheel {
 pub struct Sources<'a> {
     pub wheels_dir: Option<&'a Path>,
     pub offline: bool,
-    pub torch_backend: Option<&'a str>,
 }
 
 /// Lock `groups` for Python `version` with uv. A resolution failure between groups is narrowed
@@ -204,9 +201,8 @@ fn compile_groups(
     if sources.offline {
         command.arg("--offline");
     }
-    if let Some(backend) = sources.torch_backend {
-        command.args(["--torch-backend", backend]);
-    }
+    // A torch backend is a machine's choice; it must not shape the shared lock.
+    command.env_remove("UV_TORCH_BACKEND");
     command.current_dir(scratch);
     uv.run(&mut command)?;
     let written = scratch.join("pylock.toml");

@@ -115,7 +115,6 @@ impl Resolver {
                     let sources = Sources {
                         wheels_dir: settings.wheels_dir.as_deref(),
                         offline,
-                        torch_backend: settings.torch_backend.as_deref(),
                     };
                     let pinned = compile(
                         &uv,

@@ -320,10 +320,24 @@ fn adding_one_package_adds_only_that_packages_bytes() {
     let before = object_set(&world.env);
     let old_venv = world.venv_of("home");
 
-    world.write_spec(&world.spec("v1", &["delta"]));
-    world.realize_ok("v1", "home", &[]);
+    world.write_spec(&world.spec("v2", &["delta"]));
+    world.realize_ok("v2", "home", &[]);
     let new_venv = world.venv_of("home");
     assert_ne!(new_venv, old_venv);
+    // `diff` names the added wheel and nothing else.
+    let diff = world
+        .cmd()
+        .args(["--json", "diff", "v1", "v2"])
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}", stderr(&diff));
+    let diff: Value = serde_json::from_slice(&diff.stdout).unwrap();
+    let text = diff.to_string();
+    assert!(
+        text.contains("\"wheel\"") && text.contains("\"delta\""),
+        "{text}"
+    );
+    assert!(!text.contains("\"alpha\""), "{text}");
     let out = run(
         &world.env.path("home").join(".venv/bin/python"),
         &["-c", "import alpha, beta, gamma, delta"],
@@ -346,7 +360,7 @@ fn adding_one_package_adds_only_that_packages_bytes() {
     }
     assert!(!delta_files.is_empty());
     // (and the home's new manifest, which is the new lock)
-    let lock_bytes = fs::read(world.env.work.join("versions/v1.lock.json")).unwrap();
+    let lock_bytes = fs::read(world.env.work.join("versions/v2.lock.json")).unwrap();
     let added: Vec<PathBuf> = object_set(&world.env)
         .difference(&before)
         .cloned()
