@@ -35,7 +35,7 @@ pub struct RealizeArgs {
     #[arg(long)]
     pub skip_models: bool,
     /// How to place store content: auto = reflink or copy for the core and nodes, symlink for
-    /// models
+    /// models and the venv
     #[arg(long, value_enum, default_value_t = LinkMode::Auto)]
     pub link_mode: LinkMode,
     /// Concurrent downloads

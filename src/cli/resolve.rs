@@ -20,7 +20,7 @@ pub struct ResolveArgs {
     /// Use only what the store already holds; fail listing everything that is missing
     #[arg(long)]
     pub offline: bool,
-    /// Re-resolve the named entries (node names, model names or file names, `comfy`), or all
+    /// Re-resolve the named entries (node names, model names or file names, `comfy`, `python`), or all
     /// when no name is given; other entries of an existing lock are kept as they are
     #[arg(long, value_name = "NAME", num_args = 0..)]
     pub update: Option<Vec<String>>,
