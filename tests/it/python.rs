@@ -267,6 +267,36 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
             );
         }
     }
+    // The plan shows the wheels and the venv, all in the store.
+    let plan = world
+        .cmd()
+        .args(["--json", "realize", "v1", "--dry-run", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let steps = plan["plan"]["steps"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = steps
+        .iter()
+        .map(|s| (s["kind"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == ("fetch-wheel", "valid"))
+            .count(),
+        3,
+        "{kinds:?}"
+    );
+    let build = steps.iter().find(|s| s["kind"] == "build-venv").unwrap();
+    assert_eq!(build["state"], "valid");
+    assert_eq!(
+        build["output"].as_str().unwrap(),
+        venv.file_name().unwrap().to_str().unwrap()
+    );
+    assert_eq!(build["inputs"].as_array().unwrap().len(), 3);
+
     // Only the packages of the lock are installed: not `delta`, not `shared`.
     let out = run(&py, &["-c", "import delta"]);
     assert!(!out.status.success());
