@@ -2,8 +2,10 @@
 //! same wheels into a fresh venv with a warm cache, in the same run.
 //!
 //! - `comfix_build_venv`: [`comfix::python::build_venv`] into a fresh store that holds the wheels
-//!   (uv venv + uv pip install from the stored wheels + dedup into objects + register), the same
-//!   warm uv cache as the baseline.
+//!   (empty venv + uv pip install from the stored wheels + dedup into objects + register); uv's
+//!   cache is warm for the baseline's wheel paths, not for this store's.
+//! - `comfix_build_venv_same_store`: the same in one store whose uv cache is warm for its wheels,
+//!   each iteration's set one tiny package larger (a new venv path each time).
 //! - `uv_venv_and_install`: `uv venv --relocatable` + `uv pip install --offline --link-mode
 //!   hardlink --no-index --find-links <wheels> --require-hashes --no-deps`, warm cache.
 //! - `uv_install_only`: the same install into a venv created in the (untimed) setup.
@@ -107,24 +109,27 @@ fn fixture() -> Fixture {
         wheels,
     };
     // Warm the cache.
-    baseline_install(&fixture, &fixture.dir.join("warm-venv"), true);
+    let warm = fixture.dir.join("warm-venv");
+    uv_venv(&fixture, &warm);
+    uv_install(&fixture, &warm);
     fixture
 }
 
-fn baseline_install(f: &Fixture, venv: &Path, create: bool) {
-    if create {
-        run(f
-            .uv
-            .command([
-                "venv",
-                "--quiet",
-                "--relocatable",
-                "--no-project",
-                "--python",
-            ])
-            .arg(&f.interpreter.path)
-            .arg(venv));
-    }
+fn uv_venv(f: &Fixture, venv: &Path) {
+    run(f
+        .uv
+        .command([
+            "venv",
+            "--quiet",
+            "--relocatable",
+            "--no-project",
+            "--python",
+        ])
+        .arg(&f.interpreter.path)
+        .arg(venv));
+}
+
+fn uv_install(f: &Fixture, venv: &Path) {
     run(f
         .uv
         .command(["pip", "install", "--quiet", "--python"])
@@ -145,31 +150,37 @@ fn run(command: &mut Command) {
     );
 }
 
+/// Add `wheel` (a file in `dir`) to `store`; its lock entry.
+fn add_wheel(store: &Store, dir: &Path, wheel: &Wheel) -> LockedWheel {
+    let file = dir.join(wheel.filename());
+    let added = store
+        .add_path(
+            &file,
+            &AddOptions {
+                name: Some(wheel.filename()),
+                references: vec![],
+            },
+            &NoReporter,
+        )
+        .unwrap();
+    LockedWheel {
+        name: wheel.name.clone(),
+        version: wheel.version.clone(),
+        filename: wheel.filename(),
+        url: None,
+        sha256: wheels::sha256_hex(&fs::read(&file).unwrap()),
+        store_path: added.record.name,
+    }
+}
+
 /// A fresh store holding the wheels, and the lock's Python section naming them.
 fn store_with_wheels(f: &Fixture, at: &Path) -> (Store, LockedPython) {
     let store = Store::open(at).unwrap();
-    let mut locked = Vec::new();
-    for wheel in &f.wheels {
-        let file = f.wheels_dir.join(wheel.filename());
-        let added = store
-            .add_path(
-                &file,
-                &AddOptions {
-                    name: Some(wheel.filename()),
-                    references: vec![],
-                },
-                &NoReporter,
-            )
-            .unwrap();
-        locked.push(LockedWheel {
-            name: wheel.name.clone(),
-            version: wheel.version.clone(),
-            filename: wheel.filename(),
-            url: None,
-            sha256: wheels::sha256_hex(&fs::read(&file).unwrap()),
-            store_path: added.record.name,
-        });
-    }
+    let locked = f
+        .wheels
+        .iter()
+        .map(|w| add_wheel(&store, &f.wheels_dir, w))
+        .collect();
     let python = LockedPython {
         version: f.interpreter.minor_version(),
         requirements: vec![Group {
@@ -216,7 +227,10 @@ fn bench(c: &mut Criterion) {
                 sync();
                 f.dir.join(format!("venv-{n}"))
             },
-            |venv| baseline_install(&f, &venv, true),
+            |venv| {
+                uv_venv(&f, &venv);
+                uv_install(&f, &venv);
+            },
             BatchSize::PerIteration,
         )
     });
@@ -225,21 +239,11 @@ fn bench(c: &mut Criterion) {
             || {
                 n += 1;
                 let venv = f.dir.join(format!("venv-{n}"));
-                run(f
-                    .uv
-                    .command([
-                        "venv",
-                        "--quiet",
-                        "--relocatable",
-                        "--no-project",
-                        "--python",
-                    ])
-                    .arg(&f.interpreter.path)
-                    .arg(&venv));
+                uv_venv(&f, &venv);
                 sync();
                 venv
             },
-            |venv| baseline_install(&f, &venv, false),
+            |venv| uv_install(&f, &venv),
             BatchSize::PerIteration,
         )
     });
@@ -255,26 +259,8 @@ fn bench(c: &mut Criterion) {
                 let salt = Wheel::new(&format!("benchsalt{n}"), "1.0", "S = 1\n");
                 let dir = f.dir.join(format!("salt-{n}"));
                 wheels::write_dir(&dir, std::slice::from_ref(&salt));
-                let file = dir.join(salt.filename());
-                let added = store
-                    .add_path(
-                        &file,
-                        &AddOptions {
-                            name: Some(salt.filename()),
-                            references: vec![],
-                        },
-                        &NoReporter,
-                    )
-                    .unwrap();
                 let mut python = python.clone();
-                python.wheels.push(LockedWheel {
-                    name: salt.name.clone(),
-                    version: salt.version.clone(),
-                    filename: salt.filename(),
-                    url: None,
-                    sha256: wheels::sha256_hex(&fs::read(&file).unwrap()),
-                    store_path: added.record.name,
-                });
+                python.wheels.push(add_wheel(&store, &dir, &salt));
                 sync();
                 python
             },

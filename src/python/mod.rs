@@ -131,145 +131,123 @@ pub struct PinnedWheel {
     pub size: Option<u64>,
 }
 
-/// Where uv finds packages.
+/// One locking job: uv, a scratch directory, the Python version (and interpreter, when the machine
+/// has it), and where uv finds packages.
 #[derive(Debug, Clone, Copy)]
-pub struct Sources<'a> {
+pub struct Compile<'a> {
+    pub uv: &'a Uv,
+    pub scratch: &'a Path,
+    pub version: &'a str,
+    pub interpreter: Option<&'a Interpreter>,
+    /// Resolve from this directory only (no index).
     pub wheels_dir: Option<&'a Path>,
     pub offline: bool,
 }
 
-/// Lock `groups` for Python `version` with uv. A resolution failure between groups is narrowed
-/// down to the two groups that conflict (or the one that cannot be satisfied on its own).
-pub fn compile(
-    uv: &Uv,
-    scratch: &Path,
-    version: &str,
-    groups: &[Group],
-    sources: Sources<'_>,
-    interpreter: Option<&Interpreter>,
-) -> Result<Vec<PinnedWheel>, PythonError> {
-    let all: Vec<&Group> = groups.iter().collect();
-    match compile_groups(uv, scratch, version, &all, sources, interpreter) {
-        Ok(pylock) => select_wheels(&pylock, interpreter),
-        Err(PythonError::Uv { stderr, .. }) if is_unsatisfiable(&stderr) => Err(attribute(
-            uv,
-            scratch,
-            version,
-            groups,
-            sources,
-            interpreter,
-            stderr,
-        )),
-        Err(PythonError::Uv { stderr, .. }) => Err(PythonError::Unresolvable {
+impl Compile<'_> {
+    /// Lock `groups`. A resolution failure between groups is narrowed down to the two groups
+    /// that conflict (or the one that cannot be satisfied on its own).
+    pub fn run(&self, groups: &[Group]) -> Result<Vec<PinnedWheel>, PythonError> {
+        let all: Vec<&Group> = groups.iter().collect();
+        match self.pylock(&all) {
+            Ok(pylock) => select_wheels(&pylock, self.interpreter),
+            Err(PythonError::Uv { stderr, .. }) if is_unsatisfiable(&stderr) => {
+                Err(self.attribute(&all, stderr))
+            }
+            Err(PythonError::Uv { stderr, .. }) => Err(PythonError::Unresolvable {
+                origin: None,
+                uv: stderr,
+            }),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// `uv pip compile` of `groups` into a PEP 751 lock.
+    fn pylock(&self, groups: &[&Group]) -> Result<Pylock, PythonError> {
+        let input = self.scratch.join("requirements.in");
+        let mut text = requirements::merged(groups).join("\n");
+        text.push('\n');
+        std::fs::write(&input, text).map_err(PythonError::io(&input))?;
+        let output = self.scratch.join("pylock.toml");
+        let mut command = self
+            .uv
+            .command(["pip", "compile", "--quiet", "--no-header"]);
+        command
+            .arg(&input)
+            .args(["--format", "pylock.toml", "--generate-hashes", "--no-build"])
+            .args(["--python-version", self.version])
+            .arg("--output-file")
+            .arg(&output);
+        if let Some(interpreter) = self.interpreter {
+            command.arg("--python").arg(&interpreter.path);
+        }
+        if let Some(dir) = self.wheels_dir {
+            command.args(["--no-index", "--find-links"]).arg(dir);
+        }
+        if self.offline {
+            command.arg("--offline");
+        }
+        // A torch backend is a machine's choice; it must not shape the shared lock.
+        command.env_remove("UV_TORCH_BACKEND");
+        command.current_dir(self.scratch);
+        self.uv.run(&mut command)?;
+        let text = std::fs::read_to_string(&output).map_err(PythonError::io(&output))?;
+        toml::from_str(&text).map_err(|e| PythonError::BadPylock {
+            message: e.to_string(),
+        })
+    }
+
+    /// Find which groups conflict: add groups one by one until the set fails, then find the
+    /// earlier group that fails together with the last one.
+    fn attribute(&self, groups: &[&Group], uv_message: String) -> PythonError {
+        let fails = |set: &[&Group]| {
+            matches!(
+                self.pylock(set),
+                Err(PythonError::Uv { ref stderr, .. }) if is_unsatisfiable(stderr)
+            )
+        };
+        let mut prefix: Vec<&Group> = Vec::new();
+        for &group in groups.iter().filter(|g| !g.requirements.is_empty()) {
+            if fails(&[group]) {
+                return PythonError::Unresolvable {
+                    origin: Some(group.origin.clone()),
+                    uv: uv_message,
+                };
+            }
+            let mut with = prefix.clone();
+            with.push(group);
+            if fails(&with) {
+                let partner = prefix.iter().find(|earlier| fails(&[earlier, group]));
+                return match partner {
+                    Some(earlier) => PythonError::Conflict {
+                        first: earlier.origin.clone(),
+                        second: group.origin.clone(),
+                        detail: conflict_lines(&[earlier, group], &uv_message),
+                        uv: uv_message,
+                    },
+                    None => PythonError::Conflict {
+                        first: prefix
+                            .iter()
+                            .map(|g| g.origin.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        second: group.origin.clone(),
+                        detail: conflict_lines(&with, &uv_message),
+                        uv: uv_message,
+                    },
+                };
+            }
+            prefix.push(group);
+        }
+        PythonError::Unresolvable {
             origin: None,
-            uv: stderr,
-        }),
-        Err(err) => Err(err),
+            uv: uv_message,
+        }
     }
 }
 
 fn is_unsatisfiable(stderr: &str) -> bool {
     stderr.contains("No solution found") || stderr.contains("unsatisfiable")
-}
-
-fn compile_groups(
-    uv: &Uv,
-    scratch: &Path,
-    version: &str,
-    groups: &[&Group],
-    sources: Sources<'_>,
-    interpreter: Option<&Interpreter>,
-) -> Result<Pylock, PythonError> {
-    let owned: Vec<Group> = groups.iter().map(|g| (*g).clone()).collect();
-    let input = scratch.join("requirements.in");
-    let mut text = requirements::merged(&owned).join("\n");
-    text.push('\n');
-    std::fs::write(&input, text).map_err(PythonError::io(&input))?;
-    let mut command = uv.command(["pip", "compile", "--quiet", "--no-header"]);
-    command
-        .arg(&input)
-        .args(["--format", "pylock.toml", "--generate-hashes", "--no-build"])
-        .args(["--python-version", version])
-        .arg("--output-file")
-        .arg(scratch.join("pylock.toml"));
-    if let Some(interpreter) = interpreter {
-        command.arg("--python").arg(&interpreter.path);
-    }
-    if let Some(dir) = sources.wheels_dir {
-        command.args(["--no-index", "--find-links"]).arg(dir);
-    }
-    if sources.offline {
-        command.arg("--offline");
-    }
-    // A torch backend is a machine's choice; it must not shape the shared lock.
-    command.env_remove("UV_TORCH_BACKEND");
-    command.current_dir(scratch);
-    uv.run(&mut command)?;
-    let written = scratch.join("pylock.toml");
-    let text = std::fs::read_to_string(&written).map_err(PythonError::io(&written))?;
-    toml::from_str(&text).map_err(|e| PythonError::BadPylock {
-        message: e.to_string(),
-    })
-}
-
-/// Find which groups conflict: add groups one by one until the set fails, then find the earlier
-/// group that fails together with the last one.
-fn attribute(
-    uv: &Uv,
-    scratch: &Path,
-    version: &str,
-    groups: &[Group],
-    sources: Sources<'_>,
-    interpreter: Option<&Interpreter>,
-    uv_message: String,
-) -> PythonError {
-    let fails = |set: &[&Group]| {
-        matches!(
-            compile_groups(uv, scratch, version, set, sources, interpreter),
-            Err(PythonError::Uv { ref stderr, .. }) if is_unsatisfiable(stderr)
-        )
-    };
-    let nonempty: Vec<&Group> = groups
-        .iter()
-        .filter(|g| !g.requirements.is_empty())
-        .collect();
-    let mut prefix: Vec<&Group> = Vec::new();
-    for group in &nonempty {
-        if fails(&[group]) {
-            return PythonError::Unresolvable {
-                origin: Some(group.origin.clone()),
-                uv: uv_message,
-            };
-        }
-        let mut with = prefix.clone();
-        with.push(group);
-        if fails(&with) {
-            let partner = prefix.iter().find(|earlier| fails(&[earlier, group]));
-            return match partner {
-                Some(earlier) => PythonError::Conflict {
-                    first: earlier.origin.clone(),
-                    second: group.origin.clone(),
-                    detail: conflict_lines(&[earlier, group], &uv_message),
-                    uv: uv_message,
-                },
-                None => PythonError::Conflict {
-                    first: prefix
-                        .iter()
-                        .map(|g| g.origin.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    second: group.origin.clone(),
-                    detail: conflict_lines(&with, &uv_message),
-                    uv: uv_message,
-                },
-            };
-        }
-        prefix.push(group);
-    }
-    PythonError::Unresolvable {
-        origin: None,
-        uv: uv_message,
-    }
 }
 
 /// `  node `a` wants `shared==1.0`` for each requirement of `groups` whose project uv's message

@@ -92,7 +92,7 @@ fn pyproject_dependencies(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// The lines uv resolves, in order, without duplicates.
-pub fn merged(groups: &[Group]) -> Vec<String> {
+pub fn merged(groups: &[&Group]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for group in groups {
         for requirement in &group.requirements {

@@ -1,12 +1,11 @@
 //! The Python part of `resolve`: requirements → a locked wheel set, every wheel in the store.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-use super::{compile, requirements, Group, PinnedWheel, PythonError, Sources, Uv};
+use super::{requirements, Compile, Group, PinnedWheel, PythonError, Uv};
 use crate::fetch::http::Download;
 use crate::fetch::FetchError;
 use crate::lockfile::{LockedGit, LockedNode, LockedPython, LockedWheel};
@@ -112,18 +111,15 @@ impl Resolver {
                     // A staging directory holds the GC lock shared: the collector, which may
                     // clear the uv cache, waits for uv to finish.
                     let scratch = store.staging()?;
-                    let sources = Sources {
+                    let pinned = Compile {
+                        uv: &uv,
+                        scratch: scratch.path(),
+                        version: &version,
+                        interpreter: interpreter.as_ref(),
                         wheels_dir: settings.wheels_dir.as_deref(),
                         offline,
-                    };
-                    let pinned = compile(
-                        &uv,
-                        scratch.path(),
-                        &version,
-                        &groups,
-                        sources,
-                        interpreter.as_ref(),
-                    )?;
+                    }
+                    .run(&groups)?;
                     Ok::<_, PythonError>((version, pinned))
                 })?;
                 let from_dir = self.python.wheels_dir.is_some();
@@ -322,19 +318,7 @@ fn add_local_wheel(
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()))
 }

@@ -51,6 +51,15 @@ pub struct Added {
     pub new_object_bytes: u64,
 }
 
+/// How [`Store::commit`] names a tree.
+enum Naming<'a> {
+    /// By its bytes. The name the source hashed to before staging, and the source, if any: a
+    /// warning says when it changed meanwhile.
+    Content(Option<(&'a str, &'a Path)>),
+    /// Exactly this (input-addressed); the caller holds the path's build lock.
+    Fixed(&'a str),
+}
+
 /// A staged file whose object did not exist when it was staged.
 struct Pending {
     staged: PathBuf,
@@ -192,12 +201,11 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         let Staging { dir, _gc } = staging;
-        match fixed {
-            None => self.commit(&dir, &staged, &entries, ingested, name, references, None),
-            Some(fixed) => {
-                self.commit_as(&dir, &staged, &entries, ingested, name, references, fixed)
-            }
-        }
+        let naming = match fixed {
+            Some(fixed) => Naming::Fixed(fixed),
+            None => Naming::Content(None),
+        };
+        self.commit(&dir, &staged, &entries, ingested, name, references, naming)
     }
 
     /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
@@ -278,7 +286,7 @@ impl Store {
             ingested,
             &name,
             &references,
-            Some((&expected.name, src)),
+            Naming::Content(Some((&expected.name, src))),
         );
         drop(gc);
         added
@@ -310,9 +318,8 @@ impl Store {
             .collect()
     }
 
-    /// Steps 3–7 of the protocol for a tree staged at `staged` inside `tmp`: name it by the staged
-    /// bytes, publish its objects, rename it into `paths/`, register it. `expected` is the name
-    /// the source hashed to before staging, and the source, to warn when it changed meanwhile.
+    /// Steps 3–7 of the protocol for a tree staged at `staged` inside `tmp`: name it (see
+    /// [`Naming`]), publish its objects, rename it into `paths/`, register it.
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &self,
@@ -322,62 +329,36 @@ impl Store {
         ingested: Vec<Ingested>,
         name: &str,
         references: &[String],
-        expected: Option<(&str, &Path)>,
+        naming: Naming<'_>,
     ) -> Result<Added> {
         pause_point("add-staged");
         // What was staged is what counts: the source may have changed since it was hashed.
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
         let node = tree::build_node(entries, &sizes);
-        let record = self.describe(name, &node, references);
-        if let Some((expected, src)) = expected {
-            if record.name != expected {
-                tracing::warn!("`{}` changed while it was being added", src.display());
-            }
-        }
-        let _build = lock::exclusive(
-            &self
-                .root
-                .join("locks")
-                .join(format!("{}.lock", record.name)),
-        )?;
-        if let Some(added) = self.existing(&record.name)? {
-            return Ok(added);
-        }
-        self.publish(tmp, staged, entries, ingested, &node, record, references)
-    }
-
-    /// [`Store::commit`] under a name fixed in advance, whose build lock the caller holds.
-    #[allow(clippy::too_many_arguments)]
-    fn commit_as(
-        &self,
-        tmp: &tempfile::TempDir,
-        staged: &Path,
-        entries: &[tree::Entry],
-        ingested: Vec<Ingested>,
-        name: &str,
-        references: &[String],
-        fixed: &str,
-    ) -> Result<Added> {
-        pause_point("add-staged");
-        let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
-        let node = tree::build_node(entries, &sizes);
         let mut record = self.describe(name, &node, references);
-        record.name = fixed.to_string();
-        self.publish(tmp, staged, entries, ingested, &node, record, references)
-    }
-
-    /// Steps 4–7: make the staged tree durable, publish its objects, rename it, register it.
-    #[allow(clippy::too_many_arguments)]
-    fn publish(
-        &self,
-        tmp: &tempfile::TempDir,
-        staged: &Path,
-        entries: &[tree::Entry],
-        ingested: Vec<Ingested>,
-        node: &tree::Node,
-        record: PathRecord,
-        references: &[String],
-    ) -> Result<Added> {
+        let _build = match naming {
+            Naming::Fixed(fixed) => {
+                record.name = fixed.to_string();
+                None
+            }
+            Naming::Content(expected) => {
+                if let Some((expected, src)) = expected {
+                    if record.name != expected {
+                        tracing::warn!("`{}` changed while it was being added", src.display());
+                    }
+                }
+                let guard = lock::exclusive(
+                    &self
+                        .root
+                        .join("locks")
+                        .join(format!("{}.lock", record.name)),
+                )?;
+                if let Some(added) = self.existing(&record.name)? {
+                    return Ok(added);
+                }
+                Some(guard)
+            }
+        };
         let path_name = record.name.clone();
         let final_path = self.path_of(&path_name);
         self.sync()?;
