@@ -20,6 +20,8 @@ pub struct Uv {
     pub exe: PathBuf,
     pub version: String,
     pub cache: PathBuf,
+    /// Remembered answers of `--version`-style questions to binaries (see [`probe`]).
+    pub probes: PathBuf,
 }
 
 /// The Python interpreter a venv is built for.
@@ -49,21 +51,14 @@ impl Uv {
             None => find_on_path(env("PATH").unwrap_or_default().as_ref(), "uv")
                 .ok_or(PythonError::NoUv)?,
         };
-        let output = Command::new(&exe)
-            .arg("--version")
-            .output()
-            .map_err(|source| PythonError::Spawn {
-                program: exe.clone(),
-                source,
-            })?;
-        let text = String::from_utf8_lossy(&output.stdout);
+        let probes = cache.with_file_name("probes");
+        let text = probe(&probes, &exe, &["--version"])?;
         let version = text
             .split_whitespace()
             .nth(1)
-            .filter(|_| output.status.success())
             .ok_or_else(|| PythonError::Uv {
                 command: format!("{} --version", exe.display()),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                stderr: format!("unexpected output `{text}`"),
             })?
             .to_string();
         if version != UV_VERSION {
@@ -76,6 +71,7 @@ impl Uv {
             exe,
             version,
             cache: cache.to_path_buf(),
+            probes,
         })
     }
 
@@ -116,10 +112,10 @@ impl Uv {
 
     /// The machine's interpreter for `version` (`3.11`), or its default Python.
     pub fn interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {
-        let mut command = self.command(["python", "find", "--system", "--show-version"]);
+        let mut command = self.command(["python", "find", "--system"]);
         command.args(version);
-        let shown = match self.run(&mut command) {
-            Ok(output) => String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        let path = match self.run(&mut command) {
+            Ok(output) => PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()),
             Err(PythonError::Uv { stderr, .. }) => {
                 return Err(PythonError::NoInterpreter {
                     version: version.unwrap_or("any").to_string(),
@@ -128,14 +124,62 @@ impl Uv {
             }
             Err(err) => return Err(err),
         };
-        let mut command = self.command(["python", "find", "--system"]);
-        command.args(version);
-        let path = self.run(&mut command)?;
-        Ok(Interpreter {
-            path: PathBuf::from(String::from_utf8_lossy(&path.stdout).trim()),
-            version: shown,
-        })
+        let version = probe(
+            &self.probes,
+            &path,
+            &["-c", "import platform; print(platform.python_version())"],
+        )?;
+        Ok(Interpreter { path, version })
     }
+}
+
+/// The trimmed stdout of `binary args`, remembered under `dir` by the binary's identity (its
+/// resolved path, inode, size and modification time) and the arguments: a binary replaced or
+/// upgraded is asked again. Realizing a version whose venv is stored then starts no process
+/// but `uv python find`.
+fn probe(dir: &Path, binary: &Path, args: &[&str]) -> Result<String, PythonError> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(binary).map_err(PythonError::io(binary))?;
+    let meta = std::fs::metadata(&real).map_err(PythonError::io(&real))?;
+    let mut hasher = blake3::Hasher::new();
+    let identity = format!(
+        "{}\0{}\0{}\0{}\0{}\0{}",
+        real.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    for part in std::iter::once(identity.as_str()).chain(args.iter().copied()) {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let remembered = dir.join(&hasher.finalize().to_hex()[..32]);
+    if let Ok(text) = std::fs::read_to_string(&remembered) {
+        return Ok(text);
+    }
+    let output = Command::new(binary)
+        .args(args)
+        .output()
+        .map_err(|source| PythonError::Spawn {
+            program: binary.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(PythonError::Uv {
+            command: format!("{} {}", binary.display(), args.join(" ")),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    // Only a cache: a failure to remember costs the next run one more process.
+    let _ = std::fs::create_dir_all(dir).and_then(|()| {
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut temp, text.as_bytes())?;
+        temp.persist(&remembered).map(|_| ()).map_err(|e| e.error)
+    });
+    Ok(text)
 }
 
 fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {
