@@ -1,6 +1,8 @@
 //! Download benchmark: fetching one generated file (default 1 GiB, `COMFIX_BENCH_DOWNLOAD_MIB`)
-//! from a loopback HTTP server into the store — streamed, BLAKE3-hashed while written, synced and
-//! registered — next to `curl -o` of the same URL (plain, and followed by `sync`) in the same run.
+//! from a loopback HTTPS server whose certificate a CA made in the run signs (comfix trusts it
+//! through `SSL_CERT_FILE`, curl through `--cacert`) into the store — streamed, BLAKE3-hashed while
+//! written, synced and registered — next to `curl --cacert -o` of the same URL (plain, and
+//! followed by `sync`) in the same run.
 //!
 //! Run: `cargo bench --bench download`. Data goes under `COMFIX_BENCH_DIR` (default: temp dir).
 
@@ -11,22 +13,27 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use comfix::fetch::http::{Client, Download};
+#[path = "../tests/it/support/tls.rs"]
+mod tls;
+
+use comfix::fetch::http::{Client, Download, Got};
 use comfix::fetch::FetchConfig;
 use comfix::reporter::NoReporter;
 use comfix::spec::ExpandedEnv;
 use comfix::store::{AddOptions, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-/// Serve `body` for every GET on a loopback port; returns the URL.
-fn serve(body: Arc<Vec<u8>>) -> String {
+/// Serve `body` over HTTPS for every GET on a loopback port; returns the URL.
+fn serve(body: Arc<Vec<u8>>, config: Arc<rustls::ServerConfig>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let body = body.clone();
+            let config = config.clone();
             std::thread::spawn(move || {
-                let mut stream = stream;
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut stream = rustls::StreamOwned::new(conn, stream);
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
                 while !head.ends_with(b"\r\n\r\n") {
@@ -41,10 +48,12 @@ fn serve(body: Arc<Vec<u8>>) -> String {
                 );
                 let _ = stream.write_all(header.as_bytes());
                 let _ = stream.write_all(&body);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
             });
         }
     });
-    format!("http://127.0.0.1:{port}/model.safetensors")
+    format!("https://localhost:{port}/model.safetensors")
 }
 
 fn settle() {
@@ -65,7 +74,9 @@ fn download(c: &mut Criterion) {
         .update(b"download bench")
         .finalize_xof()
         .fill(&mut body);
-    let url = serve(Arc::new(body));
+    let ca = tls::TestCa::new();
+    let ca_file = ca.write_pem(&work.path().join("ca.pem"));
+    let url = serve(Arc::new(body), ca.server.clone());
 
     let mut group = c.benchmark_group("download");
     group.throughput(Throughput::Bytes(mib << 20));
@@ -84,6 +95,8 @@ fn download(c: &mut Criterion) {
                     |dir| {
                         let out = dir.path().join("model.safetensors");
                         let status = Command::new("curl")
+                            .arg("--cacert")
+                            .arg(&ca_file)
                             .args(["-sS", "-o"])
                             .arg(&out)
                             .arg(&url)
@@ -104,6 +117,8 @@ fn download(c: &mut Criterion) {
     }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The client reads the machine's roots (and `SSL_CERT_FILE`) when it is built.
+    std::env::set_var("SSL_CERT_FILE", &ca_file);
     let env = |_: &str| None;
     let config = FetchConfig::from_env(env, &ExpandedEnv::default(), false, 1).unwrap();
     let client = Client::new(Arc::new(config)).unwrap();
@@ -125,10 +140,14 @@ fn download(c: &mut Criterion) {
                     sha256: None,
                     blake3: None,
                     file_name: "model.safetensors".into(),
+                    store_name: None,
                 };
-                let fetched = runtime
+                let Got::Fetched(fetched) = runtime
                     .block_on(client.download(&store, &NoReporter, &d))
-                    .unwrap();
+                    .unwrap()
+                else {
+                    panic!("a fresh store has no earlier download");
+                };
                 let digest = fetched.blake3;
                 store
                     .add_staged(

@@ -125,6 +125,7 @@ fn fixture() -> Fixture {
         custom_nodes: nodes,
         models,
         python: None,
+        workflows: Vec::new(),
     };
     let spec = serde_json::json!({
         "schema_version": 2, "version_id": "bench",
@@ -194,6 +195,7 @@ fn bench(c: &mut Criterion) {
         skip_models: false,
         link_mode: LinkMode::Auto,
         venv: None,
+        not_fetched: Vec::new(),
     };
     let mut group = c.benchmark_group("realize");
     group.sample_size(20);

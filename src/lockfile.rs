@@ -26,6 +26,18 @@ pub struct Lock {
     pub models: Vec<LockedModel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<LockedPython>,
+    /// The spec's workflows, stored with the version's closure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<LockedWorkflow>,
+}
+
+/// A workflow JSON file of the version, as the spec names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedWorkflow {
+    /// The path the spec gives, relative to the spec's directory.
+    pub path: String,
+    pub blake3: String,
+    pub store_path: String,
 }
 
 /// The Python environment: the wheel set uv resolved for the version's requirements.
@@ -233,6 +245,7 @@ impl Lock {
         if let Some(python) = &self.python {
             paths.extend(python.wheels.iter().map(|w| w.store_path.as_str()));
         }
+        paths.extend(self.workflows.iter().map(|w| w.store_path.as_str()));
         paths
     }
 }

@@ -69,6 +69,8 @@ fn step_id(kind: &str, name: &str, identity: &str) -> String {
 pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Option<&str>) -> Plan {
     let valid = |path: &str| store.is_some_and(|s| s.query(path).ok().flatten().is_some());
     let mut steps = Vec::new();
+    // Optional models the lock lacks: fetched when they can be, left out (warning) when not.
+    let mut optional: Vec<String> = Vec::new();
     let mut push =
         |kind: &'static str, name: String, source: &str, pinned: Option<(String, Option<u64>)>| {
             let (output, state, download_bytes) = match pinned {
@@ -120,12 +122,16 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Optio
         for model in &spec.models {
             let name = model.name.clone().unwrap_or_else(|| model.file_name());
             let locked = lock.and_then(|l| locked_model(model, l));
+            let optional_missing = locked.is_none() && !model.is_required();
             push(
                 "fetch-model",
                 name,
                 &model.source,
                 locked.map(|m| (m.store_path.clone(), Some(m.size))),
             );
+            if optional_missing {
+                optional.push(model.source.clone());
+            }
         }
     }
     let wheels = lock
@@ -171,6 +177,12 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Optio
         }),
         None => {}
     }
+    for step in steps.iter_mut().filter(|s| s.kind == "fetch-model" && s.output.is_none()) {
+        let source_id = |source: &String| step_id("fetch-model", &step.name, source);
+        if optional.iter().any(|source| source_id(source) == step.id) {
+            step.state = "optional";
+        }
+    }
     let inputs: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
     let identity = inputs.join(",");
     steps.push(Step {
@@ -191,7 +203,7 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Optio
         match step.state {
             "valid" => totals.valid += 1,
             "fetch" => totals.to_fetch += 1,
-            "resolve" => totals.to_resolve += 1,
+            "resolve" | "optional" => totals.to_resolve += 1,
             _ => totals.to_build += 1,
         }
         if step.kind == "fetch-model" && step.state != "valid" {

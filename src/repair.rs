@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::fetch::http::{Client, Download};
+use crate::fetch::http::Client;
 use crate::fetch::{git, model, registry, FetchError};
 use crate::lockfile::Lock;
 use crate::reporter::Reporter;
-use crate::store::{sanitize_name, AddOptions, Store, VerifyReport};
+use crate::store::{Store, VerifyReport};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RepairReport {
@@ -143,7 +143,7 @@ async fn repair_one(
             let (repo, commit) = (repo.clone(), commit.clone());
             tokio::task::block_in_place(|| {
                 if !git::has_commit(store, &repo, &commit) && !client.config().offline {
-                    git::update_mirror(store, &repo)?;
+                    git::fetch_commit(store, &repo, &commit, None)?;
                 }
                 git::checkout(store, &repo, &commit, &path_name, !client.config().offline)
             })?
@@ -169,46 +169,36 @@ async fn repair_one(
             blake3,
             filename,
         } => {
-            let url = url::Url::parse(url).map_err(|e| FetchError::Api {
+            let parsed = url::Url::parse(url).map_err(|e| FetchError::Api {
                 what: format!("repair of `{name}`"),
                 message: e.to_string(),
             })?;
-            let fetched = if url.scheme() == "file" {
-                let path = url.to_file_path().map_err(|_| FetchError::Api {
-                    what: format!("repair of `{name}`"),
-                    message: "not a local path".into(),
-                })?;
-                let options = AddOptions {
-                    name: Some(sanitize_name(filename)),
-                    references: vec![],
-                };
-                let added = tokio::task::block_in_place(|| {
-                    store.add_path(&path, &options, &crate::reporter::NoReporter)
-                })?;
-                added.record.name
+            let source = if parsed.scheme() == "file" {
+                model::Source::parse(url)?
             } else {
-                let download = Download {
-                    what: format!("model `{filename}`"),
-                    auth: model::auth_for(client.config(), &url),
-                    url,
+                model::Source::Url(parsed.clone())
+            };
+            let lock = |hex: &String| crate::fetch::Expected::new(hex, crate::fetch::Origin::Lock);
+            let request = model::ModelRequest {
+                what: format!("model `{filename}`"),
+                source,
+                source_text: url.clone(),
+                file_name: Some(filename.clone()),
+                derived_name: filename.clone(),
+                pinned: (parsed.scheme() != "file").then(|| model::Pinned {
+                    url: parsed.clone(),
+                    revision: None,
                     size: Some(*size),
                     sha256: sha256.clone(),
                     blake3: Some(blake3.clone()),
-                    file_name: filename.clone(),
-                };
-                let fetched = client.download(store, reporter, &download).await?;
-                let digest = fetched.blake3;
-                let options = AddOptions {
-                    name: Some(sanitize_name(filename)),
-                    references: vec![],
-                };
-                tokio::task::block_in_place(|| {
-                    store.add_staged(fetched.staging, filename, &options, Some(digest))
-                })?
-                .record
-                .name
+                    file_name: Some(filename.clone()),
+                }),
+                sha256: sha256.as_ref().map(lock),
+                blake3: Some(lock(blake3)),
             };
-            fetched
+            model::fetch(client, store, reporter, &request)
+                .await?
+                .store_path
         }
     };
     if added != name {

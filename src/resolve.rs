@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::fetch::http::{Client, Download};
+use crate::fetch::http::Client;
 use crate::fetch::model::{self, Source};
-use crate::fetch::{git, registry, FetchError};
-use crate::lockfile::{Lock, LockedGit, LockedModel, LockedNode, LockedRegistry, LOCK_VERSION};
+use crate::fetch::{git, registry, Expected, FetchError, Origin};
+use crate::lockfile::{
+    Lock, LockedGit, LockedModel, LockedNode, LockedRegistry, LockedWorkflow, LOCK_VERSION,
+};
 use crate::reporter::Reporter;
 use crate::spec::{CustomNode, Model, NodeSource, Spec};
-use crate::store::{sanitize_name, AddOptions, Store};
+use crate::store::{sanitize_name, Store};
 
 /// Which entries to resolve again even though the lock has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct Resolver {
     pub skip_models: bool,
     /// Machine-local Python choices (`--wheels-dir`).
     pub python: crate::python::PythonSettings,
+    /// The spec's directory, which its `workflows` are relative to.
+    pub spec_dir: std::path::PathBuf,
 }
 
 type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), FetchError>>;
@@ -78,6 +82,11 @@ impl Resolver {
     ) -> Result<(Lock, Vec<ItemReport>), FetchError> {
         check_update_names(spec, update)?;
         let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
+        let merged = Partial::load(&self.store, &spec.version_id).and_then(|p| p.over(spec, old));
+        if merged.is_some() {
+            tracing::info!("continuing the interrupted resolution of `{}`", spec.version_id);
+        }
+        let old = merged.as_ref().or(old);
 
         let core_name = sanitize_name(crate::spec::repo_basename(&spec.comfy.repo));
         let keep_core = old
@@ -132,7 +141,7 @@ impl Resolver {
 
         let mut models = Vec::new();
         let mut skipped_models = Vec::new();
-        for model in &spec.models {
+        for (index, model) in spec.models.iter().enumerate() {
             let filename = model.file_name();
             let label = model.name.clone().unwrap_or_else(|| filename.clone());
             let keep = old
@@ -145,7 +154,9 @@ impl Resolver {
                 }
                 continue;
             }
-            models.push(self.model_task(model.clone(), label, keep, jobs.clone()));
+            let required = model.is_required();
+            let task = self.model_task(index, model.clone(), label.clone(), keep, jobs.clone());
+            models.push((required, label, task));
         }
 
         // Gather everything, collecting every failure.
@@ -178,16 +189,21 @@ impl Resolver {
             };
             locked_nodes.extend(locked);
         }
-        let mut locked_models = skipped_models;
-        for task in models {
-            locked_models.extend(collect(task, &mut errors, &mut reports).await);
-        }
-        // Python last: its requirements come from the core and node trees just resolved.
+        // Python next: its requirements come from the core and node trees just resolved (the
+        // model tasks go on meanwhile).
         let mut locked_python = None;
+        let mut python_progress = None;
         if let (true, Some(core)) = (errors.is_empty(), &comfy) {
             let old_python = old.and_then(|l| l.python.as_ref());
             match self
-                .resolve_python(spec, core, &locked_nodes, old_python, update)
+                .resolve_python(
+                    spec,
+                    core,
+                    &locked_nodes,
+                    old_python,
+                    update,
+                    &mut python_progress,
+                )
                 .await
             {
                 Ok(Some((python, items))) => {
@@ -198,9 +214,47 @@ impl Resolver {
                 Err(err) => errors.push(err),
             }
         }
+        let mut locked_models = skipped_models;
+        for (required, label, task) in models {
+            if required {
+                locked_models.extend(collect(task, &mut errors, &mut reports).await);
+                continue;
+            }
+            // An optional model that cannot be fetched is left out: a warning, not a failure.
+            match task.await.expect("resolve tasks do not panic") {
+                Ok((locked, item)) => {
+                    reports.push(item);
+                    locked_models.push(locked);
+                }
+                Err(err) => {
+                    tracing::warn!("optional model `{label}` left out: {err}");
+                    reports.push(ItemReport {
+                        kind: "model",
+                        name: label,
+                        action: "missing",
+                        pin: "optional; not fetched".into(),
+                        store_path: String::new(),
+                    });
+                }
+            }
+        }
         if !errors.is_empty() {
+            // Keep what did resolve, so the next resolve starts from here.
+            let partial = Partial {
+                version_id: spec.version_id.clone(),
+                comfy,
+                custom_nodes: locked_nodes,
+                models: locked_models,
+                python: python_progress,
+            };
+            partial.save(&self.store);
             return Err(combine(errors));
         }
+        let workflows = match self.store_workflows(spec) {
+            Ok(w) => w,
+            Err(err) => return Err(err),
+        };
+        Partial::clear(&self.store, &spec.version_id);
         let lock = Lock {
             lock_version: LOCK_VERSION,
             version_id: spec.version_id.clone(),
@@ -208,8 +262,45 @@ impl Resolver {
             custom_nodes: locked_nodes,
             models: locked_models,
             python: locked_python,
+            workflows,
         };
         Ok((lock, reports))
+    }
+
+    /// Add the spec's workflow files to the store (they are part of the version's closure).
+    fn store_workflows(&self, spec: &Spec) -> Result<Vec<LockedWorkflow>, FetchError> {
+        let mut out = Vec::new();
+        for (i, rel) in spec.workflows.iter().enumerate() {
+            let path = self.spec_dir.join(rel);
+            let text = std::fs::read(&path).map_err(FetchError::io(&path))?;
+            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
+                return Err(FetchError::LocalSource {
+                    what: format!("workflows[{i}]"),
+                    file: path.display().to_string(),
+                    reason: format!("it is not JSON: {e}"),
+                    hint: None,
+                });
+            }
+            let name = std::path::Path::new(rel)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow.json".into());
+            let options = crate::store::AddOptions {
+                name: Some(sanitize_name(&format!("workflow-{name}"))),
+                references: Vec::new(),
+            };
+            let added = tokio::task::block_in_place(|| {
+                self.store
+                    .add_path(&path, &options, &crate::reporter::NoReporter)
+            })?;
+            self.store.protect(&[&added.record.name])?;
+            out.push(LockedWorkflow {
+                path: rel.clone(),
+                blake3: blake3::hash(&text).to_hex().to_string(),
+                store_path: added.record.name,
+            });
+        }
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -263,7 +354,7 @@ impl Resolver {
                             )],
                         });
                     }
-                    git::update_mirror(&store, &repo)?;
+                    git::fetch_commit(&store, &repo, &commit, git_ref.as_deref())?;
                     if !git::has_commit(&store, &repo, &commit) {
                         return Err(FetchError::GitCommitNotFound { url: repo, commit });
                     }
@@ -358,6 +449,7 @@ impl Resolver {
 
     fn model_task(
         &self,
+        index: usize,
         model: Model,
         label: String,
         keep: Option<LockedModel>,
@@ -380,99 +472,68 @@ impl Resolver {
                     ));
                 }
             }
-            let filename = model.file_name();
-            let what = format!("model `{label}`");
             let source = Source::parse(&model.source)?;
-            let options = AddOptions {
-                name: Some(sanitize_name(&filename)),
-                references: Vec::new(),
+            let spec_digest = |value: &Option<String>, field: &str| {
+                value.as_ref().map(|hex| {
+                    Expected::new(
+                        hex,
+                        Origin::Spec {
+                            field: format!("models[{index}].{field}"),
+                        },
+                    )
+                })
             };
-            let locked = if let Source::File(path) = &source {
-                // Local files need no network, even offline.
-                let size = std::fs::metadata(path).map_err(FetchError::io(path))?.len();
-                let digest =
-                    crate::store::tree::hash_file(path, size).map_err(FetchError::io(path))?;
-                let blake3 = blake3::Hash::from(digest).to_hex().to_string();
-                if let Some(expected) = model.blake3.as_ref().or(keep.as_ref().map(|k| &k.blake3)) {
-                    if !expected.eq_ignore_ascii_case(&blake3) {
-                        return Err(FetchError::HashMismatch {
-                            what,
-                            url: model.source.clone(),
-                            algorithm: "BLAKE3",
-                            expected: expected.clone(),
-                            actual: blake3,
-                        });
-                    }
-                }
-                let added = tokio::task::block_in_place(|| {
-                    store.add_path(path, &options, &crate::reporter::NoReporter)
-                })?;
-                LockedModel {
-                    source: model.source.clone(),
-                    name: model.name.clone(),
-                    target_subdir: model.target_subdir.clone(),
-                    filename,
-                    required: model.is_required(),
-                    url: model.source.clone(),
-                    revision: None,
-                    size,
-                    sha256: model.sha256.clone(),
-                    blake3,
-                    store_path: added.record.name,
-                }
-            } else {
-                if client.config().offline {
-                    return Err(FetchError::Offline {
-                        missing: vec![format!("{what} ({})", model.source)],
-                    });
-                }
-                let _permit = jobs
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed");
-                let pinned = match &keep {
-                    Some(k) => model::Pinned {
+            let lock_digest = |value: Option<&String>| value.map(|h| Expected::new(h, Origin::Lock));
+            let request = model::ModelRequest {
+                what: format!("model `{label}`"),
+                source: source.clone(),
+                source_text: model.source.clone(),
+                file_name: model
+                    .filename
+                    .clone()
+                    .or_else(|| keep.as_ref().map(|k| k.filename.clone())),
+                derived_name: model.file_name(),
+                pinned: match &keep {
+                    Some(k) if !matches!(source, Source::File(_)) => Some(model::Pinned {
                         url: url::Url::parse(&k.url).map_err(|e| FetchError::Api {
-                            what: what.clone(),
+                            what: format!("model `{label}`"),
                             message: format!("bad URL in the lock: {e}"),
                         })?,
                         revision: k.revision.clone(),
                         size: Some(k.size),
                         sha256: k.sha256.clone(),
                         blake3: Some(k.blake3.clone()),
-                    },
-                    None => model::pin(&client, &what, &source).await?,
-                };
-                let sha256 = model.sha256.clone().or(pinned.sha256.clone());
-                let download = Download {
-                    what: what.clone(),
-                    auth: model::auth_for(client.config(), &pinned.url),
-                    url: pinned.url.clone(),
-                    size: pinned.size,
-                    sha256: sha256.clone(),
-                    blake3: model.blake3.clone().or(pinned.blake3.clone()),
-                    file_name: filename.clone(),
-                };
-                let fetched = client
-                    .download(&store, reporter.as_ref(), &download)
-                    .await?;
-                let (size, digest) = (fetched.size, fetched.blake3);
-                let added = tokio::task::block_in_place(|| {
-                    store.add_staged(fetched.staging, &filename, &options, Some(digest))
-                })?;
-                LockedModel {
-                    source: model.source.clone(),
-                    name: model.name.clone(),
-                    target_subdir: model.target_subdir.clone(),
-                    filename,
-                    required: model.is_required(),
-                    url: pinned.url.to_string(),
-                    revision: pinned.revision,
-                    size,
-                    sha256,
-                    blake3: blake3::Hash::from(digest).to_hex().to_string(),
-                    store_path: added.record.name,
-                }
+                        file_name: Some(k.filename.clone()),
+                    }),
+                    _ => None,
+                },
+                sha256: spec_digest(&model.sha256, "sha256")
+                    .or_else(|| lock_digest(keep.as_ref().and_then(|k| k.sha256.as_ref()))),
+                blake3: spec_digest(&model.blake3, "blake3")
+                    .or_else(|| lock_digest(keep.as_ref().map(|k| &k.blake3))),
+            };
+            let _permit = match source {
+                Source::File(_) => None,
+                _ if client.config().offline => None,
+                _ => Some(
+                    jobs.acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                ),
+            };
+            let fetched = model::fetch(&client, &store, reporter.as_ref(), &request).await?;
+            let locked = LockedModel {
+                source: model.source.clone(),
+                name: model.name.clone(),
+                target_subdir: model.target_subdir.clone(),
+                filename: fetched.file_name,
+                required: model.is_required(),
+                url: fetched.url,
+                revision: fetched.revision,
+                size: fetched.size,
+                sha256: fetched.sha256,
+                blake3: fetched.blake3,
+                store_path: fetched.store_path,
             };
             let item = report(
                 "model",
@@ -482,6 +543,95 @@ impl Resolver {
                 &locked.store_path,
             );
             Ok((locked, item))
+        })
+    }
+}
+
+/// What a failed resolve did resolve, kept in `cache/resolutions/<version_id>.json` so the next
+/// resolve of the version fetches only what is missing and does not run uv's resolution again.
+/// Its entries are used only where they still match the spec; it is removed by a successful
+/// resolve. It names no secret, as a lock names none.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Partial {
+    version_id: String,
+    comfy: Option<LockedGit>,
+    custom_nodes: Vec<LockedNode>,
+    models: Vec<LockedModel>,
+    /// The pinned wheel set; wheels not fetched yet have an empty `store_path`.
+    python: Option<crate::lockfile::LockedPython>,
+}
+
+impl Partial {
+    fn path(store: &Store, version_id: &str) -> std::path::PathBuf {
+        store
+            .root()
+            .join("cache/resolutions")
+            .join(format!("{}.json", sanitize_name(version_id)))
+    }
+
+    fn load(store: &Store, version_id: &str) -> Option<Partial> {
+        let text = std::fs::read_to_string(Partial::path(store, version_id)).ok()?;
+        serde_json::from_str::<Partial>(&text)
+            .ok()
+            .filter(|p| p.version_id == version_id)
+    }
+
+    fn save(&self, store: &Store) {
+        let path = Partial::path(store, &self.version_id);
+        let temp = path.with_extension(format!("json.{}", std::process::id()));
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::write(&temp, serde_json::to_vec_pretty(self)?))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        if let Err(e) = written {
+            tracing::warn!("cannot keep the partial resolution at `{}`: {e}", path.display());
+        }
+    }
+
+    fn clear(store: &Store, version_id: &str) {
+        let _ = std::fs::remove_file(Partial::path(store, version_id));
+    }
+
+    /// A lock to resolve against: each entry from this record where it matches the spec, else
+    /// from the old lock.
+    fn over(self, spec: &Spec, old: Option<&Lock>) -> Option<Lock> {
+        let comfy = self
+            .comfy
+            .filter(|c| {
+                let probe = Lock {
+                    lock_version: LOCK_VERSION,
+                    version_id: spec.version_id.clone(),
+                    comfy: c.clone(),
+                    custom_nodes: Vec::new(),
+                    models: Vec::new(),
+                    python: None,
+                    workflows: Vec::new(),
+                };
+                locked_core(spec, &probe).is_some()
+            })
+            .or_else(|| old.map(|l| l.comfy.clone()))?;
+        let mut custom_nodes = self.custom_nodes;
+        for node in old.map(|l| l.custom_nodes.as_slice()).unwrap_or_default() {
+            if !custom_nodes.iter().any(|n| n.name == node.name) {
+                custom_nodes.push(node.clone());
+            }
+        }
+        let mut models = self.models;
+        for model in old.map(|l| l.models.as_slice()).unwrap_or_default() {
+            if !models.iter().any(|m| m.key() == model.key() && m.source == model.source) {
+                models.push(model.clone());
+            }
+        }
+        Some(Lock {
+            lock_version: LOCK_VERSION,
+            version_id: spec.version_id.clone(),
+            comfy,
+            custom_nodes,
+            models,
+            python: self.python.or_else(|| old.and_then(|l| l.python.clone())),
+            workflows: old.map(|l| l.workflows.clone()).unwrap_or_default(),
         })
     }
 }
@@ -539,14 +689,16 @@ pub fn locked_node<'a>(node: &CustomNode, lock: &'a Lock) -> Option<&'a LockedNo
     matches.then_some(locked)
 }
 
-/// The lock's entry for a spec model (same source, placed at the same file), if it still matches.
+/// The lock's entry for a spec model (same source, same folder, and the spec's `filename` when it
+/// names one: without it, the file name is the source's and the lock remembers it), if it still
+/// matches.
 pub fn locked_model<'a>(model: &Model, lock: &'a Lock) -> Option<&'a LockedModel> {
-    let filename = model.file_name();
     lock.models
         .iter()
         .find(|m| {
-            m.key() == (model.target_subdir.as_deref(), filename.as_str())
-                && m.source == model.source
+            m.source == model.source
+                && m.target_subdir == model.target_subdir
+                && model.filename.as_ref().is_none_or(|f| *f == m.filename)
         })
         .filter(|m| {
             model
@@ -594,6 +746,10 @@ pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
     }
     if lock.models.len() > spec.models.len() {
         stale.push("models removed from the spec".into());
+    }
+    let locked_workflows: Vec<&str> = lock.workflows.iter().map(|w| w.path.as_str()).collect();
+    if locked_workflows != spec.workflows.iter().map(String::as_str).collect::<Vec<_>>() {
+        stale.push("workflows".into());
     }
     // The core's and nodes' requirements change only with their own (stale) entries.
     match (&spec.python, &lock.python) {

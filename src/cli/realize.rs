@@ -75,6 +75,7 @@ pub enum FrozenError {
 
 pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
     let loaded = Spec::load(&args.spec.path()?)?;
+    loaded.log_warnings();
     let spec = &loaded.spec;
     let lock_path = lock_path_for(&loaded.path, &spec.version_id);
     let old = Lock::read(&lock_path)?;
@@ -127,8 +128,9 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             jobs: args.jobs,
             skip_models,
             python: crate::python::PythonSettings {
-                wheels_dir: args.wheels_dir.clone(),
+                wheels_dir: super::resolve::absolute(args.wheels_dir.as_deref())?,
             },
+            spec_dir: loaded.dir(),
         },
     )?;
     if old.as_ref() != Some(&lock) {
@@ -145,6 +147,18 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         Some(python) => Some(build_venv(&store, python)?),
         None => None,
     };
+    let not_fetched: Vec<String> = if skip_models {
+        Vec::new()
+    } else {
+        spec.models
+            .iter()
+            .filter(|m| !m.is_required() && crate::resolve::locked_model(m, &lock).is_none())
+            .map(|m| match &m.target_subdir {
+                Some(dir) => format!("{dir}/{}", m.file_name()),
+                None => m.file_name(),
+            })
+            .collect()
+    };
     let report = realize::realize(
         &store,
         &lock,
@@ -154,6 +168,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             skip_models,
             link_mode: args.link_mode,
             venv,
+            not_fetched,
         },
     )?;
     if context.json {
@@ -288,6 +303,9 @@ pub fn status(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
         .map(|(kind, mode)| format!("{kind}: {mode}"))
         .collect();
     println!("link modes:  {}", modes.join(", "));
+    for model in &report.not_fetched {
+        println!("not fetched\tmodels/{model} (optional; realize again to retry)");
+    }
     if report.clean() {
         println!("drift:       none");
     } else {

@@ -41,6 +41,8 @@ pub struct ResolveRun<'a> {
     pub jobs: usize,
     pub skip_models: bool,
     pub python: crate::python::PythonSettings,
+    /// The spec's directory (its `workflows` are relative to it).
+    pub spec_dir: std::path::PathBuf,
 }
 
 /// Resolve and fetch; returns the new lock and what happened to each entry.
@@ -60,6 +62,7 @@ pub fn resolve_with(
         reporter: context.reporter().into(),
         skip_models: run.skip_models,
         python: run.python.clone(),
+        spec_dir: run.spec_dir.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,8 +70,27 @@ pub fn resolve_with(
     Ok(runtime.block_on(resolver.resolve(run.spec, run.old, &run.update))?)
 }
 
+/// A directory given on the command line, made absolute: uv runs in another directory.
+pub fn absolute(dir: Option<&std::path::Path>) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    match std::fs::canonicalize(dir) {
+        Ok(path) if path.is_dir() => Ok(Some(path)),
+        Ok(_) => Err(crate::python::PythonError::NotADirectory {
+            path: dir.to_path_buf(),
+        }
+        .into()),
+        Err(_) => Err(crate::python::PythonError::NotADirectory {
+            path: dir.to_path_buf(),
+        }
+        .into()),
+    }
+}
+
 pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     let loaded = Spec::load(&args.spec.path()?)?;
+    loaded.log_warnings();
     let spec = &loaded.spec;
     let lock_path = lock_path_for(&loaded.path, &spec.version_id);
     let old = Lock::read(&lock_path)?;
@@ -90,8 +112,9 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             jobs: args.jobs,
             skip_models: false,
             python: crate::python::PythonSettings {
-                wheels_dir: args.wheels_dir.clone(),
+                wheels_dir: absolute(args.wheels_dir.as_deref())?,
             },
+            spec_dir: loaded.dir(),
         },
     )?;
     let changed = old.as_ref() != Some(&lock);

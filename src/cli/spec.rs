@@ -47,9 +47,11 @@ pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
                 context.print_json(&serde_json::json!({
                     "path": loaded.path,
                     "spec": spec,
+                    "warnings": loaded.warnings,
                 }))?;
                 return Ok(Outcome::Success);
             }
+            loaded.log_warnings();
             println!("{}: `{}` is valid", spec.version_id, loaded.path.display());
             let pin = |r: &Option<String>, c: &Option<String>| match (c, r) {
                 (Some(commit), _) => format!("commit {commit}"),

@@ -46,8 +46,194 @@ fn open_mirror(store: &Store, url: &str) -> Result<Repository, FetchError> {
     }
 }
 
+/// What to fetch from a remote: only that, and the objects it needs.
+#[derive(Debug, Clone, Copy)]
+pub enum Want<'a> {
+    /// The remote's default branch (`HEAD`), kept as `refs/comfix/HEAD`.
+    Head,
+    /// A branch, a tag or a full ref name, kept under the same name.
+    Ref(&'a str),
+    /// One commit by its full id (servers such as GitHub allow that), kept as
+    /// `refs/comfix/pins/<id>`.
+    Commit(&'a str),
+}
+
+fn fetch_options<'a>() -> FetchOptions<'a> {
+    let mut proxy = git2::ProxyOptions::new();
+    proxy.auto(); // `http.proxy`, then `HTTPS_PROXY`/`HTTP_PROXY` like git
+    let mut options = FetchOptions::new();
+    options
+        .download_tags(git2::AutotagOption::None)
+        .proxy_options(proxy);
+    options
+}
+
+/// Copy `commit` and everything its tree needs (not its parents, not submodules) from `src` to
+/// `dst`: a depth-1 copy.
+pub fn copy_commit(src: &Repository, dst: &Repository, commit: Oid) -> Result<(), git2::Error> {
+    let (from, to) = (src.odb()?, dst.odb()?);
+    let copy = |id: Oid| -> Result<(), git2::Error> {
+        if !to.exists(id) {
+            let object = from.read(id)?;
+            to.write(object.kind(), object.data())?;
+        }
+        Ok(())
+    };
+    let tree = src.find_commit(commit)?.tree()?;
+    let mut stack = vec![tree.id()];
+    while let Some(tree_id) = stack.pop() {
+        copy(tree_id)?;
+        for entry in src.find_tree(tree_id)?.iter() {
+            match entry.kind() {
+                Some(ObjectType::Tree) => stack.push(entry.id()),
+                Some(ObjectType::Blob) => copy(entry.id())?,
+                _ => {} // submodule links point into other repositories
+            }
+        }
+    }
+    copy(commit) // last: a mirror that has the commit has all it needs
+}
+
+/// The local repository directory of `url`, if it names one (`/srv/x.git`, `file:///srv/x.git`).
+fn local_repo(url: &str) -> Option<PathBuf> {
+    let path = match url.strip_prefix("file://") {
+        Some(rest) => PathBuf::from(rest),
+        None if url.starts_with('/') => PathBuf::from(url),
+        None => return None,
+    };
+    path.is_dir().then_some(path)
+}
+
+/// [`fetch`] from a repository on this machine: libgit2's local transport would copy every ref's
+/// objects, so the wanted commit is copied with what its tree needs instead.
+fn fetch_local(repo: &Repository, source: &Path, url: &str, want: Want<'_>) -> Result<(), FetchError> {
+    let src = Repository::open(source).map_err(git_err(url))?;
+    let (commit, refname) = match want {
+        Want::Head => {
+            let head = src.head().map_err(git_err(url))?;
+            let commit = head.peel_to_commit().map_err(git_err(url))?;
+            (commit.id(), "refs/comfix/HEAD".to_string())
+        }
+        Want::Ref(name) => {
+            let full = [
+                format!("refs/heads/{name}"),
+                format!("refs/tags/{name}"),
+                name.to_string(),
+            ]
+            .into_iter()
+            .find(|r| src.find_reference(r).is_ok())
+            .ok_or_else(|| FetchError::GitRefNotFound {
+                url: url.to_string(),
+                reference: name.to_string(),
+            })?;
+            let commit = src
+                .find_reference(&full)
+                .and_then(|r| r.peel_to_commit())
+                .map_err(git_err(url))?;
+            (commit.id(), full)
+        }
+        Want::Commit(hex) => {
+            let oid = Oid::from_str(hex).map_err(git_err(url))?;
+            (oid, format!("refs/comfix/pins/{hex}"))
+        }
+    };
+    copy_commit(&src, repo, commit).map_err(git_err(url))?;
+    repo.reference(&refname, commit, true, "comfix fetch")
+        .map_err(git_err(url))?;
+    // A depth-1 copy: the parents are not here.
+    let shallow = repo.path().join("shallow");
+    let mut known = std::fs::read_to_string(&shallow).unwrap_or_default();
+    if !known.lines().any(|l| l == commit.to_string()) {
+        known.push_str(&format!("{commit}\n"));
+        std::fs::write(&shallow, known).map_err(FetchError::io(&shallow))?;
+    }
+    Ok(())
+}
+
+/// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref). Damage or size
+/// elsewhere in the remote does not matter: only the wanted ref's objects are transferred.
+pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, FetchError> {
+    let path = mirror_path(store, url);
+    let lock_path = path.with_extension("lock");
+    std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
+        .map_err(FetchError::io(&path))?;
+    let _lock = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
+    let repo = open_mirror(store, url)?;
+    if let Some(source) = local_repo(url) {
+        fetch_local(&repo, &source, url, want)?;
+        return Ok(repo);
+    }
+    {
+        let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
+        let refspec = match want {
+            Want::Head => "+HEAD:refs/comfix/HEAD".to_string(),
+            Want::Commit(commit) => format!("+{commit}:refs/comfix/pins/{commit}"),
+            Want::Ref(name) => {
+                let full = remote_ref(&mut remote, url, name)?;
+                format!("+{full}:{full}")
+            }
+        };
+        tracing::debug!("fetching `{refspec}` from `{url}`");
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut fetch_options()), None)
+            .map_err(git_err(url))?;
+    }
+    Ok(repo)
+}
+
+/// The remote's full name for `name`: `refs/heads/<name>`, `refs/tags/<name>`, or `name` itself.
+fn remote_ref(remote: &mut git2::Remote<'_>, url: &str, name: &str) -> Result<String, FetchError> {
+    let mut proxy = git2::ProxyOptions::new();
+    proxy.auto();
+    remote
+        .connect_auth(git2::Direction::Fetch, None, Some(proxy))
+        .map_err(git_err(url))?;
+    let names: Vec<String> = remote
+        .list()
+        .map_err(git_err(url))?
+        .iter()
+        .map(|h| h.name().to_string())
+        .collect();
+    let _ = remote.disconnect();
+    [
+        format!("refs/heads/{name}"),
+        format!("refs/tags/{name}"),
+        name.to_string(),
+    ]
+    .into_iter()
+    .find(|candidate| names.contains(candidate))
+    .ok_or_else(|| FetchError::GitRefNotFound {
+        url: url.to_string(),
+        reference: name.to_string(),
+    })
+}
+
+/// Make the mirror of `url` hold `commit`: by its id when the server allows, else through
+/// `git_ref` (or the default branch), and only as a last resort every branch and tag.
+pub fn fetch_commit(
+    store: &Store,
+    url: &str,
+    commit: &str,
+    git_ref: Option<&str>,
+) -> Result<(), FetchError> {
+    let full = commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    if full {
+        match fetch(store, url, Want::Commit(commit)) {
+            Ok(_) if has_commit(store, url, commit) => return Ok(()),
+            Ok(_) => {}
+            Err(err) => tracing::debug!("fetching commit `{commit}` by id failed: {err}"),
+        }
+    }
+    let via = git_ref.map_or(Want::Head, Want::Ref);
+    if fetch(store, url, via).is_ok() && (!full || has_commit(store, url, commit)) {
+        return Ok(());
+    }
+    tracing::info!("`{url}`: commit `{commit}` is not on the wanted ref; fetching every branch and tag");
+    update_mirror(store, url).map(|_| ())
+}
+
 /// Fetch every branch and tag of `url` into its mirror, force-updating moved refs, and the
-/// remote's HEAD as `refs/comfix/HEAD`.
+/// remote's HEAD as `refs/comfix/HEAD`: the fallback for a commit no ref names directly.
 pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError> {
     let path = mirror_path(store, url);
     let lock_path = path.with_extension("lock");
@@ -57,7 +243,7 @@ pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError>
     let repo = open_mirror(store, url)?;
     {
         let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
-        let mut options = FetchOptions::new();
+        let mut options = fetch_options();
         options.download_tags(git2::AutotagOption::All);
         remote
             .fetch(
@@ -75,8 +261,9 @@ pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError>
 }
 
 /// Resolve `commit` (wins when given, checked to exist) or `git_ref` (branch, tag, or the remote's
-/// default branch when `None`) to a full commit id in the mirror of `url`. With `fetch`, the
-/// mirror is updated first; without, only what the mirror already holds is used.
+/// default branch when `None`) to a full commit id in the mirror of `url`. With `fetch`, what is
+/// wanted is fetched first (a commit only when the mirror lacks it); without, only what the
+/// mirror already holds is used.
 pub fn resolve(
     store: &Store,
     url: &str,
@@ -84,12 +271,26 @@ pub fn resolve(
     commit: Option<&str>,
     fetch: bool,
 ) -> Result<String, FetchError> {
-    let repo = if fetch {
-        update_mirror(store, url)?
-    } else {
-        Repository::open_bare(mirror_path(store, url)).map_err(|_| FetchError::Offline {
-            missing: vec![format!("git mirror of `{url}`")],
-        })?
+    let repo = match (fetch, commit) {
+        (true, Some(commit)) => {
+            let present = Repository::open_bare(mirror_path(store, url))
+                .ok()
+                .is_some_and(|r| {
+                    r.revparse_single(commit)
+                        .and_then(|o| o.peel_to_commit())
+                        .is_ok()
+                });
+            if !present {
+                fetch_commit(store, url, commit, git_ref)?;
+            }
+            Repository::open_bare(mirror_path(store, url)).map_err(git_err(url))?
+        }
+        (true, None) => self::fetch(store, url, git_ref.map_or(Want::Head, Want::Ref))?,
+        (false, _) => {
+            Repository::open_bare(mirror_path(store, url)).map_err(|_| FetchError::Offline {
+                missing: vec![format!("git mirror of `{url}`")],
+            })?
+        }
     };
     if let Some(commit) = commit {
         return repo
@@ -314,7 +515,7 @@ fn write_tree(
                             missing: vec![format!("commit `{commit}` of submodule `{sub_url}`")],
                         });
                     }
-                    update_mirror(store, sub_url)?;
+                    fetch_commit(store, sub_url, &commit, None)?;
                 }
                 std::fs::create_dir(&path).map_err(FetchError::io(&path))?;
                 write_commit(store, sub_url, &commit, &path, fetch)?;

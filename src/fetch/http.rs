@@ -17,7 +17,7 @@ use reqwest::{Method, Response, StatusCode};
 use sha2::Digest as _;
 use url::Url;
 
-use super::{FetchConfig, FetchError};
+use super::{Expected, FetchConfig, FetchError};
 use crate::reporter::Reporter;
 use crate::spec::Secret;
 use crate::store::{lock, Staging, Store};
@@ -67,13 +67,38 @@ pub struct Download {
     pub url: Url,
     pub auth: Option<Auth>,
     pub size: Option<u64>,
-    pub sha256: Option<String>,
-    pub blake3: Option<String>,
+    pub sha256: Option<Expected>,
+    pub blake3: Option<Expected>,
     /// The file name inside the staging directory.
     pub file_name: String,
+    /// The store path name the caller makes of these bytes: when another process already
+    /// downloaded the same URL into a path of this name with the expected digests, that path is
+    /// used instead of downloading again.
+    pub store_name: Option<String>,
 }
 
-/// A verified download, staged in the store but not yet registered.
+/// What [`Client::download`] got.
+pub enum Got {
+    /// New bytes, verified and staged: the caller adds them and then calls [`Fetched::stored`].
+    Fetched(Fetched),
+    /// Another process downloaded the same URL meanwhile (or earlier) and stored it as this valid
+    /// path, protected for this process, with the digests the download expected.
+    Stored(StoredDownload),
+}
+
+/// A finished download of the same URL that is a valid store path.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredDownload {
+    pub store_path: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub blake3: String,
+}
+
+/// A verified download, staged in the store but not yet registered. It holds the URL's download
+/// lock until [`Fetched::stored`] (or drop), so a process waiting for the same URL finds the
+/// registered path instead of downloading it again.
 pub struct Fetched {
     pub staging: Staging,
     pub file_name: String,
@@ -81,6 +106,38 @@ pub struct Fetched {
     /// Computed when an expected SHA-256 was given (and then equal to it).
     pub sha256: Option<String>,
     pub blake3: crate::store::tree::Digest,
+    /// The file name the server gave in `Content-Disposition`, when it gave a safe one.
+    pub suggested_name: Option<String>,
+    /// Holds the URL's download lock; tell it where the bytes went.
+    pub receipt: Receipt,
+}
+
+/// The URL's download lock, and the record to leave for the next process that wants the URL.
+pub struct Receipt {
+    done: PathBuf,
+    record: StoredDownload,
+    _lock: lock::LockGuard,
+}
+
+impl Receipt {
+    /// Record that the bytes are now the valid store path `store_path`, and release the lock.
+    pub fn stored(self, store_path: &str) {
+        let record = StoredDownload {
+            store_path: store_path.to_string(),
+            ..self.record
+        };
+        let temp = self.done.with_extension(format!("done.{}", std::process::id()));
+        let text = serde_json::to_string(&record).expect("a download record serializes");
+        if std::fs::write(&temp, text).is_ok() {
+            let _ = std::fs::rename(&temp, &self.done);
+        }
+    }
+}
+
+/// The download key of a URL: the name of its partial file, lock and record under
+/// `tmp/downloads/` (`<key>.part`, `.etag`, `.lock`, `.done`).
+pub fn download_key(url: &str) -> String {
+    blake3::hash(url.as_bytes()).to_hex()[..32].to_string()
 }
 
 /// The HTTP client of a fetch session.
@@ -126,13 +183,103 @@ fn http_error(what: &str, url: &Url, err: impl std::fmt::Display) -> FetchError 
     }
 }
 
+/// A failed request as the user needs to see it: the cause (DNS, connection, TLS, timeout, proxy)
+/// and the host, not just "error sending request". An untrusted certificate is its own error.
+fn request_error(what: &str, url: &Url, err: &reqwest::Error, config: &FetchConfig) -> FetchError {
+    let host = url.host_str().unwrap_or_default().to_string();
+    let port = url.port_or_known_default().unwrap_or(0);
+    let mut chain = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !chain.iter().any(|c: &String| c.contains(&text)) {
+            chain.push(text);
+        }
+        source = cause.source();
+    }
+    let causes = chain.join(": ");
+    let lower = causes.to_ascii_lowercase();
+    if lower.contains("invalid peer certificate") || lower.contains("certificate verify failed") {
+        return FetchError::Tls {
+            what: what.to_string(),
+            host,
+            message: causes,
+        };
+    }
+    let kind = if err.is_timeout() {
+        let limit = if err.is_connect() {
+            config.connect_timeout
+        } else {
+            config.read_timeout
+        };
+        format!(
+            "timed out after {} s waiting for `{host}:{port}` (`COMFIX_CONNECT_TIMEOUT`, `COMFIX_READ_TIMEOUT`)",
+            limit.as_secs_f64()
+        )
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        format!("cannot resolve the host name `{host}` (DNS)")
+    } else if lower.contains("connection refused") {
+        format!("connection to `{host}:{port}` refused")
+    } else if lower.contains("proxy") || lower.contains("tunnel") {
+        "the proxy failed (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`)".to_string()
+    } else if lower.contains("tls") || lower.contains("handshake") || lower.contains("certificate") {
+        format!("TLS with `{host}:{port}` failed")
+    } else if err.is_connect() {
+        format!("cannot connect to `{host}:{port}`")
+    } else if err.is_body() || err.is_decode() {
+        format!("the transfer from `{host}:{port}` broke off")
+    } else {
+        format!("request to `{host}:{port}` failed")
+    };
+    let message = if causes.is_empty() {
+        format!("{kind}: {err}")
+    } else {
+        format!("{kind}: {causes}")
+    };
+    FetchError::Http {
+        what: what.to_string(),
+        url: url.to_string(),
+        message,
+    }
+}
+
+/// The file name of a `Content-Disposition` header, when it is a safe single name.
+fn disposition_name(headers: &HeaderMap) -> Option<String> {
+    let value = headers
+        .get(reqwest::header::CONTENT_DISPOSITION)?
+        .to_str()
+        .ok()?;
+    let mut plain = None;
+    for part in value.split(';').map(str::trim) {
+        if let Some(encoded) = part.strip_prefix("filename*=") {
+            // RFC 5987: charset'language'percent-encoded
+            let raw = encoded.splitn(3, '\'').nth(2)?;
+            let decoded = url::form_urlencoded::parse(format!("n={raw}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())?;
+            return safe_file_name(&decoded);
+        }
+        if let Some(name) = part.strip_prefix("filename=") {
+            plain = Some(name.trim_matches('"').to_string());
+        }
+    }
+    plain.and_then(|n| safe_file_name(&n))
+}
+
+/// `name` when it can be a file name in a models folder: one path component, nothing hidden.
+pub fn safe_file_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    (crate::spec::check_path_component(name).is_ok() && !name.starts_with('.'))
+        .then(|| name.to_string())
+}
+
 impl Client {
     pub fn new(config: Arc<FetchConfig>) -> Result<Client, FetchError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(30))
-            .read_timeout(std::time::Duration::from_secs(120))
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
             .build()
             .map_err(|e| FetchError::Config {
                 message: format!("cannot create the HTTP client: {e}"),
@@ -178,7 +325,7 @@ impl Client {
             let response = request
                 .send()
                 .await
-                .map_err(|e| http_error(what, &current, e))?;
+                .map_err(|e| request_error(what, &current, &e, &self.config))?;
             if follow && response.status().is_redirection() {
                 if let Some(location) = response.headers().get(LOCATION) {
                     let location = location
@@ -232,7 +379,7 @@ impl Client {
             let text = response
                 .text()
                 .await
-                .map_err(|e| http_error(what, &at, e))?;
+                .map_err(|e| request_error(what, &at, &e, &self.config))?;
             serde_json::from_str(&text).map_err(|e| FetchError::Api {
                 what: what.to_string(),
                 message: format!("unexpected answer from `{at}`: {e}"),
@@ -260,23 +407,34 @@ impl Client {
         .await
     }
 
-    /// Download `d` into the store's staging area, verified against every expected value.
+    /// Download `d` into the store's staging area, verified against every expected value. When
+    /// another process holds the same URL's download, this waits for it and then uses what it
+    /// stored (one download per URL across processes).
     pub async fn download(
         &self,
         store: &Store,
         reporter: &dyn Reporter,
         d: &Download,
-    ) -> Result<Fetched, FetchError> {
+    ) -> Result<Got, FetchError> {
         let dir = store.root().join("tmp/downloads");
         std::fs::create_dir_all(&dir).map_err(FetchError::io(&dir))?;
-        let key = &blake3::hash(d.url.as_str().as_bytes()).to_hex()[..32];
+        let key = download_key(d.url.as_str());
         let part = dir.join(format!("{key}.part"));
         let meta = dir.join(format!("{key}.etag"));
+        let done = dir.join(format!("{key}.done"));
         let lock_path = dir.join(format!("{key}.lock"));
-        let _lock = tokio::task::spawn_blocking(move || lock::exclusive(&lock_path))
-            .await
-            .expect("the lock task does not panic")
-            .map_err(FetchError::io(dir.join(format!("{key}.lock"))))?;
+        let held = {
+            let lock_path = lock_path.clone();
+            let shown = lock_path.clone();
+            tokio::task::spawn_blocking(move || lock::exclusive(&lock_path))
+                .await
+                .expect("the lock task does not panic")
+                .map_err(FetchError::io(shown))?
+        };
+        if let Some(stored) = self.already_stored(store, d, &done)? {
+            tracing::info!("{}: already downloaded as `{}`", d.what, stored.store_path);
+            return Ok(Got::Stored(stored));
+        }
 
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         reporter.item_start(id, &d.what, d.size);
@@ -288,6 +446,7 @@ impl Client {
         let etag = std::fs::read_to_string(&meta).ok();
         let mut delay = self.config.retry_base;
         let mut tries = 1;
+        let mut suggested = None;
         let result = loop {
             let (result, back) = self
                 .download_once(d, sink, etag.as_deref(), &meta, reporter, id)
@@ -300,7 +459,11 @@ impl Client {
                     delay *= 2;
                     tries += 1;
                 }
-                other => break other,
+                Ok(name) => {
+                    suggested = name;
+                    break Ok(());
+                }
+                Err(err) => break Err(err),
             }
         };
         reporter.item_finish(id);
@@ -321,20 +484,15 @@ impl Client {
                 actual: size,
             });
         }
-        for (algorithm, expected, actual) in [
-            ("SHA-256", &d.sha256, sha256.clone()),
-            ("BLAKE3", &d.blake3, Some(blake3_hex.clone())),
-        ] {
+        let checks = [
+            ("SHA-256", &d.sha256, sha256.as_deref()),
+            ("BLAKE3", &d.blake3, Some(blake3_hex.as_str())),
+        ];
+        for (algorithm, expected, actual) in checks {
             if let (Some(expected), Some(actual)) = (expected, actual) {
-                if !expected.eq_ignore_ascii_case(&actual) {
+                if let Err(err) = expected.check(&d.what, d.url.as_str(), algorithm, actual) {
                     discard();
-                    return Err(FetchError::HashMismatch {
-                        what: d.what.clone(),
-                        url: d.url.to_string(),
-                        algorithm,
-                        expected: expected.to_ascii_lowercase(),
-                        actual,
-                    });
+                    return Err(err);
                 }
             }
         }
@@ -342,13 +500,64 @@ impl Client {
         let staged = staging.path().join(&d.file_name);
         std::fs::rename(&part, &staged).map_err(FetchError::io(&staged))?;
         let _ = std::fs::remove_file(&meta);
-        Ok(Fetched {
+        let receipt = Receipt {
+            done,
+            record: StoredDownload {
+                store_path: String::new(),
+                size,
+                sha256: sha256.clone(),
+                blake3: blake3_hex,
+            },
+            _lock: held,
+        };
+        Ok(Got::Fetched(Fetched {
             staging,
             file_name: d.file_name.clone(),
             size,
             sha256,
             blake3,
-        })
+            suggested_name: suggested,
+            receipt,
+        }))
+    }
+
+    /// The record another download of the same URL left, if it names a valid store path of the
+    /// wanted name with every digest `d` expects. The path is protected before it is checked.
+    fn already_stored(
+        &self,
+        store: &Store,
+        d: &Download,
+        done: &Path,
+    ) -> Result<Option<StoredDownload>, FetchError> {
+        let Some(name) = &d.store_name else {
+            return Ok(None);
+        };
+        let Some(record) = std::fs::read_to_string(done)
+            .ok()
+            .and_then(|t| serde_json::from_str::<StoredDownload>(&t).ok())
+        else {
+            return Ok(None);
+        };
+        let same = |expected: &Option<Expected>, actual: Option<&String>| match expected {
+            None => true,
+            Some(e) => actual.is_some_and(|a| a.eq_ignore_ascii_case(&e.hex)),
+        };
+        let fits = record
+            .store_path
+            .split_once('-')
+            .is_some_and(|(_, n)| n == name)
+            && d.size.is_none_or(|s| s == record.size)
+            && same(&d.sha256, record.sha256.as_ref())
+            && same(&d.blake3, Some(&record.blake3));
+        if !fits {
+            return Ok(None);
+        }
+        store.protect(&[&record.store_path])?;
+        let on_disk = std::fs::symlink_metadata(store.path_of(&record.store_path)).is_ok();
+        Ok(store
+            .query(&record.store_path)?
+            .filter(|_| on_disk)
+            .map(|_| record))
     }
 
     /// One attempt: request from `sink.written` on, stream the body into the sink. Always hands
@@ -361,7 +570,7 @@ impl Client {
         meta: &Path,
         reporter: &dyn Reporter,
         id: u64,
-    ) -> (Result<(), FetchError>, Sink) {
+    ) -> (Result<Option<String>, FetchError>, Sink) {
         let mut headers = Vec::new();
         if sink.written > 0 {
             headers.push((RANGE, format!("bytes={}-", sink.written)));
@@ -387,7 +596,7 @@ impl Client {
         if status == StatusCode::RANGE_NOT_SATISFIABLE && sink.written > 0 {
             // Either complete already or the file changed: start over.
             if d.size == Some(sink.written) {
-                return (Ok(()), sink);
+                return (Ok(None), sink);
             }
             return match sink.restart() {
                 Ok(()) => (
@@ -427,6 +636,7 @@ impl Client {
         if let Some(tag) = response.headers().get(ETAG).and_then(|v| v.to_str().ok()) {
             let _ = std::fs::write(meta, tag);
         }
+        let suggested = disposition_name(response.headers());
 
         // Hash and write on a blocking thread while this task receives.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
@@ -441,10 +651,33 @@ impl Client {
             (result, sink)
         });
         let mut received = Ok(());
+        let mut at_byte = 0u64;
         loop {
-            match response.chunk().await {
+            // A transfer that sends nothing for a while is reported, not silently waited on; the
+            // client's read timeout ends it.
+            let next = response.chunk();
+            tokio::pin!(next);
+            let mut stalled = std::time::Duration::ZERO;
+            let got = loop {
+                tokio::select! {
+                    got = &mut next => break got,
+                    _ = tokio::time::sleep(self.config.stall_warning) => {
+                        stalled += self.config.stall_warning;
+                        tracing::warn!(
+                            "{}: no data from `{}` for {} s (at byte {}); still waiting, giving up after {} s without data (`COMFIX_READ_TIMEOUT`)",
+                            d.what,
+                            at.host_str().unwrap_or_default(),
+                            stalled.as_secs_f64(),
+                            at_byte,
+                            self.config.read_timeout.as_secs_f64()
+                        );
+                    }
+                }
+            };
+            match got {
                 Ok(Some(chunk)) => {
                     let len = chunk.len() as u64;
+                    at_byte += len;
                     if tx.send(chunk).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
@@ -452,7 +685,7 @@ impl Client {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    received = Err(http_error(&d.what, &at, e));
+                    received = Err(request_error(&d.what, &at, &e, &self.config));
                     break;
                 }
             }
@@ -463,7 +696,7 @@ impl Client {
             let path = sink.path.clone();
             return (Err(FetchError::io(path)(e)), sink);
         }
-        (received, sink)
+        (received.map(|()| suggested), sink)
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod git;
 pub mod http;
+pub mod local;
 pub mod model;
 pub mod registry;
 
@@ -38,6 +39,12 @@ pub struct FetchConfig {
     pub attempts: u32,
     /// First backoff delay, doubled per attempt (`COMFIX_RETRY_BASE_MS`, default 500).
     pub retry_base: Duration,
+    /// Giving up on a connection attempt (`COMFIX_CONNECT_TIMEOUT`, seconds, default 30).
+    pub connect_timeout: Duration,
+    /// Giving up on a transfer that sends nothing (`COMFIX_READ_TIMEOUT`, seconds, default 120).
+    pub read_timeout: Duration,
+    /// Warning about a transfer that sends nothing (`COMFIX_STALL_WARNING`, seconds, default 30).
+    pub stall_warning: Duration,
 }
 
 fn parse_base(value: &str, var: &str) -> Result<Url, FetchError> {
@@ -67,6 +74,19 @@ impl FetchConfig {
                 .cloned()
                 .or_else(|| env(var).filter(|v| !v.is_empty()).map(Secret::new))
         };
+        let seconds = |var: &str, default: f64| -> Result<Duration, FetchError> {
+            match env(var).filter(|v| !v.is_empty()) {
+                None => Ok(Duration::from_secs_f64(default)),
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| FetchError::Config {
+                        message: format!("`{var}` must be a number of seconds, got `{v}`"),
+                    }),
+            }
+        };
         let base = |var: &str, default: &str| {
             parse_base(
                 &env(var).filter(|v| !v.is_empty()).unwrap_or(default.into()),
@@ -90,6 +110,68 @@ impl FetchConfig {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(500),
             ),
+            connect_timeout: seconds("COMFIX_CONNECT_TIMEOUT", 30.0)?,
+            read_timeout: seconds("COMFIX_READ_TIMEOUT", 120.0)?,
+            stall_warning: seconds("COMFIX_STALL_WARNING", 30.0)?,
+        })
+    }
+}
+
+/// Where an expected digest or size comes from: what to do about a mismatch depends on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The spec names it, at this field (`models[0].sha256`).
+    Spec { field: String },
+    /// The lock pinned it when the entry was first resolved.
+    Lock,
+    /// The source itself reported it (`the CivitAI API`, `Hugging Face`, `the package index`).
+    Source { who: String },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Spec { field } => write!(f, "the spec's `{field}`"),
+            Origin::Lock => write!(f, "the lock"),
+            Origin::Source { who } => write!(f, "{who}"),
+        }
+    }
+}
+
+/// A digest a fetched file must have, and who says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// Lower-case hexadecimal.
+    pub hex: String,
+    pub from: Origin,
+}
+
+impl Expected {
+    pub fn new(hex: &str, from: Origin) -> Expected {
+        Expected {
+            hex: hex.to_ascii_lowercase(),
+            from,
+        }
+    }
+
+    /// Check `actual` against this digest.
+    pub fn check(
+        &self,
+        what: &str,
+        url: &str,
+        algorithm: &'static str,
+        actual: &str,
+    ) -> Result<(), FetchError> {
+        if self.hex.eq_ignore_ascii_case(actual) {
+            return Ok(());
+        }
+        Err(FetchError::HashMismatch {
+            what: what.to_string(),
+            url: url.to_string(),
+            algorithm,
+            expected: self.hex.clone(),
+            actual: actual.to_ascii_lowercase(),
+            from: self.from.clone(),
         })
     }
 }
@@ -118,13 +200,27 @@ pub enum FetchError {
         status: u16,
         hint: Option<String>,
     },
-    #[error("{what}: {algorithm} mismatch for `{url}`: expected `{expected}`, got `{actual}`")]
+    #[error("{what}: {algorithm} mismatch for `{url}`: expected `{expected}` (from {from}), got `{actual}`")]
     HashMismatch {
         what: String,
         url: String,
         algorithm: &'static str,
         expected: String,
         actual: String,
+        from: Origin,
+    },
+    #[error("{what}: the certificate of `{host}` is not trusted ({message})")]
+    Tls {
+        what: String,
+        host: String,
+        message: String,
+    },
+    #[error("{what}: `{file}` cannot be used: {reason}")]
+    LocalSource {
+        what: String,
+        file: String,
+        reason: String,
+        hint: Option<String>,
     },
     #[error("{what}: size mismatch for `{url}`: expected {expected} bytes, got {actual}")]
     SizeMismatch {
@@ -179,9 +275,22 @@ impl Hint for FetchError {
     fn hint(&self) -> Option<String> {
         match self {
             FetchError::Status { hint, .. } => hint.clone(),
-            FetchError::HashMismatch { .. } | FetchError::SizeMismatch { .. } => Some(
+            FetchError::HashMismatch { from, .. } => Some(match from {
+                Origin::Spec { field } => format!(
+                    "nothing was stored. The digest comes from the spec: if the new file is the right one, correct `{field}` (or remove it to trust the first download)"
+                ),
+                Origin::Lock => "the source changed since it was locked, or the download was corrupted; nothing was stored. If the new content is intended, run `comfix resolve --update <NAME>`".into(),
+                Origin::Source { who } => format!(
+                    "{who} reported this digest for the file; the download was corrupted or the source is inconsistent. Nothing was stored; run the command again"
+                ),
+            }),
+            FetchError::SizeMismatch { .. } => Some(
                 "the source changed or the download was corrupted; nothing was stored. If the new content is intended, run `comfix resolve --update <NAME>`".into(),
             ),
+            FetchError::Tls { .. } => Some(
+                "if a proxy or a private CA signs this host's certificate, install the CA in the system's trust store or point `SSL_CERT_FILE` (a PEM bundle) or `SSL_CERT_DIR` at it, as for curl, pip and uv".into(),
+            ),
+            FetchError::LocalSource { hint, .. } => hint.clone(),
             FetchError::GitRefNotFound { .. } => {
                 Some("check the spec's `ref`; branches and tags are looked up by name".into())
             }
@@ -210,7 +319,10 @@ impl Hint for FetchError {
             FetchError::Store(e) => e.is_user_error(),
             FetchError::Python(e) => e.is_user_error(),
             // The network or the disk failed, not the user's input.
-            FetchError::Io { .. } | FetchError::Http { .. } | FetchError::Git { .. } => false,
+            FetchError::Io { .. }
+            | FetchError::Http { .. }
+            | FetchError::Git { .. }
+            | FetchError::Tls { .. } => false,
             FetchError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
             FetchError::Status { status, .. } => *status < 500,
             _ => true,

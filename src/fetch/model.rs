@@ -4,8 +4,10 @@
 use serde::Deserialize;
 use url::Url;
 
-use super::http::{Auth, Client};
-use super::{FetchConfig, FetchError};
+use super::http::{safe_file_name, Auth, Client, Download, Got};
+use super::{local, Expected, FetchConfig, FetchError, Origin};
+use crate::reporter::Reporter;
+use crate::store::{sanitize_name, AddOptions, Store};
 
 /// A parsed model source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +116,8 @@ pub struct Pinned {
     pub size: Option<u64>,
     pub sha256: Option<String>,
     pub blake3: Option<String>,
+    /// The file's name as the source reports it (CivitAI's `files[].name`), not yet checked.
+    pub file_name: Option<String>,
 }
 
 fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
@@ -140,6 +144,8 @@ struct CivitaiFile {
     #[serde(default)]
     hashes: std::collections::BTreeMap<String, String>,
     download_url: String,
+    #[serde(default)]
+    name: Option<String>,
 }
 
 /// Pin a remote source: ask the source what the file is (`file://` sources are not remote).
@@ -177,6 +183,7 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
                 size,
                 sha256,
                 blake3: None,
+                file_name: None,
             })
         }
         Source::Civitai { version_id } => {
@@ -212,6 +219,7 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
                 size: None,
                 sha256: hash("SHA256"),
                 blake3: hash("BLAKE3"),
+                file_name: file.name.clone(),
             })
         }
         Source::Url(url) => Ok(Pinned {
@@ -220,12 +228,204 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
             size: None,
             sha256: None,
             blake3: None,
+            file_name: None,
         }),
         Source::File(path) => Err(FetchError::Api {
             what: what.to_string(),
             message: format!("`{}` is a local file, not a remote source", path.display()),
         }),
     }
+}
+
+/// One model to fetch into the store: from a spec entry (first resolve) or a lock entry (kept
+/// pin whose path is gone, or a repair).
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    /// For messages: `model `wan-vae``.
+    pub what: String,
+    pub source: Source,
+    /// The source as written (a `file://` URL is also the locked URL).
+    pub source_text: String,
+    /// The file name when it is fixed: the spec's `filename`, or the lock's.
+    pub file_name: Option<String>,
+    /// The name derived from the source's last path segment.
+    pub derived_name: String,
+    /// What the lock pinned; `None` asks the source.
+    pub pinned: Option<Pinned>,
+    pub sha256: Option<Expected>,
+    pub blake3: Option<Expected>,
+}
+
+/// A model in the store, with what the lock records of it: only digests computed from the bytes.
+#[derive(Debug, Clone)]
+pub struct FetchedModel {
+    pub url: String,
+    pub revision: Option<String>,
+    pub file_name: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub blake3: String,
+    pub store_path: String,
+}
+
+/// The file name of a model whose spec gives none and whose source reports none: the server's
+/// `Content-Disposition` name when the URL's last segment is no model file name, else that segment.
+fn chosen_name(derived: &str, suggested: Option<&str>) -> String {
+    if !crate::spec::has_model_extension(derived) {
+        if let Some(name) = suggested.and_then(safe_file_name) {
+            return name;
+        }
+    }
+    derived.to_string()
+}
+
+/// Fetch one model into the store, checking every expected digest; nothing is registered on a
+/// mismatch. Local files need no network, even offline.
+pub async fn fetch(
+    client: &Client,
+    store: &Store,
+    reporter: &dyn Reporter,
+    request: &ModelRequest,
+) -> Result<FetchedModel, FetchError> {
+    let what = &request.what;
+    if let Source::File(path) = &request.source {
+        let file_name = request
+            .file_name
+            .clone()
+            .unwrap_or_else(|| request.derived_name.clone());
+        let staged = tokio::task::block_in_place(|| {
+            local::stage(
+                store,
+                what,
+                path,
+                "model",
+                request.sha256.as_ref(),
+                request.blake3.as_ref(),
+            )
+        })?;
+        let options = AddOptions {
+            name: Some(sanitize_name(&file_name)),
+            references: Vec::new(),
+        };
+        let digest = staged.blake3;
+        let added = tokio::task::block_in_place(|| {
+            store.add_staged(staged.staging, "model", &options, Some(digest))
+        })?;
+        return Ok(FetchedModel {
+            url: request.source_text.clone(),
+            revision: None,
+            file_name,
+            size: staged.size,
+            sha256: staged.sha256,
+            blake3: blake3::Hash::from(digest).to_hex().to_string(),
+            store_path: added.record.name,
+        });
+    }
+    if client.config().offline {
+        return Err(FetchError::Offline {
+            missing: vec![format!("{what} ({})", request.source_text)],
+        });
+    }
+    let pinned = match &request.pinned {
+        Some(p) => p.clone(),
+        None => pin(client, what, &request.source).await?,
+    };
+    let who = match &request.source {
+        Source::Civitai { .. } => "the CivitAI API",
+        Source::HuggingFace { .. } => "Hugging Face",
+        _ => "the source",
+    };
+    let reported = |hex: &Option<String>| {
+        hex.as_ref().map(|h| {
+            let from = if request.pinned.is_some() {
+                Origin::Lock
+            } else {
+                Origin::Source { who: who.into() }
+            };
+            Expected::new(h, from)
+        })
+    };
+    // Every digest anyone names is checked: the spec's, and the source's (or the lock's).
+    let sha256 = request.sha256.clone().or_else(|| reported(&pinned.sha256));
+    let blake3 = request.blake3.clone().or_else(|| reported(&pinned.blake3));
+    // A source that reports another digest than the spec names is refused before downloading.
+    for (algorithm, ours, theirs) in [
+        ("SHA-256", &request.sha256, reported(&pinned.sha256)),
+        ("BLAKE3", &request.blake3, reported(&pinned.blake3)),
+    ] {
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            if ours.hex != theirs.hex {
+                return Err(FetchError::HashMismatch {
+                    what: what.clone(),
+                    url: pinned.url.to_string(),
+                    algorithm,
+                    expected: ours.hex.clone(),
+                    actual: format!("{} (reported by {})", theirs.hex, theirs.from),
+                    from: ours.from.clone(),
+                });
+            }
+        }
+    }
+    let fixed_name = request.file_name.clone().or_else(|| {
+        pinned
+            .file_name
+            .as_deref()
+            .and_then(safe_file_name)
+            .or_else(|| {
+                crate::spec::has_model_extension(&request.derived_name)
+                    .then(|| request.derived_name.clone())
+            })
+    });
+    let download = Download {
+        what: what.clone(),
+        auth: auth_for(client.config(), &pinned.url),
+        url: pinned.url.clone(),
+        size: pinned.size,
+        sha256,
+        blake3,
+        file_name: "model".into(),
+        store_name: fixed_name.as_deref().map(sanitize_name),
+    };
+    let (file_name, size, sha256, digest, store_path) =
+        match client.download(store, reporter, &download).await? {
+            Got::Stored(stored) => (
+                fixed_name.expect("a stored download is found by its name"),
+                stored.size,
+                stored.sha256,
+                stored.blake3,
+                stored.store_path,
+            ),
+            Got::Fetched(fetched) => {
+                let file_name = fixed_name.clone().unwrap_or_else(|| {
+                    chosen_name(&request.derived_name, fetched.suggested_name.as_deref())
+                });
+                let options = AddOptions {
+                    name: Some(sanitize_name(&file_name)),
+                    references: Vec::new(),
+                };
+                let (size, sha256, digest) = (fetched.size, fetched.sha256.clone(), fetched.blake3);
+                let added = tokio::task::block_in_place(|| {
+                    store.add_staged(fetched.staging, "model", &options, Some(digest))
+                })?;
+                fetched.receipt.stored(&added.record.name);
+                (
+                    file_name,
+                    size,
+                    sha256,
+                    blake3::Hash::from(digest).to_hex().to_string(),
+                    added.record.name,
+                )
+            }
+        };
+    Ok(FetchedModel {
+        url: pinned.url.to_string(),
+        revision: pinned.revision,
+        file_name,
+        size,
+        sha256,
+        blake3: digest,
+        store_path,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use url::Url;
 
-use super::http::{Client, Download};
+use super::http::{Client, Download, Got};
 use super::FetchError;
 use crate::reporter::Reporter;
 use crate::store::{AddOptions, Added, Store};
@@ -83,20 +83,32 @@ pub async fn fetch(
         what: format!("registry node `{id}`"),
         message: format!("bad download URL `{download_url}`: {e}"),
     })?;
+    let name = crate::store::sanitize_name(&format!("{id}-{version}"));
     let download = Download {
         what: format!("registry node `{id}` {version}"),
         url,
         auth: None,
         size: None,
         sha256: None,
-        blake3: blake3.map(str::to_string),
+        blake3: blake3.map(|b| super::Expected::new(b, super::Origin::Lock)),
         file_name: "package.zip".into(),
+        store_name: Some(name.clone()),
     };
-    let fetched = client.download(store, reporter, &download).await?;
+    let fetched = match client.download(store, reporter, &download).await? {
+        Got::Fetched(fetched) => fetched,
+        Got::Stored(stored) => {
+            if let Some(added) = store.existing(&stored.store_path)? {
+                return Ok((stored.blake3, added));
+            }
+            return Err(FetchError::Api {
+                what: download.what.clone(),
+                message: format!("`{}` vanished from the store", stored.store_path),
+            });
+        }
+    };
     let zip_blake3 = blake3::Hash::from(fetched.blake3).to_hex().to_string();
     let zip_path = fetched.staging.path().join(&fetched.file_name);
     let root = fetched.staging.path().join("package");
-    let name = crate::store::sanitize_name(&format!("{id}-{version}"));
     let added = {
         let root = root.clone();
         let url = download_url.to_string();
@@ -110,6 +122,7 @@ pub async fn fetch(
             Ok(store.add_staged(fetched.staging, "package", &options, None)?)
         })?
     };
+    fetched.receipt.stored(&added.record.name);
     Ok((zip_blake3, added))
 }
 

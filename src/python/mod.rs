@@ -62,6 +62,8 @@ pub enum PythonError {
         version: String,
         reason: String,
     },
+    #[error("`--wheels-dir {}` is not a directory", .path.display())]
+    NotADirectory { path: PathBuf },
     #[error("Wheel `{filename}` is not in the wheels directory `{}`", .dir.display())]
     MissingWheel { filename: String, dir: PathBuf },
     #[error("Invalid `{}`: {message}", .path.display())]

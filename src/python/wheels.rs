@@ -6,8 +6,8 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use super::{requirements, Compile, Group, PinnedWheel, PythonError, Uv};
-use crate::fetch::http::Download;
-use crate::fetch::FetchError;
+use crate::fetch::http::{Download, Got};
+use crate::fetch::{Expected, FetchError, Origin};
 use crate::lockfile::{LockedGit, LockedNode, LockedPython, LockedWheel};
 use crate::resolve::{ItemReport, Resolver, Update};
 use crate::spec::Spec;
@@ -62,6 +62,7 @@ impl Resolver {
         nodes: &[LockedNode],
         old: Option<&LockedPython>,
         update: &Update,
+        progress: &mut Option<LockedPython>,
     ) -> Result<Option<(LockedPython, Vec<ItemReport>)>, FetchError> {
         let store = self.store.clone();
         let groups = tokio::task::block_in_place(|| groups(&store, spec, core, nodes))?;
@@ -89,7 +90,8 @@ impl Resolver {
                                 sha256: w.sha256.clone(),
                                 size: None,
                             },
-                            Some(w.store_path.clone()),
+                            // An interrupted resolve keeps wheels it had not fetched yet unnamed.
+                            (!w.store_path.is_empty()).then(|| w.store_path.clone()),
                         )
                     })
                     .collect();
@@ -136,6 +138,23 @@ impl Resolver {
             }
         };
 
+        // What is pinned is kept even if a download fails, so the next resolve does not ask uv
+        // again (`store_path` is filled in as wheels arrive).
+        *progress = Some(LockedPython {
+            version: version.clone(),
+            requirements: groups.clone(),
+            wheels: pinned
+                .iter()
+                .map(|(w, kept)| LockedWheel {
+                    name: w.name.clone(),
+                    version: w.version.clone(),
+                    filename: w.filename.clone(),
+                    url: (!w.url.is_empty()).then(|| w.url.clone()),
+                    sha256: w.sha256.clone(),
+                    store_path: kept.clone().unwrap_or_default(),
+                })
+                .collect(),
+        });
         let mut tasks = Vec::new();
         let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
         for (wheel, kept) in pinned {
@@ -144,9 +163,12 @@ impl Resolver {
         let mut wheels = Vec::new();
         let mut reports = Vec::new();
         let mut errors = Vec::new();
-        for task in tasks {
+        for (i, task) in tasks.into_iter().enumerate() {
             match task.await.expect("wheel tasks do not panic") {
                 Ok((wheel, report)) => {
+                    if let Some(p) = progress.as_mut() {
+                        p.wheels[i].store_path = wheel.store_path.clone();
+                    }
                     wheels.push(wheel);
                     reports.push(report);
                 }
@@ -253,23 +275,36 @@ impl Resolver {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
+            let from = match action {
+                "kept" => Origin::Lock,
+                _ => Origin::Source {
+                    who: "the package index".into(),
+                },
+            };
             let download = Download {
                 what,
                 auth: None,
                 url,
                 size: wheel.size,
-                sha256: Some(wheel.sha256.clone()),
+                sha256: Some(Expected::new(&wheel.sha256, from)),
                 blake3: None,
                 file_name: wheel.filename.clone(),
+                store_name: options.name.clone(),
             };
-            let fetched = client
+            match client
                 .download(&store, reporter.as_ref(), &download)
-                .await?;
-            let digest = fetched.blake3;
-            let added = tokio::task::block_in_place(|| {
-                store.add_staged(fetched.staging, &wheel.filename, &options, Some(digest))
-            })?;
-            Ok(done(added.record.name))
+                .await?
+            {
+                Got::Stored(stored) => Ok(done(stored.store_path)),
+                Got::Fetched(fetched) => {
+                    let digest = fetched.blake3;
+                    let added = tokio::task::block_in_place(|| {
+                        store.add_staged(fetched.staging, &wheel.filename, &options, Some(digest))
+                    })?;
+                    fetched.receipt.stored(&added.record.name);
+                    Ok(done(added.record.name))
+                }
+            }
         })
     }
 }
@@ -302,15 +337,12 @@ fn add_local_wheel(
         .into());
     }
     let actual = sha256_of(file).map_err(FetchError::io(file))?;
-    if !actual.eq_ignore_ascii_case(&wheel.sha256) {
-        return Err(FetchError::HashMismatch {
-            what: format!("wheel `{}`", wheel.filename),
-            url: file.display().to_string(),
-            algorithm: "SHA-256",
-            expected: wheel.sha256.clone(),
-            actual,
-        });
-    }
+    Expected::new(&wheel.sha256, Origin::Lock).check(
+        &format!("wheel `{}`", wheel.filename),
+        &file.display().to_string(),
+        "SHA-256",
+        &actual,
+    )?;
     Ok(store
         .add_path(file, options, &crate::reporter::NoReporter)?
         .record

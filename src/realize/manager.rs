@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use git2::{ObjectType, Oid, Repository};
+use git2::{Oid, Repository};
 
 use super::RealizeError;
 use crate::fetch::git::mirror_path;
@@ -38,31 +38,7 @@ pub fn make_worktree(
     let repo = Repository::init(dir).map_err(git_err(dir))?;
     repo.remote("origin", repo_url).map_err(git_err(dir))?;
     let oid = Oid::from_str(commit).map_err(git_err(dir))?;
-    let src = mirror.odb().map_err(git_err(dir))?;
-    let dst = repo.odb().map_err(git_err(dir))?;
-    let copy = |id: Oid| -> Result<(), RealizeError> {
-        let object = src.read(id).map_err(git_err(dir))?;
-        dst.write(object.kind(), object.data())
-            .map_err(git_err(dir))?;
-        Ok(())
-    };
-    copy(oid)?;
-    let tree = mirror
-        .find_commit(oid)
-        .and_then(|c| c.tree())
-        .map_err(git_err(dir))?;
-    let mut stack = vec![tree.id()];
-    while let Some(tree_id) = stack.pop() {
-        copy(tree_id)?;
-        let tree = mirror.find_tree(tree_id).map_err(git_err(dir))?;
-        for entry in tree.iter() {
-            match entry.kind() {
-                Some(ObjectType::Tree) => stack.push(entry.id()),
-                Some(ObjectType::Blob) => copy(entry.id())?,
-                _ => {} // submodule links point into other repositories
-            }
-        }
-    }
+    crate::fetch::git::copy_commit(&mirror, &repo, oid).map_err(git_err(dir))?;
     // The parents are not here: tell git so (a shallow clone of depth 1).
     let shallow = dir.join(".git/shallow");
     std::fs::write(&shallow, format!("{commit}\n")).map_err(|source| RealizeError::Io {

@@ -118,6 +118,9 @@ pub struct RealizeOptions {
     pub link_mode: LinkMode,
     /// The venv store path, linked as `<home>/.venv`.
     pub venv: Option<String>,
+    /// Optional models of the spec that could not be fetched (`loras/x.safetensors`): recorded
+    /// in the generation, so `status` shows them missing.
+    pub not_fetched: Vec<String>,
 }
 
 /// Where a store path is placed in a generation.
@@ -145,6 +148,9 @@ pub struct Generation {
     /// The home manifest store path (a GC root) that references every store path used.
     pub manifest: String,
     pub mounts: Vec<Mount>,
+    /// Optional models left out because they could not be fetched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_fetched: Vec<String>,
 }
 
 /// What `realize` did.
@@ -568,6 +574,7 @@ pub fn realize(
         link_mode: options.link_mode,
         manifest,
         mounts,
+        not_fetched: options.not_fetched.clone(),
     };
     for (name, text) in [
         ("files.json", serde_json::to_string(&placed)),
@@ -751,6 +758,8 @@ pub struct StatusReport {
     pub changed: Vec<String>,
     pub added: Vec<String>,
     pub missing: Vec<String>,
+    /// Optional models of the version that could not be fetched when it was realized.
+    pub not_fetched: Vec<String>,
 }
 
 impl StatusReport {
@@ -809,6 +818,7 @@ pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError
         changed,
         added,
         missing,
+        not_fetched: generation.not_fetched.clone(),
     })
 }
 

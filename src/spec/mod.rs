@@ -279,6 +279,40 @@ impl Hint for SpecError {
 pub struct LoadedSpec {
     pub path: PathBuf,
     pub spec: Spec,
+    /// What is allowed but probably wrong (a model file name ComfyUI would not list).
+    pub warnings: Vec<Issue>,
+}
+
+impl LoadedSpec {
+    /// The directory the spec's relative paths (`workflows`) are relative to.
+    pub fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    /// Log the warnings (for commands that use the spec without printing it).
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            match &warning.hint {
+                Some(hint) => tracing::warn!("{}: {warning} ({hint})", self.path.display()),
+                None => tracing::warn!("{}: {warning}", self.path.display()),
+            }
+        }
+    }
+}
+
+/// File extensions ComfyUI's model folders list (`folder_paths.supported_pt_extensions`), with
+/// `.gguf` (ComfyUI-GGUF) and `.onnx`, which common node packs load from the same folders.
+pub const MODEL_EXTENSIONS: [&str; 10] = [
+    "safetensors", "ckpt", "pt", "pt2", "pth", "bin", "pkl", "sft", "gguf", "onnx",
+];
+
+/// Whether ComfyUI would list a model file of this name.
+pub fn has_model_extension(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, ext)| MODEL_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
 }
 
 impl Spec {
@@ -289,9 +323,22 @@ impl Spec {
             source,
         })?;
         let spec = Spec::parse(&text, path)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let issues = validate::on_disk(&spec, &dir);
+        if !issues.is_empty() {
+            return Err(SpecError::Invalid {
+                path: path.to_path_buf(),
+                issues,
+            });
+        }
+        let warnings = validate::warnings(&spec);
         Ok(LoadedSpec {
             path: path.to_path_buf(),
             spec,
+            warnings,
         })
     }
 

@@ -82,11 +82,21 @@ fn is_model_source(source: &str) -> Result<(), String> {
             }
             Ok(())
         }
-        "https" | "http" | "file" => {
+        "https" | "http" => {
             if rest.is_empty() {
                 return Err("the URL has no host or path".into());
             }
             Ok(())
+        }
+        "file" => {
+            let path = url::Url::parse(source)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .ok_or("expected `file:///<absolute path>` (no host)")?;
+            match crate::fetch::local::refused_by_name(&path) {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            }
         }
         other => Err(format!(
             "unsupported scheme `{other}`; expected `hf`, `civitai`, `https`, `http` or `file`"
@@ -397,6 +407,88 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
         }
     }
 
+    issues.0
+}
+
+/// Problems only the file system shows: `file://` sources that exist but are not readable
+/// regular files, and workflows that are missing or not JSON. A `file://` source that does not
+/// exist is left to resolve (a store that holds it realizes without it).
+pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
+    let mut issues = Issues(Vec::new());
+    for (i, model) in spec.models.iter().enumerate() {
+        let Some(path) = model
+            .source
+            .starts_with("file://")
+            .then(|| url::Url::parse(&model.source).ok()?.to_file_path().ok())
+            .flatten()
+        else {
+            continue;
+        };
+        if let Some(reason) = std::fs::canonicalize(&path)
+            .ok()
+            .and_then(|real| crate::fetch::local::refused_by_name(&real).map(|r| (real, r)))
+            .map(|(real, r)| format!("it leads to `{}`: {r}", real.display()))
+        {
+            issues.add(format!("models[{i}].source"), reason);
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if let Some((reason, hint)) = crate::fetch::local::refused_by_kind(&meta) {
+                match hint {
+                    Some(hint) => issues.add_hint(format!("models[{i}].source"), reason, &hint),
+                    None => issues.add(format!("models[{i}].source"), reason),
+                }
+            }
+        }
+    }
+    for (i, workflow) in spec.workflows.iter().enumerate() {
+        let at = format!("workflows[{i}]");
+        let path = dir.join(workflow);
+        match std::fs::read(&path) {
+            Err(e) => issues.add_hint(
+                at,
+                format!("cannot read `{}`: {e}", path.display()),
+                "workflow paths are relative to the spec's directory",
+            ),
+            Ok(bytes) => {
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    issues.add(at, format!("`{}` is not JSON: {e}", path.display()));
+                }
+            }
+        }
+    }
+    issues.0
+}
+
+/// What is valid but probably not what the author wants.
+pub(super) fn warnings(spec: &Spec) -> Vec<Issue> {
+    let mut issues = Issues(Vec::new());
+    for (i, model) in spec.models.iter().enumerate() {
+        let civitai_default = model.filename.is_none()
+            && (model.source.starts_with("civitai://") || model.source.contains("civitai.com"));
+        if civitai_default {
+            continue; // the file's real name comes from the CivitAI API
+        }
+        let name = model.file_name();
+        if super::has_model_extension(&name) {
+            continue;
+        }
+        let web = model.source.starts_with("http://") || model.source.starts_with("https://");
+        let hint = if model.filename.is_none() && web {
+            "the name the server gives (`Content-Disposition`) is used when it sends one; set `filename` to be sure"
+        } else {
+            "set `filename` to the model's file name with its extension"
+        };
+        issues.add_hint(
+            format!("models[{i}]"),
+            format!(
+                "ComfyUI lists only files with a model extension ({}), and `{}` has none",
+                super::MODEL_EXTENSIONS.map(|e| format!(".{e}")).join(", "),
+                name.escape_debug()
+            ),
+            hint,
+        );
+    }
     issues.0
 }
 

@@ -419,7 +419,8 @@ impl Store {
     }
 
     /// If `name` is valid and present on disk, protect it with a temporary root and describe it.
-    fn existing(&self, name: &str) -> Result<Option<Added>> {
+    /// The valid path `name` as an [`Added`] that registered nothing.
+    pub fn existing(&self, name: &str) -> Result<Option<Added>> {
         let Some(record) = self.query(name)? else {
             return Ok(None);
         };

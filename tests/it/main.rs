@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod gc;
+mod inputs;
 mod python;
 mod realize;
 mod resolve;

@@ -13,7 +13,7 @@ use crate::support::git::{Entry, TestRepo};
 use crate::support::http::{Route, TestServer};
 use crate::support::*;
 
-const HF_TOKEN: &str = "hf_test_token_123";
+pub(crate) const HF_TOKEN: &str = "hf_test_token_123";
 const CIVITAI_TOKEN: &str = "civitai_test_token_456";
 const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 

@@ -332,6 +332,14 @@ fn schema_matches_the_parser() {
         serde_json::from_str(&fs::read_to_string(repo_root().join("specs/sample.json")).unwrap())
             .unwrap();
     let env = TestEnv::new();
+    // sample.json names a workflow, which must exist beside the spec.
+    let workflows = env.work.join("versions/workflows");
+    fs::create_dir_all(&workflows).unwrap();
+    fs::copy(
+        repo_root().join("specs/workflows/minimal.json"),
+        workflows.join("minimal.json"),
+    )
+    .unwrap();
     // The parser accepts every field the schema lists (sample.json plus the rest)...
     let mut everything = sample.clone();
     everything["comfy"]["commit"] = json!("0123456789abcdef0123456789abcdef01234567");

@@ -80,14 +80,25 @@ struct Inner {
 pub struct TestServer {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
+    scheme: &'static str,
 }
 
 impl TestServer {
     pub fn start() -> TestServer {
+        TestServer::start_with(None)
+    }
+
+    /// The same server speaking HTTPS with `tls` (see `support::tls`).
+    pub fn start_tls(tls: Arc<rustls::ServerConfig>) -> TestServer {
+        TestServer::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let addr = listener.local_addr().unwrap();
         let inner = Arc::new(Inner::default());
         let accept = inner.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if accept.stop.load(Ordering::SeqCst) {
@@ -95,21 +106,41 @@ impl TestServer {
                 }
                 let Ok(stream) = stream else { continue };
                 let inner = accept.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &inner);
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let Ok(tcp) = stream.try_clone() else { return };
+                    match tls {
+                        None => {
+                            let _ = handle(stream, &tcp, &inner);
+                        }
+                        Some(config) => {
+                            let Ok(conn) = rustls::ServerConnection::new(config) else {
+                                return;
+                            };
+                            let mut tls = rustls::StreamOwned::new(conn, stream);
+                            let _ = handle(&mut tls, &tcp, &inner);
+                            tls.conn.send_close_notify();
+                            let _ = tls.flush();
+                        }
+                    }
                 });
             }
         });
-        TestServer { addr, inner }
+        TestServer {
+            addr,
+            inner,
+            scheme,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.addr.port())
     }
 
     /// The same server under another host name (`localhost`), for cross-host redirects.
     pub fn other_host_url(&self, path: &str) -> String {
-        format!("http://localhost:{}{path}", self.addr.port())
+        format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
     }
 
     pub fn route(&self, path: &str, route: Route) {
@@ -153,8 +184,7 @@ impl Drop for TestServer {
     }
 }
 
-fn handle(mut stream: TcpStream, inner: &Inner) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+fn handle(mut stream: impl Read + Write, tcp: &TcpStream, inner: &Inner) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -255,7 +285,7 @@ fn handle(mut stream: TcpStream, inner: &Inner) -> std::io::Result<()> {
                         std::thread::sleep(Duration::from_millis(20));
                     }
                 }
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
                 return Ok(());
             }
         }
@@ -264,7 +294,7 @@ fn handle(mut stream: TcpStream, inner: &Inner) -> std::io::Result<()> {
 }
 
 fn write_head(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     status: u16,
     headers: &[(String, String)],
     len: u64,
@@ -278,7 +308,7 @@ fn write_head(
 }
 
 fn respond(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     status: u16,
     headers: &[(String, String)],
     body: &[u8],

@@ -4,6 +4,7 @@
 
 pub mod git;
 pub mod http;
+pub mod tls;
 pub mod wheels;
 
 use std::fs;
@@ -44,6 +45,8 @@ impl TestEnv {
             .env_remove("COMFIX_STORE")
             .env_remove("COMFIX_LOG")
             .env_remove("COMFIX_FAULT_PAUSE")
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("SSL_CERT_DIR")
             .env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         cmd

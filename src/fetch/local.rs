@@ -1,0 +1,202 @@
+//! `file://` sources with a policy: only regular files, nothing from `/proc`, `/sys` or `/dev`
+//! (or any other kernel filesystem), and only files every user may read — the store is readable
+//! by everyone, so a private file would be published by adding it.
+//!
+//! A local file is opened once, without blocking (a FIFO cannot hang resolve), checked on the
+//! open descriptor, and copied into the store's staging area while it is hashed: the bytes that
+//! are checked against the expected digests are exactly the bytes that are stored.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::Digest as _;
+
+use super::{Expected, FetchError};
+use crate::store::{Staging, Store};
+
+/// Top-level directories whose files are the kernel's or devices, never model files.
+const REFUSED_ROOTS: [&str; 3] = ["proc", "sys", "dev"];
+
+/// Why a local path cannot be a source, judged from its name alone (for `spec check`).
+pub fn refused_by_name(path: &Path) -> Option<String> {
+    if !path.is_absolute() {
+        return Some("a `file://` source must be an absolute path".into());
+    }
+    let first = path.components().find_map(|c| match c {
+        Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+        _ => None,
+    })?;
+    REFUSED_ROOTS.contains(&first.as_str()).then(|| {
+        format!("files under `/{first}` are the kernel's or devices, not model files")
+    })
+}
+
+/// Why an existing local path cannot be a source, judged from what it is (following symlinks):
+/// anything but a regular file, on a kernel filesystem, or unreadable by other users.
+pub fn refused_by_kind(meta: &std::fs::Metadata) -> Option<(String, Option<String>)> {
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Some((format!("it is {what}; only regular files can be models"), None));
+    }
+    if meta.mode() & 0o004 == 0 {
+        return Some((
+            "other users cannot read it, and everything in the store is readable by every user"
+                .into(),
+            Some("if the file may be shared with every user of this machine, make it readable (`chmod o+r FILE`); otherwise keep it out of the spec".into()),
+        ));
+    }
+    None
+}
+
+fn refuse(what: &str, path: &Path, reason: String, hint: Option<String>) -> FetchError {
+    FetchError::LocalSource {
+        what: what.to_string(),
+        file: path.display().to_string(),
+        reason,
+        hint,
+    }
+}
+
+/// Kernel and pseudo filesystems (`statfs` magic numbers) whose files are never model files.
+fn on_pseudo_fs(file: &File) -> bool {
+    const PSEUDO: [u64; 9] = [
+        0x9fa0,     // proc
+        0x6265_6572, // sysfs
+        0x1373,     // devfs
+        0x1cd1,     // devpts
+        0x6462_6720, // debugfs
+        0x7363_6673, // securityfs
+        0x2762_0f94, // cgroup
+        0x6367_7270, // cgroup2
+        0x7472_6163, // tracefs
+    ];
+    rustix::fs::fstatfs(file).is_ok_and(|s| PSEUDO.contains(&(s.f_type as u64)))
+}
+
+/// What staging a local file produced.
+pub struct StagedFile {
+    pub staging: Staging,
+    pub size: u64,
+    /// Computed when a SHA-256 was expected (and then equal to it).
+    pub sha256: Option<String>,
+    pub blake3: crate::store::tree::Digest,
+}
+
+/// Open `path` under the policy, copy it into a new staging directory as `file_name` while
+/// hashing it, and check every expected digest. On any refusal or mismatch nothing is staged.
+pub fn stage(
+    store: &Store,
+    what: &str,
+    path: &Path,
+    file_name: &str,
+    sha256: Option<&Expected>,
+    blake3: Option<&Expected>,
+) -> Result<StagedFile, FetchError> {
+    if let Some(reason) = refused_by_name(path) {
+        return Err(refuse(what, path, reason, None));
+    }
+    let real: PathBuf = std::fs::canonicalize(path).map_err(FetchError::io(path))?;
+    if let Some(reason) = refused_by_name(&real) {
+        return Err(refuse(what, path, format!("it leads to `{}`: {reason}", real.display()), None));
+    }
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: a terminal stays ours.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_flags())
+        .open(&real)
+        .map_err(FetchError::io(path))?;
+    let meta = file.metadata().map_err(FetchError::io(path))?;
+    if let Some((reason, hint)) = refused_by_kind(&meta) {
+        return Err(refuse(what, path, reason, hint));
+    }
+    if on_pseudo_fs(&file) {
+        return Err(refuse(
+            what,
+            path,
+            "it is on a kernel filesystem, not a model file".into(),
+            None,
+        ));
+    }
+
+    let staging = store.staging()?;
+    let staged = staging.path().join(file_name);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&staged)
+        .map_err(FetchError::io(&staged))?;
+    let mut b3 = blake3::Hasher::new();
+    let mut sha = sha256.map(|_| sha2::Sha256::new());
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FetchError::io(path)(e)),
+        };
+        let chunk = &buf[..n];
+        out.write_all(chunk).map_err(FetchError::io(&staged))?;
+        b3.update(chunk);
+        if let Some(sha) = &mut sha {
+            sha.update(chunk);
+        }
+        size += n as u64;
+    }
+    out.sync_data().map_err(FetchError::io(&staged))?;
+    let digest = *b3.finalize().as_bytes();
+    let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));
+    let source = format!("file://{}", path.display());
+    if let (Some(expected), Some(actual)) = (sha256, &sha256_hex) {
+        expected.check(what, &source, "SHA-256", actual)?;
+    }
+    if let Some(expected) = blake3 {
+        expected.check(
+            what,
+            &source,
+            "BLAKE3",
+            &blake3::Hash::from(digest).to_hex(),
+        )?;
+    }
+    Ok(StagedFile {
+        staging,
+        size,
+        sha256: sha256_hex,
+        blake3: digest,
+    })
+}
+
+fn libc_flags() -> i32 {
+    (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_trees_are_refused_by_name() {
+        for bad in ["/proc/self/environ", "/sys/kernel/x", "/dev/zero", "relative/x"] {
+            assert!(refused_by_name(Path::new(bad)).is_some(), "{bad}");
+        }
+        for good in ["/models/x.safetensors", "/home/u/proc/x", "/devices/x"] {
+            assert!(refused_by_name(Path::new(good)).is_none(), "{good}");
+        }
+    }
+}
