@@ -134,6 +134,19 @@ fn fetch_local(repo: &Repository, source: &Path, url: &str, want: Want<'_>) -> R
         }
         Want::Commit(hex) => {
             let oid = Oid::from_str(hex).map_err(git_err(url))?;
+            // As a git server does by default: only commits some ref reaches are served.
+            let reachable = src
+                .references()
+                .map_err(git_err(url))?
+                .flatten()
+                .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
+                .any(|tip| tip == oid || src.graph_descendant_of(tip, oid).unwrap_or(false));
+            if !reachable {
+                return Err(FetchError::GitCommitNotFound {
+                    url: url.to_string(),
+                    commit: hex.to_string(),
+                });
+            }
             (oid, format!("refs/comfix/pins/{hex}"))
         }
     };
