@@ -178,6 +178,9 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::realize::RealizeError>() {
             return (e.is_user_error(), e.hint());
         }
+        if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
+            return (e.is_user_error(), e.hint());
+        }
         if cause.downcast_ref::<diff::NoLock>().is_some() {
             return (true, Some("run `comfix resolve <ID>` for it first".into()));
         }

@@ -115,6 +115,7 @@ impl Hint for PythonError {
             | PythonError::Unresolvable { .. }
             | PythonError::NoWheel { .. }
             | PythonError::MissingWheel { .. }
+            | PythonError::NotADirectory { .. }
             | PythonError::Pyproject { .. } => true,
             PythonError::Store(e) => e.is_user_error(),
             _ => false,

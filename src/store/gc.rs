@@ -379,7 +379,10 @@ impl Store {
         let downloads = self.root.join("tmp/downloads");
         for entry in fs::read_dir(&downloads).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name.strip_suffix(".part") else {
+            let Some(key) = name
+                .strip_suffix(".part")
+                .or_else(|| name.strip_suffix(".done"))
+            else {
                 continue;
             };
             if keys.contains(key) {
@@ -390,7 +393,7 @@ impl Store {
             else {
                 continue;
             };
-            for suffix in ["part", "etag"] {
+            for suffix in ["part", "etag", "done"] {
                 let _ = fs::remove_file(downloads.join(format!("{key}.{suffix}")));
             }
             report.removed_other.push(format!("tmp/downloads/{name}"));

@@ -580,3 +580,30 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
     );
     assert!(!world.env.store.join("cache/uv").exists());
 }
+
+#[test]
+fn a_relative_wheels_dir_is_taken_from_the_working_directory() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    wheels::write_dir(&world.env.work.join("wheels"), &packages());
+    let dead = TestServer::start();
+    let dead_url = dead.url("/simple/");
+    drop(dead);
+    let out = world
+        .cmd()
+        .env("UV_DEFAULT_INDEX", &dead_url)
+        .args(["realize", "v1", "--wheels-dir", "wheels", "--target"])
+        .arg(world.env.path("home"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(world.env.path("home/.venv/bin/python").exists());
+    // A wheels directory that is not there is a user error naming it.
+    let out = world
+        .cmd()
+        .args(["resolve", "v1", "--update", "python", "--wheels-dir", "no-such-dir"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-dir"), "{}", stderr(&out));
+}
