@@ -177,7 +177,10 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Optio
         }),
         None => {}
     }
-    for step in steps.iter_mut().filter(|s| s.kind == "fetch-model" && s.output.is_none()) {
+    for step in steps
+        .iter_mut()
+        .filter(|s| s.kind == "fetch-model" && s.output.is_none())
+    {
         let source_id = |source: &String| step_id("fetch-model", &step.name, source);
         if optional.iter().any(|source| source_id(source) == step.id) {
             step.state = "optional";

@@ -84,7 +84,10 @@ impl Resolver {
         let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
         let merged = Partial::load(&self.store, &spec.version_id).and_then(|p| p.over(spec, old));
         if merged.is_some() {
-            tracing::info!("continuing the interrupted resolution of `{}`", spec.version_id);
+            tracing::info!(
+                "continuing the interrupted resolution of `{}`",
+                spec.version_id
+            );
         }
         let old = merged.as_ref().or(old);
 
@@ -250,10 +253,7 @@ impl Resolver {
             partial.save(&self.store);
             return Err(combine(errors));
         }
-        let workflows = match self.store_workflows(spec) {
-            Ok(w) => w,
-            Err(err) => return Err(err),
-        };
+        let workflows = self.store_workflows(spec)?;
         Partial::clear(&self.store, &spec.version_id);
         let lock = Lock {
             lock_version: LOCK_VERSION,
@@ -483,7 +483,8 @@ impl Resolver {
                     )
                 })
             };
-            let lock_digest = |value: Option<&String>| value.map(|h| Expected::new(h, Origin::Lock));
+            let lock_digest =
+                |value: Option<&String>| value.map(|h| Expected::new(h, Origin::Lock));
             let request = model::ModelRequest {
                 what: format!("model `{label}`"),
                 source: source.clone(),
@@ -586,7 +587,10 @@ impl Partial {
             .and_then(|_| std::fs::write(&temp, serde_json::to_vec_pretty(self)?))
             .and_then(|()| std::fs::rename(&temp, &path));
         if let Err(e) = written {
-            tracing::warn!("cannot keep the partial resolution at `{}`: {e}", path.display());
+            tracing::warn!(
+                "cannot keep the partial resolution at `{}`: {e}",
+                path.display()
+            );
         }
     }
 
@@ -620,7 +624,10 @@ impl Partial {
         }
         let mut models = self.models;
         for model in old.map(|l| l.models.as_slice()).unwrap_or_default() {
-            if !models.iter().any(|m| m.key() == model.key() && m.source == model.source) {
+            if !models
+                .iter()
+                .any(|m| m.key() == model.key() && m.source == model.source)
+            {
                 models.push(model.clone());
             }
         }
@@ -748,7 +755,13 @@ pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
         stale.push("models removed from the spec".into());
     }
     let locked_workflows: Vec<&str> = lock.workflows.iter().map(|w| w.path.as_str()).collect();
-    if locked_workflows != spec.workflows.iter().map(String::as_str).collect::<Vec<_>>() {
+    if locked_workflows
+        != spec
+            .workflows
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    {
         stale.push("workflows".into());
     }
     // The core's and nodes' requirements change only with their own (stale) entries.

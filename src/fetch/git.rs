@@ -106,7 +106,12 @@ fn local_repo(url: &str) -> Option<PathBuf> {
 
 /// [`fetch`] from a repository on this machine: libgit2's local transport would copy every ref's
 /// objects, so the wanted commit is copied with what its tree needs instead.
-fn fetch_local(repo: &Repository, source: &Path, url: &str, want: Want<'_>) -> Result<(), FetchError> {
+fn fetch_local(
+    repo: &Repository,
+    source: &Path,
+    url: &str,
+    want: Want<'_>,
+) -> Result<(), FetchError> {
     let src = Repository::open(source).map_err(git_err(url))?;
     let (commit, refname) = match want {
         Want::Head => {
@@ -241,7 +246,9 @@ pub fn fetch_commit(
     if fetch(store, url, via).is_ok() && (!full || has_commit(store, url, commit)) {
         return Ok(());
     }
-    tracing::info!("`{url}`: commit `{commit}` is not on the wanted ref; fetching every branch and tag");
+    tracing::info!(
+        "`{url}`: commit `{commit}` is not on the wanted ref; fetching every branch and tag"
+    );
     update_mirror(store, url).map(|_| ())
 }
 

@@ -79,8 +79,9 @@ pub struct Download {
 
 /// What [`Client::download`] got.
 pub enum Got {
-    /// New bytes, verified and staged: the caller adds them and then calls [`Fetched::stored`].
-    Fetched(Fetched),
+    /// New bytes, verified and staged: the caller adds them and then tells the receipt where
+    /// they went ([`Receipt::stored`]). Boxed: it carries the staging directory and the lock.
+    Fetched(Box<Fetched>),
     /// Another process downloaded the same URL meanwhile (or earlier) and stored it as this valid
     /// path, protected for this process, with the digests the download expected.
     Stored(StoredDownload),
@@ -126,7 +127,9 @@ impl Receipt {
             store_path: store_path.to_string(),
             ..self.record
         };
-        let temp = self.done.with_extension(format!("done.{}", std::process::id()));
+        let temp = self
+            .done
+            .with_extension(format!("done.{}", std::process::id()));
         let text = serde_json::to_string(&record).expect("a download record serializes");
         if std::fs::write(&temp, text).is_ok() {
             let _ = std::fs::rename(&temp, &self.done);
@@ -222,7 +225,8 @@ fn request_error(what: &str, url: &Url, err: &reqwest::Error, config: &FetchConf
         format!("connection to `{host}:{port}` refused")
     } else if lower.contains("proxy") || lower.contains("tunnel") {
         "the proxy failed (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`)".to_string()
-    } else if lower.contains("tls") || lower.contains("handshake") || lower.contains("certificate") {
+    } else if lower.contains("tls") || lower.contains("handshake") || lower.contains("certificate")
+    {
         format!("TLS with `{host}:{port}` failed")
     } else if err.is_connect() {
         format!("cannot connect to `{host}:{port}`")
@@ -510,7 +514,7 @@ impl Client {
             },
             _lock: held,
         };
-        Ok(Got::Fetched(Fetched {
+        Ok(Got::Fetched(Box::new(Fetched {
             staging,
             file_name: d.file_name.clone(),
             size,
@@ -518,7 +522,7 @@ impl Client {
             blake3,
             suggested_name: suggested,
             receipt,
-        }))
+        })))
     }
 
     /// The record another download of the same URL left, if it names a valid store path of the

@@ -28,9 +28,9 @@ pub fn refused_by_name(path: &Path) -> Option<String> {
         Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
         _ => None,
     })?;
-    REFUSED_ROOTS.contains(&first.as_str()).then(|| {
-        format!("files under `/{first}` are the kernel's or devices, not model files")
-    })
+    REFUSED_ROOTS
+        .contains(&first.as_str())
+        .then(|| format!("files under `/{first}` are the kernel's or devices, not model files"))
 }
 
 /// Why an existing local path cannot be a source, judged from what it is (following symlinks):
@@ -50,7 +50,10 @@ pub fn refused_by_kind(meta: &std::fs::Metadata) -> Option<(String, Option<Strin
         } else {
             "not a regular file"
         };
-        return Some((format!("it is {what}; only regular files can be models"), None));
+        return Some((
+            format!("it is {what}; only regular files can be models"),
+            None,
+        ));
     }
     if meta.mode() & 0o004 == 0 {
         return Some((
@@ -74,10 +77,10 @@ fn refuse(what: &str, path: &Path, reason: String, hint: Option<String>) -> Fetc
 /// Kernel and pseudo filesystems (`statfs` magic numbers) whose files are never model files.
 fn on_pseudo_fs(file: &File) -> bool {
     const PSEUDO: [u64; 9] = [
-        0x9fa0,     // proc
+        0x9fa0,      // proc
         0x6265_6572, // sysfs
-        0x1373,     // devfs
-        0x1cd1,     // devpts
+        0x1373,      // devfs
+        0x1cd1,      // devpts
         0x6462_6720, // debugfs
         0x7363_6673, // securityfs
         0x2762_0f94, // cgroup
@@ -111,7 +114,12 @@ pub fn stage(
     }
     let real: PathBuf = std::fs::canonicalize(path).map_err(FetchError::io(path))?;
     if let Some(reason) = refused_by_name(&real) {
-        return Err(refuse(what, path, format!("it leads to `{}`: {reason}", real.display()), None));
+        return Err(refuse(
+            what,
+            path,
+            format!("it leads to `{}`: {reason}", real.display()),
+            None,
+        ));
     }
     // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: a terminal stays ours.
     let mut file = std::fs::OpenOptions::new()
@@ -192,7 +200,12 @@ mod tests {
 
     #[test]
     fn kernel_trees_are_refused_by_name() {
-        for bad in ["/proc/self/environ", "/sys/kernel/x", "/dev/zero", "relative/x"] {
+        for bad in [
+            "/proc/self/environ",
+            "/sys/kernel/x",
+            "/dev/zero",
+            "relative/x",
+        ] {
             assert!(refused_by_name(Path::new(bad)).is_some(), "{bad}");
         }
         for good in ["/models/x.safetensors", "/home/u/proc/x", "/devices/x"] {

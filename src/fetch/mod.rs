@@ -171,7 +171,7 @@ impl Expected {
             algorithm,
             expected: self.hex.clone(),
             actual: actual.to_ascii_lowercase(),
-            from: self.from.clone(),
+            from: Box::new(self.from.clone()),
         })
     }
 }
@@ -207,7 +207,8 @@ pub enum FetchError {
         algorithm: &'static str,
         expected: String,
         actual: String,
-        from: Origin,
+        /// Boxed: keeps every `Result<_, FetchError>` small.
+        from: Box<Origin>,
     },
     #[error("{what}: the certificate of `{host}` is not trusted ({message})")]
     Tls {
@@ -275,7 +276,7 @@ impl Hint for FetchError {
     fn hint(&self) -> Option<String> {
         match self {
             FetchError::Status { hint, .. } => hint.clone(),
-            FetchError::HashMismatch { from, .. } => Some(match from {
+            FetchError::HashMismatch { from, .. } => Some(match from.as_ref() {
                 Origin::Spec { field } => format!(
                     "nothing was stored. The digest comes from the spec: if the new file is the right one, correct `{field}` (or remove it to trust the first download)"
                 ),

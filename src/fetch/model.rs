@@ -279,57 +279,12 @@ fn chosen_name(derived: &str, suggested: Option<&str>) -> String {
     derived.to_string()
 }
 
-/// Fetch one model into the store, checking every expected digest; nothing is registered on a
-/// mismatch. Local files need no network, even offline.
-pub async fn fetch(
-    client: &Client,
-    store: &Store,
-    reporter: &dyn Reporter,
+/// Every digest anyone names for the model: the spec's, and the source's (or the lock's). A source
+/// that reports another digest than the spec names is refused before anything is downloaded.
+fn expected_digests(
     request: &ModelRequest,
-) -> Result<FetchedModel, FetchError> {
-    let what = &request.what;
-    if let Source::File(path) = &request.source {
-        let file_name = request
-            .file_name
-            .clone()
-            .unwrap_or_else(|| request.derived_name.clone());
-        let staged = tokio::task::block_in_place(|| {
-            local::stage(
-                store,
-                what,
-                path,
-                "model",
-                request.sha256.as_ref(),
-                request.blake3.as_ref(),
-            )
-        })?;
-        let options = AddOptions {
-            name: Some(sanitize_name(&file_name)),
-            references: Vec::new(),
-        };
-        let digest = staged.blake3;
-        let added = tokio::task::block_in_place(|| {
-            store.add_staged(staged.staging, "model", &options, Some(digest))
-        })?;
-        return Ok(FetchedModel {
-            url: request.source_text.clone(),
-            revision: None,
-            file_name,
-            size: staged.size,
-            sha256: staged.sha256,
-            blake3: blake3::Hash::from(digest).to_hex().to_string(),
-            store_path: added.record.name,
-        });
-    }
-    if client.config().offline {
-        return Err(FetchError::Offline {
-            missing: vec![format!("{what} ({})", request.source_text)],
-        });
-    }
-    let pinned = match &request.pinned {
-        Some(p) => p.clone(),
-        None => pin(client, what, &request.source).await?,
-    };
+    pinned: &Pinned,
+) -> Result<(Option<Expected>, Option<Expected>), FetchError> {
     let who = match &request.source {
         Source::Civitai { .. } => "the CivitAI API",
         Source::HuggingFace { .. } => "Hugging Face",
@@ -345,10 +300,6 @@ pub async fn fetch(
             Expected::new(h, from)
         })
     };
-    // Every digest anyone names is checked: the spec's, and the source's (or the lock's).
-    let sha256 = request.sha256.clone().or_else(|| reported(&pinned.sha256));
-    let blake3 = request.blake3.clone().or_else(|| reported(&pinned.blake3));
-    // A source that reports another digest than the spec names is refused before downloading.
     for (algorithm, ours, theirs) in [
         ("SHA-256", &request.sha256, reported(&pinned.sha256)),
         ("BLAKE3", &request.blake3, reported(&pinned.blake3)),
@@ -356,16 +307,79 @@ pub async fn fetch(
         if let (Some(ours), Some(theirs)) = (ours, theirs) {
             if ours.hex != theirs.hex {
                 return Err(FetchError::HashMismatch {
-                    what: what.clone(),
+                    what: request.what.clone(),
                     url: pinned.url.to_string(),
                     algorithm,
                     expected: ours.hex.clone(),
                     actual: format!("{} (reported by {})", theirs.hex, theirs.from),
-                    from: ours.from.clone(),
+                    from: Box::new(ours.from.clone()),
                 });
             }
         }
     }
+    Ok((
+        request.sha256.clone().or_else(|| reported(&pinned.sha256)),
+        request.blake3.clone().or_else(|| reported(&pinned.blake3)),
+    ))
+}
+
+/// A `file://` model: staged under the local-file policy, checked, added.
+fn fetch_local(
+    store: &Store,
+    request: &ModelRequest,
+    path: &std::path::Path,
+) -> Result<FetchedModel, FetchError> {
+    let file_name = request
+        .file_name
+        .clone()
+        .unwrap_or_else(|| request.derived_name.clone());
+    let staged = local::stage(
+        store,
+        &request.what,
+        path,
+        "model",
+        request.sha256.as_ref(),
+        request.blake3.as_ref(),
+    )?;
+    let options = AddOptions {
+        name: Some(sanitize_name(&file_name)),
+        references: Vec::new(),
+    };
+    let digest = staged.blake3;
+    let added = store.add_staged(staged.staging, "model", &options, Some(digest))?;
+    Ok(FetchedModel {
+        url: request.source_text.clone(),
+        revision: None,
+        file_name,
+        size: staged.size,
+        sha256: staged.sha256,
+        blake3: blake3::Hash::from(digest).to_hex().to_string(),
+        store_path: added.record.name,
+    })
+}
+
+/// Fetch one model into the store, checking every expected digest; nothing is registered on a
+/// mismatch. Local files need no network, even offline.
+pub async fn fetch(
+    client: &Client,
+    store: &Store,
+    reporter: &dyn Reporter,
+    request: &ModelRequest,
+) -> Result<FetchedModel, FetchError> {
+    let what = &request.what;
+    if let Source::File(path) = &request.source {
+        return tokio::task::block_in_place(|| fetch_local(store, request, path));
+    }
+    if client.config().offline {
+        return Err(FetchError::Offline {
+            missing: vec![format!("{what} ({})", request.source_text)],
+        });
+    }
+    let pinned = match &request.pinned {
+        Some(p) => p.clone(),
+        None => pin(client, what, &request.source).await?,
+    };
+    let (sha256, blake3) = expected_digests(request, &pinned)?;
     let fixed_name = request.file_name.clone().or_else(|| {
         pinned
             .file_name
@@ -396,6 +410,7 @@ pub async fn fetch(
                 stored.store_path,
             ),
             Got::Fetched(fetched) => {
+                let fetched = *fetched;
                 let file_name = fixed_name.clone().unwrap_or_else(|| {
                     chosen_name(&request.derived_name, fetched.suggested_name.as_deref())
                 });

@@ -95,7 +95,7 @@ pub async fn fetch(
         store_name: Some(name.clone()),
     };
     let fetched = match client.download(store, reporter, &download).await? {
-        Got::Fetched(fetched) => fetched,
+        Got::Fetched(fetched) => *fetched,
         Got::Stored(stored) => {
             if let Some(added) = store.existing(&stored.store_path)? {
                 return Ok((stored.blake3, added));

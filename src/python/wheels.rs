@@ -297,6 +297,7 @@ impl Resolver {
             {
                 Got::Stored(stored) => Ok(done(stored.store_path)),
                 Got::Fetched(fetched) => {
+                    let fetched = *fetched;
                     let digest = fetched.blake3;
                     let added = tokio::task::block_in_place(|| {
                         store.add_staged(fetched.staging, &wheel.filename, &options, Some(digest))

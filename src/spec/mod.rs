@@ -306,7 +306,16 @@ impl LoadedSpec {
 /// File extensions ComfyUI's model folders list (`folder_paths.supported_pt_extensions`), with
 /// `.gguf` (ComfyUI-GGUF) and `.onnx`, which common node packs load from the same folders.
 pub const MODEL_EXTENSIONS: [&str; 10] = [
-    "safetensors", "ckpt", "pt", "pt2", "pth", "bin", "pkl", "sft", "gguf", "onnx",
+    "safetensors",
+    "ckpt",
+    "pt",
+    "pt2",
+    "pth",
+    "bin",
+    "pkl",
+    "sft",
+    "gguf",
+    "onnx",
 ];
 
 /// Whether ComfyUI would list a model file of this name.

@@ -50,7 +50,10 @@ fn https_trusts_ssl_cert_file_and_goes_through_a_proxy() {
         err.contains("certificate of `localhost` is not trusted"),
         "{err}"
     );
-    assert!(err.contains("SSL_CERT_FILE") && err.contains("SSL_CERT_DIR"), "{err}");
+    assert!(
+        err.contains("SSL_CERT_FILE") && err.contains("SSL_CERT_DIR"),
+        "{err}"
+    );
     assert!(!registered(&w, "model.safetensors"));
 
     // With SSL_CERT_FILE naming it, through an HTTPS_PROXY: the download works and the proxy
@@ -136,14 +139,23 @@ fn file_sources_are_checked_against_every_digest() {
     fs::write(&file, &data).unwrap();
     let source = format!("file://{}", file.display());
     let zeros = "0".repeat(64);
-    w.write_spec(&models_only(&w, json!([{ "source": source, "sha256": zeros }])));
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": source, "sha256": zeros }]),
+    ));
     let out = w.resolve(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(&format!("expected `{zeros}`")), "{err}");
-    assert!(err.contains(&format!("got `{}`", sha256_hex(&data))), "{err}");
+    assert!(
+        err.contains(&format!("got `{}`", sha256_hex(&data))),
+        "{err}"
+    );
     assert!(err.contains("the spec's `models[0].sha256`"), "{err}");
-    assert!(err.contains("correct `models[0].sha256`"), "the hint fits: {err}");
+    assert!(
+        err.contains("correct `models[0].sha256`"),
+        "the hint fits: {err}"
+    );
     assert!(!err.contains("--update"), "no hint that cannot help: {err}");
     assert!(!w.env.work.join("versions/v1.lock.json").exists());
     assert!(!registered(&w, "model.safetensors"));
@@ -178,10 +190,18 @@ fn file_sources_take_only_readable_regular_files() {
         ));
         w.env.run(&["spec", "check", "v1"])
     };
-    for source in ["file:///proc/self/environ", "file:///dev/zero", "file:///sys/kernel/notes"] {
+    for source in [
+        "file:///proc/self/environ",
+        "file:///dev/zero",
+        "file:///sys/kernel/notes",
+    ] {
         let out = check(source);
         assert_eq!(out.status.code(), Some(1), "{source}: {}", stderr(&out));
-        assert!(stderr(&out).contains("models[0].source"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("models[0].source"),
+            "{}",
+            stderr(&out)
+        );
     }
 
     // A FIFO is refused at spec check and never hangs resolve.
@@ -218,7 +238,11 @@ fn file_sources_take_only_readable_regular_files() {
         if entry.file_type().is_file() {
             let bytes = fs::read(entry.path()).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes);
-            assert!(!text.contains(crate::resolve::HF_TOKEN), "{}", entry.path().display());
+            assert!(
+                !text.contains(crate::resolve::HF_TOKEN),
+                "{}",
+                entry.path().display()
+            );
         }
     }
 }
@@ -229,15 +253,19 @@ fn models_get_their_real_file_names() {
     let lora = pseudo_random(50_000, 5);
     w.civitai.route(
         "/api/v1/model-versions/1001",
-        Route::json(json!({ "files": [{ "primary": true, "name": "detail-v2.safetensors",
-            "hashes": { "SHA256": sha256_hex(&lora) }, "downloadUrl": w.cdn.url("/civ/1001") }] })),
+        Route::json(
+            json!({ "files": [{ "primary": true, "name": "detail-v2.safetensors",
+            "hashes": { "SHA256": sha256_hex(&lora) }, "downloadUrl": w.cdn.url("/civ/1001") }] }),
+        ),
     );
     w.cdn.route("/civ/1001", Route::file(lora.clone()));
     let blob = pseudo_random(40_000, 6);
     w.cdn.route(
         "/download/777",
-        Route::file(blob.clone())
-            .header("Content-Disposition", "attachment; filename=\"upscaler-4x.pth\""),
+        Route::file(blob.clone()).header(
+            "Content-Disposition",
+            "attachment; filename=\"upscaler-4x.pth\"",
+        ),
     );
     w.write_spec(&models_only(
         &w,
@@ -250,7 +278,11 @@ fn models_get_their_real_file_names() {
     let out = w.env.run(&["spec", "check", "v1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("models[1]"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("Content-Disposition"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Content-Disposition"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!stderr(&out).contains("models[0]"), "{}", stderr(&out));
 
     let home = w.env.path("home");
@@ -296,14 +328,15 @@ fn git_fetches_only_the_wanted_ref() {
     // Remove the object that only `other` reaches: a full fetch cannot read it.
     let blob = git2::Oid::hash_object(git2::ObjectType::Blob, damaged).unwrap();
     let hex = blob.to_string();
-    let git_dir = fs::read_dir(&repos.join("narrow.git"))
-        .map(|_| repos.join("narrow.git"))
-        .unwrap();
+    let git_dir = repos.join("narrow.git");
     let candidates = [
         git_dir.join("objects").join(&hex[..2]).join(&hex[2..]),
         git_dir.join(".git/objects").join(&hex[..2]).join(&hex[2..]),
     ];
-    let object = candidates.iter().find(|p| p.exists()).expect("a loose object");
+    let object = candidates
+        .iter()
+        .find(|p| p.exists())
+        .expect("a loose object");
     fs::remove_file(object).unwrap();
 
     let mut spec = models_only(&w, json!([]));
@@ -331,7 +364,8 @@ fn git_fetches_only_the_wanted_ref() {
 fn concurrent_resolves_download_a_model_once() {
     let w = World::new();
     let data = pseudo_random(8 << 20, 8);
-    w.cdn.route("/big/model.safetensors", Route::file(data.clone()));
+    w.cdn
+        .route("/big/model.safetensors", Route::file(data.clone()));
     w.write_spec(&models_only(
         &w,
         json!([{ "source": w.cdn.url("/big/model.safetensors") }]),
@@ -454,11 +488,16 @@ fn a_failed_resolve_keeps_what_resolved() {
     let heads = w.hub.requests().len();
     assert!(heads > 0);
     // The missing file appears; the next resolve does not ask Hugging Face again.
-    w.cdn.route("/later/b.safetensors", Route::file(good.clone()));
+    w.cdn
+        .route("/later/b.safetensors", Route::file(good.clone()));
     let out = w.resolve(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("continuing"), "{}", stderr(&out));
-    assert_eq!(w.hub.requests().len(), heads, "the kept pin is not asked again");
+    assert_eq!(
+        w.hub.requests().len(),
+        heads,
+        "the kept pin is not asked again"
+    );
     assert_eq!(w.lock()["models"][1]["blake3"], blake3_hex(&good));
     assert!(!w.env.store.join("cache/resolutions/v1.json").exists());
 }

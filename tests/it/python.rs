@@ -601,7 +601,14 @@ fn a_relative_wheels_dir_is_taken_from_the_working_directory() {
     // A wheels directory that is not there is a user error naming it.
     let out = world
         .cmd()
-        .args(["resolve", "v1", "--update", "python", "--wheels-dir", "no-such-dir"])
+        .args([
+            "resolve",
+            "v1",
+            "--update",
+            "python",
+            "--wheels-dir",
+            "no-such-dir",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
