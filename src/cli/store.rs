@@ -54,11 +54,19 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Rebuild a lost or damaged database from the store's contents: every path under `paths/`
+    /// whose bytes prove its registration (sidecars under `meta/`), and the roots under `roots/`.
+    /// Lists what it could not recover; exit 1 if anything
+    RebuildDb,
 }
 
 pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> {
+    if let StoreCommand::RebuildDb = command {
+        return rebuild_db(context);
+    }
     let store = context.open_store()?;
     match command {
+        StoreCommand::RebuildDb => unreachable!("handled above, without opening the store"),
         StoreCommand::Add {
             path,
             name,
@@ -336,6 +344,34 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
     }
     // What remains, after the repairs, decides the exit code.
     verify(&store, context, true)
+}
+
+fn rebuild_db(context: &Context) -> anyhow::Result<Outcome> {
+    let report = Store::rebuild_db(&context.store_dir)?;
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        for (name, reason) in &report.unrecovered {
+            println!("unrecovered\t{name}\t{reason}");
+        }
+    }
+    if let Some(old) = &report.old_db {
+        tracing::info!("moved the unreadable database to `{}`", old.display());
+    }
+    tracing::info!(
+        "registered {} paths and {} roots",
+        report.registered.len(),
+        report.roots
+    );
+    if report.unrecovered.is_empty() {
+        Ok(Outcome::Success)
+    } else {
+        tracing::error!(
+            "{} entries under `paths/` could not be recovered; they stay on disk until `comfix gc`",
+            report.unrecovered.len()
+        );
+        Ok(Outcome::Failure)
+    }
 }
 
 fn verify(store: &Store, context: &Context, check_contents: bool) -> anyhow::Result<Outcome> {

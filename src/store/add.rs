@@ -336,6 +336,7 @@ impl Store {
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
         let node = tree::build_node(entries, &sizes);
         let mut record = self.describe(name, &node, references);
+        let input_addressed = matches!(naming, Naming::Fixed(_));
         let _build = match naming {
             Naming::Fixed(fixed) => {
                 record.name = fixed.to_string();
@@ -381,6 +382,8 @@ impl Store {
             fs::set_permissions(&final_path, Permissions::from_mode(0o555))
                 .map_err(|e| with_path(e, "make read-only", &final_path))?;
         }
+        // The sidecar is durable before the registration, so a rebuilt db can have it back.
+        self.write_path_meta(&record, references, input_addressed)?;
         self.sync()?;
         pause_point("add-renamed");
 

@@ -283,6 +283,7 @@ impl Store {
                 if let Err(err) = super::add::remove_tree(&self.path_of(name)) {
                     report.errors.push(format!("{name}: {err}"));
                 }
+                self.remove_path_meta(name);
             }
         }
         // Unregistered leftovers of interrupted adds, and staging directories (every writer is
@@ -294,6 +295,7 @@ impl Store {
             if (!valid.contains(name.as_str()) || deleted.contains(name.as_str()))
                 && fs::symlink_metadata(entry.path()).is_ok()
             {
+                self.remove_path_meta(&name);
                 match super::add::remove_tree(&entry.path()) {
                     Ok(()) => report.removed_other.push(format!("paths/{name}")),
                     Err(err) => report.errors.push(format!("paths/{name}: {err}")),

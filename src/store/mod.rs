@@ -19,6 +19,7 @@ mod add;
 pub mod db;
 mod gc;
 pub mod lock;
+mod meta;
 pub mod tree;
 mod verify;
 
@@ -30,6 +31,7 @@ use rusqlite::Connection;
 pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
 pub use gc::{GcOptions, GcReport, Root};
+pub use meta::RebuildReport;
 pub use verify::{CorruptPath, VerifyReport};
 
 use crate::hint::Hint;
@@ -72,6 +74,12 @@ pub enum StoreError {
     SourceMissing { path: PathBuf },
     #[error("`{arg}` is not a valid path in store `{}`", .root.display())]
     NotValid { arg: String, root: PathBuf },
+    #[error("The database of store `{}` is missing or empty, but the store holds content", .root.display())]
+    LostDb { root: PathBuf },
+    #[error("There is no comfix store at `{}`", .root.display())]
+    Missing { root: PathBuf },
+    #[error("The database `{}` is readable; there is nothing to rebuild", .path.display())]
+    DbIsReadable { path: PathBuf },
 }
 
 impl Hint for StoreError {
@@ -87,6 +95,15 @@ impl Hint for StoreError {
                 "names use letters, digits and `+-._?=@`, do not start with `.`, and are at most 200 bytes".into(),
             ),
             StoreError::NotValid { .. } => Some("`comfix store ls` lists the valid paths".into()),
+            StoreError::LostDb { .. } => Some(
+                "nothing was changed. Restore `db/db.sqlite` from a backup, or run `comfix store rebuild-db` to rebuild it from the store's contents".into(),
+            ),
+            StoreError::Missing { .. } => Some(
+                "check `--store` / `COMFIX_STORE`; a store is created by the commands that write to it (`resolve`, `realize`, `store add`)".into(),
+            ),
+            StoreError::Db { source, .. } if is_corrupt(source) => Some(
+                "the database is damaged: move `db/db.sqlite` aside and run `comfix store rebuild-db`, or restore it from a backup".into(),
+            ),
             StoreError::Register(db::RegisterError::MissingReference { .. }) => {
                 Some("add the referenced path to the store first".into())
             }
@@ -105,8 +122,19 @@ impl Hint for StoreError {
                 | StoreError::NewerSchema { .. }
                 | StoreError::Register(db::RegisterError::MissingReference { .. })
                 | StoreError::Walk(tree::WalkError::Unsupported { .. })
+                | StoreError::LostDb { .. }
+                | StoreError::Missing { .. }
+                | StoreError::DbIsReadable { .. }
         )
     }
+}
+
+/// Whether SQLite says the file is not a database or is damaged.
+fn is_corrupt(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -196,6 +224,8 @@ impl Store {
                                 | "VERSION"
                                 | "git"
                                 | "cache"
+                                | "meta"
+                                | "roots"
                         )
                     )
                 });
@@ -229,6 +259,11 @@ impl Store {
         // Setting the journal mode and migrating need the database to themselves, and SQLite
         // answers "locked" there without waiting: processes opening the store take turns.
         let open_lock = lock::exclusive(&root.join("db/open.lock"))?;
+        // A missing or emptied database is never taken for an empty store: that is how a gc
+        // would come to delete everything.
+        if !std::fs::metadata(&db_path).is_ok_and(|m| m.len() > 0) && meta::holds_content(&root) {
+            return Err(StoreError::LostDb { root });
+        }
         let conn = db::open(&db_path, journal).map_err(|source| StoreError::Db {
             path: db_path.clone(),
             source,
@@ -246,12 +281,14 @@ impl Store {
             });
         }
         let temp_roots = lock::TempRoots::new(root.join("temproots"));
-        Ok(Store {
+        let store = Store {
             root,
             db: Mutex::new(conn),
             journal,
             temp_roots,
-        })
+        };
+        store.backfill_meta()?;
+        Ok(store)
     }
 
     /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
@@ -275,7 +312,7 @@ impl Store {
     }
 
     fn ensure_dirs(root: &Path) -> Result<()> {
-        for dir in ["db", "paths", "tmp", "locks", "temproots"] {
+        for dir in ["db", "paths", "tmp", "locks", "temproots", "meta", "roots"] {
             fs_err::create_dir_all(root.join(dir))?;
         }
         let objects = root.join("objects");
@@ -382,14 +419,17 @@ impl Store {
 
     /// Make the valid path `path` a GC root under `name` (replacing an earlier root of that name).
     pub fn add_root(&self, name: &str, path: &str, kind: &str) -> Result<()> {
+        self.write_root_meta(name, path, kind)?;
         db::add_root(&self.db(), name, path, kind).map_err(|e| self.db_err(e))
     }
 
     /// Drop the root `name`; the path it kept alive may then be collected.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
-        db::remove_root(&self.db(), name)
+        let removed = db::remove_root(&self.db(), name)
             .map(|n| n > 0)
-            .map_err(|e| self.db_err(e))
+            .map_err(|e| self.db_err(e))?;
+        self.remove_root_meta(name);
+        Ok(removed)
     }
 
     /// Every recorded root.

@@ -12,4 +12,5 @@ mod resolve;
 mod spec;
 mod store_add;
 mod store_crash;
+mod store_db;
 mod store_verify;

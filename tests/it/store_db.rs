@@ -1,0 +1,170 @@
+//! A store never takes a lost database for an empty one: commands refuse, nothing is deleted,
+//! and `store rebuild-db` gets the registrations and roots back from what is on disk.
+
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::resolve::World;
+use crate::support::*;
+
+/// A resolved and realized version: core, git nodes, registry node, models, and its home root.
+fn realized(w: &World) -> std::path::PathBuf {
+    let mut spec = w.default_spec();
+    spec["models"] = json!([
+        { "source": w.cdn.url("/mirror/unet.safetensors"), "target_subdir": "unet" }
+    ]);
+    w.write_spec(&spec);
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    home
+}
+
+fn remove_db(store: &Path) {
+    for name in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+        let _ = fs::remove_file(store.join("db").join(name));
+    }
+}
+
+fn path_count(store: &Path) -> usize {
+    fs::read_dir(store.join("paths")).unwrap().count()
+}
+
+#[test]
+fn a_lost_database_is_refused_then_rebuilt_with_its_roots() {
+    let w = World::new();
+    let home = realized(&w);
+    let listed = w.env.ok(&["store", "ls"]);
+    let roots = w.env.ok(&["roots"]);
+    let before = path_count(&w.env.store);
+
+    remove_db(&w.env.store);
+    for args in [&["store", "verify"][..], &["gc"], &["store", "ls"], &["roots"]] {
+        let out = w.env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("database") && err.contains("missing"), "{err}");
+        assert!(err.contains("comfix store rebuild-db"), "{err}");
+    }
+    assert_eq!(path_count(&w.env.store), before, "nothing was deleted");
+    assert!(!w.env.store.join("db/db.sqlite").exists(), "no empty db was made");
+
+    let out = w.env.run(&["store", "rebuild-db"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.env.ok(&["store", "ls"]), listed, "every path is back");
+    assert_eq!(w.env.ok(&["roots"]), roots, "and every root");
+    w.env.ok(&["store", "verify", "--check-contents"]);
+    // The home is still a root: gc keeps all of it.
+    w.env.ok(&["gc"]);
+    assert_eq!(w.env.ok(&["store", "ls"]), listed);
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    // A readable db is not rebuilt over.
+    let out = w.env.run(&["store", "rebuild-db"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothing to rebuild"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_damaged_database_is_moved_aside_and_damaged_paths_are_not_registered() {
+    let w = World::new();
+    realized(&w);
+    let listed: Vec<String> = w.env.ok(&["store", "ls"]).lines().map(String::from).collect();
+    remove_db(&w.env.store);
+    fs::write(w.env.store.join("db/db.sqlite"), vec![0x5a; 8192]).unwrap();
+    let out = w.env.run(&["store", "ls"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("rebuild-db"), "{}", stderr(&out));
+
+    // Damage one file of the model's path (its only object): that path is not recovered.
+    let model = listed
+        .iter()
+        .find(|p| p.ends_with("-unet.safetensors"))
+        .unwrap()
+        .clone();
+    overwrite(Path::new(&model), b"not the model");
+    let out = w.env.run(&["--json", "store", "rebuild-db"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unrecovered: Vec<&str> = report["unrecovered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u[0].as_str().unwrap())
+        .collect();
+    let model_name = Path::new(&model).file_name().unwrap().to_str().unwrap();
+    assert!(unrecovered.contains(&model_name), "{report}");
+    // The home manifest references the model, so it is not registered either.
+    assert!(unrecovered.iter().any(|u| u.contains("-home-v1")), "{report}");
+    assert!(report["old_db"].as_str().unwrap().contains("broken"));
+    let now = w.env.ok(&["store", "ls"]);
+    assert!(!now.contains(model_name));
+    w.env.ok(&["store", "verify"]);
+    // The damaged leftovers go with the next gc; what is registered is whole.
+    w.env.ok(&["gc"]);
+    w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+#[test]
+fn rebuild_db_killed_at_any_registration_changes_nothing() {
+    let w = World::new();
+    realized(&w);
+    let listed = w.env.ok(&["store", "ls"]);
+    remove_db(&w.env.store);
+    let faults = w.env.path("faults");
+    fs::create_dir_all(&faults).unwrap();
+    for point in ["rebuild-registered", "rebuild-written"] {
+        let mut child = w
+            .env
+            .cmd()
+            .args(["store", "rebuild-db"])
+            .env("COMFIX_FAULT_PAUSE", point)
+            .env("COMFIX_FAULT_DIR", &faults)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&faults.join(point), &mut child);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fs::remove_file(faults.join(point)).unwrap();
+        // Still no database: commands still refuse rather than see an empty store.
+        let out = w.env.run(&["gc"]);
+        assert_eq!(out.status.code(), Some(1), "after a kill at {point}");
+    }
+    w.env.ok(&["store", "rebuild-db"]);
+    assert_eq!(w.env.ok(&["store", "ls"]), listed);
+}
+
+#[test]
+fn a_store_without_sidecars_gets_them_from_its_db() {
+    let env = TestEnv::new();
+    let tree = env.path("tree");
+    write_tree(&tree, &[("a.txt", b"a"), ("b/c.txt", b"c")]);
+    let a = env.add(&tree);
+    let file = env.path("one.bin");
+    fs::write(&file, b"one").unwrap();
+    let b = env.ok(&["store", "add", file.to_str().unwrap(), "--ref", a.to_str().unwrap()]);
+    env.ok(&["store", "pin", b.trim(), "--name", "keep"]);
+    // As a store made before sidecars existed.
+    fs::remove_dir_all(env.store.join("meta")).unwrap();
+    fs::remove_dir_all(env.store.join("roots")).unwrap();
+    let listed = env.ok(&["store", "ls"]);
+    assert!(env.store.join("meta/.complete").exists());
+    remove_db(&env.store);
+    env.ok(&["store", "rebuild-db"]);
+    assert_eq!(env.ok(&["store", "ls"]), listed);
+    assert!(env.ok(&["roots"]).contains("pin:keep"));
+    let info = env.ok(&["store", "path-info", b.trim()]);
+    assert!(info.contains(a.file_name().unwrap().to_str().unwrap()), "{info}");
+}
