@@ -600,20 +600,40 @@ fn link_existing(object: &Path, to: &Path) -> Result<bool> {
     }
 }
 
-/// Remove a tree whose directories may be read-only.
+/// Remove a tree whose directories may be read-only. What vanishes meanwhile (removed by its
+/// owner) is not an error: the tree is gone either way.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(path).map_err(|e| with_path(e, "read", path))?;
+    let gone = |e: &std::io::Error| e.kind() == ErrorKind::NotFound;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => return Err(with_path(e, "read", path).into()),
+    };
     if meta.is_dir() {
         for entry in walkdir::WalkDir::new(path).follow_links(false) {
-            let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if e.io_error().is_some_and(gone) => continue,
+                Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+            };
             if entry.file_type().is_dir() {
-                fs::set_permissions(entry.path(), Permissions::from_mode(0o755))
-                    .map_err(|e| with_path(e, "make writable", entry.path()))?;
+                match fs::set_permissions(entry.path(), Permissions::from_mode(0o755)) {
+                    Err(e) if !gone(&e) => {
+                        return Err(with_path(e, "make writable", entry.path()).into())
+                    }
+                    _ => {}
+                }
             }
         }
-        fs::remove_dir_all(path).map_err(|e| with_path(e, "remove", path))?;
+        match fs::remove_dir_all(path) {
+            Err(e) if !gone(&e) => return Err(with_path(e, "remove", path).into()),
+            _ => {}
+        }
     } else {
-        fs::remove_file(path).map_err(|e| with_path(e, "remove", path))?;
+        match fs::remove_file(path) {
+            Err(e) if !gone(&e) => return Err(with_path(e, "remove", path).into()),
+            _ => {}
+        }
     }
     Ok(())
 }

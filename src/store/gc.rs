@@ -313,9 +313,10 @@ impl Store {
         }
         let mut needed = self.needed_sources(&live_roots);
         needed.2.extend(protected_mirrors);
-        drop(gc_lock);
 
-        // Objects nothing links any more.
+        // Objects nothing links any more, and caches nothing needs — still under the exclusive
+        // lock: a writer links existing objects into what it stages, and a process that
+        // protects a mirror after the roots were read would otherwise lose it.
         for shard in fs::read_dir(self.root.join("objects"))?.flatten() {
             for object in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
                 use std::os::unix::fs::MetadataExt;
@@ -333,6 +334,7 @@ impl Store {
         }
         // Partial downloads and mirrors no live lock needs.
         self.sweep_caches(&needed, &mut report);
+        drop(gc_lock);
         Ok(report)
     }
 

@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod gc;
+mod gc_stress;
 mod inputs;
 mod python;
 mod realize;
