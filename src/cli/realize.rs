@@ -116,6 +116,8 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
 
+    // Before anything is fetched or written: homes and stores never contain each other.
+    realize::check_apart(&context.store_dir, &target, args.models_dir.as_deref())?;
     let store = Arc::new(context.open_store()?);
     let (lock, _items) = resolve_with(
         context,

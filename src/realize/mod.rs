@@ -58,6 +58,18 @@ pub enum RealizeError {
     NoMirror { repo: String },
     #[error("Two entries of the version would be placed at `{at}`")]
     Conflict { at: String },
+    #[error("{what} `{}` is inside the store `{}`", .path.display(), .store.display())]
+    InsideStore {
+        what: &'static str,
+        path: PathBuf,
+        store: PathBuf,
+    },
+    #[error("The store `{}` is inside {what} `{}`", .store.display(), .path.display())]
+    StoreInside {
+        what: &'static str,
+        path: PathBuf,
+        store: PathBuf,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -74,6 +86,9 @@ impl Hint for RealizeError {
             RealizeError::Conflict { .. } => {
                 Some("give the nodes or models different names or folders".into())
             }
+            RealizeError::InsideStore { .. } | RealizeError::StoreInside { .. } => Some(
+                "homes, models directories and stores never contain each other (the garbage collector would take one for the other): choose another `--target`, `--models-dir` or `--store`".into(),
+            ),
             RealizeError::Store(e) => e.hint(),
             _ => None,
         }
@@ -301,12 +316,64 @@ fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> 
     hasher.finalize().to_hex()[..32].to_string()
 }
 
+/// `path` made absolute and free of symlinks and `..` as far as it exists; the rest appended.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = fs::canonicalize(existing) {
+            let mut out = real;
+            for part in rest.iter().rev() {
+                match part {
+                    std::path::Component::ParentDir => {
+                        out.pop();
+                    }
+                    std::path::Component::CurDir => {}
+                    other => out.push(other.as_os_str()),
+                }
+            }
+            return out;
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+/// Refuse a home or models directory inside the store, and a store inside either: the
+/// collector would delete a home it took for garbage, or a home's owner the store.
+pub fn check_apart(
+    store: &Path,
+    target: &Path,
+    models_dir: Option<&Path>,
+) -> Result<(), RealizeError> {
+    let store = resolved(store);
+    let places = [("the home", Some(target)), ("the models directory", models_dir)];
+    for (what, path) in places {
+        let Some(path) = path else { continue };
+        let path = resolved(path);
+        if path.starts_with(&store) {
+            return Err(RealizeError::InsideStore { what, path, store });
+        }
+        if store.starts_with(&path) {
+            return Err(RealizeError::StoreInside { what, path, store });
+        }
+    }
+    Ok(())
+}
+
 /// Realize `lock` (whose store paths must all be valid) into `options.target`.
 pub fn realize(
     store: &Store,
     lock: &Lock,
     options: &RealizeOptions,
 ) -> Result<RealizeReport, RealizeError> {
+    check_apart(store.root(), &options.target, options.models_dir.as_deref())?;
     let home = Home::new(&options.target)?;
     if let Ok(meta) = fs::symlink_metadata(home.root.join("ComfyUI")) {
         if !meta.file_type().is_symlink() {

@@ -1,5 +1,6 @@
 //! A store never takes a lost database for an empty one: commands refuse, nothing is deleted,
-//! and `store rebuild-db` gets the registrations and roots back from what is on disk.
+//! and `store rebuild-db` gets the registrations and roots back from what is on disk. Homes and
+//! stores never contain each other.
 
 use std::fs;
 use std::path::Path;
@@ -167,4 +168,50 @@ fn a_store_without_sidecars_gets_them_from_its_db() {
     assert!(env.ok(&["roots"]).contains("pin:keep"));
     let info = env.ok(&["store", "path-info", b.trim()]);
     assert!(info.contains(a.file_name().unwrap().to_str().unwrap()), "{info}");
+}
+
+#[test]
+fn homes_and_stores_never_contain_each_other() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let store = w.env.store.clone();
+    fs::create_dir_all(store.join("tmp")).unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--target".into(), store.display().to_string()], "inside the store"),
+        (vec!["--target".into(), store.join("paths/x").display().to_string()], "inside the store"),
+        (vec!["--target".into(), store.join("tmp/../tmp/home").display().to_string()], "inside the store"),
+        (vec!["--target".into(), w.env.dir.path().display().to_string()], "The store"),
+        (
+            vec![
+                "--target".into(),
+                w.env.path("home").display().to_string(),
+                "--models-dir".into(),
+                store.join("models").display().to_string(),
+            ],
+            "the models directory",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = w
+            .cmd(&store)
+            .args(["realize", "v1"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("never contain each other"), "{}", stderr(&out));
+    }
+    // A symlink into the store is seen through.
+    let link = w.env.path("sneaky");
+    std::os::unix::fs::symlink(store.join("tmp"), &link).unwrap();
+    let out = w
+        .cmd(&store)
+        .args(["realize", "v1", "--target"])
+        .arg(link.join("home"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(!store.join("tmp/home").exists(), "nothing was written there");
+    assert!(!store.join("paths/x").exists());
 }
