@@ -45,7 +45,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let store = context.open_store()?;
+    let store = context.open_existing_store()?;
     let mut removed_generations = Vec::new();
     if let Some(age) = args.delete_older_than {
         let cutoff = crate::store::db::now() - age.as_secs() as i64;
@@ -104,7 +104,7 @@ struct RootInfo {
 }
 
 pub fn roots(context: &Context) -> anyhow::Result<Outcome> {
-    let store = context.open_store()?;
+    let store = context.open_existing_store()?;
     let mut out = Vec::new();
     for root in store.all_roots()? {
         let (closure_paths, closure_bytes) = match store.query(&root.path)? {

@@ -95,6 +95,18 @@ impl Context {
         Ok(crate::store::Store::open(&self.store_dir)?)
     }
 
+    /// The store for a command that only reads it (or collects in it): a mistyped `--store` is
+    /// an error, not a new empty store.
+    pub fn open_existing_store(&self) -> anyhow::Result<crate::store::Store> {
+        match crate::store::Store::open_existing(&self.store_dir)? {
+            Some(store) => Ok(store),
+            None => Err(crate::store::StoreError::Missing {
+                root: self.store_dir.clone(),
+            }
+            .into()),
+        }
+    }
+
     pub fn reporter(&self) -> Box<dyn crate::reporter::Reporter> {
         if self.progress {
             Box::new(progress::BarReporter::new())

@@ -281,7 +281,7 @@ pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
 }
 
 pub fn status(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let store = context.open_store()?;
+    let store = context.open_existing_store()?;
     let report = realize::status(&store, &args.target())?;
     if context.json {
         context.print_json(&report)?;

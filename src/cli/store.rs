@@ -64,7 +64,10 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
     if let StoreCommand::RebuildDb = command {
         return rebuild_db(context);
     }
-    let store = context.open_store()?;
+    let store = match command {
+        StoreCommand::Add { .. } | StoreCommand::Pin { .. } => context.open_store()?,
+        _ => context.open_existing_store()?,
+    };
     match command {
         StoreCommand::RebuildDb => unreachable!("handled above, without opening the store"),
         StoreCommand::Add {

@@ -129,6 +129,24 @@ impl Hint for StoreError {
     }
 }
 
+/// Whether `name` is one of the store's own top-level entries.
+fn is_layout_entry(name: &str) -> bool {
+    matches!(
+        name,
+        "db" | "objects"
+            | "paths"
+            | "tmp"
+            | "locks"
+            | "temproots"
+            | "gc.lock"
+            | "VERSION"
+            | "git"
+            | "cache"
+            | "meta"
+            | "roots"
+    )
+}
+
 /// Whether SQLite says the file is not a database or is damaged.
 fn is_corrupt(err: &rusqlite::Error) -> bool {
     matches!(
@@ -211,24 +229,9 @@ impl Store {
                 // An init interrupted before `VERSION` was written leaves only layout entries:
                 // finish it. Anything else means the directory is somebody else's. (`VERSION`
                 // itself may have appeared since: another process finished initializing.)
-                let foreign = fs_err::read_dir(&root)?.filter_map(|e| e.ok()).any(|e| {
-                    !matches!(
-                        e.file_name().to_str(),
-                        Some(
-                            "db" | "objects"
-                                | "paths"
-                                | "tmp"
-                                | "locks"
-                                | "temproots"
-                                | "gc.lock"
-                                | "VERSION"
-                                | "git"
-                                | "cache"
-                                | "meta"
-                                | "roots"
-                        )
-                    )
-                });
+                let foreign = fs_err::read_dir(&root)?
+                    .filter_map(|e| e.ok())
+                    .any(|e| !is_layout_entry(&e.file_name().to_string_lossy()));
                 if foreign {
                     return Err(StoreError::NotAStore { root });
                 }
@@ -294,10 +297,20 @@ impl Store {
     /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
     pub fn open_existing(root: &Path) -> Result<Option<Store>> {
         if root.join("VERSION").is_file() {
-            Store::open(root).map(Some)
-        } else {
-            Ok(None)
+            return Store::open(root).map(Some);
         }
+        // Somebody else's directory is not "no store yet".
+        let foreign = std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| !is_layout_entry(&e.file_name().to_string_lossy()));
+        if foreign {
+            return Err(StoreError::NotAStore {
+                root: root.to_path_buf(),
+            });
+        }
+        Ok(None)
     }
 
     fn init_layout(root: &Path) -> Result<()> {

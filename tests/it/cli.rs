@@ -104,7 +104,14 @@ fn foreign_directories_and_future_layouts_are_refused() {
         "nothing written into it"
     );
 
-    env.ok(&["store", "ls"]);
+    // A read command does not create a store where there is none.
+    let out = env.run(&["store", "ls"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no comfix store"), "{}", stderr(&out));
+    assert!(!env.store.exists(), "nothing created");
+    let file = env.path("f.txt");
+    fs::write(&file, b"f").unwrap();
+    env.add(&file);
     fs::write(env.store.join("VERSION"), "99\n").unwrap();
     let out = env.run(&["store", "ls"]);
     assert_eq!(out.status.code(), Some(1));
@@ -118,10 +125,12 @@ fn foreign_directories_and_future_layouts_are_refused() {
 #[test]
 fn many_processes_can_create_one_store_at_once() {
     let env = TestEnv::new();
+    let file = env.path("f.txt");
+    fs::write(&file, b"f").unwrap();
     let children: Vec<_> = (0..8)
         .map(|_| {
             env.cmd()
-                .args(["store", "ls"])
+                .args(["store", "add", file.to_str().unwrap()])
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
