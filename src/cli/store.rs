@@ -320,10 +320,16 @@ fn path_info(
 }
 
 fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
-    let report = store.verify(true)?;
+    let mut report = store.verify(true)?;
     if report.ok() {
         return verify(&store, context, true);
     }
+    // Modes and object links need no source.
+    for fixed in store.repair_in_place(&report)? {
+        eprintln!("repaired\t{fixed}");
+    }
+    report.bad_modes.clear();
+    report.missing_objects.clear();
     let env = |k: &str| std::env::var(k).ok();
     let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
     let client = std::sync::Arc::new(crate::fetch::http::Client::new(std::sync::Arc::new(
@@ -394,8 +400,18 @@ fn verify(store: &Store, context: &Context, check_contents: bool) -> anyhow::Res
         for object in &report.corrupted_objects {
             println!("corrupted-object\t{object}");
         }
+        for at in &report.bad_modes {
+            println!("writable\t{at}");
+        }
+        for at in &report.missing_objects {
+            println!("missing-object\t{at}");
+        }
     }
-    let problems = report.missing.len() + report.corrupted.len() + report.corrupted_objects.len();
+    let problems = report.missing.len()
+        + report.corrupted.len()
+        + report.corrupted_objects.len()
+        + report.bad_modes.len()
+        + report.missing_objects.len();
     if !report.unregistered.is_empty() {
         tracing::info!(
             "{} unregistered entries under `paths/` (left by interrupted adds; `comfix gc` removes them)",

@@ -14,6 +14,59 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::RealizeError;
+use crate::store::{tree, Store};
+
+/// Check that the copy (or reflink) at `dst` of the store path `store_path` has exactly the bytes
+/// it was registered with: the tree hash of what landed in the home, computed from the store
+/// path's entries and the copies' digests, must be the registered one. A damaged object is found
+/// here instead of being realized silently.
+pub fn verify_copy(store: &Store, store_path: &str, dst: &Path) -> Result<(), RealizeError> {
+    let src = store.path_of(store_path);
+    let walk_err = |e: tree::WalkError| RealizeError::Io {
+        path: src.clone(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let entries = tree::walk(&src).map_err(walk_err)?;
+    let files: Vec<(PathBuf, u64)> = entries
+        .iter()
+        .filter_map(|e| match e.kind {
+            tree::EntryKind::File { size, .. } => Some((tree::join_rel(dst, &e.rel), size)),
+            _ => None,
+        })
+        .collect();
+    let digests = files
+        .par_iter()
+        .map(|(path, size)| {
+            tree::hash_file(path, *size)
+                .map(|d| (*size, d))
+                .map_err(io(path))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let actual = blake3::Hash::from(tree::build_node(&entries, &digests).tree_hash()).to_hex();
+    let Some(record) = store.query(store_path)? else {
+        return Ok(()); // not registered: nothing to compare with (callers protect and check)
+    };
+    if actual.as_str() == record.tree_hash {
+        return Ok(());
+    }
+    // Name the file: the one whose bytes are no object's that the store path links.
+    let file = entries
+        .iter()
+        .filter(|e| matches!(e.kind, tree::EntryKind::File { .. }))
+        .zip(&digests)
+        .find(|(e, (_, digest))| {
+            use std::os::unix::fs::MetadataExt;
+            let executable = matches!(e.kind, tree::EntryKind::File { executable: true, .. });
+            let object = fs::metadata(store.object_path(digest, executable)).ok();
+            let stored = fs::metadata(tree::join_rel(&src, &e.rel)).ok();
+            !matches!((object, stored), (Some(o), Some(s)) if o.ino() == s.ino())
+        })
+        .map(|(e, _)| e.rel.display().to_string());
+    Err(RealizeError::Damaged {
+        store_path: store_path.to_string(),
+        file,
+    })
+}
 
 /// What the user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -70,6 +70,11 @@ pub enum RealizeError {
         path: PathBuf,
         store: PathBuf,
     },
+    #[error("Store path `{store_path}` is damaged{}: its bytes are not the ones it was stored with", .file.as_ref().map(|f| format!(" (`{f}`)")).unwrap_or_default())]
+    Damaged {
+        store_path: String,
+        file: Option<String>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -88,6 +93,9 @@ impl Hint for RealizeError {
             }
             RealizeError::InsideStore { .. } | RealizeError::StoreInside { .. } => Some(
                 "homes, models directories and stores never contain each other (the garbage collector would take one for the other): choose another `--target`, `--models-dir` or `--store`".into(),
+            ),
+            RealizeError::Damaged { .. } => Some(
+                "nothing was switched; run `comfix store verify --repair` to restore it from its source, then realize again".into(),
             ),
             RealizeError::Store(e) => e.hint(),
             _ => None,
@@ -367,6 +375,15 @@ pub fn check_apart(
     Ok(())
 }
 
+/// A copy or reflink out of the store is checked against the path's registered tree hash (links
+/// share the store's bytes, which `store verify` checks).
+fn verified(store: &Store, store_path: &str, at: &Path, mode: UsedMode) -> Result<(), RealizeError> {
+    match mode {
+        UsedMode::Copy | UsedMode::Reflink => link::verify_copy(store, store_path, at),
+        UsedMode::Hardlink | UsedMode::Symlink => Ok(()),
+    }
+}
+
 /// Realize `lock` (whose store paths must all be valid) into `options.target`.
 pub fn realize(
     store: &Store,
@@ -447,6 +464,7 @@ pub fn realize(
     // The core.
     let core_src = store.path_of(&lock.comfy.store_path);
     let (mode, files) = linker.tree(&core_src, &building.join("ComfyUI"), "ComfyUI")?;
+    verified(store, &lock.comfy.store_path, &building.join("ComfyUI"), mode)?;
     placed.extend(files);
     mounts.push(Mount {
         at: "ComfyUI".into(),
@@ -472,6 +490,7 @@ pub fn realize(
             _ => continue,
         };
         let (mode, files) = linker.tree(&store.path_of(store_path), &dest, &rel)?;
+        verified(store, store_path, &dest, mode)?;
         placed.extend(files);
         if let Some(git) = &node.git {
             match manager::make_worktree(
@@ -557,6 +576,7 @@ pub fn realize(
                 fs::remove_file(&at).map_err(io(&at))?;
             }
             let mode = link::model(&linker, &store.path_of(&model.store_path), &at)?;
+            verified(store, &model.store_path, &at, mode)?;
             let recorded = if local_models {
                 format!("models/{rel}")
             } else {
@@ -587,7 +607,11 @@ pub fn realize(
                 std::os::unix::fs::symlink(&src, &dest).map_err(io(&dest))?;
                 UsedMode::Symlink
             }
-            _ => linker.tree(&src, &dest, ".venv")?.0,
+            _ => {
+                let mode = linker.tree(&src, &dest, ".venv")?.0;
+                verified(store, venv, &dest, mode)?;
+                mode
+            }
         };
         mounts.push(Mount {
             at: ".venv".into(),

@@ -28,13 +28,33 @@ pub struct VerifyReport {
     pub corrupted_objects: Vec<String>,
     /// Entries under `paths/` that are not registered (garbage of interrupted adds).
     pub unregistered: Vec<String>,
+    /// Files and directories of valid paths that are writable (a `chmod` through a home's link):
+    /// files must be 0444 or 0555, directories 0555.
+    pub bad_modes: Vec<String>,
+    /// Files of intact paths whose object (`objects/<xx>/<digest>`) is missing or is another
+    /// inode (checked with contents).
+    pub missing_objects: Vec<String>,
 }
 
 impl VerifyReport {
     /// Whether the store is intact (unregistered garbage does not count).
     pub fn ok(&self) -> bool {
-        self.missing.is_empty() && self.corrupted.is_empty() && self.corrupted_objects.is_empty()
+        self.missing.is_empty()
+            && self.corrupted.is_empty()
+            && self.corrupted_objects.is_empty()
+            && self.bad_modes.is_empty()
+            && self.missing_objects.is_empty()
     }
+}
+
+/// What checking one path found.
+#[derive(Default)]
+struct PathCheck {
+    missing: bool,
+    /// The tree hash on disk when it differs from the registered one.
+    corrupted: Option<String>,
+    bad_modes: Vec<String>,
+    missing_objects: Vec<String>,
 }
 
 impl Store {
@@ -58,45 +78,126 @@ impl Store {
         }
         report.unregistered.sort();
 
-        let results: Vec<(usize, Option<String>)> = records
+        let results: Vec<PathCheck> = records
             .par_iter()
-            .enumerate()
-            .map(|(i, record)| {
-                let path = self.path_of(&record.name);
-                if std::fs::symlink_metadata(&path).is_err() {
-                    return (i, Some("missing".to_string()));
-                }
-                if !check_contents {
-                    return (i, None);
-                }
-                let actual = match tree::hash_tree(&path) {
-                    Ok(node) => blake3::Hash::from(node.tree_hash()).to_hex().to_string(),
-                    Err(err) => format!("unreadable: {err}"),
-                };
-                if actual == record.tree_hash {
-                    (i, None)
-                } else {
-                    (i, Some(actual))
-                }
-            })
+            .map(|record| self.check_path(record, check_contents))
             .collect();
-        for (i, problem) in results {
-            let record = &records[i];
+        for (record, check) in records.iter().zip(results) {
             let path = self.path_of(&record.name).display().to_string();
-            match problem.as_deref() {
-                None => {}
-                Some("missing") => report.missing.push(path),
-                Some(actual) => report.corrupted.push(super::CorruptPath {
+            if check.missing {
+                report.missing.push(path);
+                continue;
+            }
+            if let Some(actual) = check.corrupted {
+                report.corrupted.push(super::CorruptPath {
                     path,
                     expected: record.tree_hash.clone(),
-                    actual: actual.to_string(),
-                }),
+                    actual,
+                });
             }
+            report.bad_modes.extend(check.bad_modes);
+            report.missing_objects.extend(check.missing_objects);
         }
         if check_contents {
             report.corrupted_objects = self.verify_objects()?;
         }
         Ok(report)
+    }
+
+    /// Check one valid path: present, read-only, and (with contents) hashing to its registration
+    /// with every file linked to its object.
+    fn check_path(&self, record: &super::PathRecord, check_contents: bool) -> PathCheck {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let path = self.path_of(&record.name);
+        let mut check = PathCheck::default();
+        if std::fs::symlink_metadata(&path).is_err() {
+            check.missing = true;
+            return check;
+        }
+        let entries = match tree::walk(&path) {
+            Ok(entries) => entries,
+            Err(err) => {
+                check.corrupted = Some(format!("unreadable: {err}"));
+                return check;
+            }
+        };
+        let mut digests = Vec::new();
+        for entry in &entries {
+            let at = tree::join_rel(&path, &entry.rel);
+            let Ok(meta) = std::fs::symlink_metadata(&at) else {
+                continue;
+            };
+            let mode = meta.permissions().mode() & 0o7777;
+            match entry.kind {
+                tree::EntryKind::Directory if mode != 0o555 => {
+                    check.bad_modes.push(at.display().to_string())
+                }
+                tree::EntryKind::File { executable, size } => {
+                    let wanted = if executable { 0o555 } else { 0o444 };
+                    if mode != wanted {
+                        check.bad_modes.push(at.display().to_string());
+                    }
+                    if check_contents {
+                        match tree::hash_file(&at, size) {
+                            Ok(digest) => {
+                                let object = std::fs::metadata(self.object_path(&digest, executable));
+                                if !object.is_ok_and(|o| o.ino() == meta.ino()) {
+                                    check.missing_objects.push(at.display().to_string());
+                                }
+                                digests.push((size, digest));
+                            }
+                            Err(err) => {
+                                check.corrupted = Some(format!("unreadable: {err}"));
+                                return check;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if check_contents {
+            let actual = blake3::Hash::from(tree::build_node(&entries, &digests).tree_hash())
+                .to_hex()
+                .to_string();
+            if actual != record.tree_hash {
+                check.corrupted = Some(actual);
+                // A damaged file's object is the damage, not a missing link.
+                check.missing_objects.clear();
+            }
+        }
+        check
+    }
+
+    /// Repair what needs no source: restore read-only modes, and link files of intact paths back
+    /// to their missing objects. Returns what was fixed.
+    pub fn repair_in_place(&self, report: &VerifyReport) -> Result<Vec<String>> {
+        use std::os::unix::fs::PermissionsExt;
+        let _gc = super::lock::shared(&self.root.join("gc.lock"))?;
+        let mut fixed = Vec::new();
+        for at in &report.bad_modes {
+            let at = Path::new(at);
+            let meta = std::fs::symlink_metadata(at)?;
+            let mode = if meta.is_dir() || meta.permissions().mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            };
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode))?;
+            fixed.push(format!("mode of {}", at.display()));
+        }
+        for at in &report.missing_objects {
+            let at = Path::new(at);
+            let meta = std::fs::metadata(at)?;
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            let digest = tree::hash_file(at, meta.len())?;
+            let object = self.object_path(&digest, executable);
+            if std::fs::symlink_metadata(&object).is_err() {
+                std::fs::hard_link(at, &object)?;
+                fixed.push(format!("object of {}", at.display()));
+            }
+        }
+        Ok(fixed)
     }
 
     /// Before a repair: move the path `name` out of `paths/` and drop every object name whose

@@ -14,4 +14,5 @@ mod spec;
 mod store_add;
 mod store_crash;
 mod store_db;
+mod store_reads;
 mod store_verify;
