@@ -90,6 +90,9 @@ impl Resolver {
             );
         }
         let old = merged.as_ref().or(old);
+        if !self.skip_models {
+            self.check_model_space(spec, old)?;
+        }
 
         let core_name = sanitize_name(crate::spec::repo_basename(&spec.comfy.repo));
         let keep_core = old
@@ -265,6 +268,24 @@ impl Resolver {
             workflows,
         };
         Ok((lock, reports))
+    }
+
+    /// Fail before downloading when the models the lock pins and the store lacks do not fit on
+    /// the store's filesystem (sizes of models not pinned yet are checked per download).
+    fn check_model_space(&self, spec: &Spec, old: Option<&Lock>) -> Result<(), FetchError> {
+        let Some(old) = old else { return Ok(()) };
+        let mut needed = 0u64;
+        for model in &spec.models {
+            if let Some(locked) = locked_model(model, old) {
+                if self.store.query(&locked.store_path)?.is_none() {
+                    needed += locked.size;
+                }
+            }
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        crate::fetch::check_space("the models to download", self.store.root(), needed)
     }
 
     /// Add the spec's workflow files to the store (they are part of the version's closure).

@@ -637,6 +637,13 @@ impl Client {
                 reporter.item_length(id, sink.written + length);
             }
         }
+        // Fail before writing what the disk cannot hold.
+        if let Some(length) = response.content_length() {
+            let dir = sink.path.parent().unwrap_or(Path::new("."));
+            if let Err(err) = super::check_space(&d.what, dir, length) {
+                return (Err(err), sink);
+            }
+        }
         if let Some(tag) = response.headers().get(ETAG).and_then(|v| v.to_str().ok()) {
             let _ = std::fs::write(meta, tag);
         }
@@ -695,9 +702,25 @@ impl Client {
             }
         }
         drop(tx);
-        let (written, sink) = writer.await.expect("the writer thread does not panic");
+        let (written, mut sink) = writer.await.expect("the writer thread does not panic");
         if let Err(e) = written {
             let path = sink.path.clone();
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                // A full disk: the partial file would only keep it full.
+                let needed = d.size.unwrap_or(sink.written);
+                let _ = sink.restart();
+                let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let available = super::available_bytes(&dir).unwrap_or(0);
+                return (
+                    Err(FetchError::NoSpace {
+                        what: d.what.clone(),
+                        needed,
+                        available,
+                        path: dir,
+                    }),
+                    sink,
+                );
+            }
             return (Err(FetchError::io(path)(e)), sink);
         }
         (received.map(|()| suggested), sink)

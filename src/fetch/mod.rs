@@ -20,6 +20,25 @@ use crate::hint::Hint;
 use crate::spec::{ExpandedEnv, Secret};
 use crate::store::StoreError;
 
+/// Bytes free for this user on the filesystem of `path` (`None` when it cannot be asked).
+pub fn available_bytes(path: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// Fail before writing `needed` bytes under `path` when the filesystem cannot hold them.
+pub fn check_space(what: &str, path: &std::path::Path, needed: u64) -> Result<(), FetchError> {
+    match available_bytes(path) {
+        Some(available) if available < needed => Err(FetchError::NoSpace {
+            what: what.to_string(),
+            needed,
+            available,
+            path: path.to_path_buf(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Where the outside services are and how to talk to them.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -210,6 +229,13 @@ pub enum FetchError {
         /// Boxed: keeps every `Result<_, FetchError>` small.
         from: Box<Origin>,
     },
+    #[error("{what} needs {} but the filesystem of `{}` has {} free", crate::units::format_bytes(*.needed), .path.display(), crate::units::format_bytes(*.available))]
+    NoSpace {
+        what: String,
+        needed: u64,
+        available: u64,
+        path: PathBuf,
+    },
     #[error("{what}: the certificate of `{host}` is not trusted ({message})")]
     Tls {
         what: String,
@@ -292,6 +318,10 @@ impl Hint for FetchError {
                 "if a proxy or a private CA signs this host's certificate, install the CA in the system's trust store or point `SSL_CERT_FILE` (a PEM bundle) or `SSL_CERT_DIR` at it, as for curl, pip and uv".into(),
             ),
             FetchError::LocalSource { hint, .. } => hint.clone(),
+            FetchError::NoSpace { needed, available, .. } => Some(format!(
+                "free at least {} there (`comfix gc` reclaims what no version uses), or use a store on a larger filesystem (`--store`); no partial file was left behind",
+                crate::units::format_bytes(needed.saturating_sub(*available))
+            )),
             FetchError::GitRefNotFound { .. } => {
                 Some("check the spec's `ref`; branches and tags are looked up by name".into())
             }

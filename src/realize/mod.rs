@@ -375,6 +375,19 @@ pub fn check_apart(
     Ok(())
 }
 
+/// A generation being built, removed on drop unless it was finished.
+struct Unfinished(Option<PathBuf>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            if let Err(err) = link::remove_tree(&dir) {
+                tracing::warn!("cannot remove the unfinished generation `{}`: {err}", dir.display());
+            }
+        }
+    }
+}
+
 /// A copy or reflink out of the store is checked against the path's registered tree hash (links
 /// share the store's bytes, which `store verify` checks).
 fn verified(store: &Store, store_path: &str, at: &Path, mode: UsedMode) -> Result<(), RealizeError> {
@@ -456,6 +469,8 @@ pub fn realize(
     let number = home.list().last().copied().unwrap_or(0) + 1;
     let building = home.generations().join(format!("{number}.tmp"));
     fs::create_dir_all(&building).map_err(io(&building))?;
+    // A realize that fails (a damaged object, a full disk) takes its half-built generation away.
+    let mut unfinished = Unfinished(Some(building.clone()));
 
     let linker = Linker::new(options.link_mode);
     let mut mounts = Vec::new();
@@ -677,6 +692,7 @@ pub fn realize(
     sync_dir(&building);
     let done = home.generation_dir(number);
     fs::rename(&building, &done).map_err(io(&done))?;
+    unfinished.0 = None;
     pause_point("realize-built");
     home.ensure_top_links(local_models, options.venv.is_some())?;
     home.switch(number)?;

@@ -58,6 +58,10 @@ fn a_damaged_object_fails_the_copy_and_is_repaired() {
     assert!(err.contains(&core) && err.contains("main.py"), "{err}");
     assert!(err.contains("comfix store verify --repair"), "{err}");
     assert!(!second.join("ComfyUI").exists(), "no generation was switched to");
+    let leftovers: Vec<_> = fs::read_dir(second.join(".comfix/generations"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "the unfinished generation is gone: {leftovers:?}");
 
     let out = w.cmd(&w.env.store).args(["store", "verify", "--repair"]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -99,4 +103,62 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
     );
     assert_eq!(inode(&object), inode(&main_py), "the object is linked again");
     w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+/// A tmpfs of `mib` MiB at `dir`, or `None` (with the reason printed) where it cannot be mounted.
+fn small_filesystem(dir: &Path, mib: u64) -> Option<Mounted> {
+    fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("skipping: cannot mount a tmpfs here ({})", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    Some(Mounted(dir.to_path_buf()))
+}
+
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn downloads_that_cannot_fit_fail_before_writing() {
+    let w = World::new();
+    w.write_spec(&spec(&w));
+    // The model is 3 MiB; a 2 MiB filesystem cannot hold it.
+    let small = w.env.path("small");
+    let Some(_mounted) = small_filesystem(&small, 2) else {
+        return;
+    };
+    let store = small.join("store");
+    let out = w.resolve_in(&store, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("needs 3.0 MiB"), "{err}");
+    assert!(err.contains("free at least"), "{err}");
+    let parts: Vec<_> = fs::read_dir(store.join("tmp/downloads"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| fs::metadata(e.path()).is_ok_and(|m| m.len() > 0))
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(parts.is_empty(), "nothing partial kept: {parts:?}");
+
+    // With the lock pinning the size, the whole version's need is known up front.
+    let out = w.resolve(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = w.cdn.requests().len();
+    let out = w.resolve_in(&store, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the models to download needs"), "{}", stderr(&out));
+    assert_eq!(w.cdn.requests().len(), before, "nothing was downloaded");
 }
