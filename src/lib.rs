@@ -26,5 +26,5 @@ pub mod repair;
 pub mod reporter;
 pub mod resolve;
 pub mod spec;
-pub mod units;
 pub mod store;
+pub mod units;

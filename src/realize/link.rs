@@ -56,7 +56,13 @@ pub fn verify_copy(store: &Store, store_path: &str, dst: &Path) -> Result<(), Re
         .zip(&digests)
         .find(|(e, (_, digest))| {
             use std::os::unix::fs::MetadataExt;
-            let executable = matches!(e.kind, tree::EntryKind::File { executable: true, .. });
+            let executable = matches!(
+                e.kind,
+                tree::EntryKind::File {
+                    executable: true,
+                    ..
+                }
+            );
             let object = fs::metadata(store.object_path(digest, executable)).ok();
             let stored = fs::metadata(tree::join_rel(&src, &e.rel)).ok();
             !matches!((object, stored), (Some(o), Some(s)) if o.ino() == s.ino())

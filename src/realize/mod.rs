@@ -361,7 +361,10 @@ pub fn check_apart(
     models_dir: Option<&Path>,
 ) -> Result<(), RealizeError> {
     let store = resolved(store);
-    let places = [("the home", Some(target)), ("the models directory", models_dir)];
+    let places = [
+        ("the home", Some(target)),
+        ("the models directory", models_dir),
+    ];
     for (what, path) in places {
         let Some(path) = path else { continue };
         let path = resolved(path);
@@ -382,7 +385,10 @@ impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(dir) = self.0.take() {
             if let Err(err) = link::remove_tree(&dir) {
-                tracing::warn!("cannot remove the unfinished generation `{}`: {err}", dir.display());
+                tracing::warn!(
+                    "cannot remove the unfinished generation `{}`: {err}",
+                    dir.display()
+                );
             }
         }
     }
@@ -390,7 +396,12 @@ impl Drop for Unfinished {
 
 /// A copy or reflink out of the store is checked against the path's registered tree hash (links
 /// share the store's bytes, which `store verify` checks).
-fn verified(store: &Store, store_path: &str, at: &Path, mode: UsedMode) -> Result<(), RealizeError> {
+fn verified(
+    store: &Store,
+    store_path: &str,
+    at: &Path,
+    mode: UsedMode,
+) -> Result<(), RealizeError> {
     match mode {
         UsedMode::Copy | UsedMode::Reflink => link::verify_copy(store, store_path, at),
         UsedMode::Hardlink | UsedMode::Symlink => Ok(()),
@@ -479,7 +490,12 @@ pub fn realize(
     // The core.
     let core_src = store.path_of(&lock.comfy.store_path);
     let (mode, files) = linker.tree(&core_src, &building.join("ComfyUI"), "ComfyUI")?;
-    verified(store, &lock.comfy.store_path, &building.join("ComfyUI"), mode)?;
+    verified(
+        store,
+        &lock.comfy.store_path,
+        &building.join("ComfyUI"),
+        mode,
+    )?;
     placed.extend(files);
     mounts.push(Mount {
         at: "ComfyUI".into(),

@@ -286,6 +286,8 @@ impl Store {
                 self.remove_path_meta(name);
             }
         }
+        // Half-built generations of killed realizes, in homes nobody is realizing into.
+        self.sweep_unfinished_generations(&mut report);
         // Unregistered leftovers of interrupted adds, and staging directories (every writer is
         // waiting for the lock, so none is in use).
         let valid: HashSet<&str> = paths.iter().map(|p| p.name.as_str()).collect();
@@ -426,6 +428,39 @@ impl Store {
                             .push(format!("git/{}", entry.file_name().to_string_lossy()))
                     }
                     Err(err) => report.errors.push(format!("{}: {err}", path.display())),
+                }
+            }
+        }
+    }
+
+    /// `<home>/.comfix/generations/<N>.tmp` of every home the roots name, when the home's lock is
+    /// free (no realize is building it).
+    fn sweep_unfinished_generations(&self, report: &mut GcReport) {
+        let Ok(roots) = self.roots() else { return };
+        let homes: BTreeSet<PathBuf> = roots
+            .iter()
+            .filter_map(|r| home_generation(&r.name))
+            .filter_map(|dir| dir.parent().map(Path::to_path_buf))
+            .collect();
+        for generations in homes {
+            let Some(meta) = generations.parent() else {
+                continue;
+            };
+            let Ok(Some(_home)) = lock::try_exclusive(&meta.join("lock")) else {
+                continue;
+            };
+            for entry in fs::read_dir(&generations).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.ends_with(".tmp") {
+                    continue;
+                }
+                match super::add::remove_tree(&entry.path()) {
+                    Ok(()) => report
+                        .removed_other
+                        .push(entry.path().display().to_string()),
+                    Err(err) => report
+                        .errors
+                        .push(format!("{}: {err}", entry.path().display())),
                 }
             }
         }

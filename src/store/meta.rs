@@ -48,7 +48,10 @@ pub struct RebuildReport {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs_err::write(&tmp, serde_json::to_vec(value).expect("metadata serializes"))?;
+    fs_err::write(
+        &tmp,
+        serde_json::to_vec(value).expect("metadata serializes"),
+    )?;
     fs_err::rename(&tmp, path)?;
     Ok(())
 }
@@ -70,9 +73,8 @@ fn content_named(record: &PathRecord, references: &[String]) -> bool {
 
 /// Whether the store directory holds content a db should describe.
 pub(super) fn holds_content(root: &Path) -> bool {
-    let non_empty = |dir: PathBuf| {
-        fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok()))
-    };
+    let non_empty =
+        |dir: PathBuf| fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok()));
     if non_empty(root.join("paths")) || non_empty(root.join("roots")) {
         return true;
     }
@@ -116,13 +118,20 @@ impl Store {
             kind: kind.into(),
         };
         write_json(
-            &self.root.join("roots").join(format!("{}.json", root_key(name))),
+            &self
+                .root
+                .join("roots")
+                .join(format!("{}.json", root_key(name))),
             &meta,
         )
     }
 
     pub(super) fn remove_root_meta(&self, name: &str) {
-        let _ = fs::remove_file(self.root.join("roots").join(format!("{}.json", root_key(name))));
+        let _ = fs::remove_file(
+            self.root
+                .join("roots")
+                .join(format!("{}.json", root_key(name))),
+        );
     }
 
     /// A store made before sidecars existed gets them from its db, once (`meta/.complete`).
@@ -217,8 +226,10 @@ impl Store {
             }
         }
         for (name, (_, references)) in proven {
-            let missing: Vec<&String> =
-                references.iter().filter(|r| !registered.contains(*r)).collect();
+            let missing: Vec<&String> = references
+                .iter()
+                .filter(|r| !registered.contains(*r))
+                .collect();
             report.unrecovered.push((
                 name,
                 format!(
@@ -231,7 +242,11 @@ impl Store {
                 ),
             ));
         }
-        for entry in fs::read_dir(root.join("roots")).into_iter().flatten().flatten() {
+        for entry in fs::read_dir(root.join("roots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let Ok(text) = fs::read(entry.path()) else {
                 continue;
             };

@@ -140,7 +140,8 @@ impl Store {
                     if check_contents {
                         match tree::hash_file(&at, size) {
                             Ok(digest) => {
-                                let object = std::fs::metadata(self.object_path(&digest, executable));
+                                let object =
+                                    std::fs::metadata(self.object_path(&digest, executable));
                                 if !object.is_ok_and(|o| o.ino() == meta.ino()) {
                                     check.missing_objects.push(at.display().to_string());
                                 }

@@ -20,7 +20,8 @@ fn spawn_realize(w: &World, home: &Path, fault: Option<(&str, &Path)>) -> Child 
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     if let Some((point, dir)) = fault {
-        cmd.env("COMFIX_FAULT_WAIT", point).env("COMFIX_FAULT_DIR", dir);
+        cmd.env("COMFIX_FAULT_WAIT", point)
+            .env("COMFIX_FAULT_DIR", dir);
     }
     cmd.spawn().unwrap()
 }
@@ -64,7 +65,13 @@ fn gc_forced_in_at_every_pause_point_of_realize() {
         let home = w.env.path(&format!("home-{i}"));
         let mut child = spawn_realize(&w, &home, Some((point, &faults)));
         wait_for(&faults.join(point), &mut child);
-        let gc = w.env.cmd().arg("gc").stderr(Stdio::piped()).spawn().unwrap();
+        let gc = w
+            .env
+            .cmd()
+            .arg("gc")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
         fs::write(faults.join(format!("{point}.go")), b"").unwrap();
         finish(child, &format!("realize paused at {point}"));
@@ -127,9 +134,57 @@ fn fifty_realizes_while_gc_loops() {
         gcs.load(Ordering::SeqCst),
         start.elapsed()
     );
-    assert!(failures.is_empty(), "{} failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     let gc_failures = gc_failures.lock().unwrap();
-    assert!(gc_failures.is_empty(), "gc failed:\n{}", gc_failures.join("\n"));
+    assert!(
+        gc_failures.is_empty(),
+        "gc failed:\n{}",
+        gc_failures.join("\n")
+    );
     assert!(gcs.load(Ordering::SeqCst) >= 10, "gc really ran alongside");
     w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+#[test]
+fn gc_removes_the_half_built_generation_of_a_killed_realize() {
+    let w = World::new();
+    let mut spec = w.default_spec();
+    w.write_spec(&spec);
+    let home = w.env.path("home");
+    finish(spawn_realize(&w, &home, None), "the first realize");
+    // Another version into the same home, killed while its manifest is being added.
+    spec["models"] = serde_json::json!([]);
+    w.write_spec(&spec);
+    let faults = w.env.path("faults");
+    fs::create_dir_all(&faults).unwrap();
+    let mut child = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(&home)
+        .env("COMFIX_FAULT_PAUSE", "add-staged")
+        .env("COMFIX_FAULT_DIR", &faults)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&faults.join("add-staged"), &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let unfinished = home.join(".comfix/generations/2.tmp");
+    assert!(
+        unfinished.is_dir(),
+        "the killed realize left its generation"
+    );
+    let out = w.env.ok(&["gc"]);
+    assert!(!unfinished.exists(), "gc removed it: {out}");
+    assert!(
+        home.join(".comfix/generations/1").is_dir(),
+        "the live one stays"
+    );
+    assert!(home.join("ComfyUI/main.py").is_file());
 }

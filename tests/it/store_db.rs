@@ -48,7 +48,12 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_roots() {
     let before = path_count(&w.env.store);
 
     remove_db(&w.env.store);
-    for args in [&["store", "verify"][..], &["gc"], &["store", "ls"], &["roots"]] {
+    for args in [
+        &["store", "verify"][..],
+        &["gc"],
+        &["store", "ls"],
+        &["roots"],
+    ] {
         let out = w.env.run(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
         let err = stderr(&out);
@@ -56,7 +61,10 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_roots() {
         assert!(err.contains("comfix store rebuild-db"), "{err}");
     }
     assert_eq!(path_count(&w.env.store), before, "nothing was deleted");
-    assert!(!w.env.store.join("db/db.sqlite").exists(), "no empty db was made");
+    assert!(
+        !w.env.store.join("db/db.sqlite").exists(),
+        "no empty db was made"
+    );
 
     let out = w.env.run(&["store", "rebuild-db"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -73,14 +81,23 @@ fn a_lost_database_is_refused_then_rebuilt_with_its_roots() {
     // A readable db is not rebuilt over.
     let out = w.env.run(&["store", "rebuild-db"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("nothing to rebuild"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to rebuild"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_damaged_database_is_moved_aside_and_damaged_paths_are_not_registered() {
     let w = World::new();
     realized(&w);
-    let listed: Vec<String> = w.env.ok(&["store", "ls"]).lines().map(String::from).collect();
+    let listed: Vec<String> = w
+        .env
+        .ok(&["store", "ls"])
+        .lines()
+        .map(String::from)
+        .collect();
     remove_db(&w.env.store);
     fs::write(w.env.store.join("db/db.sqlite"), vec![0x5a; 8192]).unwrap();
     let out = w.env.run(&["store", "ls"]);
@@ -106,7 +123,10 @@ fn a_damaged_database_is_moved_aside_and_damaged_paths_are_not_registered() {
     let model_name = Path::new(&model).file_name().unwrap().to_str().unwrap();
     assert!(unrecovered.contains(&model_name), "{report}");
     // The home manifest references the model, so it is not registered either.
-    assert!(unrecovered.iter().any(|u| u.contains("-home-v1")), "{report}");
+    assert!(
+        unrecovered.iter().any(|u| u.contains("-home-v1")),
+        "{report}"
+    );
     assert!(report["old_db"].as_str().unwrap().contains("broken"));
     let now = w.env.ok(&["store", "ls"]);
     assert!(!now.contains(model_name));
@@ -155,7 +175,13 @@ fn a_store_without_sidecars_gets_them_from_its_db() {
     let a = env.add(&tree);
     let file = env.path("one.bin");
     fs::write(&file, b"one").unwrap();
-    let b = env.ok(&["store", "add", file.to_str().unwrap(), "--ref", a.to_str().unwrap()]);
+    let b = env.ok(&[
+        "store",
+        "add",
+        file.to_str().unwrap(),
+        "--ref",
+        a.to_str().unwrap(),
+    ]);
     env.ok(&["store", "pin", b.trim(), "--name", "keep"]);
     // As a store made before sidecars existed.
     fs::remove_dir_all(env.store.join("meta")).unwrap();
@@ -167,7 +193,10 @@ fn a_store_without_sidecars_gets_them_from_its_db() {
     assert_eq!(env.ok(&["store", "ls"]), listed);
     assert!(env.ok(&["roots"]).contains("pin:keep"));
     let info = env.ok(&["store", "path-info", b.trim()]);
-    assert!(info.contains(a.file_name().unwrap().to_str().unwrap()), "{info}");
+    assert!(
+        info.contains(a.file_name().unwrap().to_str().unwrap()),
+        "{info}"
+    );
 }
 
 #[test]
@@ -177,10 +206,28 @@ fn homes_and_stores_never_contain_each_other() {
     let store = w.env.store.clone();
     fs::create_dir_all(store.join("tmp")).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--target".into(), store.display().to_string()], "inside the store"),
-        (vec!["--target".into(), store.join("paths/x").display().to_string()], "inside the store"),
-        (vec!["--target".into(), store.join("tmp/../tmp/home").display().to_string()], "inside the store"),
-        (vec!["--target".into(), w.env.dir.path().display().to_string()], "The store"),
+        (
+            vec!["--target".into(), store.display().to_string()],
+            "inside the store",
+        ),
+        (
+            vec![
+                "--target".into(),
+                store.join("paths/x").display().to_string(),
+            ],
+            "inside the store",
+        ),
+        (
+            vec![
+                "--target".into(),
+                store.join("tmp/../tmp/home").display().to_string(),
+            ],
+            "inside the store",
+        ),
+        (
+            vec!["--target".into(), w.env.dir.path().display().to_string()],
+            "The store",
+        ),
         (
             vec![
                 "--target".into(),
@@ -199,8 +246,16 @@ fn homes_and_stores_never_contain_each_other() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("never contain each other"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("never contain each other"),
+            "{}",
+            stderr(&out)
+        );
     }
     // A symlink into the store is seen through.
     let link = w.env.path("sneaky");
@@ -212,6 +267,9 @@ fn homes_and_stores_never_contain_each_other() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(!store.join("tmp/home").exists(), "nothing was written there");
+    assert!(
+        !store.join("tmp/home").exists(),
+        "nothing was written there"
+    );
     assert!(!store.join("paths/x").exists());
 }

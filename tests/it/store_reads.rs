@@ -43,7 +43,10 @@ fn a_damaged_object_fails_the_copy_and_is_repaired() {
     w.write_spec(&spec(&w));
     let first = w.env.path("home-1");
     assert!(realize(&w, &first).status.success());
-    let core = w.lock()["comfy"]["store_path"].as_str().unwrap().to_string();
+    let core = w.lock()["comfy"]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let main_py = w.store_path(&core).join("main.py");
     let good = fs::read(&main_py).unwrap();
     // One flipped byte in the object every copy of main.py comes from.
@@ -57,13 +60,23 @@ fn a_damaged_object_fails_the_copy_and_is_repaired() {
     let err = stderr(&out);
     assert!(err.contains(&core) && err.contains("main.py"), "{err}");
     assert!(err.contains("comfix store verify --repair"), "{err}");
-    assert!(!second.join("ComfyUI").exists(), "no generation was switched to");
+    assert!(
+        !second.join("ComfyUI").exists(),
+        "no generation was switched to"
+    );
     let leftovers: Vec<_> = fs::read_dir(second.join(".comfix/generations"))
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
-    assert!(leftovers.is_empty(), "the unfinished generation is gone: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "the unfinished generation is gone: {leftovers:?}"
+    );
 
-    let out = w.cmd(&w.env.store).args(["store", "verify", "--repair"]).output().unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--repair"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let out = realize(&w, &second);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -86,7 +99,10 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
     assert!(stdout(&out).contains("writable"), "{}", stdout(&out));
 
     // A deleted object is reported (its path's bytes are intact).
-    let core = w.lock()["comfy"]["store_path"].as_str().unwrap().to_string();
+    let core = w.lock()["comfy"]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let main_py = w.store_path(&core).join("main.py");
     let object = object_of(&w.env, &main_py);
     fs::remove_file(&object).unwrap();
@@ -98,10 +114,18 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
     let out = w.env.run(&["store", "verify", "--repair"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        fs::metadata(fs::canonicalize(&model).unwrap()).unwrap().permissions().mode() & 0o777,
+        fs::metadata(fs::canonicalize(&model).unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
         0o444
     );
-    assert_eq!(inode(&object), inode(&main_py), "the object is linked again");
+    assert_eq!(
+        inode(&object),
+        inode(&main_py),
+        "the object is linked again"
+    );
     w.env.ok(&["store", "verify", "--check-contents"]);
 }
 
@@ -114,7 +138,10 @@ fn small_filesystem(dir: &Path, mib: u64) -> Option<Mounted> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("skipping: cannot mount a tmpfs here ({})", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "skipping: cannot mount a tmpfs here ({})",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     Some(Mounted(dir.to_path_buf()))
@@ -159,6 +186,10 @@ fn downloads_that_cannot_fit_fail_before_writing() {
     let before = w.cdn.requests().len();
     let out = w.resolve_in(&store, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("the models to download needs"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the models to download needs"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(w.cdn.requests().len(), before, "nothing was downloaded");
 }
