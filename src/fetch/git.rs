@@ -168,15 +168,20 @@ fn fetch_local(
     Ok(())
 }
 
-/// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref). Damage or size
-/// elsewhere in the remote does not matter: only the wanted ref's objects are transferred.
-pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, FetchError> {
+/// The mirror of `url` (created if needed) under its update lock `git/<key>-<name>.lock`.
+fn locked_mirror(store: &Store, url: &str) -> Result<(lock::LockGuard, Repository), FetchError> {
     let path = mirror_path(store, url);
     let lock_path = path.with_extension("lock");
     std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
         .map_err(FetchError::io(&path))?;
-    let _lock = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
-    let repo = open_mirror(store, url)?;
+    let guard = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
+    Ok((guard, open_mirror(store, url)?))
+}
+
+/// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref). Damage or size
+/// elsewhere in the remote does not matter: only the wanted ref's objects are transferred.
+pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, FetchError> {
+    let (_lock, repo) = locked_mirror(store, url)?;
     if let Some(source) = local_repo(url) {
         fetch_local(&repo, &source, url, want)?;
         return Ok(repo);
@@ -255,12 +260,7 @@ pub fn fetch_commit(
 /// Fetch every branch and tag of `url` into its mirror, force-updating moved refs, and the
 /// remote's HEAD as `refs/comfix/HEAD`: the fallback for a commit no ref names directly.
 pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError> {
-    let path = mirror_path(store, url);
-    let lock_path = path.with_extension("lock");
-    std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
-        .map_err(FetchError::io(&path))?;
-    let _lock = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
-    let repo = open_mirror(store, url)?;
+    let (_lock, repo) = locked_mirror(store, url)?;
     {
         let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
         let mut options = fetch_options();

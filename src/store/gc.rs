@@ -446,7 +446,8 @@ impl Store {
             let Some(meta) = generations.parent() else {
                 continue;
             };
-            let Ok(Some(_home)) = lock::try_exclusive(&meta.join("lock")) else {
+            // Never create anything in a home (it may be being deleted): only an existing lock.
+            let Ok(Some(_home)) = lock::try_exclusive_existing(&meta.join("lock")) else {
                 continue;
             };
             for entry in fs::read_dir(&generations).into_iter().flatten().flatten() {

@@ -51,6 +51,25 @@ pub fn shared(path: &Path) -> std::io::Result<LockGuard> {
     })
 }
 
+/// Try to lock the existing lock file `path` exclusively, without waiting and without creating
+/// it (for lock files in directories comfix does not own, such as a home's). `None` when it is
+/// missing or held.
+pub fn try_exclusive_existing(path: &Path) -> std::io::Result<Option<LockGuard>> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(LockGuard {
+            file,
+            path: path.to_path_buf(),
+        })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
+}
+
 /// Take an exclusive lock on `path`, waiting for it.
 pub fn exclusive(path: &Path) -> std::io::Result<LockGuard> {
     let file = open_lock_file(path)?;

@@ -286,12 +286,7 @@ fn models_get_their_real_file_names() {
     assert!(!stderr(&out).contains("models[0]"), "{}", stderr(&out));
 
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = crate::realize::realize(&w, "v1", &home, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         fs::read(home.join("models/loras/detail-v2.safetensors")).unwrap(),
@@ -306,12 +301,7 @@ fn models_get_their_real_file_names() {
     assert_eq!(lock["models"][1]["filename"], "upscaler-4x.pth");
     // The lock's names are kept: the next realize is a no-op without asking anyone.
     let before = w.total_requests();
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = crate::realize::realize(&w, "v1", &home, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("up to date"), "{}", stderr(&out));
     assert_eq!(w.total_requests(), before);
@@ -417,12 +407,7 @@ fn an_optional_model_that_fails_is_left_out_and_shown_missing() {
         .collect();
     assert_eq!(states, ["resolve", "optional"]);
 
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = crate::realize::realize(&w, "v1", &home, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("optional model"), "{}", stderr(&out));
     assert!(home.join("models/unet/unet.safetensors").exists());
@@ -434,12 +419,7 @@ fn an_optional_model_that_fails_is_left_out_and_shown_missing() {
         &w,
         json!([{ "source": w.cdn.url("/gone/extra.safetensors"), "target_subdir": "loras" }]),
     ));
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = crate::realize::realize(&w, "v1", &home, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 

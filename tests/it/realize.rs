@@ -32,7 +32,7 @@ fn write_spec_as(w: &World, id: &str, spec: &Value) {
     .unwrap();
 }
 
-fn realize(w: &World, id: &str, target: &Path, args: &[&str]) -> Output {
+pub(crate) fn realize(w: &World, id: &str, target: &Path, args: &[&str]) -> Output {
     w.cmd(&w.env.store)
         .args(["realize", id, "--target"])
         .arg(target)

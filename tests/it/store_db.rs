@@ -19,12 +19,7 @@ fn realized(w: &World) -> std::path::PathBuf {
     ]);
     w.write_spec(&spec);
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = crate::realize::realize(w, "v1", &home, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     home
 }

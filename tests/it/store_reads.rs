@@ -21,11 +21,7 @@ fn spec(w: &World) -> serde_json::Value {
 }
 
 fn realize(w: &World, home: &Path) -> std::process::Output {
-    w.cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(home)
-        .output()
-        .unwrap()
+    crate::realize::realize(w, "v1", home, &[])
 }
 
 /// The object file of `file` inside a store path (the same inode).
