@@ -624,18 +624,7 @@ impl Partial {
     fn over(self, spec: &Spec, old: Option<&Lock>) -> Option<Lock> {
         let comfy = self
             .comfy
-            .filter(|c| {
-                let probe = Lock {
-                    lock_version: LOCK_VERSION,
-                    version_id: spec.version_id.clone(),
-                    comfy: c.clone(),
-                    custom_nodes: Vec::new(),
-                    models: Vec::new(),
-                    python: None,
-                    workflows: Vec::new(),
-                };
-                locked_core(spec, &probe).is_some()
-            })
+            .filter(|c| core_matches(spec, c))
             .or_else(|| old.map(|l| l.comfy.clone()))?;
         let mut custom_nodes = self.custom_nodes;
         for node in old.map(|l| l.custom_nodes.as_slice()).unwrap_or_default() {
@@ -694,11 +683,14 @@ fn commit_matches(wanted: &Option<String>, locked: &str) -> bool {
 
 /// The lock's core entry, if it still matches the spec.
 pub fn locked_core<'a>(spec: &Spec, lock: &'a Lock) -> Option<&'a LockedGit> {
-    let locked = &lock.comfy;
-    (locked.repo == spec.comfy.repo
+    core_matches(spec, &lock.comfy).then_some(&lock.comfy)
+}
+
+/// Whether a locked core still pins what the spec asks for.
+fn core_matches(spec: &Spec, locked: &LockedGit) -> bool {
+    locked.repo == spec.comfy.repo
         && locked.git_ref == spec.comfy.git_ref
-        && commit_matches(&spec.comfy.commit, &locked.commit))
-    .then_some(locked)
+        && commit_matches(&spec.comfy.commit, &locked.commit)
 }
 
 /// The lock's entry for a spec node (same name and source), if it still matches.

@@ -286,10 +286,7 @@ pub struct LoadedSpec {
 impl LoadedSpec {
     /// The directory the spec's relative paths (`workflows`) are relative to.
     pub fn dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        spec_dir(&self.path)
     }
 
     /// Log the warnings (for commands that use the spec without printing it).
@@ -300,6 +297,14 @@ impl LoadedSpec {
                 None => tracing::warn!("{}: {warning}", self.path.display()),
             }
         }
+    }
+}
+
+/// The directory a spec's relative paths are relative to.
+fn spec_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -332,11 +337,7 @@ impl Spec {
             source,
         })?;
         let spec = Spec::parse(&text, path)?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let issues = validate::on_disk(&spec, &dir);
+        let issues = validate::on_disk(&spec, &spec_dir(path));
         if !issues.is_empty() {
             return Err(SpecError::Invalid {
                 path: path.to_path_buf(),

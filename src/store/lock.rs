@@ -60,14 +60,7 @@ pub fn try_exclusive_existing(path: &Path) -> std::io::Result<Option<LockGuard>>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(LockGuard {
-            file,
-            path: path.to_path_buf(),
-        })),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(err)) => Err(err),
-    }
+    try_lock(file, path)
 }
 
 /// Take an exclusive lock on `path`, waiting for it.
@@ -82,7 +75,10 @@ pub fn exclusive(path: &Path) -> std::io::Result<LockGuard> {
 
 /// Try an exclusive lock on `path` without waiting; `None` if someone holds it.
 pub fn try_exclusive(path: &Path) -> std::io::Result<Option<LockGuard>> {
-    let file = open_lock_file(path)?;
+    try_lock(open_lock_file(path)?, path)
+}
+
+fn try_lock(file: File, path: &Path) -> std::io::Result<Option<LockGuard>> {
     match file.try_lock() {
         Ok(()) => Ok(Some(LockGuard {
             file,
