@@ -156,15 +156,18 @@ fn fetch_local(
         }
     };
     copy_commit(&src, repo, commit).map_err(git_err(url))?;
-    repo.reference(&refname, commit, true, "comfix fetch")
-        .map_err(git_err(url))?;
-    // A depth-1 copy: the parents are not here.
+    // A depth-1 copy: the parents are not here. Recorded before the ref points at it.
     let shallow = repo.path().join("shallow");
     let mut known = std::fs::read_to_string(&shallow).unwrap_or_default();
     if !known.lines().any(|l| l == commit.to_string()) {
         known.push_str(&format!("{commit}\n"));
-        std::fs::write(&shallow, known).map_err(FetchError::io(&shallow))?;
+        // By rename: a process killed here must not leave git a torn `shallow` to parse.
+        let temp = shallow.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&temp, known).map_err(FetchError::io(&temp))?;
+        std::fs::rename(&temp, &shallow).map_err(FetchError::io(&shallow))?;
     }
+    repo.reference(&refname, commit, true, "comfix fetch")
+        .map_err(git_err(url))?;
     Ok(())
 }
 
