@@ -46,44 +46,42 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
     let store = context.open_existing_store()?;
-    let mut removed_generations = Vec::new();
-    if let Some(age) = args.delete_older_than {
-        let cutoff = crate::store::db::now() - age.as_secs() as i64;
-        removed_generations = store.delete_generations_older_than(cutoff, args.dry_run)?;
-    }
     let report = store.gc(&GcOptions {
         dry_run: args.dry_run,
         max_freed: args.max_freed,
+        older_than: args
+            .delete_older_than
+            .map(|age| crate::store::db::now() - age.as_secs() as i64),
     })?;
     if context.json {
         context.print_json(&serde_json::json!({
-            "removed_generations": removed_generations,
+            "removed_generations": report.removed_generations,
             "report": report,
         }))?;
     } else {
-        for generation in &removed_generations {
+        for generation in &report.removed_generations {
             println!("generation\t{generation}");
         }
         for path in &report.deleted_paths {
             println!("path\t{}", store.path_of(path).display());
         }
+        for other in &report.removed_other {
+            println!("other\t{other}");
+        }
         for error in &report.errors {
             eprintln!("warning: {error}");
         }
         tracing::info!(
-            "{} {} paths, {} freed{}; {} live paths kept by {} roots",
+            "{} {} paths and {} objects, {} freed ({} of file contents); {} live paths kept by {} roots",
             if args.dry_run {
                 "would delete"
             } else {
                 "deleted"
             },
             report.deleted_paths.len(),
+            report.removed_objects,
             format_bytes(report.freed_bytes),
-            if args.dry_run {
-                String::new()
-            } else {
-                format!(", {} objects removed", report.removed_objects)
-            },
+            format_bytes(report.freed_content_bytes),
             report.live_paths,
             report.roots
         );

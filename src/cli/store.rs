@@ -42,7 +42,8 @@ pub enum StoreCommand {
     Unpin { name: String },
     /// Show why A depends on B: the chain of references from A to B
     WhyDepends { a: String, b: String },
-    /// Disk use per home, per version and per pin: bytes unique to each vs shared
+    /// Disk use: the store, what gc frees now, each cache, and per home, version and pin what gc
+    /// would free if it went (unique) vs what other roots keep too (shared)
     Du,
     /// Check that every valid path exists; exit 1 if anything is missing or corrupted
     Verify {
@@ -122,13 +123,36 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             if context.json {
                 context.print_json(&usage)?;
             } else {
-                for u in &usage {
+                let both = |b: crate::store::Bytes| {
+                    format!(
+                        "{} ({} of file contents)",
+                        format_bytes(b.disk),
+                        format_bytes(b.content)
+                    )
+                };
+                println!("store\t{} on disk", both(usage.total));
+                println!(
+                    "garbage\t{}\t(what `comfix gc` frees now)",
+                    both(usage.garbage)
+                );
+                for part in &usage.parts {
+                    match part.own {
+                        Some(own) => println!(
+                            "{}\t{}\t{} its own",
+                            part.name,
+                            format_bytes(part.bytes.disk),
+                            format_bytes(own.disk)
+                        ),
+                        None => println!("{}\t{}", part.name, format_bytes(part.bytes.disk)),
+                    }
+                }
+                for u in &usage.groups {
                     println!(
-                        "{}	{} paths	{} unique	{} shared",
+                        "{}\t{} paths\t{} unique\t{} shared",
                         u.group,
                         u.paths,
-                        format_bytes(u.unique_bytes),
-                        format_bytes(u.shared_bytes)
+                        format_bytes(u.unique.disk),
+                        format_bytes(u.shared.disk)
                     );
                 }
             }

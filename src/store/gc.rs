@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::account::{Bytes, DiskIndex};
 use super::{db, lock, Result, Store};
 
 /// Why a path is alive.
@@ -33,6 +34,9 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Stop deleting paths once this many bytes are freed.
     pub max_freed: Option<u64>,
+    /// First remove home generations created at or before this time (seconds since the
+    /// epoch), never a home's current one.
+    pub older_than: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -42,8 +46,13 @@ pub struct GcReport {
     pub live_paths: usize,
     /// Dead paths deleted (or, with --dry-run, that would be).
     pub deleted_paths: Vec<String>,
-    /// Bytes of file contents no live path shares any more.
+    /// Home generations removed by `older_than`.
+    pub removed_generations: Vec<String>,
+    /// Bytes that leave the disk: the blocks of every file, directory and symlink removed whose
+    /// last link goes (caches, mirrors and leftovers included; the database excluded).
     pub freed_bytes: u64,
+    /// The file contents among them.
+    pub freed_content_bytes: u64,
     pub removed_objects: usize,
     pub removed_other: Vec<String>,
     /// Items that could not be removed; the rest went on.
@@ -151,8 +160,12 @@ impl Store {
             let entry = entry?;
             let pid = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            let alive = pid == own || lock::try_exclusive(&path)?.is_none();
-            if alive {
+            // A file its process removed meanwhile is not re-created here.
+            if pid != own && !path.exists() {
+                continue;
+            }
+            let alive = pid == own || lock::try_exclusive_existing(&path)?.is_none();
+            if alive && path.exists() {
                 let text = fs::read_to_string(&path).unwrap_or_default();
                 out.push((pid, text.lines().map(str::to_string).collect()));
             }
@@ -160,32 +173,132 @@ impl Store {
         Ok(out)
     }
 
-    /// Collect garbage (see the module docs).
+    /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
+    /// and reports the same bytes; the real run then does what was decided.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        let gc_lock = lock::exclusive(&self.root.join("gc.lock"))?;
+        let roots = self.all_roots()?;
+        let graph = self.graph()?;
+        let mut index = DiskIndex::default();
+        let plan = self.plan(
+            &PlanInput {
+                roots: &roots,
+                without: &HashSet::new(),
+                older_than: options.older_than,
+                max_freed: options.max_freed,
+                probe: Probe::Take,
+            },
+            &graph,
+            &mut index,
+        )?;
+        let (freed, objects) = index.freed(&plan.removal_paths(), &self.root.join("objects"));
         let mut report = GcReport {
             dry_run: options.dry_run,
-            ..GcReport::default()
+            roots: plan.roots,
+            live_paths: plan.live_paths,
+            deleted_paths: plan.deleted.clone(),
+            removed_generations: plan
+                .old_generations
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            freed_bytes: freed.disk,
+            freed_content_bytes: freed.content,
+            removed_objects: objects,
+            removed_other: plan
+                .removals
+                .iter()
+                .filter_map(|(_, l)| l.clone())
+                .collect(),
+            errors: Vec::new(),
         };
-        let gc_lock = lock::exclusive(&self.root.join("gc.lock"))?;
+        if options.dry_run {
+            return Ok(report);
+        }
 
-        // Roots; stale indirect roots go (their homes or generations were deleted).
-        let roots = self.all_roots()?;
-        let mut live_roots = Vec::new();
-        let mut protected_mirrors = HashSet::new();
-        for root in roots {
-            if let Some(mirror) = root.path.strip_prefix("git/") {
-                protected_mirrors.insert(self.root.join("git").join(mirror));
-            } else if root.live {
-                live_roots.push(root.path);
-            } else if !options.dry_run {
-                self.remove_root(&root.name)?;
+        // Old generations first (a crash leaves their roots, which are then stale), then the
+        // roots, then registrations (one transaction per batch), then files.
+        for dir in &plan.old_generations {
+            if let Err(err) = super::add::remove_tree(dir) {
+                report.errors.push(format!("{}: {err}", dir.display()));
             }
         }
-        report.roots = live_roots.len();
+        for name in &plan.drop_roots {
+            self.remove_root(name)?;
+        }
+        for batch in plan.deleted.chunks(1000) {
+            let names: Vec<&str> = batch.iter().map(String::as_str).collect();
+            let mut conn = self.db();
+            db::unregister_all(&mut conn, &names).map_err(|e| self.db_err(e))?;
+        }
+        crate::fault::pause_point("gc-unregistered");
+        for (path, label) in &plan.removals {
+            if let Err(err) = super::add::remove_tree(path) {
+                let shown = label.clone().unwrap_or_else(|| path.display().to_string());
+                report.errors.push(format!("{shown}: {err}"));
+            }
+        }
+        // Objects nothing links any more — still under the exclusive lock: a writer links
+        // existing objects into what it stages.
+        report.removed_objects = 0;
+        for shard in fs::read_dir(self.root.join("objects"))?.flatten() {
+            for object in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                use std::os::unix::fs::MetadataExt;
+                if let Ok(meta) = fs::symlink_metadata(object.path()) {
+                    if meta.is_file() && meta.nlink() == 1 {
+                        match fs::remove_file(object.path()) {
+                            Ok(()) => report.removed_objects += 1,
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(err) => report
+                                .errors
+                                .push(format!("{}: {err}", object.path().display())),
+                        }
+                    }
+                }
+            }
+        }
+        for guard in plan.stale_locks {
+            let shown = guard.path().display().to_string();
+            if let Err(err) = guard.remove() {
+                report.errors.push(format!("{shown}: {err}"));
+            }
+        }
+        drop(plan.guards);
+        drop(gc_lock);
+        Ok(report)
+    }
 
-        // The reference graph, loaded once.
-        let graph = self.graph()?;
-        let (paths, edges, refs) = (&graph.paths, &graph.edges, &graph.refs);
+    /// Decide what a collection removes, deleting nothing (see [`Plan`]).
+    fn plan(&self, input: &PlanInput<'_>, graph: &Graph, index: &mut DiskIndex) -> Result<Plan> {
+        let mut plan = Plan::default();
+        let take = input.probe == Probe::Take;
+
+        // Generations older than the cutoff, never a home's current one.
+        let mut old_roots = HashSet::new();
+        if let Some(cutoff) = input.older_than {
+            for (name, dir) in old_generations(input.roots, cutoff) {
+                old_roots.insert(name);
+                plan.old_generations.push(dir);
+            }
+        }
+        // Roots; stale indirect roots go (their homes or generations were deleted).
+        let mut live_roots = Vec::new();
+        let mut protected_mirrors = HashSet::new();
+        for root in input.roots {
+            let gone =
+                !root.live || old_roots.contains(&root.name) || input.without.contains(&root.name);
+            if let Some(mirror) = root.path.strip_prefix("git/") {
+                protected_mirrors.insert(self.root.join("git").join(mirror));
+            } else if !gone {
+                live_roots.push(root.path.clone());
+            } else if root.kind != "temp" && !plan.drop_roots.contains(&root.name) {
+                plan.drop_roots.push(root.name.clone());
+                plan.removals.push((self.root_meta_path(&root.name), None));
+            }
+        }
+        plan.roots = live_roots.len();
+
+        let paths = &graph.paths;
         let by_id: HashMap<i64, &db::PathRecord> = paths.iter().map(|p| (p.id, p)).collect();
         let id_of = graph.id_of();
         let live = graph.reachable(
@@ -193,36 +306,16 @@ impl Store {
                 .iter()
                 .filter_map(|n| id_of.get(n.as_str()).copied()),
         );
-        report.live_paths = live.len();
+        plan.live_paths = live.len();
 
-        // Dead paths, referrers before what they reference.
+        // Dead paths, referrers before what they reference; a prefix with --max-freed.
         let dead: HashSet<i64> = paths
             .iter()
             .map(|p| p.id)
             .filter(|id| !live.contains(id))
             .collect();
-        // A venv's files share inodes with the uv cache it was installed from (`cache/uv`), so
-        // its objects would never be freed while the cache holds them: the cache goes first.
-        // (No writer is running: they all hold `gc.lock` shared.)
-        // The wheel links and the empty venv that builds hardlink (`cache/wheels`,
-        // `cache/venv-base`) go with it.
-        let python_dies = dead.iter().any(|id| {
-            let name = &by_id[id].name;
-            name.contains("-venv-") || name.ends_with(".whl")
-        });
-        if !options.dry_run && python_dies {
-            for cache in ["cache/uv", "cache/wheels", "cache/venv-base"] {
-                let dir = self.root.join(cache);
-                if fs::symlink_metadata(&dir).is_ok() {
-                    match super::add::remove_tree(&dir) {
-                        Ok(()) => report.removed_other.push(cache.into()),
-                        Err(err) => report.errors.push(format!("{cache}: {err}")),
-                    }
-                }
-            }
-        }
         let mut dead_referrers: HashMap<i64, usize> = dead.iter().map(|id| (*id, 0)).collect();
-        for (from, to) in edges {
+        for (from, to) in &graph.edges {
             if dead.contains(from) && dead.contains(to) {
                 *dead_referrers.get_mut(to).expect("dead") += 1;
             }
@@ -232,11 +325,17 @@ impl Store {
             .filter(|(_, n)| **n == 0)
             .map(|(id, _)| (by_id[id].name.clone(), *id))
             .collect();
-        let mut order = Vec::with_capacity(dead.len());
+        let objects = self.root.join("objects");
         while let Some(first) = ready.iter().next().cloned() {
+            if let Some(max) = input.max_freed {
+                let trees: Vec<PathBuf> = plan.deleted.iter().map(|n| self.path_of(n)).collect();
+                if index.freed(&trees, &objects).0.disk >= max {
+                    break;
+                }
+            }
             ready.remove(&first);
-            order.push(first.1);
-            for to in refs.get(&first.1).into_iter().flatten() {
+            plan.deleted.push(first.0.clone());
+            for to in graph.refs.get(&first.1).into_iter().flatten() {
                 if let Some(n) = dead_referrers.get_mut(to) {
                     *n -= 1;
                     if *n == 0 {
@@ -245,99 +344,52 @@ impl Store {
                 }
             }
         }
-
-        // What deleting each path frees: objects all of whose links are in deleted paths.
-        let mut links_in_deleted: HashMap<u64, (u64, u64, u64)> = HashMap::new(); // ino → (count, nlink, size)
-        let mut chosen = Vec::new();
-        let mut freed = 0u64;
-        for id in order {
-            if options.max_freed.is_some_and(|max| freed >= max) {
-                break;
-            }
-            let name = &by_id[&id].name;
-            for (ino, nlink, size) in inodes(&self.path_of(name)) {
-                let entry = links_in_deleted.entry(ino).or_insert((0, nlink, size));
-                entry.0 += 1;
-                // The object's own link is the one left when every path link is gone.
-                if entry.0 + 1 == entry.1 || (entry.0 == entry.1) {
-                    freed += size;
+        // A venv's files share inodes with the uv cache it was installed from (`cache/uv`), so
+        // its objects would never be freed while the cache holds them: the cache goes too, with
+        // the wheel links and the empty venv that builds hardlink.
+        let python_dies = plan
+            .deleted
+            .iter()
+            .any(|name| name.contains("-venv-") || name.ends_with(".whl"));
+        if python_dies {
+            for cache in ["cache/uv", "cache/wheels", "cache/venv-base"] {
+                if fs::symlink_metadata(self.root.join(cache)).is_ok() {
+                    plan.removals
+                        .push((self.root.join(cache), Some(cache.to_string())));
                 }
             }
-            chosen.push(id);
         }
-        report.freed_bytes = freed;
-        report.deleted_paths = chosen.iter().map(|id| by_id[id].name.clone()).collect();
-        if options.dry_run {
-            return Ok(report);
+        for name in &plan.deleted {
+            plan.removals.push((self.path_of(name), None));
+            plan.removals.push((self.meta_path(name), None));
         }
 
-        // Registrations first (one transaction per batch), then files.
-        for batch in chosen.chunks(1000) {
-            let names: Vec<&str> = batch.iter().map(|id| by_id[id].name.as_str()).collect();
-            {
-                let mut conn = self.db();
-                db::unregister_all(&mut conn, &names).map_err(|e| self.db_err(e))?;
-            }
-            crate::fault::pause_point("gc-unregistered");
-            for name in names {
-                if let Err(err) = super::add::remove_tree(&self.path_of(name)) {
-                    report.errors.push(format!("{name}: {err}"));
-                }
-                self.remove_path_meta(name);
-            }
-        }
         // Half-built generations of killed realizes, in homes nobody is realizing into.
-        self.sweep_unfinished_generations(&mut report);
+        self.plan_unfinished_generations(input, &mut plan);
         // Unregistered leftovers of interrupted adds, and staging directories (every writer is
         // waiting for the lock, so none is in use).
         let valid: HashSet<&str> = paths.iter().map(|p| p.name.as_str()).collect();
-        let deleted: HashSet<&str> = report.deleted_paths.iter().map(String::as_str).collect();
         for entry in fs::read_dir(self.root.join("paths"))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if (!valid.contains(name.as_str()) || deleted.contains(name.as_str()))
-                && fs::symlink_metadata(entry.path()).is_ok()
-            {
-                self.remove_path_meta(&name);
-                match super::add::remove_tree(&entry.path()) {
-                    Ok(()) => report.removed_other.push(format!("paths/{name}")),
-                    Err(err) => report.errors.push(format!("paths/{name}: {err}")),
+            if !valid.contains(name.as_str()) {
+                plan.removals
+                    .push((entry.path(), Some(format!("paths/{name}"))));
+                if self.meta_path(&name).exists() {
+                    plan.removals.push((self.meta_path(&name), None));
                 }
             }
         }
         for entry in fs::read_dir(self.root.join("tmp"))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("add-") || name.starts_with("stage-") {
-                match super::add::remove_tree(&entry.path()) {
-                    Ok(()) => report.removed_other.push(format!("tmp/{name}")),
-                    Err(err) => report.errors.push(format!("tmp/{name}: {err}")),
-                }
+                plan.removals
+                    .push((entry.path(), Some(format!("tmp/{name}"))));
             }
         }
         let mut needed = self.needed_sources(&live_roots);
         needed.2.extend(protected_mirrors);
-
-        // Objects nothing links any more, and caches nothing needs — still under the exclusive
-        // lock: a writer links existing objects into what it stages, and a process that
-        // protects a mirror after the roots were read would otherwise lose it.
-        for shard in fs::read_dir(self.root.join("objects"))?.flatten() {
-            for object in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                use std::os::unix::fs::MetadataExt;
-                if let Ok(meta) = object.metadata() {
-                    if meta.nlink() == 1 {
-                        match fs::remove_file(object.path()) {
-                            Ok(()) => report.removed_objects += 1,
-                            Err(err) => report
-                                .errors
-                                .push(format!("{}: {err}", object.path().display())),
-                        }
-                    }
-                }
-            }
-        }
-        // Partial downloads and mirrors no live lock needs.
-        self.sweep_caches(&needed, &mut report);
-        drop(gc_lock);
-        Ok(report)
+        self.plan_caches(&needed, take, &mut plan)?;
+        Ok(plan)
     }
 
     /// URLs and repositories named by the locks of live roots (home manifests hold `lock.json`),
@@ -372,38 +424,63 @@ impl Store {
         (urls, repos, HashSet::new())
     }
 
-    fn sweep_caches(
+    /// Partial downloads and records no live lock needs and nobody is downloading; git mirrors
+    /// no live lock needs or process protects and nobody is updating; lock files nobody holds.
+    fn plan_caches(
         &self,
         needed: &(HashSet<String>, HashSet<String>, HashSet<PathBuf>),
-        report: &mut GcReport,
-    ) {
+        take: bool,
+        plan: &mut Plan,
+    ) -> Result<()> {
+        // Whether the lock at `path` is free; with `take`, it is kept in `held`.
+        let free = |path: &Path, held: &mut Vec<lock::LockGuard>| -> Result<bool> {
+            if take {
+                match lock::try_exclusive(path)? {
+                    Some(guard) => {
+                        held.push(guard);
+                        Ok(true)
+                    }
+                    None => Ok(false),
+                }
+            } else {
+                Ok(!lock::held_elsewhere(path)?)
+            }
+        };
         let keys: HashSet<String> = needed
             .0
             .iter()
-            .map(|u| blake3::hash(u.as_bytes()).to_hex()[..32].to_string())
+            .map(|u| crate::fetch::http::download_key(u))
             .collect();
         let downloads = self.root.join("tmp/downloads");
+        let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in fs::read_dir(&downloads).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(key) = name
-                .strip_suffix(".part")
-                .or_else(|| name.strip_suffix(".done"))
-            else {
-                continue;
-            };
-            if keys.contains(key) {
-                continue;
+            if let Some((key, _)) = name.split_once('.') {
+                files.entry(key.to_string()).or_default().push(name);
             }
-            // Skip a download in progress.
-            let Ok(Some(_guard)) = lock::try_exclusive(&downloads.join(format!("{key}.lock")))
-            else {
-                continue;
-            };
-            for suffix in ["part", "etag", "done"] {
-                let _ = fs::remove_file(downloads.join(format!("{key}.{suffix}")));
-            }
-            report.removed_other.push(format!("tmp/downloads/{name}"));
         }
+        for (key, names) in files {
+            let lock_path = downloads.join(format!("{key}.lock"));
+            if keys.contains(&key) {
+                // Kept for resuming; only a lock nobody holds goes.
+                if take && lock_path.exists() {
+                    if let Some(guard) = lock::try_exclusive_existing(&lock_path)? {
+                        plan.stale_locks.push(guard);
+                    }
+                }
+                continue;
+            }
+            let mut held = Vec::new();
+            if !free(&lock_path, &mut held)? {
+                continue;
+            }
+            for name in names.iter().filter(|n| !n.ends_with(".lock")) {
+                plan.removals
+                    .push((downloads.join(name), Some(format!("tmp/downloads/{name}"))));
+            }
+            plan.stale_locks.extend(held);
+        }
+
         let mut mirrors: HashSet<PathBuf> = needed
             .1
             .iter()
@@ -416,28 +493,42 @@ impl Store {
             .flatten()
         {
             let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
             if path.extension().is_some_and(|e| e == "git") && !mirrors.contains(&path) {
-                let Ok(Some(_guard)) = lock::try_exclusive(&path.with_extension("lock")) else {
-                    continue;
-                };
-                match fs::remove_dir_all(&path) {
-                    Ok(()) => {
-                        let _ = fs::remove_file(path.with_extension("lock"));
-                        report
-                            .removed_other
-                            .push(format!("git/{}", entry.file_name().to_string_lossy()))
-                    }
-                    Err(err) => report.errors.push(format!("{}: {err}", path.display())),
+                let mut held = Vec::new();
+                if free(&path.with_extension("lock"), &mut held)? {
+                    plan.removals.push((path, Some(format!("git/{name}"))));
+                    plan.stale_locks.extend(held);
+                }
+            } else if take
+                && path.extension().is_some_and(|e| e == "lock")
+                && !path.with_extension("git").exists()
+            {
+                if let Some(guard) = lock::try_exclusive_existing(&path)? {
+                    plan.stale_locks.push(guard);
                 }
             }
         }
+        // Build locks of paths nobody is building.
+        if take {
+            for entry in fs::read_dir(self.root.join("locks"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Some(guard) = lock::try_exclusive_existing(&entry.path())? {
+                    plan.stale_locks.push(guard);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `<home>/.comfix/generations/<N>.tmp` of every home the roots name, when the home's lock is
-    /// free (no realize is building it).
-    fn sweep_unfinished_generations(&self, report: &mut GcReport) {
-        let Ok(roots) = self.roots() else { return };
-        let homes: BTreeSet<PathBuf> = roots
+    /// free (no realize is building it); the collector keeps the home's lock until it is done.
+    fn plan_unfinished_generations(&self, input: &PlanInput<'_>, plan: &mut Plan) {
+        let homes: BTreeSet<PathBuf> = input
+            .roots
             .iter()
             .filter_map(|r| home_generation(&r.name))
             .filter_map(|dir| dir.parent().map(Path::to_path_buf))
@@ -446,79 +537,136 @@ impl Store {
             let Some(meta) = generations.parent() else {
                 continue;
             };
-            // Never create anything in a home (it may be being deleted): only an existing lock.
-            let Ok(Some(_home)) = lock::try_exclusive_existing(&meta.join("lock")) else {
+            let unfinished: Vec<PathBuf> = fs::read_dir(&generations)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+                .map(|e| e.path())
+                .collect();
+            if unfinished.is_empty() {
                 continue;
-            };
-            for entry in fs::read_dir(&generations).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.ends_with(".tmp") {
-                    continue;
-                }
-                match super::add::remove_tree(&entry.path()) {
-                    Ok(()) => report
-                        .removed_other
-                        .push(entry.path().display().to_string()),
-                    Err(err) => report
-                        .errors
-                        .push(format!("{}: {err}", entry.path().display())),
-                }
             }
-        }
-    }
-
-    /// Remove generations of every known home older than `cutoff` (seconds since the epoch),
-    /// never a home's current one. Returns the generation directories removed.
-    pub fn delete_generations_older_than(&self, cutoff: i64, dry_run: bool) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
-        let mut by_home: BTreeMap<PathBuf, Vec<(String, PathBuf)>> = BTreeMap::new();
-        for root in self.roots()? {
-            if let Some(dir) = home_generation(&root.name) {
-                if let Some(home) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
-                    by_home
-                        .entry(home.to_path_buf())
-                        .or_default()
-                        .push((root.name, dir));
-                }
-            }
-        }
-        for (home, generations) in by_home {
-            let current = fs::read_link(home.join(".comfix/current"))
-                .ok()
-                .and_then(|t| t.file_name().map(|n| n.to_owned()));
-            for (name, dir) in generations {
-                if dir.file_name().map(|n| n.to_owned()) == current || !dir.is_dir() {
-                    continue;
-                }
-                let created = fs::read_to_string(dir.join("generation.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .and_then(|v| v["created_at"].as_i64())
-                    .unwrap_or(i64::MAX);
-                if created <= cutoff {
-                    if !dry_run {
-                        super::add::remove_tree(&dir)?;
-                        self.remove_root(&name)?;
+            // Never create anything in a home (it may be being deleted): only an existing lock.
+            let lock_path = meta.join("lock");
+            match input.probe {
+                Probe::Take => match lock::try_exclusive_existing(&lock_path) {
+                    Ok(Some(guard)) => plan.guards.push(guard),
+                    _ => continue,
+                },
+                Probe::Look => {
+                    if !lock_path.exists() || lock::held_elsewhere(&lock_path).unwrap_or(true) {
+                        continue;
                     }
-                    removed.push(dir.display().to_string());
                 }
             }
+            for dir in unfinished {
+                let label = dir.display().to_string();
+                plan.removals.push((dir, Some(label)));
+            }
         }
-        Ok(removed)
     }
 }
 
-/// `(inode, link count, size)` of every regular file of a store path.
-fn inodes(path: &Path) -> Vec<(u64, u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(path)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file())
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| (m.ino(), m.nlink(), m.len()))
-        .collect()
+/// What a collection decides before it deletes anything. The dry run and the real run share it,
+/// and `store du` asks it what-if questions, so all three report the same bytes.
+#[derive(Default)]
+struct Plan {
+    roots: usize,
+    live_paths: usize,
+    /// Recorded roots to drop: their generation is gone (or removed by `older_than`).
+    drop_roots: Vec<String>,
+    /// Generation directories `--delete-older-than` removes.
+    old_generations: Vec<PathBuf>,
+    /// Dead paths, referrers first.
+    deleted: Vec<String>,
+    /// Every file or tree removed besides objects, with the label reported for it (none for the
+    /// dead paths and their sidecars, which are reported as paths).
+    removals: Vec<(PathBuf, Option<String>)>,
+    /// Locks held until the collector is done (homes whose half-built generations go).
+    guards: Vec<lock::LockGuard>,
+    /// Locks held on what is removed; their files are removed last.
+    stale_locks: Vec<lock::LockGuard>,
+}
+
+impl Plan {
+    fn removal_paths(&self) -> Vec<PathBuf> {
+        self.old_generations
+            .iter()
+            .cloned()
+            .chain(self.removals.iter().map(|(p, _)| p.clone()))
+            .collect()
+    }
+}
+
+struct PlanInput<'a> {
+    roots: &'a [Root],
+    /// Root names to treat as gone (`store du`'s what-if).
+    without: &'a HashSet<String>,
+    older_than: Option<i64>,
+    max_freed: Option<u64>,
+    probe: Probe,
+}
+
+/// How the planner treats the locks of what it would remove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// Take and keep them (the collector).
+    Take,
+    /// Only look: create no lock file and keep no lock (`store du`).
+    Look,
+}
+
+/// `(root name, generation directory)` of every home generation older than `cutoff` (seconds
+/// since the epoch), never a home's current one.
+fn old_generations(roots: &[Root], cutoff: i64) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for root in roots {
+        let Some(dir) = home_generation(&root.name) else {
+            continue;
+        };
+        let Some(home) = dir.parent().and_then(Path::parent).and_then(Path::parent) else {
+            continue;
+        };
+        let current = fs::read_link(home.join(".comfix/current"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_owned()));
+        if dir.file_name().map(|n| n.to_owned()) == current || !dir.is_dir() {
+            continue;
+        }
+        let created = fs::read_to_string(dir.join("generation.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["created_at"].as_i64())
+            .unwrap_or(i64::MAX);
+        if created <= cutoff {
+            out.push((root.name.clone(), dir));
+        }
+    }
+    out
+}
+
+/// `store du`: the store on disk, what gc would free now, its caches, and per home, version and
+/// pin what gc would free if that group's roots went.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskUse {
+    /// The whole store but its database, each inode once.
+    pub total: Bytes,
+    /// What `comfix gc` frees now (the same figure as `gc --dry-run`).
+    pub garbage: Bytes,
+    pub parts: Vec<Part>,
+    pub groups: Vec<Usage>,
+}
+
+/// A top-level part of the store.
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    pub name: String,
+    /// Its inodes, each once.
+    pub bytes: Bytes,
+    /// For caches: what deleting it alone would free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub own: Option<Bytes>,
 }
 
 /// One group of `store du`: the paths kept alive by some roots.
@@ -527,47 +675,93 @@ pub struct Usage {
     /// `home:<path>`, `version:<id>` or `pin:<name>`.
     pub group: String,
     pub paths: usize,
-    /// Bytes of paths no other group of the same kind keeps alive.
-    pub unique_bytes: u64,
-    /// Bytes of paths other groups keep alive too.
-    pub shared_bytes: u64,
+    /// What gc would free if this group's roots went (its homes deleted, its pin dropped).
+    pub unique: Bytes,
+    /// The rest of its closure: bytes other roots keep too.
+    pub shared: Bytes,
 }
 
 impl Store {
-    fn closures_by(
-        &self,
-        groups: &BTreeMap<String, Vec<String>>,
-    ) -> Result<BTreeMap<String, HashSet<String>>> {
+    /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
+    pub fn du(&self) -> Result<DiskUse> {
+        let roots = self.all_roots()?;
         let graph = self.graph()?;
-        let (id_of, name_of) = (graph.id_of(), graph.name_of());
-        Ok(groups
-            .iter()
-            .map(|(group, roots)| {
-                let ids = roots.iter().filter_map(|r| id_of.get(r.as_str()).copied());
-                let names = graph
-                    .reachable(ids)
-                    .into_iter()
-                    .map(|id| name_of[&id].to_string());
-                (group.clone(), names.collect())
-            })
-            .collect())
-    }
+        let mut index = DiskIndex::default();
+        let objects = self.root.join("objects");
+        let garbage_of = |without: &HashSet<String>, index: &mut DiskIndex| -> Result<Bytes> {
+            let plan = self.plan(
+                &PlanInput {
+                    roots: &roots,
+                    without,
+                    older_than: None,
+                    max_freed: None,
+                    probe: Probe::Look,
+                },
+                &graph,
+                index,
+            )?;
+            Ok(index.freed(&plan.removal_paths(), &objects).0)
+        };
+        let garbage = garbage_of(&HashSet::new(), &mut index)?;
 
-    /// Disk use per home, per version and per pin: bytes unique to each vs shared with others of
-    /// its kind (store-path sizes; identical files inside different paths are stored once anyway).
-    pub fn du(&self) -> Result<Vec<Usage>> {
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for root in self
-            .all_roots()?
-            .into_iter()
-            .filter(|r| r.live && r.kind != "temp")
-        {
+        let mut tops: Vec<PathBuf> = fs::read_dir(&self.root)?
+            .flatten()
+            .filter(|e| e.file_name() != "db")
+            .map(|e| e.path())
+            .collect();
+        tops.sort();
+        let total = index.total(&tops);
+        let nothing = index.freed(&[], &objects).0;
+        let mut parts = Vec::new();
+        for top in &tops {
+            let name = top
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let split = name == "cache" || name == "tmp";
+            let children: Vec<PathBuf> = if split {
+                let mut c: Vec<PathBuf> = fs::read_dir(top)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect();
+                c.sort();
+                c
+            } else {
+                vec![top.clone()]
+            };
+            for part in children {
+                let label = part
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&part)
+                    .display()
+                    .to_string();
+                let bytes = index.total(std::slice::from_ref(&part));
+                if bytes.disk == 0 && bytes.content == 0 {
+                    continue;
+                }
+                let cache = split || name == "git";
+                let own = cache.then(|| {
+                    index
+                        .freed(std::slice::from_ref(&part), &objects)
+                        .0
+                        .saturating_sub(nothing)
+                });
+                parts.push(Part {
+                    name: label,
+                    bytes,
+                    own,
+                });
+            }
+        }
+
+        let mut groups: BTreeMap<String, Vec<&Root>> = BTreeMap::new();
+        for root in roots.iter().filter(|r| r.live && r.kind != "temp") {
             if let Some(rest) = root.name.strip_prefix("home:") {
                 let home = rest.rsplit_once('#').map_or(rest, |(h, _)| h);
-                groups
-                    .entry(format!("home:{home}"))
-                    .or_default()
-                    .push(root.path.clone());
+                groups.entry(format!("home:{home}")).or_default().push(root);
                 let version = fs::read_to_string(self.path_of(&root.path))
                     .ok()
                     .and_then(|t| serde_json::from_str::<crate::lockfile::Lock>(&t).ok())
@@ -576,39 +770,39 @@ impl Store {
                 groups
                     .entry(format!("version:{version}"))
                     .or_default()
-                    .push(root.path);
+                    .push(root);
             } else {
-                groups.entry(root.name.clone()).or_default().push(root.path);
+                groups.entry(root.name.clone()).or_default().push(root);
             }
         }
-        let closures = self.closures_by(&groups)?;
-        let sizes: HashMap<String, u64> =
-            self.list()?.into_iter().map(|r| (r.name, r.size)).collect();
-        let kind = |g: &str| g.split(':').next().unwrap_or_default().to_string();
+        let (id_of, name_of) = (graph.id_of(), graph.name_of());
         let mut usage = Vec::new();
-        for (group, closure) in &closures {
-            let others: HashSet<&String> = closures
-                .iter()
-                .filter(|(g, _)| *g != group && kind(g) == kind(group))
-                .flat_map(|(_, c)| c.iter())
+        for (group, members) in &groups {
+            let without: HashSet<String> = members.iter().map(|r| r.name.clone()).collect();
+            let unique = garbage_of(&without, &mut index)?.saturating_sub(garbage);
+            let closure: Vec<PathBuf> = graph
+                .reachable(
+                    members
+                        .iter()
+                        .filter_map(|r| id_of.get(r.path.as_str()).copied()),
+                )
+                .into_iter()
+                .map(|id| self.path_of(name_of[&id]))
                 .collect();
-            let (mut unique, mut shared) = (0, 0);
-            for path in closure {
-                let size = sizes.get(path).copied().unwrap_or(0);
-                if others.contains(path) {
-                    shared += size;
-                } else {
-                    unique += size;
-                }
-            }
+            let all = index.total(&closure);
             usage.push(Usage {
                 group: group.clone(),
                 paths: closure.len(),
-                unique_bytes: unique,
-                shared_bytes: shared,
+                unique,
+                shared: all.saturating_sub(unique),
             });
         }
-        Ok(usage)
+        Ok(DiskUse {
+            total,
+            garbage,
+            parts,
+            groups: usage,
+        })
     }
 
     /// The shortest chain of references from `a` to `b` (both names), if `a` depends on `b`.

@@ -7,6 +7,11 @@
 //!   processes never build the same path at once; the second waits, then finds it valid.
 //! - `temproots/<pid>`: a process's temporary roots, one store path name a line; the process holds
 //!   an exclusive lock on the file for as long as it lives, so a GC can tell live files from stale.
+//!
+//! Lock files may be removed while held ([`LockGuard::remove`]: the collector does it to stale
+//! download, build and mirror locks). Every taker therefore checks, once it holds the lock, that
+//! the file it locked is still the one at the path, and starts again when it is not — so two
+//! processes never both hold "the" lock of a path, one on a removed file and one on a new one.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,6 +28,27 @@ pub struct LockGuard {
 impl LockGuard {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Remove the lock file while holding it, then release it. A process waiting on the removed
+    /// file finds it gone once it gets it, and locks a new one (see the module docs).
+    pub fn remove(self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether the locked `file` is still the file at `path` (it was not removed or replaced while
+/// this process waited for it).
+fn still_there(file: &File, path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(now.dev() == held.dev() && now.ino() == held.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -43,48 +69,89 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 
 /// Take a shared lock on `path`, waiting for it.
 pub fn shared(path: &Path) -> std::io::Result<LockGuard> {
-    let file = open_lock_file(path)?;
-    file.lock_shared()?;
-    Ok(LockGuard {
-        file,
-        path: path.to_path_buf(),
-    })
+    loop {
+        let file = open_lock_file(path)?;
+        file.lock_shared()?;
+        if still_there(&file, path)? {
+            return Ok(LockGuard {
+                file,
+                path: path.to_path_buf(),
+            });
+        }
+    }
 }
 
 /// Try to lock the existing lock file `path` exclusively, without waiting and without creating
 /// it (for lock files in directories comfix does not own, such as a home's). `None` when it is
 /// missing or held.
 pub fn try_exclusive_existing(path: &Path) -> std::io::Result<Option<LockGuard>> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
+    // Read-only is enough for flock(2), and works on a read-only store.
+    let file = match OpenOptions::new().read(true).open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    try_lock(file, path)
+    Ok(match try_lock(file, path)? {
+        Locked::Held(guard) => Some(guard),
+        Locked::Busy | Locked::Removed => None,
+    })
+}
+
+/// Whether another process holds the lock file `path` (missing: no). Looks only: creates
+/// nothing and keeps no lock.
+pub fn held_elsewhere(path: &Path) -> std::io::Result<bool> {
+    let file = match OpenOptions::new().read(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(err)) => Err(err),
+    }
 }
 
 /// Take an exclusive lock on `path`, waiting for it.
 pub fn exclusive(path: &Path) -> std::io::Result<LockGuard> {
-    let file = open_lock_file(path)?;
-    file.lock()?;
-    Ok(LockGuard {
-        file,
-        path: path.to_path_buf(),
-    })
+    loop {
+        let file = open_lock_file(path)?;
+        file.lock()?;
+        if still_there(&file, path)? {
+            return Ok(LockGuard {
+                file,
+                path: path.to_path_buf(),
+            });
+        }
+    }
 }
 
 /// Try an exclusive lock on `path` without waiting; `None` if someone holds it.
 pub fn try_exclusive(path: &Path) -> std::io::Result<Option<LockGuard>> {
-    try_lock(open_lock_file(path)?, path)
+    loop {
+        match try_lock(open_lock_file(path)?, path)? {
+            Locked::Held(guard) => return Ok(Some(guard)),
+            Locked::Busy => return Ok(None),
+            Locked::Removed => continue,
+        }
+    }
 }
 
-fn try_lock(file: File, path: &Path) -> std::io::Result<Option<LockGuard>> {
+enum Locked {
+    Held(LockGuard),
+    Busy,
+    /// Got, but the file had been removed meanwhile.
+    Removed,
+}
+
+fn try_lock(file: File, path: &Path) -> std::io::Result<Locked> {
     match file.try_lock() {
-        Ok(()) => Ok(Some(LockGuard {
+        Ok(()) if still_there(&file, path)? => Ok(Locked::Held(LockGuard {
             file,
             path: path.to_path_buf(),
         })),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Ok(()) => Ok(Locked::Removed),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(Locked::Busy),
         Err(std::fs::TryLockError::Error(err)) => Err(err),
     }
 }
@@ -130,6 +197,47 @@ impl Drop for TempRoots {
         let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_some() {
             let _ = std::fs::remove_file(self.dir.join(std::process::id().to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    /// A lock file removed by its holder while others wait for it is never held twice: the
+    /// waiter that gets the removed file starts again on the new one. Looped, with the removal
+    /// and the waiters racing differently each time.
+    #[test]
+    fn a_removed_lock_file_is_never_held_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = Arc::new(dir.path().join("x.lock"));
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for round in 0..200 {
+            let start = Arc::new(Barrier::new(4));
+            let workers: Vec<_> = (0..4)
+                .map(|i| {
+                    let (path, inside, start) = (path.clone(), inside.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        if (i + round) % 3 == 0 {
+                            std::thread::yield_now();
+                        }
+                        let guard = exclusive(&path).unwrap();
+                        let before = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert_eq!(before, 0, "two holders at once (round {round})");
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        if i % 2 == 0 {
+                            guard.remove().unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
         }
     }
 }

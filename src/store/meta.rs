@@ -82,8 +82,15 @@ pub(super) fn holds_content(root: &Path) -> bool {
 }
 
 impl Store {
-    fn meta_path(&self, name: &str) -> PathBuf {
+    pub(super) fn meta_path(&self, name: &str) -> PathBuf {
         self.root.join("meta").join(format!("{name}.json"))
+    }
+
+    /// The on-disk record `roots/<key>.json` of the root `name`.
+    pub(super) fn root_meta_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("roots")
+            .join(format!("{}.json", root_key(name)))
     }
 
     /// Record the sidecar of a path about to be registered.
@@ -107,10 +114,6 @@ impl Store {
     }
 
     /// Drop the sidecar of a path that is no longer registered.
-    pub(super) fn remove_path_meta(&self, name: &str) {
-        let _ = fs::remove_file(self.meta_path(name));
-    }
-
     pub(super) fn write_root_meta(&self, name: &str, path: &str, kind: &str) -> Result<()> {
         let meta = RootMeta {
             name: name.into(),
@@ -127,11 +130,7 @@ impl Store {
     }
 
     pub(super) fn remove_root_meta(&self, name: &str) {
-        let _ = fs::remove_file(
-            self.root
-                .join("roots")
-                .join(format!("{}.json", root_key(name))),
-        );
+        let _ = fs::remove_file(self.root_meta_path(name));
     }
 
     /// A store made before sidecars existed gets them from its db, once (`meta/.complete`).

@@ -15,6 +15,7 @@
 //!
 //! Nothing outside this module writes into the store.
 
+mod account;
 mod add;
 pub mod db;
 mod gc;
@@ -28,9 +29,10 @@ use std::sync::Mutex;
 
 use rusqlite::Connection;
 
+pub use account::Bytes;
 pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
-pub use gc::{GcOptions, GcReport, Root};
+pub use gc::{DiskUse, GcOptions, GcReport, Part, Root, Usage};
 pub use meta::RebuildReport;
 pub use verify::{CorruptPath, VerifyReport};
 

@@ -110,6 +110,26 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .cloned()
         .collect();
     assert_eq!(only_v1.len(), 1, "node-b: {only_v1:?}");
+    // What `store du` says only home1 holds is what gc frees once home1 is gone.
+    let du = json_of(&w, &["store", "du"]);
+    let home1_group = format!("home:{}", home1.display());
+    // (A submodule's mirror is a cache no lock names: garbage, but no path.)
+    let dry = json_of(&w, &["gc", "--dry-run"]);
+    assert_eq!(
+        du["garbage"]["disk"], dry["report"]["freed_bytes"],
+        "{du}\n{dry}"
+    );
+    assert_eq!(dry["report"]["deleted_paths"], json!([]));
+    json_of(&w, &["gc"]);
+    let du = json_of(&w, &["store", "du"]);
+    let unique = du["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == home1_group.as_str())
+        .unwrap_or_else(|| panic!("{du}"))["unique"]
+        .clone();
+    assert_eq!(du["garbage"]["disk"], 0, "{du}");
     fs::remove_dir_all(&home1).unwrap();
     let stale = json_of(&w, &["roots"]);
     assert!(stale
@@ -120,7 +140,18 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
 
     let before_paths = valid_paths(&w);
     let before_bytes = w.env.content_bytes();
+    let before_disk = w.env.disk_bytes(&[&home2]);
+    let du = json_of(&w, &["store", "du"]);
     let dry = json_of(&w, &["gc", "--dry-run"]);
+    assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"], "{du}");
+    assert_eq!(
+        du["garbage"]["content"],
+        dry["report"]["freed_content_bytes"]
+    );
+    assert_eq!(
+        unique["disk"], dry["report"]["freed_bytes"],
+        "du's unique of home1"
+    );
     let would: BTreeSet<String> = dry["report"]["deleted_paths"]
         .as_array()
         .unwrap()
@@ -145,13 +176,27 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         deleted, would,
         "the real run deletes what the dry run reported"
     );
-    assert_eq!(done["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
+    for field in ["freed_bytes", "freed_content_bytes", "removed_objects"] {
+        assert_eq!(done["report"][field], dry["report"][field], "{field}");
+    }
     assert_eq!(
-        before_bytes - w.env.content_bytes(),
+        before_disk - w.env.disk_bytes(&[&home2]),
         done["report"]["freed_bytes"].as_u64().unwrap(),
-        "freed bytes are the bytes gone from disk"
+        "freed bytes are the bytes gone from disk (du -B1)"
     );
+    assert!(before_bytes > w.env.content_bytes());
     assert!(done["report"]["freed_bytes"].as_u64().unwrap() > 0);
+    let after = json_of(&w, &["store", "du"]);
+    assert_eq!(after["garbage"]["disk"], 0, "{after}");
+    // No lock file nobody holds survives a collection.
+    let locks: Vec<_> = ["locks", "tmp/downloads", "git"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(w.env.store.join(dir)).unwrap().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "lock"))
+        .filter(|p| !p.with_extension("git").exists())
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
     let after = valid_paths(&w);
     assert!(
         lock_paths(&w, "v2").is_subset(&after),
@@ -314,7 +359,8 @@ fn pins_max_freed_old_generations_and_introspection() {
     // du: v1 and v2 share everything but node-b.
     let du = json_of(&w, &["store", "du"]);
     let group = |name: &str| {
-        du.as_array()
+        du["groups"]
+            .as_array()
             .unwrap()
             .iter()
             .find(|u| u["group"] == name)
@@ -328,15 +374,37 @@ fn pins_max_freed_old_generations_and_introspection() {
     let manifest_size = json_of(&w, &["store", "path-info", &manifest])["size"]
         .as_u64()
         .unwrap();
-    assert_eq!(
-        v1["unique_bytes"].as_u64().unwrap(),
-        node_b_size + manifest_size
-    );
-    assert!(v1["shared_bytes"].as_u64().unwrap() > 0);
+    // v1's unique files are node-b's and the manifest's, plus node-b's mirror and the sidecars
+    // and root records that go with them (checked to the byte below).
+    let unique_content = v1["unique"]["content"].as_u64().unwrap();
+    assert!(unique_content > node_b_size + manifest_size, "{v1}");
+    assert!(v1["shared"]["disk"].as_u64().unwrap() > 0);
+    let v1_unique = v1["unique"].clone();
+    let garbage = du["garbage"]["disk"].as_u64().unwrap();
+    let gen1 = home.join(".comfix/generations/1");
+    let gen1_disk = w.env.disk_bytes(&[&gen1]) - w.env.disk_bytes(&[]);
 
     // Old generations go first, never the current one.
+    let dry = json_of(&w, &["gc", "--delete-older-than", "0s", "--dry-run"]);
+    assert_eq!(dry["removed_generations"].as_array().unwrap().len(), 1);
+    assert!(
+        home.join(".comfix/generations/1").is_dir(),
+        "--dry-run removes nothing"
+    );
+    // The generation's own files, exactly what du said only v1 holds, and today's garbage.
+    assert_eq!(
+        dry["report"]["freed_bytes"].as_u64().unwrap(),
+        gen1_disk + v1_unique["disk"].as_u64().unwrap() + garbage,
+        "{dry}"
+    );
+    let before_disk = w.env.disk_bytes(&[&home]);
     let out = json_of(&w, &["gc", "--delete-older-than", "0s"]);
     assert_eq!(out["removed_generations"].as_array().unwrap().len(), 1);
+    assert_eq!(out["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
+    assert_eq!(
+        before_disk - w.env.disk_bytes(&[&home]),
+        out["report"]["freed_bytes"].as_u64().unwrap()
+    );
     assert!(
         !home.join(".comfix/generations/1").exists() && home.join(".comfix/generations/2").is_dir()
     );
@@ -374,9 +442,12 @@ fn pins_max_freed_old_generations_and_introspection() {
     assert_eq!(rest["report"]["deleted_paths"].as_array().unwrap().len(), 2);
     assert!(valid_paths(&w).contains(&spare_name), "pinned");
     w.env.ok(&["store", "unpin", "keep"]);
+    let sidecar = fs::metadata(w.env.store.join(format!("meta/{spare_name}.json")))
+        .unwrap()
+        .len();
     let freed = json_of(&w, &["gc"]);
     assert_eq!(freed["report"]["deleted_paths"], json!([spare_name]));
-    assert_eq!(freed["report"]["freed_bytes"], 12000);
+    assert_eq!(freed["report"]["freed_content_bytes"], 12000 + sidecar);
 }
 
 #[test]

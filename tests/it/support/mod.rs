@@ -98,6 +98,30 @@ impl TestEnv {
     }
 
     /// Bytes used by distinct inodes under the store's `objects/` and `paths/` (what `du` counts).
+    /// Bytes on disk of the store (its database left out) and of `homes`, as GNU `du -B1`
+    /// counts them (allocated blocks, each inode once across all of them).
+    pub fn disk_bytes(&self, homes: &[&Path]) -> u64 {
+        let out = Command::new("du")
+            .args(["-s", "-c", "-B1"])
+            .arg(format!("--exclude={}", self.store.join("db").display()))
+            .arg(&self.store)
+            .args(homes.iter().filter(|h| h.exists()))
+            .output()
+            .expect("du runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let total = text.lines().last().expect("du prints a total");
+        total
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
+    }
+
     pub fn content_bytes(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         let mut seen = std::collections::HashSet::new();
