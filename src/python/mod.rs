@@ -186,6 +186,10 @@ impl Compile<'_> {
         }
         if let Some(dir) = self.wheels_dir {
             command.args(["--no-index", "--find-links"]).arg(dir);
+            // uv unpacks every local wheel it hashes into its cache, keyed by the wheel's path;
+            // installs read the stored wheels from other paths and unpack them again. A
+            // throwaway cache keeps the store from holding a second unpacked wheel set.
+            command.arg("--no-cache");
         }
         if self.offline {
             command.arg("--offline");

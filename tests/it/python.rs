@@ -489,7 +489,38 @@ fn wheels_dir_works_with_the_network_unavailable() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(world.index.requests().is_empty());
+    // uv's cache holds one unpacked copy of the wheel set, the venv's own files: nothing in it
+    // but a few bytes of uv's bookkeeping is outside the store's objects.
+    let (mut shared, mut private) = (0u64, Vec::new());
+    for entry in walkdir::WalkDir::new(world.env.store.join("cache/uv")) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            use std::os::unix::fs::MetadataExt;
+            let meta = entry.metadata().unwrap();
+            if meta.nlink() > 1 {
+                shared += meta.len();
+            } else if entry.path().components().any(|c| c.as_os_str() == "archive-v0")
+                // uv writes its own RECORD and WHEEL into each install
+                && !entry.path().parent().unwrap().to_string_lossy().ends_with(".dist-info")
+            {
+                private.push(entry.path().to_path_buf());
+            }
+        }
+    }
+    assert!(shared > 0);
+    assert!(
+        private.is_empty(),
+        "unpacked files no venv uses: {private:?}"
+    );
     let lock = world.lock("v1");
+    let unpacked = fs::read_dir(world.env.store.join("cache/uv/archive-v0"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        unpacked,
+        lock["python"]["wheels"].as_array().unwrap().len(),
+        "one unpacked copy per wheel"
+    );
     for wheel in lock["python"]["wheels"].as_array().unwrap() {
         assert!(
             wheel.get("url").is_none(),
