@@ -178,7 +178,28 @@ fn locked_mirror(store: &Store, url: &str) -> Result<(lock::LockGuard, Repositor
     std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
         .map_err(FetchError::io(&path))?;
     let guard = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
+    remove_stale_git_locks(&path);
     Ok((guard, open_mirror(store, url)?))
+}
+
+/// Remove the `*.lock` files a killed git operation left in the mirror at `path` (libgit2 leaves
+/// `config.lock`, `packed-refs.lock`, `refs/…/X.lock` behind on SIGKILL, and then refuses every
+/// later update). Only called under the mirror's update lock, so no live process owns them.
+fn remove_stale_git_locks(path: &Path) {
+    for entry in walkdir::WalkDir::new(path)
+        .max_depth(6)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != "objects")
+        .flatten()
+    {
+        if entry.file_type().is_file() && entry.file_name().to_string_lossy().ends_with(".lock") {
+            tracing::debug!(
+                "removing `{}`, left by a killed git update",
+                entry.path().display()
+            );
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref). Damage or size

@@ -453,6 +453,53 @@ fn update_changes_only_what_it_names() {
     );
 }
 
+/// A resolve killed inside a git update leaves libgit2's lock files in the mirror (seen as
+/// "failed to lock file `…/config.lock` for writing" on the next run); the next update, holding
+/// the mirror's lock, clears them.
+#[test]
+fn a_mirror_left_locked_by_a_killed_fetch_is_updated() {
+    let mut w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let mut planted = 0;
+    for mirror in std::fs::read_dir(w.env.store.join("git"))
+        .unwrap()
+        .flatten()
+    {
+        let path = mirror.path();
+        if path.extension().is_some_and(|e| e == "git") {
+            for lock in [
+                "config.lock",
+                "packed-refs.lock",
+                "HEAD.lock",
+                "shallow.lock",
+            ] {
+                std::fs::write(path.join(lock), b"").unwrap();
+            }
+            for entry in walkdir::WalkDir::new(path.join("refs"))
+                .into_iter()
+                .flatten()
+            {
+                if entry.file_type().is_file() {
+                    let name = format!("{}.lock", entry.file_name().to_string_lossy());
+                    std::fs::write(entry.path().with_file_name(name), b"").unwrap();
+                }
+            }
+            planted += 1;
+        }
+    }
+    assert!(planted >= 3);
+    w.node_b
+        .commit("dev", &[("__init__.py", Entry::File(b"B dev 3\n"))]);
+    w.core
+        .commit("main", &[("main.py", Entry::File(b"print('comfy 3')\n"))]);
+    w.resolve_ok(&["--update"]);
+    assert_eq!(
+        w.lock()["comfy"]["commit"],
+        head_of(&w.core, "refs/heads/main")
+    );
+}
+
 #[test]
 fn force_pushed_refs_and_pinned_commits() {
     let mut w = World::new();
