@@ -31,7 +31,7 @@ use link::{Linker, Placed};
 use crate::fault::pause_point;
 use crate::hint::Hint;
 use crate::lockfile::Lock;
-use crate::store::{AddOptions, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The user data directories of ComfyUI, kept outside the generations.
 pub const USER_DATA: [&str; 4] = ["output", "input", "user", "temp"];
@@ -664,27 +664,23 @@ pub fn realize(
 
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
-        let staging = store.staging()?;
-        let file = staging.path().join("lock.json");
-        fs::write(&file, lock.to_text()).map_err(io(&file))?;
         let mut references: Vec<String> =
             lock.store_paths().iter().map(|s| s.to_string()).collect();
         references.extend(options.venv.clone());
         let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
         store
-            .add_staged(
-                staging,
-                "lock.json",
-                &AddOptions {
-                    name: Some(name),
-                    references,
-                },
-                None,
-            )?
+            .add_bytes(&name, lock.to_text().as_bytes(), &references)?
             .record
             .name
     };
-    store.add_root(&home.root_name(number), &manifest, "home")?;
+    if store.is_read_only() {
+        tracing::warn!(
+            "the store is read-only: this generation is not recorded as a GC root (nothing can \
+             collect a read-only store; realize again once it is writable to protect it)"
+        );
+    } else {
+        store.add_root(&home.root_name(number), &manifest, "home")?;
+    }
 
     let generation = Generation {
         generation: number,

@@ -106,11 +106,43 @@ impl Staging {
 impl Store {
     /// A fresh staging directory (see [`Staging`]).
     pub fn staging(&self) -> Result<Staging> {
+        self.writable()?;
         let gc = lock::shared(&self.root.join("gc.lock"))?;
         let dir = tempfile::Builder::new()
             .prefix("stage-")
             .tempdir_in(self.root.join("tmp"))?;
         Ok(Staging { dir, _gc: gc })
+    }
+
+    /// Add `bytes` as the single-file store path `name` referencing `references` (valid names).
+    /// A path with these exact contents that is already valid is used as it is — on a read-only
+    /// store too, where anything else is [`StoreError::ReadOnly`].
+    pub fn add_bytes(&self, name: &str, bytes: &[u8], references: &[String]) -> Result<Added> {
+        check_name(name).map_err(|reason| StoreError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        let node = tree::Node::File {
+            size: bytes.len() as u64,
+            executable: false,
+            digest: *blake3::hash(bytes).as_bytes(),
+        };
+        let expected = self.describe(name, &node, references);
+        if let Some(added) = self.existing(&expected.name)? {
+            return Ok(added);
+        }
+        let staging = self.staging()?;
+        let file = staging.path().join(name);
+        fs::write(&file, bytes).map_err(|e| with_path(e, "write", &file))?;
+        self.add_staged(
+            staging,
+            name,
+            &AddOptions {
+                name: Some(name.to_string()),
+                references: references.to_vec(),
+            },
+            None,
+        )
     }
 
     /// Register the file or tree a fetcher wrote at `staging.path()/rel` as a content-addressed
@@ -242,6 +274,15 @@ impl Store {
             })
             .collect::<Result<Vec<_>, _>>()?;
         reporter.finish();
+        if self.read_only {
+            let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
+            return match self.existing(&expected.name)? {
+                Some(added) => Ok(added),
+                None => Err(StoreError::ReadOnly {
+                    root: self.root.clone(),
+                }),
+            };
+        }
         let gc = lock::shared(&self.root.join("gc.lock"))?;
         let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
         if let Some(added) = self.existing(&expected.name)? {
@@ -432,7 +473,9 @@ impl Store {
             tracing::warn!("valid path `{name}` is missing on disk; adding it again");
             return Ok(None);
         }
-        self.temp_roots.add(name)?;
+        if !self.read_only {
+            self.temp_roots.add(name)?;
+        }
         let references = self.references(&record)?;
         Ok(Some(Added {
             path,

@@ -79,6 +79,37 @@ pub fn open(path: &Path, journal: Journal) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Open the database of a store this process cannot write: read-only, and without migrating. A
+/// WAL database whose `-shm` file cannot be created is read as immutable (nobody can write it
+/// on a read-only mount; with only permissions missing, its owner may, and this process then
+/// reads the last checkpointed state).
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    use rusqlite::OpenFlags;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut uri = String::from("file:");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'?' | b'#' | b'%' | 0x80.. => uri.push_str(&format!("%{byte:02X}")),
+            _ => uri.push(*byte as char),
+        }
+    }
+    let plain = Connection::open_with_flags(format!("{uri}?mode=ro"), flags).and_then(|conn| {
+        conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(conn)
+    });
+    let conn = match plain {
+        Ok(conn) => conn,
+        Err(_) => Connection::open_with_flags(format!("{uri}?mode=ro&immutable=1"), flags)?,
+    };
+    conn.busy_timeout(Duration::from_secs(120))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
 /// The highest schema version this binary knows.
 pub fn schema_version() -> usize {
     MIGRATIONS.len()

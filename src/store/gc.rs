@@ -112,6 +112,9 @@ impl Store {
     /// later keeps them (call it *before* checking that they are valid). A name `git/<dir>`
     /// protects that git mirror.
     pub fn protect(&self, names: &[&str]) -> Result<()> {
+        if self.read_only {
+            return Ok(()); // no collector can run on it
+        }
         let _gc = lock::shared(&self.root.join("gc.lock"))?;
         for name in names {
             self.temp_roots.add(name)?;
@@ -176,6 +179,7 @@ impl Store {
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
     /// and reports the same bytes; the real run then does what was decided.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+        self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join("gc.lock"))?;
         let roots = self.all_roots()?;
         let graph = self.graph()?;

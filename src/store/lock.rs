@@ -59,12 +59,23 @@ impl Drop for LockGuard {
 }
 
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
+        .open(path);
+    match opened {
+        // A store this process cannot write (read-only mount, no permission): flock(2) works on
+        // a read-only descriptor of the existing file.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem
+                || e.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            OpenOptions::new().read(true).open(path).map_err(|_| e)
+        }
+        other => other,
+    }
 }
 
 /// Take a shared lock on `path`, waiting for it.

@@ -167,6 +167,9 @@ impl Store {
         if !root.join("VERSION").is_file() {
             return Err(StoreError::Missing { root });
         }
+        if super::read_only_dir(&root) {
+            return Err(StoreError::ReadOnly { root });
+        }
         let db_dir = root.join("db");
         let _open = lock::exclusive(&db_dir.join("open.lock"))?;
         let _gc = lock::exclusive(&root.join("gc.lock"))?;

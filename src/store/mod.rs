@@ -82,6 +82,8 @@ pub enum StoreError {
     Missing { root: PathBuf },
     #[error("The database `{}` is readable; there is nothing to rebuild", .path.display())]
     DbIsReadable { path: PathBuf },
+    #[error("Store `{}` is read-only, and this command writes to it", .root.display())]
+    ReadOnly { root: PathBuf },
 }
 
 impl Hint for StoreError {
@@ -99,6 +101,9 @@ impl Hint for StoreError {
             StoreError::NotValid { .. } => Some("`comfix store ls` lists the valid paths".into()),
             StoreError::LostDb { .. } => Some(
                 "nothing was changed. Restore `db/db.sqlite` from a backup, or run `comfix store rebuild-db` to rebuild it from the store's contents".into(),
+            ),
+            StoreError::ReadOnly { .. } => Some(
+                "nothing was changed. Reading works on a read-only store (`store ls/path-info/verify/du`, `roots`, `status`, and `realize` of a version the store holds); run this where the store is writable".into(),
             ),
             StoreError::Missing { .. } => Some(
                 "check `--store` / `COMFIX_STORE`; a store is created by the commands that write to it (`resolve`, `realize`, `store add`)".into(),
@@ -127,6 +132,7 @@ impl Hint for StoreError {
                 | StoreError::LostDb { .. }
                 | StoreError::Missing { .. }
                 | StoreError::DbIsReadable { .. }
+                | StoreError::ReadOnly { .. }
         )
     }
 }
@@ -183,6 +189,8 @@ pub struct Store {
     db: Mutex<Connection>,
     journal: Journal,
     temp_roots: lock::TempRoots,
+    /// This process cannot write the store (a read-only mount, or no write permission).
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -202,6 +210,13 @@ const NETWORK_FS_MAGIC: &[(u64, &str)] = &[
     (0x1957_0705, "afs"),
 ];
 
+/// Whether this process cannot write into `root`: a read-only mount, or no write permission.
+fn read_only_dir(root: &Path) -> bool {
+    let mounted_ro = rustix::fs::statvfs(root)
+        .is_ok_and(|s| s.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+    mounted_ro || rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_err()
+}
+
 fn network_fs(path: &Path) -> Option<&'static str> {
     let stat = rustix::fs::statfs(path).ok()?;
     let magic = stat.f_type as u64;
@@ -214,8 +229,11 @@ fn network_fs(path: &Path) -> Option<&'static str> {
 impl Store {
     /// Open the store at `root`, creating it when the directory is missing or empty.
     pub fn open(root: &Path) -> Result<Store> {
-        fs_err::create_dir_all(root)?;
+        if !root.is_dir() {
+            fs_err::create_dir_all(root)?;
+        }
         let root = fs_err::canonicalize(root)?;
+        let read_only = read_only_dir(&root);
         let version_file = root.join("VERSION");
         match std::fs::read_to_string(&version_file) {
             Ok(found) => {
@@ -237,6 +255,9 @@ impl Store {
                 if foreign {
                     return Err(StoreError::NotAStore { root });
                 }
+                if read_only {
+                    return Err(StoreError::ReadOnly { root });
+                }
                 Self::init_layout(&root)?;
             }
             Err(err) => {
@@ -247,10 +268,12 @@ impl Store {
                 .into())
             }
         }
-        Self::ensure_dirs(&root)?;
+        if !read_only {
+            Self::ensure_dirs(&root)?;
+        }
 
         let journal = match network_fs(&root) {
-            Some(fs) => {
+            Some(fs) if !read_only => {
                 tracing::warn!(
                     "store `{}` is on a network filesystem ({fs}): using a rollback journal; \
                      the store is safe for processes on this machine only",
@@ -258,26 +281,33 @@ impl Store {
                 );
                 Journal::Delete
             }
-            None => Journal::Wal,
+            _ => Journal::Wal,
         };
         let db_path = root.join("db/db.sqlite");
         // Setting the journal mode and migrating need the database to themselves, and SQLite
         // answers "locked" there without waiting: processes opening the store take turns.
-        let open_lock = lock::exclusive(&root.join("db/open.lock"))?;
+        let open_lock = if read_only {
+            // Waits for a writer that is migrating it; a read-only mount has no writer.
+            lock::shared(&root.join("db/open.lock")).ok()
+        } else {
+            Some(lock::exclusive(&root.join("db/open.lock"))?)
+        };
         // A missing or emptied database is never taken for an empty store: that is how a gc
         // would come to delete everything.
         if !std::fs::metadata(&db_path).is_ok_and(|m| m.len() > 0) && meta::holds_content(&root) {
             return Err(StoreError::LostDb { root });
         }
-        let conn = db::open(&db_path, journal).map_err(|source| StoreError::Db {
+        let db_err = |source| StoreError::Db {
             path: db_path.clone(),
             source,
-        })?;
+        };
+        let conn = if read_only {
+            db::open_read_only(&db_path).map_err(db_err)?
+        } else {
+            db::open(&db_path, journal).map_err(db_err)?
+        };
         drop(open_lock);
-        let recorded = db::recorded_version(&conn).map_err(|source| StoreError::Db {
-            path: db_path.clone(),
-            source,
-        })?;
+        let recorded = db::recorded_version(&conn).map_err(db_err)?;
         if recorded > db::schema_version() as i64 {
             return Err(StoreError::NewerSchema {
                 path: db_path,
@@ -285,15 +315,39 @@ impl Store {
                 known: db::schema_version(),
             });
         }
+        if read_only && recorded < db::schema_version() as i64 {
+            // Its migrations cannot be applied here.
+            return Err(StoreError::ReadOnly { root });
+        }
         let temp_roots = lock::TempRoots::new(root.join("temproots"));
         let store = Store {
             root,
             db: Mutex::new(conn),
             journal,
             temp_roots,
+            read_only,
         };
-        store.backfill_meta()?;
+        if !read_only {
+            store.backfill_meta()?;
+        }
         Ok(store)
+    }
+
+    /// Whether this process cannot write the store. Read commands work; writers fail with
+    /// [`StoreError::ReadOnly`]. No collector can run on it either, so nothing is protected by
+    /// temporary roots.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// `Err(ReadOnly)` on a read-only store: called by everything that writes into it.
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                root: self.root.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
@@ -434,12 +488,14 @@ impl Store {
 
     /// Make the valid path `path` a GC root under `name` (replacing an earlier root of that name).
     pub fn add_root(&self, name: &str, path: &str, kind: &str) -> Result<()> {
+        self.writable()?;
         self.write_root_meta(name, path, kind)?;
         db::add_root(&self.db(), name, path, kind).map_err(|e| self.db_err(e))
     }
 
     /// Drop the root `name`; the path it kept alive may then be collected.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
+        self.writable()?;
         let removed = db::remove_root(&self.db(), name)
             .map(|n| n > 0)
             .map_err(|e| self.db_err(e))?;

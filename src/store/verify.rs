@@ -174,6 +174,7 @@ impl Store {
     /// to their missing objects. Returns what was fixed.
     pub fn repair_in_place(&self, report: &VerifyReport) -> Result<Vec<String>> {
         use std::os::unix::fs::PermissionsExt;
+        self.writable()?;
         let _gc = super::lock::shared(&self.root.join("gc.lock"))?;
         let mut fixed = Vec::new();
         for at in &report.bad_modes {

@@ -189,3 +189,101 @@ fn downloads_that_cannot_fit_fail_before_writing() {
     );
     assert_eq!(w.cdn.requests().len(), before, "nothing was downloaded");
 }
+
+/// `dir` bind-mounted read-only at `at`, or `None` (with the reason printed) where it cannot be.
+fn read_only_view(dir: &Path, at: &Path) -> Option<Mounted> {
+    fs::create_dir_all(at).unwrap();
+    let bind = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(dir)
+        .arg(at)
+        .output()
+        .ok()?;
+    if !bind.status.success() {
+        eprintln!(
+            "skipping: cannot bind-mount here ({})",
+            String::from_utf8_lossy(&bind.stderr)
+        );
+        return None;
+    }
+    let mounted = Mounted(at.to_path_buf());
+    let ro = std::process::Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(at)
+        .output()
+        .ok()?;
+    if !ro.status.success() {
+        eprintln!(
+            "skipping: cannot remount read-only ({})",
+            String::from_utf8_lossy(&ro.stderr)
+        );
+        return None;
+    }
+    Some(mounted)
+}
+
+#[test]
+fn a_read_only_store_serves_reads_and_refuses_writes() {
+    let w = World::new();
+    w.write_spec(&spec(&w));
+    let out = realize(&w, &w.env.path("home"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let view = w.env.path("ro-store");
+    let Some(_mounted) = read_only_view(&w.env.store, &view) else {
+        return;
+    };
+    let run = |args: &[&str]| w.cmd(&view).args(args).output().unwrap();
+
+    // Reads work.
+    for args in [
+        &["store", "ls"][..],
+        &["store", "verify", "--check-contents"],
+        &["store", "du"],
+        &["roots"],
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let first = stdout(&run(&["store", "ls"]));
+    let name = first.lines().next().unwrap().split('\t').next().unwrap();
+    let out = run(&["store", "path-info", name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w
+        .cmd(&view)
+        .args(["status", "--target"])
+        .arg(w.env.path("home"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A version the store holds realizes by copy, without a GC root (said so).
+    let home2 = w.env.path("home2");
+    let out = w
+        .cmd(&view)
+        .args(["realize", "v1", "--link-mode", "copy", "--target"])
+        .arg(&home2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not recorded as a GC root"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(home2.join("ComfyUI/main.py").is_file());
+    assert!(fs::read_dir(home2.join("models/unet")).unwrap().count() == 1);
+
+    // Writers say the store is read-only, and exit 1.
+    let file = w.env.path("new.bin");
+    fs::write(&file, b"new").unwrap();
+    let add = ["store", "add", file.to_str().unwrap()];
+    for args in [&add[..], &["gc"], &["store", "pin", name, "--name", "x"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is read-only"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
