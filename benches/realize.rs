@@ -196,6 +196,7 @@ fn bench(c: &mut Criterion) {
         link_mode: LinkMode::Auto,
         venv: None,
         not_fetched: Vec::new(),
+        check: false,
     };
     let mut group = c.benchmark_group("realize");
     group.sample_size(20);

@@ -52,7 +52,7 @@ pub enum Command {
     /// Switch a home back to its previous generation
     Rollback(realize::HomeArgs),
     /// Show a home's generation, version and drift from what was realized
-    Status(realize::HomeArgs),
+    Status(realize::StatusArgs),
     /// Show what differs between two versions' closures: core, nodes, models, with sizes
     Diff(diff::DiffArgs),
     /// Delete store paths no root keeps alive, then unused objects, staging leftovers, partial

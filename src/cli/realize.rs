@@ -47,6 +47,10 @@ pub struct RealizeArgs {
     /// Resolve and install Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<PathBuf>,
+    /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
+    /// (exit 1 when it is not: for CI)
+    #[arg(long, conflicts_with = "dry_run")]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +58,15 @@ pub struct HomeArgs {
     /// The home [default: $COMFY_HOME, else the current directory]
     #[arg(long, value_name = "DIR")]
     pub target: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Hash every managed file instead of trusting unchanged size, times and inode
+    #[arg(long)]
+    pub check_contents: bool,
 }
 
 impl HomeArgs {
@@ -103,6 +116,17 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
         print_plan(context, &plan, &target)?;
         return Ok(Outcome::Success);
+    }
+    if args.check {
+        return check(
+            &args,
+            context,
+            spec,
+            old.as_ref(),
+            &lock_path,
+            target,
+            skip_models,
+        );
     }
     if args.frozen {
         match &old {
@@ -171,6 +195,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             link_mode: args.link_mode,
             venv,
             not_fetched,
+            check: false,
         },
     )?;
     if context.json {
@@ -190,6 +215,9 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
                 modes.join(", ")
             );
         } else {
+            for drifted in &report.drift {
+                tracing::info!("restored {}", drifted.replacen(':', " ", 1));
+            }
             tracing::info!(
                 "realized `{}` as generation {}{} ({})",
                 report.version_id,
@@ -203,6 +231,83 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
     Ok(Outcome::Success)
+}
+
+/// `realize --check`: is the home at the spec's lock, undrifted? Fetches, builds and writes
+/// nothing.
+fn check(
+    args: &RealizeArgs,
+    context: &Context,
+    spec: &Spec,
+    old: Option<&Lock>,
+    lock_path: &std::path::Path,
+    target: PathBuf,
+    skip_models: bool,
+) -> anyhow::Result<Outcome> {
+    let lock = match old {
+        None => return Err(FrozenError::Missing(lock_path.to_path_buf()).into()),
+        Some(lock) => {
+            let stale = crate::resolve::stale_entries(spec, lock);
+            if !stale.is_empty() {
+                return Err(FrozenError::Stale(stale).into());
+            }
+            lock
+        }
+    };
+    let store = context.open_existing_store()?;
+    let venv = match &lock.python {
+        Some(python) => {
+            let uv = crate::python::find_uv(&store)?;
+            let interpreter = uv.interpreter(Some(&python.version))?;
+            Some(crate::python::venv_name(&uv, &interpreter, python))
+        }
+        None => None,
+    };
+    let report = realize::realize(
+        &store,
+        lock,
+        &RealizeOptions {
+            target,
+            models_dir: args.models_dir.clone(),
+            skip_models,
+            link_mode: args.link_mode,
+            venv,
+            not_fetched: Vec::new(),
+            check: true,
+        },
+    )?;
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        println!("{}", report.target.display());
+        for drifted in &report.drift {
+            println!("{}", drifted.replacen(':', "\t", 1));
+        }
+        if report.up_to_date {
+            tracing::info!(
+                "`{}` is up to date at generation {}",
+                report.version_id,
+                report.generation
+            );
+        } else if report.drift.is_empty() {
+            tracing::error!(
+                "generation {} is not `{}` as locked now (realize to update it)",
+                report.generation,
+                report.version_id
+            );
+        } else {
+            tracing::error!(
+                "generation {} has drifted ({} files); realize to restore them",
+                report.generation,
+                report.drift.len()
+            );
+        }
+    }
+    Ok(if report.up_to_date {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    })
 }
 
 /// The venv of `python` in the store, built from its stored wheels when it is not there yet.
@@ -280,9 +385,9 @@ pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub fn status(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
+pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     let store = context.open_existing_store()?;
-    let report = realize::status(&store, &args.target())?;
+    let report = realize::status(&store, &args.home.target(), args.check_contents)?;
     if context.json {
         context.print_json(&report)?;
         return Ok(Outcome::Success);

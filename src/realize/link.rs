@@ -20,7 +20,11 @@ use crate::store::{tree, Store};
 /// it was registered with: the tree hash of what landed in the home, computed from the store
 /// path's entries and the copies' digests, must be the registered one. A damaged object is found
 /// here instead of being realized silently.
-pub fn verify_copy(store: &Store, store_path: &str, dst: &Path) -> Result<(), RealizeError> {
+pub fn verify_copy(
+    store: &Store,
+    store_path: &str,
+    dst: &Path,
+) -> Result<Vec<(PathBuf, tree::Digest)>, RealizeError> {
     let src = store.path_of(store_path);
     let walk_err = |e: tree::WalkError| RealizeError::Io {
         path: src.clone(),
@@ -43,11 +47,18 @@ pub fn verify_copy(store: &Store, store_path: &str, dst: &Path) -> Result<(), Re
         })
         .collect::<Result<Vec<_>, _>>()?;
     let actual = blake3::Hash::from(tree::build_node(&entries, &digests).tree_hash()).to_hex();
+    let placed = || {
+        files
+            .iter()
+            .zip(&digests)
+            .map(|((path, _), (_, digest))| (path.clone(), *digest))
+            .collect()
+    };
     let Some(record) = store.query(store_path)? else {
-        return Ok(()); // not registered: nothing to compare with (callers protect and check)
+        return Ok(placed()); // not registered: nothing to compare with (callers protect and check)
     };
     if actual.as_str() == record.tree_hash {
-        return Ok(());
+        return Ok(placed());
     }
     // Name the file: the one whose bytes are no object's that the store path links.
     let file = entries
@@ -113,6 +124,51 @@ pub struct Placed {
     pub path: String,
     pub size: u64,
     pub mtime_ns: i128,
+    /// Inode and change time when placed (0 in homes made before they were recorded): with size
+    /// and mtime, the cheap check that nothing touched the file.
+    #[serde(default)]
+    pub ino: u64,
+    #[serde(default)]
+    pub ctime_ns: i128,
+    /// BLAKE3 of the contents placed (hex), for private copies; hard links are their object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// The target of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+impl Placed {
+    /// What is at `at` now, described like a placed file (`digest` left for the caller).
+    pub fn of(path: String, at: &Path) -> std::io::Result<Placed> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::symlink_metadata(at)?;
+        let link = if meta.file_type().is_symlink() {
+            Some(fs::read_link(at)?.to_string_lossy().into_owned())
+        } else {
+            None
+        };
+        Ok(Placed {
+            path,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            ino: meta.ino(),
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            digest: None,
+            link,
+        })
+    }
+
+    /// Whether `meta` (of the file now) matches what was placed, without reading it.
+    pub fn looks_unchanged(&self, meta: &fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
+        meta.len() == self.size
+            && mtime_ns(meta) == self.mtime_ns
+            && (self.ino == 0 || meta.ino() == self.ino)
+            // A hard link shares its inode (and change time) with the store and other homes.
+            && (self.digest.is_none() || self.ctime_ns == 0 || ctime == self.ctime_ns)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
@@ -210,12 +266,7 @@ impl Linker {
             let target = fs::read_link(src.join(rel)).map_err(io(&src.join(rel)))?;
             let at = dst.join(rel);
             std::os::unix::fs::symlink(&target, &at).map_err(io(&at))?;
-            let meta = fs::symlink_metadata(&at).map_err(io(&at))?;
-            placed.push(Placed {
-                path: join_rel(rel_base, rel),
-                size: meta.len(),
-                mtime_ns: mtime_ns(&meta),
-            });
+            placed.push(Placed::of(join_rel(rel_base, rel), &at).map_err(io(&at))?);
         }
         // Probe reflink support with the first file, then go parallel with the settled mode.
         let (first, rest) = files
@@ -260,12 +311,7 @@ impl Linker {
         if used == UsedMode::Copy && mode == UsedMode::Reflink {
             self.reflink_failed.store(true, Ordering::Relaxed);
         }
-        let meta = fs::symlink_metadata(dst).map_err(io(dst))?;
-        let placed = Placed {
-            path: join_rel(rel_base, rel),
-            size: meta.len(),
-            mtime_ns: mtime_ns(&meta),
-        };
+        let placed = Placed::of(join_rel(rel_base, rel), dst).map_err(io(dst))?;
         Ok((used, Some(placed)))
     }
 }

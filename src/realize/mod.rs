@@ -144,6 +144,8 @@ pub struct RealizeOptions {
     /// Optional models of the spec that could not be fetched (`loras/x.safetensors`): recorded
     /// in the generation, so `status` shows them missing.
     pub not_fetched: Vec<String>,
+    /// Report whether the home is up to date (and its drift) and change nothing.
+    pub check: bool,
 }
 
 /// Where a store path is placed in a generation.
@@ -188,6 +190,11 @@ pub struct RealizeReport {
     pub link_modes: BTreeMap<String, UsedMode>,
     pub models_dir: PathBuf,
     pub carried_user_files: usize,
+    /// Managed files of the previous generation that had changed (`changed:`) or gone missing
+    /// (`missing:`): realize put them back.
+    pub drift: Vec<String>,
+    /// Where the user's edits of managed files were kept (`.comfix/saved/<N>/<path>`).
+    pub saved: Vec<PathBuf>,
 }
 
 /// The paths of a home.
@@ -401,10 +408,10 @@ fn verified(
     store_path: &str,
     at: &Path,
     mode: UsedMode,
-) -> Result<(), RealizeError> {
+) -> Result<Vec<(PathBuf, crate::store::tree::Digest)>, RealizeError> {
     match mode {
         UsedMode::Copy | UsedMode::Reflink => link::verify_copy(store, store_path, at),
-        UsedMode::Hardlink | UsedMode::Symlink => Ok(()),
+        UsedMode::Hardlink | UsedMode::Symlink => Ok(Vec::new()),
     }
 }
 
@@ -423,13 +430,18 @@ pub fn realize(
             });
         }
     }
-    let _lock = home.lock()?;
+    // A check reads the home and writes nothing, not even the home's lock.
+    let _lock = if options.check {
+        None
+    } else {
+        Some(home.lock()?)
+    };
     // Everything this generation uses stays alive while we work, whatever a collector does.
     store.protect(&lock.store_paths())?;
     if let Some(venv) = &options.venv {
         store.protect(&[venv])?;
     }
-    for node in &lock.custom_nodes {
+    for node in lock.custom_nodes.iter().filter(|_| !options.check) {
         if let Some(git) = &node.git {
             store.protect(&[&format!(
                 "git/{}",
@@ -445,26 +457,46 @@ pub fn realize(
     let key = realization_key(lock, options, &models_dir);
     let current = home.current();
 
-    // Re-realizing what is already current is a check, not work.
+    // Re-realizing what is already current is a check, not work — unless the home drifted: then
+    // a new generation puts every managed file back.
+    let mut drifted = Vec::new();
     if let Some(n) = current {
         if let Ok(generation) = home.read_generation(n) {
-            if generation.key == key
-                && home
-                    .ensure_top_links(local_models, options.venv.is_some())
-                    .is_ok()
+            let found = drift(store, &home, n, &generation, false)?;
+            drifted.extend(found.changed.iter().map(|p| format!("changed:{p}")));
+            drifted.extend(found.missing.iter().map(|p| format!("missing:{p}")));
+            let same = generation.key == key && drifted.is_empty();
+            if options.check
+                || (same
+                    && home
+                        .ensure_top_links(local_models, options.venv.is_some())
+                        .is_ok())
             {
                 return Ok(RealizeReport {
                     target: home.root.clone(),
                     version_id: lock.version_id.clone(),
                     generation: n,
                     previous: None,
-                    up_to_date: true,
+                    up_to_date: same,
                     link_modes: modes_of(&generation.mounts),
                     models_dir,
                     carried_user_files: 0,
+                    drift: drifted,
+                    saved: Vec::new(),
                 });
             }
+            if !found.changed.is_empty() {
+                tracing::warn!(
+                    "{} managed file(s) of generation {n} were edited; realizing a new generation",
+                    found.changed.len()
+                );
+            }
         }
+    }
+    if options.check {
+        return Err(RealizeError::NotAHome {
+            path: home.root.clone(),
+        });
     }
 
     // Leftovers of an interrupted realization.
@@ -490,12 +522,14 @@ pub fn realize(
     // The core.
     let core_src = store.path_of(&lock.comfy.store_path);
     let (mode, files) = linker.tree(&core_src, &building.join("ComfyUI"), "ComfyUI")?;
-    verified(
+    // Digests of the private copies, from the verifying read.
+    let mut digests: BTreeMap<PathBuf, crate::store::tree::Digest> = BTreeMap::new();
+    digests.extend(verified(
         store,
         &lock.comfy.store_path,
         &building.join("ComfyUI"),
         mode,
-    )?;
+    )?);
     placed.extend(files);
     mounts.push(Mount {
         at: "ComfyUI".into(),
@@ -521,7 +555,7 @@ pub fn realize(
             _ => continue,
         };
         let (mode, files) = linker.tree(&store.path_of(store_path), &dest, &rel)?;
-        verified(store, store_path, &dest, mode)?;
+        digests.extend(verified(store, store_path, &dest, mode)?);
         placed.extend(files);
         if let Some(git) = &node.git {
             match manager::make_worktree(
@@ -607,19 +641,14 @@ pub fn realize(
                 fs::remove_file(&at).map_err(io(&at))?;
             }
             let mode = link::model(&linker, &store.path_of(&model.store_path), &at)?;
-            verified(store, &model.store_path, &at, mode)?;
+            digests.extend(verified(store, &model.store_path, &at, mode)?);
             let recorded = if local_models {
                 format!("models/{rel}")
             } else {
                 at.display().to_string()
             };
             if local_models && matches!(mode, UsedMode::Copy | UsedMode::Reflink) {
-                let meta = fs::symlink_metadata(&at).map_err(io(&at))?;
-                placed.push(Placed {
-                    path: recorded.clone(),
-                    size: meta.len(),
-                    mtime_ns: link::mtime_ns(&meta),
-                });
+                placed.push(Placed::of(recorded.clone(), &at).map_err(io(&at))?);
             }
             mounts.push(Mount {
                 at: recorded,
@@ -640,7 +669,7 @@ pub fn realize(
             }
             _ => {
                 let mode = linker.tree(&src, &dest, ".venv")?.0;
-                verified(store, venv, &dest, mode)?;
+                digests.extend(verified(store, venv, &dest, mode)?);
                 mode
             }
         };
@@ -654,13 +683,45 @@ pub fn realize(
 
     let yaml = extra_model_paths(&models_dir, &folders);
     let yaml_path = building.join("ComfyUI/extra_model_paths.yaml");
-    fs::write(&yaml_path, yaml).map_err(io(&yaml_path))?;
+    fs::write(&yaml_path, &yaml).map_err(io(&yaml_path))?;
+    let mut yaml_placed =
+        Placed::of("ComfyUI/extra_model_paths.yaml".into(), &yaml_path).map_err(io(&yaml_path))?;
+    yaml_placed.digest = Some(blake3::hash(yaml.as_bytes()).to_hex().to_string());
+    placed.push(yaml_placed);
+    for entry in placed.iter_mut() {
+        if let Some(digest) = digests.get(&building.join(&entry.path)) {
+            entry.digest = Some(blake3::Hash::from(*digest).to_hex().to_string());
+        }
+    }
 
-    // Files the user added to the current generation's trees come along.
+    // Files the user added to the current generation's trees come along; edits of managed
+    // files are kept aside, never dropped.
     let carried = match current {
         Some(n) => carry_user_files(&home, n, &building)?,
         None => 0,
     };
+    let mut saved = Vec::new();
+    if let Some(n) = current {
+        for rel in drifted.iter().filter_map(|d| d.strip_prefix("changed:")) {
+            let from = home.generation_dir(n).join(rel);
+            let to = home.meta().join("saved").join(n.to_string()).join(rel);
+            if fs::symlink_metadata(&to).is_ok() {
+                saved.push(to); // kept by an earlier realize
+                continue;
+            }
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            let kept = if fs::symlink_metadata(&from).is_ok_and(|m| m.file_type().is_symlink()) {
+                fs::read_link(&from).and_then(|t| std::os::unix::fs::symlink(t, &to))
+            } else {
+                fs::hard_link(&from, &to).or_else(|_| fs::copy(&from, &to).map(|_| ()))
+            };
+            kept.map_err(io(&to))?;
+            tracing::warn!("kept your edit of `{rel}` at `{}`", to.display());
+            saved.push(to);
+        }
+    }
 
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
@@ -719,6 +780,8 @@ pub fn realize(
         link_modes: modes_of(&generation.mounts),
         models_dir,
         carried_user_files: carried,
+        drift: drifted,
+        saved,
     })
 }
 
@@ -887,29 +950,101 @@ impl StatusReport {
     }
 }
 
-/// The current generation of the home at `target` and its drift from what was realized.
-pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError> {
+/// The current generation of the home at `target` and its drift from what was realized. The
+/// cheap check compares each managed file's size, mtime, inode and change time with what was
+/// placed and reads only files that differ; `check_contents` hashes every one.
+pub fn status(
+    store: &Store,
+    target: &Path,
+    check_contents: bool,
+) -> Result<StatusReport, RealizeError> {
     let home = Home::new(target)?;
     let n = home.current().ok_or_else(|| RealizeError::NotAHome {
         path: home.root.clone(),
     })?;
     let generation = home.read_generation(n)?;
+    let drift = drift(store, &home, n, &generation, check_contents)?;
+    let mut added: Vec<String> = user_added(&home, n)?
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect();
+    added.sort();
+    Ok(StatusReport {
+        target: home.root.clone(),
+        generation: n,
+        generations: home.list(),
+        version_id: generation.version_id.clone(),
+        created_at: generation.created_at,
+        link_modes: modes_of(&generation.mounts),
+        changed: drift.changed,
+        added,
+        missing: drift.missing,
+        not_fetched: generation.not_fetched.clone(),
+    })
+}
+
+/// Managed files of a generation that changed or went missing.
+struct Drift {
+    changed: Vec<String>,
+    missing: Vec<String>,
+}
+
+fn drift(
+    store: &Store,
+    home: &Home,
+    n: u32,
+    generation: &Generation,
+    check_contents: bool,
+) -> Result<Drift, RealizeError> {
+    use rayon::prelude::*;
     let dir = home.generation_dir(n);
     let placed = home.read_files(n);
+    #[derive(PartialEq)]
+    enum State {
+        Same,
+        Changed,
+        Missing,
+    }
+    let states: Vec<State> = placed
+        .par_iter()
+        .map(|file| {
+            let at = dir.join(&file.path);
+            let Ok(meta) = fs::symlink_metadata(&at) else {
+                return State::Missing;
+            };
+            if let Some(target) = &file.link {
+                let now = fs::read_link(&at).ok();
+                return if now.as_deref() == Some(Path::new(target)) {
+                    State::Same
+                } else {
+                    State::Changed
+                };
+            }
+            if !meta.is_file() {
+                return State::Changed;
+            }
+            if !check_contents && file.looks_unchanged(&meta) {
+                return State::Same;
+            }
+            let same = match &file.digest {
+                Some(digest) => crate::store::tree::hash_file(&at, meta.len())
+                    .is_ok_and(|d| blake3::Hash::from(d).to_hex().as_str() == digest),
+                None => same_as_store(store, generation, &file.path, &at),
+            };
+            if same {
+                State::Same
+            } else {
+                State::Changed
+            }
+        })
+        .collect();
     let mut changed = Vec::new();
     let mut missing = Vec::new();
-    for file in &placed {
-        let at = dir.join(&file.path);
-        match fs::symlink_metadata(&at) {
-            Err(_) => missing.push(file.path.clone()),
-            Ok(meta) => {
-                if meta.len() == file.size && link::mtime_ns(&meta) == file.mtime_ns {
-                    continue;
-                }
-                if !same_as_store(store, &generation, &file.path, &at) {
-                    changed.push(file.path.clone());
-                }
-            }
+    for (file, state) in placed.iter().zip(states) {
+        match state {
+            State::Same => {}
+            State::Changed => changed.push(file.path.clone()),
+            State::Missing => missing.push(file.path.clone()),
         }
     }
     for mount in &generation.mounts {
@@ -920,25 +1055,9 @@ pub fn status(store: &Store, target: &Path) -> Result<StatusReport, RealizeError
             missing.push(mount.at.clone());
         }
     }
-    let mut added: Vec<String> = user_added(&home, n)?
-        .into_iter()
-        .map(|(rel, _)| rel)
-        .collect();
-    for list in [&mut changed, &mut added, &mut missing] {
-        list.sort();
-    }
-    Ok(StatusReport {
-        target: home.root.clone(),
-        generation: n,
-        generations: home.list(),
-        version_id: generation.version_id.clone(),
-        created_at: generation.created_at,
-        link_modes: modes_of(&generation.mounts),
-        changed,
-        added,
-        missing,
-        not_fetched: generation.not_fetched.clone(),
-    })
+    changed.sort();
+    missing.sort();
+    Ok(Drift { changed, missing })
 }
 
 /// Compare a realized file with its source in the store, byte for byte.

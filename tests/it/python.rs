@@ -602,9 +602,17 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
 
     fs::remove_dir_all(world.env.path("home")).unwrap();
     // One figure: du's garbage, the dry run and the real run, and what du -B1 sees leave.
-    let du = world.cmd().args(["--json", "store", "du"]).output().unwrap();
+    let du = world
+        .cmd()
+        .args(["--json", "store", "du"])
+        .output()
+        .unwrap();
     let du: serde_json::Value = serde_json::from_slice(&du.stdout).unwrap();
-    let dry = world.cmd().args(["--json", "gc", "--dry-run"]).output().unwrap();
+    let dry = world
+        .cmd()
+        .args(["--json", "gc", "--dry-run"])
+        .output()
+        .unwrap();
     let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"]);
     let before = world.env.disk_bytes(&[]);

@@ -203,11 +203,136 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
     w.env.ok(&["store", "verify", "--check-contents"]);
     let status = home_json(&w, "status", &home);
     assert_eq!(status["changed"], json!(["ComfyUI/main.py"]));
+}
 
-    // Re-realizing the same lock is a no-op check.
+fn realize_check(w: &World, home: &Path) -> Output {
+    w.cmd(&w.env.store)
+        .args(["--json", "realize", "v1", "--check", "--target"])
+        .arg(home)
+        .output()
+        .unwrap()
+}
+
+fn status_with(w: &World, home: &Path, args: &[&str]) -> Value {
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "status", "--target"])
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Edits, deletions and a same-size edit with its mtime put back are all drift; `realize
+/// --check` reports them and changes nothing; `realize` restores every managed file and keeps
+/// each edit aside, naming it.
+#[test]
+fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    let comfy = home.join("ComfyUI");
+    let pristine_main = fs::read(comfy.join("main.py")).unwrap();
+    assert_eq!(realize_check(&w, &home).status.code(), Some(0));
+
+    fs::write(comfy.join("main.py"), b"print('edited by hand')\n").unwrap();
+    fs::remove_file(comfy.join("custom_nodes/node-b/__init__.py")).unwrap();
+    let node_a = comfy.join("custom_nodes/node-a/__init__.py");
+    let before = fs::metadata(&node_a).unwrap();
+    let original = fs::read(&node_a).unwrap();
+    let mut same_size = original.clone();
+    same_size[0] ^= 0x20;
+    fs::write(&node_a, &same_size).unwrap();
+    let mtime = filetime_of(&before);
+    set_mtime(&node_a, mtime);
+    assert_eq!(filetime_of(&fs::metadata(&node_a).unwrap()), mtime);
+    let yaml = comfy.join("extra_model_paths.yaml");
+    let mut text = fs::read_to_string(&yaml).unwrap();
+    text.push_str("# mine\n");
+    fs::write(&yaml, text).unwrap();
+
+    let changed = json!([
+        "ComfyUI/custom_nodes/node-a/__init__.py",
+        "ComfyUI/extra_model_paths.yaml",
+        "ComfyUI/main.py"
+    ]);
+    for args in [&[][..], &["--check-contents"]] {
+        let status = status_with(&w, &home, args);
+        assert_eq!(status["changed"], changed, "{args:?}");
+        assert_eq!(
+            status["missing"],
+            json!(["ComfyUI/custom_nodes/node-b/__init__.py"]),
+            "{args:?}"
+        );
+    }
+
+    // --check: exit 1, the drift listed, nothing touched.
+    let out = realize_check(&w, &home);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["up_to_date"], false);
+    assert_eq!(report["drift"].as_array().unwrap().len(), 4, "{report}");
+    assert_eq!(
+        fs::read(comfy.join("main.py")).unwrap(),
+        b"print('edited by hand')\n"
+    );
+    assert!(!home.join(".comfix/generations/2").exists());
+
+    // realize: a new generation with every managed file back, the edits kept aside.
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "realize", "v1", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["up_to_date"], false);
+    assert_eq!(report["generation"], 2);
+    assert!(
+        stderr(&out).contains("kept your edit of `ComfyUI/main.py`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(fs::read(comfy.join("main.py")).unwrap(), pristine_main);
+    assert_eq!(fs::read(&node_a).unwrap(), original);
+    assert!(comfy.join("custom_nodes/node-b/__init__.py").is_file());
+    assert!(!fs::read_to_string(&yaml).unwrap().contains("# mine"));
+    let saved = home.join(".comfix/saved/1/ComfyUI");
+    assert_eq!(
+        fs::read(saved.join("main.py")).unwrap(),
+        b"print('edited by hand')\n"
+    );
+    assert_eq!(
+        fs::read(saved.join("custom_nodes/node-a/__init__.py")).unwrap(),
+        same_size
+    );
+    assert!(fs::read_to_string(saved.join("extra_model_paths.yaml"))
+        .unwrap()
+        .contains("# mine"));
+    assert_eq!(report["saved"].as_array().unwrap().len(), 3, "{report}");
+
+    let status = status_with(&w, &home, &["--check-contents"]);
+    assert_eq!(status["changed"], json!([]));
+    assert_eq!(status["missing"], json!([]));
+    assert_eq!(realize_check(&w, &home).status.code(), Some(0));
     let again = realize_ok(&w, "v1", &home, &[]);
     assert_eq!(again["up_to_date"], true);
-    assert_eq!(again["generation"], 1);
+    assert_eq!(again["generation"], 2);
+}
+
+fn filetime_of(meta: &fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.mtime(), meta.mtime_nsec())
+}
+
+fn set_mtime(path: &Path, (secs, nanos): (i64, i64)) {
+    let file = fs::File::options().write(true).open(path).unwrap();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos as u32);
+    file.set_modified(when).unwrap();
 }
 
 impl World {
