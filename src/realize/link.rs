@@ -159,15 +159,42 @@ impl Placed {
         })
     }
 
-    /// Whether `meta` (of the file now) matches what was placed, without reading it.
-    pub fn looks_unchanged(&self, meta: &fs::Metadata) -> bool {
-        use std::os::unix::fs::MetadataExt;
-        let ctime = meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128;
-        meta.len() == self.size
-            && mtime_ns(meta) == self.mtime_ns
-            && (self.ino == 0 || meta.ino() == self.ino)
+    /// Whether `now` matches what was placed, without reading the file.
+    pub fn looks_unchanged(&self, now: &Stamp) -> bool {
+        now.size == self.size
+            && now.mtime_ns == self.mtime_ns
+            && (self.ino == 0 || now.ino == self.ino)
             // A hard link shares its inode (and change time) with the store and other homes.
-            && (self.digest.is_none() || self.ctime_ns == 0 || ctime == self.ctime_ns)
+            && (self.digest.is_none() || self.ctime_ns == 0 || now.ctime_ns == self.ctime_ns)
+    }
+}
+
+/// What a cheap check compares: a file's size, times and inode.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ino: u64,
+    pub ctime_ns: i128,
+    pub is_file: bool,
+}
+
+impl Stamp {
+    /// `name` in the directory `dir`, not following a symlink; `None` when it is missing.
+    pub fn at(dir: &impl rustix::fd::AsFd, name: impl rustix::path::Arg) -> Option<Stamp> {
+        let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        Some(Stamp {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128,
+            ino: st.st_ino,
+            ctime_ns: st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128,
+            is_file: kind == rustix::fs::FileType::RegularFile,
+        })
+    }
+
+    pub fn of_path(path: &Path) -> Option<Stamp> {
+        Stamp::at(&rustix::fs::CWD, path)
     }
 }
 

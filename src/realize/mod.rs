@@ -19,7 +19,7 @@
 mod link;
 mod manager;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -462,7 +462,7 @@ pub fn realize(
     let mut drifted = Vec::new();
     if let Some(n) = current {
         if let Ok(generation) = home.read_generation(n) {
-            let found = drift(store, &home, n, &generation, false)?;
+            let found = drift(store, &home, n, &generation, &home.read_files(n), false)?;
             drifted.extend(found.changed.iter().map(|p| format!("changed:{p}")));
             drifted.extend(found.missing.iter().map(|p| format!("missing:{p}")));
             let same = generation.key == key && drifted.is_empty();
@@ -755,8 +755,10 @@ pub fn realize(
         mounts,
         not_fetched: options.not_fetched.clone(),
     };
+    let dirs = dir_stamps(&building);
     for (name, text) in [
         ("files.json", serde_json::to_string(&placed)),
+        ("dirs.json", serde_json::to_string(&dirs)),
         ("generation.json", serde_json::to_string_pretty(&generation)),
     ] {
         let path = building.join(name);
@@ -806,9 +808,8 @@ fn extra_model_paths(models_dir: &Path, folders: &BTreeSet<String>) -> String {
 }
 
 /// Files comfix made in a generation, relative to its directory.
-fn known_files(home: &Home, n: u32) -> Result<BTreeSet<String>, RealizeError> {
-    let generation = home.read_generation(n)?;
-    let mut known: BTreeSet<String> = home.read_files(n).into_iter().map(|p| p.path).collect();
+fn known_files(generation: &Generation, placed: &[Placed]) -> HashSet<String> {
+    let mut known: HashSet<String> = placed.iter().map(|p| p.path.clone()).collect();
     known.insert("ComfyUI/extra_model_paths.yaml".into());
     for dir in USER_DATA {
         known.insert(format!("ComfyUI/{dir}"));
@@ -816,7 +817,40 @@ fn known_files(home: &Home, n: u32) -> Result<BTreeSet<String>, RealizeError> {
     for mount in &generation.mounts {
         known.insert(mount.at.clone());
     }
-    Ok(known)
+    known
+}
+
+/// A directory comfix made in a generation, as it was when the generation was finished: while
+/// its mtime and inode are unchanged, nothing was added to it or removed from it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DirStamp {
+    path: String,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+/// The directories under `ComfyUI/` and `models/` of the generation being built at `building`
+/// (not inside a node's `.git`).
+fn dir_stamps(building: &Path) -> Vec<DirStamp> {
+    let mut out = Vec::new();
+    for top in ["ComfyUI", "models"] {
+        let walker = walkdir::WalkDir::new(building.join(top))
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| e.file_type().is_dir() && e.file_name() != ".git");
+        for entry in walker.flatten() {
+            let Some(stamp) = link::Stamp::of_path(entry.path()) else {
+                continue;
+            };
+            let rel = entry.path().strip_prefix(building).expect("under building");
+            out.push(DirStamp {
+                path: rel.to_string_lossy().into_owned(),
+                mtime_ns: stamp.mtime_ns,
+                ino: stamp.ino,
+            });
+        }
+    }
+    out
 }
 
 /// Whether `rel` is inside something comfix manages wholesale (a node's `.git`, a hard-linked or
@@ -832,31 +866,80 @@ fn managed(rel: &str, generation: &Generation) -> bool {
 /// The files and symlinks a user added to generation `n` (relative to its directory, with their
 /// absolute paths): everything under `ComfyUI/` and `models/` that comfix did not place, leaving
 /// out `__pycache__`, nodes' `.git`, and the user data links.
-fn user_added(home: &Home, n: u32) -> Result<Vec<(String, PathBuf)>, RealizeError> {
+fn user_added(
+    home: &Home,
+    n: u32,
+    generation: &Generation,
+    placed: &[Placed],
+) -> Result<Vec<(String, PathBuf)>, RealizeError> {
     let dir = home.generation_dir(n);
-    let generation = home.read_generation(n)?;
-    let known = known_files(home, n)?;
+    let known = known_files(generation, placed);
+    let skipped = |rel: &str, name: &std::ffi::OsStr| {
+        name == "__pycache__"
+            || name == ".git"
+            || USER_DATA.iter().any(|d| rel == format!("ComfyUI/{d}"))
+    };
     let mut out = Vec::new();
-    for top in ["ComfyUI", "models"] {
-        let root = dir.join(top);
-        if !root.is_dir() {
-            continue;
+    let mut add = |rel: String, path: PathBuf| {
+        if !known.contains(&rel) && !managed(&rel, generation) {
+            out.push((rel, path));
         }
+    };
+    // Everything under `rel` (a directory comfix did not make), or every directory when the
+    // generation predates its directory stamps.
+    let walk_all = |rel: &str, add: &mut dyn FnMut(String, PathBuf)| {
+        let root = dir.join(rel);
         let walker = walkdir::WalkDir::new(&root).follow_links(false).into_iter();
         for entry in walker.filter_entry(|e| {
-            let name = e.file_name();
-            name != "__pycache__"
-                && name != ".git"
-                && !(e.depth() == 1 && top == "ComfyUI" && USER_DATA.iter().any(|d| name == *d))
+            let inner = e.path().strip_prefix(&dir).expect("under the generation");
+            e.depth() == 0 || !skipped(&inner.to_string_lossy(), e.file_name())
         }) {
             let Ok(entry) = entry else { continue };
             if entry.file_type().is_dir() {
                 continue;
             }
-            let inner = entry.path().strip_prefix(&root).expect("under root");
-            let rel = format!("{top}/{}", inner.display());
-            if !known.contains(&rel) && !managed(&rel, &generation) {
-                out.push((rel, entry.into_path()));
+            let inner = entry
+                .path()
+                .strip_prefix(&dir)
+                .expect("under the generation");
+            add(inner.to_string_lossy().into_owned(), entry.into_path());
+        }
+    };
+    let stamps: Option<Vec<DirStamp>> = fs::read(dir.join("dirs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(stamps) = stamps else {
+        for top in ["ComfyUI", "models"] {
+            if dir.join(top).is_dir() {
+                walk_all(top, &mut add);
+            }
+        }
+        return Ok(out);
+    };
+    let made: HashSet<&str> = stamps.iter().map(|d| d.path.as_str()).collect();
+    for stamp in &stamps {
+        let Some(now) = link::Stamp::of_path(&dir.join(&stamp.path)) else {
+            continue; // gone: its files show as missing
+        };
+        if now.mtime_ns == stamp.mtime_ns && now.ino == stamp.ino {
+            continue;
+        }
+        // Changed: its own entries are read, directories it did not have are read whole.
+        let Ok(entries) = fs::read_dir(dir.join(&stamp.path)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let rel = format!("{}/{}", stamp.path, entry.file_name().to_string_lossy());
+            if skipped(&rel, &entry.file_name()) {
+                continue;
+            }
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                if !made.contains(rel.as_str()) {
+                    walk_all(&rel, &mut add);
+                }
+            } else {
+                add(rel, entry.path());
             }
         }
     }
@@ -866,7 +949,8 @@ fn user_added(home: &Home, n: u32) -> Result<Vec<(String, PathBuf)>, RealizeErro
 /// Hard-link the files a user added to generation `from` into the generation being built.
 fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, RealizeError> {
     let mut carried = 0;
-    for (rel, path) in user_added(home, from)? {
+    let generation = home.read_generation(from)?;
+    for (rel, path) in user_added(home, from, &generation, &home.read_files(from))? {
         let to = building.join(&rel);
         if fs::symlink_metadata(&to).is_ok() {
             tracing::warn!(
@@ -963,8 +1047,9 @@ pub fn status(
         path: home.root.clone(),
     })?;
     let generation = home.read_generation(n)?;
-    let drift = drift(store, &home, n, &generation, check_contents)?;
-    let mut added: Vec<String> = user_added(&home, n)?
+    let placed = home.read_files(n);
+    let drift = drift(store, &home, n, &generation, &placed, check_contents)?;
+    let mut added: Vec<String> = user_added(&home, n, &generation, &placed)?
         .into_iter()
         .map(|(rel, _)| rel)
         .collect();
@@ -994,22 +1079,55 @@ fn drift(
     home: &Home,
     n: u32,
     generation: &Generation,
+    placed: &[Placed],
     check_contents: bool,
 ) -> Result<Drift, RealizeError> {
     use rayon::prelude::*;
     let dir = home.generation_dir(n);
-    let placed = home.read_files(n);
+    // Files grouped by directory, each directory opened once: `fstatat` by name costs no path
+    // walk (the cheap check of a 20,000-file core is mostly system calls).
+    let mut by_dir: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, file) in placed.iter().enumerate() {
+        let parent = file.path.rsplit_once('/').map_or("", |(p, _)| p);
+        by_dir.entry(parent).or_default().push(i);
+    }
+    let groups: Vec<(&str, Vec<usize>)> = by_dir.into_iter().collect();
+    let stats: Vec<(usize, Option<link::Stamp>)> = groups
+        .par_iter()
+        .flat_map_iter(|(parent, members)| {
+            let fd = rustix::fs::open(
+                dir.join(parent),
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok();
+            members
+                .iter()
+                .map(|&i| {
+                    let name = placed[i]
+                        .path
+                        .rsplit_once('/')
+                        .map_or(&placed[i].path[..], |(_, n)| n);
+                    let stamp = fd.as_ref().and_then(|fd| link::Stamp::at(fd, name));
+                    (i, stamp)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
     #[derive(PartialEq)]
     enum State {
         Same,
         Changed,
         Missing,
     }
-    let states: Vec<State> = placed
+    let states: Vec<State> = stats
         .par_iter()
-        .map(|file| {
+        .map(|(i, stamp)| {
+            let file = &placed[*i];
             let at = dir.join(&file.path);
-            let Ok(meta) = fs::symlink_metadata(&at) else {
+            let Some(stamp) = stamp else {
                 return State::Missing;
             };
             if let Some(target) = &file.link {
@@ -1020,14 +1138,14 @@ fn drift(
                     State::Changed
                 };
             }
-            if !meta.is_file() {
+            if !stamp.is_file {
                 return State::Changed;
             }
-            if !check_contents && file.looks_unchanged(&meta) {
+            if !check_contents && file.looks_unchanged(stamp) {
                 return State::Same;
             }
             let same = match &file.digest {
-                Some(digest) => crate::store::tree::hash_file(&at, meta.len())
+                Some(digest) => crate::store::tree::hash_file(&at, stamp.size)
                     .is_ok_and(|d| blake3::Hash::from(d).to_hex().as_str() == digest),
                 None => same_as_store(store, generation, &file.path, &at),
             };
@@ -1038,9 +1156,11 @@ fn drift(
             }
         })
         .collect();
+    let states: Vec<(usize, State)> = stats.iter().map(|(i, _)| *i).zip(states).collect();
     let mut changed = Vec::new();
     let mut missing = Vec::new();
-    for (file, state) in placed.iter().zip(states) {
+    for (i, state) in states {
+        let file = &placed[i];
         match state {
             State::Same => {}
             State::Changed => changed.push(file.path.clone()),
