@@ -50,6 +50,8 @@ pub enum RealizeError {
     Git { path: PathBuf, message: String },
     #[error("`{}` exists and was not made by comfix", .path.display())]
     Foreign { path: PathBuf },
+    #[error("`{}` is {what}; comfix neither follows nor replaces it", .path.display())]
+    Unsafe { path: PathBuf, what: String },
     #[error("`{}` is not a comfix home (no generations)", .path.display())]
     NotAHome { path: PathBuf },
     #[error("Home `{}` has no generation before {current}", .home.display())]
@@ -82,7 +84,7 @@ pub enum RealizeError {
 impl Hint for RealizeError {
     fn hint(&self) -> Option<String> {
         match self {
-            RealizeError::Foreign { .. } => {
+            RealizeError::Foreign { .. } | RealizeError::Unsafe { .. } => {
                 Some("move it away, or realize into another directory with `--target`".into())
             }
             RealizeError::NotAHome { .. } => {
@@ -210,6 +212,88 @@ impl Home {
     }
     fn meta(&self) -> PathBuf {
         self.root.join(".comfix")
+    }
+
+    /// Refuse a home whose own entries were planted: `.comfix` and what comfix keeps in it must
+    /// be real directories and files (a symlink would make realize write where it points),
+    /// `current` a link to a generation, and the top links comfix's own.
+    fn check_safe(&self) -> Result<(), RealizeError> {
+        let unsafe_entry = |path: PathBuf, what: &str| RealizeError::Unsafe {
+            path,
+            what: what.into(),
+        };
+        let kind = |path: &Path| fs::symlink_metadata(path).ok().map(|m| m.file_type());
+        if let Ok(meta) = fs::symlink_metadata(&self.root) {
+            if meta.file_type().is_symlink() {
+                // The target itself may be a link (to a bigger disk); its entries may not.
+            } else if !meta.is_dir() {
+                return Err(unsafe_entry(self.root.clone(), "not a directory"));
+            }
+        }
+        for dir in [self.meta(), self.generations(), self.meta().join("saved")] {
+            match kind(&dir) {
+                Some(t) if t.is_symlink() => return Err(unsafe_entry(dir, "a symlink")),
+                Some(t) if !t.is_dir() => return Err(unsafe_entry(dir, "not a directory")),
+                _ => {}
+            }
+        }
+        let lock = self.meta().join("lock");
+        if kind(&lock).is_some_and(|t| !t.is_file()) {
+            return Err(unsafe_entry(lock, "not a regular file"));
+        }
+        match kind(&self.current_link()) {
+            Some(t) if !t.is_symlink() => {
+                return Err(unsafe_entry(self.current_link(), "not a symlink"))
+            }
+            Some(_) => {
+                let target =
+                    fs::read_link(self.current_link()).map_err(io(&self.current_link()))?;
+                let ok = target
+                    .strip_prefix("generations")
+                    .ok()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
+                if !ok {
+                    return Err(unsafe_entry(
+                        self.current_link(),
+                        &format!("a link to `{}`, not to a generation", target.display()),
+                    ));
+                }
+            }
+            None => {}
+        }
+        for entry in fs::read_dir(self.generations())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let number = name.strip_suffix(".tmp").unwrap_or(&name);
+            if number.parse::<u32>().is_err() {
+                return Err(unsafe_entry(entry.path(), "not a generation"));
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {}
+                Ok(t) if t.is_symlink() => return Err(unsafe_entry(entry.path(), "a symlink")),
+                _ => return Err(unsafe_entry(entry.path(), "not a directory")),
+            }
+        }
+        for (name, target) in [
+            ("ComfyUI", ".comfix/current/ComfyUI"),
+            ("models", ".comfix/current/models"),
+            (".venv", ".comfix/current/.venv"),
+        ] {
+            let at = self.root.join(name);
+            if let Ok(existing) = fs::read_link(&at) {
+                if existing != Path::new(target) {
+                    return Err(unsafe_entry(
+                        at,
+                        &format!("a symlink to `{}`, not comfix's", existing.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
     fn generations(&self) -> PathBuf {
         self.meta().join("generations")
@@ -423,6 +507,7 @@ pub fn realize(
 ) -> Result<RealizeReport, RealizeError> {
     check_apart(store.root(), &options.target, options.models_dir.as_deref())?;
     let home = Home::new(&options.target)?;
+    home.check_safe()?;
     if let Ok(meta) = fs::symlink_metadata(home.root.join("ComfyUI")) {
         if !meta.file_type().is_symlink() {
             return Err(RealizeError::Foreign {
@@ -985,6 +1070,7 @@ pub struct RollbackReport {
 /// Switch the home back to the generation before the current one.
 pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
     let home = Home::new(target)?;
+    home.check_safe()?;
     let _lock = home.lock()?;
     let current = home.current().ok_or_else(|| RealizeError::NotAHome {
         path: home.root.clone(),

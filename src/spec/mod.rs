@@ -355,11 +355,37 @@ impl Spec {
     /// Parse and validate spec text; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Spec, SpecError> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
+        let mut issues = Vec::new();
         let spec: Spec = match serde_path_to_error::deserialize(deserializer) {
             Ok(spec) => spec,
-            Err(err) => return Err(validate::deserialize_error(err, path)),
+            Err(err) if err.inner().is_syntax() || err.inner().is_eof() => {
+                return Err(validate::deserialize_error(err, path))
+            }
+            // Every unknown field at once: each is reported and taken out, and parsing goes on.
+            Err(mut err) => {
+                let mut value: serde_json::Value =
+                    serde_json::from_str(text).expect("the text is JSON (no syntax error)");
+                loop {
+                    let unknown = err.inner().to_string().starts_with("unknown field");
+                    let removed = unknown && remove_at(&mut value, err.path());
+                    match validate::deserialize_error(err, path) {
+                        SpecError::Invalid { issues: found, .. } => issues.extend(found),
+                        other => return Err(other),
+                    }
+                    if !removed {
+                        return Err(SpecError::Invalid {
+                            path: path.to_path_buf(),
+                            issues,
+                        });
+                    }
+                    match serde_path_to_error::deserialize(&value) {
+                        Ok(spec) => break spec,
+                        Err(next) => err = next,
+                    }
+                }
+            }
         };
-        let issues = validate::validate(&spec);
+        issues.extend(validate::validate(&spec));
         if issues.is_empty() {
             Ok(spec)
         } else {
@@ -412,6 +438,30 @@ impl Spec {
     ) -> Result<ExpandedEnv, SpecError> {
         env::expand(&self.env, lookup)
     }
+}
+
+/// Remove the entry `path` names (an unknown field) from `value`; false if it is not there.
+fn remove_at(value: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for segment in parents {
+        let next = match segment {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    at.as_object_mut()
+        .and_then(|o| o.remove(key.as_str()))
+        .is_some()
 }
 
 /// The last path segment of a repository URL, without a trailing `.git`.

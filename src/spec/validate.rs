@@ -26,10 +26,24 @@ pub fn check_path_component(value: &str) -> Result<(), String> {
             value.escape_debug()
         ));
     }
+    if let Some(c) = value.chars().find(|c| is_invisible(*c)) {
+        return Err(format!(
+            "`{}` contains an invisible or text-direction character (U+{:04X}), which makes a name look like another",
+            value.escape_unicode(),
+            c as u32
+        ));
+    }
     if value.len() > 255 {
         return Err("is longer than 255 bytes".into());
     }
     Ok(())
+}
+
+/// Bidirectional controls and zero-width characters: they make a name display as another.
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
 }
 
 fn is_hex(value: &str) -> bool {
@@ -304,6 +318,11 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
                 name_field,
                 "cannot derive a directory name from the source",
                 "set `name`",
+            ),
+            Ok(()) if dir.eq_ignore_ascii_case(".disabled") => issues.add_hint(
+                name_field,
+                "`.disabled` is the directory ComfyUI-Manager keeps disabled nodes in",
+                "give the node another `name`, or set `\"enabled\": false` to disable it",
             ),
             Ok(()) => {
                 if let Some(first) = node_dirs.insert(dir.clone(), i) {

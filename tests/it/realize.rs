@@ -775,3 +775,107 @@ fn rustix_is_root() -> bool {
         .map(|o| stdout(&o).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Entries planted in a target are refused, never followed: a `.comfix` symlink would make
+/// realize write its generations where it points.
+#[test]
+fn planted_entries_in_a_target_are_refused() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let elsewhere = w.env.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        (
+            ".comfix",
+            Box::new(|home: &Path| {
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere"),
+                    home.join(".comfix"),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            ".comfix/generations",
+            Box::new(|home: &Path| {
+                fs::create_dir_all(home.join(".comfix")).unwrap();
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere"),
+                    home.join(".comfix/generations"),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            ".comfix/lock",
+            Box::new(|home: &Path| {
+                fs::create_dir_all(home.join(".comfix/generations")).unwrap();
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere/x"),
+                    home.join(".comfix/lock"),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            ".comfix/generations/1",
+            Box::new(|home: &Path| {
+                fs::create_dir_all(home.join(".comfix/generations")).unwrap();
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere"),
+                    home.join(".comfix/generations/1"),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            ".comfix/current",
+            Box::new(|home: &Path| {
+                fs::create_dir_all(home.join(".comfix/generations")).unwrap();
+                std::os::unix::fs::symlink("/etc", home.join(".comfix/current")).unwrap()
+            }),
+        ),
+        (
+            "ComfyUI",
+            Box::new(|home: &Path| {
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere"),
+                    home.join("ComfyUI"),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "models",
+            Box::new(|home: &Path| {
+                std::os::unix::fs::symlink(
+                    home.parent().unwrap().join("elsewhere"),
+                    home.join("models"),
+                )
+                .unwrap()
+            }),
+        ),
+    ];
+    for (i, (entry, plant)) in cases.iter().enumerate() {
+        let home = w.env.path(&format!("home{i}"));
+        fs::create_dir_all(&home).unwrap();
+        plant(&home);
+        let out = realize(&w, "v1", &home, &[]);
+        assert_eq!(out.status.code(), Some(1), "{entry}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("{}`", home.join(entry).display())),
+            "{entry}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("neither follows nor replaces"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "{entry}: nothing written there"
+        );
+    }
+}

@@ -143,6 +143,52 @@ fn unknown_fields_are_rejected_with_a_hint() {
     );
 }
 
+/// Unknown fields anywhere are all reported in one run, with the other problems.
+#[test]
+fn every_unknown_field_is_reported_at_once() {
+    let env = TestEnv::new();
+    let (code, err) = check_value(&env, |s| {
+        s["modles"] = json!([]);
+        s["comfy"]["reff"] = json!("x");
+        s["custom_nodes"][0]["comit"] = json!("abc1234");
+        s["custom_nodes"][2]["verison"] = json!("1");
+        s["models"][0]["target_subdir"] = json!("../x");
+    });
+    assert_eq!(code, Some(1), "{err}");
+    for part in [
+        "modles: unknown field",
+        "comfy.reff: unknown field",
+        "custom_nodes[0].comit: unknown field",
+        "custom_nodes[2].verison: unknown field",
+        "models[0].target_subdir",
+    ] {
+        assert!(err.contains(part), "expected {part:?} in:\n{err}");
+    }
+}
+
+/// Names that look like others (bidi controls, zero-width characters) or that collide with
+/// ComfyUI-Manager's `.disabled` folder are refused.
+#[test]
+fn deceptive_and_reserved_node_names_are_refused() {
+    let env = TestEnv::new();
+    assert_error(
+        check_value(&env, |s| {
+            s["custom_nodes"][0]["name"] = json!("gguf\u{202E}fdp.exe")
+        }),
+        &["custom_nodes[0].name", "U+202E"],
+    );
+    assert_error(
+        check_value(&env, |s| {
+            s["custom_nodes"][0]["name"] = json!("gg\u{200B}uf")
+        }),
+        &["custom_nodes[0].name", "U+200B"],
+    );
+    assert_error(
+        check_value(&env, |s| s["custom_nodes"][0]["name"] = json!(".disabled")),
+        &["custom_nodes[0].name", "`.disabled`", "\"enabled\": false"],
+    );
+}
+
 #[test]
 fn path_like_fields_reject_escapes() {
     let env = TestEnv::new();
