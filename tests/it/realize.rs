@@ -784,7 +784,8 @@ fn planted_entries_in_a_target_are_refused() {
     write_spec_as(&w, "v1", &full_spec(&w, "v1"));
     let elsewhere = w.env.path("elsewhere");
     fs::create_dir_all(&elsewhere).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    type Plant = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Plant)> = vec![
         (
             ".comfix",
             Box::new(|home: &Path| {
