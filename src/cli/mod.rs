@@ -118,6 +118,12 @@ impl Context {
 
 /// Parse the arguments, run the command, and return the process exit code.
 pub fn main() -> i32 {
+    // Output piped into `head` ends quietly when the reader goes, like other Unix tools, instead
+    // of a panic on the broken pipe.
+    // SAFETY: restoring the default disposition of one signal, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -149,7 +155,7 @@ pub fn main() -> i32 {
     match result {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::Failure) => 1,
-        Err(err) => report_error(&err),
+        Err(err) => report_error(&err, context.json),
     }
 }
 
@@ -209,24 +215,34 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
     (false, None)
 }
 
-fn report_error(err: &anyhow::Error) -> i32 {
+/// Print `err` (with `--json`, also as one JSON document on stdout: `error`, `causes`, `hint`,
+/// `exit`) and return the exit code: 1 for the user's errors, 2 for ours.
+fn report_error(err: &anyhow::Error, json: bool) -> i32 {
     let (user, hint) = classify(err);
+    let code = if user { 1 } else { 2 };
     let mut message = format!("error: {err}");
+    let mut causes = Vec::new();
     for cause in err.chain().skip(1) {
         let text = cause.to_string();
         if !message.contains(&text) {
             message.push_str(&format!("\n  caused by: {text}"));
+            causes.push(text);
         }
     }
     eprintln!("{message}");
-    if let Some(hint) = hint {
+    if let Some(hint) = &hint {
         eprintln!("hint: {hint}");
     }
-    if user {
-        1
-    } else {
-        2
+    if json {
+        let document = serde_json::json!({
+            "error": err.to_string(),
+            "causes": causes,
+            "hint": hint,
+            "exit": code,
+        });
+        println!("{document}");
     }
+    code
 }
 
 /// `1536` → `1.5 KiB`.

@@ -265,12 +265,25 @@ impl Hint for SpecError {
             SpecError::MissingEnvVar { var, .. } => {
                 Some(format!("export `{var}` before running comfix"))
             }
-            SpecError::Syntax { .. } | SpecError::Read { .. } => None,
+            SpecError::Read { source, .. } => match source.kind() {
+                std::io::ErrorKind::InvalidData => {
+                    Some("a spec is UTF-8 JSON text; re-save it as UTF-8".into())
+                }
+                std::io::ErrorKind::IsADirectory => {
+                    Some("pass the spec file (`versions/<ID>.json`), not its directory".into())
+                }
+                _ => None,
+            },
+            SpecError::Syntax { .. } => None,
         }
     }
 
     fn is_user_error(&self) -> bool {
-        !matches!(self, SpecError::Read { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+        use std::io::ErrorKind::*;
+        // A spec that is missing, a directory, not text or not readable is the user's to fix;
+        // only a failing disk is ours.
+        !matches!(self, SpecError::Read { source, .. }
+            if !matches!(source.kind(), NotFound | InvalidData | IsADirectory | PermissionDenied))
     }
 }
 

@@ -141,3 +141,74 @@ fn many_processes_can_create_one_store_at_once() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
 }
+
+/// A reader that goes away (`comfix store ls | head -1`) ends comfix quietly: no panic, no
+/// message, as other Unix tools end.
+#[test]
+fn a_closed_pipe_ends_output_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::new();
+    for i in 0..300 {
+        let file = env.path(&format!("f{i}.txt"));
+        fs::write(&file, format!("data {i}")).unwrap();
+        env.ok(&["store", "add", file.to_str().unwrap()]);
+    }
+    for _ in 0..5 {
+        let mut child = env
+            .cmd()
+            .args(["store", "ls"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{err}"
+        );
+        assert!(
+            out.status.success() || out.status.signal() == Some(13),
+            "ended by SIGPIPE or cleanly: {:?} {err}",
+            out.status
+        );
+    }
+}
+
+/// Every user-input error exits 1: a spec that is not UTF-8, a directory as the spec, a missing
+/// spec; with `--json` the error is one JSON document on stdout.
+#[test]
+fn user_input_errors_exit_1_and_json_errors_parse() {
+    let env = TestEnv::new();
+    let bad = env.path("bad.json");
+    fs::write(&bad, b"{\"schema_version\": \"\xff\"}").unwrap();
+    let dir = env.path("specdir");
+    fs::create_dir_all(&dir).unwrap();
+    let missing = env.path("missing.json");
+    for (spec, expected) in [
+        (&bad, "UTF-8"),
+        (&dir, "not its directory"),
+        (&missing, "Failed to read spec"),
+    ] {
+        let out = env.run(&["spec", "check", "--spec", spec.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+
+        let out = env.run(&["--json", "spec", "check", "--spec", spec.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+        assert_eq!(doc["exit"], 1);
+        assert!(doc["error"].as_str().unwrap().contains("spec"), "{doc}");
+    }
+    // Any other error is one JSON document too, with its exit code.
+    let out = env
+        .cmd_without_store()
+        .args(["--json", "--store", "/proc/version", "store", "ls"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["exit"].as_i64(), out.status.code().map(i64::from));
+}
