@@ -27,14 +27,19 @@ pub fn make_worktree(
     commit: &str,
     git_ref: Option<&str>,
 ) -> Result<(), RealizeError> {
-    let mirror =
-        Repository::open_bare(mirror_path(store, repo_url)).map_err(|e| RealizeError::Git {
-            path: dir.to_path_buf(),
-            message: format!(
-                "the store has no mirror of `{repo_url}` to create `.git` from ({})",
-                e.message()
-            ),
-        })?;
+    let path = mirror_path(store, repo_url);
+    if !path.is_dir() {
+        return Err(RealizeError::NoMirror {
+            repo: repo_url.to_string(),
+        });
+    }
+    let mirror = Repository::open_bare(&path).map_err(|e| RealizeError::Git {
+        path: dir.to_path_buf(),
+        message: format!(
+            "the store's mirror of `{repo_url}` cannot be read to create `.git` ({})",
+            e.message()
+        ),
+    })?;
     let repo = Repository::init(dir).map_err(git_err(dir))?;
     repo.remote("origin", repo_url).map_err(git_err(dir))?;
     let oid = Oid::from_str(commit).map_err(git_err(dir))?;

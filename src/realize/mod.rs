@@ -526,6 +526,12 @@ pub fn realize(
     if let Some(venv) = &options.venv {
         store.protect(&[venv])?;
     }
+    if !options.check {
+        store.protect(&[&format!(
+            "git/{}",
+            crate::fetch::git::mirror_name(&lock.comfy.repo)
+        )])?;
+    }
     for node in lock.custom_nodes.iter().filter(|_| !options.check) {
         if let Some(git) = &node.git {
             store.protect(&[&format!(
@@ -616,6 +622,21 @@ pub fn realize(
         mode,
     )?);
     placed.extend(files);
+    // A shallow `.git` at the locked commit, as the nodes have: ComfyUI-Manager and comfy-cli
+    // read the core's commit and version from it.
+    match manager::make_worktree(
+        store,
+        &building.join("ComfyUI"),
+        &lock.comfy.repo,
+        &lock.comfy.commit,
+        lock.comfy.git_ref.as_deref(),
+    ) {
+        Ok(()) => {}
+        Err(RealizeError::NoMirror { repo }) => tracing::warn!(
+            "the store has no mirror of the core's repository `{repo}`, so the core gets no `.git`"
+        ),
+        Err(err) => return Err(err),
+    }
     mounts.push(Mount {
         at: "ComfyUI".into(),
         store_path: lock.comfy.store_path.clone(),
@@ -766,7 +787,7 @@ pub fn realize(
         });
     }
 
-    let yaml = extra_model_paths(&models_dir, &folders);
+    let yaml = extra_model_paths(&models_dir, &folders, loader_knows_is_default(&core_src));
     let yaml_path = building.join("ComfyUI/extra_model_paths.yaml");
     fs::write(&yaml_path, &yaml).map_err(io(&yaml_path))?;
     let mut yaml_placed =
@@ -877,7 +898,10 @@ fn modes_of(mounts: &[Mount]) -> BTreeMap<String, UsedMode> {
 }
 
 /// `extra_model_paths.yaml` naming exactly the folders the version's models use.
-fn extra_model_paths(models_dir: &Path, folders: &BTreeSet<String>) -> String {
+///
+/// `is_default` (make these folders the default ones) only where the core's loader knows it:
+/// before 2024-09-19 ComfyUI split every value as a path and crashed on a boolean.
+fn extra_model_paths(models_dir: &Path, folders: &BTreeSet<String>, is_default: bool) -> String {
     let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
     let mut out =
         String::from("# Written by comfix; realizing another generation replaces it.\ncomfix:\n");
@@ -885,11 +909,24 @@ fn extra_model_paths(models_dir: &Path, folders: &BTreeSet<String>) -> String {
         "    base_path: {}\n",
         quote(&models_dir.to_string_lossy())
     ));
-    out.push_str("    is_default: true\n");
+    if is_default {
+        out.push_str("    is_default: true\n");
+    }
     for folder in folders {
         out.push_str(&format!("    {}: {}\n", quote(folder), quote(folder)));
     }
     out
+}
+
+/// Whether the core at `core` reads `is_default` in `extra_model_paths.yaml`: the file that
+/// defines `load_extra_path_config` (`utils/extra_config.py` in newer cores, `main.py` before)
+/// handles the key. Read from the core's code, not guessed from its date.
+fn loader_knows_is_default(core: &Path) -> bool {
+    ["utils/extra_config.py", "main.py"].iter().any(|file| {
+        fs::read_to_string(core.join(file)).is_ok_and(|code| {
+            code.contains("def load_extra_path_config") && code.contains("\"is_default\"")
+        })
+    })
 }
 
 /// Files comfix made in a generation, relative to its directory.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::resolve::{head_of, World};
+use crate::support::git::{Entry, TestRepo};
 use crate::support::http::TestServer;
 use crate::support::*;
 
@@ -183,8 +184,10 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
     let yaml: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         yaml,
+        // (This core has no loader that knows `is_default`: see
+        // `the_model_paths_yaml_suits_the_cores_loader`.)
         json!({ "comfix": {
-            "base_path": models.to_str().unwrap(), "is_default": true,
+            "base_path": models.to_str().unwrap(),
             "unet": "unet", "loras": "loras", "diffusion_models": "diffusion_models" } })
     );
 
@@ -879,4 +882,89 @@ fn planted_entries_in_a_target_are_refused() {
             "{entry}: nothing written there"
         );
     }
+}
+
+/// The loader of ComfyUI before 2024-09-19: every key but `base_path` is a folder whose value it
+/// splits — a boolean `is_default` crashes it at startup.
+const OLD_LOADER: &str = r#"import os, sys, yaml
+def load_extra_path_config(yaml_path):
+    with open(yaml_path, 'r') as stream:
+        config = yaml.safe_load(stream)
+    for c in config:
+        conf = config[c]
+        base_path = conf.pop("base_path", None)
+        for x in conf:
+            for y in conf[x].split("\n"):
+                print(x, os.path.join(base_path, y))
+load_extra_path_config(os.path.join(os.path.dirname(os.path.realpath(__file__)), "extra_model_paths.yaml"))
+"#;
+
+/// Today's loader (utils/extra_config.py): it pops `is_default` first.
+const NEW_LOADER: &str = r#"import os, yaml
+def load_extra_path_config(yaml_path):
+    with open(yaml_path, 'r') as stream:
+        config = yaml.safe_load(stream)
+    for c in config:
+        conf = config[c]
+        base_path = conf.pop("base_path", None)
+        is_default = False
+        if "is_default" in conf:
+            is_default = conf.pop("is_default")
+        for x in conf:
+            for y in conf[x].split("\n"):
+                print(x, os.path.join(base_path, y), is_default)
+"#;
+
+/// `extra_model_paths.yaml` uses only what the realized core's loader understands (read from its
+/// code), so a stand-in for an old core starts; the core is a git working tree at its commit.
+#[test]
+fn the_model_paths_yaml_suits_the_cores_loader() {
+    let w = World::new();
+    let mut old = TestRepo::new(&w.env.path("repos/old-core.git"));
+    let old_commit = old.commit("master", &[("main.py", Entry::File(OLD_LOADER.as_bytes()))]);
+    let mut new = TestRepo::new(&w.env.path("repos/new-core.git"));
+    new.commit(
+        "master",
+        &[
+            (
+                "main.py",
+                Entry::File(b"import utils.extra_config as e, os\ne.load_extra_path_config(os.path.join(os.path.dirname(os.path.realpath(__file__)), 'extra_model_paths.yaml'))\n"),
+            ),
+            ("utils/__init__.py", Entry::File(b"")),
+            ("utils/extra_config.py", Entry::File(NEW_LOADER.as_bytes())),
+        ],
+    );
+    for (id, repo, default) in [("old", &old, false), ("new", &new, true)] {
+        let mut spec = full_spec(&w, id);
+        spec["comfy"] = json!({ "repo": repo.url(), "ref": "master" });
+        write_spec_as(&w, id, &spec);
+        let home = w.env.path(&format!("home-{id}"));
+        realize_ok(&w, id, &home, &[]);
+        let out = std::process::Command::new("python3")
+            .arg(home.join("ComfyUI/main.py"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{id} core starts: {}", stderr(&out));
+        let printed = stdout(&out);
+        assert!(printed.contains("unet "), "{id}: {printed}");
+        assert_eq!(printed.contains("True"), default, "{id}: {printed}");
+    }
+
+    // Manager-style reads of the core's commit.
+    let home = w.env.path("home-old");
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(home.join("ComfyUI"))
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), old_commit.to_string());
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(home.join("ComfyUI"))
+        .args(["remote", "get-url", "origin"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), old.url());
 }
