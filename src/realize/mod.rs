@@ -522,7 +522,14 @@ pub fn realize(
         Some(home.lock()?)
     };
     // Everything this generation uses stays alive while we work, whatever a collector does.
-    store.protect(&lock.store_paths())?;
+    // The paths this generation uses: without the models when they are skipped (the store may
+    // not hold them).
+    let used: Vec<&str> = lock
+        .store_paths()
+        .into_iter()
+        .filter(|p| !options.skip_models || !lock.models.iter().any(|m| m.store_path == *p))
+        .collect();
+    store.protect(&used)?;
     if let Some(venv) = &options.venv {
         store.protect(&[venv])?;
     }
@@ -832,7 +839,7 @@ pub fn realize(
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
         let mut references: Vec<String> =
-            lock.store_paths().iter().map(|s| s.to_string()).collect();
+            used.iter().map(|s| s.to_string()).collect();
         references.extend(options.venv.clone());
         let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
         store

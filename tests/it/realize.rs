@@ -968,3 +968,31 @@ fn the_model_paths_yaml_suits_the_cores_loader() {
         .unwrap();
     assert_eq!(stdout(&out).trim(), old.url());
 }
+
+/// `--skip-models` works from a store that never had the models, with a lock that pins them.
+#[test]
+fn skip_models_needs_no_models_in_the_store() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    realize_ok(&w, "v1", &w.env.path("home"), &[]); // the lock now pins the models
+    let store2 = w.env.path("store2");
+    let home2 = w.env.path("home2");
+    let out = w
+        .cmd(&store2)
+        .args(["realize", "v1", "--skip-models", "--frozen", "--target"])
+        .arg(&home2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(home2.join("ComfyUI/main.py").is_file());
+    let listed = w.cmd(&store2).args(["store", "ls"]).output().unwrap();
+    assert!(!stdout(&listed).contains(".safetensors"), "{}", stdout(&listed));
+    let out = w
+        .cmd(&store2)
+        .args(["--json", "status", "--target"])
+        .arg(&home2)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["missing"], json!([]), "{status}");
+}
