@@ -53,6 +53,8 @@ pub enum Command {
     Rollback(realize::HomeArgs),
     /// Show a home's generation, version and drift from what was realized
     Status(realize::StatusArgs),
+    /// List a home's generations with their versions and dates
+    History(realize::HomeArgs),
     /// Show what differs between two versions' closures: core, nodes, models, with sizes
     Diff(diff::DiffArgs),
     /// Delete store paths no root keeps alive, then unused objects, staging leftovers, partial
@@ -146,6 +148,7 @@ pub fn main() -> i32 {
         Command::Realize(args) => realize::realize(args, &context),
         Command::Rollback(args) => realize::rollback(args, &context),
         Command::Status(args) => realize::status(args, &context),
+        Command::History(args) => realize::history(args, &context),
         Command::Diff(args) => diff::run(args, &context),
         Command::Gc(args) => gc::gc(args, &context),
         Command::Roots => gc::roots(&context),

@@ -369,6 +369,26 @@ fn print_plan(
     Ok(())
 }
 
+pub fn history(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let entries = realize::history(&args.target())?;
+    if context.json {
+        context.print_json(&entries)?;
+        return Ok(Outcome::Success);
+    }
+    for entry in &entries {
+        let when = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(entry.created_at.max(0) as u64),
+        );
+        println!(
+            "{}{}\t{}\t{when}",
+            entry.generation,
+            if entry.current { " (current)" } else { "" },
+            entry.version_id
+        );
+    }
+    Ok(Outcome::Success)
+}
+
 pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
     let report = realize::rollback(&args.target())?;
     if context.json {
@@ -387,7 +407,17 @@ pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
 
 pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     let store = context.open_existing_store()?;
-    let report = realize::status(&store, &args.home.target(), args.check_contents)?;
+    let mut report = realize::status(&store, &args.home.target(), args.check_contents)?;
+    // Behind its lock? Compare the generation's lock (in its manifest) with the version's lock
+    // file, found as `comfix realize <ID>` would find it.
+    let realized = std::fs::read_to_string(store.path_of(&report.manifest)).ok();
+    let current = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| Spec::find(&cwd, &report.version_id).ok())
+        .and_then(|spec| Lock::read(&lock_path_for(&spec, &report.version_id)).ok().flatten());
+    if let (Some(realized), Some(current)) = (realized, current) {
+        report.behind_lock = Some(realized != current.to_text());
+    }
     if context.json {
         context.print_json(&report)?;
         return Ok(Outcome::Success);
@@ -412,6 +442,14 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     println!("link modes:  {}", modes.join(", "));
     for model in &report.not_fetched {
         println!("not fetched\tmodels/{model} (optional; realize again to retry)");
+    }
+    match report.behind_lock {
+        Some(true) => println!(
+            "lock:        behind `{}.lock.json` (realize `{}` to update)",
+            report.version_id, report.version_id
+        ),
+        Some(false) => println!("lock:        at `{}.lock.json`", report.version_id),
+        None => {}
     }
     if report.clean() {
         println!("drift:       none");

@@ -1142,6 +1142,41 @@ pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
     })
 }
 
+/// One generation of a home, for `comfix history`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub generation: u32,
+    pub version_id: String,
+    pub created_at: i64,
+    pub current: bool,
+    pub link_modes: BTreeMap<String, UsedMode>,
+    /// The home manifest (its `lock.json` is the lock this generation was realized from).
+    pub manifest: String,
+}
+
+/// Every generation of the home at `target`, oldest first.
+pub fn history(target: &Path) -> Result<Vec<HistoryEntry>, RealizeError> {
+    let home = Home::new(target)?;
+    let current = home.current().ok_or_else(|| RealizeError::NotAHome {
+        path: home.root.clone(),
+    })?;
+    let mut out = Vec::new();
+    for n in home.list() {
+        let Ok(generation) = home.read_generation(n) else {
+            continue;
+        };
+        out.push(HistoryEntry {
+            generation: n,
+            version_id: generation.version_id.clone(),
+            created_at: generation.created_at,
+            current: n == current,
+            link_modes: modes_of(&generation.mounts),
+            manifest: generation.manifest,
+        });
+    }
+    Ok(out)
+}
+
 /// What `status` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -1156,6 +1191,11 @@ pub struct StatusReport {
     pub missing: Vec<String>,
     /// Optional models of the version that could not be fetched when it was realized.
     pub not_fetched: Vec<String>,
+    /// The home manifest store path of the current generation.
+    pub manifest: String,
+    /// Whether the current generation was realized from another lock than the version's lock
+    /// file now holds (after a rollback, or a resolve since); `None` when that lock is not found.
+    pub behind_lock: Option<bool>,
 }
 
 impl StatusReport {
@@ -1195,6 +1235,8 @@ pub fn status(
         added,
         missing: drift.missing,
         not_fetched: generation.not_fetched.clone(),
+        manifest: generation.manifest.clone(),
+        behind_lock: None,
     })
 }
 

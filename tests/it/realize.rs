@@ -996,3 +996,48 @@ fn skip_models_needs_no_models_in_the_store() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["missing"], json!([]), "{status}");
 }
+
+/// After a rollback the home is behind its version's lock, and `status` says so; `history`
+/// lists the generations with their versions, the current one marked.
+#[test]
+fn status_says_when_the_home_is_behind_its_lock_and_history_lists_generations() {
+    let mut w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(home_json(&w, "status", &home)["behind_lock"], false);
+    w.node_b
+        .commit("dev", &[("__init__.py", Entry::File(b"B dev 9\n"))]);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1", "--update", "node-b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(home_json(&w, "status", &home)["behind_lock"], true);
+    realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(home_json(&w, "status", &home)["behind_lock"], false);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["rollback", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(home_json(&w, "status", &home)["behind_lock"], true);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["status", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("behind `v1.lock.json`"), "{}", stdout(&out));
+
+    let history = home_json(&w, "history", &home);
+    let entries = history.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["generation"], 1);
+    assert_eq!(entries[0]["current"], true);
+    assert_eq!(entries[1]["current"], false);
+    assert!(entries.iter().all(|e| e["version_id"] == "v1" && e["created_at"].as_i64() > Some(0)));
+}
