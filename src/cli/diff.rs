@@ -13,10 +13,14 @@ use crate::spec::Spec;
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The first version id
+    /// The first: a version id, a spec file (its lock beside it), or a home (its current
+    /// generation)
     pub a: String,
-    /// The second version id
-    pub b: String,
+    /// The second, likewise (with `--target`, the only one)
+    pub b: Option<String>,
+    /// Compare this home's current generation with A
+    #[arg(long, value_name = "DIR")]
+    pub target: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,11 @@ pub struct NoLock {
     pub id: String,
     pub path: std::path::PathBuf,
 }
+
+/// `diff` was given the wrong number of operands.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DiffUsage(pub &'static str);
 
 /// One entry that differs.
 #[derive(Debug, Clone, Serialize)]
@@ -40,15 +49,44 @@ pub struct Change {
 
 fn load_lock(id: &str) -> anyhow::Result<Lock> {
     let spec_path = Spec::find(&std::env::current_dir()?, id)?;
-    let loaded = Spec::load(&spec_path)?;
-    let path = lock_path_for(&spec_path, &loaded.spec.version_id);
+    spec_lock(&spec_path, id)
+}
+
+fn spec_lock(spec_path: &std::path::Path, shown: &str) -> anyhow::Result<Lock> {
+    let loaded = Spec::load(spec_path)?;
+    let path = lock_path_for(spec_path, &loaded.spec.version_id);
     Lock::read(&path)?.ok_or_else(|| {
         NoLock {
-            id: id.to_string(),
+            id: shown.to_string(),
             path,
         }
         .into()
     })
+}
+
+/// The lock the current generation of `home` was realized from (its manifest in the store).
+fn home_lock(home: &std::path::Path, context: &Context) -> anyhow::Result<Lock> {
+    let store = context.open_existing_store()?;
+    let status = crate::realize::status(&store, home, false)?;
+    let manifest = store.path_of(&status.manifest);
+    Ok(
+        Lock::read(&manifest)?.ok_or_else(|| crate::store::StoreError::NotValid {
+            arg: status.manifest.clone(),
+            root: store.root().to_path_buf(),
+        })?,
+    )
+}
+
+/// An operand of `diff`: a home, a spec file, or a version id.
+fn operand(arg: &str, context: &Context) -> anyhow::Result<Lock> {
+    let path = std::path::Path::new(arg);
+    if path.join(".comfix").is_dir() {
+        return home_lock(path, context);
+    }
+    if path.is_file() || arg.ends_with(".json") || arg.contains('/') {
+        return spec_lock(path, arg);
+    }
+    load_lock(arg)
 }
 
 /// `kind/name → (pin, store path)` for every entry of a lock.
@@ -95,8 +133,26 @@ fn entries(lock: &Lock) -> BTreeMap<(&'static str, String), (String, String)> {
 }
 
 pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let a = load_lock(&args.a)?;
-    let b = load_lock(&args.b)?;
+    let (a_name, b_name, a, b) = match (&args.target, &args.b) {
+        (Some(home), None) => (
+            home.display().to_string(),
+            args.a.clone(),
+            home_lock(home, context)?,
+            operand(&args.a, context)?,
+        ),
+        (None, Some(b)) => (
+            args.a.clone(),
+            b.clone(),
+            operand(&args.a, context)?,
+            operand(b, context)?,
+        ),
+        (Some(_), Some(_)) => anyhow::bail!(DiffUsage(
+            "with `--target`, give one version to compare with"
+        )),
+        (None, None) => anyhow::bail!(DiffUsage(
+            "give two versions, or `--target HOME` and one version"
+        )),
+    };
     let store = crate::store::Store::open_existing(&context.store_dir)?;
     let size = |path: &str| -> Option<i64> {
         store
@@ -129,11 +185,11 @@ pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
         });
     }
     if context.json {
-        context.print_json(&serde_json::json!({ "a": args.a, "b": args.b, "changes": changes }))?;
+        context.print_json(&serde_json::json!({ "a": a_name, "b": b_name, "changes": changes }))?;
         return Ok(Outcome::Success);
     }
     if changes.is_empty() {
-        tracing::info!("`{}` and `{}` have the same closure", args.a, args.b);
+        tracing::info!("`{a_name}` and `{b_name}` have the same closure");
     }
     let short = |s: &Option<String>| {
         s.as_deref()

@@ -71,6 +71,13 @@ pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
         for error in &report.errors {
             eprintln!("warning: {error}");
         }
+        // The summary is data too: `freed <bytes> <human>` (what leaves the disk).
+        println!(
+            "{}\t{}\t{}",
+            if args.dry_run { "would-free" } else { "freed" },
+            report.freed_bytes,
+            format_bytes(report.freed_bytes)
+        );
         tracing::info!(
             "{} {} paths and {} objects, {} freed ({} of file contents); {} live paths kept by {} roots",
             if args.dry_run {

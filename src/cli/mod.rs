@@ -46,27 +46,51 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pin a spec into `<id>.lock.json` beside it and fetch what it pins into the store
+    #[command(
+        after_help = "Examples:\n  comfix resolve wan22\n  comfix resolve wan22 --update gguf\n  comfix resolve --spec versions/wan22.json --offline"
+    )]
     Resolve(resolve::ResolveArgs),
     /// Realize a version as a new generation of a COMFY_HOME (resolving it first if needed)
+    #[command(
+        after_help = "Examples:\n  comfix realize wan22 --target ~/comfy-wan22\n  comfix realize wan22 --dry-run\n  comfix realize wan22 --check --target ~/comfy-wan22   # CI: exit 1 if behind or drifted\n  MODELS_DIR=/data/models comfix realize wan22 --link-mode copy"
+    )]
     Realize(realize::RealizeArgs),
     /// Switch a home back to its previous generation
+    #[command(after_help = "Examples:\n  comfix rollback --target ~/comfy-wan22")]
     Rollback(realize::HomeArgs),
     /// Show a home's generation, version and drift from what was realized
+    #[command(
+        after_help = "Examples:\n  comfix status --target ~/comfy-wan22\n  comfix status --check-contents --json"
+    )]
     Status(realize::StatusArgs),
     /// List a home's generations with their versions and dates
+    #[command(after_help = "Examples:\n  comfix history --target ~/comfy-wan22")]
     History(realize::HomeArgs),
     /// Show what differs between two versions' closures: core, nodes, models, with sizes
+    #[command(
+        after_help = "Examples:\n  comfix diff wan22 wan22-next\n  comfix diff versions/a.json versions/b.json\n  comfix diff --target ~/comfy-wan22 wan22-next"
+    )]
     Diff(diff::DiffArgs),
     /// Delete store paths no root keeps alive, then unused objects, staging leftovers, partial
     /// downloads and git mirrors
+    #[command(
+        after_help = "Examples:\n  comfix gc --dry-run\n  comfix gc --delete-older-than 30d\n  comfix gc --max-freed 50G"
+    )]
     Gc(gc::GcArgs),
     /// List the GC roots (home generations, pins, running processes) and what they keep alive
+    #[command(after_help = "Examples:\n  comfix roots\n  comfix --json roots")]
     Roots,
     /// Inspect and maintain the store
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix store ls\n  comfix store verify --check-contents --repair\n  comfix store du"
+    )]
     Store(store::StoreCommand),
     /// Check version specs
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix spec check wan22\n  comfix spec check --spec versions/wan22.json --json"
+    )]
     Spec(spec::SpecCommand),
 }
 
@@ -202,8 +226,17 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
             return (e.is_user_error(), e.hint());
         }
+        if cause.downcast_ref::<diff::DiffUsage>().is_some() {
+            return (true, Some("see `comfix diff --help`".into()));
+        }
         if cause.downcast_ref::<diff::NoLock>().is_some() {
-            return (true, Some("run `comfix resolve <ID>` for it first".into()));
+            return (
+                true,
+                Some(
+                    "run `comfix resolve <ID>` (or `comfix resolve --spec FILE`) for it first"
+                        .into(),
+                ),
+            );
         }
         if cause.downcast_ref::<realize::FrozenError>().is_some() {
             return (
@@ -259,6 +292,27 @@ mod tests {
     fn cli_definition_is_valid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_help_ends_with_examples() {
+        use clap::CommandFactory;
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                let help = sub
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.starts_with("Examples:\n  comfix") {
+                    missing.push(name.clone());
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "comfix", &mut missing);
+        assert!(missing.is_empty(), "no examples: {missing:?}");
     }
 
     #[test]

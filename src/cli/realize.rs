@@ -414,7 +414,11 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     let current = std::env::current_dir()
         .ok()
         .and_then(|cwd| Spec::find(&cwd, &report.version_id).ok())
-        .and_then(|spec| Lock::read(&lock_path_for(&spec, &report.version_id)).ok().flatten());
+        .and_then(|spec| {
+            Lock::read(&lock_path_for(&spec, &report.version_id))
+                .ok()
+                .flatten()
+        });
     if let (Some(realized), Some(current)) = (realized, current) {
         report.behind_lock = Some(realized != current.to_text());
     }

@@ -10,6 +10,9 @@ use crate::spec::{NodeSource, Spec};
 #[derive(Debug, Subcommand)]
 pub enum SpecCommand {
     /// Validate a spec and summarize it (with --json: the spec as comfix reads it)
+    #[command(
+        after_help = "Examples:\n  comfix spec check wan22\n  comfix spec check --spec versions/wan22.json"
+    )]
     Check(SpecArg),
 }
 

@@ -10,6 +10,9 @@ use crate::store::{AddOptions, PathRecord, Store};
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// Add a file or directory tree to the store and print its store path
+    #[command(
+        after_help = "Examples:\n  comfix store add ./my-lora.safetensors\n  comfix store add ./tree --name my-tree --ref <digest>-other"
+    )]
     Add {
         /// File, directory or symlink to add
         path: PathBuf,
@@ -21,8 +24,12 @@ pub enum StoreCommand {
         references: Vec<String>,
     },
     /// List the valid store paths
+    #[command(
+        after_help = "Examples:\n  comfix store ls\n  comfix --json store ls | jq '.[].name'"
+    )]
     Ls,
     /// Show a store path's size, closure size, references and registration time
+    #[command(after_help = "Examples:\n  comfix store path-info <digest>-ComfyUI --closure")]
     PathInfo {
         /// Store path (absolute, or its `<digest>-<name>`)
         path: String,
@@ -31,6 +38,9 @@ pub enum StoreCommand {
         closure: bool,
     },
     /// Keep a store path (or a version's whole locked closure) alive as root `pin:<NAME>`
+    #[command(
+        after_help = "Examples:\n  comfix store pin wan22\n  comfix store pin <digest>-model.safetensors --name keep-model"
+    )]
     Pin {
         /// A store path, or a version id whose lock names the paths
         target: String,
@@ -39,13 +49,21 @@ pub enum StoreCommand {
         name: Option<String>,
     },
     /// Remove the pin `pin:<NAME>`
+    #[command(after_help = "Examples:\n  comfix store unpin keep-model")]
     Unpin { name: String },
     /// Show why A depends on B: the chain of references from A to B
+    #[command(
+        after_help = "Examples:\n  comfix store why-depends <digest>-home-wan22 <digest>-ComfyUI-GGUF"
+    )]
     WhyDepends { a: String, b: String },
     /// Disk use: the store, what gc frees now, each cache, and per home, version and pin what gc
     /// would free if it went (unique) vs what other roots keep too (shared)
+    #[command(after_help = "Examples:\n  comfix store du\n  comfix --json store du")]
     Du,
     /// Check that every valid path exists; exit 1 if anything is missing or corrupted
+    #[command(
+        after_help = "Examples:\n  comfix store verify\n  comfix store verify --check-contents --repair"
+    )]
     Verify {
         /// Rehash every file and object and compare with the registered hashes
         #[arg(long)]
@@ -58,6 +76,7 @@ pub enum StoreCommand {
     /// Rebuild a lost or damaged database from the store's contents: every path under `paths/`
     /// whose bytes prove its registration (sidecars under `meta/`), and the roots under `roots/`.
     /// Lists what it could not recover; exit 1 if anything
+    #[command(after_help = "Examples:\n  comfix store rebuild-db")]
     RebuildDb,
 }
 

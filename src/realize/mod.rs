@@ -838,8 +838,7 @@ pub fn realize(
 
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
-        let mut references: Vec<String> =
-            used.iter().map(|s| s.to_string()).collect();
+        let mut references: Vec<String> = used.iter().map(|s| s.to_string()).collect();
         references.extend(options.venv.clone());
         let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
         store

@@ -986,7 +986,11 @@ fn skip_models_needs_no_models_in_the_store() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(home2.join("ComfyUI/main.py").is_file());
     let listed = w.cmd(&store2).args(["store", "ls"]).output().unwrap();
-    assert!(!stdout(&listed).contains(".safetensors"), "{}", stdout(&listed));
+    assert!(
+        !stdout(&listed).contains(".safetensors"),
+        "{}",
+        stdout(&listed)
+    );
     let out = w
         .cmd(&store2)
         .args(["--json", "status", "--target"])
@@ -1031,7 +1035,11 @@ fn status_says_when_the_home_is_behind_its_lock_and_history_lists_generations() 
         .arg(&home)
         .output()
         .unwrap();
-    assert!(stdout(&out).contains("behind `v1.lock.json`"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("behind `v1.lock.json`"),
+        "{}",
+        stdout(&out)
+    );
 
     let history = home_json(&w, "history", &home);
     let entries = history.as_array().unwrap();
@@ -1039,5 +1047,76 @@ fn status_says_when_the_home_is_behind_its_lock_and_history_lists_generations() 
     assert_eq!(entries[0]["generation"], 1);
     assert_eq!(entries[0]["current"], true);
     assert_eq!(entries[1]["current"], false);
-    assert!(entries.iter().all(|e| e["version_id"] == "v1" && e["created_at"].as_i64() > Some(0)));
+    assert!(entries
+        .iter()
+        .all(|e| e["version_id"] == "v1" && e["created_at"].as_i64() > Some(0)));
+}
+
+/// `diff` takes version ids, spec files and homes (`--target H` compares the home's current
+/// generation with a version); the help has examples.
+#[test]
+fn diff_compares_ids_spec_files_and_homes() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let mut v2 = full_spec(&w, "v2");
+    v2["custom_nodes"].as_array_mut().unwrap().remove(1); // no node-b
+    write_spec_as(&w, "v2", &v2);
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    realize_ok(&w, "v2", &w.env.path("home2"), &[]);
+    let diff = |args: &[&str]| -> Value {
+        let out = w
+            .cmd(&w.env.store)
+            .arg("--json")
+            .arg("diff")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let by_id = diff(&["v1", "v2"])["changes"].clone();
+    assert!(
+        by_id
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "node-b" && c["b"].is_null()),
+        "{by_id}"
+    );
+    let v1_file = w.env.work.join("versions/v1.json");
+    let v2_file = w.env.work.join("versions/v2.json");
+    assert_eq!(
+        diff(&[v1_file.to_str().unwrap(), v2_file.to_str().unwrap()])["changes"],
+        by_id
+    );
+    assert_eq!(
+        diff(&["--target", home.to_str().unwrap(), "v2"])["changes"],
+        by_id
+    );
+    assert_eq!(diff(&[home.to_str().unwrap(), "v2"])["changes"], by_id);
+    assert_eq!(
+        diff(&["--target", home.to_str().unwrap(), "v1"])["changes"],
+        json!([])
+    );
+
+    for sub in [
+        &["diff"][..],
+        &["realize"],
+        &["store", "du"],
+        &["gc"],
+        &["history"],
+    ] {
+        let out = w
+            .cmd(&w.env.store)
+            .args(sub)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&out).contains("Examples:\n  comfix"),
+            "{sub:?}: {}",
+            stdout(&out)
+        );
+    }
 }
