@@ -19,6 +19,7 @@
 mod link;
 mod manager;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -936,14 +937,17 @@ fn loader_knows_is_default(core: &Path) -> bool {
 }
 
 /// Files comfix made in a generation, relative to its directory.
-fn known_files(generation: &Generation, placed: &[Placed]) -> HashSet<String> {
-    let mut known: HashSet<String> = placed.iter().map(|p| p.path.clone()).collect();
-    known.insert("ComfyUI/extra_model_paths.yaml".into());
+fn known_files<'a>(generation: &'a Generation, placed: &'a [Placed]) -> HashSet<Cow<'a, str>> {
+    let mut known: HashSet<Cow<'a, str>> = placed
+        .iter()
+        .map(|p| Cow::Borrowed(p.path.as_str()))
+        .collect();
+    known.insert(Cow::Borrowed("ComfyUI/extra_model_paths.yaml"));
     for dir in USER_DATA {
-        known.insert(format!("ComfyUI/{dir}"));
+        known.insert(Cow::Owned(format!("ComfyUI/{dir}")));
     }
     for mount in &generation.mounts {
-        known.insert(mount.at.clone());
+        known.insert(Cow::Borrowed(mount.at.as_str()));
     }
     known
 }
@@ -1009,7 +1013,7 @@ fn user_added(
     };
     let mut out = Vec::new();
     let mut add = |rel: String, path: PathBuf| {
-        if !known.contains(&rel) && !managed(&rel, generation) {
+        if !known.contains(rel.as_str()) && !managed(&rel, generation) {
             out.push((rel, path));
         }
     };
@@ -1297,10 +1301,17 @@ fn drift(
         .par_iter()
         .map(|(i, stamp)| {
             let file = &placed[*i];
-            let at = dir.join(&file.path);
             let Some(stamp) = stamp else {
                 return State::Missing;
             };
+            if !check_contents
+                && file.link.is_none()
+                && stamp.is_file
+                && file.looks_unchanged(stamp)
+            {
+                return State::Same;
+            }
+            let at = dir.join(&file.path);
             if let Some(target) = &file.link {
                 let now = fs::read_link(&at).ok();
                 return if now.as_deref() == Some(Path::new(target)) {
