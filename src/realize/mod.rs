@@ -630,6 +630,30 @@ pub fn realize(
         mode,
     )?);
     placed.extend(files);
+    // The directories realize writes into must be the core's own, not links out of the home: a
+    // core tree with `custom_nodes -> /elsewhere` would make node placement write there.
+    for rel in ["custom_nodes", "custom_nodes/.disabled", "models"]
+        .into_iter()
+        .chain(USER_DATA)
+    {
+        let at = building.join("ComfyUI").join(rel);
+        if let Ok(meta) = fs::symlink_metadata(&at) {
+            if meta.file_type().is_symlink() || !meta.is_dir() {
+                return Err(RealizeError::Unsafe {
+                    path: PathBuf::from("ComfyUI").join(rel),
+                    what: format!(
+                        "{} in the core `{}`",
+                        if meta.file_type().is_symlink() {
+                            "a symlink"
+                        } else {
+                            "not a directory"
+                        },
+                        lock.comfy.store_path
+                    ),
+                });
+            }
+        }
+    }
     // A shallow `.git` at the locked commit, as the nodes have: ComfyUI-Manager and comfy-cli
     // read the core's commit and version from it.
     match manager::make_worktree(

@@ -1120,3 +1120,36 @@ fn diff_compares_ids_spec_files_and_homes() {
         );
     }
 }
+
+/// A core whose tree links `custom_nodes` (or a user data folder) out of the home is refused
+/// before any node is placed: nothing is written where the link points.
+#[test]
+fn a_core_linking_its_folders_out_of_the_home_is_refused() {
+    let w = World::new();
+    let outside = w.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for folder in ["custom_nodes", "output"] {
+        let mut core = TestRepo::new(&w.env.path(&format!("repos/evil-{folder}.git")));
+        core.commit(
+            "master",
+            &[
+                ("main.py", Entry::File(b"print('core')\n")),
+                (folder, Entry::Link(outside.to_str().unwrap())),
+            ],
+        );
+        let id = format!("evil-{folder}");
+        let mut spec = full_spec(&w, &id);
+        spec["comfy"] = json!({ "repo": core.url(), "ref": "master" });
+        write_spec_as(&w, &id, &spec);
+        let home = w.env.path(&format!("home-{folder}"));
+        let out = realize(&w, &id, &home, &[]);
+        assert_eq!(out.status.code(), Some(1), "{folder}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("ComfyUI/{folder}`")),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{folder}");
+        assert!(!home.join(".comfix/current").exists());
+    }
+}
