@@ -67,11 +67,10 @@ fn spec_lock(spec_path: &std::path::Path, shown: &str) -> anyhow::Result<Lock> {
 /// The lock the current generation of `home` was realized from (its manifest in the store).
 fn home_lock(home: &std::path::Path, context: &Context) -> anyhow::Result<Lock> {
     let store = context.open_existing_store()?;
-    let status = crate::realize::status(&store, home, false)?;
-    let manifest = store.path_of(&status.manifest);
+    let name = crate::realize::current_manifest(home)?;
     Ok(
-        Lock::read(&manifest)?.ok_or_else(|| crate::store::StoreError::NotValid {
-            arg: status.manifest.clone(),
+        Lock::read(&store.path_of(&name))?.ok_or_else(|| crate::store::StoreError::NotValid {
+            arg: name.clone(),
             root: store.root().to_path_buf(),
         })?,
     )

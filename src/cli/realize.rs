@@ -102,12 +102,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         let store = Store::open_existing(&context.store_dir)?;
         // The venv's name needs uv and the interpreter; without them the step is just "build".
         let venv = match (&store, old.as_ref().and_then(|l| l.python.as_ref())) {
-            (Some(store), Some(python)) => crate::python::find_uv(store)
-                .and_then(|uv| {
-                    let interpreter = uv.interpreter(Some(&python.version))?;
-                    Ok(crate::python::venv_name(&uv, &interpreter, python))
-                })
-                .ok(),
+            (Some(store), Some(python)) => venv_name_of(store, python).ok(),
             _ => None,
         };
         let mut plan = crate::plan::plan(store.as_ref(), spec, old.as_ref(), venv.as_deref());
@@ -129,15 +124,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         );
     }
     if args.frozen {
-        match &old {
-            None => return Err(FrozenError::Missing(lock_path).into()),
-            Some(lock) => {
-                let stale = crate::resolve::stale_entries(spec, lock);
-                if !stale.is_empty() {
-                    return Err(FrozenError::Stale(stale).into());
-                }
-            }
-        }
+        frozen_lock(spec, old.as_ref(), &lock_path)?;
     }
 
     // Before anything is fetched or written: homes and stores never contain each other.
@@ -244,23 +231,10 @@ fn check(
     target: PathBuf,
     skip_models: bool,
 ) -> anyhow::Result<Outcome> {
-    let lock = match old {
-        None => return Err(FrozenError::Missing(lock_path.to_path_buf()).into()),
-        Some(lock) => {
-            let stale = crate::resolve::stale_entries(spec, lock);
-            if !stale.is_empty() {
-                return Err(FrozenError::Stale(stale).into());
-            }
-            lock
-        }
-    };
+    let lock = frozen_lock(spec, old, lock_path)?;
     let store = context.open_existing_store()?;
     let venv = match &lock.python {
-        Some(python) => {
-            let uv = crate::python::find_uv(&store)?;
-            let interpreter = uv.interpreter(Some(&python.version))?;
-            Some(crate::python::venv_name(&uv, &interpreter, python))
-        }
+        Some(python) => Some(venv_name_of(&store, python)?),
         None => None,
     };
     let report = realize::realize(
@@ -308,6 +282,27 @@ fn check(
     } else {
         Outcome::Failure
     })
+}
+
+/// The lock beside the spec, which must exist and match the spec (`--frozen`, `--check`).
+fn frozen_lock<'a>(
+    spec: &Spec,
+    old: Option<&'a Lock>,
+    lock_path: &std::path::Path,
+) -> anyhow::Result<&'a Lock> {
+    let lock = old.ok_or_else(|| FrozenError::Missing(lock_path.to_path_buf()))?;
+    let stale = crate::resolve::stale_entries(spec, lock);
+    if !stale.is_empty() {
+        return Err(FrozenError::Stale(stale).into());
+    }
+    Ok(lock)
+}
+
+/// The name the venv of `python` has (or would have) in the store on this machine.
+fn venv_name_of(store: &Store, python: &crate::lockfile::LockedPython) -> anyhow::Result<String> {
+    let uv = crate::python::find_uv(store)?;
+    let interpreter = uv.interpreter(Some(&python.version))?;
+    Ok(crate::python::venv_name(&uv, &interpreter, python))
 }
 
 /// The venv of `python` in the store, built from its stored wheels when it is not there yet.

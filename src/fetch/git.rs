@@ -72,38 +72,20 @@ fn fetch_options<'a>() -> FetchOptions<'a> {
 /// `dst`: a depth-1 copy.
 pub fn copy_commit(src: &Repository, dst: &Repository, commit: Oid) -> Result<(), git2::Error> {
     let (from, to) = (src.odb()?, dst.odb()?);
-    let copy = |id: Oid| -> Result<(), git2::Error> {
+    for id in tree_objects(src, commit)? {
         if !to.exists(id) {
             let object = from.read(id)?;
             to.write(object.kind(), object.data())?;
         }
-        Ok(())
-    };
-    let tree = src.find_commit(commit)?.tree()?;
-    let mut stack = vec![tree.id()];
-    while let Some(tree_id) = stack.pop() {
-        copy(tree_id)?;
-        for entry in src.find_tree(tree_id)?.iter() {
-            match entry.kind() {
-                Some(ObjectType::Tree) => stack.push(entry.id()),
-                Some(ObjectType::Blob) => copy(entry.id())?,
-                _ => {} // submodule links point into other repositories
-            }
-        }
     }
-    copy(commit) // last: a mirror that has the commit has all it needs
+    let object = from.read(commit)?;
+    to.write(object.kind(), object.data())?; // last: a mirror that has the commit has all it needs
+    Ok(())
 }
 
-/// [`copy_commit`] into a fresh repository at `dst_dir`, the objects written by several threads
-/// (each with its own handles): a working tree's `.git` for a core of thousands of files is
-/// otherwise one zlib stream after another.
-pub fn copy_commit_parallel(
-    src_dir: &Path,
-    dst_dir: &Path,
-    commit: Oid,
-) -> Result<(), git2::Error> {
-    use rayon::prelude::*;
-    let src = Repository::open_bare(src_dir)?;
+/// The trees and blobs of `commit`'s tree, each once (submodule links point into other
+/// repositories and are left out).
+fn tree_objects(src: &Repository, commit: Oid) -> Result<Vec<Oid>, git2::Error> {
     let tree = src.find_commit(commit)?.tree()?;
     let mut ids = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -117,10 +99,24 @@ pub fn copy_commit_parallel(
             match entry.kind() {
                 Some(ObjectType::Tree) => stack.push(entry.id()),
                 Some(ObjectType::Blob) if seen.insert(entry.id()) => ids.push(entry.id()),
-                _ => {} // submodule links point into other repositories
+                _ => {}
             }
         }
     }
+    Ok(ids)
+}
+
+/// [`copy_commit`] into a fresh repository at `dst_dir`, the objects written by several threads
+/// (each with its own handles): a working tree's `.git` for a core of thousands of files is
+/// otherwise one zlib stream after another.
+pub fn copy_commit_parallel(
+    src_dir: &Path,
+    dst_dir: &Path,
+    commit: Oid,
+) -> Result<(), git2::Error> {
+    use rayon::prelude::*;
+    let src = Repository::open_bare(src_dir)?;
+    let ids = tree_objects(&src, commit)?;
     ids.par_chunks(128)
         .try_for_each(|chunk| -> Result<(), git2::Error> {
             let (src, dst) = (Repository::open_bare(src_dir)?, Repository::open(dst_dir)?);

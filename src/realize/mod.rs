@@ -559,9 +559,11 @@ pub fn realize(
     // Re-realizing what is already current is a check, not work — unless the home drifted: then
     // a new generation puts every managed file back.
     let mut drifted = Vec::new();
+    let mut current_files = None;
     if let Some(n) = current {
         if let Ok(generation) = home.read_generation(n) {
-            let found = drift(store, &home, n, &generation, &home.read_files(n), false)?;
+            let placed = home.read_files(n);
+            let found = drift(store, &home, n, &generation, &placed, false)?;
             drifted.extend(found.changed.iter().map(|p| format!("changed:{p}")));
             drifted.extend(found.missing.iter().map(|p| format!("missing:{p}")));
             let same = generation.key == key && drifted.is_empty();
@@ -590,6 +592,7 @@ pub fn realize(
                     found.changed.len()
                 );
             }
+            current_files = Some((generation, placed));
         }
     }
     if options.check {
@@ -834,9 +837,15 @@ pub fn realize(
 
     // Files the user added to the current generation's trees come along; edits of managed
     // files are kept aside, never dropped.
-    let carried = match current {
-        Some(n) => carry_user_files(&home, n, &building)?,
-        None => 0,
+    let carried = match (current, &current_files) {
+        (Some(n), Some((generation, placed))) => {
+            carry_user_files(&home, n, generation, placed, &building)?
+        }
+        (Some(n), None) => {
+            let generation = home.read_generation(n)?;
+            carry_user_files(&home, n, &generation, &home.read_files(n), &building)?
+        }
+        (None, _) => 0,
     };
     let mut saved = Vec::new();
     if let Some(n) = current {
@@ -1103,10 +1112,15 @@ fn user_added(
 }
 
 /// Hard-link the files a user added to generation `from` into the generation being built.
-fn carry_user_files(home: &Home, from: u32, building: &Path) -> Result<usize, RealizeError> {
+fn carry_user_files(
+    home: &Home,
+    from: u32,
+    generation: &Generation,
+    placed: &[Placed],
+    building: &Path,
+) -> Result<usize, RealizeError> {
     let mut carried = 0;
-    let generation = home.read_generation(from)?;
-    for (rel, path) in user_added(home, from, &generation, &home.read_files(from))? {
+    for (rel, path) in user_added(home, from, generation, placed)? {
         let to = building.join(&rel);
         if fs::symlink_metadata(&to).is_ok() {
             tracing::warn!(
@@ -1155,7 +1169,14 @@ pub fn rollback(target: &Path) -> Result<RollbackReport, RealizeError> {
                 current,
             })?;
     let generation = home.read_generation(previous)?;
-    carry_user_files(&home, current, &home.generation_dir(previous))?;
+    let generation_now = home.read_generation(current)?;
+    carry_user_files(
+        &home,
+        current,
+        &generation_now,
+        &home.read_files(current),
+        &home.generation_dir(previous),
+    )?;
     home.ensure_top_links(
         generation.models_dir == home.root.join("models"),
         generation.mounts.iter().any(|m| m.kind == "venv"),
@@ -1179,6 +1200,16 @@ pub struct HistoryEntry {
     pub link_modes: BTreeMap<String, UsedMode>,
     /// The home manifest (its `lock.json` is the lock this generation was realized from).
     pub manifest: String,
+}
+
+/// The home manifest store path of the current generation of the home at `target` (its
+/// `lock.json` is the lock that generation was realized from).
+pub fn current_manifest(target: &Path) -> Result<String, RealizeError> {
+    let home = Home::new(target)?;
+    let n = home.current().ok_or_else(|| RealizeError::NotAHome {
+        path: home.root.clone(),
+    })?;
+    Ok(home.read_generation(n)?.manifest)
 }
 
 /// Every generation of the home at `target`, oldest first.

@@ -115,12 +115,15 @@ impl DiskIndex {
         // inode → (entry, links inside the removed set)
         let mut seen: HashMap<(u64, u64), (Entry, u64)> = HashMap::new();
         let unique: HashSet<&PathBuf> = trees.iter().collect();
+        for tree in &unique {
+            self.tree(tree); // walked once, then read in place
+        }
         for tree in unique {
-            for entry in self.tree(tree).to_vec() {
+            for entry in &self.trees[tree] {
                 if entry.kind == Kind::Dir {
                     bytes.disk += entry.disk;
                 } else {
-                    seen.entry(entry.key).or_insert((entry, 0)).1 += 1;
+                    seen.entry(entry.key).or_insert((*entry, 0)).1 += 1;
                 }
             }
         }
