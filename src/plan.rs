@@ -126,11 +126,11 @@ pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Optio
             push(
                 "fetch-model",
                 name,
-                &model.source,
+                model.source.as_str(),
                 locked.map(|m| (m.store_path.clone(), Some(m.size))),
             );
             if optional_missing {
-                optional.push(model.source.clone());
+                optional.push(model.source.to_string());
             }
         }
     }

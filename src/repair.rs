@@ -173,16 +173,12 @@ async fn repair_one(
                 what: format!("repair of `{name}`"),
                 message: e.to_string(),
             })?;
-            let source = if parsed.scheme() == "file" {
-                model::Source::parse(url)?
-            } else {
-                model::Source::Url(parsed.clone())
-            };
+            // The lock's URL is the pinned download (or the `file://` source itself).
+            let source = crate::spec::ModelSource::parse(url);
             let lock = |hex: &String| crate::fetch::Expected::new(hex, crate::fetch::Origin::Lock);
             let request = model::ModelRequest {
                 what: format!("model `{filename}`"),
                 source,
-                source_text: url.clone(),
                 file_name: Some(filename.clone()),
                 derived_name: filename.clone(),
                 pinned: (parsed.scheme() != "file").then(|| model::Pinned {

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::fetch::http::Client;
-use crate::fetch::model::{self, Source};
+use crate::fetch::model;
 use crate::fetch::{git, registry, Expected, FetchError, Origin};
 use crate::lockfile::{
     Lock, LockedGit, LockedModel, LockedNode, LockedRegistry, LockedWorkflow, LOCK_VERSION,
 };
 use crate::reporter::Reporter;
-use crate::spec::{CustomNode, Model, NodeSource, Spec};
+use crate::spec::{CustomNode, Model, NodeSource, SourceKind, Spec};
 use crate::store::{sanitize_name, Store};
 
 /// Which entries to resolve again even though the lock has them.
@@ -493,7 +493,6 @@ impl Resolver {
                     ));
                 }
             }
-            let source = Source::parse(&model.source)?;
             let spec_digest = |value: &Option<String>, field: &str| {
                 value.as_ref().map(|hex| {
                     Expected::new(
@@ -508,25 +507,26 @@ impl Resolver {
                 |value: Option<&String>| value.map(|h| Expected::new(h, Origin::Lock));
             let request = model::ModelRequest {
                 what: format!("model `{label}`"),
-                source: source.clone(),
-                source_text: model.source.clone(),
+                source: model.source.clone(),
                 file_name: model
                     .filename
                     .clone()
                     .or_else(|| keep.as_ref().map(|k| k.filename.clone())),
                 derived_name: model.file_name(),
                 pinned: match &keep {
-                    Some(k) if !matches!(source, Source::File(_)) => Some(model::Pinned {
-                        url: url::Url::parse(&k.url).map_err(|e| FetchError::Api {
-                            what: format!("model `{label}`"),
-                            message: format!("bad URL in the lock: {e}"),
-                        })?,
-                        revision: k.revision.clone(),
-                        size: Some(k.size),
-                        sha256: k.sha256.clone(),
-                        blake3: Some(k.blake3.clone()),
-                        file_name: Some(k.filename.clone()),
-                    }),
+                    Some(k) if !matches!(model.source.kind(), Ok(SourceKind::File(_))) => {
+                        Some(model::Pinned {
+                            url: url::Url::parse(&k.url).map_err(|e| FetchError::Api {
+                                what: format!("model `{label}`"),
+                                message: format!("bad URL in the lock: {e}"),
+                            })?,
+                            revision: k.revision.clone(),
+                            size: Some(k.size),
+                            sha256: k.sha256.clone(),
+                            blake3: Some(k.blake3.clone()),
+                            file_name: Some(k.filename.clone()),
+                        })
+                    }
                     _ => None,
                 },
                 sha256: spec_digest(&model.sha256, "sha256")
@@ -534,8 +534,8 @@ impl Resolver {
                 blake3: spec_digest(&model.blake3, "blake3")
                     .or_else(|| lock_digest(keep.as_ref().map(|k| &k.blake3))),
             };
-            let _permit = match source {
-                Source::File(_) => None,
+            let _permit = match model.source.kind() {
+                Ok(SourceKind::File(_)) => None,
                 _ if client.config().offline => None,
                 _ => Some(
                     jobs.acquire_owned()
@@ -545,7 +545,7 @@ impl Resolver {
             };
             let fetched = model::fetch(&client, &store, reporter.as_ref(), &request).await?;
             let locked = LockedModel {
-                source: model.source.clone(),
+                source: model.source.to_string(),
                 name: model.name.clone(),
                 target_subdir: model.target_subdir.clone(),
                 filename: fetched.file_name,

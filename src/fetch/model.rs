@@ -7,82 +7,8 @@ use url::Url;
 use super::http::{safe_file_name, Auth, Client, Download, Got};
 use super::{local, Expected, FetchConfig, FetchError, Origin};
 use crate::reporter::Reporter;
+use crate::spec::{ModelSource, SourceKind};
 use crate::store::{sanitize_name, AddOptions, Store};
-
-/// A parsed model source.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    HuggingFace {
-        repo: String,
-        path: String,
-        revision: String,
-    },
-    Civitai {
-        version_id: String,
-    },
-    Url(Url),
-    File(std::path::PathBuf),
-}
-
-impl Source {
-    pub fn parse(source: &str) -> Result<Source, FetchError> {
-        let bad = |message: &str| FetchError::Api {
-            what: format!("model source `{source}`"),
-            message: message.to_string(),
-        };
-        if let Some(rest) = source.strip_prefix("hf://") {
-            let (path, revision) = match rest.rsplit_once('@') {
-                Some((path, rev)) if !rev.contains('/') => (path, rev.to_string()),
-                _ => (rest, "main".to_string()),
-            };
-            let mut parts = path.splitn(3, '/');
-            let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(bad("expected `hf://<owner>/<repo>/<path>[@<revision>]`"));
-            };
-            return Ok(Source::HuggingFace {
-                repo: format!("{owner}/{repo}"),
-                path: file.to_string(),
-                revision,
-            });
-        }
-        if let Some(id) = source.strip_prefix("civitai://") {
-            return Ok(Source::Civitai {
-                version_id: id.to_string(),
-            });
-        }
-        let url = Url::parse(source).map_err(|e| bad(&e.to_string()))?;
-        if url.scheme() == "file" {
-            return url
-                .to_file_path()
-                .map(Source::File)
-                .map_err(|_| bad("not a local file path"));
-        }
-        if url
-            .host_str()
-            .is_some_and(|h| h == "civitai.com" || h.ends_with(".civitai.com"))
-        {
-            if let Some(id) = civitai_version_in_url(&url) {
-                return Ok(Source::Civitai { version_id: id });
-            }
-            return Err(bad(
-                "a civitai.com URL must name a model version (`?modelVersionId=<id>` or `/api/download/models/<id>`)",
-            ));
-        }
-        Ok(Source::Url(url))
-    }
-}
-
-fn civitai_version_in_url(url: &Url) -> Option<String> {
-    if let Some((_, id)) = url.query_pairs().find(|(k, _)| k == "modelVersionId") {
-        return Some(id.into_owned());
-    }
-    let segments: Vec<&str> = url.path_segments()?.collect();
-    match segments.as_slice() {
-        ["api", "download", "models", id, ..] => Some(id.to_string()),
-        _ => None,
-    }
-}
 
 /// The credential for `url`, if it belongs to Hugging Face or CivitAI. Tokens are matched by
 /// host, so a lock's pinned URL gets the right token without the lock ever holding one.
@@ -149,10 +75,10 @@ struct CivitaiFile {
 }
 
 /// Pin a remote source: ask the source what the file is (`file://` sources are not remote).
-pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned, FetchError> {
+pub async fn pin(client: &Client, what: &str, source: &SourceKind) -> Result<Pinned, FetchError> {
     let config = client.config();
     match source {
-        Source::HuggingFace {
+        SourceKind::HuggingFace {
             repo,
             path,
             revision,
@@ -186,7 +112,7 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
                 file_name: None,
             })
         }
-        Source::Civitai { version_id } => {
+        SourceKind::Civitai { version_id } => {
             let url = config
                 .civitai_api
                 .join(&format!("model-versions/{version_id}"))
@@ -222,7 +148,7 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
                 file_name: file.name.clone(),
             })
         }
-        Source::Url(url) => Ok(Pinned {
+        SourceKind::Url(url) => Ok(Pinned {
             url: url.clone(),
             revision: None,
             size: None,
@@ -230,7 +156,7 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
             blake3: None,
             file_name: None,
         }),
-        Source::File(path) => Err(FetchError::Api {
+        SourceKind::File(path) => Err(FetchError::Api {
             what: what.to_string(),
             message: format!("`{}` is a local file, not a remote source", path.display()),
         }),
@@ -243,9 +169,8 @@ pub async fn pin(client: &Client, what: &str, source: &Source) -> Result<Pinned,
 pub struct ModelRequest {
     /// For messages: `model `wan-vae``.
     pub what: String,
-    pub source: Source,
-    /// The source as written (a `file://` URL is also the locked URL).
-    pub source_text: String,
+    /// The source as written (a `file://` URL is also the locked URL), parsed.
+    pub source: ModelSource,
     /// The file name when it is fixed: the spec's `filename`, or the lock's.
     pub file_name: Option<String>,
     /// The name derived from the source's last path segment.
@@ -285,9 +210,9 @@ fn expected_digests(
     request: &ModelRequest,
     pinned: &Pinned,
 ) -> Result<(Option<Expected>, Option<Expected>), FetchError> {
-    let who = match &request.source {
-        Source::Civitai { .. } => "the CivitAI API",
-        Source::HuggingFace { .. } => "Hugging Face",
+    let who = match request.source.kind() {
+        Ok(SourceKind::Civitai { .. }) => "the CivitAI API",
+        Ok(SourceKind::HuggingFace { .. }) => "Hugging Face",
         _ => "the source",
     };
     let reported = |hex: &Option<String>| {
@@ -348,7 +273,7 @@ fn fetch_local(
     let digest = staged.blake3;
     let added = store.add_staged(staged.staging, "model", &options, Some(digest))?;
     Ok(FetchedModel {
-        url: request.source_text.clone(),
+        url: request.source.to_string(),
         revision: None,
         file_name,
         size: staged.size,
@@ -367,17 +292,21 @@ pub async fn fetch(
     request: &ModelRequest,
 ) -> Result<FetchedModel, FetchError> {
     let what = &request.what;
-    if let Source::File(path) = &request.source {
+    let kind = request.source.kind().map_err(|message| FetchError::Api {
+        what: format!("model source `{}`", request.source),
+        message: message.to_string(),
+    })?;
+    if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
     }
     if client.config().offline {
         return Err(FetchError::Offline {
-            missing: vec![format!("{what} ({})", request.source_text)],
+            missing: vec![format!("{what} ({})", request.source)],
         });
     }
     let pinned = match &request.pinned {
         Some(p) => p.clone(),
-        None => pin(client, what, &request.source).await?,
+        None => pin(client, what, kind).await?,
     };
     let (sha256, blake3) = expected_digests(request, &pinned)?;
     let fixed_name = request.file_name.clone().or_else(|| {
@@ -446,35 +375,6 @@ pub async fn fetch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sources_parse() {
-        assert_eq!(
-            Source::parse("hf://org/repo/dir/f.safetensors@abc").unwrap(),
-            Source::HuggingFace {
-                repo: "org/repo".into(),
-                path: "dir/f.safetensors".into(),
-                revision: "abc".into()
-            }
-        );
-        assert_eq!(
-            Source::parse("https://civitai.com/models/1?modelVersionId=42").unwrap(),
-            Source::Civitai {
-                version_id: "42".into()
-            }
-        );
-        assert_eq!(
-            Source::parse("https://civitai.com/api/download/models/7").unwrap(),
-            Source::Civitai {
-                version_id: "7".into()
-            }
-        );
-        assert!(Source::parse("https://civitai.com/models/1").is_err());
-        assert!(matches!(
-            Source::parse("file:///tmp/x").unwrap(),
-            Source::File(_)
-        ));
-    }
 
     #[test]
     fn etags() {

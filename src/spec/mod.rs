@@ -5,6 +5,7 @@
 //! path of the field and what is wrong. Unknown fields are rejected with a hint.
 
 mod env;
+mod source;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use env::{ExpandedEnv, Secret};
+pub use source::{ModelSource, SourceKind};
 pub use validate::check_path_component;
 
 use crate::hint::Hint;
@@ -122,7 +124,7 @@ impl CustomNode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
-    pub source: String,
+    pub source: ModelSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,14 +146,7 @@ impl Model {
         if let Some(name) = &self.filename {
             return name.clone();
         }
-        let source = self.source.split(['?', '#']).next().unwrap_or_default();
-        let last = source.rsplit('/').next().unwrap_or_default();
-        let last = if self.source.starts_with("hf://") {
-            last.split('@').next().unwrap_or_default()
-        } else {
-            last
-        };
-        last.to_string()
+        self.source.derived_file_name()
     }
 
     /// Whether the version cannot be realized without this model (the default).

@@ -69,52 +69,15 @@ fn is_git_remote(repo: &str) -> bool {
     matches!(repo.split_once(':'), Some((host, path)) if !host.is_empty() && !path.is_empty() && !host.contains('/'))
 }
 
-fn is_model_source(source: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = source.split_once("://") else {
-        return Err(
-            "expected a URL: `hf://`, `civitai://`, `https://`, `http://` or `file://`".into(),
-        );
-    };
-    if source.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("must not contain spaces or control characters".into());
-    }
-    match scheme {
-        "hf" => {
-            let path = rest.split('@').next().unwrap_or_default();
-            let parts: Vec<&str> = path.split('/').collect();
-            if parts.len() < 3 || parts.iter().any(|p| p.is_empty()) {
-                return Err("expected `hf://<owner>/<repo>/<path>[@<revision>]`".into());
-            }
-            if parts.contains(&"..") {
-                return Err("`..` is not allowed in a Hugging Face path".into());
-            }
-            Ok(())
-        }
-        "civitai" => {
-            if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("expected `civitai://<model-version-id>` (a number)".into());
-            }
-            Ok(())
-        }
-        "https" | "http" => {
-            if rest.is_empty() {
-                return Err("the URL has no host or path".into());
-            }
-            Ok(())
-        }
-        "file" => {
-            let path = url::Url::parse(source)
-                .ok()
-                .and_then(|u| u.to_file_path().ok())
-                .ok_or("expected `file:///<absolute path>` (no host)")?;
-            match crate::fetch::local::refused_by_name(&path) {
-                Some(reason) => Err(reason),
-                None => Ok(()),
-            }
-        }
-        other => Err(format!(
-            "unsupported scheme `{other}`; expected `hf`, `civitai`, `https`, `http` or `file`"
-        )),
+/// The source's grammar is `ModelSource`'s; a `file://` path must also not name a kernel
+/// filesystem or device.
+fn is_model_source(source: &super::ModelSource) -> Result<(), String> {
+    match source.kind()? {
+        super::SourceKind::File(path) => match crate::fetch::local::refused_by_name(path) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        },
+        _ => Ok(()),
     }
 }
 
@@ -435,12 +398,7 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
 pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
     let mut issues = Issues(Vec::new());
     for (i, model) in spec.models.iter().enumerate() {
-        let Some(path) = model
-            .source
-            .starts_with("file://")
-            .then(|| url::Url::parse(&model.source).ok()?.to_file_path().ok())
-            .flatten()
-        else {
+        let Ok(super::SourceKind::File(path)) = model.source.kind() else {
             continue;
         };
         if let Some(reason) = std::fs::canonicalize(&path)
@@ -483,8 +441,7 @@ pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
 pub(super) fn warnings(spec: &Spec) -> Vec<Issue> {
     let mut issues = Issues(Vec::new());
     for (i, model) in spec.models.iter().enumerate() {
-        let civitai_default = model.filename.is_none()
-            && (model.source.starts_with("civitai://") || model.source.contains("civitai.com"));
+        let civitai_default = model.filename.is_none() && model.source.is_civitai();
         if civitai_default {
             continue; // the file's real name comes from the CivitAI API
         }
@@ -492,7 +449,7 @@ pub(super) fn warnings(spec: &Spec) -> Vec<Issue> {
         if super::has_model_extension(&name) {
             continue;
         }
-        let web = model.source.starts_with("http://") || model.source.starts_with("https://");
+        let web = model.source.is_web_url();
         let hint = if model.filename.is_none() && web {
             "the name the server gives (`Content-Disposition`) is used when it sends one; set `filename` to be sure"
         } else {

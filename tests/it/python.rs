@@ -314,6 +314,27 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
     assert!(status.status.success(), "{}", stderr(&status));
 }
 
+/// Without uv a Python version cannot be resolved: a user error (exit 1) that says how to get
+/// uv, not an internal one (exit 2 without a hint, as it used to be).
+#[test]
+fn realize_without_uv_is_a_user_error_with_a_hint() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    let out = world
+        .cmd()
+        .env_remove("COMFIX_UV")
+        .env("PATH", world.env.path("empty-bin"))
+        .args(["realize", "v1", "--target"])
+        .arg(world.env.path("home"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("uv is not installed"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!world.env.path("home/ComfyUI").exists());
+}
+
 #[test]
 fn realizing_again_or_elsewhere_with_the_same_requirements_reuses_the_venv() {
     let world = PyWorld::new();

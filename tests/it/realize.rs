@@ -609,6 +609,39 @@ fn offline_realize_from_a_complete_store_without_network() {
     realize_ok(&w, "v1", &w.env.path("home2"), &[]);
 }
 
+/// A store without its git mirrors (an imported store holds none) still realizes: the git nodes
+/// and the core are placed without `.git`, with a warning, instead of failing.
+#[test]
+fn a_store_without_git_mirrors_realizes_homes_without_dot_git() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::remove_dir_all(w.env.store.join("git")).unwrap();
+    let home = w.env.path("home");
+    let out = realize(&w, "v1", &home, &["--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the store has no mirror of the core's repository"),
+        "{err}"
+    );
+    assert!(
+        err.contains("node `node-a`: the store has no mirror"),
+        "{err}"
+    );
+    assert!(home.join("ComfyUI/main.py").is_file());
+    assert!(!home.join("ComfyUI/.git").exists());
+    assert!(home
+        .join("ComfyUI/custom_nodes/node-a/__init__.py")
+        .is_file());
+    assert!(!home.join("ComfyUI/custom_nodes/node-a/.git").exists());
+}
+
 #[test]
 fn link_modes_are_chosen_reported_and_overridable() {
     use std::os::unix::fs::MetadataExt;

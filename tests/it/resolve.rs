@@ -696,6 +696,39 @@ fn wrong_bytes_register_nothing_and_name_both_hashes() {
     assert!(stderr(&out).contains(&"ab".repeat(32)));
 }
 
+/// `@` is split in one place: the revision follows the last `@` (when it has no `/`), so a file
+/// whose name holds an `@` is fetched at that path and placed under that name. Validation, the
+/// file-name derivation and the fetcher used to split at different `@`s.
+#[test]
+fn an_at_sign_in_a_hugging_face_path_is_part_of_the_file_name() {
+    let w = World::new();
+    let model = pseudo_random(4096, 7);
+    w.hub.route(
+        &format!("/org/wan/resolve/{HF_COMMIT}/split/unet@fp8.safetensors"),
+        Route::file(model.clone()).header("X-Repo-Commit", HF_COMMIT),
+    );
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": format!("hf://org/wan/split/unet@fp8.safetensors@{HF_COMMIT}"), "target_subdir": "unet" }]),
+    ));
+    let out = w.resolve(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("warning"),
+        "the derived name has its extension: {}",
+        stderr(&out)
+    );
+    let lock = w.lock();
+    assert_eq!(lock["models"][0]["filename"], "unet@fp8.safetensors");
+    assert_eq!(lock["models"][0]["blake3"], blake3_hex(&model));
+    assert!(!w
+        .hub
+        .requests_to(&format!(
+            "/org/wan/resolve/{HF_COMMIT}/split/unet@fp8.safetensors"
+        ))
+        .is_empty());
+}
+
 #[test]
 fn missing_token_is_a_clear_error() {
     let w = World::new();

@@ -110,6 +110,19 @@ fn urls_sources_and_hashes_are_checked() {
         }),
         &["models[0].source: expected `hf://<owner>/<repo>/<path>[@<revision>]`"],
     );
+    // A civitai.com URL must name a version: it used to pass validation and fail at resolve.
+    assert_error(
+        check_value(&env, |s| {
+            s["models"][0]["source"] = json!("https://civitai.com/models/4201")
+        }),
+        &["models[0].source: a civitai.com URL must name a model version"],
+    );
+    assert_error(
+        check_value(&env, |s| {
+            s["models"][0]["source"] = json!("https://civitai.com/models/1?modelVersionId=x")
+        }),
+        &["models[0].source: a civitai.com URL must name a model version"],
+    );
     assert_error(
         check_value(&env, |s| s["models"][0]["sha256"] = json!("abc")),
         &["models[0].sha256: expected a SHA-256 digest as 64 hexadecimal digits"],
