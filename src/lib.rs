@@ -8,12 +8,14 @@
 //! - [`lockfile`]: the lock, `<id>.lock.json`, with every moving part pinned.
 //! - [`fetch`]: git mirrors and checkouts, registry packages, model downloads.
 //! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
+//! - [`build`]: derivations (one store path each) and the executor that runs their DAG.
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
+pub mod build;
 pub mod cli;
 pub mod fault;
 pub mod fetch;

@@ -7,9 +7,9 @@
 
 use serde::Serialize;
 
+use crate::build::Action;
 use crate::lockfile::Lock;
-use crate::resolve::{locked_core, locked_model, locked_node};
-use crate::spec::{NodeSource, Spec};
+use crate::spec::Spec;
 use crate::store::Store;
 
 /// One derivation.
@@ -53,150 +53,43 @@ pub struct Plan {
     pub totals: Totals,
 }
 
-fn step_id(kind: &str, name: &str, identity: &str) -> String {
-    let mut hasher = blake3::Hasher::new();
-    for part in [kind, name, identity] {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.finalize().to_hex()[..16].to_string()
-}
-
-/// Plan the realization of `spec` with `lock` against what `store` holds (`None`: an empty store).
+/// Plan the realization of `spec` with `lock` against what `store` holds (`None`: an empty store):
+/// the derivations [`crate::build::derivations`] gives — the ones the executor runs — each with
+/// whether the store already has its output.
 ///
 /// `venv` is the venv's input-addressed store path name when the caller could compute it (it
 /// depends on the machine's interpreter and uv).
-pub fn plan(store: Option<&Store>, spec: &Spec, lock: Option<&Lock>, venv: Option<&str>) -> Plan {
+pub fn plan(
+    store: Option<&Store>,
+    spec: &Spec,
+    lock: Option<&Lock>,
+    venv: Option<&str>,
+    skip_models: bool,
+) -> Plan {
     let valid = |path: &str| store.is_some_and(|s| s.query(path).ok().flatten().is_some());
-    let mut steps = Vec::new();
-    // Optional models the lock lacks: fetched when they can be, left out (warning) when not.
-    let mut optional: Vec<String> = Vec::new();
-    let mut push =
-        |kind: &'static str, name: String, source: &str, pinned: Option<(String, Option<u64>)>| {
-            let (output, state, download_bytes) = match pinned {
-                Some((path, _)) if valid(&path) => (Some(path), "valid", None),
-                Some((path, size)) => (Some(path), "fetch", size),
-                None => (None, "resolve", None),
+    let steps: Vec<Step> = crate::build::derivations(spec, lock, venv, skip_models)
+        .into_iter()
+        .map(|d| {
+            let state = match (&d.action, &d.output) {
+                (Action::Unpinned { optional: true }, _) => "optional",
+                (Action::Unpinned { optional: false }, _) => "resolve",
+                (Action::Home, _) => "build",
+                (Action::Venv { .. }, Some(out)) if valid(out) => "valid",
+                (Action::Venv { .. }, _) => "build",
+                (_, Some(out)) if valid(out) => "valid",
+                _ => "fetch",
             };
-            let identity = output.clone().unwrap_or_else(|| source.to_string());
-            steps.push(Step {
-                id: step_id(kind, &name, &identity),
-                kind,
-                name,
-                inputs: Vec::new(),
-                output,
+            Step {
+                download_bytes: d.download_bytes.filter(|_| state == "fetch"),
+                id: d.id,
+                kind: d.kind.as_str(),
+                name: d.name,
+                inputs: d.inputs,
+                output: d.output,
                 state,
-                download_bytes,
-            });
-        };
-
-    push(
-        "fetch-git",
-        "comfy".into(),
-        &spec.comfy.repo,
-        lock.and_then(|l| locked_core(spec, l))
-            .map(|g| (g.store_path.clone(), None)),
-    );
-    for node in &spec.custom_nodes {
-        let locked = lock.and_then(|l| locked_node(node, l));
-        match node.source() {
-            NodeSource::Git { repo } => push(
-                "fetch-git",
-                node.dir_name(),
-                repo,
-                locked
-                    .and_then(|n| n.git.as_ref())
-                    .map(|g| (g.store_path.clone(), None)),
-            ),
-            NodeSource::Registry { id, .. } => push(
-                "fetch-archive",
-                node.dir_name(),
-                id,
-                locked
-                    .and_then(|n| n.registry.as_ref())
-                    .map(|r| (r.store_path.clone(), None)),
-            ),
-        }
-    }
-    if !spec.options.skip_models {
-        for model in &spec.models {
-            let name = model.name.clone().unwrap_or_else(|| model.file_name());
-            let locked = lock.and_then(|l| locked_model(model, l));
-            let optional_missing = locked.is_none() && !model.is_required();
-            push(
-                "fetch-model",
-                name,
-                model.source.as_str(),
-                locked.map(|m| (m.store_path.clone(), Some(m.size))),
-            );
-            if optional_missing {
-                optional.push(model.source.to_string());
             }
-        }
-    }
-    let wheels = lock
-        .and_then(|l| l.python.as_ref())
-        .map(|p| p.wheels.as_slice())
-        .unwrap_or_default();
-    for wheel in wheels {
-        push(
-            "fetch-wheel",
-            wheel.filename.clone(),
-            &wheel.filename,
-            Some((wheel.store_path.clone(), None)),
-        );
-    }
-    match lock.and_then(|l| l.python.as_ref()) {
-        Some(python) => {
-            let first = steps.len() - wheels.len();
-            let inputs: Vec<String> = steps[first..].iter().map(|s| s.id.clone()).collect();
-            let (output, state) = match venv {
-                Some(name) if valid(name) => (Some(name.to_string()), "valid"),
-                Some(name) => (Some(name.to_string()), "build"),
-                None => (None, "build"),
-            };
-            steps.push(Step {
-                id: step_id("build-venv", &python.version, &inputs.join(",")),
-                kind: "build-venv",
-                name: format!("python{}", python.version),
-                inputs,
-                output,
-                state,
-                download_bytes: None,
-            });
-        }
-        // Not locked yet: whether there is a Python environment is known after resolving.
-        None if spec.python.is_some() => steps.push(Step {
-            id: step_id("fetch-wheel", "python", "python"),
-            kind: "fetch-wheel",
-            name: "python".into(),
-            inputs: Vec::new(),
-            output: None,
-            state: "resolve",
-            download_bytes: None,
-        }),
-        None => {}
-    }
-    for step in steps
-        .iter_mut()
-        .filter(|s| s.kind == "fetch-model" && s.output.is_none())
-    {
-        let source_id = |source: &String| step_id("fetch-model", &step.name, source);
-        if optional.iter().any(|source| source_id(source) == step.id) {
-            step.state = "optional";
-        }
-    }
-    let inputs: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
-    let identity = inputs.join(",");
-    steps.push(Step {
-        id: step_id("assemble-home", &spec.version_id, &identity),
-        kind: "assemble-home",
-        name: spec.version_id.clone(),
-        inputs,
-        output: None,
-        state: "build",
-        download_bytes: None,
-    });
+        })
+        .collect();
 
     let mut totals = Totals {
         steps: steps.len(),

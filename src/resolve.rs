@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::build::exec::{Executor, How};
+use crate::build::{Derivation, Kind};
 use crate::fetch::http::Client;
 use crate::fetch::model;
 use crate::fetch::{git, registry, Expected, FetchError, Origin};
@@ -64,17 +66,80 @@ pub struct Resolver {
     pub python: crate::python::PythonSettings,
     /// The spec's directory, which its `workflows` are relative to.
     pub spec_dir: std::path::PathBuf,
+    /// Runs the derivations of what is pinned (and remembers what it ran).
+    pub executor: Arc<Executor>,
 }
 
 type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), FetchError>>;
 
 impl Resolver {
-    fn offline(&self) -> bool {
-        self.client.config().offline
+    pub fn new(
+        executor: Arc<Executor>,
+        skip_models: bool,
+        python: crate::python::PythonSettings,
+        spec_dir: std::path::PathBuf,
+    ) -> Resolver {
+        Resolver {
+            store: executor.store.clone(),
+            client: executor.client.clone(),
+            reporter: executor.reporter.clone(),
+            skip_models,
+            python,
+            spec_dir,
+            executor,
+        }
     }
 
-    /// Resolve `spec` against `old`, fetching into the store.
+    /// Resolve `spec` against `old` and make every path of the lock valid in the store (the
+    /// venv is built by `realize`). A failure keeps what was pinned for the next resolve.
     pub async fn resolve(
+        &self,
+        spec: &Spec,
+        old: Option<&Lock>,
+        update: &Update,
+    ) -> Result<(Lock, Vec<ItemReport>), FetchError> {
+        let (mut lock, mut items) = self.pin(spec, old, update).await?;
+        let fetches: Vec<Derivation> =
+            crate::build::derivations(spec, Some(&lock), None, self.skip_models)
+                .into_iter()
+                .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
+                .collect();
+        if let Err(err) = self.executor.run(&fetches).await {
+            Partial::of(&lock).save(&self.store);
+            return Err(err);
+        }
+        // Kept optional models that could not be fetched again are left out of the lock.
+        for missing in self
+            .executor
+            .outcomes(&fetches)
+            .into_iter()
+            .filter(|o| o.outcome == How::Missing && o.output.is_none())
+        {
+            let Some(d) = fetches.iter().find(|d| d.id == missing.id) else {
+                continue;
+            };
+            let crate::build::Action::Model { locked } = &d.action else {
+                continue;
+            };
+            lock.models.retain(|m| m != locked);
+            items.retain(|i| !(i.kind == "model" && i.name == d.name));
+            items.push(report(
+                "model",
+                &d.name,
+                "missing",
+                "optional; not fetched",
+                "",
+            ));
+        }
+        Partial::clear(&self.store, &spec.version_id);
+        Ok((lock, items))
+    }
+
+    /// Pin `spec` against `old`: entries that still match are kept as they are; the others are
+    /// resolved, which fetches what is content-addressed (a checkout, an archive, a model, a
+    /// wheel) since its store path is its content's hash. The Python requirements are read from
+    /// the core's and nodes' trees, which the executor makes valid first.
+    pub async fn pin(
         &self,
         spec: &Spec,
         old: Option<&Lock>,
@@ -90,9 +155,6 @@ impl Resolver {
             );
         }
         let old = merged.as_ref().or(old);
-        if !self.skip_models {
-            self.check_model_space(spec, old)?;
-        }
 
         let core_name = sanitize_name(crate::spec::repo_basename(&spec.comfy.repo));
         let keep_core = old
@@ -106,7 +168,6 @@ impl Resolver {
             spec.comfy.git_ref.clone(),
             spec.comfy.commit.clone(),
             keep_core,
-            core_name,
             jobs.clone(),
         );
 
@@ -125,7 +186,6 @@ impl Resolver {
                         node.git_ref.clone(),
                         node.commit.clone(),
                         keep,
-                        sanitize_name(crate::spec::repo_basename(repo)),
                         jobs.clone(),
                     ))
                 }
@@ -200,6 +260,11 @@ impl Resolver {
         let mut locked_python = None;
         let mut python_progress = None;
         if let (true, Some(core)) = (errors.is_empty(), &comfy) {
+            if let Err(err) = self.trees_valid(core, &locked_nodes).await {
+                errors.push(err);
+            }
+        }
+        if let (true, Some(core)) = (errors.is_empty(), &comfy) {
             let old_python = old.and_then(|l| l.python.as_ref());
             match self
                 .resolve_python(
@@ -245,6 +310,14 @@ impl Resolver {
             }
         }
         if !errors.is_empty() {
+            // The kept models are run too, so every failure (every offline miss) is listed.
+            let kept: Vec<Derivation> = locked_models
+                .iter()
+                .map(|m| Derivation::model(m.name.clone().unwrap_or_else(|| m.filename.clone()), m))
+                .collect();
+            if let Err(err) = self.executor.run(&kept).await {
+                errors.push(err);
+            }
             // Keep what did resolve, so the next resolve starts from here.
             let partial = Partial {
                 version_id: spec.version_id.clone(),
@@ -270,22 +343,18 @@ impl Resolver {
         Ok((lock, reports))
     }
 
-    /// Fail before downloading when the models the lock pins and the store lacks do not fit on
-    /// the store's filesystem (sizes of models not pinned yet are checked per download).
-    fn check_model_space(&self, spec: &Spec, old: Option<&Lock>) -> Result<(), FetchError> {
-        let Some(old) = old else { return Ok(()) };
-        let mut needed = 0u64;
-        for model in &spec.models {
-            if let Some(locked) = locked_model(model, old) {
-                if self.store.query(&locked.store_path)?.is_none() {
-                    needed += locked.size;
-                }
+    /// Make the core's and the nodes' trees valid: the Python requirements are read from them.
+    async fn trees_valid(&self, core: &LockedGit, nodes: &[LockedNode]) -> Result<(), FetchError> {
+        let mut trees = vec![Derivation::git("core", "comfy".into(), core)];
+        for node in nodes {
+            if let Some(git) = &node.git {
+                trees.push(Derivation::git("node", node.name.clone(), git));
+            }
+            if let Some(registry) = &node.registry {
+                trees.push(Derivation::archive(node.name.clone(), registry));
             }
         }
-        if needed == 0 {
-            return Ok(());
-        }
-        crate::fetch::check_space("the models to download", self.store.root(), needed)
+        self.executor.run(&trees).await.map(|_| ())
     }
 
     /// Add the spec's workflow files to the store (they are part of the version's closure).
@@ -333,66 +402,41 @@ impl Resolver {
         git_ref: Option<String>,
         commit: Option<String>,
         keep: Option<LockedGit>,
-        path_name: String,
         jobs: Arc<tokio::sync::Semaphore>,
     ) -> Task<LockedGit> {
-        let store = self.store.clone();
-        let offline = self.offline();
+        let executor = self.executor.clone();
         tokio::spawn(async move {
+            if let Some(kept) = keep {
+                let item = report(kind, &label, "kept", &kept.commit, &kept.store_path);
+                return Ok((kept, item));
+            }
             let _permit = jobs
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            tokio::task::spawn_blocking(move || {
-                git::protect_mirror(&store, &repo)?;
-                let action = if keep.is_some() { "kept" } else { "resolved" };
-                if let Some(kept) = &keep {
-                    // Protected first: a collector starting now keeps it; one that ran before is over.
-                    store.protect(&[&kept.store_path])?;
-                    if store.query(&kept.store_path)?.is_some() {
-                        return Ok((
-                            kept.clone(),
-                            report(kind, &label, action, &kept.commit, &kept.store_path),
-                        ));
-                    }
-                }
-                let commit = match &keep {
-                    Some(kept) => kept.commit.clone(),
-                    None => git::resolve(
-                        &store,
-                        &repo,
-                        git_ref.as_deref(),
-                        commit.as_deref(),
-                        !offline,
-                    )
-                    .map_err(|e| name_offline(e, &format!("{kind} `{label}` ({repo})")))?,
-                };
-                if !git::has_commit(&store, &repo, &commit) {
-                    if offline {
-                        return Err(FetchError::Offline {
-                            missing: vec![format!(
-                                "{kind} `{label}`: commit `{commit}` of `{repo}`"
-                            )],
-                        });
-                    }
-                    git::fetch_commit(&store, &repo, &commit, git_ref.as_deref())?;
-                    if !git::has_commit(&store, &repo, &commit) {
-                        return Err(FetchError::GitCommitNotFound { url: repo, commit });
-                    }
-                }
-                let added = git::checkout(&store, &repo, &commit, &path_name, !offline)
-                    .map_err(|e| name_offline(e, &format!("{kind} `{label}`")))?;
-                let locked = LockedGit {
+            let store = &executor.store;
+            let online = !executor.offline();
+            let what = format!("{kind} `{label}`");
+            tokio::task::block_in_place(|| {
+                git::protect_mirror(store, &repo)?;
+                let commit =
+                    git::resolve(store, &repo, git_ref.as_deref(), commit.as_deref(), online)
+                        .map_err(|e| name_offline(e, &format!("{what} ({repo})")))?;
+                let mut locked = LockedGit {
                     repo,
                     git_ref,
                     commit,
-                    store_path: added.record.name,
+                    store_path: String::new(),
                 };
-                let item = report(kind, &label, action, &locked.commit, &locked.store_path);
+                locked.store_path = crate::build::exec::checkout(store, &locked, &what, online)?;
+                executor.record(
+                    &Derivation::git(kind, label.clone(), &locked),
+                    Some(locked.store_path.clone()),
+                    How::Fetched,
+                );
+                let item = report(kind, &label, "resolved", &locked.commit, &locked.store_path);
                 Ok((locked, item))
             })
-            .await
-            .expect("git work does not panic")
         })
     }
 
@@ -407,45 +451,26 @@ impl Resolver {
         let store = self.store.clone();
         let client = self.client.clone();
         let reporter = self.reporter.clone();
+        let executor = self.executor.clone();
         tokio::spawn(async move {
-            let action = if keep.is_some() { "kept" } else { "resolved" };
-            if let Some(kept) = &keep {
-                // Protected first: a collector starting now keeps it; one that ran before is over.
-                store.protect(&[&kept.store_path])?;
-                if store.query(&kept.store_path)?.is_some() {
-                    return Ok((
-                        kept.clone(),
-                        report("node", &label, action, &kept.version, &kept.store_path),
-                    ));
-                }
+            if let Some(kept) = keep {
+                let item = report("node", &label, "kept", &kept.version, &kept.store_path);
+                return Ok((kept, item));
             }
             if client.config().offline {
-                let what = match &keep {
-                    Some(k) => format!("registry node `{label}` ({id} {})", k.version),
-                    None => format!(
+                return Err(FetchError::Offline {
+                    missing: vec![format!(
                         "registry node `{label}` ({id} {})",
                         version.as_deref().unwrap_or("latest")
-                    ),
-                };
-                return Err(FetchError::Offline {
-                    missing: vec![what],
+                    )],
                 });
             }
             let _permit = jobs
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (version, url, expected) = match &keep {
-                Some(k) => (
-                    k.version.clone(),
-                    k.download_url.clone(),
-                    Some(k.blake3.clone()),
-                ),
-                None => {
-                    let pinned = registry::pin(&client, &id, version.as_deref()).await?;
-                    (pinned.version, pinned.download_url, None)
-                }
-            };
+            let pinned = registry::pin(&client, &id, version.as_deref()).await?;
+            let (version, url) = (pinned.version, pinned.download_url);
             let (blake3, added) = registry::fetch(
                 &client,
                 &store,
@@ -453,7 +478,7 @@ impl Resolver {
                 &id,
                 &version,
                 &url,
-                expected.as_deref(),
+                None,
             )
             .await?;
             let locked = LockedRegistry {
@@ -463,7 +488,18 @@ impl Resolver {
                 blake3,
                 store_path: added.record.name,
             };
-            let item = report("node", &label, action, &locked.version, &locked.store_path);
+            executor.record(
+                &Derivation::archive(label.clone(), &locked),
+                Some(locked.store_path.clone()),
+                How::Fetched,
+            );
+            let item = report(
+                "node",
+                &label,
+                "resolved",
+                &locked.version,
+                &locked.store_path,
+            );
             Ok((locked, item))
         })
     }
@@ -476,22 +512,13 @@ impl Resolver {
         keep: Option<LockedModel>,
         jobs: Arc<tokio::sync::Semaphore>,
     ) -> Task<LockedModel> {
-        let store = self.store.clone();
-        let client = self.client.clone();
-        let reporter = self.reporter.clone();
+        let executor = self.executor.clone();
         tokio::spawn(async move {
-            let action = if keep.is_some() { "kept" } else { "resolved" };
             let pin_text =
                 |m: &LockedModel| format!("{} bytes, blake3:{}", m.size, &m.blake3[..16]);
-            if let Some(kept) = &keep {
-                // Protected first: a collector starting now keeps it; one that ran before is over.
-                store.protect(&[&kept.store_path])?;
-                if store.query(&kept.store_path)?.is_some() {
-                    return Ok((
-                        kept.clone(),
-                        report("model", &label, action, &pin_text(kept), &kept.store_path),
-                    ));
-                }
+            if let Some(kept) = keep {
+                let item = report("model", &label, "kept", &pin_text(&kept), &kept.store_path);
+                return Ok((kept, item));
             }
             let spec_digest = |value: &Option<String>, field: &str| {
                 value.as_ref().map(|hex| {
@@ -503,47 +530,31 @@ impl Resolver {
                     )
                 })
             };
-            let lock_digest =
-                |value: Option<&String>| value.map(|h| Expected::new(h, Origin::Lock));
             let request = model::ModelRequest {
                 what: format!("model `{label}`"),
                 source: model.source.clone(),
-                file_name: model
-                    .filename
-                    .clone()
-                    .or_else(|| keep.as_ref().map(|k| k.filename.clone())),
+                file_name: model.filename.clone(),
                 derived_name: model.file_name(),
-                pinned: match &keep {
-                    Some(k) if !matches!(model.source.kind(), Ok(SourceKind::File(_))) => {
-                        Some(model::Pinned {
-                            url: url::Url::parse(&k.url).map_err(|e| FetchError::Api {
-                                what: format!("model `{label}`"),
-                                message: format!("bad URL in the lock: {e}"),
-                            })?,
-                            revision: k.revision.clone(),
-                            size: Some(k.size),
-                            sha256: k.sha256.clone(),
-                            blake3: Some(k.blake3.clone()),
-                            file_name: Some(k.filename.clone()),
-                        })
-                    }
-                    _ => None,
-                },
-                sha256: spec_digest(&model.sha256, "sha256")
-                    .or_else(|| lock_digest(keep.as_ref().and_then(|k| k.sha256.as_ref()))),
-                blake3: spec_digest(&model.blake3, "blake3")
-                    .or_else(|| lock_digest(keep.as_ref().map(|k| &k.blake3))),
+                pinned: None,
+                sha256: spec_digest(&model.sha256, "sha256"),
+                blake3: spec_digest(&model.blake3, "blake3"),
             };
             let _permit = match model.source.kind() {
                 Ok(SourceKind::File(_)) => None,
-                _ if client.config().offline => None,
+                _ if executor.offline() => None,
                 _ => Some(
                     jobs.acquire_owned()
                         .await
                         .expect("the semaphore is never closed"),
                 ),
             };
-            let fetched = model::fetch(&client, &store, reporter.as_ref(), &request).await?;
+            let fetched = model::fetch(
+                &executor.client,
+                &executor.store,
+                executor.reporter.as_ref(),
+                &request,
+            )
+            .await?;
             let locked = LockedModel {
                 source: model.source.to_string(),
                 name: model.name.clone(),
@@ -557,10 +568,15 @@ impl Resolver {
                 blake3: fetched.blake3,
                 store_path: fetched.store_path,
             };
+            executor.record(
+                &Derivation::model(label.clone(), &locked),
+                Some(locked.store_path.clone()),
+                How::Fetched,
+            );
             let item = report(
                 "model",
                 &label,
-                action,
+                "resolved",
                 &pin_text(&locked),
                 &locked.store_path,
             );
@@ -584,6 +600,17 @@ struct Partial {
 }
 
 impl Partial {
+    /// A whole lock whose paths are not all in the store yet.
+    fn of(lock: &Lock) -> Partial {
+        Partial {
+            version_id: lock.version_id.clone(),
+            comfy: Some(lock.comfy.clone()),
+            custom_nodes: lock.custom_nodes.clone(),
+            models: lock.models.clone(),
+            python: lock.python.clone(),
+        }
+    }
+
     fn path(store: &Store, version_id: &str) -> std::path::PathBuf {
         store
             .root()
@@ -813,7 +840,7 @@ pub fn stale_entries(spec: &Spec, lock: &Lock) -> Vec<String> {
 }
 
 /// Attach which item an offline error is about.
-fn name_offline(err: FetchError, what: &str) -> FetchError {
+pub(crate) fn name_offline(err: FetchError, what: &str) -> FetchError {
     match err {
         FetchError::Offline { missing } => FetchError::Offline {
             missing: missing

@@ -8,6 +8,7 @@ use clap::Args;
 use super::resolve::{resolve_with, ResolveRun};
 use super::spec::SpecArg;
 use super::{format_bytes, Context, Outcome};
+use crate::build::exec::How;
 use crate::lockfile::{lock_path_for, Lock};
 use crate::realize::{self, LinkMode, RealizeOptions};
 use crate::resolve::Update;
@@ -105,10 +106,13 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             (Some(store), Some(python)) => venv_name_of(store, python).ok(),
             _ => None,
         };
-        let mut plan = crate::plan::plan(store.as_ref(), spec, old.as_ref(), venv.as_deref());
-        if skip_models {
-            plan.steps.retain(|s| s.kind != "fetch-model");
-        }
+        let plan = crate::plan::plan(
+            store.as_ref(),
+            spec,
+            old.as_ref(),
+            venv.as_deref(),
+            skip_models,
+        );
         print_plan(context, &plan, &target)?;
         return Ok(Outcome::Success);
     }
@@ -130,7 +134,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     // Before anything is fetched or written: homes and stores never contain each other.
     realize::check_apart(&context.store_dir, &target, args.models_dir.as_deref())?;
     let store = Arc::new(context.open_store()?);
-    let (lock, _items) = resolve_with(
+    let (mut lock, _items, session) = resolve_with(
         context,
         store.clone(),
         ResolveRun {
@@ -156,10 +160,33 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
     crate::fault::pause_point("realize-resolved");
-    let venv = match &lock.python {
-        Some(python) => Some(build_venv(&store, python)?),
+    // The plan with every pin known: what `--dry-run` shows now is what runs. What resolve
+    // already made valid is not run again (the executor remembers it).
+    let venv_name = match &lock.python {
+        Some(python) => Some(venv_name_of(&store, python)?),
         None => None,
     };
+    let plan = crate::build::derivations(spec, Some(&lock), venv_name.as_deref(), skip_models);
+    session.runtime.block_on(session.executor.run(&plan))?;
+    let outcomes = session.executor.outcomes(&plan);
+    let left_out: Vec<&crate::build::Derivation> = plan
+        .iter()
+        .filter(|d| {
+            outcomes
+                .iter()
+                .any(|o| o.id == d.id && o.outcome == How::Missing)
+        })
+        .collect();
+    for d in &left_out {
+        if let crate::build::Action::Model { locked } = &d.action {
+            lock.models.retain(|m| m != locked);
+        }
+    }
+    let venv = plan
+        .iter()
+        .find(|d| d.kind == crate::build::Kind::BuildVenv)
+        .and_then(|d| outcomes.iter().find(|o| o.id == d.id))
+        .and_then(|o| o.output.clone());
     let not_fetched: Vec<String> = if skip_models {
         Vec::new()
     } else {
@@ -172,7 +199,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             })
             .collect()
     };
-    let report = realize::realize(
+    let mut report = realize::realize(
         &store,
         &lock,
         &RealizeOptions {
@@ -185,6 +212,14 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             check: false,
         },
     )?;
+    let home = plan.last().expect("a plan ends with its home");
+    let how = if report.up_to_date {
+        How::Valid
+    } else {
+        How::Built
+    };
+    session.executor.record(home, None, how);
+    report.derivations = session.executor.outcomes(&plan);
     if context.json {
         context.print_json(&report)?;
     } else {
@@ -303,17 +338,6 @@ fn venv_name_of(store: &Store, python: &crate::lockfile::LockedPython) -> anyhow
     let uv = crate::python::find_uv(store)?;
     let interpreter = uv.interpreter(Some(&python.version))?;
     Ok(crate::python::venv_name(&uv, &interpreter, python))
-}
-
-/// The venv of `python` in the store, built from its stored wheels when it is not there yet.
-fn build_venv(store: &Store, python: &crate::lockfile::LockedPython) -> anyhow::Result<String> {
-    let uv = crate::python::find_uv(store)?;
-    let interpreter = uv.interpreter(Some(&python.version))?;
-    let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
-    if venv.built {
-        tracing::info!("built venv `{}`", venv.name);
-    }
-    Ok(venv.name)
 }
 
 fn print_plan(

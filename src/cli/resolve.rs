@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::spec::SpecArg;
 use super::{Context, Outcome};
+use crate::build::exec::Executor;
 use crate::fetch::http::Client;
 use crate::fetch::FetchConfig;
 use crate::lockfile::{lock_path_for, Lock};
@@ -45,29 +46,64 @@ pub struct ResolveRun<'a> {
     pub spec_dir: std::path::PathBuf,
 }
 
+/// One command's executor and the runtime it runs on: `realize` resolves and then runs the rest
+/// of the plan with the same executor, so each derivation runs once and is reported once.
+pub struct Session {
+    pub runtime: tokio::runtime::Runtime,
+    pub executor: Arc<Executor>,
+}
+
+impl Session {
+    pub fn new(
+        context: &Context,
+        store: Arc<Store>,
+        spec: &Spec,
+        offline: bool,
+        jobs: usize,
+        wheels_dir: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Session> {
+        let env = |k: &str| std::env::var(k).ok();
+        let offline = offline || spec.options.offline;
+        let config = FetchConfig::from_env(env, &spec.expand_env_available(env), offline, jobs)?;
+        let client = Arc::new(Client::new(Arc::new(config))?);
+        let executor = Arc::new(Executor::new(
+            store,
+            client,
+            context.reporter().into(),
+            wheels_dir,
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        Ok(Session { runtime, executor })
+    }
+}
+
 /// Resolve and fetch; returns the new lock and what happened to each entry.
 pub fn resolve_with(
     context: &Context,
     store: Arc<Store>,
     run: ResolveRun<'_>,
-) -> anyhow::Result<(Lock, Vec<ItemReport>)> {
-    let env = |k: &str| std::env::var(k).ok();
-    let offline = run.offline || run.spec.options.offline;
-    let config =
-        FetchConfig::from_env(env, &run.spec.expand_env_available(env), offline, run.jobs)?;
-    let client = Arc::new(Client::new(Arc::new(config))?);
-    let resolver = Resolver {
+) -> anyhow::Result<(Lock, Vec<ItemReport>, Session)> {
+    let session = Session::new(
+        context,
         store,
-        client,
-        reporter: context.reporter().into(),
-        skip_models: run.skip_models,
-        python: run.python.clone(),
-        spec_dir: run.spec_dir.clone(),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    Ok(runtime.block_on(resolver.resolve(run.spec, run.old, &run.update))?)
+        run.spec,
+        run.offline,
+        run.jobs,
+        run.python.wheels_dir.clone(),
+    )?;
+    let resolver = Resolver::new(
+        session.executor.clone(),
+        run.skip_models,
+        run.python.clone(),
+        run.spec_dir.clone(),
+    );
+    let (lock, items) =
+        session
+            .runtime
+            .block_on(resolver.resolve(run.spec, run.old, &run.update))?;
+    Ok((lock, items, session))
 }
 
 /// A directory given on the command line, made absolute: uv runs in another directory.
@@ -101,7 +137,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     };
     let store = Arc::new(context.open_store()?);
     let store_root = store.root().to_path_buf();
-    let (lock, items) = resolve_with(
+    let (lock, items, _session) = resolve_with(
         context,
         store,
         ResolveRun {

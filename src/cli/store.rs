@@ -382,12 +382,13 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let repaired = runtime.block_on(crate::repair::repair(
+    let executor = std::sync::Arc::new(crate::build::exec::Executor::new(
         store.clone(),
         client,
         context.reporter().into(),
-        &report,
+        None,
     ));
+    let repaired = runtime.block_on(crate::repair::repair(executor, &report));
     for name in &repaired.repaired {
         eprintln!("repaired	{}", store.path_of(name).display());
     }

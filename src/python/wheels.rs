@@ -1,4 +1,4 @@
-//! The Python part of `resolve`: requirements → a locked wheel set, every wheel in the store.
+//! The Python part of `resolve`: requirements → a locked wheel set; and how one wheel is fetched.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,14 +82,7 @@ impl Resolver {
                     .iter()
                     .map(|w| {
                         (
-                            PinnedWheel {
-                                name: w.name.clone(),
-                                version: w.version.clone(),
-                                filename: w.filename.clone(),
-                                url: w.url.clone().unwrap_or_default(),
-                                sha256: w.sha256.clone(),
-                                size: None,
-                            },
+                            pinned_of(w),
                             // An interrupted resolve keeps wheels it had not fetched yet unnamed.
                             (!w.store_path.is_empty()).then(|| w.store_path.clone()),
                         )
@@ -222,91 +215,120 @@ impl Resolver {
                 };
                 (locked, report)
             };
-            if let Some(path) = &kept {
-                // Protected first: a collector starting now keeps it; one that ran before is over.
-                store.protect(&[path])?;
-                if store.query(path)?.is_some() {
-                    return Ok(done(path.clone()));
-                }
+            // A kept wheel is pinned: the executor makes it valid with the rest of the lock.
+            if let Some(path) = kept {
+                return Ok(done(path));
             }
-            let what = format!("wheel `{}`", wheel.filename);
-            let options = AddOptions {
-                name: Some(sanitize_name(&wheel.filename)),
-                references: Vec::new(),
+            let source = WheelSource {
+                wheels_dir: wheels_dir.as_deref(),
+                from_lock: action == "kept",
             };
-            // The same file may be in the store already, for another version's lock.
-            if let Some(found) = tokio::task::block_in_place(|| stored_wheel(&store, &wheel))? {
-                return Ok(done(found));
-            }
-            if let Some(dir) = &wheels_dir {
-                let file = dir.join(&wheel.filename);
-                let added = tokio::task::block_in_place(|| {
-                    add_local_wheel(&store, &file, &wheel, &options, dir)
-                })?;
-                return Ok(done(added));
-            }
-            if wheel.url.is_empty() {
-                return Err(FetchError::Api {
-                    what,
-                    message: "the lock has no URL for it (it was resolved from a `--wheels-dir`); pass `--wheels-dir`".into(),
-                });
-            }
-            let url = url::Url::parse(&wheel.url).map_err(|e| FetchError::Api {
-                what: what.clone(),
-                message: format!("bad URL `{}`: {e}", wheel.url),
-            })?;
-            if url.scheme() == "file" {
-                let file = url.to_file_path().map_err(|()| FetchError::Api {
-                    what: what.clone(),
-                    message: format!("bad file URL `{url}`"),
-                })?;
-                let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
-                let added = tokio::task::block_in_place(|| {
-                    add_local_wheel(&store, &file, &wheel, &options, &dir)
-                })?;
-                return Ok(done(added));
-            }
-            if client.config().offline {
-                return Err(FetchError::Offline {
-                    missing: vec![format!("{what} ({})", wheel.url)],
-                });
-            }
-            let _permit = jobs
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let from = match action {
-                "kept" => Origin::Lock,
-                _ => Origin::Source {
-                    who: "the package index".into(),
-                },
-            };
-            let download = Download {
-                what,
-                auth: None,
-                url,
-                size: wheel.size,
-                sha256: Some(Expected::new(&wheel.sha256, from)),
-                blake3: None,
-                file_name: wheel.filename.clone(),
-                store_name: options.name.clone(),
-            };
-            match client
-                .download(&store, reporter.as_ref(), &download)
-                .await?
-            {
-                Got::Stored(stored) => Ok(done(stored.store_path)),
-                Got::Fetched(fetched) => {
-                    let fetched = *fetched;
-                    let digest = fetched.blake3;
-                    let added = tokio::task::block_in_place(|| {
-                        store.add_staged(fetched.staging, &wheel.filename, &options, Some(digest))
-                    })?;
-                    fetched.receipt.stored(&added.record.name);
-                    Ok(done(added.record.name))
-                }
-            }
+            let got =
+                fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
+            Ok(done(got))
         })
+    }
+}
+
+/// Where a wheel may come from besides its URL.
+pub struct WheelSource<'a> {
+    /// `--wheels-dir`: the only place wheels come from when given.
+    pub wheels_dir: Option<&'a Path>,
+    /// Whether the SHA-256 is the lock's (else the index's), for messages.
+    pub from_lock: bool,
+}
+
+impl WheelSource<'_> {
+    /// Whether fetching `url` needs the network.
+    pub fn needs_network(&self, url: Option<&str>) -> bool {
+        self.wheels_dir.is_none() && url.is_some_and(|u| !u.starts_with("file:"))
+    }
+}
+
+/// Put `wheel` into the store: the same file stored already, else from `--wheels-dir`, a
+/// `file://` URL, or a download bounded by `jobs`. Returns the store path.
+pub async fn fetch_wheel(
+    store: &Store,
+    client: &crate::fetch::http::Client,
+    reporter: &dyn crate::reporter::Reporter,
+    source: &WheelSource<'_>,
+    wheel: &PinnedWheel,
+    jobs: &tokio::sync::Semaphore,
+) -> Result<String, FetchError> {
+    let what = format!("wheel `{}`", wheel.filename);
+    let options = AddOptions {
+        name: Some(sanitize_name(&wheel.filename)),
+        references: Vec::new(),
+    };
+    // The same file may be in the store already, for another version's lock.
+    if let Some(found) = tokio::task::block_in_place(|| stored_wheel(store, wheel))? {
+        return Ok(found);
+    }
+    if let Some(dir) = source.wheels_dir {
+        let file = dir.join(&wheel.filename);
+        return tokio::task::block_in_place(|| add_local_wheel(store, &file, wheel, &options, dir));
+    }
+    if wheel.url.is_empty() {
+        return Err(FetchError::Api {
+            what,
+            message: "the lock has no URL for it (it was resolved from a `--wheels-dir`); pass `--wheels-dir`".into(),
+        });
+    }
+    let url = url::Url::parse(&wheel.url).map_err(|e| FetchError::Api {
+        what: what.clone(),
+        message: format!("bad URL `{}`: {e}", wheel.url),
+    })?;
+    if url.scheme() == "file" {
+        let file = url.to_file_path().map_err(|()| FetchError::Api {
+            what: what.clone(),
+            message: format!("bad file URL `{url}`"),
+        })?;
+        let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+        return tokio::task::block_in_place(|| {
+            add_local_wheel(store, &file, wheel, &options, &dir)
+        });
+    }
+    let _permit = jobs.acquire().await.expect("the semaphore is never closed");
+    let from = if source.from_lock {
+        Origin::Lock
+    } else {
+        Origin::Source {
+            who: "the package index".into(),
+        }
+    };
+    let download = Download {
+        what,
+        auth: None,
+        url,
+        size: wheel.size,
+        sha256: Some(Expected::new(&wheel.sha256, from)),
+        blake3: None,
+        file_name: wheel.filename.clone(),
+        store_name: options.name.clone(),
+    };
+    match client.download(store, reporter, &download).await? {
+        Got::Stored(stored) => Ok(stored.store_path),
+        Got::Fetched(fetched) => {
+            let fetched = *fetched;
+            let digest = fetched.blake3;
+            let added = tokio::task::block_in_place(|| {
+                store.add_staged(fetched.staging, &wheel.filename, &options, Some(digest))
+            })?;
+            fetched.receipt.stored(&added.record.name);
+            Ok(added.record.name)
+        }
+    }
+}
+
+/// The pin of a locked wheel, to fetch it again.
+pub fn pinned_of(wheel: &LockedWheel) -> PinnedWheel {
+    PinnedWheel {
+        name: wheel.name.clone(),
+        version: wheel.version.clone(),
+        filename: wheel.filename.clone(),
+        url: wheel.url.clone().unwrap_or_default(),
+        sha256: wheel.sha256.clone(),
+        size: None,
     }
 }
 

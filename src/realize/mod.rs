@@ -198,6 +198,10 @@ pub struct RealizeReport {
     pub drift: Vec<String>,
     /// Where the user's edits of managed files were kept (`.comfix/saved/<N>/<path>`).
     pub saved: Vec<PathBuf>,
+    /// What became of each derivation of the plan, under the plan's ids (filled in by the caller
+    /// that ran them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub derivations: Vec<crate::build::exec::Outcome>,
 }
 
 /// The paths of a home.
@@ -584,6 +588,7 @@ pub fn realize(
                     carried_user_files: 0,
                     drift: drifted,
                     saved: Vec::new(),
+                    derivations: Vec::new(),
                 });
             }
             if !found.changed.is_empty() {
@@ -930,6 +935,7 @@ pub fn realize(
         carried_user_files: carried,
         drift: drifted,
         saved,
+        derivations: Vec::new(),
     })
 }
 

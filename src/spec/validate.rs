@@ -401,7 +401,7 @@ pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
         let Ok(super::SourceKind::File(path)) = model.source.kind() else {
             continue;
         };
-        if let Some(reason) = std::fs::canonicalize(&path)
+        if let Some(reason) = std::fs::canonicalize(path)
             .ok()
             .and_then(|real| crate::fetch::local::refused_by_name(&real).map(|r| (real, r)))
             .map(|(real, r)| format!("it leads to `{}`: {r}", real.display()))
@@ -409,7 +409,7 @@ pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
             issues.add(format!("models[{i}].source"), reason);
             continue;
         }
-        if let Ok(meta) = std::fs::metadata(&path) {
+        if let Ok(meta) = std::fs::metadata(path) {
             if let Some((reason, hint)) = crate::fetch::local::refused_by_kind(&meta) {
                 match hint {
                     Some(hint) => issues.add_hint(format!("models[{i}].source"), reason, &hint),

@@ -1,0 +1,430 @@
+//! The executor: runs a DAG of derivations, each once per process.
+//!
+//! For each derivation whose inputs are done: its output is protected (a temporary root) *before*
+//! the store is asked whether it is valid; a valid output is done. Otherwise each substituter is
+//! asked; then, offline, a derivation that needs the network is refused (the one place that
+//! decides it: its description joins the list of what the store lacks); else it is fetched or
+//! built, and the path it gives must be the pinned one. Network steps run concurrently, bounded by
+//! `jobs`; git and uv work runs on blocking threads. Every failure is collected; an optional
+//! model that fails is left out with a warning. Outcomes are remembered under the derivation ids,
+//! so a derivation that `resolve` needed early (a node's tree, for its requirements) is not run
+//! again and is reported as what it was the first time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::{Action, Derivation, Kind};
+use crate::fetch::http::Client;
+use crate::fetch::{git, model, registry, Expected, FetchError, Origin};
+use crate::reporter::Reporter;
+use crate::spec::{ModelSource, SourceKind};
+use crate::store::{sanitize_name, Store};
+
+/// How a derivation's output came to be valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// It was in the store already.
+    Valid,
+    /// Downloaded, or checked out of a git mirror.
+    Fetched,
+    /// Built (a venv, the home).
+    Built,
+    /// Taken from a substituter.
+    Substituted,
+    /// An optional model that could not be fetched, left out.
+    Missing,
+}
+
+/// One derivation's outcome, under the id the plan gives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub id: String,
+    pub kind: Kind,
+    pub name: String,
+    pub output: Option<String>,
+    pub outcome: How,
+}
+
+/// A source of store paths asked before anything is fetched or built (a binary cache). It puts
+/// the derivation's output into the store, verified, and says whether it did.
+pub trait Substituter: Send + Sync {
+    fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, FetchError>;
+}
+
+/// The shared state of one process's execution.
+pub struct Executor {
+    pub store: Arc<Store>,
+    pub client: Arc<Client>,
+    pub reporter: Arc<dyn Reporter>,
+    /// `--wheels-dir`: wheels come from there only.
+    pub wheels_dir: Option<PathBuf>,
+    pub substituters: Vec<Arc<dyn Substituter>>,
+    jobs: Arc<tokio::sync::Semaphore>,
+    outcomes: Mutex<BTreeMap<String, Outcome>>,
+}
+
+impl Executor {
+    pub fn new(
+        store: Arc<Store>,
+        client: Arc<Client>,
+        reporter: Arc<dyn Reporter>,
+        wheels_dir: Option<PathBuf>,
+    ) -> Executor {
+        let jobs = Arc::new(tokio::sync::Semaphore::new(client.config().jobs.max(1)));
+        Executor {
+            store,
+            client,
+            reporter,
+            wheels_dir,
+            substituters: Vec::new(),
+            jobs,
+            outcomes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn offline(&self) -> bool {
+        self.client.config().offline
+    }
+
+    /// Record what became of `derivation` (the first record of an id stays).
+    pub fn record(&self, derivation: &Derivation, output: Option<String>, how: How) {
+        self.outcomes
+            .lock()
+            .expect("outcomes are never poisoned")
+            .entry(derivation.id.clone())
+            .or_insert_with(|| Outcome {
+                id: derivation.id.clone(),
+                kind: derivation.kind,
+                name: derivation.name.clone(),
+                output,
+                outcome: how,
+            });
+    }
+
+    fn recorded(&self, id: &str) -> Option<Outcome> {
+        self.outcomes
+            .lock()
+            .expect("outcomes are never poisoned")
+            .get(id)
+            .cloned()
+    }
+
+    /// Every outcome so far, in the order of `plan` (the ones it names), then the rest by id.
+    pub fn outcomes(&self, plan: &[Derivation]) -> Vec<Outcome> {
+        let all = self.outcomes.lock().expect("outcomes are never poisoned");
+        let mut out: Vec<Outcome> = plan
+            .iter()
+            .filter_map(|d| all.get(&d.id).cloned())
+            .collect();
+        out.extend(
+            all.values()
+                .filter(|o| !plan.iter().any(|d| d.id == o.id))
+                .cloned(),
+        );
+        out
+    }
+
+    /// Run `derivations` (their inputs first), except the home, which the caller assembles.
+    /// Returns the outcomes of those that ran; every failure is in the error.
+    pub async fn run(
+        self: &Arc<Self>,
+        derivations: &[Derivation],
+    ) -> Result<Vec<Outcome>, FetchError> {
+        self.check_space(derivations)?;
+        let mut done: BTreeMap<String, bool> = BTreeMap::new();
+        let mut errors = Vec::new();
+        let pending: Vec<&Derivation> = derivations
+            .iter()
+            .filter(|d| d.kind != Kind::AssembleHome)
+            .collect();
+        loop {
+            let ready: Vec<&Derivation> = pending
+                .iter()
+                .copied()
+                .filter(|d| !done.contains_key(&d.id))
+                .filter(|d| {
+                    d.inputs
+                        .iter()
+                        .all(|i| done.contains_key(i) || !pending.iter().any(|p| p.id == *i))
+                })
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            let mut tasks = Vec::new();
+            for d in &ready {
+                // A derivation whose input failed is not run; the input's error says why.
+                if d.inputs.iter().any(|i| done.get(i) == Some(&false)) {
+                    done.insert(d.id.clone(), false);
+                    continue;
+                }
+                let this = self.clone();
+                let d = (*d).clone();
+                tasks.push((
+                    d.id.clone(),
+                    tokio::spawn(async move { this.realize(&d).await }),
+                ));
+            }
+            for (id, task) in tasks {
+                match task.await.expect("derivations do not panic") {
+                    Ok(()) => {
+                        done.insert(id, true);
+                    }
+                    Err(err) => {
+                        done.insert(id, false);
+                        errors.push(err);
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(crate::resolve::combine(errors));
+        }
+        Ok(self.outcomes(derivations))
+    }
+
+    /// Fail before downloading when the models to fetch do not fit on the store's filesystem.
+    fn check_space(&self, derivations: &[Derivation]) -> Result<(), FetchError> {
+        let mut needed = 0u64;
+        for d in derivations.iter().filter(|d| d.kind == Kind::FetchModel) {
+            if let (Some(output), Some(bytes)) = (&d.output, d.download_bytes) {
+                if self.store.query(output)?.is_none() {
+                    needed += bytes;
+                }
+            }
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        crate::fetch::check_space("the models to download", self.store.root(), needed)
+    }
+
+    /// Make one derivation's output valid, recording how.
+    pub async fn realize(&self, d: &Derivation) -> Result<(), FetchError> {
+        if self.recorded(&d.id).is_some() {
+            return Ok(());
+        }
+        match self.produce(d).await {
+            Ok((output, how)) => {
+                self.record(d, output, how);
+                Ok(())
+            }
+            Err(err) if matches!(d.action, Action::Model { ref locked } if !locked.required) => {
+                tracing::warn!("optional {} left out: {err}", d.describe());
+                self.record(d, None, How::Missing);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn produce(&self, d: &Derivation) -> Result<(Option<String>, How), FetchError> {
+        let store = &self.store;
+        match &d.action {
+            Action::Unpinned { optional: true } => return Ok((None, How::Missing)),
+            Action::Unpinned { optional: false } => {
+                return Err(FetchError::Api {
+                    what: d.describe(),
+                    message: "it is not pinned in the lock; resolve first".into(),
+                })
+            }
+            Action::Home => return Ok((None, How::Built)),
+            Action::Git { locked, .. } => {
+                tokio::task::block_in_place(|| git::protect_mirror(store, &locked.repo))?
+            }
+            _ => {}
+        }
+        // Protected first: a collector starting now keeps it; one that ran before is over.
+        if let Some(output) = &d.output {
+            store.protect(&[output])?;
+            // Registered and on disk (a repair moved a damaged copy away, keeping the record).
+            if store.query(output)?.is_some()
+                && std::fs::symlink_metadata(store.path_of(output)).is_ok()
+            {
+                return Ok((Some(output.clone()), How::Valid));
+            }
+        }
+        for substituter in &self.substituters {
+            if tokio::task::block_in_place(|| substituter.substitute(store, d))? {
+                return Ok((d.output.clone(), How::Substituted));
+            }
+        }
+        if self.offline() {
+            if let Some(missing) = self.needs_network(d) {
+                return Err(FetchError::Offline {
+                    missing: vec![missing],
+                });
+            }
+        }
+        let (output, how) = self.run_action(d).await?;
+        if let Some(wanted) = d.output.as_ref().filter(|w| **w != output) {
+            return Err(FetchError::Api {
+                what: d.describe(),
+                message: format!("the lock pins `{wanted}`, but its source now gives `{output}`"),
+            });
+        }
+        Ok((Some(output), how))
+    }
+
+    /// Offline: what the store lacks for `d`, when producing it needs the network.
+    fn needs_network(&self, d: &Derivation) -> Option<String> {
+        match &d.action {
+            Action::Git { locked, .. } => {
+                (!git::has_commit(&self.store, &locked.repo, &locked.commit)).then(|| {
+                    format!(
+                        "{}: commit `{}` of `{}`",
+                        d.describe(),
+                        locked.commit,
+                        locked.repo
+                    )
+                })
+            }
+            Action::Archive { .. } => Some(d.describe()),
+            Action::Model { locked } => (!matches!(
+                ModelSource::parse(&locked.source).kind(),
+                Ok(SourceKind::File(_))
+            ))
+            .then(|| d.describe()),
+            Action::Wheel { locked } => self
+                .wheel_source()
+                .needs_network(locked.url.as_deref())
+                .then(|| d.describe()),
+            Action::Venv { .. } | Action::Home | Action::Unpinned { .. } => None,
+        }
+    }
+
+    fn wheel_source(&self) -> crate::python::WheelSource<'_> {
+        crate::python::WheelSource {
+            wheels_dir: self.wheels_dir.as_deref(),
+            from_lock: true,
+        }
+    }
+
+    async fn run_action(&self, d: &Derivation) -> Result<(String, How), FetchError> {
+        let store = &self.store;
+        let online = !self.offline();
+        match &d.action {
+            Action::Git { locked, .. } => {
+                let _permit = self.jobs.acquire().await.expect("never closed");
+                let what = d.describe();
+                tokio::task::block_in_place(|| checkout(store, locked, &what, online))
+                    .map(|name| (name, How::Fetched))
+            }
+            Action::Archive { locked } => {
+                let _permit = self.jobs.acquire().await.expect("never closed");
+                let (_, added) = registry::fetch(
+                    &self.client,
+                    store,
+                    self.reporter.as_ref(),
+                    &locked.id,
+                    &locked.version,
+                    &locked.download_url,
+                    Some(&locked.blake3),
+                )
+                .await?;
+                Ok((added.record.name, How::Fetched))
+            }
+            Action::Model { locked } => {
+                let request = model_request(&d.name, locked)?;
+                let _permit = match request.source.kind() {
+                    Ok(SourceKind::File(_)) => None,
+                    _ => Some(self.jobs.acquire().await.expect("never closed")),
+                };
+                let fetched =
+                    model::fetch(&self.client, store, self.reporter.as_ref(), &request).await?;
+                Ok((fetched.store_path, How::Fetched))
+            }
+            Action::Wheel { locked } => {
+                let pinned = crate::python::pinned_of(locked);
+                let name = crate::python::fetch_wheel(
+                    store,
+                    &self.client,
+                    self.reporter.as_ref(),
+                    &self.wheel_source(),
+                    &pinned,
+                    &self.jobs,
+                )
+                .await?;
+                Ok((name, How::Fetched))
+            }
+            Action::Venv { python } => tokio::task::block_in_place(|| {
+                let uv = crate::python::find_uv(store)?;
+                let interpreter = uv.interpreter(Some(&python.version))?;
+                let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
+                if venv.built {
+                    tracing::info!("built venv `{}`", venv.name);
+                }
+                let how = if venv.built { How::Built } else { How::Valid };
+                Ok((venv.name, how))
+            }),
+            Action::Home | Action::Unpinned { .. } => unreachable!("handled before"),
+        }
+    }
+}
+
+/// The checkout of a pinned commit, its mirror fetched first when it lacks the commit.
+pub(crate) fn checkout(
+    store: &Store,
+    locked: &crate::lockfile::LockedGit,
+    what: &str,
+    online: bool,
+) -> Result<String, FetchError> {
+    let (repo, commit) = (&locked.repo, &locked.commit);
+    if !git::has_commit(store, repo, commit) {
+        if !online {
+            return Err(FetchError::Offline {
+                missing: vec![format!("{what}: commit `{commit}` of `{repo}`")],
+            });
+        }
+        git::fetch_commit(store, repo, commit, locked.git_ref.as_deref())?;
+        if !git::has_commit(store, repo, commit) {
+            return Err(FetchError::GitCommitNotFound {
+                url: repo.clone(),
+                commit: commit.clone(),
+            });
+        }
+    }
+    let path_name = sanitize_name(crate::spec::repo_basename(repo));
+    let added = git::checkout(store, repo, commit, &path_name, online)
+        .map_err(|e| crate::resolve::name_offline(e, what))?;
+    Ok(added.record.name)
+}
+
+/// What to fetch for a locked model: its pinned URL (a `file://` source is read again), every
+/// digest the lock has.
+fn model_request(
+    name: &str,
+    locked: &crate::lockfile::LockedModel,
+) -> Result<model::ModelRequest, FetchError> {
+    let source = ModelSource::parse(&locked.source);
+    let local = matches!(source.kind(), Ok(SourceKind::File(_)));
+    let lock = |hex: &String| Expected::new(hex, Origin::Lock);
+    let pinned = if local {
+        None
+    } else {
+        Some(model::Pinned {
+            url: url::Url::parse(&locked.url).map_err(|e| FetchError::Api {
+                what: format!("model `{name}`"),
+                message: format!("bad URL in the lock: {e}"),
+            })?,
+            revision: locked.revision.clone(),
+            size: Some(locked.size),
+            sha256: locked.sha256.clone(),
+            blake3: Some(locked.blake3.clone()),
+            file_name: Some(locked.filename.clone()),
+        })
+    };
+    Ok(model::ModelRequest {
+        what: format!("model `{name}`"),
+        source,
+        file_name: Some(locked.filename.clone()),
+        derived_name: locked.filename.clone(),
+        pinned,
+        sha256: locked.sha256.as_ref().map(lock),
+        blake3: Some(lock(&locked.blake3)),
+    })
+}
