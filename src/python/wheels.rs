@@ -192,6 +192,7 @@ impl Resolver {
         let client = self.client.clone();
         let reporter = self.reporter.clone();
         let wheels_dir = self.python.wheels_dir.clone();
+        let executor = self.executor.clone();
         tokio::spawn(async move {
             let done = |store_path: String| {
                 let report = ItemReport {
@@ -225,7 +226,13 @@ impl Resolver {
             };
             let got =
                 fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
-            Ok(done(got))
+            let (locked, report) = done(got);
+            executor.record(
+                &crate::build::Derivation::wheel(&locked),
+                Some(locked.store_path.clone()),
+                crate::build::exec::How::Fetched,
+            );
+            Ok((locked, report))
         })
     }
 }

@@ -518,6 +518,76 @@ fn snapshot(root: &Path) -> Vec<String> {
     out
 }
 
+/// `{"id": kind}` of a dry run's steps, or of a realize report's derivations.
+fn ids(list: &Value) -> std::collections::BTreeMap<String, String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_str().unwrap().to_string(),
+                d["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// What `--dry-run` shows is what runs: with a lock, the plan on an empty store and the
+/// derivations the realize then reports are the same set under the same ids, each `fetch` step
+/// fetched, and a second realize finds them all valid.
+#[test]
+fn the_dry_run_plan_is_what_realize_runs() {
+    let w = World::new();
+    write_spec_as(&w, "v1", &full_spec(&w, "v1"));
+    let out = w
+        .cmd(&w.env.path("first-store"))
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .args(["realize", "v1", "--dry-run", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()["plan"].clone();
+    assert_eq!(plan["lock"], "current");
+    let report = realize_ok(&w, "v1", &home, &[]);
+    let planned = ids(&plan["steps"]);
+    assert_eq!(planned.len(), 10, "core, 5 nodes, 3 models, the home");
+    assert_eq!(ids(&report["derivations"]), planned);
+    for step in plan["steps"].as_array().unwrap() {
+        let ran = report["derivations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == step["id"])
+            .unwrap();
+        let expected = match step["state"].as_str().unwrap() {
+            "fetch" => "fetched",
+            "build" => "built",
+            other => panic!("unexpected state {other} on an empty store"),
+        };
+        assert_eq!(ran["outcome"], expected, "{step}");
+        assert_eq!(ran["output"], step["output"], "{step}");
+    }
+    // Again, elsewhere: every output is valid now, the home is built anew.
+    let again = realize_ok(&w, "v1", &w.env.path("home2"), &[]);
+    assert_eq!(ids(&again["derivations"]), planned);
+    for d in again["derivations"].as_array().unwrap() {
+        let expected = if d["kind"] == "assemble-home" {
+            "built"
+        } else {
+            "valid"
+        };
+        assert_eq!(d["outcome"], expected, "{d}");
+    }
+}
+
 #[test]
 fn dry_run_changes_nothing() {
     let w = World::new();
