@@ -139,7 +139,9 @@ fn main() {
 
     sync();
     let t = Instant::now();
-    let report = store.gc(&GcOptions::default()).unwrap();
+    let report = store
+        .gc(&GcOptions::default(), &comfix::build::keep::LiveLocks)
+        .unwrap();
     let gc = t.elapsed();
     assert_eq!(
         report.deleted_paths.len(),

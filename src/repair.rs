@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::build::exec::Executor;
 use crate::build::{derivations_of_lock, Derivation};
-use crate::lockfile::Lock;
 use crate::store::{Store, VerifyReport};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -25,10 +24,7 @@ fn derivations(store: &Store) -> HashMap<String, Derivation> {
     let uv = crate::python::find_uv(store).ok();
     let mut out = HashMap::new();
     for root in store.all_roots().unwrap_or_default() {
-        let Ok(text) = std::fs::read_to_string(store.path_of(&root.path)) else {
-            continue;
-        };
-        let Ok(lock) = serde_json::from_str::<Lock>(&text) else {
+        let Some(lock) = crate::build::keep::read_lock(store, &root.path) else {
             continue;
         };
         // The venv's name depends on this machine's uv and interpreter.

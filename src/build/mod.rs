@@ -11,6 +11,7 @@
 //! executor's report, and on every machine.
 
 pub mod exec;
+pub mod keep;
 
 use serde::Serialize;
 

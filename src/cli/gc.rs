@@ -46,13 +46,16 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
     let store = context.open_existing_store()?;
-    let report = store.gc(&GcOptions {
-        dry_run: args.dry_run,
-        max_freed: args.max_freed,
-        older_than: args
-            .delete_older_than
-            .map(|age| crate::store::db::now() - age.as_secs() as i64),
-    })?;
+    let report = store.gc(
+        &GcOptions {
+            dry_run: args.dry_run,
+            max_freed: args.max_freed,
+            older_than: args
+                .delete_older_than
+                .map(|age| crate::store::db::now() - age.as_secs() as i64),
+        },
+        &crate::build::keep::LiveLocks,
+    )?;
     if context.json {
         context.print_json(&serde_json::json!({
             "removed_generations": report.removed_generations,

@@ -138,7 +138,7 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             }
         }
         StoreCommand::Du => {
-            let usage = store.du()?;
+            let usage = store.du(&crate::build::keep::LiveLocks)?;
             if context.json {
                 context.print_json(&usage)?;
             } else {

@@ -29,6 +29,37 @@ pub struct Root {
     pub live: bool,
 }
 
+/// What the layers above the store keep beside `paths/` for the live roots. The store knows
+/// no lock format: the caller reads its roots (home manifests, pins) and names what they need.
+pub trait Keep {
+    /// The partial downloads (`tmp/downloads/<key>.*`) and git mirrors (`git/<name>`) that the
+    /// live roots (their store path names) need.
+    fn caches(&self, store: &Store, live_roots: &[String]) -> Kept;
+    /// The version a root's store path is of, to group `store du` by version.
+    fn version_of(&self, store: &Store, root_path: &str) -> Option<String>;
+}
+
+/// What [`Keep::caches`] names.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    pub download_keys: HashSet<String>,
+    /// Directory names under `git/`.
+    pub mirrors: HashSet<String>,
+}
+
+/// Keeps nothing beside what processes protect: for a store used on its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KeepNothing;
+
+impl Keep for KeepNothing {
+    fn caches(&self, _: &Store, _: &[String]) -> Kept {
+        Kept::default()
+    }
+    fn version_of(&self, _: &Store, _: &str) -> Option<String> {
+        None
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct GcOptions {
     pub dry_run: bool,
@@ -178,7 +209,7 @@ impl Store {
 
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
     /// and reports the same bytes; the real run then does what was decided.
-    pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
+    pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join("gc.lock"))?;
         let roots = self.all_roots()?;
@@ -191,6 +222,7 @@ impl Store {
                 older_than: options.older_than,
                 max_freed: options.max_freed,
                 probe: Probe::Take,
+                keep,
             },
             &graph,
             &mut index,
@@ -292,7 +324,7 @@ impl Store {
             let gone =
                 !root.live || old_roots.contains(&root.name) || input.without.contains(&root.name);
             if let Some(mirror) = root.path.strip_prefix("git/") {
-                protected_mirrors.insert(self.root.join("git").join(mirror));
+                protected_mirrors.insert(mirror.to_string());
             } else if !gone {
                 live_roots.push(root.path.clone());
             } else if root.kind != "temp" && !plan.drop_roots.contains(&root.name) {
@@ -390,52 +422,15 @@ impl Store {
                     .push((entry.path(), Some(format!("tmp/{name}"))));
             }
         }
-        let mut needed = self.needed_sources(&live_roots);
-        needed.2.extend(protected_mirrors);
+        let mut needed = input.keep.caches(self, &live_roots);
+        needed.mirrors.extend(protected_mirrors);
         self.plan_caches(&needed, take, &mut plan)?;
         Ok(plan)
     }
 
-    /// URLs and repositories named by the locks of live roots (home manifests hold `lock.json`),
-    /// and (filled in by the caller) mirror directories protected by running processes.
-    fn needed_sources(
-        &self,
-        live_roots: &[String],
-    ) -> (HashSet<String>, HashSet<String>, HashSet<PathBuf>) {
-        let mut urls = HashSet::new();
-        let mut repos = HashSet::new();
-        for root in live_roots {
-            let Ok(text) = fs::read_to_string(self.path_of(root)) else {
-                continue;
-            };
-            let Ok(lock) = serde_json::from_str::<crate::lockfile::Lock>(&text) else {
-                continue;
-            };
-            repos.insert(lock.comfy.repo.clone());
-            for node in &lock.custom_nodes {
-                if let Some(git) = &node.git {
-                    repos.insert(git.repo.clone());
-                }
-                if let Some(reg) = &node.registry {
-                    urls.insert(reg.download_url.clone());
-                }
-            }
-            urls.extend(lock.models.iter().map(|m| m.url.clone()));
-            if let Some(python) = &lock.python {
-                urls.extend(python.wheels.iter().filter_map(|w| w.url.clone()));
-            }
-        }
-        (urls, repos, HashSet::new())
-    }
-
     /// Partial downloads and records no live lock needs and nobody is downloading; git mirrors
     /// no live lock needs or process protects and nobody is updating; lock files nobody holds.
-    fn plan_caches(
-        &self,
-        needed: &(HashSet<String>, HashSet<String>, HashSet<PathBuf>),
-        take: bool,
-        plan: &mut Plan,
-    ) -> Result<()> {
+    fn plan_caches(&self, needed: &Kept, take: bool, plan: &mut Plan) -> Result<()> {
         // Whether the lock at `path` is free; with `take`, it is kept in `held`.
         let free = |path: &Path, held: &mut Vec<lock::LockGuard>| -> Result<bool> {
             if take {
@@ -450,11 +445,7 @@ impl Store {
                 Ok(!lock::held_elsewhere(path)?)
             }
         };
-        let keys: HashSet<String> = needed
-            .0
-            .iter()
-            .map(|u| crate::fetch::http::download_key(u))
-            .collect();
+        let keys = &needed.download_keys;
         let downloads = self.root.join("tmp/downloads");
         let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in fs::read_dir(&downloads).into_iter().flatten().flatten() {
@@ -485,12 +476,11 @@ impl Store {
             plan.stale_locks.extend(held);
         }
 
-        let mut mirrors: HashSet<PathBuf> = needed
-            .1
+        let mirrors: HashSet<PathBuf> = needed
+            .mirrors
             .iter()
-            .map(|repo| crate::fetch::git::mirror_path(self, repo))
+            .map(|name| self.root.join("git").join(name))
             .collect();
-        mirrors.extend(needed.2.iter().cloned());
         for entry in fs::read_dir(self.root.join("git"))
             .into_iter()
             .flatten()
@@ -610,6 +600,7 @@ struct PlanInput<'a> {
     older_than: Option<i64>,
     max_freed: Option<u64>,
     probe: Probe,
+    keep: &'a dyn Keep,
 }
 
 /// How the planner treats the locks of what it would remove.
@@ -687,7 +678,7 @@ pub struct Usage {
 
 impl Store {
     /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
-    pub fn du(&self) -> Result<DiskUse> {
+    pub fn du(&self, keep: &dyn Keep) -> Result<DiskUse> {
         let roots = self.all_roots()?;
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
@@ -700,6 +691,7 @@ impl Store {
                     older_than: None,
                     max_freed: None,
                     probe: Probe::Look,
+                    keep,
                 },
                 &graph,
                 index,
@@ -766,10 +758,8 @@ impl Store {
             if let Some(rest) = root.name.strip_prefix("home:") {
                 let home = rest.rsplit_once('#').map_or(rest, |(h, _)| h);
                 groups.entry(format!("home:{home}")).or_default().push(root);
-                let version = fs::read_to_string(self.path_of(&root.path))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<crate::lockfile::Lock>(&t).ok())
-                    .map(|l| l.version_id)
+                let version = keep
+                    .version_of(self, &root.path)
                     .unwrap_or_else(|| root.path.clone());
                 groups
                     .entry(format!("version:{version}"))

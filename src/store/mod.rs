@@ -32,7 +32,7 @@ use rusqlite::Connection;
 pub use account::Bytes;
 pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
-pub use gc::{DiskUse, GcOptions, GcReport, Part, Root, Usage};
+pub use gc::{DiskUse, GcOptions, GcReport, Keep, KeepNothing, Kept, Part, Root, Usage};
 pub use meta::RebuildReport;
 pub use verify::{CorruptPath, VerifyReport};
 
