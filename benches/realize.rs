@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use comfix::lockfile::{Lock, LockedGit, LockedModel, LockedNode, LockedRegistry, LOCK_VERSION};
+use comfix::lock::{Lock, LockedGit, LockedModel, LockedNode, LockedRegistry, LOCK_VERSION};
 use comfix::realize::{self, LinkMode, RealizeOptions};
 use comfix::reporter::NoReporter;
 use comfix::store::{AddOptions, Store};

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use comfix::lockfile::{LockedPython, LockedWheel};
+use comfix::lock::{LockedPython, LockedWheel};
 use comfix::python::{self, Group, Interpreter, Uv};
 use comfix::reporter::NoReporter;
 use comfix::store::{AddOptions, Store};

@@ -5,7 +5,7 @@
 //!
 //! - [`spec`]: the version spec (`versions/<id>.json`, schema_version 2), parsed and validated.
 //! - [`store`]: the content-addressed store — objects, store paths, the SQLite db, locks.
-//! - [`lockfile`]: the lock, `<id>.lock.json`, with every moving part pinned.
+//! - [`lock`]: the lock, `<id>.lock.json`, with every moving part pinned.
 //! - [`fetch`]: git mirrors and checkouts, registry packages, model downloads.
 //! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
 //! - [`build`]: derivations (one store path each) and the executor that runs their DAG.
@@ -20,7 +20,7 @@ pub mod cli;
 pub mod fault;
 pub mod fetch;
 pub mod hint;
-pub mod lockfile;
+pub mod lock;
 pub mod plan;
 pub mod python;
 pub mod realize;

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::build::Action;
-use crate::lockfile::Lock;
+use crate::lock::Lock;
 use crate::spec::Spec;
 use crate::store::Store;
 
@@ -112,7 +112,7 @@ pub fn plan(
     let (lock_state, stale) = match lock {
         None => ("missing", Vec::new()),
         Some(lock) => {
-            let stale = crate::resolve::stale_entries(spec, lock);
+            let stale = crate::lock::stale_entries(spec, lock);
             (if stale.is_empty() { "current" } else { "stale" }, stale)
         }
     };

@@ -24,7 +24,7 @@ fn derivations(store: &Store) -> HashMap<String, Derivation> {
     let uv = crate::python::find_uv(store).ok();
     let mut out = HashMap::new();
     for root in store.all_roots().unwrap_or_default() {
-        let Some(lock) = crate::build::keep::read_lock(store, &root.path) else {
+        let Some(lock) = crate::lock::manifest::read(store, &root.path) else {
             continue;
         };
         // The venv's name depends on this machine's uv and interpreter.

@@ -369,7 +369,7 @@ impl Executor {
 /// The checkout of a pinned commit, its mirror fetched first when it lacks the commit.
 pub(crate) fn checkout(
     store: &Store,
-    locked: &crate::lockfile::LockedGit,
+    locked: &crate::lock::LockedGit,
     what: &str,
     online: bool,
 ) -> Result<String, FetchError> {
@@ -398,7 +398,7 @@ pub(crate) fn checkout(
 /// digest the lock has.
 fn model_request(
     name: &str,
-    locked: &crate::lockfile::LockedModel,
+    locked: &crate::lock::LockedModel,
 ) -> Result<model::ModelRequest, FetchError> {
     let source = ModelSource::parse(&locked.source);
     let local = matches!(source.kind(), Ok(SourceKind::File(_)));

@@ -3,7 +3,7 @@
 
 use crate::fetch::git::mirror_name;
 use crate::fetch::http::download_key;
-use crate::lockfile::Lock;
+use crate::lock::manifest;
 use crate::store::{Keep, Kept, Store};
 
 /// The store's [`Keep`]: reads each live root as a lock.
@@ -13,7 +13,10 @@ pub struct LiveLocks;
 impl Keep for LiveLocks {
     fn caches(&self, store: &Store, live_roots: &[String]) -> Kept {
         let mut kept = Kept::default();
-        for lock in live_roots.iter().filter_map(|root| read_lock(store, root)) {
+        for lock in live_roots
+            .iter()
+            .filter_map(|root| manifest::read(store, root))
+        {
             let mut urls: Vec<&str> = Vec::new();
             let mut repos = vec![lock.comfy.repo.as_str()];
             for node in &lock.custom_nodes {
@@ -32,12 +35,6 @@ impl Keep for LiveLocks {
     }
 
     fn version_of(&self, store: &Store, root_path: &str) -> Option<String> {
-        read_lock(store, root_path).map(|l| l.version_id)
+        manifest::read(store, root_path).map(|l| l.version_id)
     }
-}
-
-/// The lock a root's store path holds, when it is a manifest (a file holding a lock).
-pub fn read_lock(store: &Store, path: &str) -> Option<Lock> {
-    let text = std::fs::read_to_string(store.path_of(path)).ok()?;
-    serde_json::from_str(&text).ok()
 }

@@ -15,7 +15,7 @@ pub mod keep;
 
 use serde::Serialize;
 
-use crate::lockfile::{Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel};
+use crate::lock::{Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel};
 use crate::spec::{NodeSource, Spec};
 
 /// What kind of store path a derivation produces, and how.
@@ -220,7 +220,7 @@ pub fn derivations(
     venv: Option<&str>,
     skip_models: bool,
 ) -> Vec<Derivation> {
-    use crate::resolve::{locked_core, locked_model, locked_node};
+    use crate::lock::{locked_core, locked_model, locked_node};
     let mut out = Vec::new();
     out.push(match lock.and_then(|l| locked_core(spec, l)) {
         Some(core) => Derivation::git("core", "comfy".into(), core),

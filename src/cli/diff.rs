@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{format_bytes, Context, Outcome};
-use crate::lockfile::{lock_path_for, Lock};
+use crate::lock::{lock_path_for, Lock};
 use crate::spec::Spec;
 
 #[derive(Debug, Args)]
@@ -68,12 +68,12 @@ fn spec_lock(spec_path: &std::path::Path, shown: &str) -> anyhow::Result<Lock> {
 fn home_lock(home: &std::path::Path, context: &Context) -> anyhow::Result<Lock> {
     let store = context.open_existing_store()?;
     let name = crate::realize::current_manifest(home)?;
-    Ok(
-        Lock::read(&store.path_of(&name))?.ok_or_else(|| crate::store::StoreError::NotValid {
+    Ok(crate::lock::manifest::read(&store, &name).ok_or_else(|| {
+        crate::store::StoreError::NotValid {
             arg: name.clone(),
             root: store.root().to_path_buf(),
-        })?,
-    )
+        }
+    })?)
 }
 
 /// An operand of `diff`: a home, a spec file, or a version id.

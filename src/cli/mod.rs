@@ -217,7 +217,7 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::fetch::FetchError>() {
             return (e.is_user_error(), e.hint());
         }
-        if let Some(e) = cause.downcast_ref::<crate::lockfile::LockError>() {
+        if let Some(e) = cause.downcast_ref::<crate::lock::LockError>() {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::realize::RealizeError>() {

@@ -9,7 +9,7 @@ use super::resolve::{resolve_with, ResolveRun};
 use super::spec::SpecArg;
 use super::{format_bytes, Context, Outcome};
 use crate::build::exec::How;
-use crate::lockfile::{lock_path_for, Lock};
+use crate::lock::{lock_path_for, Lock};
 use crate::realize::{self, LinkMode, RealizeOptions};
 use crate::resolve::Update;
 use crate::spec::Spec;
@@ -192,7 +192,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     } else {
         spec.models
             .iter()
-            .filter(|m| !m.is_required() && crate::resolve::locked_model(m, &lock).is_none())
+            .filter(|m| !m.is_required() && crate::lock::locked_model(m, &lock).is_none())
             .map(|m| match &m.target_subdir {
                 Some(dir) => format!("{dir}/{}", m.file_name()),
                 None => m.file_name(),
@@ -326,7 +326,7 @@ fn frozen_lock<'a>(
     lock_path: &std::path::Path,
 ) -> anyhow::Result<&'a Lock> {
     let lock = old.ok_or_else(|| FrozenError::Missing(lock_path.to_path_buf()))?;
-    let stale = crate::resolve::stale_entries(spec, lock);
+    let stale = crate::lock::stale_entries(spec, lock);
     if !stale.is_empty() {
         return Err(FrozenError::Stale(stale).into());
     }
@@ -334,7 +334,7 @@ fn frozen_lock<'a>(
 }
 
 /// The name the venv of `python` has (or would have) in the store on this machine.
-fn venv_name_of(store: &Store, python: &crate::lockfile::LockedPython) -> anyhow::Result<String> {
+fn venv_name_of(store: &Store, python: &crate::lock::LockedPython) -> anyhow::Result<String> {
     let uv = crate::python::find_uv(store)?;
     let interpreter = uv.interpreter(Some(&python.version))?;
     Ok(crate::python::venv_name(&uv, &interpreter, python))
@@ -429,7 +429,7 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     let mut report = realize::status(&store, &args.home.target(), args.check_contents)?;
     // Behind its lock? Compare the generation's lock (in its manifest) with the version's lock
     // file, found as `comfix realize <ID>` would find it.
-    let realized = std::fs::read_to_string(store.path_of(&report.manifest)).ok();
+    let realized = crate::lock::manifest::read(&store, &report.manifest);
     let current = std::env::current_dir()
         .ok()
         .and_then(|cwd| Spec::find(&cwd, &report.version_id).ok())
@@ -439,7 +439,7 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
                 .flatten()
         });
     if let (Some(realized), Some(current)) = (realized, current) {
-        report.behind_lock = Some(realized != current.to_text());
+        report.behind_lock = Some(realized != current);
     }
     if context.json {
         context.print_json(&report)?;

@@ -9,7 +9,7 @@ use super::{Context, Outcome};
 use crate::build::exec::Executor;
 use crate::fetch::http::Client;
 use crate::fetch::FetchConfig;
-use crate::lockfile::{lock_path_for, Lock};
+use crate::lock::{lock_path_for, Lock};
 use crate::resolve::{ItemReport, Resolver, Update};
 use crate::spec::Spec;
 use crate::store::Store;

@@ -193,25 +193,13 @@ fn pin(
         // A version id: pin a manifest of its locked closure.
         let spec_path = crate::spec::Spec::find(&std::env::current_dir()?, target)?;
         let loaded = crate::spec::Spec::load(&spec_path)?;
-        let lock_path = crate::lockfile::lock_path_for(&spec_path, &loaded.spec.version_id);
-        let lock = crate::lockfile::Lock::read(&lock_path)?.ok_or_else(|| {
+        let lock_path = crate::lock::lock_path_for(&spec_path, &loaded.spec.version_id);
+        let lock = crate::lock::Lock::read(&lock_path)?.ok_or_else(|| {
             anyhow::anyhow!("version `{target}` has no lock `{}`", lock_path.display())
         })?;
-        let staging = store.staging()?;
-        std::fs::write(staging.path().join("lock.json"), lock.to_text())?;
-        let added = store.add_staged(
-            staging,
-            "lock.json",
-            &AddOptions {
-                name: Some(crate::store::sanitize_name(&format!("pin-{target}"))),
-                references: lock.store_paths().iter().map(|s| s.to_string()).collect(),
-            },
-            None,
-        )?;
-        (
-            name.unwrap_or_else(|| target.to_string()),
-            added.record.name,
-        )
+        let manifest =
+            crate::lock::manifest::write(store, &format!("pin-{target}"), &lock, false, &[])?;
+        (name.unwrap_or_else(|| target.to_string()), manifest)
     };
     store.pin(&pin_name, &path)?;
     if context.json {

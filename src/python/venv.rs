@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::uv::{Interpreter, Uv};
 use super::PythonError;
-use crate::lockfile::LockedPython;
+use crate::lock::LockedPython;
 use crate::store::Store;
 
 /// Bumped when the way a venv is built changes, so old builds are not reused.
@@ -133,7 +133,7 @@ fn build_into(
 
 /// `<store>/cache/wheels/<sha256>/<file name>`, a symlink to the wheel's store path; returns its
 /// directory.
-fn wheel_link(store: &Store, wheel: &crate::lockfile::LockedWheel) -> Result<PathBuf, PythonError> {
+fn wheel_link(store: &Store, wheel: &crate::lock::LockedWheel) -> Result<PathBuf, PythonError> {
     let dir = store.root().join("cache/wheels").join(&wheel.sha256);
     let link = dir.join(&wheel.filename);
     let target = store.path_of(&wheel.store_path);

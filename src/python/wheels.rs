@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use super::{requirements, Compile, Group, PinnedWheel, PythonError, Uv};
 use crate::fetch::http::{Download, Got};
 use crate::fetch::{Expected, FetchError, Origin};
-use crate::lockfile::{LockedGit, LockedNode, LockedPython, LockedWheel};
+use crate::lock::{LockedGit, LockedNode, LockedPython, LockedWheel};
 use crate::resolve::{ItemReport, Resolver, Update};
 use crate::spec::Spec;
 use crate::store::{sanitize_name, AddOptions, Store};

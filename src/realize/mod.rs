@@ -31,7 +31,7 @@ use link::{Linker, Placed};
 
 use crate::fault::pause_point;
 use crate::hint::Hint;
-use crate::lockfile::Lock;
+use crate::lock::Lock;
 use crate::store::{Store, StoreError};
 
 /// The user data directories of ComfyUI, kept outside the generations.
@@ -402,7 +402,7 @@ fn sync_dir(dir: &Path) {
 }
 
 /// The directory a disabled node goes to, as ComfyUI-Manager names it.
-pub fn disabled_dir_name(node: &crate::lockfile::LockedNode) -> String {
+pub fn disabled_dir_name(node: &crate::lock::LockedNode) -> String {
     match &node.registry {
         Some(r) => format!("{}@{}", r.id.to_lowercase(), r.version.replace('.', "_")),
         None => format!("{}@nightly", node.name.to_lowercase()),
@@ -877,13 +877,9 @@ pub fn realize(
 
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
-        let mut references: Vec<String> = used.iter().map(|s| s.to_string()).collect();
-        references.extend(options.venv.clone());
-        let name = crate::store::sanitize_name(&format!("home-{}", lock.version_id));
-        store
-            .add_bytes(&name, lock.to_text().as_bytes(), &references)?
-            .record
-            .name
+        let extra: Vec<String> = options.venv.iter().cloned().collect();
+        let name = format!("home-{}", lock.version_id);
+        crate::lock::manifest::write(store, &name, lock, options.skip_models, &extra)?
     };
     if store.is_read_only() {
         tracing::warn!(

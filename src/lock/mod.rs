@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::hint::Hint;
 
+pub mod manifest;
+mod matching;
+pub(crate) use matching::core_matches;
+pub use matching::{locked_core, locked_model, locked_node, stale_entries};
+
 /// The only lock format version comfix reads and writes.
 pub const LOCK_VERSION: u32 = 1;
 
