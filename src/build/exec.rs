@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{Action, Derivation, Kind};
+use super::{Action, BuildError, Derivation, Kind};
 use crate::fetch::http::Client;
 use crate::fetch::{git, model, registry, Expected, FetchError, Origin};
 use crate::reporter::Reporter;
@@ -52,7 +52,7 @@ pub struct Outcome {
 /// A source of store paths asked before anything is fetched or built (a binary cache). It puts
 /// the derivation's output into the store, verified, and says whether it did.
 pub trait Substituter: Send + Sync {
-    fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, FetchError>;
+    fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, BuildError>;
 }
 
 /// The shared state of one process's execution.
@@ -133,7 +133,7 @@ impl Executor {
     pub async fn run(
         self: &Arc<Self>,
         derivations: &[Derivation],
-    ) -> Result<Vec<Outcome>, FetchError> {
+    ) -> Result<Vec<Outcome>, BuildError> {
         self.check_space(derivations)?;
         let mut done: BTreeMap<String, bool> = BTreeMap::new();
         let mut errors = Vec::new();
@@ -182,13 +182,13 @@ impl Executor {
             }
         }
         if !errors.is_empty() {
-            return Err(crate::resolve::combine(errors));
+            return Err(super::combine(errors));
         }
         Ok(self.outcomes(derivations))
     }
 
     /// Fail before downloading when the models to fetch do not fit on the store's filesystem.
-    fn check_space(&self, derivations: &[Derivation]) -> Result<(), FetchError> {
+    fn check_space(&self, derivations: &[Derivation]) -> Result<(), BuildError> {
         let mut needed = 0u64;
         for d in derivations.iter().filter(|d| d.kind == Kind::FetchModel) {
             if let (Some(output), Some(bytes)) = (&d.output, d.download_bytes) {
@@ -200,11 +200,15 @@ impl Executor {
         if needed == 0 {
             return Ok(());
         }
-        crate::fetch::check_space("the models to download", self.store.root(), needed)
+        Ok(crate::fetch::check_space(
+            "the models to download",
+            self.store.root(),
+            needed,
+        )?)
     }
 
     /// Make one derivation's output valid, recording how.
-    pub async fn realize(&self, d: &Derivation) -> Result<(), FetchError> {
+    pub async fn realize(&self, d: &Derivation) -> Result<(), BuildError> {
         if self.recorded(&d.id).is_some() {
             return Ok(());
         }
@@ -222,15 +226,12 @@ impl Executor {
         }
     }
 
-    async fn produce(&self, d: &Derivation) -> Result<(Option<String>, How), FetchError> {
+    async fn produce(&self, d: &Derivation) -> Result<(Option<String>, How), BuildError> {
         let store = &self.store;
         match &d.action {
             Action::Unpinned { optional: true } => return Ok((None, How::Missing)),
             Action::Unpinned { optional: false } => {
-                return Err(FetchError::Api {
-                    what: d.describe(),
-                    message: "it is not pinned in the lock; resolve first".into(),
-                })
+                return Err(BuildError::NotPinned { what: d.describe() })
             }
             Action::Home => return Ok((None, How::Built)),
             Action::Git { locked, .. } => {
@@ -255,16 +256,17 @@ impl Executor {
         }
         if self.offline() {
             if let Some(missing) = self.needs_network(d) {
-                return Err(FetchError::Offline {
+                return Err(BuildError::Offline {
                     missing: vec![missing],
                 });
             }
         }
         let (output, how) = self.run_action(d).await?;
         if let Some(wanted) = d.output.as_ref().filter(|w| **w != output) {
-            return Err(FetchError::Api {
+            return Err(BuildError::Changed {
                 what: d.describe(),
-                message: format!("the lock pins `{wanted}`, but its source now gives `{output}`"),
+                wanted: wanted.clone(),
+                got: output,
             });
         }
         Ok((Some(output), how))
@@ -304,15 +306,15 @@ impl Executor {
         }
     }
 
-    async fn run_action(&self, d: &Derivation) -> Result<(String, How), FetchError> {
+    async fn run_action(&self, d: &Derivation) -> Result<(String, How), BuildError> {
         let store = &self.store;
         let online = !self.offline();
         match &d.action {
             Action::Git { locked, .. } => {
                 let _permit = self.jobs.acquire().await.expect("never closed");
                 let what = d.describe();
-                tokio::task::block_in_place(|| checkout(store, locked, &what, online))
-                    .map(|name| (name, How::Fetched))
+                let name = tokio::task::block_in_place(|| checkout(store, locked, &what, online))?;
+                Ok((name, How::Fetched))
             }
             Action::Archive { locked } => {
                 let _permit = self.jobs.acquire().await.expect("never closed");
@@ -351,7 +353,7 @@ impl Executor {
                 .await?;
                 Ok((name, How::Fetched))
             }
-            Action::Venv { python } => tokio::task::block_in_place(|| {
+            Action::Venv { python } => tokio::task::block_in_place(|| -> Result<_, BuildError> {
                 let uv = crate::python::find_uv(store)?;
                 let interpreter = uv.interpreter(Some(&python.version))?;
                 let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
@@ -399,7 +401,7 @@ pub(crate) fn checkout(
 fn model_request(
     name: &str,
     locked: &crate::lock::LockedModel,
-) -> Result<model::ModelRequest, FetchError> {
+) -> Result<model::ModelRequest, BuildError> {
     let source = ModelSource::parse(&locked.source);
     let local = matches!(source.kind(), Ok(SourceKind::File(_)));
     let lock = |hex: &String| Expected::new(hex, Origin::Lock);
@@ -407,9 +409,10 @@ fn model_request(
         None
     } else {
         Some(model::Pinned {
-            url: url::Url::parse(&locked.url).map_err(|e| FetchError::Api {
+            url: url::Url::parse(&locked.url).map_err(|e| BuildError::BadLockUrl {
                 what: format!("model `{name}`"),
-                message: format!("bad URL in the lock: {e}"),
+                url: locked.url.clone(),
+                reason: e.to_string(),
             })?,
             revision: locked.revision.clone(),
             size: Some(locked.size),

@@ -10,10 +10,13 @@
 //! source while nothing is pinned: the id of a pinned derivation is the same in the plan, in the
 //! executor's report, and on every machine.
 
+mod error;
 pub mod exec;
 pub mod keep;
 
 use serde::Serialize;
+
+pub use error::{combine, BuildError};
 
 use crate::lock::{Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel};
 use crate::spec::{NodeSource, Spec};

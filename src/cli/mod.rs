@@ -226,6 +226,12 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
             return (e.is_user_error(), e.hint());
         }
+        if let Some(e) = cause.downcast_ref::<crate::build::BuildError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::resolve::ResolveError>() {
+            return (e.is_user_error(), e.hint());
+        }
         if cause.downcast_ref::<diff::DiffUsage>().is_some() {
             return (true, Some("see `comfix diff --help`".into()));
         }

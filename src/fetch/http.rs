@@ -384,7 +384,7 @@ impl Client {
                 .text()
                 .await
                 .map_err(|e| request_error(what, &at, &e, &self.config))?;
-            serde_json::from_str(&text).map_err(|e| FetchError::Api {
+            serde_json::from_str(&text).map_err(|e| FetchError::BadAnswer {
                 what: what.to_string(),
                 message: format!("unexpected answer from `{at}`: {e}"),
             })

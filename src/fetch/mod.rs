@@ -264,16 +264,23 @@ pub enum FetchError {
     },
     #[error("Archive `{url}` could not be read: {message}")]
     BadArchive { url: String, message: String },
+    /// The source answered, but not with what it should have (no files, no version, bad JSON).
     #[error("{what}: {message}")]
-    Api { what: String, message: String },
+    BadAnswer { what: String, message: String },
+    #[error("{what}: bad URL `{url}`: {reason}")]
+    BadUrl {
+        what: String,
+        url: String,
+        reason: String,
+    },
+    #[error("Model source `{text}`: {reason}")]
+    BadSource { text: String, reason: String },
+    #[error("{what}: `{path}` vanished from the store while it was used")]
+    Vanished { what: String, path: String },
     #[error("Offline, and the store lacks:\n{}", .missing.iter().map(|m| format!("  {m}")).collect::<Vec<_>>().join("\n"))]
     Offline { missing: Vec<String> },
-    #[error("{} items failed:\n{}", .errors.len(), .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
-    Many { errors: Vec<FetchError> },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(transparent)]
-    Python(#[from] crate::python::PythonError),
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -331,16 +338,7 @@ impl Hint for FetchError {
             FetchError::Offline { .. } => Some(
                 "run once with network access (without `--offline`) to fill the store".into(),
             ),
-            FetchError::Many { errors } => {
-                let hints: Vec<String> = errors.iter().filter_map(|e| e.hint()).collect();
-                (!hints.is_empty()).then(|| {
-                    let mut unique = hints;
-                    unique.dedup();
-                    unique.join("\nhint: ")
-                })
-            }
             FetchError::Store(e) => e.hint(),
-            FetchError::Python(e) => e.hint(),
             _ => None,
         }
     }
@@ -348,13 +346,12 @@ impl Hint for FetchError {
     fn is_user_error(&self) -> bool {
         match self {
             FetchError::Store(e) => e.is_user_error(),
-            FetchError::Python(e) => e.is_user_error(),
             // The network or the disk failed, not the user's input.
             FetchError::Io { .. }
             | FetchError::Http { .. }
             | FetchError::Git { .. }
             | FetchError::Tls { .. } => false,
-            FetchError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
+            FetchError::Vanished { .. } => false,
             FetchError::Status { status, .. } => *status < 500,
             _ => true,
         }

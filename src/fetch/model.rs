@@ -126,7 +126,7 @@ pub async fn pin(client: &Client, what: &str, source: &SourceKind) -> Result<Pin
                 .iter()
                 .find(|f| f.primary)
                 .or_else(|| info.files.first())
-                .ok_or_else(|| FetchError::Api {
+                .ok_or_else(|| FetchError::BadAnswer {
                     what: what.to_string(),
                     message: format!("CivitAI model version {version_id} has no files"),
                 })?;
@@ -137,9 +137,10 @@ pub async fn pin(client: &Client, what: &str, source: &SourceKind) -> Result<Pin
                     .map(|(_, v)| v.to_ascii_lowercase())
             };
             Ok(Pinned {
-                url: Url::parse(&file.download_url).map_err(|e| FetchError::Api {
+                url: Url::parse(&file.download_url).map_err(|e| FetchError::BadUrl {
                     what: what.to_string(),
-                    message: format!("bad download URL `{}`: {e}", file.download_url),
+                    url: file.download_url.clone(),
+                    reason: e.to_string(),
                 })?,
                 revision: Some(version_id.clone()),
                 size: None,
@@ -156,9 +157,9 @@ pub async fn pin(client: &Client, what: &str, source: &SourceKind) -> Result<Pin
             blake3: None,
             file_name: None,
         }),
-        SourceKind::File(path) => Err(FetchError::Api {
-            what: what.to_string(),
-            message: format!("`{}` is a local file, not a remote source", path.display()),
+        SourceKind::File(path) => Err(FetchError::BadSource {
+            text: format!("file://{}", path.display()),
+            reason: "a local file is not a remote source".into(),
         }),
     }
 }
@@ -292,10 +293,13 @@ pub async fn fetch(
     request: &ModelRequest,
 ) -> Result<FetchedModel, FetchError> {
     let what = &request.what;
-    let kind = request.source.kind().map_err(|message| FetchError::Api {
-        what: format!("model source `{}`", request.source),
-        message: message.to_string(),
-    })?;
+    let kind = request
+        .source
+        .kind()
+        .map_err(|reason| FetchError::BadSource {
+            text: request.source.to_string(),
+            reason: reason.to_string(),
+        })?;
     if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
     }

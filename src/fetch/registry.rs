@@ -53,12 +53,12 @@ pub async fn pin(client: &Client, id: &str, version: Option<&str>) -> Result<Pin
         None => {
             let url = join(&format!("nodes/{id}"))?;
             let info: NodeInfo = client.get_json(&what, &url, None).await?;
-            let latest = info.latest_version.ok_or_else(|| FetchError::Api {
+            let latest = info.latest_version.ok_or_else(|| FetchError::BadAnswer {
                 what: what.clone(),
                 message: "the registry lists no version".into(),
             })?;
             Ok(Pinned {
-                version: latest.version.ok_or_else(|| FetchError::Api {
+                version: latest.version.ok_or_else(|| FetchError::BadAnswer {
                     what,
                     message: "the registry's latest version has no number".into(),
                 })?,
@@ -79,9 +79,10 @@ pub async fn fetch(
     download_url: &str,
     blake3: Option<&str>,
 ) -> Result<(String, Added), FetchError> {
-    let url = Url::parse(download_url).map_err(|e| FetchError::Api {
+    let url = Url::parse(download_url).map_err(|e| FetchError::BadUrl {
         what: format!("registry node `{id}`"),
-        message: format!("bad download URL `{download_url}`: {e}"),
+        url: download_url.to_string(),
+        reason: e.to_string(),
     })?;
     let name = crate::store::sanitize_name(&format!("{id}-{version}"));
     let download = Download {
@@ -100,9 +101,9 @@ pub async fn fetch(
             if let Some(added) = store.existing(&stored.store_path)? {
                 return Ok((stored.blake3, added));
             }
-            return Err(FetchError::Api {
+            return Err(FetchError::Vanished {
                 what: download.what.clone(),
-                message: format!("`{}` vanished from the store", stored.store_path),
+                path: stored.store_path,
             });
         }
     };

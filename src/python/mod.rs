@@ -76,6 +76,14 @@ pub enum PythonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "Wheel `{filename}`: the lock has no URL for it (it was resolved from a `--wheels-dir`)"
+    )]
+    NoWheelUrl { filename: String },
+    #[error("Wheel `{filename}`: bad URL `{url}`")]
+    BadWheelUrl { filename: String, url: String },
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -102,6 +110,8 @@ impl Hint for PythonError {
             PythonError::MissingWheel { .. } => {
                 Some("put the wheel in the directory, or run without `--wheels-dir`".into())
             }
+            PythonError::NoWheelUrl { .. } => Some("pass `--wheels-dir`".into()),
+            PythonError::Fetch(e) => e.hint(),
             PythonError::Store(e) => e.hint(),
             _ => None,
         }
@@ -116,7 +126,10 @@ impl Hint for PythonError {
             | PythonError::NoWheel { .. }
             | PythonError::MissingWheel { .. }
             | PythonError::NotADirectory { .. }
-            | PythonError::Pyproject { .. } => true,
+            | PythonError::Pyproject { .. }
+            | PythonError::NoWheelUrl { .. }
+            | PythonError::BadWheelUrl { .. } => true,
+            PythonError::Fetch(e) => e.is_user_error(),
             PythonError::Store(e) => e.is_user_error(),
             _ => false,
         }

@@ -1,15 +1,13 @@
-//! The Python part of `resolve`: requirements → a locked wheel set; and how one wheel is fetched.
+//! Python requirements read from the core and node trees, and how one wheel is fetched.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
-use super::{requirements, Compile, Group, PinnedWheel, PythonError, Uv};
+use super::{requirements, Group, PinnedWheel, PythonError, Uv};
 use crate::fetch::http::{Download, Got};
-use crate::fetch::{Expected, FetchError, Origin};
-use crate::lock::{LockedGit, LockedNode, LockedPython, LockedWheel};
-use crate::resolve::{ItemReport, Resolver, Update};
+use crate::fetch::{Expected, Origin};
+use crate::lock::{LockedGit, LockedNode, LockedWheel};
 use crate::spec::Spec;
 use crate::store::{sanitize_name, AddOptions, Store};
 
@@ -52,191 +50,6 @@ pub fn find_uv(store: &Store) -> Result<Uv, PythonError> {
     Uv::find(|k| std::env::var(k).ok(), &store.root().join("cache/uv"))
 }
 
-impl Resolver {
-    /// Resolve the Python environment of `spec` (`None` when it has none: no `python` object and
-    /// no requirements anywhere), fetching every wheel into the store.
-    pub(crate) async fn resolve_python(
-        &self,
-        spec: &Spec,
-        core: &LockedGit,
-        nodes: &[LockedNode],
-        old: Option<&LockedPython>,
-        update: &Update,
-        progress: &mut Option<LockedPython>,
-    ) -> Result<Option<(LockedPython, Vec<ItemReport>)>, FetchError> {
-        let store = self.store.clone();
-        let groups = tokio::task::block_in_place(|| groups(&store, spec, core, nodes))?;
-        if spec.python.is_none() && groups.iter().all(|g| g.requirements.is_empty()) {
-            return Ok(None);
-        }
-        let wanted = spec.python.as_ref().and_then(|p| p.version.clone());
-        let keep = old.filter(|o| {
-            o.requirements == groups
-                && wanted.as_ref().is_none_or(|v| *v == o.version)
-                && !update.covers(&["python"])
-        });
-        let (version, pinned, action) = match keep {
-            Some(kept) => {
-                let pinned: Vec<(PinnedWheel, Option<String>)> = kept
-                    .wheels
-                    .iter()
-                    .map(|w| {
-                        (
-                            pinned_of(w),
-                            // An interrupted resolve keeps wheels it had not fetched yet unnamed.
-                            (!w.store_path.is_empty()).then(|| w.store_path.clone()),
-                        )
-                    })
-                    .collect();
-                (kept.version.clone(), pinned, "kept")
-            }
-            None => {
-                let offline = self.client.config().offline;
-                let settings = self.python.clone();
-                let (version, pinned) = tokio::task::block_in_place(|| {
-                    let uv = find_uv(&store)?;
-                    let interpreter = match &wanted {
-                        Some(v) => uv.interpreter(Some(v)).ok(),
-                        None => Some(uv.interpreter(None)?),
-                    };
-                    let version = wanted
-                        .clone()
-                        .or_else(|| interpreter.as_ref().map(|i| i.minor_version()))
-                        .expect("an interpreter or a wanted version");
-                    // A staging directory holds the GC lock shared: the collector, which may
-                    // clear the uv cache, waits for uv to finish.
-                    let scratch = store.staging()?;
-                    let pinned = Compile {
-                        uv: &uv,
-                        scratch: scratch.path(),
-                        version: &version,
-                        interpreter: interpreter.as_ref(),
-                        wheels_dir: settings.wheels_dir.as_deref(),
-                        offline,
-                    }
-                    .run(&groups)?;
-                    Ok::<_, PythonError>((version, pinned))
-                })?;
-                let from_dir = self.python.wheels_dir.is_some();
-                let pinned: Vec<(PinnedWheel, Option<String>)> = pinned
-                    .into_iter()
-                    .map(|mut p| {
-                        if from_dir {
-                            p.url.clear();
-                        }
-                        (p, None)
-                    })
-                    .collect();
-                (version, pinned, "resolved")
-            }
-        };
-
-        // What is pinned is kept even if a download fails, so the next resolve does not ask uv
-        // again (`store_path` is filled in as wheels arrive).
-        *progress = Some(LockedPython {
-            version: version.clone(),
-            requirements: groups.clone(),
-            wheels: pinned
-                .iter()
-                .map(|(w, kept)| LockedWheel {
-                    name: w.name.clone(),
-                    version: w.version.clone(),
-                    filename: w.filename.clone(),
-                    url: (!w.url.is_empty()).then(|| w.url.clone()),
-                    sha256: w.sha256.clone(),
-                    store_path: kept.clone().unwrap_or_default(),
-                })
-                .collect(),
-        });
-        let mut tasks = Vec::new();
-        let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
-        for (wheel, kept) in pinned {
-            tasks.push(self.wheel_task(wheel, kept, action, jobs.clone()));
-        }
-        let mut wheels = Vec::new();
-        let mut reports = Vec::new();
-        let mut errors = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            match task.await.expect("wheel tasks do not panic") {
-                Ok((wheel, report)) => {
-                    if let Some(p) = progress.as_mut() {
-                        p.wheels[i].store_path = wheel.store_path.clone();
-                    }
-                    wheels.push(wheel);
-                    reports.push(report);
-                }
-                Err(err) => errors.push(err),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(crate::resolve::combine(errors));
-        }
-        Ok(Some((
-            LockedPython {
-                version,
-                requirements: groups,
-                wheels,
-            },
-            reports,
-        )))
-    }
-
-    fn wheel_task(
-        &self,
-        wheel: PinnedWheel,
-        kept: Option<String>,
-        action: &'static str,
-        jobs: Arc<tokio::sync::Semaphore>,
-    ) -> tokio::task::JoinHandle<Result<(LockedWheel, ItemReport), FetchError>> {
-        let store = self.store.clone();
-        let client = self.client.clone();
-        let reporter = self.reporter.clone();
-        let wheels_dir = self.python.wheels_dir.clone();
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            let done = |store_path: String| {
-                let report = ItemReport {
-                    kind: "wheel",
-                    name: wheel.filename.clone(),
-                    action,
-                    pin: format!(
-                        "{} sha256:{}",
-                        wheel.version,
-                        &wheel.sha256[..16.min(wheel.sha256.len())]
-                    ),
-                    store_path: store_path.clone(),
-                };
-                let locked = LockedWheel {
-                    name: wheel.name.clone(),
-                    version: wheel.version.clone(),
-                    filename: wheel.filename.clone(),
-                    url: (!wheel.url.is_empty()).then(|| wheel.url.clone()),
-                    sha256: wheel.sha256.clone(),
-                    store_path,
-                };
-                (locked, report)
-            };
-            // A kept wheel is pinned: the executor makes it valid with the rest of the lock.
-            if let Some(path) = kept {
-                return Ok(done(path));
-            }
-            let source = WheelSource {
-                wheels_dir: wheels_dir.as_deref(),
-                from_lock: action == "kept",
-            };
-            let got =
-                fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
-            let (locked, report) = done(got);
-            executor.record(
-                &crate::build::Derivation::wheel(&locked),
-                Some(locked.store_path.clone()),
-                crate::build::exec::How::Fetched,
-            );
-            Ok((locked, report))
-        })
-    }
-}
-
 /// Where a wheel may come from besides its URL.
 pub struct WheelSource<'a> {
     /// `--wheels-dir`: the only place wheels come from when given.
@@ -261,7 +74,7 @@ pub async fn fetch_wheel(
     source: &WheelSource<'_>,
     wheel: &PinnedWheel,
     jobs: &tokio::sync::Semaphore,
-) -> Result<String, FetchError> {
+) -> Result<String, PythonError> {
     let what = format!("wheel `{}`", wheel.filename);
     let options = AddOptions {
         name: Some(sanitize_name(&wheel.filename)),
@@ -275,21 +88,18 @@ pub async fn fetch_wheel(
         let file = dir.join(&wheel.filename);
         return tokio::task::block_in_place(|| add_local_wheel(store, &file, wheel, &options, dir));
     }
+    let bad_url = || PythonError::BadWheelUrl {
+        filename: wheel.filename.clone(),
+        url: wheel.url.clone(),
+    };
     if wheel.url.is_empty() {
-        return Err(FetchError::Api {
-            what,
-            message: "the lock has no URL for it (it was resolved from a `--wheels-dir`); pass `--wheels-dir`".into(),
+        return Err(PythonError::NoWheelUrl {
+            filename: wheel.filename.clone(),
         });
     }
-    let url = url::Url::parse(&wheel.url).map_err(|e| FetchError::Api {
-        what: what.clone(),
-        message: format!("bad URL `{}`: {e}", wheel.url),
-    })?;
+    let url = url::Url::parse(&wheel.url).map_err(|_| bad_url())?;
     if url.scheme() == "file" {
-        let file = url.to_file_path().map_err(|()| FetchError::Api {
-            what: what.clone(),
-            message: format!("bad file URL `{url}`"),
-        })?;
+        let file = url.to_file_path().map_err(|()| bad_url())?;
         let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
         return tokio::task::block_in_place(|| {
             add_local_wheel(store, &file, wheel, &options, &dir)
@@ -340,7 +150,7 @@ pub fn pinned_of(wheel: &LockedWheel) -> PinnedWheel {
 }
 
 /// A valid store path holding exactly this wheel (same file name and SHA-256), protected.
-fn stored_wheel(store: &Store, wheel: &PinnedWheel) -> Result<Option<String>, FetchError> {
+fn stored_wheel(store: &Store, wheel: &PinnedWheel) -> Result<Option<String>, PythonError> {
     for record in store.named(&sanitize_name(&wheel.filename))? {
         store.protect(&[&record.name])?;
         let path = store.path_of(&record.name);
@@ -358,15 +168,14 @@ fn add_local_wheel(
     wheel: &PinnedWheel,
     options: &AddOptions,
     dir: &Path,
-) -> Result<String, FetchError> {
+) -> Result<String, PythonError> {
     if !file.is_file() {
         return Err(PythonError::MissingWheel {
             filename: wheel.filename.clone(),
             dir: PathBuf::from(dir),
-        }
-        .into());
+        });
     }
-    let actual = sha256_of(file).map_err(FetchError::io(file))?;
+    let actual = sha256_of(file).map_err(PythonError::io(file))?;
     Expected::new(&wheel.sha256, Origin::Lock).check(
         &format!("wheel `{}`", wheel.filename),
         &file.display().to_string(),

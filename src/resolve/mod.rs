@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::build::exec::{Executor, How};
+use crate::build::{combine, BuildError};
 use crate::build::{Derivation, Kind};
 use crate::fetch::http::Client;
 use crate::fetch::model;
@@ -23,6 +24,65 @@ use crate::lock::{
 use crate::reporter::Reporter;
 use crate::spec::{CustomNode, Model, NodeSource, SourceKind, Spec};
 use crate::store::{sanitize_name, Store};
+
+mod partial;
+mod python;
+
+use partial::Partial;
+
+/// Why a resolve failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("--update: {} not in the spec; names are: {}", list(.unknown), list(.known))]
+    UnknownUpdate {
+        unknown: Vec<String>,
+        known: Vec<String>,
+    },
+}
+
+fn list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl From<FetchError> for ResolveError {
+    fn from(err: FetchError) -> ResolveError {
+        ResolveError::Build(err.into())
+    }
+}
+
+impl From<crate::python::PythonError> for ResolveError {
+    fn from(err: crate::python::PythonError) -> ResolveError {
+        ResolveError::Build(err.into())
+    }
+}
+
+impl From<crate::store::StoreError> for ResolveError {
+    fn from(err: crate::store::StoreError) -> ResolveError {
+        ResolveError::Build(err.into())
+    }
+}
+
+impl crate::hint::Hint for ResolveError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ResolveError::Build(e) => e.hint(),
+            ResolveError::UnknownUpdate { .. } => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        match self {
+            ResolveError::Build(e) => e.is_user_error(),
+            ResolveError::UnknownUpdate { .. } => true,
+        }
+    }
+}
 
 /// Which entries to resolve again even though the lock has them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +131,7 @@ pub struct Resolver {
     pub executor: Arc<Executor>,
 }
 
-type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), FetchError>>;
+type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), BuildError>>;
 
 impl Resolver {
     pub fn new(
@@ -98,7 +158,7 @@ impl Resolver {
         spec: &Spec,
         old: Option<&Lock>,
         update: &Update,
-    ) -> Result<(Lock, Vec<ItemReport>), FetchError> {
+    ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         let (mut lock, mut items) = self.pin(spec, old, update).await?;
         let fetches: Vec<Derivation> =
             crate::build::derivations(spec, Some(&lock), None, self.skip_models)
@@ -107,7 +167,7 @@ impl Resolver {
                 .collect();
         if let Err(err) = self.executor.run(&fetches).await {
             Partial::of(&lock).save(&self.store);
-            return Err(err);
+            return Err(err.into());
         }
         // Kept optional models that could not be fetched again are left out of the lock.
         for missing in self
@@ -145,7 +205,7 @@ impl Resolver {
         spec: &Spec,
         old: Option<&Lock>,
         update: &Update,
-    ) -> Result<(Lock, Vec<ItemReport>), FetchError> {
+    ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         check_update_names(spec, update)?;
         let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
         let merged = Partial::load(&self.store, &spec.version_id).and_then(|p| p.over(spec, old));
@@ -328,7 +388,7 @@ impl Resolver {
                 python: python_progress,
             };
             partial.save(&self.store);
-            return Err(combine(errors));
+            return Err(combine(errors).into());
         }
         let workflows = self.store_workflows(spec)?;
         Partial::clear(&self.store, &spec.version_id);
@@ -345,7 +405,7 @@ impl Resolver {
     }
 
     /// Make the core's and the nodes' trees valid: the Python requirements are read from them.
-    async fn trees_valid(&self, core: &LockedGit, nodes: &[LockedNode]) -> Result<(), FetchError> {
+    async fn trees_valid(&self, core: &LockedGit, nodes: &[LockedNode]) -> Result<(), BuildError> {
         let mut trees = vec![Derivation::git("core", "comfy".into(), core)];
         for node in nodes {
             if let Some(git) = &node.git {
@@ -359,18 +419,18 @@ impl Resolver {
     }
 
     /// Add the spec's workflow files to the store (they are part of the version's closure).
-    fn store_workflows(&self, spec: &Spec) -> Result<Vec<LockedWorkflow>, FetchError> {
+    fn store_workflows(&self, spec: &Spec) -> Result<Vec<LockedWorkflow>, ResolveError> {
         let mut out = Vec::new();
         for (i, rel) in spec.workflows.iter().enumerate() {
             let path = self.spec_dir.join(rel);
             let text = std::fs::read(&path).map_err(FetchError::io(&path))?;
             if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
-                return Err(FetchError::LocalSource {
+                return Err(ResolveError::from(FetchError::LocalSource {
                     what: format!("workflows[{i}]"),
                     file: path.display().to_string(),
                     reason: format!("it is not JSON: {e}"),
                     hint: None,
-                });
+                }));
             }
             let name = std::path::Path::new(rel)
                 .file_name()
@@ -459,7 +519,7 @@ impl Resolver {
                 return Ok((kept, item));
             }
             if client.config().offline {
-                return Err(FetchError::Offline {
+                return Err(BuildError::Offline {
                     missing: vec![format!(
                         "registry node `{label}` ({id} {})",
                         version.as_deref().unwrap_or("latest")
@@ -586,101 +646,6 @@ impl Resolver {
     }
 }
 
-/// What a failed resolve did resolve, kept in `cache/resolutions/<version_id>.json` so the next
-/// resolve of the version fetches only what is missing and does not run uv's resolution again.
-/// Its entries are used only where they still match the spec; it is removed by a successful
-/// resolve. It names no secret, as a lock names none.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Partial {
-    version_id: String,
-    comfy: Option<LockedGit>,
-    custom_nodes: Vec<LockedNode>,
-    models: Vec<LockedModel>,
-    /// The pinned wheel set; wheels not fetched yet have an empty `store_path`.
-    python: Option<crate::lock::LockedPython>,
-}
-
-impl Partial {
-    /// A whole lock whose paths are not all in the store yet.
-    fn of(lock: &Lock) -> Partial {
-        Partial {
-            version_id: lock.version_id.clone(),
-            comfy: Some(lock.comfy.clone()),
-            custom_nodes: lock.custom_nodes.clone(),
-            models: lock.models.clone(),
-            python: lock.python.clone(),
-        }
-    }
-
-    fn path(store: &Store, version_id: &str) -> std::path::PathBuf {
-        store
-            .root()
-            .join("cache/resolutions")
-            .join(format!("{}.json", sanitize_name(version_id)))
-    }
-
-    fn load(store: &Store, version_id: &str) -> Option<Partial> {
-        let text = std::fs::read_to_string(Partial::path(store, version_id)).ok()?;
-        serde_json::from_str::<Partial>(&text)
-            .ok()
-            .filter(|p| p.version_id == version_id)
-    }
-
-    fn save(&self, store: &Store) {
-        let path = Partial::path(store, &self.version_id);
-        let temp = path.with_extension(format!("json.{}", std::process::id()));
-        let written = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| std::fs::write(&temp, serde_json::to_vec_pretty(self)?))
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if let Err(e) = written {
-            tracing::warn!(
-                "cannot keep the partial resolution at `{}`: {e}",
-                path.display()
-            );
-        }
-    }
-
-    fn clear(store: &Store, version_id: &str) {
-        let _ = std::fs::remove_file(Partial::path(store, version_id));
-    }
-
-    /// A lock to resolve against: each entry from this record where it matches the spec, else
-    /// from the old lock.
-    fn over(self, spec: &Spec, old: Option<&Lock>) -> Option<Lock> {
-        let comfy = self
-            .comfy
-            .filter(|c| core_matches(spec, c))
-            .or_else(|| old.map(|l| l.comfy.clone()))?;
-        let mut custom_nodes = self.custom_nodes;
-        for node in old.map(|l| l.custom_nodes.as_slice()).unwrap_or_default() {
-            if !custom_nodes.iter().any(|n| n.name == node.name) {
-                custom_nodes.push(node.clone());
-            }
-        }
-        let mut models = self.models;
-        for model in old.map(|l| l.models.as_slice()).unwrap_or_default() {
-            if !models
-                .iter()
-                .any(|m| m.key() == model.key() && m.source == model.source)
-            {
-                models.push(model.clone());
-            }
-        }
-        Some(Lock {
-            lock_version: LOCK_VERSION,
-            version_id: spec.version_id.clone(),
-            comfy,
-            custom_nodes,
-            models,
-            python: self.python.or_else(|| old.and_then(|l| l.python.clone())),
-            workflows: old.map(|l| l.workflows.clone()).unwrap_or_default(),
-        })
-    }
-}
-
 enum NodeTask {
     Git(Task<LockedGit>),
     Registry(Task<LockedRegistry>),
@@ -717,7 +682,7 @@ pub(crate) fn name_offline(err: FetchError, what: &str) -> FetchError {
 
 async fn collect<T>(
     task: Task<T>,
-    errors: &mut Vec<FetchError>,
+    errors: &mut Vec<BuildError>,
     reports: &mut Vec<ItemReport>,
 ) -> Option<T> {
     match task.await.expect("resolve tasks do not panic") {
@@ -732,27 +697,7 @@ async fn collect<T>(
     }
 }
 
-/// One error for many: every offline miss in one list, other failures alongside.
-pub(crate) fn combine(errors: Vec<FetchError>) -> FetchError {
-    let mut missing = Vec::new();
-    let mut others = Vec::new();
-    for err in errors {
-        match err {
-            FetchError::Offline { missing: m } => missing.extend(m),
-            other => others.push(other),
-        }
-    }
-    if !missing.is_empty() {
-        others.insert(0, FetchError::Offline { missing });
-    }
-    if others.len() == 1 {
-        others.pop().expect("one error")
-    } else {
-        FetchError::Many { errors: others }
-    }
-}
-
-fn check_update_names(spec: &Spec, update: &Update) -> Result<(), FetchError> {
+fn check_update_names(spec: &Spec, update: &Update) -> Result<(), ResolveError> {
     let Update::Names(names) = update else {
         return Ok(());
     };
@@ -770,20 +715,8 @@ fn check_update_names(spec: &Spec, update: &Update) -> Result<(), FetchError> {
     if unknown.is_empty() {
         return Ok(());
     }
-    Err(FetchError::Api {
-        what: "--update".into(),
-        message: format!(
-            "{} not in the spec; names are: {}",
-            unknown
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            known
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    Err(ResolveError::UnknownUpdate {
+        unknown: unknown.into_iter().cloned().collect(),
+        known,
     })
 }

@@ -1,0 +1,198 @@
+//! The Python part of `resolve`: the requirement groups of the core and nodes (whose trees the
+//! executor makes valid first) → a locked wheel set, kept when the groups did not change, else
+//! resolved by uv; each new wheel fetched (its store path is its content's).
+
+use std::sync::Arc;
+
+use super::{ItemReport, Resolver, Update};
+use crate::build::BuildError;
+use crate::lock::{LockedGit, LockedNode, LockedPython, LockedWheel};
+use crate::python::{
+    fetch_wheel, find_uv, groups, pinned_of, Compile, PinnedWheel, PythonError, WheelSource,
+};
+use crate::spec::Spec;
+
+impl Resolver {
+    /// Resolve the Python environment of `spec` (`None` when it has none: no `python` object and
+    /// no requirements anywhere), fetching every wheel into the store.
+    pub(crate) async fn resolve_python(
+        &self,
+        spec: &Spec,
+        core: &LockedGit,
+        nodes: &[LockedNode],
+        old: Option<&LockedPython>,
+        update: &Update,
+        progress: &mut Option<LockedPython>,
+    ) -> Result<Option<(LockedPython, Vec<ItemReport>)>, BuildError> {
+        let store = self.store.clone();
+        let groups = tokio::task::block_in_place(|| groups(&store, spec, core, nodes))?;
+        if spec.python.is_none() && groups.iter().all(|g| g.requirements.is_empty()) {
+            return Ok(None);
+        }
+        let wanted = spec.python.as_ref().and_then(|p| p.version.clone());
+        let keep = old.filter(|o| {
+            o.requirements == groups
+                && wanted.as_ref().is_none_or(|v| *v == o.version)
+                && !update.covers(&["python"])
+        });
+        let (version, pinned, action) = match keep {
+            Some(kept) => {
+                let pinned: Vec<(PinnedWheel, Option<String>)> = kept
+                    .wheels
+                    .iter()
+                    .map(|w| {
+                        (
+                            pinned_of(w),
+                            // An interrupted resolve keeps wheels it had not fetched yet unnamed.
+                            (!w.store_path.is_empty()).then(|| w.store_path.clone()),
+                        )
+                    })
+                    .collect();
+                (kept.version.clone(), pinned, "kept")
+            }
+            None => {
+                let offline = self.client.config().offline;
+                let settings = self.python.clone();
+                let (version, pinned) = tokio::task::block_in_place(|| {
+                    let uv = find_uv(&store)?;
+                    let interpreter = match &wanted {
+                        Some(v) => uv.interpreter(Some(v)).ok(),
+                        None => Some(uv.interpreter(None)?),
+                    };
+                    let version = wanted
+                        .clone()
+                        .or_else(|| interpreter.as_ref().map(|i| i.minor_version()))
+                        .expect("an interpreter or a wanted version");
+                    // A staging directory holds the GC lock shared: the collector, which may
+                    // clear the uv cache, waits for uv to finish.
+                    let scratch = store.staging()?;
+                    let pinned = Compile {
+                        uv: &uv,
+                        scratch: scratch.path(),
+                        version: &version,
+                        interpreter: interpreter.as_ref(),
+                        wheels_dir: settings.wheels_dir.as_deref(),
+                        offline,
+                    }
+                    .run(&groups)?;
+                    Ok::<_, PythonError>((version, pinned))
+                })?;
+                let from_dir = self.python.wheels_dir.is_some();
+                let pinned: Vec<(PinnedWheel, Option<String>)> = pinned
+                    .into_iter()
+                    .map(|mut p| {
+                        if from_dir {
+                            p.url.clear();
+                        }
+                        (p, None)
+                    })
+                    .collect();
+                (version, pinned, "resolved")
+            }
+        };
+
+        // What is pinned is kept even if a download fails, so the next resolve does not ask uv
+        // again (`store_path` is filled in as wheels arrive).
+        *progress = Some(LockedPython {
+            version: version.clone(),
+            requirements: groups.clone(),
+            wheels: pinned
+                .iter()
+                .map(|(w, kept)| LockedWheel {
+                    name: w.name.clone(),
+                    version: w.version.clone(),
+                    filename: w.filename.clone(),
+                    url: (!w.url.is_empty()).then(|| w.url.clone()),
+                    sha256: w.sha256.clone(),
+                    store_path: kept.clone().unwrap_or_default(),
+                })
+                .collect(),
+        });
+        let mut tasks = Vec::new();
+        let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
+        for (wheel, kept) in pinned {
+            tasks.push(self.wheel_task(wheel, kept, action, jobs.clone()));
+        }
+        let mut wheels = Vec::new();
+        let mut reports = Vec::new();
+        let mut errors = Vec::new();
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.expect("wheel tasks do not panic") {
+                Ok((wheel, report)) => {
+                    if let Some(p) = progress.as_mut() {
+                        p.wheels[i].store_path = wheel.store_path.clone();
+                    }
+                    wheels.push(wheel);
+                    reports.push(report);
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(crate::build::combine(errors));
+        }
+        Ok(Some((
+            LockedPython {
+                version,
+                requirements: groups,
+                wheels,
+            },
+            reports,
+        )))
+    }
+
+    fn wheel_task(
+        &self,
+        wheel: PinnedWheel,
+        kept: Option<String>,
+        action: &'static str,
+        jobs: Arc<tokio::sync::Semaphore>,
+    ) -> tokio::task::JoinHandle<Result<(LockedWheel, ItemReport), BuildError>> {
+        let store = self.store.clone();
+        let client = self.client.clone();
+        let reporter = self.reporter.clone();
+        let wheels_dir = self.python.wheels_dir.clone();
+        let executor = self.executor.clone();
+        tokio::spawn(async move {
+            let done = |store_path: String| {
+                let report = ItemReport {
+                    kind: "wheel",
+                    name: wheel.filename.clone(),
+                    action,
+                    pin: format!(
+                        "{} sha256:{}",
+                        wheel.version,
+                        &wheel.sha256[..16.min(wheel.sha256.len())]
+                    ),
+                    store_path: store_path.clone(),
+                };
+                let locked = LockedWheel {
+                    name: wheel.name.clone(),
+                    version: wheel.version.clone(),
+                    filename: wheel.filename.clone(),
+                    url: (!wheel.url.is_empty()).then(|| wheel.url.clone()),
+                    sha256: wheel.sha256.clone(),
+                    store_path,
+                };
+                (locked, report)
+            };
+            // A kept wheel is pinned: the executor makes it valid with the rest of the lock.
+            if let Some(path) = kept {
+                return Ok(done(path));
+            }
+            let source = WheelSource {
+                wheels_dir: wheels_dir.as_deref(),
+                from_lock: action == "kept",
+            };
+            let got =
+                fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
+            let (locked, report) = done(got);
+            executor.record(
+                &crate::build::Derivation::wheel(&locked),
+                Some(locked.store_path.clone()),
+                crate::build::exec::How::Fetched,
+            );
+            Ok((locked, report))
+        })
+    }
+}
