@@ -34,7 +34,7 @@ use partial::Partial;
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]
-    Build(#[from] BuildError),
+    Build(Box<BuildError>),
     #[error("--update: {} not in the spec; names are: {}", list(.unknown), list(.known))]
     UnknownUpdate {
         unknown: Vec<String>,
@@ -50,21 +50,27 @@ fn list(names: &[String]) -> String {
         .join(", ")
 }
 
+impl From<BuildError> for ResolveError {
+    fn from(err: BuildError) -> ResolveError {
+        ResolveError::Build(Box::new(err))
+    }
+}
+
 impl From<FetchError> for ResolveError {
     fn from(err: FetchError) -> ResolveError {
-        ResolveError::Build(err.into())
+        ResolveError::from(BuildError::from(err))
     }
 }
 
 impl From<crate::python::PythonError> for ResolveError {
     fn from(err: crate::python::PythonError) -> ResolveError {
-        ResolveError::Build(err.into())
+        ResolveError::from(BuildError::from(err))
     }
 }
 
 impl From<crate::store::StoreError> for ResolveError {
     fn from(err: crate::store::StoreError) -> ResolveError {
-        ResolveError::Build(err.into())
+        ResolveError::from(BuildError::from(err))
     }
 }
 
