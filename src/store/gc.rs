@@ -1,5 +1,5 @@
-//! Garbage collection: roots, marking over the reference graph, and a sweep that survives
-//! failures on single items (in the manner of attic's GC).
+//! Garbage collection: a plan over the roots (`roots.rs`) and the reference graph, and a sweep that
+//! survives failures on single items (in the manner of attic's GC).
 //!
 //! Protocol (see `store-layout.md`, "Garbage collection"): the collector takes `gc.lock`
 //! exclusive, so no writer is between its first write and its temporary root; it reads every root
@@ -7,27 +7,17 @@
 //! graph once, marks, and deletes the dead paths' registrations (referrers first) before their
 //! files, so a crash leaves unregistered garbage, never a registered path without files. It then
 //! releases the lock and removes objects no path links any more, staging leftovers, partial
-//! downloads and git mirrors that no live lock names.
+//! downloads and git mirrors that no live lock needs (the caller names those: [`Keep`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::account::{Bytes, DiskIndex};
+use super::account::DiskIndex;
+use super::roots::{home_generation, Graph, Root};
 use super::{db, lock, Result, Store};
-
-/// Why a path is alive.
-#[derive(Debug, Clone, Serialize)]
-pub struct Root {
-    /// `home:<path>#<N>`, `pin:<name>`, or `temp:<pid>`.
-    pub name: String,
-    pub kind: String,
-    pub path: String,
-    /// For indirect roots: whether what they stand for still exists.
-    pub live: bool,
-}
 
 /// What the layers above the store keep beside `paths/` for the live roots. The store knows
 /// no lock format: the caller reads its roots (home manifests, pins) and names what they need.
@@ -90,122 +80,7 @@ pub struct GcReport {
     pub errors: Vec<String>,
 }
 
-/// The reference graph, loaded in one pass over the db.
-struct Graph {
-    paths: Vec<db::PathRecord>,
-    edges: Vec<(i64, i64)>,
-    /// referrer → references
-    refs: HashMap<i64, Vec<i64>>,
-}
-
-impl Graph {
-    fn id_of(&self) -> HashMap<&str, i64> {
-        self.paths.iter().map(|p| (p.name.as_str(), p.id)).collect()
-    }
-
-    fn name_of(&self) -> HashMap<i64, &str> {
-        self.paths.iter().map(|p| (p.id, p.name.as_str())).collect()
-    }
-
-    /// Everything reachable from `start`.
-    fn reachable(&self, start: impl IntoIterator<Item = i64>) -> HashSet<i64> {
-        let mut seen = HashSet::new();
-        let mut queue: VecDeque<i64> = start.into_iter().collect();
-        while let Some(id) = queue.pop_front() {
-            if seen.insert(id) {
-                queue.extend(self.refs.get(&id).into_iter().flatten().copied());
-            }
-        }
-        seen
-    }
-}
-
-/// A home root's name → the generation directory it stands for.
-fn home_generation(name: &str) -> Option<PathBuf> {
-    let rest = name.strip_prefix("home:")?;
-    let (home, n) = rest.rsplit_once('#')?;
-    Some(Path::new(home).join(".comfix/generations").join(n))
-}
-
 impl Store {
-    fn graph(&self) -> Result<Graph> {
-        let conn = self.db();
-        let paths = db::list(&conn).map_err(|e| self.db_err(e))?;
-        let edges = db::all_references(&conn).map_err(|e| self.db_err(e))?;
-        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
-        for (from, to) in &edges {
-            refs.entry(*from).or_default().push(*to);
-        }
-        Ok(Graph { paths, edges, refs })
-    }
-
-    /// Protect `names` for the life of this process: after this returns, a collector that starts
-    /// later keeps them (call it *before* checking that they are valid). A name `git/<dir>`
-    /// protects that git mirror.
-    pub fn protect(&self, names: &[&str]) -> Result<()> {
-        if self.read_only {
-            return Ok(()); // no collector can run on it
-        }
-        let _gc = lock::shared(&self.root.join("gc.lock"))?;
-        for name in names {
-            self.temp_roots.add(name)?;
-        }
-        Ok(())
-    }
-
-    /// Pin a valid path as root `pin:<name>`.
-    pub fn pin(&self, name: &str, path: &str) -> Result<()> {
-        self.add_root(&format!("pin:{name}"), path, "pin")
-    }
-
-    /// Every root: recorded ones (with liveness) and the temporary roots of live processes.
-    pub fn all_roots(&self) -> Result<Vec<Root>> {
-        let mut roots: Vec<Root> = self
-            .roots()?
-            .into_iter()
-            .map(|r| Root {
-                live: home_generation(&r.name).is_none_or(|dir| dir.is_dir()),
-                name: r.name,
-                kind: r.kind,
-                path: r.path,
-            })
-            .collect();
-        for (pid, names) in self.live_temp_roots()? {
-            for path in names {
-                if path.starts_with("git/") && !path.ends_with(".git") {
-                    continue;
-                }
-                roots.push(Root {
-                    name: format!("temp:{pid}"),
-                    kind: "temp".into(),
-                    path,
-                    live: true,
-                });
-            }
-        }
-        Ok(roots)
-    }
-
-    /// `(pid, names)` of every temporary roots file whose process is alive (holds its lock).
-    fn live_temp_roots(&self) -> Result<Vec<(String, Vec<String>)>> {
-        let mut out = Vec::new();
-        let own = std::process::id().to_string();
-        for entry in fs::read_dir(self.root.join("temproots"))? {
-            let entry = entry?;
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            // A file its process removed meanwhile is not re-created here.
-            if pid != own && !path.exists() {
-                continue;
-            }
-            let alive = pid == own || lock::try_exclusive_existing(&path)?.is_none();
-            if alive && path.exists() {
-                let text = fs::read_to_string(&path).unwrap_or_default();
-                out.push((pid, text.lines().map(str::to_string).collect()));
-            }
-        }
-        Ok(out)
-    }
 
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
     /// and reports the same bytes; the real run then does what was decided.
@@ -305,7 +180,7 @@ impl Store {
     }
 
     /// Decide what a collection removes, deleting nothing (see [`Plan`]).
-    fn plan(&self, input: &PlanInput<'_>, graph: &Graph, index: &mut DiskIndex) -> Result<Plan> {
+    pub(super) fn plan(&self, input: &PlanInput<'_>, graph: &Graph, index: &mut DiskIndex) -> Result<Plan> {
         let mut plan = Plan::default();
         let take = input.probe == Probe::Take;
 
@@ -565,7 +440,7 @@ impl Store {
 /// What a collection decides before it deletes anything. The dry run and the real run share it,
 /// and `store du` asks it what-if questions, so all three report the same bytes.
 #[derive(Default)]
-struct Plan {
+pub(super) struct Plan {
     roots: usize,
     live_paths: usize,
     /// Recorded roots to drop: their generation is gone (or removed by `older_than`).
@@ -584,7 +459,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn removal_paths(&self) -> Vec<PathBuf> {
+    pub(super) fn removal_paths(&self) -> Vec<PathBuf> {
         self.old_generations
             .iter()
             .cloned()
@@ -593,19 +468,19 @@ impl Plan {
     }
 }
 
-struct PlanInput<'a> {
-    roots: &'a [Root],
+pub(super) struct PlanInput<'a> {
+    pub(super) roots: &'a [Root],
     /// Root names to treat as gone (`store du`'s what-if).
-    without: &'a HashSet<String>,
-    older_than: Option<i64>,
-    max_freed: Option<u64>,
-    probe: Probe,
-    keep: &'a dyn Keep,
+    pub(super) without: &'a HashSet<String>,
+    pub(super) older_than: Option<i64>,
+    pub(super) max_freed: Option<u64>,
+    pub(super) probe: Probe,
+    pub(super) keep: &'a dyn Keep,
 }
 
 /// How the planner treats the locks of what it would remove.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
+pub(super) enum Probe {
     /// Take and keep them (the collector).
     Take,
     /// Only look: create no lock file and keep no lock (`store du`).
@@ -641,192 +516,3 @@ fn old_generations(roots: &[Root], cutoff: i64) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// `store du`: the store on disk, what gc would free now, its caches, and per home, version and
-/// pin what gc would free if that group's roots went.
-#[derive(Debug, Clone, Serialize)]
-pub struct DiskUse {
-    /// The whole store but its database, each inode once.
-    pub total: Bytes,
-    /// What `comfix gc` frees now (the same figure as `gc --dry-run`).
-    pub garbage: Bytes,
-    pub parts: Vec<Part>,
-    pub groups: Vec<Usage>,
-}
-
-/// A top-level part of the store.
-#[derive(Debug, Clone, Serialize)]
-pub struct Part {
-    pub name: String,
-    /// Its inodes, each once.
-    pub bytes: Bytes,
-    /// For caches: what deleting it alone would free.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub own: Option<Bytes>,
-}
-
-/// One group of `store du`: the paths kept alive by some roots.
-#[derive(Debug, Clone, Serialize)]
-pub struct Usage {
-    /// `home:<path>`, `version:<id>` or `pin:<name>`.
-    pub group: String,
-    pub paths: usize,
-    /// What gc would free if this group's roots went (its homes deleted, its pin dropped).
-    pub unique: Bytes,
-    /// The rest of its closure: bytes other roots keep too.
-    pub shared: Bytes,
-}
-
-impl Store {
-    /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
-    pub fn du(&self, keep: &dyn Keep) -> Result<DiskUse> {
-        let roots = self.all_roots()?;
-        let graph = self.graph()?;
-        let mut index = DiskIndex::default();
-        let objects = self.root.join("objects");
-        let garbage_of = |without: &HashSet<String>, index: &mut DiskIndex| -> Result<Bytes> {
-            let plan = self.plan(
-                &PlanInput {
-                    roots: &roots,
-                    without,
-                    older_than: None,
-                    max_freed: None,
-                    probe: Probe::Look,
-                    keep,
-                },
-                &graph,
-                index,
-            )?;
-            Ok(index.freed(&plan.removal_paths(), &objects).0)
-        };
-        let garbage = garbage_of(&HashSet::new(), &mut index)?;
-
-        let mut tops: Vec<PathBuf> = fs::read_dir(&self.root)?
-            .flatten()
-            .filter(|e| e.file_name() != "db")
-            .map(|e| e.path())
-            .collect();
-        tops.sort();
-        let total = index.total(&tops);
-        let nothing = index.freed(&[], &objects).0;
-        let mut parts = Vec::new();
-        for top in &tops {
-            let name = top
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let split = name == "cache" || name == "tmp";
-            let children: Vec<PathBuf> = if split {
-                let mut c: Vec<PathBuf> = fs::read_dir(top)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .map(|e| e.path())
-                    .collect();
-                c.sort();
-                c
-            } else {
-                vec![top.clone()]
-            };
-            for part in children {
-                let label = part
-                    .strip_prefix(&self.root)
-                    .unwrap_or(&part)
-                    .display()
-                    .to_string();
-                let bytes = index.total(std::slice::from_ref(&part));
-                if bytes.disk == 0 && bytes.content == 0 {
-                    continue;
-                }
-                let cache = split || name == "git";
-                let own = cache.then(|| {
-                    index
-                        .freed(std::slice::from_ref(&part), &objects)
-                        .0
-                        .saturating_sub(nothing)
-                });
-                parts.push(Part {
-                    name: label,
-                    bytes,
-                    own,
-                });
-            }
-        }
-
-        let mut groups: BTreeMap<String, Vec<&Root>> = BTreeMap::new();
-        for root in roots.iter().filter(|r| r.live && r.kind != "temp") {
-            if let Some(rest) = root.name.strip_prefix("home:") {
-                let home = rest.rsplit_once('#').map_or(rest, |(h, _)| h);
-                groups.entry(format!("home:{home}")).or_default().push(root);
-                let version = keep
-                    .version_of(self, &root.path)
-                    .unwrap_or_else(|| root.path.clone());
-                groups
-                    .entry(format!("version:{version}"))
-                    .or_default()
-                    .push(root);
-            } else {
-                groups.entry(root.name.clone()).or_default().push(root);
-            }
-        }
-        let (id_of, name_of) = (graph.id_of(), graph.name_of());
-        let mut usage = Vec::new();
-        for (group, members) in &groups {
-            let without: HashSet<String> = members.iter().map(|r| r.name.clone()).collect();
-            let unique = garbage_of(&without, &mut index)?.saturating_sub(garbage);
-            let closure: Vec<PathBuf> = graph
-                .reachable(
-                    members
-                        .iter()
-                        .filter_map(|r| id_of.get(r.path.as_str()).copied()),
-                )
-                .into_iter()
-                .map(|id| self.path_of(name_of[&id]))
-                .collect();
-            let all = index.total(&closure);
-            usage.push(Usage {
-                group: group.clone(),
-                paths: closure.len(),
-                unique,
-                shared: all.saturating_sub(unique),
-            });
-        }
-        Ok(DiskUse {
-            total,
-            garbage,
-            parts,
-            groups: usage,
-        })
-    }
-
-    /// The shortest chain of references from `a` to `b` (both names), if `a` depends on `b`.
-    pub fn why_depends(&self, a: &str, b: &str) -> Result<Option<Vec<String>>> {
-        let graph = self.graph()?;
-        let (id_of, name_of, refs) = (graph.id_of(), graph.name_of(), &graph.refs);
-        let (Some(&start), Some(&goal)) = (id_of.get(a), id_of.get(b)) else {
-            return Ok(None);
-        };
-        let mut parent: HashMap<i64, i64> = HashMap::new();
-        let mut queue = VecDeque::from([start]);
-        let mut seen = HashSet::from([start]);
-        while let Some(id) = queue.pop_front() {
-            if id == goal {
-                let mut chain = vec![name_of[&id].to_string()];
-                let mut at = id;
-                while let Some(p) = parent.get(&at) {
-                    chain.push(name_of[p].to_string());
-                    at = *p;
-                }
-                chain.reverse();
-                return Ok(Some(chain));
-            }
-            for next in refs.get(&id).into_iter().flatten() {
-                if seen.insert(*next) {
-                    parent.insert(*next, id);
-                    queue.push_back(*next);
-                }
-            }
-        }
-        Ok(None)
-    }
-}

@@ -18,9 +18,11 @@
 mod account;
 mod add;
 pub mod db;
+mod du;
 mod gc;
 pub mod lock;
 mod meta;
+mod roots;
 pub mod tree;
 mod verify;
 
@@ -32,7 +34,9 @@ use rusqlite::Connection;
 pub use account::Bytes;
 pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
-pub use gc::{DiskUse, GcOptions, GcReport, Keep, KeepNothing, Kept, Part, Root, Usage};
+pub use du::{DiskUse, Part, Usage};
+pub use gc::{GcOptions, GcReport, Keep, KeepNothing, Kept};
+pub use roots::Root;
 pub use meta::RebuildReport;
 pub use verify::{CorruptPath, VerifyReport};
 

@@ -1,0 +1,139 @@
+//! Roots and the reference graph: what keeps a path alive (home generations, pins, the
+//! temporary roots of live processes), and the graph the collector and `du` walk.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{db, lock, Result, Store};
+
+/// Why a path is alive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Root {
+    /// `home:<path>#<N>`, `pin:<name>`, or `temp:<pid>`.
+    pub name: String,
+    pub kind: String,
+    pub path: String,
+    /// For indirect roots: whether what they stand for still exists.
+    pub live: bool,
+}
+
+/// The reference graph, loaded in one pass over the db.
+pub(super) struct Graph {
+    pub(super) paths: Vec<db::PathRecord>,
+    pub(super) edges: Vec<(i64, i64)>,
+    /// referrer → references
+    pub(super) refs: HashMap<i64, Vec<i64>>,
+}
+
+impl Graph {
+    pub(super) fn id_of(&self) -> HashMap<&str, i64> {
+        self.paths.iter().map(|p| (p.name.as_str(), p.id)).collect()
+    }
+
+    pub(super) fn name_of(&self) -> HashMap<i64, &str> {
+        self.paths.iter().map(|p| (p.id, p.name.as_str())).collect()
+    }
+
+    /// Everything reachable from `start`.
+    pub(super) fn reachable(&self, start: impl IntoIterator<Item = i64>) -> HashSet<i64> {
+        let mut seen = HashSet::new();
+        let mut queue: VecDeque<i64> = start.into_iter().collect();
+        while let Some(id) = queue.pop_front() {
+            if seen.insert(id) {
+                queue.extend(self.refs.get(&id).into_iter().flatten().copied());
+            }
+        }
+        seen
+    }
+}
+
+/// A home root's name → the generation directory it stands for.
+pub(super) fn home_generation(name: &str) -> Option<PathBuf> {
+    let rest = name.strip_prefix("home:")?;
+    let (home, n) = rest.rsplit_once('#')?;
+    Some(Path::new(home).join(".comfix/generations").join(n))
+}
+
+impl Store {
+    pub(super) fn graph(&self) -> Result<Graph> {
+        let conn = self.db();
+        let paths = db::list(&conn).map_err(|e| self.db_err(e))?;
+        let edges = db::all_references(&conn).map_err(|e| self.db_err(e))?;
+        let mut refs: HashMap<i64, Vec<i64>> = HashMap::new();
+        for (from, to) in &edges {
+            refs.entry(*from).or_default().push(*to);
+        }
+        Ok(Graph { paths, edges, refs })
+    }
+
+    /// Protect `names` for the life of this process: after this returns, a collector that starts
+    /// later keeps them (call it *before* checking that they are valid). A name `git/<dir>`
+    /// protects that git mirror.
+    pub fn protect(&self, names: &[&str]) -> Result<()> {
+        if self.read_only {
+            return Ok(()); // no collector can run on it
+        }
+        let _gc = lock::shared(&self.root.join("gc.lock"))?;
+        for name in names {
+            self.temp_roots.add(name)?;
+        }
+        Ok(())
+    }
+
+    /// Pin a valid path as root `pin:<name>`.
+    pub fn pin(&self, name: &str, path: &str) -> Result<()> {
+        self.add_root(&format!("pin:{name}"), path, "pin")
+    }
+
+    /// Every root: recorded ones (with liveness) and the temporary roots of live processes.
+    pub fn all_roots(&self) -> Result<Vec<Root>> {
+        let mut roots: Vec<Root> = self
+            .roots()?
+            .into_iter()
+            .map(|r| Root {
+                live: home_generation(&r.name).is_none_or(|dir| dir.is_dir()),
+                name: r.name,
+                kind: r.kind,
+                path: r.path,
+            })
+            .collect();
+        for (pid, names) in self.live_temp_roots()? {
+            for path in names {
+                if path.starts_with("git/") && !path.ends_with(".git") {
+                    continue;
+                }
+                roots.push(Root {
+                    name: format!("temp:{pid}"),
+                    kind: "temp".into(),
+                    path,
+                    live: true,
+                });
+            }
+        }
+        Ok(roots)
+    }
+
+    /// `(pid, names)` of every temporary roots file whose process is alive (holds its lock).
+    pub(super) fn live_temp_roots(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let mut out = Vec::new();
+        let own = std::process::id().to_string();
+        for entry in fs::read_dir(self.root.join("temproots"))? {
+            let entry = entry?;
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            // A file its process removed meanwhile is not re-created here.
+            if pid != own && !path.exists() {
+                continue;
+            }
+            let alive = pid == own || lock::try_exclusive_existing(&path)?.is_none();
+            if alive && path.exists() {
+                let text = fs::read_to_string(&path).unwrap_or_default();
+                out.push((pid, text.lines().map(str::to_string).collect()));
+            }
+        }
+        Ok(out)
+    }
+}
