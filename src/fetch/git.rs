@@ -11,7 +11,7 @@ use crate::store::{lock, AddOptions, Added, Store};
 
 /// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.
 pub fn mirror_path(store: &Store, url: &str) -> PathBuf {
-    store.root().join("git").join(mirror_name(url))
+    store.mirror_dir(&mirror_name(url))
 }
 
 /// `<key>-<name>.git`, the mirror's directory name.
@@ -23,7 +23,7 @@ pub fn mirror_name(url: &str) -> String {
 
 /// Keep the mirror of `url` from the garbage collector for the life of this process.
 pub fn protect_mirror(store: &Store, url: &str) -> Result<(), FetchError> {
-    Ok(store.protect(&[&format!("git/{}", mirror_name(url))])?)
+    Ok(store.protect(&[&Store::mirror_root(&mirror_name(url))])?)
 }
 
 fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {

@@ -420,7 +420,7 @@ impl Client {
         reporter: &dyn Reporter,
         d: &Download,
     ) -> Result<Got, FetchError> {
-        let dir = store.root().join("tmp/downloads");
+        let dir = store.downloads_dir();
         std::fs::create_dir_all(&dir).map_err(FetchError::io(&dir))?;
         let key = download_key(d.url.as_str());
         let part = dir.join(format!("{key}.part"));

@@ -134,7 +134,9 @@ fn build_into(
 /// `<store>/cache/wheels/<sha256>/<file name>`, a symlink to the wheel's store path; returns its
 /// directory.
 fn wheel_link(store: &Store, wheel: &crate::lock::LockedWheel) -> Result<PathBuf, PythonError> {
-    let dir = store.root().join("cache/wheels").join(&wheel.sha256);
+    let dir = store
+        .cache_dir(crate::store::layout::Cache::Wheels)
+        .join(&wheel.sha256);
     let link = dir.join(&wheel.filename);
     let target = store.path_of(&wheel.store_path);
     if fs::read_link(&link).is_ok_and(|t| t == target) {
@@ -162,7 +164,7 @@ fn empty_venv(store: &Store, uv: &Uv, interpreter: &Interpreter) -> Result<PathB
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    let dir = store.root().join("cache/venv-base");
+    let dir = store.cache_dir(crate::store::layout::Cache::VenvBase);
     let base = dir.join(&hasher.finalize().to_hex()[..32]);
     if base.join("pyvenv.cfg").is_file() {
         return Ok(base);

@@ -47,7 +47,10 @@ pub fn groups(
 
 /// Find uv with the store's cache.
 pub fn find_uv(store: &Store) -> Result<Uv, PythonError> {
-    Uv::find(|k| std::env::var(k).ok(), &store.root().join("cache/uv"))
+    Uv::find(
+        |k| std::env::var(k).ok(),
+        &store.cache_dir(crate::store::layout::Cache::Uv),
+    )
 }
 
 /// Where a wheel may come from besides its URL.

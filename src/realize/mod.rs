@@ -399,7 +399,7 @@ fn protect_inputs(
             .filter_map(|n| n.git.as_ref().map(|g| &g.repo)),
     );
     for repo in repos {
-        store.protect(&[&format!("git/{}", crate::fetch::git::mirror_name(repo))])?;
+        store.protect(&[&Store::mirror_root(&crate::fetch::git::mirror_name(repo))])?;
     }
     Ok(())
 }

@@ -31,8 +31,7 @@ impl Partial {
 
     pub(super) fn path(store: &Store, version_id: &str) -> std::path::PathBuf {
         store
-            .root()
-            .join("cache/resolutions")
+            .cache_dir(crate::store::layout::Cache::Resolutions)
             .join(format!("{}.json", sanitize_name(version_id)))
     }
 

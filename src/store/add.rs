@@ -107,10 +107,10 @@ impl Store {
     /// A fresh staging directory (see [`Staging`]).
     pub fn staging(&self) -> Result<Staging> {
         self.writable()?;
-        let gc = lock::shared(&self.root.join("gc.lock"))?;
+        let gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let dir = tempfile::Builder::new()
             .prefix("stage-")
-            .tempdir_in(self.root.join("tmp"))?;
+            .tempdir_in(self.root.join(super::layout::TMP))?;
         Ok(Staging { dir, _gc: gc })
     }
 
@@ -184,8 +184,13 @@ impl Store {
             return Ok(added);
         }
         let staging = self.staging()?;
-        let build_lock = lock::exclusive(&self.root.join("locks").join(format!("{name}.lock")))
-            .map_err(StoreError::from)?;
+        let build_lock = lock::exclusive(
+            &self
+                .root
+                .join(super::layout::LOCKS)
+                .join(format!("{name}.lock")),
+        )
+        .map_err(StoreError::from)?;
         if let Some(added) = self.existing(name)? {
             return Ok(added);
         }
@@ -283,7 +288,7 @@ impl Store {
                 }),
             };
         }
-        let gc = lock::shared(&self.root.join("gc.lock"))?;
+        let gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
         if let Some(added) = self.existing(&expected.name)? {
             return Ok(added);
@@ -291,7 +296,7 @@ impl Store {
 
         let tmp = tempfile::Builder::new()
             .prefix("add-")
-            .tempdir_in(self.root.join("tmp"))?;
+            .tempdir_in(self.root.join(super::layout::TMP))?;
         let staged = tmp.path().join("root");
         for entry in &entries {
             let at = tree::join_rel(&staged, &entry.rel);
@@ -392,7 +397,7 @@ impl Store {
                 let guard = lock::exclusive(
                     &self
                         .root
-                        .join("locks")
+                        .join(super::layout::LOCKS)
                         .join(format!("{}.lock", record.name)),
                 )?;
                 if let Some(added) = self.existing(&record.name)? {

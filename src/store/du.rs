@@ -53,7 +53,7 @@ impl Store {
         let roots = self.all_roots()?;
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
-        let objects = self.root.join("objects");
+        let objects = self.root.join(super::layout::OBJECTS);
         let garbage_of = |without: &HashSet<String>, index: &mut DiskIndex| -> Result<Bytes> {
             let plan = self.plan(
                 &PlanInput {

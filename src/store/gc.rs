@@ -81,12 +81,11 @@ pub struct GcReport {
 }
 
 impl Store {
-
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
     /// and reports the same bytes; the real run then does what was decided.
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
-        let gc_lock = lock::exclusive(&self.root.join("gc.lock"))?;
+        let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
         let roots = self.all_roots()?;
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
@@ -102,7 +101,10 @@ impl Store {
             &graph,
             &mut index,
         )?;
-        let (freed, objects) = index.freed(&plan.removal_paths(), &self.root.join("objects"));
+        let (freed, objects) = index.freed(
+            &plan.removal_paths(),
+            &self.root.join(super::layout::OBJECTS),
+        );
         let mut report = GcReport {
             dry_run: options.dry_run,
             roots: plan.roots,
@@ -152,7 +154,7 @@ impl Store {
         // Objects nothing links any more — still under the exclusive lock: a writer links
         // existing objects into what it stages.
         report.removed_objects = 0;
-        for shard in fs::read_dir(self.root.join("objects"))?.flatten() {
+        for shard in fs::read_dir(self.root.join(super::layout::OBJECTS))?.flatten() {
             for object in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
                 use std::os::unix::fs::MetadataExt;
                 if let Ok(meta) = fs::symlink_metadata(object.path()) {
@@ -180,7 +182,12 @@ impl Store {
     }
 
     /// Decide what a collection removes, deleting nothing (see [`Plan`]).
-    pub(super) fn plan(&self, input: &PlanInput<'_>, graph: &Graph, index: &mut DiskIndex) -> Result<Plan> {
+    pub(super) fn plan(
+        &self,
+        input: &PlanInput<'_>,
+        graph: &Graph,
+        index: &mut DiskIndex,
+    ) -> Result<Plan> {
         let mut plan = Plan::default();
         let take = input.probe == Probe::Take;
 
@@ -236,7 +243,7 @@ impl Store {
             .filter(|(_, n)| **n == 0)
             .map(|(id, _)| (by_id[id].name.clone(), *id))
             .collect();
-        let objects = self.root.join("objects");
+        let objects = self.root.join(super::layout::OBJECTS);
         while let Some(first) = ready.iter().next().cloned() {
             if let Some(max) = input.max_freed {
                 let trees: Vec<PathBuf> = plan.deleted.iter().map(|n| self.path_of(n)).collect();
@@ -263,10 +270,11 @@ impl Store {
             .iter()
             .any(|name| name.contains("-venv-") || name.ends_with(".whl"));
         if python_dies {
-            for cache in ["cache/uv", "cache/wheels", "cache/venv-base"] {
-                if fs::symlink_metadata(self.root.join(cache)).is_ok() {
-                    plan.removals
-                        .push((self.root.join(cache), Some(cache.to_string())));
+            use super::layout::Cache;
+            for cache in [Cache::Uv, Cache::Wheels, Cache::VenvBase] {
+                let dir = self.cache_dir(cache);
+                if fs::symlink_metadata(&dir).is_ok() {
+                    plan.removals.push((dir, Some(cache.dir().to_string())));
                 }
             }
         }
@@ -280,7 +288,7 @@ impl Store {
         // Unregistered leftovers of interrupted adds, and staging directories (every writer is
         // waiting for the lock, so none is in use).
         let valid: HashSet<&str> = paths.iter().map(|p| p.name.as_str()).collect();
-        for entry in fs::read_dir(self.root.join("paths"))?.flatten() {
+        for entry in fs::read_dir(self.root.join(super::layout::PATHS))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !valid.contains(name.as_str()) {
                 plan.removals
@@ -290,7 +298,7 @@ impl Store {
                 }
             }
         }
-        for entry in fs::read_dir(self.root.join("tmp"))?.flatten() {
+        for entry in fs::read_dir(self.root.join(super::layout::TMP))?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("add-") || name.starts_with("stage-") {
                 plan.removals
@@ -321,7 +329,7 @@ impl Store {
             }
         };
         let keys = &needed.download_keys;
-        let downloads = self.root.join("tmp/downloads");
+        let downloads = self.root.join(super::layout::DOWNLOADS);
         let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for entry in fs::read_dir(&downloads).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -354,9 +362,9 @@ impl Store {
         let mirrors: HashSet<PathBuf> = needed
             .mirrors
             .iter()
-            .map(|name| self.root.join("git").join(name))
+            .map(|name| self.root.join(super::layout::GIT).join(name))
             .collect();
-        for entry in fs::read_dir(self.root.join("git"))
+        for entry in fs::read_dir(self.root.join(super::layout::GIT))
             .into_iter()
             .flatten()
             .flatten()
@@ -380,7 +388,7 @@ impl Store {
         }
         // Build locks of paths nobody is building.
         if take {
-            for entry in fs::read_dir(self.root.join("locks"))
+            for entry in fs::read_dir(self.root.join(super::layout::LOCKS))
                 .into_iter()
                 .flatten()
                 .flatten()
@@ -515,4 +523,3 @@ fn old_generations(roots: &[Root], cutoff: i64) -> Vec<(String, PathBuf)> {
     }
     out
 }
-

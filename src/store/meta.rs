@@ -75,21 +75,28 @@ fn content_named(record: &PathRecord, references: &[String]) -> bool {
 pub(super) fn holds_content(root: &Path) -> bool {
     let non_empty =
         |dir: PathBuf| fs::read_dir(dir).is_ok_and(|mut entries| entries.any(|e| e.is_ok()));
-    if non_empty(root.join("paths")) || non_empty(root.join("roots")) {
+    if non_empty(root.join(super::layout::PATHS)) || non_empty(root.join(super::layout::ROOTS)) {
         return true;
     }
-    (0..=255u8).any(|shard| non_empty(root.join("objects").join(format!("{shard:02x}"))))
+    (0..=255u8).any(|shard| {
+        non_empty(
+            root.join(super::layout::OBJECTS)
+                .join(format!("{shard:02x}")),
+        )
+    })
 }
 
 impl Store {
     pub(super) fn meta_path(&self, name: &str) -> PathBuf {
-        self.root.join("meta").join(format!("{name}.json"))
+        self.root
+            .join(super::layout::META)
+            .join(format!("{name}.json"))
     }
 
     /// The on-disk record `roots/<key>.json` of the root `name`.
     pub(super) fn root_meta_path(&self, name: &str) -> PathBuf {
         self.root
-            .join("roots")
+            .join(super::layout::ROOTS)
             .join(format!("{}.json", root_key(name)))
     }
 
@@ -120,13 +127,7 @@ impl Store {
             path: path.into(),
             kind: kind.into(),
         };
-        write_json(
-            &self
-                .root
-                .join("roots")
-                .join(format!("{}.json", root_key(name))),
-            &meta,
-        )
+        write_json(&self.root_meta_path(name), &meta)
     }
 
     pub(super) fn remove_root_meta(&self, name: &str) {
@@ -135,11 +136,11 @@ impl Store {
 
     /// A store made before sidecars existed gets them from its db, once (`meta/.complete`).
     pub(super) fn backfill_meta(&self) -> Result<()> {
-        let done = self.root.join("meta/.complete");
+        let done = self.root.join(super::layout::META_COMPLETE);
         if done.exists() {
             return Ok(());
         }
-        let _open = lock::exclusive(&self.root.join("db/open.lock"))?;
+        let _open = lock::exclusive(&self.root.join(super::layout::DB_OPEN_LOCK))?;
         if done.exists() {
             return Ok(());
         }
@@ -164,15 +165,15 @@ impl Store {
     /// old one and renamed into place last, so an interrupted rebuild changes nothing.
     pub fn rebuild_db(root: &Path) -> Result<RebuildReport> {
         let root = fs_err::canonicalize(root)?;
-        if !root.join("VERSION").is_file() {
+        if !root.join(super::layout::VERSION).is_file() {
             return Err(StoreError::Missing { root });
         }
         if super::read_only_dir(&root) {
             return Err(StoreError::ReadOnly { root });
         }
-        let db_dir = root.join("db");
+        let db_dir = root.join(super::layout::DB_DIR);
         let _open = lock::exclusive(&db_dir.join("open.lock"))?;
-        let _gc = lock::exclusive(&root.join("gc.lock"))?;
+        let _gc = lock::exclusive(&root.join(super::layout::GC_LOCK))?;
         let db_path = db_dir.join("db.sqlite");
         let mut report = RebuildReport::default();
         if fs::metadata(&db_path).is_ok_and(|m| m.len() > 0) {
@@ -199,7 +200,7 @@ impl Store {
 
         // Every entry, proved by its bytes.
         let mut proven: BTreeMap<String, (PathRecord, Vec<String>)> = BTreeMap::new();
-        for entry in fs_err::read_dir(root.join("paths"))? {
+        for entry in fs_err::read_dir(root.join(super::layout::PATHS))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
             match prove(&root, &name) {
                 Ok(found) => {
@@ -244,7 +245,7 @@ impl Store {
                 ),
             ));
         }
-        for entry in fs::read_dir(root.join("roots"))
+        for entry in fs::read_dir(root.join(super::layout::ROOTS))
             .into_iter()
             .flatten()
             .flatten()
@@ -285,10 +286,10 @@ impl Store {
 /// the sidecar's, and a content-addressed name matches its content. Without a sidecar, only a
 /// content-addressed path without references can be proved.
 fn prove(root: &Path, name: &str) -> std::result::Result<(PathRecord, Vec<String>), String> {
-    let path = root.join("paths").join(name);
+    let path = root.join(super::layout::PATHS).join(name);
     let node = tree::hash_tree(&path).map_err(|e| format!("unreadable: {e}"))?;
     let tree_hash = blake3::Hash::from(node.tree_hash()).to_hex().to_string();
-    let sidecar = fs::read(root.join("meta").join(format!("{name}.json")))
+    let sidecar = fs::read(root.join(super::layout::META).join(format!("{name}.json")))
         .ok()
         .and_then(|t| serde_json::from_slice::<PathMeta>(&t).ok())
         .filter(|m| m.name == name);

@@ -20,6 +20,7 @@ mod add;
 pub mod db;
 mod du;
 mod gc;
+pub mod layout;
 pub mod lock;
 mod meta;
 mod roots;
@@ -36,8 +37,8 @@ pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
 pub use du::{DiskUse, Part, Usage};
 pub use gc::{GcOptions, GcReport, Keep, KeepNothing, Kept};
-pub use roots::Root;
 pub use meta::RebuildReport;
+pub use roots::Root;
 pub use verify::{CorruptPath, VerifyReport};
 
 use crate::hint::Hint;
@@ -238,7 +239,7 @@ impl Store {
         }
         let root = fs_err::canonicalize(root)?;
         let read_only = read_only_dir(&root);
-        let version_file = root.join("VERSION");
+        let version_file = root.join(layout::VERSION);
         match std::fs::read_to_string(&version_file) {
             Ok(found) => {
                 if found.trim() != LAYOUT_VERSION.to_string() {
@@ -287,14 +288,14 @@ impl Store {
             }
             _ => Journal::Wal,
         };
-        let db_path = root.join("db/db.sqlite");
+        let db_path = root.join(layout::DB);
         // Setting the journal mode and migrating need the database to themselves, and SQLite
         // answers "locked" there without waiting: processes opening the store take turns.
         let open_lock = if read_only {
             // Waits for a writer that is migrating it; a read-only mount has no writer.
-            lock::shared(&root.join("db/open.lock")).ok()
+            lock::shared(&root.join(layout::DB_OPEN_LOCK)).ok()
         } else {
-            Some(lock::exclusive(&root.join("db/open.lock"))?)
+            Some(lock::exclusive(&root.join(layout::DB_OPEN_LOCK))?)
         };
         // A missing or emptied database is never taken for an empty store: that is how a gc
         // would come to delete everything.
@@ -323,7 +324,7 @@ impl Store {
             // Its migrations cannot be applied here.
             return Err(StoreError::ReadOnly { root });
         }
-        let temp_roots = lock::TempRoots::new(root.join("temproots"));
+        let temp_roots = lock::TempRoots::new(root.join(layout::TEMPROOTS));
         let store = Store {
             root,
             db: Mutex::new(conn),
@@ -356,7 +357,7 @@ impl Store {
 
     /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
     pub fn open_existing(root: &Path) -> Result<Option<Store>> {
-        if root.join("VERSION").is_file() {
+        if root.join(layout::VERSION).is_file() {
             return Store::open(root).map(Some);
         }
         // Somebody else's directory is not "no store yet".
@@ -377,10 +378,11 @@ impl Store {
         Self::ensure_dirs(root)?;
         // Written last, atomically: a store without VERSION is not yet a store.
         // Several processes may initialize at once: each writes its own temporary file.
-        let mut tmp = tempfile::NamedTempFile::new_in(root.join("tmp"))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(root.join(layout::TMP))?;
         std::io::Write::write_all(&mut tmp, format!("{LAYOUT_VERSION}\n").as_bytes())?;
         tmp.as_file().sync_all()?;
-        tmp.persist(root.join("VERSION")).map_err(|e| e.error)?;
+        tmp.persist(root.join(layout::VERSION))
+            .map_err(|e| e.error)?;
         Ok(())
     }
 
@@ -388,7 +390,7 @@ impl Store {
         for dir in ["db", "paths", "tmp", "locks", "temproots", "meta", "roots"] {
             fs_err::create_dir_all(root.join(dir))?;
         }
-        let objects = root.join("objects");
+        let objects = root.join(layout::OBJECTS);
         if !objects.join("ff").is_dir() {
             for shard in 0..=255u8 {
                 fs_err::create_dir_all(objects.join(format!("{shard:02x}")))?;
@@ -407,7 +409,7 @@ impl Store {
 
     /// The absolute path of store path `name`.
     pub fn path_of(&self, name: &str) -> PathBuf {
-        self.root.join("paths").join(name)
+        self.root.join(layout::PATHS).join(name)
     }
 
     /// The object file for a digest and executable bit.
@@ -418,7 +420,7 @@ impl Store {
         } else {
             hex.to_string()
         };
-        self.root.join("objects").join(&hex[..2]).join(file)
+        self.root.join(layout::OBJECTS).join(&hex[..2]).join(file)
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -427,7 +429,7 @@ impl Store {
 
     fn db_err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Db {
-            path: self.root.join("db/db.sqlite"),
+            path: self.root.join(layout::DB),
             source,
         }
     }
@@ -442,7 +444,7 @@ impl Store {
         let name = if arg.contains('/') {
             let given = Path::new(arg);
             let absolute = std::path::absolute(given)?;
-            let paths = self.root.join("paths");
+            let paths = self.root.join(layout::PATHS);
             let rel = absolute
                 .strip_prefix(&paths)
                 .ok()

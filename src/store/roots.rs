@@ -76,7 +76,7 @@ impl Store {
         if self.read_only {
             return Ok(()); // no collector can run on it
         }
-        let _gc = lock::shared(&self.root.join("gc.lock"))?;
+        let _gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
         for name in names {
             self.temp_roots.add(name)?;
         }
@@ -120,7 +120,7 @@ impl Store {
     pub(super) fn live_temp_roots(&self) -> Result<Vec<(String, Vec<String>)>> {
         let mut out = Vec::new();
         let own = std::process::id().to_string();
-        for entry in fs::read_dir(self.root.join("temproots"))? {
+        for entry in fs::read_dir(self.root.join(super::layout::TEMPROOTS))? {
             let entry = entry?;
             let pid = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();

@@ -68,7 +68,7 @@ impl Store {
         };
         let known: std::collections::HashSet<&str> =
             records.iter().map(|r| r.name.as_str()).collect();
-        for entry in fs_err::read_dir(self.root.join("paths"))? {
+        for entry in fs_err::read_dir(self.root.join(super::layout::PATHS))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if !known.contains(name.as_str()) {
                 report
@@ -175,7 +175,7 @@ impl Store {
     pub fn repair_in_place(&self, report: &VerifyReport) -> Result<Vec<String>> {
         use std::os::unix::fs::PermissionsExt;
         self.writable()?;
-        let _gc = super::lock::shared(&self.root.join("gc.lock"))?;
+        let _gc = super::lock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let mut fixed = Vec::new();
         for at in &report.bad_modes {
             let at = Path::new(at);
@@ -206,7 +206,7 @@ impl Store {
     /// bytes no longer match it (a corrupted object is shared by every path that links it), so the
     /// add protocol can put verified content back. The registration stays.
     pub fn discard_damaged(&self, name: &str) -> Result<()> {
-        let _gc = super::lock::shared(&self.root.join("gc.lock"))?;
+        let _gc = super::lock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let path = self.path_of(name);
         if std::fs::symlink_metadata(&path).is_err() {
             return Ok(());
@@ -231,7 +231,7 @@ impl Store {
         }
         let trash = tempfile::Builder::new()
             .prefix("trash-")
-            .tempdir_in(self.root.join("tmp"))?;
+            .tempdir_in(self.root.join(super::layout::TMP))?;
         std::fs::rename(&path, trash.path().join("old"))?;
         super::add::remove_tree(&trash.path().join("old"))?;
         Ok(())
@@ -239,7 +239,7 @@ impl Store {
 
     fn all_objects(&self) -> Result<Vec<std::path::PathBuf>> {
         let mut objects = Vec::new();
-        for shard in fs_err::read_dir(self.root.join("objects"))? {
+        for shard in fs_err::read_dir(self.root.join(super::layout::OBJECTS))? {
             for object in fs_err::read_dir(shard?.path())? {
                 objects.push(object?.path());
             }

@@ -1,0 +1,68 @@
+//! Every name the store gives things on disk, in one place (`store-layout.md` describes each).
+//! Other modules ask for these names here instead of spelling them.
+
+use std::path::PathBuf;
+
+use super::Store;
+
+pub const VERSION: &str = "VERSION";
+pub const DB_DIR: &str = "db";
+pub const DB: &str = "db/db.sqlite";
+pub const DB_OPEN_LOCK: &str = "db/open.lock";
+pub const PATHS: &str = "paths";
+pub const OBJECTS: &str = "objects";
+pub const META: &str = "meta";
+pub const META_COMPLETE: &str = "meta/.complete";
+pub const ROOTS: &str = "roots";
+pub const TEMPROOTS: &str = "temproots";
+pub const GC_LOCK: &str = "gc.lock";
+pub const LOCKS: &str = "locks";
+pub const TMP: &str = "tmp";
+pub const DOWNLOADS: &str = "tmp/downloads";
+pub const GIT: &str = "git";
+
+/// The caches beside the store paths, one directory each under `cache/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// uv's own cache (`UV_CACHE_DIR`).
+    Uv,
+    /// Stored wheels under their file names, at stable paths uv's cache knows.
+    Wheels,
+    /// The empty venv each interpreter's venvs start from.
+    VenvBase,
+    /// What an interrupted resolve kept (`<version id>.json`).
+    Resolutions,
+}
+
+impl Cache {
+    /// The directory, relative to the store's root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Cache::Uv => "cache/uv",
+            Cache::Wheels => "cache/wheels",
+            Cache::VenvBase => "cache/venv-base",
+            Cache::Resolutions => "cache/resolutions",
+        }
+    }
+}
+
+impl Store {
+    pub fn cache_dir(&self, cache: Cache) -> PathBuf {
+        self.root.join(cache.dir())
+    }
+
+    /// Where downloads are staged (`<key>.part`), locked and recorded (`<key>.done`).
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.root.join(DOWNLOADS)
+    }
+
+    /// The git mirror directory called `name`.
+    pub fn mirror_dir(&self, name: &str) -> PathBuf {
+        self.root.join(GIT).join(name)
+    }
+
+    /// The temporary-root name that protects the git mirror called `name`.
+    pub fn mirror_root(name: &str) -> String {
+        format!("{GIT}/{name}")
+    }
+}
