@@ -205,7 +205,8 @@ impl Resolver {
     /// Pin `spec` against `old`: entries that still match are kept as they are; the others are
     /// resolved, which fetches what is content-addressed (a checkout, an archive, a model, a
     /// wheel) since its store path is its content's hash. The Python requirements are read from
-    /// the core's and nodes' trees, which the executor makes valid first.
+    /// the core's and nodes' trees, which the executor makes valid first. Everything runs
+    /// concurrently; every failure is collected, and what did resolve is kept for the next run.
     pub async fn pin(
         &self,
         spec: &Spec,
@@ -237,8 +238,87 @@ impl Resolver {
             keep_core,
             jobs.clone(),
         );
+        let nodes = self.node_tasks(spec, old, update, &jobs);
+        let (models, skipped_models) = self.model_tasks(spec, old, update, &jobs);
 
-        let mut nodes: Vec<(String, bool, NodeTask)> = Vec::new();
+        let mut tally = Tally::default();
+        let comfy = tally.collect(core).await;
+        let locked_nodes = tally.nodes(nodes).await;
+        // Python next: its requirements come from the core and node trees just resolved (the
+        // model tasks go on meanwhile).
+        let mut python_progress = None;
+        let locked_python = match &comfy {
+            Some(core) if tally.errors.is_empty() => {
+                let old_python = old.and_then(|l| l.python.as_ref());
+                let pinned = self
+                    .pin_python(
+                        spec,
+                        core,
+                        &locked_nodes,
+                        old_python,
+                        update,
+                        &mut python_progress,
+                    )
+                    .await;
+                match pinned {
+                    Ok(Some((python, items))) => {
+                        tally.reports.extend(items);
+                        Some(python)
+                    }
+                    Ok(None) => None,
+                    Err(err) => {
+                        tally.errors.push(err);
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let mut locked_models = skipped_models;
+        locked_models.extend(tally.models(models).await);
+        if !tally.errors.is_empty() {
+            // The kept models are run too, so every failure (every offline miss) is listed.
+            let kept: Vec<Derivation> = locked_models
+                .iter()
+                .map(|m| Derivation::model(m.name.clone().unwrap_or_else(|| m.filename.clone()), m))
+                .collect();
+            if let Err(err) = self.executor.run(&kept).await {
+                tally.errors.push(err);
+            }
+            // Keep what did resolve, so the next resolve starts from here.
+            let partial = Partial {
+                version_id: spec.version_id.clone(),
+                comfy,
+                custom_nodes: locked_nodes,
+                models: locked_models,
+                python: python_progress,
+            };
+            partial.save(&self.store);
+            return Err(combine(tally.errors).into());
+        }
+        let workflows = self.store_workflows(spec)?;
+        Partial::clear(&self.store, &spec.version_id);
+        let lock = Lock {
+            lock_version: LOCK_VERSION,
+            version_id: spec.version_id.clone(),
+            comfy: comfy.expect("no errors means the core resolved"),
+            custom_nodes: locked_nodes,
+            models: locked_models,
+            python: locked_python,
+            workflows,
+        };
+        Ok((lock, tally.reports))
+    }
+
+    /// A task per spec node: kept from `old` when it still matches and is not updated.
+    fn node_tasks(
+        &self,
+        spec: &Spec,
+        old: Option<&Lock>,
+        update: &Update,
+        jobs: &Arc<tokio::sync::Semaphore>,
+    ) -> Vec<(String, bool, NodeTask)> {
+        let mut nodes = Vec::new();
         for node in &spec.custom_nodes {
             let name = node.dir_name();
             let previous = old.and_then(|l| locked_node(node, l));
@@ -271,9 +351,21 @@ impl Resolver {
             };
             nodes.push((name, node.is_enabled(), task));
         }
+        nodes
+    }
 
+    /// A task per spec model (whether it is required, its label), and with `skip_models` the
+    /// lock's entries kept untouched instead.
+    #[allow(clippy::type_complexity)]
+    fn model_tasks(
+        &self,
+        spec: &Spec,
+        old: Option<&Lock>,
+        update: &Update,
+        jobs: &Arc<tokio::sync::Semaphore>,
+    ) -> (Vec<(bool, String, Task<LockedModel>)>, Vec<LockedModel>) {
         let mut models = Vec::new();
-        let mut skipped_models = Vec::new();
+        let mut skipped = Vec::new();
         for (index, model) in spec.models.iter().enumerate() {
             let filename = model.file_name();
             let label = model.name.clone().unwrap_or_else(|| filename.clone());
@@ -282,132 +374,28 @@ impl Resolver {
                 .filter(|_| !update.covers(&[&label, &filename]))
                 .cloned();
             if self.skip_models {
-                if let Some(kept) = keep {
-                    skipped_models.push(kept);
-                }
+                skipped.extend(keep);
                 continue;
             }
-            let required = model.is_required();
             let task = self.model_task(index, model.clone(), label.clone(), keep, jobs.clone());
-            models.push((required, label, task));
+            models.push((model.is_required(), label, task));
         }
+        (models, skipped)
+    }
 
-        // Gather everything, collecting every failure.
-        let mut errors = Vec::new();
-        let mut reports = Vec::new();
-        let comfy = collect(core, &mut errors, &mut reports).await;
-        let mut locked_nodes = Vec::new();
-        for (name, enabled, task) in nodes {
-            let locked = match task {
-                NodeTask::Git(t) => {
-                    collect(t, &mut errors, &mut reports)
-                        .await
-                        .map(|g| LockedNode {
-                            name: name.clone(),
-                            enabled,
-                            git: Some(g),
-                            registry: None,
-                        })
-                }
-                NodeTask::Registry(t) => {
-                    collect(t, &mut errors, &mut reports)
-                        .await
-                        .map(|r| LockedNode {
-                            name: name.clone(),
-                            enabled,
-                            git: None,
-                            registry: Some(r),
-                        })
-                }
-            };
-            locked_nodes.extend(locked);
-        }
-        // Python next: its requirements come from the core and node trees just resolved (the
-        // model tasks go on meanwhile).
-        let mut locked_python = None;
-        let mut python_progress = None;
-        if let (true, Some(core)) = (errors.is_empty(), &comfy) {
-            if let Err(err) = self.trees_valid(core, &locked_nodes).await {
-                errors.push(err);
-            }
-        }
-        if let (true, Some(core)) = (errors.is_empty(), &comfy) {
-            let old_python = old.and_then(|l| l.python.as_ref());
-            match self
-                .resolve_python(
-                    spec,
-                    core,
-                    &locked_nodes,
-                    old_python,
-                    update,
-                    &mut python_progress,
-                )
-                .await
-            {
-                Ok(Some((python, items))) => {
-                    reports.extend(items);
-                    locked_python = Some(python);
-                }
-                Ok(None) => {}
-                Err(err) => errors.push(err),
-            }
-        }
-        let mut locked_models = skipped_models;
-        for (required, label, task) in models {
-            if required {
-                locked_models.extend(collect(task, &mut errors, &mut reports).await);
-                continue;
-            }
-            // An optional model that cannot be fetched is left out: a warning, not a failure.
-            match task.await.expect("resolve tasks do not panic") {
-                Ok((locked, item)) => {
-                    reports.push(item);
-                    locked_models.push(locked);
-                }
-                Err(err) => {
-                    tracing::warn!("optional model `{label}` left out: {err}");
-                    reports.push(ItemReport {
-                        kind: "model",
-                        name: label,
-                        action: "missing",
-                        pin: "optional; not fetched".into(),
-                        store_path: String::new(),
-                    });
-                }
-            }
-        }
-        if !errors.is_empty() {
-            // The kept models are run too, so every failure (every offline miss) is listed.
-            let kept: Vec<Derivation> = locked_models
-                .iter()
-                .map(|m| Derivation::model(m.name.clone().unwrap_or_else(|| m.filename.clone()), m))
-                .collect();
-            if let Err(err) = self.executor.run(&kept).await {
-                errors.push(err);
-            }
-            // Keep what did resolve, so the next resolve starts from here.
-            let partial = Partial {
-                version_id: spec.version_id.clone(),
-                comfy,
-                custom_nodes: locked_nodes,
-                models: locked_models,
-                python: python_progress,
-            };
-            partial.save(&self.store);
-            return Err(combine(errors).into());
-        }
-        let workflows = self.store_workflows(spec)?;
-        Partial::clear(&self.store, &spec.version_id);
-        let lock = Lock {
-            lock_version: LOCK_VERSION,
-            version_id: spec.version_id.clone(),
-            comfy: comfy.expect("no errors means the core resolved"),
-            custom_nodes: locked_nodes,
-            models: locked_models,
-            python: locked_python,
-            workflows,
-        };
-        Ok((lock, reports))
+    /// The Python set, once the trees it reads its requirements from are valid.
+    async fn pin_python(
+        &self,
+        spec: &Spec,
+        core: &LockedGit,
+        nodes: &[LockedNode],
+        old: Option<&crate::lock::LockedPython>,
+        update: &Update,
+        progress: &mut Option<crate::lock::LockedPython>,
+    ) -> Result<Option<(crate::lock::LockedPython, Vec<ItemReport>)>, BuildError> {
+        self.trees_valid(core, nodes).await?;
+        self.resolve_python(spec, core, nodes, old, update, progress)
+            .await
     }
 
     /// Make the core's and the nodes' trees valid: the Python requirements are read from them.
@@ -686,20 +674,72 @@ pub(crate) fn name_offline(err: FetchError, what: &str) -> FetchError {
     }
 }
 
-async fn collect<T>(
-    task: Task<T>,
-    errors: &mut Vec<BuildError>,
-    reports: &mut Vec<ItemReport>,
-) -> Option<T> {
-    match task.await.expect("resolve tasks do not panic") {
-        Ok((value, item)) => {
-            reports.push(item);
-            Some(value)
+/// What the tasks of a pin gave: every failure, and a report per entry.
+#[derive(Default)]
+struct Tally {
+    errors: Vec<BuildError>,
+    reports: Vec<ItemReport>,
+}
+
+impl Tally {
+    async fn collect<T>(&mut self, task: Task<T>) -> Option<T> {
+        match task.await.expect("resolve tasks do not panic") {
+            Ok((value, item)) => {
+                self.reports.push(item);
+                Some(value)
+            }
+            Err(err) => {
+                self.errors.push(err);
+                None
+            }
         }
-        Err(err) => {
-            errors.push(err);
-            None
+    }
+
+    async fn nodes(&mut self, tasks: Vec<(String, bool, NodeTask)>) -> Vec<LockedNode> {
+        let mut out = Vec::new();
+        for (name, enabled, task) in tasks {
+            let (git, registry) = match task {
+                NodeTask::Git(t) => (self.collect(t).await, None),
+                NodeTask::Registry(t) => (None, self.collect(t).await),
+            };
+            if git.is_some() || registry.is_some() {
+                out.push(LockedNode {
+                    name,
+                    enabled,
+                    git,
+                    registry,
+                });
+            }
         }
+        out
+    }
+
+    /// The models; an optional model that cannot be fetched is left out: a warning, not a failure.
+    async fn models(&mut self, tasks: Vec<(bool, String, Task<LockedModel>)>) -> Vec<LockedModel> {
+        let mut out = Vec::new();
+        for (required, label, task) in tasks {
+            if required {
+                out.extend(self.collect(task).await);
+                continue;
+            }
+            match task.await.expect("resolve tasks do not panic") {
+                Ok((locked, item)) => {
+                    self.reports.push(item);
+                    out.push(locked);
+                }
+                Err(err) => {
+                    tracing::warn!("optional model `{label}` left out: {err}");
+                    self.reports.push(report(
+                        "model",
+                        &label,
+                        "missing",
+                        "optional; not fetched",
+                        "",
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
