@@ -178,7 +178,6 @@ impl Issues {
 /// Every problem in `spec`, in document order.
 pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
     let mut issues = Issues(Vec::new());
-
     if spec.schema_version != SCHEMA_VERSION {
         issues.add_hint(
             "schema_version",
@@ -200,6 +199,16 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
     issues.git_ref("comfy.ref".into(), &spec.comfy.git_ref);
     issues.commit("comfy.commit".into(), &spec.comfy.commit);
 
+    nodes(&mut issues, spec);
+    models(&mut issues, spec);
+    env(&mut issues, spec);
+    python(&mut issues, spec);
+    workflows(&mut issues, spec);
+    issues.0
+}
+
+/// Each node's source, pins and directory name (unique, not `.disabled`).
+fn nodes(issues: &mut Issues, spec: &Spec) {
     let mut node_dirs: BTreeMap<String, usize> = BTreeMap::new();
     for (i, node) in spec.custom_nodes.iter().enumerate() {
         let at = format!("custom_nodes[{i}]");
@@ -216,56 +225,7 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
             ),
             _ => {}
         }
-        match node.source() {
-            NodeSource::Git { repo } => {
-                if node.repo.is_some() && !is_git_remote(repo) {
-                    issues.add(
-                        format!("{at}.repo"),
-                        format!("expected a URL, got `{}`", repo.escape_debug()),
-                    );
-                }
-                if node.version.is_some() {
-                    issues.add_hint(
-                        format!("{at}.version"),
-                        "`version` applies only to registry nodes",
-                        "use `ref` or `commit` to pin a git node",
-                    );
-                }
-            }
-            NodeSource::Registry { id, version } => {
-                if !is_registry_id(id) {
-                    issues.add(
-                        format!("{at}.cnr"),
-                        format!(
-                            "expected a registry id (letters, digits, `-`, `_`, `.`), got `{}`",
-                            id.escape_debug()
-                        ),
-                    );
-                }
-                if let Some(version) = version {
-                    if version.is_empty()
-                        || !version
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
-                    {
-                        issues.add(
-                            format!("{at}.version"),
-                            format!(
-                                "expected a version such as `1.2.3`, got `{}`",
-                                version.escape_debug()
-                            ),
-                        );
-                    }
-                }
-                if node.git_ref.is_some() || node.commit.is_some() {
-                    issues.add_hint(
-                        format!("{at}.ref"),
-                        "`ref` and `commit` apply only to git nodes",
-                        "use `version` to pin a registry node",
-                    );
-                }
-            }
-        }
+        node_source(issues, &at, node);
         issues.git_ref(format!("{at}.ref"), &node.git_ref);
         issues.commit(format!("{at}.commit"), &node.commit);
 
@@ -298,7 +258,64 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
             }
         }
     }
+}
 
+/// A git node's URL and a registry node's id and version, and pins that do not apply.
+fn node_source(issues: &mut Issues, at: &str, node: &super::CustomNode) {
+    match node.source() {
+        NodeSource::Git { repo } => {
+            if node.repo.is_some() && !is_git_remote(repo) {
+                issues.add(
+                    format!("{at}.repo"),
+                    format!("expected a URL, got `{}`", repo.escape_debug()),
+                );
+            }
+            if node.version.is_some() {
+                issues.add_hint(
+                    format!("{at}.version"),
+                    "`version` applies only to registry nodes",
+                    "use `ref` or `commit` to pin a git node",
+                );
+            }
+        }
+        NodeSource::Registry { id, version } => {
+            if !is_registry_id(id) {
+                issues.add(
+                    format!("{at}.cnr"),
+                    format!(
+                        "expected a registry id (letters, digits, `-`, `_`, `.`), got `{}`",
+                        id.escape_debug()
+                    ),
+                );
+            }
+            if let Some(version) = version {
+                if version.is_empty()
+                    || !version
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+                {
+                    issues.add(
+                        format!("{at}.version"),
+                        format!(
+                            "expected a version such as `1.2.3`, got `{}`",
+                            version.escape_debug()
+                        ),
+                    );
+                }
+            }
+            if node.git_ref.is_some() || node.commit.is_some() {
+                issues.add_hint(
+                    format!("{at}.ref"),
+                    "`ref` and `commit` apply only to git nodes",
+                    "use `version` to pin a registry node",
+                );
+            }
+        }
+    }
+}
+
+/// Each model's source, folder, file name (unique per folder) and digests.
+fn models(issues: &mut Issues, spec: &Spec) {
     let mut model_files: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, model) in spec.models.iter().enumerate() {
         let at = format!("models[{i}]");
@@ -333,7 +350,10 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
         issues.digest(format!("{at}.sha256"), &model.sha256, "SHA-256");
         issues.digest(format!("{at}.blake3"), &model.blake3, "BLAKE3");
     }
+}
 
+/// `env` names and their `${VAR}` templates.
+fn env(issues: &mut Issues, spec: &Spec) {
     for (key, value) in &spec.env {
         let at = format!("env.{key}");
         if !is_env_name(key) {
@@ -346,7 +366,10 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
             issues.add(at, reason);
         }
     }
+}
 
+/// The Python version and requirements.
+fn python(issues: &mut Issues, spec: &Spec) {
     if let Some(python) = &spec.python {
         if let Some(version) = &python.version {
             let parts: Vec<&str> = version.split('.').collect();
@@ -373,7 +396,10 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
             }
         }
     }
+}
 
+/// Workflow paths: relative, inside the spec's directory.
+fn workflows(issues: &mut Issues, spec: &Spec) {
     for (i, workflow) in spec.workflows.iter().enumerate() {
         let at = format!("workflows[{i}]");
         let path = Path::new(workflow);
@@ -388,8 +414,6 @@ pub(super) fn validate(spec: &Spec) -> Vec<Issue> {
             issues.add(at, "must not contain `..`");
         }
     }
-
-    issues.0
 }
 
 /// Problems only the file system shows: `file://` sources that exist but are not readable
