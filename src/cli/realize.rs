@@ -100,21 +100,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     let skip_models = args.skip_models || spec.options.skip_models;
 
     if args.dry_run {
-        let store = Store::open_existing(&context.store_dir)?;
-        // The venv's name needs uv and the interpreter; without them the step is just "build".
-        let venv = match (&store, old.as_ref().and_then(|l| l.python.as_ref())) {
-            (Some(store), Some(python)) => venv_name_of(store, python).ok(),
-            _ => None,
-        };
-        let plan = crate::plan::plan(
-            store.as_ref(),
-            spec,
-            old.as_ref(),
-            venv.as_deref(),
-            skip_models,
-        );
-        print_plan(context, &plan, &target)?;
-        return Ok(Outcome::Success);
+        return dry_run(context, spec, old.as_ref(), &target, skip_models);
     }
     if args.check {
         return check(
@@ -160,33 +146,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         }
     }
     crate::fault::pause_point("realize-resolved");
-    // The plan with every pin known: what `--dry-run` shows now is what runs. What resolve
-    // already made valid is not run again (the executor remembers it).
-    let venv_name = match &lock.python {
-        Some(python) => Some(venv_name_of(&store, python)?),
-        None => None,
-    };
-    let plan = crate::build::derivations(spec, Some(&lock), venv_name.as_deref(), skip_models);
-    session.runtime.block_on(session.executor.run(&plan))?;
-    let outcomes = session.executor.outcomes(&plan);
-    let left_out: Vec<&crate::build::Derivation> = plan
-        .iter()
-        .filter(|d| {
-            outcomes
-                .iter()
-                .any(|o| o.id == d.id && o.outcome == How::Missing)
-        })
-        .collect();
-    for d in &left_out {
-        if let crate::build::Action::Model { locked } = &d.action {
-            lock.models.retain(|m| m != locked);
-        }
-    }
-    let venv = plan
-        .iter()
-        .find(|d| d.kind == crate::build::Kind::BuildVenv)
-        .and_then(|d| outcomes.iter().find(|o| o.id == d.id))
-        .and_then(|o| o.output.clone());
+    let (plan, venv) = run_plan(&session, &store, spec, &mut lock, skip_models)?;
     let not_fetched: Vec<String> = if skip_models {
         Vec::new()
     } else {
@@ -220,8 +180,65 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     };
     session.executor.record(home, None, how);
     report.derivations = session.executor.outcomes(&plan);
+    print_report(context, &report)?;
+    Ok(Outcome::Success)
+}
+
+/// `realize --dry-run`: the plan against what the store holds; nothing is created.
+fn dry_run(
+    context: &Context,
+    spec: &Spec,
+    old: Option<&Lock>,
+    target: &std::path::Path,
+    skip_models: bool,
+) -> anyhow::Result<Outcome> {
+    let store = Store::open_existing(&context.store_dir)?;
+    // The venv's name needs uv and the interpreter; without them the step is just "build".
+    let venv = match (&store, old.and_then(|l| l.python.as_ref())) {
+        (Some(store), Some(python)) => venv_name_of(store, python).ok(),
+        _ => None,
+    };
+    let plan = crate::plan::plan(store.as_ref(), spec, old, venv.as_deref(), skip_models);
+    print_plan(context, &plan, target)?;
+    Ok(Outcome::Success)
+}
+
+/// Run the plan of `lock` (every pin known: what `--dry-run` shows now is what runs; what
+/// resolve already made valid is not run again, the executor remembers it). Optional models that
+/// could not be fetched leave the lock; returns the plan and the venv's store path.
+fn run_plan(
+    session: &super::resolve::Session,
+    store: &Store,
+    spec: &Spec,
+    lock: &mut Lock,
+    skip_models: bool,
+) -> anyhow::Result<(Vec<crate::build::Derivation>, Option<String>)> {
+    let venv_name = match &lock.python {
+        Some(python) => Some(venv_name_of(store, python)?),
+        None => None,
+    };
+    let plan = crate::build::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
+    session.runtime.block_on(session.executor.run(&plan))?;
+    let outcomes = session.executor.outcomes(&plan);
+    let outcome_of = |d: &crate::build::Derivation| outcomes.iter().find(|o| o.id == d.id);
+    for d in &plan {
+        if let (Some(o), crate::build::Action::Model { locked }) = (outcome_of(d), &d.action) {
+            if o.outcome == How::Missing {
+                lock.models.retain(|m| m != locked);
+            }
+        }
+    }
+    let venv = plan
+        .iter()
+        .find(|d| d.kind == crate::build::Kind::BuildVenv)
+        .and_then(outcome_of)
+        .and_then(|o| o.output.clone());
+    Ok((plan, venv))
+}
+
+fn print_report(context: &Context, report: &realize::RealizeReport) -> anyhow::Result<()> {
     if context.json {
-        context.print_json(&report)?;
+        context.print_json(report)?;
     } else {
         println!("{}", report.target.display());
         let modes: Vec<String> = report
@@ -252,7 +269,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             );
         }
     }
-    Ok(Outcome::Success)
+    Ok(())
 }
 
 /// `realize --check`: is the home at the spec's lock, undrifted? Fetches, builds and writes
