@@ -131,6 +131,7 @@ fn entries(lock: &Lock) -> BTreeMap<(&'static str, String), (String, String)> {
     out
 }
 
+// Long on purpose: one arm per kind of operand pair, then the printing.
 pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
     let (a_name, b_name, a, b) = match (&args.target, &args.b) {
         (Some(home), None) => (

@@ -87,6 +87,7 @@ pub enum FrozenError {
     Stale(Vec<String>),
 }
 
+// Long on purpose: the command's sequence (check, resolve, write the lock, run the plan, assemble), each step a call.
 pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
     let loaded = Spec::load(&args.spec.path()?)?;
     loaded.log_warnings();

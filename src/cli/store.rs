@@ -80,6 +80,7 @@ pub enum StoreCommand {
     RebuildDb,
 }
 
+// Long on purpose: one arm per `store` subcommand.
 pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> {
     if let StoreCommand::RebuildDb = command {
         return rebuild_db(context);

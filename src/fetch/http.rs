@@ -414,6 +414,7 @@ impl Client {
     /// Download `d` into the store's staging area, verified against every expected value. When
     /// another process holds the same URL's download, this waits for it and then uses what it
     /// stored (one download per URL across processes).
+    // Long on purpose: the retry loop and the download lock around one attempt; the attempt is `download_once`.
     pub async fn download(
         &self,
         store: &Store,
@@ -566,6 +567,7 @@ impl Client {
 
     /// One attempt: request from `sink.written` on, stream the body into the sink. Always hands
     /// the sink back, with whatever was written.
+    // Long on purpose: the streaming protocol (resume, hash while writing, verify, rename) reads top to bottom.
     async fn download_once(
         &self,
         d: &Download,

@@ -101,6 +101,7 @@ pub struct StagedFile {
 
 /// Open `path` under the policy, copy it into a new staging directory as `file_name` while
 /// hashing it, and check every expected digest. On any refusal or mismatch nothing is staged.
+// Long on purpose: the local-file policy and the copy are one sequence of checks on the same open file.
 pub fn stage(
     store: &Store,
     what: &str,

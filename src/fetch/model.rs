@@ -75,6 +75,7 @@ struct CivitaiFile {
 }
 
 /// Pin a remote source: ask the source what the file is (`file://` sources are not remote).
+// Long on purpose: one arm per kind of source, each a short request.
 pub async fn pin(client: &Client, what: &str, source: &SourceKind) -> Result<Pinned, FetchError> {
     let config = client.config();
     match source {
@@ -286,6 +287,7 @@ fn fetch_local(
 
 /// Fetch one model into the store, checking every expected digest; nothing is registered on a
 /// mismatch. Local files need no network, even offline.
+// Long on purpose: the digests, the file name and the download are decided in this order, and the order is the contract.
 pub async fn fetch(
     client: &Client,
     store: &Store,

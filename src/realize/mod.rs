@@ -230,6 +230,7 @@ fn verified(
 /// Realize `lock` (whose store paths must all be valid) into `options.target`: check the home,
 /// return early when the current generation is this realization undrifted, else assemble a new
 /// generation beside it, record it (manifest, GC root, stamps) and switch to it.
+// Long on purpose: the realization protocol of docs/realize.md, each step a call.
 pub fn realize(
     store: &Store,
     lock: &Lock,

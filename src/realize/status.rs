@@ -173,6 +173,7 @@ pub(super) struct Drift {
     pub(super) missing: Vec<String>,
 }
 
+// Long on purpose: one walk comparing every placed file with its stamp, then the directories.
 pub(super) fn drift(
     store: &Store,
     home: &Home,

@@ -207,6 +207,7 @@ impl Resolver {
     /// wheel) since its store path is its content's hash. The Python requirements are read from
     /// the core's and nodes' trees, which the executor makes valid first. Everything runs
     /// concurrently; every failure is collected, and what did resolve is kept for the next run.
+    // Long on purpose: every task is spawned before any is awaited, so they run concurrently; the order of the awaits is the order of the lock.
     pub async fn pin(
         &self,
         spec: &Spec,

@@ -15,6 +15,7 @@ use crate::spec::Spec;
 impl Resolver {
     /// Resolve the Python environment of `spec` (`None` when it has none: no `python` object and
     /// no requirements anywhere), fetching every wheel into the store.
+    // Long on purpose: keep or compile the set, then fetch the new wheels concurrently, recording progress.
     pub(crate) async fn resolve_python(
         &self,
         spec: &Spec,
@@ -51,42 +52,7 @@ impl Resolver {
                 (kept.version.clone(), pinned, "kept")
             }
             None => {
-                let offline = self.client.config().offline;
-                let settings = self.python.clone();
-                let (version, pinned) = tokio::task::block_in_place(|| {
-                    let uv = find_uv(&store)?;
-                    let interpreter = match &wanted {
-                        Some(v) => uv.interpreter(Some(v)).ok(),
-                        None => Some(uv.interpreter(None)?),
-                    };
-                    let version = wanted
-                        .clone()
-                        .or_else(|| interpreter.as_ref().map(|i| i.minor_version()))
-                        .expect("an interpreter or a wanted version");
-                    // A staging directory holds the GC lock shared: the collector, which may
-                    // clear the uv cache, waits for uv to finish.
-                    let scratch = store.staging()?;
-                    let pinned = Compile {
-                        uv: &uv,
-                        scratch: scratch.path(),
-                        version: &version,
-                        interpreter: interpreter.as_ref(),
-                        wheels_dir: settings.wheels_dir.as_deref(),
-                        offline,
-                    }
-                    .run(&groups)?;
-                    Ok::<_, PythonError>((version, pinned))
-                })?;
-                let from_dir = self.python.wheels_dir.is_some();
-                let pinned: Vec<(PinnedWheel, Option<String>)> = pinned
-                    .into_iter()
-                    .map(|mut p| {
-                        if from_dir {
-                            p.url.clear();
-                        }
-                        (p, None)
-                    })
-                    .collect();
+                let (version, pinned) = self.compile(&groups, wanted.as_deref())?;
                 (version, pinned, "resolved")
             }
         };
@@ -194,5 +160,52 @@ impl Resolver {
             );
             Ok((locked, report))
         })
+    }
+
+    /// Lock the groups with uv for the wanted Python version (else the machine's): the pinned
+    /// wheels, none stored yet (from a `--wheels-dir`, without URLs).
+    #[allow(clippy::type_complexity)]
+    fn compile(
+        &self,
+        groups: &[crate::python::Group],
+        wanted: Option<&str>,
+    ) -> Result<(String, Vec<(PinnedWheel, Option<String>)>), BuildError> {
+        let store = &self.store;
+        let offline = self.client.config().offline;
+        let (version, pinned) = tokio::task::block_in_place(|| {
+            let uv = find_uv(store)?;
+            let interpreter = match wanted {
+                Some(v) => uv.interpreter(Some(v)).ok(),
+                None => Some(uv.interpreter(None)?),
+            };
+            let version = wanted
+                .map(str::to_string)
+                .or_else(|| interpreter.as_ref().map(|i| i.minor_version()))
+                .expect("an interpreter or a wanted version");
+            // A staging directory holds the GC lock shared: the collector, which may clear the
+            // uv cache, waits for uv to finish.
+            let scratch = store.staging()?;
+            let pinned = Compile {
+                uv: &uv,
+                scratch: scratch.path(),
+                version: &version,
+                interpreter: interpreter.as_ref(),
+                wheels_dir: self.python.wheels_dir.as_deref(),
+                offline,
+            }
+            .run(groups)?;
+            Ok::<_, PythonError>((version, pinned))
+        })?;
+        let from_dir = self.python.wheels_dir.is_some();
+        let pinned = pinned
+            .into_iter()
+            .map(|mut p| {
+                if from_dir {
+                    p.url.clear();
+                }
+                (p, None)
+            })
+            .collect();
+        Ok((version, pinned))
     }
 }

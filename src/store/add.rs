@@ -246,6 +246,7 @@ impl Store {
     }
 
     /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
+    // Long on purpose: the add protocol of store-layout.md, step by step.
     pub fn add_path(
         &self,
         src: &Path,
@@ -367,6 +368,7 @@ impl Store {
     /// Steps 3–7 of the protocol for a tree staged at `staged` inside `tmp`: name it (see
     /// [`Naming`]), publish its objects, rename it into `paths/`, register it.
     #[allow(clippy::too_many_arguments)]
+    // Long on purpose: the commit protocol of store-layout.md (publish objects, sync, rename, register), step by step.
     fn commit(
         &self,
         tmp: &tempfile::TempDir,

@@ -49,6 +49,7 @@ pub struct Usage {
 
 impl Store {
     /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
+    // Long on purpose: the parts, then the groups, each summed over one disk index.
     pub fn du(&self, keep: &dyn Keep) -> Result<DiskUse> {
         let roots = self.all_roots()?;
         let graph = self.graph()?;

@@ -83,6 +83,7 @@ pub struct GcReport {
 impl Store {
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
     /// and reports the same bytes; the real run then does what was decided.
+    // Long on purpose: the collector's protocol of store-layout.md, in order, under one lock.
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
@@ -182,6 +183,7 @@ impl Store {
     }
 
     /// Decide what a collection removes, deleting nothing (see [`Plan`]).
+    // Long on purpose: the plan is one pass over the roots, the graph and the leftovers; each kind of removal is commented.
     pub(super) fn plan(
         &self,
         input: &PlanInput<'_>,
@@ -313,6 +315,7 @@ impl Store {
 
     /// Partial downloads and records no live lock needs and nobody is downloading; git mirrors
     /// no live lock needs or process protects and nobody is updating; lock files nobody holds.
+    // Long on purpose: downloads and mirrors are planned the same way, each with its lock taken.
     fn plan_caches(&self, needed: &Kept, take: bool, plan: &mut Plan) -> Result<()> {
         // Whether the lock at `path` is free; with `take`, it is kept in `held`.
         let free = |path: &Path, held: &mut Vec<lock::LockGuard>| -> Result<bool> {

@@ -163,6 +163,7 @@ impl Store {
     /// sidecar (or, without one, whose content-addressed name) its bytes prove, registered once
     /// everything it references is; then the roots of `roots/`. The new db is written beside the
     /// old one and renamed into place last, so an interrupted rebuild changes nothing.
+    // Long on purpose: the rebuild protocol: prove each path by its bytes, register in reference order, swap the db.
     pub fn rebuild_db(root: &Path) -> Result<RebuildReport> {
         let root = fs_err::canonicalize(root)?;
         if !root.join(super::layout::VERSION).is_file() {

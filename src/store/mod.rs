@@ -233,6 +233,7 @@ fn network_fs(path: &Path) -> Option<&'static str> {
 
 impl Store {
     /// Open the store at `root`, creating it when the directory is missing or empty.
+    // Long on purpose: opening is a protocol: version, layout, lost-db refusal, db, sweeps.
     pub fn open(root: &Path) -> Result<Store> {
         if !root.is_dir() {
             fs_err::create_dir_all(root)?;
