@@ -30,3 +30,74 @@ pub mod resolve;
 pub mod spec;
 pub mod store;
 pub mod units;
+
+#[cfg(test)]
+mod layers {
+    //! The module map of `docs/ARCHITECTURE.md` kept true: a module names only modules below it.
+
+    use std::path::Path;
+
+    /// Lower layers first; a module may use any module of a lower layer.
+    const LAYERS: &[&[&str]] = &[
+        &["hint", "units", "reporter", "fault"],
+        &["store", "spec"],
+        &["lock"],
+        &["fetch"],
+        &["python"],
+        &["build"],
+        &["resolve", "plan", "repair", "realize"],
+        &["cli"],
+    ];
+
+    fn layer(module: &str) -> usize {
+        LAYERS
+            .iter()
+            .position(|l| l.contains(&module))
+            .unwrap_or_else(|| panic!("module `{module}` is in no layer"))
+    }
+
+    fn sources(module: &str) -> Vec<(String, String)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let file = src.join(format!("{module}.rs"));
+        let mut out = Vec::new();
+        if file.is_file() {
+            out.push((
+                file.display().to_string(),
+                std::fs::read_to_string(&file).unwrap(),
+            ));
+        }
+        for entry in walkdir::WalkDir::new(src.join(module))
+            .into_iter()
+            .flatten()
+        {
+            if entry.path().extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                out.push((entry.path().display().to_string(), text));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let mut wrong = Vec::new();
+        for module in LAYERS.iter().flat_map(|l| l.iter()) {
+            for (file, text) in sources(module) {
+                for (at, _) in text.match_indices("crate::") {
+                    let used: String = text[at + 7..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    if used.is_empty() || used == *module {
+                        continue;
+                    }
+                    if layer(&used) >= layer(module) && layer(module) > 0 {
+                        wrong.push(format!("{file}: `{module}` uses `{used}`"));
+                    }
+                }
+            }
+        }
+        wrong.dedup();
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+}

@@ -392,7 +392,7 @@ pub(crate) fn checkout(
     }
     let path_name = sanitize_name(crate::spec::repo_basename(repo));
     let added = git::checkout(store, repo, commit, &path_name, online)
-        .map_err(|e| crate::resolve::name_offline(e, what))?;
+        .map_err(|e| crate::fetch::name_offline(e, what))?;
     Ok(added.record.name)
 }
 

@@ -357,3 +357,16 @@ impl Hint for FetchError {
         }
     }
 }
+
+/// Attach which item an offline error is about.
+pub fn name_offline(err: FetchError, what: &str) -> FetchError {
+    match err {
+        FetchError::Offline { missing } => FetchError::Offline {
+            missing: missing
+                .into_iter()
+                .map(|m| format!("{what}: {m}"))
+                .collect(),
+        },
+        other => other,
+    }
+}

@@ -52,8 +52,15 @@ pub struct LockedPython {
     pub version: String,
     /// What was resolved: each group of requirements with where it came from (`core`,
     /// `node <name>`, `spec`). When these change, the set is resolved again.
-    pub requirements: Vec<crate::python::Group>,
+    pub requirements: Vec<Group>,
     pub wheels: Vec<LockedWheel>,
+}
+
+/// Requirements from one place: `core`, `node <name>` or `spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub origin: String,
+    pub requirements: Vec<String>,
 }
 
 /// One wheel of the set.

@@ -4,16 +4,11 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::PythonError;
 
-/// Requirements from one place: `core`, `node <name>` or `spec`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Group {
-    pub origin: String,
-    pub requirements: Vec<String>,
-}
+pub use crate::lock::Group;
 
 /// Read the requirements of a core or node tree (`requirements.txt`, else `pyproject.toml`'s
 /// `[project] dependencies`). Option lines (`--extra-index-url`, `-e`, `-r`) are left out with a

@@ -477,7 +477,7 @@ impl Resolver {
                 git::protect_mirror(store, &repo)?;
                 let commit =
                     git::resolve(store, &repo, git_ref.as_deref(), commit.as_deref(), online)
-                        .map_err(|e| name_offline(e, &format!("{what} ({repo})")))?;
+                        .map_err(|e| crate::fetch::name_offline(e, &format!("{what} ({repo})")))?;
                 let mut locked = LockedGit {
                     repo,
                     git_ref,
@@ -659,19 +659,6 @@ fn report(
         action,
         pin: pin.to_string(),
         store_path: store_path.to_string(),
-    }
-}
-
-/// Attach which item an offline error is about.
-pub(crate) fn name_offline(err: FetchError, what: &str) -> FetchError {
-    match err {
-        FetchError::Offline { missing } => FetchError::Offline {
-            missing: missing
-                .into_iter()
-                .map(|m| format!("{what}: {m}"))
-                .collect(),
-        },
-        other => other,
     }
 }
 

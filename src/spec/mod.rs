@@ -5,6 +5,7 @@
 //! path of the field and what is wrong. Unknown fields are rejected with a hint.
 
 mod env;
+pub mod local;
 mod source;
 mod validate;
 

@@ -73,7 +73,7 @@ fn is_git_remote(repo: &str) -> bool {
 /// filesystem or device.
 fn is_model_source(source: &super::ModelSource) -> Result<(), String> {
     match source.kind()? {
-        super::SourceKind::File(path) => match crate::fetch::local::refused_by_name(path) {
+        super::SourceKind::File(path) => match super::local::refused_by_name(path) {
             Some(reason) => Err(reason),
             None => Ok(()),
         },
@@ -427,14 +427,14 @@ pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
         };
         if let Some(reason) = std::fs::canonicalize(path)
             .ok()
-            .and_then(|real| crate::fetch::local::refused_by_name(&real).map(|r| (real, r)))
+            .and_then(|real| super::local::refused_by_name(&real).map(|r| (real, r)))
             .map(|(real, r)| format!("it leads to `{}`: {r}", real.display()))
         {
             issues.add(format!("models[{i}].source"), reason);
             continue;
         }
         if let Ok(meta) = std::fs::metadata(path) {
-            if let Some((reason, hint)) = crate::fetch::local::refused_by_kind(&meta) {
+            if let Some((reason, hint)) = super::local::refused_by_kind(&meta) {
                 match hint {
                     Some(hint) => issues.add_hint(format!("models[{i}].source"), reason, &hint),
                     None => issues.add(format!("models[{i}].source"), reason),
