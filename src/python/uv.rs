@@ -44,14 +44,19 @@ impl Interpreter {
 }
 
 impl Uv {
-    /// Find uv; `cache` is the store's uv cache directory.
-    pub fn find(env: impl Fn(&str) -> Option<String>, cache: &Path) -> Result<Uv, PythonError> {
+    /// Find uv; `cache` is the store's uv cache directory, `probes` where answers of `uv
+    /// --version` and of interpreters are remembered.
+    pub fn find(
+        env: impl Fn(&str) -> Option<String>,
+        cache: &Path,
+        probes: &Path,
+    ) -> Result<Uv, PythonError> {
         let exe = match env("COMFIX_UV").filter(|v| !v.is_empty()) {
             Some(path) => PathBuf::from(path),
             None => find_on_path(env("PATH").unwrap_or_default().as_ref(), "uv")
                 .ok_or(PythonError::NoUv)?,
         };
-        let probes = cache.with_file_name("probes");
+        let probes = probes.to_path_buf();
         let text = probe(&probes, &exe, &["--version"])?;
         let version = text
             .split_whitespace()

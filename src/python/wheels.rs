@@ -9,6 +9,7 @@ use crate::fetch::http::{Download, Got};
 use crate::fetch::{Expected, Origin};
 use crate::lock::{LockedGit, LockedNode, LockedWheel};
 use crate::spec::Spec;
+use crate::store::layout::Cache;
 use crate::store::{sanitize_name, AddOptions, Store};
 
 /// The requirement groups of a version whose core and nodes are in the store: the core, each
@@ -49,7 +50,8 @@ pub fn groups(
 pub fn find_uv(store: &Store) -> Result<Uv, PythonError> {
     Uv::find(
         |k| std::env::var(k).ok(),
-        &store.cache_dir(crate::store::layout::Cache::Uv),
+        &store.cache_dir(Cache::Uv),
+        &store.cache_dir(Cache::Probes),
     )
 }
 

@@ -32,6 +32,8 @@ pub enum Cache {
     VenvBase,
     /// What an interrupted resolve kept (`<version id>.json`).
     Resolutions,
+    /// Remembered answers of `uv --version` and of interpreters, by executable and mtime.
+    Probes,
 }
 
 impl Cache {
@@ -42,6 +44,7 @@ impl Cache {
             Cache::Wheels => "cache/wheels",
             Cache::VenvBase => "cache/venv-base",
             Cache::Resolutions => "cache/resolutions",
+            Cache::Probes => "cache/probes",
         }
     }
 }
