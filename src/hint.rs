@@ -14,3 +14,12 @@ pub trait Hint {
     /// rather than by an internal or I/O failure.
     fn is_user_error(&self) -> bool;
 }
+
+/// `a`, `b`, `c`: names as messages quote them.
+pub fn code_list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -105,6 +105,11 @@ impl Executor {
             });
     }
 
+    /// Record a derivation that was produced while pinning (resolve fetches what it pins).
+    pub fn fetched(&self, derivation: &Derivation) {
+        self.record(derivation, derivation.output.clone(), How::Fetched);
+    }
+
     fn recorded(&self, id: &str) -> Option<Outcome> {
         self.outcomes
             .lock()

@@ -29,6 +29,15 @@ impl BarReporter {
             total: Mutex::new(None),
         }
     }
+
+    /// The bar of item `id`, while it runs (a clone shares the bar).
+    fn item(&self, id: u64) -> Option<ProgressBar> {
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
 }
 
 impl Reporter for BarReporter {
@@ -75,12 +84,7 @@ impl Reporter for BarReporter {
     }
 
     fn item_length(&self, id: u64, total: u64) {
-        if let Some(bar) = self
-            .items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(bar) = self.item(id) {
             if bar.length().is_none() {
                 bar.set_style(bytes_style());
                 bar.set_length(total);
@@ -92,12 +96,7 @@ impl Reporter for BarReporter {
     }
 
     fn item_advance(&self, id: u64, delta: u64) {
-        if let Some(bar) = self
-            .items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-        {
+        if let Some(bar) = self.item(id) {
             bar.inc(delta);
         }
         if let Some(bar) = &*self.total.lock().unwrap_or_else(|e| e.into_inner()) {

@@ -54,6 +54,27 @@ pub struct RealizeArgs {
     pub check: bool,
 }
 
+impl RealizeArgs {
+    fn options(
+        &self,
+        target: PathBuf,
+        skip_models: bool,
+        venv: Option<String>,
+        not_fetched: Vec<String>,
+        check: bool,
+    ) -> RealizeOptions {
+        RealizeOptions {
+            target,
+            models_dir: self.models_dir.clone(),
+            skip_models,
+            link_mode: self.link_mode,
+            venv,
+            not_fetched,
+            check,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct HomeArgs {
     /// The home [default: $COMFY_HOME, else the current directory]
@@ -89,11 +110,12 @@ pub enum FrozenError {
 
 // Long on purpose: the command's sequence (check, resolve, write the lock, run the plan, assemble), each step a call.
 pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let loaded = Spec::load(&args.spec.path()?)?;
-    loaded.log_warnings();
+    let super::spec::WithLock {
+        loaded,
+        lock_path,
+        old,
+    } = args.spec.load_with_lock()?;
     let spec = &loaded.spec;
-    let lock_path = lock_path_for(&loaded.path, &spec.version_id);
-    let old = Lock::read(&lock_path)?;
     let target = args
         .target
         .clone()
@@ -163,15 +185,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     let mut report = realize::realize(
         &store,
         &lock,
-        &RealizeOptions {
-            target,
-            models_dir: args.models_dir.clone(),
-            skip_models,
-            link_mode: args.link_mode,
-            venv,
-            not_fetched,
-            check: false,
-        },
+        &args.options(target, skip_models, venv, not_fetched, false),
     )?;
     let home = plan.last().expect("a plan ends with its home");
     let how = if report.up_to_date {
@@ -293,15 +307,7 @@ fn check(
     let report = realize::realize(
         &store,
         lock,
-        &RealizeOptions {
-            target,
-            models_dir: args.models_dir.clone(),
-            skip_models,
-            link_mode: args.link_mode,
-            venv,
-            not_fetched: Vec::new(),
-            check: true,
-        },
+        &args.options(target, skip_models, venv, Vec::new(), true),
     )?;
     if context.json {
         context.print_json(&report)?;

@@ -9,7 +9,7 @@ use super::{Context, Outcome};
 use crate::build::exec::Executor;
 use crate::fetch::http::Client;
 use crate::fetch::FetchConfig;
-use crate::lock::{lock_path_for, Lock};
+use crate::lock::Lock;
 use crate::resolve::{ItemReport, Resolver, Update};
 use crate::spec::Spec;
 use crate::store::Store;
@@ -125,11 +125,9 @@ pub fn absolute(dir: Option<&std::path::Path>) -> anyhow::Result<Option<std::pat
 }
 
 pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let loaded = Spec::load(&args.spec.path()?)?;
-    loaded.log_warnings();
+    let input = args.spec.load_with_lock()?;
+    let (loaded, lock_path, old) = (&input.loaded, &input.lock_path, &input.old);
     let spec = &loaded.spec;
-    let lock_path = lock_path_for(&loaded.path, &spec.version_id);
-    let old = Lock::read(&lock_path)?;
     let update = match args.update {
         None => Update::Nothing,
         Some(names) if names.is_empty() => Update::All,
@@ -155,7 +153,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     )?;
     let changed = old.as_ref() != Some(&lock);
     if changed {
-        lock.write(&lock_path)?;
+        lock.write(lock_path)?;
     }
     if context.json {
         context.print_json(&serde_json::json!({

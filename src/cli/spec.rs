@@ -31,7 +31,27 @@ pub struct SpecArg {
     pub spec: Option<PathBuf>,
 }
 
+/// A spec read for a command, with its lock's path and the lock when there is one.
+pub struct WithLock {
+    pub loaded: crate::spec::LoadedSpec,
+    pub lock_path: PathBuf,
+    pub old: Option<crate::lock::Lock>,
+}
+
 impl SpecArg {
+    /// Read the spec (logging its warnings) and the lock beside it.
+    pub fn load_with_lock(&self) -> anyhow::Result<WithLock> {
+        let loaded = Spec::load(&self.path()?)?;
+        loaded.log_warnings();
+        let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
+        let old = crate::lock::Lock::read(&lock_path)?;
+        Ok(WithLock {
+            loaded,
+            lock_path,
+            old,
+        })
+    }
+
     pub fn path(&self) -> anyhow::Result<PathBuf> {
         match (&self.spec, &self.id) {
             (Some(path), _) => Ok(path.clone()),

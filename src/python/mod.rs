@@ -446,23 +446,8 @@ fn supported_tags(interpreter: Option<&Interpreter>) -> Result<Vec<String>, Pyth
     let python = interpreter
         .map(|i| i.path.clone())
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let output = std::process::Command::new(&python)
-        .args(["-c", SCRIPT])
-        .output()
-        .map_err(|source| PythonError::Spawn {
-            program: python.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(PythonError::Uv {
-            command: format!("{} -c <list wheel tags>", python.display()),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect())
+    let text = uv::stdout_of(&python, &["-c", SCRIPT], "-c <list wheel tags>")?;
+    Ok(text.lines().map(str::to_string).collect())
 }
 
 #[cfg(test)]

@@ -164,20 +164,7 @@ fn probe(dir: &Path, binary: &Path, args: &[&str]) -> Result<String, PythonError
     if let Ok(text) = std::fs::read_to_string(&remembered) {
         return Ok(text);
     }
-    let output = Command::new(binary)
-        .args(args)
-        .output()
-        .map_err(|source| PythonError::Spawn {
-            program: binary.to_path_buf(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(PythonError::Uv {
-            command: format!("{} {}", binary.display(), args.join(" ")),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    let text = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let text = stdout_of(binary, args, &args.join(" "))?.trim().to_string();
     // Only a cache: a failure to remember costs the next run one more process.
     let _ = std::fs::create_dir_all(dir).and_then(|()| {
         let mut temp = tempfile::NamedTempFile::new_in(dir)?;
@@ -185,6 +172,24 @@ fn probe(dir: &Path, binary: &Path, args: &[&str]) -> Result<String, PythonError
         temp.persist(&remembered).map(|_| ()).map_err(|e| e.error)
     });
     Ok(text)
+}
+
+/// What `program args` prints; a failure says `program shown` and what it printed on stderr.
+pub(super) fn stdout_of(program: &Path, args: &[&str], shown: &str) -> Result<String, PythonError> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| PythonError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(PythonError::Uv {
+            command: format!("{} {shown}", program.display()),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn find_on_path(path: &OsStr, name: &str) -> Option<PathBuf> {

@@ -43,11 +43,7 @@ pub enum ResolveError {
 }
 
 fn list(names: &[String]) -> String {
-    names
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::hint::code_list(names)
 }
 
 impl From<BuildError> for ResolveError {
@@ -485,11 +481,7 @@ impl Resolver {
                     store_path: String::new(),
                 };
                 locked.store_path = crate::build::exec::checkout(store, &locked, &what, online)?;
-                executor.record(
-                    &Derivation::git(kind, label.clone(), &locked),
-                    Some(locked.store_path.clone()),
-                    How::Fetched,
-                );
+                executor.fetched(&Derivation::git(kind, label.clone(), &locked));
                 let item = report(kind, &label, "resolved", &locked.commit, &locked.store_path);
                 Ok((locked, item))
             })
@@ -544,11 +536,7 @@ impl Resolver {
                 blake3,
                 store_path: added.record.name,
             };
-            executor.record(
-                &Derivation::archive(label.clone(), &locked),
-                Some(locked.store_path.clone()),
-                How::Fetched,
-            );
+            executor.fetched(&Derivation::archive(label.clone(), &locked));
             let item = report(
                 "node",
                 &label,
@@ -624,18 +612,9 @@ impl Resolver {
                 blake3: fetched.blake3,
                 store_path: fetched.store_path,
             };
-            executor.record(
-                &Derivation::model(label.clone(), &locked),
-                Some(locked.store_path.clone()),
-                How::Fetched,
-            );
-            let item = report(
-                "model",
-                &label,
-                "resolved",
-                &pin_text(&locked),
-                &locked.store_path,
-            );
+            executor.fetched(&Derivation::model(label.clone(), &locked));
+            let pin = pin_text(&locked);
+            let item = report("model", &label, "resolved", &pin, &locked.store_path);
             Ok((locked, item))
         })
     }

@@ -153,11 +153,7 @@ impl Resolver {
             let got =
                 fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
             let (locked, report) = done(got);
-            executor.record(
-                &crate::build::Derivation::wheel(&locked),
-                Some(locked.store_path.clone()),
-                crate::build::exec::How::Fetched,
-            );
+            executor.fetched(&crate::build::Derivation::wheel(&locked));
             Ok((locked, report))
         })
     }

@@ -223,11 +223,7 @@ pub enum SpecError {
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| format!("`{}`", p.display()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    crate::hint::code_list(paths.iter().map(|p| p.display()))
 }
 
 fn display_issues(issues: &[Issue]) -> String {
