@@ -436,3 +436,103 @@ fn model_request(
         blake3: Some(lock(&locked.blake3)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockedModel;
+
+    /// A binary cache stand-in: holds bytes by store path name, adds them when asked.
+    struct Cache {
+        name: String,
+        bytes: Vec<u8>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl Substituter for Cache {
+        fn substitute(&self, store: &Store, d: &Derivation) -> Result<bool, BuildError> {
+            self.asked.lock().unwrap().push(d.id.clone());
+            if d.output.as_deref() != Some(self.name.as_str()) {
+                return Ok(false);
+            }
+            let file = self.name.split_once('-').map_or("model", |(_, n)| n);
+            store.add_bytes(file, &self.bytes, &[])?;
+            Ok(true)
+        }
+    }
+
+    fn model(store_path: &str) -> LockedModel {
+        LockedModel {
+            source: "https://models.invalid/unet.safetensors".into(),
+            name: None,
+            target_subdir: None,
+            filename: "unet.safetensors".into(),
+            required: true,
+            url: "https://models.invalid/unet.safetensors".into(),
+            revision: None,
+            size: 5,
+            sha256: None,
+            blake3: blake3::hash(b"model").to_hex().to_string(),
+            store_path: store_path.into(),
+        }
+    }
+
+    fn executor(store: Store) -> Executor {
+        let config = crate::fetch::FetchConfig::from_env(
+            |_| None,
+            &crate::spec::ExpandedEnv::default(),
+            true,
+            2,
+        )
+        .unwrap();
+        let client = Arc::new(Client::new(Arc::new(config)).unwrap());
+        Executor::new(
+            Arc::new(store),
+            client,
+            Arc::new(crate::reporter::NoReporter),
+            None,
+        )
+    }
+
+    /// The substituter is asked before the offline refusal, what it gives is taken as the output,
+    /// and a derivation it lacks is refused offline, named in the list of what the store lacks.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn substituters_are_asked_before_the_network() {
+        let scratch = tempfile::tempdir().unwrap();
+        let name = Store::open(&scratch.path().join("other"))
+            .unwrap()
+            .add_bytes("unet.safetensors", b"model", &[])
+            .unwrap()
+            .record
+            .name;
+        let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
+        let cache = Arc::new(Cache {
+            name: name.clone(),
+            bytes: b"model".to_vec(),
+            asked: Mutex::new(Vec::new()),
+        });
+        executor.substituters.push(cache.clone());
+        let executor = Arc::new(executor);
+        let wanted = Derivation::model("unet".into(), &model(&name));
+        let other_name = format!("{}-other.safetensors", "0".repeat(32));
+        let missing = Derivation::model("other".into(), &model(&other_name));
+
+        let outcomes = executor.run(std::slice::from_ref(&wanted)).await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].outcome, How::Substituted);
+        assert!(executor.store.query(&name).unwrap().is_some());
+
+        let err = executor
+            .run(std::slice::from_ref(&missing))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BuildError::Offline { missing } if missing[0].contains("model `other`")),
+            "{err}"
+        );
+        assert_eq!(
+            *cache.asked.lock().unwrap(),
+            [wanted.id.clone(), missing.id.clone()]
+        );
+    }
+}
