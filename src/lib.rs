@@ -12,11 +12,13 @@
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
+//! - [`closure`]: a version's closure as one archive (`export`, `import`).
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod build;
 pub mod cli;
+pub mod closure;
 pub mod fault;
 pub mod fetch;
 pub mod hint;
@@ -45,7 +47,7 @@ mod layers {
         &["fetch"],
         &["python"],
         &["build"],
-        &["resolve", "plan", "repair", "realize"],
+        &["resolve", "plan", "repair", "realize", "closure"],
         &["cli"],
     ];
 

@@ -4,6 +4,7 @@
 //! and progress bars appear only on a terminal. Exit codes: 0 ok, 1 user error (bad spec,
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
+mod closure;
 mod diff;
 mod gc;
 mod progress;
@@ -86,6 +87,16 @@ pub enum Command {
         after_help = "Examples:\n  comfix store ls\n  comfix store verify --check-contents --repair\n  comfix store du"
     )]
     Store(store::StoreCommand),
+    /// Write a version's closure (store paths with their metadata, spec, lock) as one archive
+    #[command(
+        after_help = "Examples:\n  comfix export wan22 -o wan22.tar.zst\n  comfix export wan22 -o - --models required | ssh gpu-box comfix import -"
+    )]
+    Export(closure::ExportArgs),
+    /// Verify and register the store paths of an archive `comfix export` wrote; print its versions
+    #[command(
+        after_help = "Examples:\n  comfix import wan22.tar.zst && comfix realize wan22 --offline\n  comfix import - < wan22.tar.zst"
+    )]
+    Import(closure::ImportArgs),
     /// Check version specs
     #[command(subcommand)]
     #[command(
@@ -178,6 +189,8 @@ pub fn main() -> i32 {
         Command::Roots => gc::roots(&context),
         Command::Store(command) => store::run(command, &context),
         Command::Spec(command) => spec::run(command, &context),
+        Command::Export(args) => closure::export(args, &context),
+        Command::Import(args) => closure::import(args, &context),
     };
     match result {
         Ok(Outcome::Success) => 0,
@@ -224,6 +237,9 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::closure::ClosureError>() {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::build::BuildError>() {

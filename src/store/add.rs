@@ -58,6 +58,9 @@ enum Naming<'a> {
     Content(Option<(&'a str, &'a Path)>),
     /// Exactly this (input-addressed); the caller holds the path's build lock.
     Fixed(&'a str),
+    /// A path that travelled (an import): its tree must hash to what its metadata says, and a
+    /// content-addressed name must be the one its tree, name and references give.
+    Expected(&'a super::PathMeta),
 }
 
 /// A staged file whose object did not exist when it was staged.
@@ -158,7 +161,14 @@ impl Store {
     ) -> Result<Added> {
         let name = self.path_name_for(options, &staging.path().join(rel))?;
         let references = self.resolve_references(options)?;
-        self.ingest_staged(staging, rel, &name, &references, known_digest, None)
+        self.ingest_staged(
+            staging,
+            rel,
+            &name,
+            &references,
+            known_digest,
+            Naming::Content(None),
+        )
     }
 
     /// Build an input-addressed path: `name` (`<digest>-<name>`) is fixed by the recipe, not by
@@ -196,13 +206,64 @@ impl Store {
         }
         build(staging.path())?;
         let short = name.split_once('-').map_or(name, |(_, rest)| rest);
-        let added = self.ingest_staged(staging, rel, short, references, None, Some(name))?;
+        let added =
+            self.ingest_staged(staging, rel, short, references, None, Naming::Fixed(name))?;
         drop(build_lock);
         Ok(added)
     }
 
-    /// Hash and make read-only the tree staged at `staging/rel`, then commit it as `name`
-    /// (content-addressed) or as exactly `fixed` (input-addressed; its build lock is held).
+    /// Register the tree staged at `staging/rel` as exactly `meta.name` with `meta.references`
+    /// (which must be valid), after checking that its bytes hash to `meta.tree_hash` and, for a
+    /// content-addressed path, that the name is the one its tree, name and references give. A
+    /// path that is valid already is used as it is: nothing is written.
+    pub fn import_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        meta: &super::PathMeta,
+    ) -> Result<Added> {
+        check_name(&meta.name).map_err(|reason| StoreError::InvalidName {
+            name: meta.name.clone(),
+            reason,
+        })?;
+        if let Some(added) = self.existing(&meta.name)? {
+            return Ok(added);
+        }
+        let short = meta
+            .name
+            .split_once('-')
+            .map_or(meta.name.as_str(), |(_, n)| n);
+        if meta.naming == "input" {
+            let _build = lock::exclusive(
+                &self
+                    .root
+                    .join(super::layout::LOCKS)
+                    .join(format!("{}.lock", meta.name)),
+            )?;
+            if let Some(added) = self.existing(&meta.name)? {
+                return Ok(added);
+            }
+            return self.ingest_staged(
+                staging,
+                rel,
+                short,
+                &meta.references,
+                None,
+                Naming::Expected(meta),
+            );
+        }
+        self.ingest_staged(
+            staging,
+            rel,
+            short,
+            &meta.references,
+            None,
+            Naming::Expected(meta),
+        )
+    }
+
+    /// Hash and make read-only the tree staged at `staging/rel`, then commit it as `name` the way
+    /// `naming` says.
     fn ingest_staged(
         &self,
         staging: Staging,
@@ -210,7 +271,7 @@ impl Store {
         name: &str,
         references: &[String],
         known_digest: Option<Digest>,
-        fixed: Option<&str>,
+        naming: Naming<'_>,
     ) -> Result<Added> {
         let staged = staging.path().join(rel);
         let entries = tree::walk(&staged)?;
@@ -238,10 +299,6 @@ impl Store {
             })
             .collect::<Result<Vec<_>>>()?;
         let Staging { dir, _gc } = staging;
-        let naming = match fixed {
-            Some(fixed) => Naming::Fixed(fixed),
-            None => Naming::Content(None),
-        };
         self.commit(&dir, &staged, &entries, ingested, name, references, naming)
     }
 
@@ -384,11 +441,46 @@ impl Store {
         let sizes: Vec<(u64, Digest)> = ingested.iter().map(|i| (i.size, i.digest)).collect();
         let node = tree::build_node(entries, &sizes);
         let mut record = self.describe(name, &node, references);
-        let input_addressed = matches!(naming, Naming::Fixed(_));
+        let input_addressed = match naming {
+            Naming::Fixed(_) => true,
+            Naming::Expected(meta) => meta.naming == "input",
+            Naming::Content(_) => false,
+        };
+        if let Naming::Expected(meta) = naming {
+            let mismatch = |what: &str, actual: &str, expected: &str| StoreError::Mismatch {
+                name: meta.name.clone(),
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            };
+            if record.tree_hash != meta.tree_hash {
+                return Err(mismatch("tree hash", &record.tree_hash, &meta.tree_hash));
+            }
+            if !input_addressed && record.name != meta.name {
+                return Err(mismatch("name", &record.name, &meta.name));
+            }
+        }
         let _build = match naming {
             Naming::Fixed(fixed) => {
                 record.name = fixed.to_string();
                 None
+            }
+            // An input-addressed import holds its build lock (taken by `import_staged`).
+            Naming::Expected(meta) if input_addressed => {
+                record.name = meta.name.clone();
+                None
+            }
+            Naming::Expected(_) => {
+                let guard = lock::exclusive(
+                    &self
+                        .root
+                        .join(super::layout::LOCKS)
+                        .join(format!("{}.lock", record.name)),
+                )?;
+                if let Some(added) = self.existing(&record.name)? {
+                    return Ok(added);
+                }
+                Some(guard)
             }
             Naming::Content(expected) => {
                 if let Some((expected, src)) = expected {

@@ -100,6 +100,17 @@ impl Store {
             .join(format!("{}.json", root_key(name)))
     }
 
+    /// The sidecar of the valid path `name` (what a path that travels carries with it).
+    pub fn path_meta(&self, name: &str) -> Result<PathMeta> {
+        let text = std::fs::read_to_string(self.meta_path(name))?;
+        serde_json::from_str(&text).map_err(|e| {
+            StoreError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the sidecar of `{name}` is not readable: {e}"),
+            ))
+        })
+    }
+
     /// Record the sidecar of a path about to be registered.
     pub(super) fn write_path_meta(
         &self,

@@ -37,7 +37,7 @@ pub use add::{AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
 pub use du::{DiskUse, Part, Usage};
 pub use gc::{GcOptions, GcReport, Keep, KeepNothing, Kept};
-pub use meta::RebuildReport;
+pub use meta::{PathMeta, RebuildReport};
 pub use roots::Root;
 pub use verify::{CorruptPath, VerifyReport};
 
@@ -89,6 +89,13 @@ pub enum StoreError {
     DbIsReadable { path: PathBuf },
     #[error("Store `{}` is read-only, and this command writes to it", .root.display())]
     ReadOnly { root: PathBuf },
+    #[error("`{name}`: its {what} is `{actual}`, but its metadata says `{expected}`")]
+    Mismatch {
+        name: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 impl Hint for StoreError {
@@ -106,6 +113,9 @@ impl Hint for StoreError {
             StoreError::NotValid { .. } => Some("`comfix store ls` lists the valid paths".into()),
             StoreError::LostDb { .. } => Some(
                 "nothing was changed. Restore `db/db.sqlite` from a backup, or run `comfix store rebuild-db` to rebuild it from the store's contents".into(),
+            ),
+            StoreError::Mismatch { .. } => Some(
+                "the bytes are not what their source recorded (tampered or corrupted in transit); nothing was registered for this path".into(),
             ),
             StoreError::ReadOnly { .. } => Some(
                 "nothing was changed. Reading works on a read-only store (`store ls/path-info/verify/du`, `roots`, `status`, and `realize` of a version the store holds); run this where the store is writable".into(),
@@ -135,6 +145,7 @@ impl Hint for StoreError {
                 | StoreError::Register(db::RegisterError::MissingReference { .. })
                 | StoreError::Walk(tree::WalkError::Unsupported { .. })
                 | StoreError::LostDb { .. }
+                | StoreError::Mismatch { .. }
                 | StoreError::Missing { .. }
                 | StoreError::DbIsReadable { .. }
                 | StoreError::ReadOnly { .. }

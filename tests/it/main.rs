@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod closure;
 mod gc;
 mod gc_stress;
 mod inputs;

@@ -1,0 +1,133 @@
+//! `comfix export` and `comfix import`: a version's closure as one file (`-`: stdout/stdin).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::spec::SpecArg;
+use super::{format_bytes, Context, Outcome};
+use crate::closure::{self, Models, Version};
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub spec: SpecArg,
+    /// The archive to write (`.tar.zst`); `-` writes to stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Which models to carry
+    #[arg(long, value_enum, default_value_t = Models::All)]
+    pub models: Models,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The archive `comfix export` wrote; `-` reads stdin
+    pub file: PathBuf,
+    /// Where the versions' specs and locks are written (files there already are kept)
+    #[arg(long, value_name = "DIR", default_value = "versions")]
+    pub versions_dir: PathBuf,
+}
+
+pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let input = args.spec.load_with_lock()?;
+    let lock = input.old.as_ref().ok_or_else(|| super::diff::NoLock {
+        id: input.loaded.spec.version_id.clone(),
+        path: input.lock_path.clone(),
+    })?;
+    let spec = std::fs::read(&input.loaded.path)?;
+    let store = context.open_existing_store()?;
+    // The venv this store holds for the lock, when uv and the interpreter can name it here.
+    let venv = lock.python.as_ref().and_then(|python| {
+        let uv = crate::python::find_uv(&store).ok()?;
+        let interpreter = uv.interpreter(Some(&python.version)).ok()?;
+        let name = crate::python::venv_name(&uv, &interpreter, python);
+        store.query(&name).ok().flatten().map(|_| name)
+    });
+    let version = Version {
+        spec: &spec,
+        lock,
+        venv,
+    };
+    let report = if args.output.as_os_str() == "-" {
+        let stdout = std::io::stdout().lock();
+        closure::export(
+            &store,
+            &[version],
+            args.models,
+            std::io::BufWriter::new(stdout),
+        )?
+    } else {
+        // Written beside the target and renamed: a failed export leaves no half archive.
+        let dir = args
+            .output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        let report = closure::export(
+            &store,
+            &[version],
+            args.models,
+            std::io::BufWriter::new(temp.as_file_mut()),
+        )?;
+        temp.as_file().sync_all()?;
+        temp.persist(&args.output).map_err(|e| e.error)?;
+        report
+    };
+    if context.json {
+        context.print_json(&report)?;
+    } else if args.output.as_os_str() != "-" {
+        println!("{}", args.output.display());
+    }
+    tracing::info!(
+        "exported {} paths ({}) of `{}`",
+        report.paths,
+        format_bytes(report.content_bytes),
+        report.versions.join("`, `")
+    );
+    Ok(Outcome::Success)
+}
+
+pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let store = context.open_store()?;
+    let report = if args.file.as_os_str() == "-" {
+        closure::import(&store, std::io::stdin().lock(), &args.versions_dir)?
+    } else {
+        let file = std::fs::File::open(&args.file)?;
+        closure::import(&store, std::io::BufReader::new(file), &args.versions_dir)?
+    };
+    // Each version is pinned, so a collector keeps what was brought until the user unpins it.
+    for id in &report.versions {
+        let lock_path = args.versions_dir.join(format!("{id}.lock.json"));
+        if let Some(lock) = crate::lock::Lock::read(&lock_path)? {
+            let models_missing = lock
+                .models
+                .iter()
+                .any(|m| !matches!(store.query(&m.store_path), Ok(Some(_))));
+            let manifest = crate::lock::manifest::write(
+                &store,
+                &format!("pin-{id}"),
+                &lock,
+                models_missing,
+                &[],
+            )?;
+            store.pin(id, &manifest)?;
+        }
+    }
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for id in &report.versions {
+            writeln!(out, "{id}")?;
+        }
+    }
+    tracing::info!(
+        "imported {} paths ({} already present); realize with `comfix realize <ID> --offline`",
+        report.imported.len(),
+        report.present
+    );
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,592 @@
+//! Closures that travel: a version's store paths, each with its metadata (name, tree hash,
+//! references, naming), plus the spec and the lock, as one zstd-compressed tar written and read
+//! as a stream (`store-layout.md`, "Closure archives").
+//!
+//! The archive's first entry is `comfix-closure.json`, the [`Manifest`]: every path in an order
+//! where references come first. Then `versions/<id>.json` and `versions/<id>.lock.json`, then
+//! each path's entries under `paths/<name>`, contiguous and in the manifest's order. Import reads
+//! it once: each path is staged, checked against its metadata (tree hash; for a content-addressed
+//! path its name) and registered only when it is whole and its references are valid; paths the
+//! store has are skipped without writing. Entries must be plain (`paths/<name>[/<relative>]`, no
+//! `..`, no absolute names), only directories, regular files and symlinks, never written through
+//! a symlink.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hint::Hint;
+use crate::lock::Lock;
+use crate::store::{PathMeta, Staging, Store, StoreError};
+
+/// The archive format this comfix writes and reads.
+pub const FORMAT: u32 = 1;
+const MANIFEST: &str = "comfix-closure.json";
+
+/// The first entry of an archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub versions: Vec<VersionEntry>,
+    /// References first.
+    pub paths: Vec<PathMeta>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionEntry {
+    pub version_id: String,
+    /// The archive entries of the spec and the lock.
+    pub spec: String,
+    pub lock: String,
+}
+
+/// Which models an export carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Models {
+    All,
+    Required,
+    None,
+}
+
+/// A version to export: its spec's bytes, its lock, and the venv this store holds for it.
+pub struct Version<'a> {
+    pub spec: &'a [u8],
+    pub lock: &'a Lock,
+    pub venv: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExportReport {
+    pub versions: Vec<String>,
+    pub paths: usize,
+    /// Bytes of file contents written into the archive (before compression).
+    pub content_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub versions: Vec<String>,
+    /// Paths registered by this import.
+    pub imported: Vec<String>,
+    /// Paths the store already had.
+    pub present: usize,
+    /// Where each version's spec and lock were written (or found identical).
+    pub spec_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClosureError {
+    #[error("This is not a comfix closure archive: {reason}")]
+    Foreign { reason: String },
+    #[error("Closure archive format {found} is not the one this comfix reads ({FORMAT})")]
+    Format { found: u32 },
+    #[error("The closure archive is damaged: {reason}")]
+    Damaged { reason: String },
+    #[error("Unsafe entry `{entry}` in the closure archive: {reason}")]
+    Unsafe { entry: String, reason: String },
+    #[error("The store has no valid `{name}`, which the version needs")]
+    NotInStore { name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClosureError {
+    let path = path.into();
+    move |source| ClosureError::Io { path, source }
+}
+
+fn damaged(reason: impl std::fmt::Display) -> ClosureError {
+    ClosureError::Damaged {
+        reason: reason.to_string(),
+    }
+}
+
+impl Hint for ClosureError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ClosureError::Foreign { .. } => {
+                Some("give `comfix import` a file written by `comfix export`".into())
+            }
+            ClosureError::Damaged { .. } | ClosureError::Unsafe { .. } => Some(
+                "nothing that is not whole and verified was registered; export the closure again and copy it whole".into(),
+            ),
+            ClosureError::NotInStore { .. } => Some(
+                "realize or resolve the version on this machine first, so the store holds every path it pins".into(),
+            ),
+            ClosureError::Store(e) => e.hint(),
+            _ => None,
+        }
+    }
+
+    fn is_user_error(&self) -> bool {
+        match self {
+            ClosureError::Store(e) => e.is_user_error(),
+            ClosureError::Io { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+/// The store paths a version's closure holds: what the lock pins (models as chosen), the venv,
+/// and everything they reference, references first.
+pub fn paths_of(
+    store: &Store,
+    versions: &[Version<'_>],
+    models: Models,
+) -> Result<Vec<PathMeta>, ClosureError> {
+    let mut roots: Vec<String> = Vec::new();
+    for version in versions {
+        let lock = version.lock;
+        for path in lock.store_paths() {
+            let model = lock.models.iter().find(|m| m.store_path == path);
+            let wanted = match (model, models) {
+                (None, _) | (Some(_), Models::All) => true,
+                (Some(m), Models::Required) => m.required,
+                (Some(_), Models::None) => false,
+            };
+            if wanted {
+                roots.push(path.to_string());
+            }
+        }
+        roots.extend(version.venv.clone());
+    }
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for root in &roots {
+        visit(store, root, &mut seen, &mut order)?;
+    }
+    order
+        .iter()
+        .map(|name| store.path_meta(name).map_err(ClosureError::from))
+        .collect()
+}
+
+/// Post-order over references, so a path comes after everything it references.
+fn visit(
+    store: &Store,
+    name: &str,
+    seen: &mut HashSet<String>,
+    order: &mut Vec<String>,
+) -> Result<(), ClosureError> {
+    if !seen.insert(name.to_string()) {
+        return Ok(());
+    }
+    let Some(record) = store.query(name)? else {
+        return Err(ClosureError::NotInStore {
+            name: name.to_string(),
+        });
+    };
+    if fs::symlink_metadata(store.path_of(name)).is_err() {
+        return Err(ClosureError::NotInStore {
+            name: name.to_string(),
+        });
+    }
+    for reference in store.references(&record)? {
+        visit(store, &reference, seen, order)?;
+    }
+    order.push(name.to_string());
+    Ok(())
+}
+
+/// Write the closure of `versions` to `out` as a zstd-compressed tar, streamed.
+pub fn export(
+    store: &Store,
+    versions: &[Version<'_>],
+    models: Models,
+    out: impl Write,
+) -> Result<ExportReport, ClosureError> {
+    let paths = paths_of(store, versions, models)?;
+    let manifest = Manifest {
+        format: FORMAT,
+        versions: versions
+            .iter()
+            .map(|v| VersionEntry {
+                version_id: v.lock.version_id.clone(),
+                spec: format!("versions/{}.json", v.lock.version_id),
+                lock: format!("versions/{}.lock.json", v.lock.version_id),
+            })
+            .collect(),
+        paths,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let mut encoder = zstd::stream::write::Encoder::new(out, 3).map_err(io("<output>"))?;
+    let _ = encoder.multithread(threads);
+    // A frame checksum: a damaged or cut archive is found even where no entry is damaged.
+    encoder.include_checksum(true).map_err(io("<output>"))?;
+    let mut tar = tar::Builder::new(encoder);
+    let bytes = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| {
+        let mut header = file_header(data.len() as u64, false);
+        tar.append_data(&mut header, name, data)
+            .map_err(io("<output>"))
+    };
+    let text = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+    bytes(&mut tar, MANIFEST, &text)?;
+    for (entry, version) in manifest.versions.iter().zip(versions) {
+        bytes(&mut tar, &entry.spec, version.spec)?;
+        bytes(&mut tar, &entry.lock, version.lock.to_text().as_bytes())?;
+    }
+    let mut report = ExportReport {
+        versions: manifest
+            .versions
+            .iter()
+            .map(|v| v.version_id.clone())
+            .collect(),
+        paths: manifest.paths.len(),
+        content_bytes: 0,
+    };
+    for meta in &manifest.paths {
+        report.content_bytes += append_path(&mut tar, store, &meta.name)?;
+    }
+    let encoder = tar.into_inner().map_err(io("<output>"))?;
+    encoder
+        .finish()
+        .map_err(io("<output>"))?
+        .flush()
+        .map_err(io("<output>"))?;
+    Ok(report)
+}
+
+fn file_header(size: u64, executable: bool) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(if executable { 0o755 } else { 0o644 });
+    header.set_mtime(0);
+    header
+}
+
+/// Append the store path `name` under `paths/<name>`; returns its file bytes.
+fn append_path<W: Write>(
+    tar: &mut tar::Builder<W>,
+    store: &Store,
+    name: &str,
+) -> Result<u64, ClosureError> {
+    let root = store.path_of(name);
+    let mut bytes = 0;
+    for entry in walkdir::WalkDir::new(&root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| io(root.clone())(e.into()))?;
+        let rel = entry.path().strip_prefix(&root).expect("under the root");
+        let at = Path::new("paths").join(name).join(rel);
+        let meta = entry.metadata().map_err(|e| io(entry.path())(e.into()))?;
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            header.set_mtime(0);
+            tar.append_data(&mut header, &at, std::io::empty())
+                .map_err(io(entry.path()))?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(entry.path()).map_err(io(entry.path()))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            header.set_mtime(0);
+            tar.append_link(&mut header, &at, &target)
+                .map_err(io(entry.path()))?;
+        } else {
+            let executable = meta.permissions().mode() & 0o111 != 0;
+            let mut header = file_header(meta.len(), executable);
+            let file = fs::File::open(entry.path()).map_err(io(entry.path()))?;
+            tar.append_data(&mut header, &at, file)
+                .map_err(io(entry.path()))?;
+            bytes += meta.len();
+        }
+    }
+    Ok(bytes)
+}
+
+/// The path being imported.
+struct Current {
+    index: usize,
+    /// `None` when the store has the path already: its entries are read and dropped.
+    staging: Option<Staging>,
+}
+
+/// Read a closure archive from `input` into `store`; each version's spec and lock are written
+/// into `versions_dir` (kept when a file of that name is there already).
+pub fn import(
+    store: &Store,
+    input: impl Read,
+    versions_dir: &Path,
+) -> Result<ImportReport, ClosureError> {
+    let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| ClosureError::Foreign {
+        reason: e.to_string(),
+    })?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(damaged)?;
+    let manifest = read_manifest(&mut entries)?;
+    let mut report = ImportReport {
+        versions: manifest
+            .versions
+            .iter()
+            .map(|v| v.version_id.clone())
+            .collect(),
+        ..ImportReport::default()
+    };
+    let wanted: HashMap<&str, usize> = manifest
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let mut texts: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut current: Option<Current> = None;
+    let mut next = 0;
+    for entry in entries {
+        let mut entry = entry.map_err(damaged)?;
+        let path = entry.path().map_err(damaged)?.into_owned();
+        let shown = path.display().to_string();
+        let parts = plain_parts(&path).ok_or_else(|| ClosureError::Unsafe {
+            entry: shown.clone(),
+            reason: "an archive name must be relative, without `..`".into(),
+        })?;
+        match parts.first().map(String::as_str) {
+            Some("versions") if current.is_none() && next == 0 => {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).map_err(damaged)?;
+                texts.insert(shown, data);
+                continue;
+            }
+            Some("paths") if parts.len() >= 2 => {}
+            _ => {
+                return Err(ClosureError::Unsafe {
+                    entry: shown,
+                    reason: "not where a closure archive puts anything".into(),
+                })
+            }
+        }
+        let name = &parts[1];
+        let same = current
+            .as_ref()
+            .is_some_and(|c| manifest.paths[c.index].name == *name);
+        if !same {
+            if let Some(done) = current.take() {
+                finish(
+                    store,
+                    &manifest.paths[done.index],
+                    done.staging,
+                    &mut report,
+                )?;
+            }
+            match wanted.get(name.as_str()) {
+                Some(&i) if i == next => {}
+                Some(_) => {
+                    return Err(damaged(format!(
+                        "`{name}` is out of the manifest's order (expected `{}`)",
+                        manifest
+                            .paths
+                            .get(next)
+                            .map_or("nothing", |p| p.name.as_str())
+                    )))
+                }
+                None => {
+                    return Err(ClosureError::Unsafe {
+                        entry: shown,
+                        reason: format!("`{name}` is not in the archive's manifest"),
+                    })
+                }
+            }
+            let staging = if store.query(name)?.is_some() && store.path_of(name).exists() {
+                None
+            } else {
+                Some(store.staging()?)
+            };
+            current = Some(Current {
+                index: next,
+                staging,
+            });
+            next += 1;
+        }
+        let current = current.as_mut().expect("set above");
+        if let Some(staging) = &current.staging {
+            write_entry(&mut entry, staging.path(), &parts[1..], &shown)?;
+        }
+    }
+    if let Some(done) = current.take() {
+        finish(
+            store,
+            &manifest.paths[done.index],
+            done.staging,
+            &mut report,
+        )?;
+    }
+    if next < manifest.paths.len() {
+        return Err(damaged(format!(
+            "it ends before `{}` (truncated?)",
+            manifest.paths[next].name
+        )));
+    }
+    // The end of the tar is not the end of the stream: the rest is read, so a cut or damaged
+    // last frame is an error.
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
+    write_versions(&manifest, &texts, versions_dir, &mut report)?;
+    Ok(report)
+}
+
+fn read_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest, ClosureError> {
+    let foreign = |reason: &str| ClosureError::Foreign {
+        reason: reason.to_string(),
+    };
+    let mut first = entries
+        .next()
+        .ok_or_else(|| foreign("it is empty"))?
+        .map_err(|e| foreign(&e.to_string()))?;
+    if first.path().ok().as_deref() != Some(Path::new(MANIFEST)) {
+        return Err(foreign(&format!("its first entry is not `{MANIFEST}`")));
+    }
+    let mut text = Vec::new();
+    (&mut first)
+        .take(64 << 20)
+        .read_to_end(&mut text)
+        .map_err(damaged)?;
+    let format: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| damaged(format!("bad manifest: {e}")))?;
+    let found = format["format"].as_u64().unwrap_or(0) as u32;
+    if found != FORMAT {
+        return Err(ClosureError::Format { found });
+    }
+    serde_json::from_value(format).map_err(|e| damaged(format!("bad manifest: {e}")))
+}
+
+/// The components of an archive name, when every one is a plain name.
+fn plain_parts(path: &Path) -> Option<Vec<String>> {
+    path.components()
+        .map(|c| match c {
+            Component::Normal(part) => part.to_str().map(str::to_string),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|parts| !parts.is_empty())
+}
+
+/// Write one entry of a path at `staging/<parts>`, never through a symlink.
+fn write_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    staging: &Path,
+    parts: &[String],
+    shown: &str,
+) -> Result<(), ClosureError> {
+    let unsafe_entry = |reason: &str| ClosureError::Unsafe {
+        entry: shown.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut at = staging.to_path_buf();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        if !last {
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(unsafe_entry(
+                        "it would be written through a symlink or a file",
+                    ))
+                }
+                Err(_) => {
+                    return Err(unsafe_entry(
+                        "its directory is not in the archive before it",
+                    ))
+                }
+            }
+        }
+    }
+    if fs::symlink_metadata(&at).is_ok() {
+        return Err(unsafe_entry("it is in the archive twice"));
+    }
+    let header = entry.header().clone();
+    match header.entry_type() {
+        tar::EntryType::Directory => fs::create_dir(&at).map_err(io(&at))?,
+        tar::EntryType::Regular => {
+            let mut file = fs::File::create_new(&at).map_err(io(&at))?;
+            std::io::copy(entry, &mut file).map_err(damaged)?;
+            let executable = header.mode().map_err(damaged)? & 0o111 != 0;
+            let mode = if executable { 0o755 } else { 0o644 };
+            fs::set_permissions(&at, fs::Permissions::from_mode(mode)).map_err(io(&at))?;
+        }
+        tar::EntryType::Symlink => {
+            let target = entry
+                .link_name()
+                .map_err(damaged)?
+                .ok_or_else(|| unsafe_entry("a symlink without a target"))?;
+            std::os::unix::fs::symlink(&*target, &at).map_err(io(&at))?;
+        }
+        other => {
+            return Err(unsafe_entry(&format!(
+                "entries of type {other:?} are not in closures"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Register a whole staged path, checked against its metadata.
+fn finish(
+    store: &Store,
+    meta: &PathMeta,
+    staging: Option<Staging>,
+    report: &mut ImportReport,
+) -> Result<(), ClosureError> {
+    let Some(staging) = staging else {
+        report.present += 1;
+        return Ok(());
+    };
+    if fs::symlink_metadata(staging.path().join(&meta.name)).is_err() {
+        return Err(damaged(format!("`{}` has no entries", meta.name)));
+    }
+    let added = store.import_staged(staging, &meta.name, meta)?;
+    report.imported.push(added.record.name);
+    Ok(())
+}
+
+/// Each version's spec and lock, written beside each other unless a file is there already.
+fn write_versions(
+    manifest: &Manifest,
+    texts: &BTreeMap<String, Vec<u8>>,
+    dir: &Path,
+    report: &mut ImportReport,
+) -> Result<(), ClosureError> {
+    for version in &manifest.versions {
+        crate::store::check_name(&version.version_id).map_err(|reason| ClosureError::Unsafe {
+            entry: version.spec.clone(),
+            reason,
+        })?;
+        for (entry, file) in [
+            (&version.spec, format!("{}.json", version.version_id)),
+            (&version.lock, format!("{}.lock.json", version.version_id)),
+        ] {
+            let text = texts
+                .get(entry)
+                .ok_or_else(|| damaged(format!("`{entry}` is missing")))?;
+            let path = dir.join(file);
+            match fs::read(&path) {
+                Ok(existing) if existing == *text => {}
+                Ok(_) => tracing::warn!(
+                    "kept `{}`, which differs from the imported one",
+                    path.display()
+                ),
+                Err(_) => {
+                    fs::create_dir_all(dir).map_err(io(dir))?;
+                    fs::write(&path, text).map_err(io(&path))?;
+                }
+            }
+            report.spec_files.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! `comfix export` / `comfix import`: a version's closure moved to another store as one file.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::resolve::World;
+use crate::support::http::TestServer;
+use crate::support::*;
+
+fn realize_json(w: &World, store: &Path, home: &Path, args: &[&str]) -> Value {
+    let out = w
+        .cmd(store)
+        .arg("--json")
+        .args(["realize", "v1", "--target"])
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn status_manifest(w: &World, store: &Path, home: &Path) -> String {
+    let out = w
+        .cmd(store)
+        .args(["--json", "status", "--target"])
+        .arg(home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["manifest"].as_str().unwrap().to_string()
+}
+
+fn import(w: &World, store: &Path, archive: &Path) -> std::process::Output {
+    w.cmd(store).arg("import").arg(archive).output().unwrap()
+}
+
+fn export(w: &World, archive: &Path) {
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "-o"])
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Every path a store registered is whole: `store verify --check-contents` finds nothing.
+fn assert_store_whole(w: &World, store: &Path) {
+    if !store.join("db").exists() {
+        return;
+    }
+    let out = w
+        .cmd(store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}
+
+fn registered(w: &World, store: &Path) -> Vec<String> {
+    let out = w
+        .cmd(store)
+        .args(["--json", "store", "ls"])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn world_with_home() -> (World, PathBuf, PathBuf) {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let home = w.env.path("home-a");
+    realize_json(&w, &w.env.store, &home, &[]);
+    let archive = w.env.path("v1.tar.zst");
+    export(&w, &archive);
+    (w, home, archive)
+}
+
+/// Machine A exports a version with git nodes, a registry node and models; machine B, with every
+/// endpoint gone, imports it and realizes `--offline` a home whose manifest is A's.
+#[test]
+fn an_exported_closure_realizes_offline_on_another_store() {
+    let (mut w, home_a, archive) = world_with_home();
+    for server in [&mut w.hub, &mut w.cdn, &mut w.civitai, &mut w.registry] {
+        drop(std::mem::replace(server, TestServer::start()));
+    }
+    let store_b = w.env.path("store-b");
+    let out = import(&w, &store_b, &archive);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "v1");
+    // Importing again writes nothing new.
+    let again = w
+        .cmd(&store_b)
+        .args(["--json", "import"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["imported"].as_array().unwrap().len(), 0);
+    assert!(report["present"].as_u64().unwrap() > 5);
+
+    let home_b = w.env.path("home-b");
+    let realized = realize_json(&w, &store_b, &home_b, &["--offline"]);
+    for d in realized["derivations"].as_array().unwrap() {
+        if d["kind"] != "assemble-home" {
+            assert_eq!(d["outcome"], "valid", "{d}");
+        }
+    }
+    assert_eq!(
+        status_manifest(&w, &store_b, &home_b),
+        status_manifest(&w, &w.env.store, &home_a)
+    );
+    assert_eq!(
+        fs::read(home_b.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    assert_store_whole(&w, &store_b);
+    // The imported version is pinned: a collection keeps it.
+    let out = w.cmd(&store_b).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = w.cmd(&store_b).args(["store", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn decompress(archive: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(fs::File::open(archive).unwrap())
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+fn compress(tar: &[u8], to: &Path) {
+    let mut encoder = zstd::stream::write::Encoder::new(fs::File::create(to).unwrap(), 3).unwrap();
+    encoder.write_all(tar).unwrap();
+    encoder.finish().unwrap();
+}
+
+/// A byte of a model changed inside the archive: the import names both tree hashes, and the
+/// model is not registered (what came before it is, whole).
+#[test]
+fn a_tampered_archive_registers_nothing_that_does_not_verify() {
+    let (w, _home, archive) = world_with_home();
+    let mut tar = decompress(&archive);
+    let at = tar
+        .windows(64)
+        .position(|win| win == &w.model[..64])
+        .expect("the model is in the archive");
+    tar[at + 1000] ^= 0xff;
+    let tampered = w.env.path("tampered.tar.zst");
+    compress(&tar, &tampered);
+    let store = w.env.path("store-c");
+    let out = import(&w, &store, &tampered);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("tree hash"), "{err}");
+    assert!(err.contains("but its metadata says"), "{err}");
+    let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+    let model = lock["models"][0]["store_path"].as_str().unwrap();
+    assert!(!registered(&w, &store).contains(&model.to_string()));
+    assert_store_whole(&w, &store);
+}
+
+/// Cut anywhere, an archive imports what is whole before the cut and says it is damaged.
+#[test]
+fn a_truncated_archive_is_an_error_and_leaves_only_whole_paths() {
+    let (w, _home, archive) = world_with_home();
+    let bytes = fs::read(&archive).unwrap();
+    for cut in [bytes.len() / 5, bytes.len() / 2, bytes.len() - 100] {
+        let truncated = w.env.path(&format!("cut-{cut}.tar.zst"));
+        fs::write(&truncated, &bytes[..cut]).unwrap();
+        let store = w.env.path(&format!("store-cut-{cut}"));
+        let out = import(&w, &store, &truncated);
+        assert_eq!(out.status.code(), Some(1), "cut at {cut}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("damaged") || stderr(&out).contains("not a comfix closure"),
+            "{}",
+            stderr(&out)
+        );
+        assert_store_whole(&w, &store);
+    }
+}
+
+#[test]
+fn a_foreign_file_is_refused() {
+    let w = World::new();
+    let file = w.env.path("photo.tar.zst");
+    fs::write(&file, b"not an archive at all").unwrap();
+    let out = import(&w, &w.env.store, &file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a comfix closure"),
+        "{}",
+        stderr(&out)
+    );
+    // A zstd tar that is not a closure.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(2);
+    header.set_mode(0o644);
+    builder
+        .append_data(&mut header, "README", &b"hi"[..])
+        .unwrap();
+    let plain = w.env.path("plain.tar.zst");
+    compress(&builder.into_inner().unwrap(), &plain);
+    let out = import(&w, &w.env.store, &plain);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("its first entry is not `comfix-closure.json`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A tar entry with exactly `name` as its path, whatever it holds (`..` included).
+fn raw_entry(
+    builder: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    data: &[u8],
+    link: Option<&str>,
+) {
+    let mut header = tar::Header::new_old();
+    let bytes = name.as_bytes();
+    header.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+    header.set_entry_type(kind);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    if let Some(link) = link {
+        header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    header.set_cksum();
+    builder.append(&header, data).unwrap();
+}
+
+fn crafted(
+    w: &World,
+    name: &str,
+    paths: &[&str],
+    entries: &[(&str, tar::EntryType, &[u8], Option<&str>)],
+) -> PathBuf {
+    let manifest = json!({
+        "format": 1,
+        "versions": [],
+        "paths": paths.iter().map(|p| json!({
+            "name": p, "kind": "tree", "tree_hash": "0".repeat(64), "size": 0, "file_count": 0,
+            "references": [], "naming": "content", "registered_at": 0
+        })).collect::<Vec<_>>(),
+    });
+    let mut builder = tar::Builder::new(Vec::new());
+    let text = serde_json::to_vec(&manifest).unwrap();
+    raw_entry(
+        &mut builder,
+        "comfix-closure.json",
+        tar::EntryType::Regular,
+        &text,
+        None,
+    );
+    for (entry, kind, data, link) in entries {
+        raw_entry(&mut builder, entry, *kind, data, *link);
+    }
+    let file = w.env.path(name);
+    compress(&builder.into_inner().unwrap(), &file);
+    file
+}
+
+/// Entries that would land outside their path (`..`, absolute, through a symlink) and entries out
+/// of the manifest's order are refused; nothing is written outside the store.
+#[test]
+fn unsafe_and_reordered_archives_are_refused() {
+    use tar::EntryType::{Directory, Regular, Symlink};
+    let w = World::new();
+    let a = format!("{}-a", "a".repeat(32));
+    let b = format!("{}-b", "b".repeat(32));
+    let outside = w.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let escape = format!("paths/{a}/../../../../outside/evil");
+    let through = format!("paths/{a}/link/evil");
+    let cases: Vec<(&str, PathBuf, &str)> = vec![
+        (
+            "parent",
+            crafted(
+                &w,
+                "parent.tar.zst",
+                &[&a],
+                &[(&escape, Regular, b"x", None)],
+            ),
+            "without `..`",
+        ),
+        (
+            "absolute",
+            crafted(
+                &w,
+                "absolute.tar.zst",
+                &[&a],
+                &[("/tmp/comfix-evil", Regular, b"x", None)],
+            ),
+            "Unsafe entry",
+        ),
+        (
+            "through a symlink",
+            crafted(
+                &w,
+                "symlink.tar.zst",
+                &[&a],
+                &[
+                    (&format!("paths/{a}"), Directory, b"", None),
+                    (
+                        &format!("paths/{a}/link"),
+                        Symlink,
+                        b"",
+                        Some(outside.to_str().unwrap()),
+                    ),
+                    (&through, Regular, b"x", None),
+                ],
+            ),
+            "through a symlink",
+        ),
+        (
+            "reordered",
+            crafted(
+                &w,
+                "order.tar.zst",
+                &[&a, &b],
+                &[(&format!("paths/{b}"), Regular, b"x", None)],
+            ),
+            "out of the manifest's order",
+        ),
+        (
+            "unknown path",
+            crafted(
+                &w,
+                "unknown.tar.zst",
+                &[&a],
+                &[("paths/zzz", Regular, b"x", None)],
+            ),
+            "not in the archive's manifest",
+        ),
+    ];
+    for (what, file, expected) in cases {
+        let store = w.env.path(&format!("store-{}", what.replace(' ', "-")));
+        let out = import(&w, &store, &file);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{what}: {}", stderr(&out));
+        assert!(registered(&w, &store).is_empty(), "{what}");
+        assert!(!outside.join("evil").exists(), "{what} wrote outside");
+        assert!(
+            !Path::new("/tmp/comfix-evil").exists(),
+            "{what} wrote outside"
+        );
+    }
+}
+
+/// `comfix export v -o - | comfix import -`, as over ssh.
+#[test]
+fn export_to_stdout_pipes_into_import_from_stdin() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    realize_json(&w, &w.env.store, &w.env.path("home"), &[]);
+    let mut exporter = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "--models", "none", "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store_b = w.env.path("store-b");
+    let out = w
+        .cmd(&store_b)
+        .args(["import", "-", "--versions-dir"])
+        .arg(w.env.path("imported"))
+        .stdin(exporter.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(exporter.wait().unwrap().success());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "v1");
+    // The spec and lock came along; without models, none is in the store.
+    let lock: Value =
+        serde_json::from_str(&fs::read_to_string(w.env.path("imported/v1.lock.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        fs::read_to_string(w.env.path("imported/v1.lock.json")).unwrap(),
+        w.lock_text()
+    );
+    let names = registered(&w, &store_b);
+    assert!(names.contains(&lock["comfy"]["store_path"].as_str().unwrap().to_string()));
+    for model in lock["models"].as_array().unwrap() {
+        assert!(!names.contains(&model["store_path"].as_str().unwrap().to_string()));
+    }
+}
