@@ -160,9 +160,14 @@ pub fn paths_of(
         }
         roots.extend(version.venv.clone());
     }
+    closure_of(store, &roots)
+}
+
+/// `roots` and every path they reference, references first, each with its sidecar.
+pub fn closure_of(store: &Store, roots: &[String]) -> Result<Vec<PathMeta>, ClosureError> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
-    for root in &roots {
+    for root in roots {
         visit(store, root, &mut seen, &mut order)?;
     }
     order
@@ -266,7 +271,7 @@ fn file_header(size: u64, executable: bool) -> tar::Header {
 }
 
 /// Append the store path `name` under `paths/<name>`; returns its file bytes.
-fn append_path<W: Write>(
+pub fn append_path<W: Write>(
     tar: &mut tar::Builder<W>,
     store: &Store,
     name: &str,
@@ -437,6 +442,32 @@ pub fn import(
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     write_versions(&manifest, &texts, versions_dir, &mut report)?;
     Ok(report)
+}
+
+/// Read one path's archive (its entries under `paths/<name>`, as in a closure archive) and
+/// register it as `meta` says, verified.
+pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(), ClosureError> {
+    let decoder = zstd::stream::read::Decoder::new(input).map_err(damaged)?;
+    let mut archive = tar::Archive::new(decoder);
+    let staging = store.staging()?;
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        let path = entry.path().map_err(damaged)?.into_owned();
+        let shown = path.display().to_string();
+        let parts = plain_parts(&path)
+            .filter(|p| p.len() >= 2 && p[0] == "paths" && p[1] == meta.name)
+            .ok_or_else(|| ClosureError::Unsafe {
+                entry: shown.clone(),
+                reason: format!(
+                    "an archive of `{}` holds only `paths/{}`",
+                    meta.name, meta.name
+                ),
+            })?;
+        write_entry(&mut entry, staging.path(), &parts[1..], &shown)?;
+    }
+    std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
+    let mut report = ImportReport::default();
+    finish(store, meta, Some(staging), &mut report)
 }
 
 fn read_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest, ClosureError> {

@@ -13,10 +13,12 @@
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`closure`]: a version's closure as one archive (`export`, `import`).
+//! - [`cache`]: a binary cache directory shared by many stores, and a substituter.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod closure;
 pub mod fault;
@@ -47,7 +49,9 @@ mod layers {
         &["fetch"],
         &["python"],
         &["build"],
-        &["resolve", "plan", "repair", "realize", "closure"],
+        &["closure"],
+        &["cache"],
+        &["resolve", "plan", "repair", "realize"],
         &["cli"],
     ];
 

@@ -30,6 +30,12 @@ pub enum BuildError {
         url: String,
         reason: String,
     },
+    #[error("{what}: the substituter `{from}` failed: {message}")]
+    Substituter {
+        what: String,
+        from: String,
+        message: String,
+    },
     #[error("{} items failed:\n{}", .errors.len(), .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Many { errors: Vec<BuildError> },
 }
@@ -91,6 +97,7 @@ impl Hint for BuildError {
                 "run once with network access (without `--offline`) to fill the store".into(),
             ),
             BuildError::NotPinned { .. } => Some("run `comfix resolve` first".into()),
+            BuildError::Substituter { .. } => None,
             BuildError::Changed { .. } => Some(
                 "the source no longer gives what was locked; if the new content is intended, run `comfix resolve --update <NAME>`".into(),
             ),
@@ -111,6 +118,7 @@ impl Hint for BuildError {
             BuildError::Python(e) => e.is_user_error(),
             BuildError::Store(e) => e.is_user_error(),
             BuildError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
+            BuildError::Substituter { .. } => false,
             BuildError::Offline { .. }
             | BuildError::NotPinned { .. }
             | BuildError::Changed { .. }

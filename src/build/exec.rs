@@ -254,9 +254,13 @@ impl Executor {
                 return Ok((Some(output.clone()), How::Valid));
             }
         }
+        // A substituter that fails (a damaged cache, say) is passed over: what it put in the store
+        // was verified, and nothing unverified was registered.
         for substituter in &self.substituters {
-            if tokio::task::block_in_place(|| substituter.substitute(store, d))? {
-                return Ok((d.output.clone(), How::Substituted));
+            match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
+                Ok(true) => return Ok((d.output.clone(), How::Substituted)),
+                Ok(false) => {}
+                Err(err) => tracing::warn!("{err}"),
             }
         }
         if self.offline() {

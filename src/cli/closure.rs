@@ -38,17 +38,10 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
     })?;
     let spec = std::fs::read(&input.loaded.path)?;
     let store = context.open_existing_store()?;
-    // The venv this store holds for the lock, when uv and the interpreter can name it here.
-    let venv = lock.python.as_ref().and_then(|python| {
-        let uv = crate::python::find_uv(&store).ok()?;
-        let interpreter = uv.interpreter(Some(&python.version)).ok()?;
-        let name = crate::python::venv_name(&uv, &interpreter, python);
-        store.query(&name).ok().flatten().map(|_| name)
-    });
     let version = Version {
         spec: &spec,
         lock,
-        venv,
+        venv: venv_of(&store, lock),
     };
     let report = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout().lock();
@@ -88,6 +81,15 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         report.versions.join("`, `")
     );
     Ok(Outcome::Success)
+}
+
+/// The venv this store holds for `lock`, when uv and the interpreter can name it here.
+pub fn venv_of(store: &crate::store::Store, lock: &crate::lock::Lock) -> Option<String> {
+    let python = lock.python.as_ref()?;
+    let uv = crate::python::find_uv(store).ok()?;
+    let interpreter = uv.interpreter(Some(&python.version)).ok()?;
+    let name = crate::python::venv_name(&uv, &interpreter, python);
+    store.query(&name).ok().flatten().map(|_| name)
 }
 
 pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {

@@ -31,6 +31,15 @@ pub struct ResolveArgs {
     /// Resolve Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<std::path::PathBuf>,
+    /// A binary cache asked for a path before it is fetched (`file://DIR` or `DIR`; repeatable;
+    /// space-separated in the variable)
+    #[arg(
+        long = "substituter",
+        value_name = "URL",
+        env = "COMFIX_SUBSTITUTERS",
+        value_delimiter = ' '
+    )]
+    pub substituters: Vec<String>,
 }
 
 /// Settings of one resolve, shared by `resolve` and `realize`.
@@ -44,6 +53,8 @@ pub struct ResolveRun<'a> {
     pub python: crate::python::PythonSettings,
     /// The spec's directory (its `workflows` are relative to it).
     pub spec_dir: std::path::PathBuf,
+    /// Binary caches asked before fetching.
+    pub substituters: Vec<String>,
 }
 
 /// One command's executor and the runtime it runs on: `realize` resolves and then runs the rest
@@ -61,17 +72,18 @@ impl Session {
         offline: bool,
         jobs: usize,
         wheels_dir: Option<std::path::PathBuf>,
+        substituters: &[String],
     ) -> anyhow::Result<Session> {
         let env = |k: &str| std::env::var(k).ok();
         let offline = offline || spec.options.offline;
         let config = FetchConfig::from_env(env, &spec.expand_env_available(env), offline, jobs)?;
         let client = Arc::new(Client::new(Arc::new(config))?);
-        let executor = Arc::new(Executor::new(
-            store,
-            client,
-            context.reporter().into(),
-            wheels_dir,
-        ));
+        let mut executor = Executor::new(store, client, context.reporter().into(), wheels_dir);
+        for location in substituters.iter().filter(|s| !s.is_empty()) {
+            let cache = crate::cache::DirCache::parse(location)?;
+            executor.substituters.push(Arc::new(cache));
+        }
+        let executor = Arc::new(executor);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
@@ -92,6 +104,7 @@ pub fn resolve_with(
         run.offline,
         run.jobs,
         run.python.wheels_dir.clone(),
+        &run.substituters,
     )?;
     let resolver = Resolver::new(
         session.executor.clone(),
@@ -149,6 +162,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
                 wheels_dir: absolute(args.wheels_dir.as_deref())?,
             },
             spec_dir: loaded.dir(),
+            substituters: args.substituters.clone(),
         },
     )?;
     let changed = old.as_ref() != Some(&lock);

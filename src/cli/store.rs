@@ -73,6 +73,27 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Copy store paths (and all they reference) to or from a binary cache directory
+    #[command(
+        after_help = "Examples:\n  comfix store copy --to /mnt/usb/comfix-cache wan22\n  comfix store copy --from file:///mnt/nfs/cache <digest>-ComfyUI"
+    )]
+    Copy {
+        /// The cache to write (`DIR` or `file://DIR`; created when missing)
+        #[arg(
+            long,
+            value_name = "DIR",
+            conflicts_with = "from",
+            required_unless_present = "from"
+        )]
+        to: Option<String>,
+        /// The cache to read
+        #[arg(long, value_name = "DIR")]
+        from: Option<String>,
+        /// Version ids (their locked closures: every path the lock pins, and the venv this store
+        /// built) or store paths
+        #[arg(required = true, value_name = "ID|PATH")]
+        targets: Vec<String>,
+    },
     /// Rebuild a lost or damaged database from the store's contents: every path under `paths/`
     /// whose bytes prove its registration (sidecars under `meta/`), and the roots under `roots/`.
     /// Lists what it could not recover; exit 1 if anything
@@ -87,6 +108,7 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
     }
     let store = match command {
         StoreCommand::Add { .. } | StoreCommand::Pin { .. } => context.open_store()?,
+        StoreCommand::Copy { from: Some(_), .. } => context.open_store()?,
         _ => context.open_existing_store()?,
     };
     match command {
@@ -97,6 +119,7 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             references,
         } => add(&store, context, path, name, references),
         StoreCommand::Ls => ls(&store, context),
+        StoreCommand::Copy { to, from, targets } => copy(&store, context, to, from, &targets),
         StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
         StoreCommand::Verify {
             check_contents,
@@ -386,6 +409,65 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
     }
     // What remains, after the repairs, decides the exit code.
     verify(&store, context, true)
+}
+
+/// `store copy --to/--from`: the named paths, or versions' locked closures, with their references.
+fn copy(
+    store: &Store,
+    context: &Context,
+    to: Option<String>,
+    from: Option<String>,
+    targets: &[String],
+) -> anyhow::Result<Outcome> {
+    let report = match (to, from) {
+        (Some(to), _) => {
+            let cache = crate::cache::DirCache::parse(&to)?;
+            let mut names = Vec::new();
+            for target in targets {
+                names.extend(copy_roots(store, target)?);
+            }
+            cache.push(store, &names)?
+        }
+        (None, Some(from)) => {
+            let cache = crate::cache::DirCache::parse(&from)?;
+            let mut names = Vec::new();
+            for target in targets {
+                names.extend(copy_roots(store, target).unwrap_or_else(|_| vec![target.clone()]));
+            }
+            cache.pull(store, &names)?
+        }
+        (None, None) => unreachable!("clap requires --to or --from"),
+    };
+    if context.json {
+        context.print_json(&report)?;
+    } else {
+        for name in &report.copied {
+            println!("{name}");
+        }
+    }
+    tracing::info!(
+        "copied {} paths ({} there already)",
+        report.copied.len(),
+        report.present
+    );
+    Ok(Outcome::Success)
+}
+
+/// A store path's name, or a version's locked closure roots (with the venv this store built).
+fn copy_roots(store: &Store, target: &str) -> anyhow::Result<Vec<String>> {
+    if target.contains('/') || store.query(target)?.is_some() {
+        return Ok(vec![store.resolve(target)?.name]);
+    }
+    let spec_path = crate::spec::Spec::find(&std::env::current_dir()?, target)?;
+    let loaded = crate::spec::Spec::load(&spec_path)?;
+    let lock_path = crate::lock::lock_path_for(&spec_path, &loaded.spec.version_id);
+    let lock = crate::lock::Lock::read(&lock_path)?.ok_or_else(|| super::diff::NoLock {
+        id: target.to_string(),
+        path: lock_path.clone(),
+    })?;
+    let mut names: Vec<String> = lock.store_paths().iter().map(|s| s.to_string()).collect();
+    names.extend(super::closure::venv_of(store, &lock));
+    Ok(names)
 }
 
 fn rebuild_db(context: &Context) -> anyhow::Result<Outcome> {

@@ -1,0 +1,217 @@
+//! A binary cache directory: `store copy --to/--from`, and `--substituter file://DIR`.
+
+use std::fs;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::resolve::World;
+use crate::support::http::TestServer;
+use crate::support::*;
+
+fn realize_json(w: &World, store: &Path, home: &Path, args: &[&str]) -> std::process::Output {
+    w.cmd(store)
+        .arg("--json")
+        .args(["realize", "v1", "--target"])
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn copy_to(w: &World, store: &Path, cache: &Path) -> std::process::Output {
+    w.cmd(store)
+        .args(["store", "copy", "--to"])
+        .arg(cache)
+        .arg("v1")
+        .output()
+        .unwrap()
+}
+
+fn verify(w: &World, store: &Path) {
+    let out = w
+        .cmd(store)
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}
+
+fn manifest(w: &World, store: &Path, home: &Path) -> String {
+    let out = w
+        .cmd(store)
+        .args(["--json", "status", "--target"])
+        .arg(home)
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    status["manifest"].as_str().unwrap().to_string()
+}
+
+fn offline_world() -> (World, std::path::PathBuf) {
+    let mut w = World::new();
+    w.write_spec(&w.default_spec());
+    let home = w.env.path("home-a");
+    let out = realize_json(&w, &w.env.store, &home, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = copy_to(&w, &w.env.store, &w.env.path("cache"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for server in [&mut w.hub, &mut w.cdn, &mut w.civitai, &mut w.registry] {
+        drop(std::mem::replace(server, TestServer::start()));
+    }
+    (w, home)
+}
+
+/// Store A pushes a version; store B, with every upstream gone, realizes it from the cache alone:
+/// every derivation substituted, the home's manifest A's, no request upstream.
+#[test]
+fn a_version_is_realized_from_a_cache_directory_alone() {
+    let (w, home_a) = offline_world();
+    let cache = w.env.path("cache");
+    assert!(cache.join("comfix-cache.json").is_file());
+    let store_b = w.env.path("store-b");
+    let home_b = w.env.path("home-b");
+    let url = format!("file://{}", cache.display());
+    let out = realize_json(&w, &store_b, &home_b, &["--substituter", &url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for d in report["derivations"].as_array().unwrap() {
+        let expected = if d["kind"] == "assemble-home" {
+            "built"
+        } else {
+            "substituted"
+        };
+        assert_eq!(d["outcome"], expected, "{d}");
+    }
+    assert_eq!(w.total_requests(), 0, "went upstream");
+    assert_eq!(
+        manifest(&w, &store_b, &home_b),
+        manifest(&w, &w.env.store, &home_a)
+    );
+    assert_eq!(
+        fs::read(home_b.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    verify(&w, &store_b);
+
+    // The same through the environment, into another store, for resolve.
+    let store_c = w.env.path("store-c");
+    let out = w
+        .cmd(&store_c)
+        .env("COMFIX_SUBSTITUTERS", &url)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    verify(&w, &store_c);
+}
+
+/// A cache whose archive was changed: the substitution is refused (both hashes named), nothing
+/// unverified is registered, and with upstream gone the realize fails saying so.
+#[test]
+fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
+    let (w, _home) = offline_world();
+    let cache = w.env.path("cache");
+    let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+    let model = lock["models"][0]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entry: Value =
+        serde_json::from_slice(&fs::read(cache.join(format!("paths/{model}.json"))).unwrap())
+            .unwrap();
+    let archive = cache.join(entry["archive"].as_str().unwrap());
+    // Recompress the archive with one byte of the model changed.
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(
+        &mut zstd::stream::read::Decoder::new(fs::File::open(&archive).unwrap()).unwrap(),
+        &mut tar,
+    )
+    .unwrap();
+    let at = tar
+        .windows(64)
+        .position(|win| win == &w.model[..64])
+        .unwrap();
+    tar[at + 10] ^= 0xff;
+    fs::write(&archive, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+
+    let store = w.env.path("store-d");
+    let url = format!("file://{}", cache.display());
+    let out = realize_json(&w, &store, &w.env.path("home-d"), &["--substituter", &url]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("tree hash"), "{err}");
+    assert!(err.contains("model `wan-unet`"), "{err}");
+    let ls = w
+        .cmd(&store)
+        .args(["--json", "store", "ls"])
+        .output()
+        .unwrap();
+    let names: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert!(!names
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == model.as_str()));
+    verify(&w, &store);
+}
+
+/// Two stores push the same closure into one new cache at once: both succeed, and a third store
+/// pulls every path from it, verified.
+#[test]
+fn two_stores_push_to_one_cache_at_once() {
+    let (w, _home) = offline_world();
+    let store_b = w.env.path("store-b");
+    let url = format!("file://{}", w.env.path("cache").display());
+    let out = realize_json(
+        &w,
+        &store_b,
+        &w.env.path("home-b"),
+        &["--substituter", &url],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for round in 0..3 {
+        let shared = w.env.path(&format!("shared-{round}"));
+        let mut pushes: Vec<_> = [&w.env.store, &store_b]
+            .iter()
+            .map(|store| {
+                w.cmd(store)
+                    .args(["store", "copy", "--to"])
+                    .arg(&shared)
+                    .arg("v1")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for push in pushes.iter_mut() {
+            let status = push.wait().unwrap();
+            assert!(status.success(), "round {round}");
+        }
+        let entries = fs::read_dir(shared.join("paths")).unwrap().count();
+        let names: Vec<String> = fs::read_dir(shared.join("paths"))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .trim_end_matches(".json")
+                    .to_string()
+            })
+            .collect();
+        assert!(entries >= 6, "round {round}: {entries} entries");
+        let store_e = w.env.path(&format!("store-e-{round}"));
+        let out = w
+            .cmd(&store_e)
+            .args(["store", "copy", "--from"])
+            .arg(&shared)
+            .args(&names)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        verify(&w, &store_e);
+        // Nothing half-written is left where readers look.
+        assert_eq!(fs::read_dir(shared.join("tmp")).unwrap().count(), 0);
+    }
+}
