@@ -49,6 +49,8 @@ pub struct CopyReport {
 #[derive(Debug, Clone)]
 pub struct DirCache {
     root: PathBuf,
+    /// What a path read from it must be signed by.
+    pub trust: crate::sign::Trust,
 }
 
 impl DirCache {
@@ -65,7 +67,10 @@ impl DirCache {
             }
             None => PathBuf::from(location),
         };
-        Ok(DirCache { root })
+        Ok(DirCache {
+            root,
+            trust: crate::sign::Trust::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -133,23 +138,50 @@ impl DirCache {
 
     /// Push `names` and everything they reference (references first); paths the cache has are
     /// left as they are.
-    pub fn push(&self, store: &Store, names: &[String]) -> Result<CopyReport, ClosureError> {
+    /// With `sign`, each path's metadata carries its signature (added to paths already there).
+    pub fn push(
+        &self,
+        store: &Store,
+        names: &[String],
+        sign: Option<&crate::sign::SecretKey>,
+    ) -> Result<CopyReport, ClosureError> {
         self.create()?;
         let mut report = CopyReport::default();
         for meta in closure::closure_of(store, names)? {
-            if self.entry(&meta.name)?.is_some() {
+            if let Some(mut entry) = self.entry(&meta.name)? {
                 report.present += 1;
+                if let Some(key) = sign {
+                    let signature = key.sign(&entry.meta);
+                    if !entry.signatures.contains(&signature) {
+                        entry.signatures.push(signature);
+                        self.write_entry(&entry)?;
+                    }
+                }
                 continue;
             }
             let name = meta.name.clone();
-            self.push_one(store, meta)?;
+            self.push_one(store, meta, sign)?;
             report.copied.push(name);
             crate::fault::pause_point("cache-pushed-one");
         }
         Ok(report)
     }
 
-    fn push_one(&self, store: &Store, meta: PathMeta) -> Result<(), ClosureError> {
+    fn write_entry(&self, entry: &CacheEntry) -> Result<(), ClosureError> {
+        let text = serde_json::to_vec_pretty(entry).expect("an entry serializes");
+        write_atomic(
+            &self.root.join("tmp"),
+            &self.entry_path(&entry.meta.name),
+            &text,
+        )
+    }
+
+    fn push_one(
+        &self,
+        store: &Store,
+        meta: PathMeta,
+        sign: Option<&crate::sign::SecretKey>,
+    ) -> Result<(), ClosureError> {
         let tmp = self.root.join("tmp");
         let archive = format!("archives/{}.tar.zst", meta.tree_hash);
         let archive_path = self.root.join(&archive);
@@ -176,15 +208,15 @@ impl DirCache {
         let archive_size = fs::metadata(&archive_path)
             .map_err(io(&archive_path))?
             .len();
+        let signatures = sign.map(|key| vec![key.sign(&meta)]).unwrap_or_default();
         let entry = CacheEntry {
             meta,
             archive,
             compression: "zstd".into(),
             archive_size,
-            signatures: Vec::new(),
+            signatures,
         };
-        let text = serde_json::to_vec_pretty(&entry).expect("an entry serializes");
-        write_atomic(&tmp, &self.entry_path(&entry.meta.name), &text)
+        self.write_entry(&entry)
     }
 
     /// Put `name` and what it references into `store` from the cache; `false` when the cache
@@ -202,6 +234,7 @@ impl DirCache {
                 return Ok(false);
             }
         }
+        self.trust.check(&entry.meta, &entry.signatures)?;
         let archive = self.root.join(&entry.archive);
         if entry.compression != "zstd"
             || entry.archive != format!("archives/{}.tar.zst", entry.meta.tree_hash)

@@ -34,6 +34,9 @@ pub struct Manifest {
     pub versions: Vec<VersionEntry>,
     /// References first.
     pub paths: Vec<PathMeta>,
+    /// Signatures per path name (`<key name>:<base64>`).
+    #[serde(default)]
+    pub signatures: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +95,8 @@ pub enum ClosureError {
     NotInStore { name: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -124,6 +129,7 @@ impl Hint for ClosureError {
                 "realize or resolve the version on this machine first, so the store holds every path it pins".into(),
             ),
             ClosureError::Store(e) => e.hint(),
+            ClosureError::Sign(e) => e.hint(),
             _ => None,
         }
     }
@@ -131,6 +137,7 @@ impl Hint for ClosureError {
     fn is_user_error(&self) -> bool {
         match self {
             ClosureError::Store(e) => e.is_user_error(),
+            ClosureError::Sign(e) => e.is_user_error(),
             ClosureError::Io { .. } => false,
             _ => true,
         }
@@ -208,9 +215,17 @@ pub fn export(
     store: &Store,
     versions: &[Version<'_>],
     models: Models,
+    sign: Option<&crate::sign::SecretKey>,
     out: impl Write,
 ) -> Result<ExportReport, ClosureError> {
     let paths = paths_of(store, versions, models)?;
+    let signatures = match sign {
+        Some(key) => paths
+            .iter()
+            .map(|p| (p.name.clone(), vec![key.sign(p)]))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let manifest = Manifest {
         format: FORMAT,
         versions: versions
@@ -222,6 +237,7 @@ pub fn export(
             })
             .collect(),
         paths,
+        signatures,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let mut encoder = zstd::stream::write::Encoder::new(out, 3).map_err(io("<output>"))?;
@@ -329,6 +345,7 @@ pub fn import(
     store: &Store,
     input: impl Read,
     versions_dir: &Path,
+    trust: &crate::sign::Trust,
 ) -> Result<ImportReport, ClosureError> {
     let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| ClosureError::Foreign {
         reason: e.to_string(),
@@ -410,6 +427,13 @@ pub fn import(
             let staging = if store.query(name)?.is_some() && store.path_of(name).exists() {
                 None
             } else {
+                let meta = &manifest.paths[next];
+                let signatures = manifest
+                    .signatures
+                    .get(name)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                trust.check(meta, signatures)?;
                 Some(store.staging()?)
             };
             current = Some(Current {

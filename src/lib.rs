@@ -14,6 +14,7 @@
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`closure`]: a version's closure as one archive (`export`, `import`).
 //! - [`cache`]: a binary cache directory shared by many stores, and a substituter.
+//! - [`sign`]: ed25519 signatures of store paths, and which keys are trusted.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
@@ -31,6 +32,7 @@ pub mod realize;
 pub mod repair;
 pub mod reporter;
 pub mod resolve;
+pub mod sign;
 pub mod spec;
 pub mod store;
 pub mod units;
@@ -45,7 +47,7 @@ mod layers {
     const LAYERS: &[&[&str]] = &[
         &["hint", "units", "reporter", "fault"],
         &["store", "spec"],
-        &["lock"],
+        &["lock", "sign"],
         &["fetch"],
         &["python"],
         &["build"],

@@ -19,6 +19,9 @@ pub struct ExportArgs {
     /// Which models to carry
     #[arg(long, value_enum, default_value_t = Models::All)]
     pub models: Models,
+    /// Sign every path with this secret key (`comfix key generate`)
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -28,6 +31,8 @@ pub struct ImportArgs {
     /// Where the versions' specs and locks are written (files there already are kept)
     #[arg(long, value_name = "DIR", default_value = "versions")]
     pub versions_dir: PathBuf,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
 }
 
 pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
@@ -43,14 +48,15 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         lock,
         venv: venv_of(&store, lock),
     };
+    let key = args
+        .sign_key
+        .as_deref()
+        .map(super::trust::secret_key)
+        .transpose()?;
     let report = if args.output.as_os_str() == "-" {
         let stdout = std::io::stdout().lock();
-        closure::export(
-            &store,
-            &[version],
-            args.models,
-            std::io::BufWriter::new(stdout),
-        )?
+        let out = std::io::BufWriter::new(stdout);
+        closure::export(&store, &[version], args.models, key.as_ref(), out)?
     } else {
         // Written beside the target and renamed: a failed export leaves no half archive.
         let dir = args
@@ -63,6 +69,7 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
             &store,
             &[version],
             args.models,
+            key.as_ref(),
             std::io::BufWriter::new(temp.as_file_mut()),
         )?;
         temp.as_file().sync_all()?;
@@ -93,12 +100,14 @@ pub fn venv_of(store: &crate::store::Store, lock: &crate::lock::Lock) -> Option<
 }
 
 pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let trust = args.trust.trust(&super::trust::Config::load()?)?;
     let store = context.open_store()?;
+    let dir = &args.versions_dir;
     let report = if args.file.as_os_str() == "-" {
-        closure::import(&store, std::io::stdin().lock(), &args.versions_dir)?
+        closure::import(&store, std::io::stdin().lock(), dir, &trust)?
     } else {
         let file = std::fs::File::open(&args.file)?;
-        closure::import(&store, std::io::BufReader::new(file), &args.versions_dir)?
+        closure::import(&store, std::io::BufReader::new(file), dir, &trust)?
     };
     // Each version is pinned, so a collector keeps what was brought until the user unpins it.
     for id in &report.versions {

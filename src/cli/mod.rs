@@ -12,6 +12,7 @@ mod realize;
 mod resolve;
 mod spec;
 mod store;
+mod trust;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -97,6 +98,10 @@ pub enum Command {
         after_help = "Examples:\n  comfix import wan22.tar.zst && comfix realize wan22 --offline\n  comfix import - < wan22.tar.zst"
     )]
     Import(closure::ImportArgs),
+    /// Signing keys for caches and exported closures
+    #[command(subcommand)]
+    #[command(after_help = "Examples:\n  comfix key generate --name team-cache-1")]
+    Key(trust::KeyCommand),
     /// Check version specs
     #[command(subcommand)]
     #[command(
@@ -191,6 +196,7 @@ pub fn main() -> i32 {
         Command::Spec(command) => spec::run(command, &context),
         Command::Export(args) => closure::export(args, &context),
         Command::Import(args) => closure::import(args, &context),
+        Command::Key(command) => trust::key(command, &context),
     };
     match result {
         Ok(Outcome::Success) => 0,
@@ -237,6 +243,9 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
+            return (e.is_user_error(), e.hint());
+        }
+        if let Some(e) = cause.downcast_ref::<crate::sign::SignError>() {
             return (e.is_user_error(), e.hint());
         }
         if let Some(e) = cause.downcast_ref::<crate::closure::ClosureError>() {

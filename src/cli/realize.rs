@@ -57,6 +57,8 @@ pub struct RealizeArgs {
         value_delimiter = ' '
     )]
     pub substituters: Vec<String>,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
     /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
     /// (exit 1 when it is not: for CI)
     #[arg(long, conflicts_with = "dry_run")]
@@ -167,6 +169,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             },
             spec_dir: loaded.dir(),
             substituters: args.substituters.clone(),
+            trust: args.trust.clone(),
         },
     )?;
     if old.as_ref() != Some(&lock) {

@@ -40,6 +40,8 @@ pub struct ResolveArgs {
         value_delimiter = ' '
     )]
     pub substituters: Vec<String>,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
 }
 
 /// Settings of one resolve, shared by `resolve` and `realize`.
@@ -55,6 +57,8 @@ pub struct ResolveRun<'a> {
     pub spec_dir: std::path::PathBuf,
     /// Binary caches asked before fetching.
     pub substituters: Vec<String>,
+    /// Which keys what they give must be signed by.
+    pub trust: super::trust::TrustArgs,
 }
 
 /// One command's executor and the runtime it runs on: `realize` resolves and then runs the rest
@@ -68,19 +72,22 @@ impl Session {
     pub fn new(
         context: &Context,
         store: Arc<Store>,
-        spec: &Spec,
-        offline: bool,
-        jobs: usize,
-        wheels_dir: Option<std::path::PathBuf>,
-        substituters: &[String],
+        run: &ResolveRun<'_>,
     ) -> anyhow::Result<Session> {
+        let spec = run.spec;
         let env = |k: &str| std::env::var(k).ok();
-        let offline = offline || spec.options.offline;
-        let config = FetchConfig::from_env(env, &spec.expand_env_available(env), offline, jobs)?;
+        let offline = run.offline || spec.options.offline;
+        let config =
+            FetchConfig::from_env(env, &spec.expand_env_available(env), offline, run.jobs)?;
         let client = Arc::new(Client::new(Arc::new(config))?);
+        let wheels_dir = run.python.wheels_dir.clone();
         let mut executor = Executor::new(store, client, context.reporter().into(), wheels_dir);
-        for location in substituters.iter().filter(|s| !s.is_empty()) {
-            let cache = crate::cache::DirCache::parse(location)?;
+        let config = super::trust::Config::load()?;
+        let trust = run.trust.trust(&config)?;
+        let locations = run.substituters.iter().chain(&config.substituters);
+        for location in locations.filter(|s| !s.is_empty()) {
+            let mut cache = crate::cache::DirCache::parse(location)?;
+            cache.trust = trust.clone();
             executor.substituters.push(Arc::new(cache));
         }
         let executor = Arc::new(executor);
@@ -97,15 +104,7 @@ pub fn resolve_with(
     store: Arc<Store>,
     run: ResolveRun<'_>,
 ) -> anyhow::Result<(Lock, Vec<ItemReport>, Session)> {
-    let session = Session::new(
-        context,
-        store,
-        run.spec,
-        run.offline,
-        run.jobs,
-        run.python.wheels_dir.clone(),
-        &run.substituters,
-    )?;
+    let session = Session::new(context, store, &run)?;
     let resolver = Resolver::new(
         session.executor.clone(),
         run.skip_models,
@@ -163,6 +162,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             },
             spec_dir: loaded.dir(),
             substituters: args.substituters.clone(),
+            trust: args.trust.clone(),
         },
     )?;
     let changed = old.as_ref() != Some(&lock);

@@ -93,6 +93,11 @@ pub enum StoreCommand {
         /// built) or store paths
         #[arg(required = true, value_name = "ID|PATH")]
         targets: Vec<String>,
+        /// With `--to`: sign every path with this secret key
+        #[arg(long, value_name = "FILE", requires = "to")]
+        sign_key: Option<PathBuf>,
+        #[command(flatten)]
+        trust: super::trust::TrustArgs,
     },
     /// Rebuild a lost or damaged database from the store's contents: every path under `paths/`
     /// whose bytes prove its registration (sidecars under `meta/`), and the roots under `roots/`.
@@ -119,7 +124,20 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             references,
         } => add(&store, context, path, name, references),
         StoreCommand::Ls => ls(&store, context),
-        StoreCommand::Copy { to, from, targets } => copy(&store, context, to, from, &targets),
+        StoreCommand::Copy {
+            to,
+            from,
+            targets,
+            sign_key,
+            trust,
+        } => {
+            let key = sign_key
+                .as_deref()
+                .map(super::trust::secret_key)
+                .transpose()?;
+            let trust = trust.trust(&super::trust::Config::load()?)?;
+            copy(&store, context, (to, from), &targets, key.as_ref(), trust)
+        }
         StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
         StoreCommand::Verify {
             check_contents,
@@ -415,9 +433,10 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
 fn copy(
     store: &Store,
     context: &Context,
-    to: Option<String>,
-    from: Option<String>,
+    (to, from): (Option<String>, Option<String>),
     targets: &[String],
+    key: Option<&crate::sign::SecretKey>,
+    trust: crate::sign::Trust,
 ) -> anyhow::Result<Outcome> {
     let report = match (to, from) {
         (Some(to), _) => {
@@ -426,10 +445,11 @@ fn copy(
             for target in targets {
                 names.extend(copy_roots(store, target)?);
             }
-            cache.push(store, &names)?
+            cache.push(store, &names, key)?
         }
         (None, Some(from)) => {
-            let cache = crate::cache::DirCache::parse(&from)?;
+            let mut cache = crate::cache::DirCache::parse(&from)?;
+            cache.trust = trust;
             let mut names = Vec::new();
             for target in targets {
                 names.extend(copy_roots(store, target).unwrap_or_else(|_| vec![target.clone()]));

@@ -48,31 +48,47 @@ fn manifest(w: &World, store: &Path, home: &Path) -> String {
     status["manifest"].as_str().unwrap().to_string()
 }
 
-fn offline_world() -> (World, std::path::PathBuf) {
+/// A world whose version is realized in its store and pushed, signed, to `cache/`, then every
+/// upstream is gone; the public key to trust.
+fn offline_world() -> (World, std::path::PathBuf, String) {
     let mut w = World::new();
     w.write_spec(&w.default_spec());
     let home = w.env.path("home-a");
     let out = realize_json(&w, &w.env.store, &home, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = copy_to(&w, &w.env.store, &w.env.path("cache"));
+    let (secret, public) = crate::closure::key(&w, "team-1");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "copy", "--to"])
+        .arg(w.env.path("cache"))
+        .arg("v1")
+        .arg("--sign-key")
+        .arg(&secret)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     for server in [&mut w.hub, &mut w.cdn, &mut w.civitai, &mut w.registry] {
         drop(std::mem::replace(server, TestServer::start()));
     }
-    (w, home)
+    (w, home, public)
 }
 
 /// Store A pushes a version; store B, with every upstream gone, realizes it from the cache alone:
 /// every derivation substituted, the home's manifest A's, no request upstream.
 #[test]
 fn a_version_is_realized_from_a_cache_directory_alone() {
-    let (w, home_a) = offline_world();
+    let (w, home_a, public) = offline_world();
     let cache = w.env.path("cache");
     assert!(cache.join("comfix-cache.json").is_file());
     let store_b = w.env.path("store-b");
     let home_b = w.env.path("home-b");
     let url = format!("file://{}", cache.display());
-    let out = realize_json(&w, &store_b, &home_b, &["--substituter", &url]);
+    let out = realize_json(
+        &w,
+        &store_b,
+        &home_b,
+        &["--substituter", &url, "--trusted-key", &public],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     for d in report["derivations"].as_array().unwrap() {
@@ -99,6 +115,7 @@ fn a_version_is_realized_from_a_cache_directory_alone() {
     let out = w
         .cmd(&store_c)
         .env("COMFIX_SUBSTITUTERS", &url)
+        .env("COMFIX_TRUSTED_KEYS", &public)
         .args(["resolve", "v1"])
         .output()
         .unwrap();
@@ -110,7 +127,7 @@ fn a_version_is_realized_from_a_cache_directory_alone() {
 /// unverified is registered, and with upstream gone the realize fails saying so.
 #[test]
 fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
-    let (w, _home) = offline_world();
+    let (w, _home, public) = offline_world();
     let cache = w.env.path("cache");
     let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
     let model = lock["models"][0]["store_path"]
@@ -137,7 +154,12 @@ fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
 
     let store = w.env.path("store-d");
     let url = format!("file://{}", cache.display());
-    let out = realize_json(&w, &store, &w.env.path("home-d"), &["--substituter", &url]);
+    let out = realize_json(
+        &w,
+        &store,
+        &w.env.path("home-d"),
+        &["--substituter", &url, "--trusted-key", &public],
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("tree hash"), "{err}");
@@ -160,14 +182,14 @@ fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
 /// pulls every path from it, verified.
 #[test]
 fn two_stores_push_to_one_cache_at_once() {
-    let (w, _home) = offline_world();
+    let (w, _home, public) = offline_world();
     let store_b = w.env.path("store-b");
     let url = format!("file://{}", w.env.path("cache").display());
     let out = realize_json(
         &w,
         &store_b,
         &w.env.path("home-b"),
-        &["--substituter", &url],
+        &["--substituter", &url, "--trusted-key", &public],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     for round in 0..3 {
@@ -204,7 +226,7 @@ fn two_stores_push_to_one_cache_at_once() {
         let store_e = w.env.path(&format!("store-e-{round}"));
         let out = w
             .cmd(&store_e)
-            .args(["store", "copy", "--from"])
+            .args(["store", "copy", "--no-check-sigs", "--from"])
             .arg(&shared)
             .args(&names)
             .output()
@@ -214,4 +236,62 @@ fn two_stores_push_to_one_cache_at_once() {
         // Nothing half-written is left where readers look.
         assert_eq!(fs::read_dir(shared.join("tmp")).unwrap().count(), 0);
     }
+}
+
+/// A cache's paths are taken only when a trusted key signed them: unsigned, or signed by another
+/// key, the substitution is refused (and with upstream gone the realize fails, naming why);
+/// `--no-check-sigs` takes them, their digests still checked.
+#[test]
+fn unsigned_cache_paths_are_refused() {
+    let (w, _home, _public) = offline_world();
+    let unsigned = w.env.path("unsigned-cache");
+    let out = copy_to(&w, &w.env.store, &unsigned);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = format!("file://{}", unsigned.display());
+    let (_, other) = crate::closure::key(&w, "someone-else");
+    for (store, args) in [
+        ("s1", vec!["--substituter", url.as_str()]),
+        (
+            "s2",
+            vec![
+                "--substituter",
+                url.as_str(),
+                "--trusted-key",
+                other.as_str(),
+            ],
+        ),
+    ] {
+        let store = w.env.path(store);
+        let out = realize_json(&w, &store, &w.env.path("home-x"), &args);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("is not signed by a trusted key"),
+            "{}",
+            stderr(&out)
+        );
+        let ls = w
+            .cmd(&store)
+            .args(["--json", "store", "ls"])
+            .output()
+            .unwrap();
+        // The git trees came from their (local) repositories; nothing came from the cache.
+        let names: Value = serde_json::from_slice(&ls.stdout).unwrap_or(Value::Null);
+        let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+        for model in lock["models"].as_array().unwrap() {
+            let name = model["store_path"].as_str().unwrap();
+            assert!(
+                !names.as_array().unwrap().iter().any(|p| p["name"] == name),
+                "{name} came from an unsigned cache"
+            );
+        }
+    }
+    let store = w.env.path("s3");
+    let out = realize_json(
+        &w,
+        &store,
+        &w.env.path("home-y"),
+        &["--substituter", &url, "--no-check-sigs"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    verify(&w, &store);
 }

@@ -35,8 +35,29 @@ fn status_manifest(w: &World, store: &Path, home: &Path) -> String {
     status["manifest"].as_str().unwrap().to_string()
 }
 
+/// Import taking unsigned paths (digests are checked either way).
 fn import(w: &World, store: &Path, archive: &Path) -> std::process::Output {
-    w.cmd(store).arg("import").arg(archive).output().unwrap()
+    w.cmd(store)
+        .args(["import", "--no-check-sigs"])
+        .arg(archive)
+        .output()
+        .unwrap()
+}
+
+/// A key pair in `dir`: the secret key's file and the public key.
+pub(crate) fn key(w: &World, name: &str) -> (PathBuf, String) {
+    let dir = w.env.path("keys");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["key", "generate", "--name", name, "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    (
+        dir.join(format!("{name}.secret")),
+        stdout(&out).trim().to_string(),
+    )
 }
 
 fn export(w: &World, archive: &Path) {
@@ -106,7 +127,7 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     // Importing again writes nothing new.
     let again = w
         .cmd(&store_b)
-        .args(["--json", "import"])
+        .args(["--json", "import", "--no-check-sigs"])
         .arg(&archive)
         .output()
         .unwrap();
@@ -383,7 +404,7 @@ fn export_to_stdout_pipes_into_import_from_stdin() {
     let store_b = w.env.path("store-b");
     let out = w
         .cmd(&store_b)
-        .args(["import", "-", "--versions-dir"])
+        .args(["import", "-", "--no-check-sigs", "--versions-dir"])
         .arg(w.env.path("imported"))
         .stdin(exporter.stdout.take().unwrap())
         .output()
@@ -404,4 +425,73 @@ fn export_to_stdout_pipes_into_import_from_stdin() {
     for model in lock["models"].as_array().unwrap() {
         assert!(!names.contains(&model["store_path"].as_str().unwrap().to_string()));
     }
+}
+
+/// An archive is imported only when a trusted key signed its paths, unless `--no-check-sigs`.
+#[test]
+fn imports_require_a_trusted_signature() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    realize_json(&w, &w.env.store, &w.env.path("home"), &[]);
+    let (secret, public) = key(&w, "team-1");
+    let (_, other_public) = key(&w, "team-2");
+    let signed = w.env.path("signed.tar.zst");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "--models", "none", "-o"])
+        .arg(&signed)
+        .arg("--sign-key")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let unsigned = w.env.path("unsigned.tar.zst");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "--models", "none", "-o"])
+        .arg(&unsigned)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let try_import = |archive: &Path, store: &str, args: &[&str]| {
+        w.cmd(&w.env.path(store))
+            .arg("import")
+            .arg(archive)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = try_import(&unsigned, "s1", &["--trusted-key", &public]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not signed by a trusted key (it has no signature)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--no-check-sigs"), "{}", stderr(&out));
+    assert!(registered(&w, &w.env.path("s1")).is_empty());
+    let out = try_import(&signed, "s2", &["--trusted-key", &other_public]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("signed by `team-1`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = try_import(&signed, "s3", &[]);
+    assert_eq!(out.status.code(), Some(1), "no key is trusted by default");
+    let out = try_import(&signed, "s4", &["--trusted-key", &public]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = try_import(&unsigned, "s5", &["--no-check-sigs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The key can come from the config file too.
+    let config = w.env.path("config.toml");
+    fs::write(&config, format!("trusted-keys = [\"{public}\"]\n")).unwrap();
+    let out = w
+        .cmd(&w.env.path("s6"))
+        .env("COMFIX_CONFIG", &config)
+        .arg("import")
+        .arg(&signed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }
