@@ -396,6 +396,56 @@ fn damaged_wheels_are_repaired_by_their_derivations() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A Python version's closure (wheels and the venv) travels in an export: another store imports
+/// it and realizes offline, the venv taken as it was built.
+#[test]
+fn an_exported_python_version_realizes_offline_elsewhere() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    world.realize_ok("v1", "home", &[]);
+    let archive = world.env.path("v1.tar.zst");
+    let out = world
+        .cmd()
+        .args(["export", "v1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store_b = world.env.path("store-b");
+    let out = world
+        .cmd_in(&store_b)
+        .args(["import", "--no-check-sigs"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = world.index.requests().len();
+    let out = world
+        .cmd_in(&store_b)
+        .args(["--json", "realize", "v1", "--offline", "--target"])
+        .arg(world.env.path("home-b"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(world.index.requests().len(), requests, "offline touched the index");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let venv = report["derivations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "build-venv")
+        .unwrap()
+        .clone();
+    assert_eq!(venv["outcome"], "valid", "{venv}");
+    assert_eq!(
+        world.venv_of("home-b").file_name(),
+        world.venv_of("home").file_name()
+    );
+    let py = world.env.path("home-b/.venv/bin/python");
+    let out = run(&py, &["-c", "import alpha, gamma"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn realizing_again_or_elsewhere_with_the_same_requirements_reuses_the_venv() {
     let world = PyWorld::new();
