@@ -97,6 +97,8 @@ pub enum ClosureError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Sign(#[from] crate::sign::SignError),
+    #[error(transparent)]
+    Space(#[from] crate::fetch::FetchError),
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -130,6 +132,7 @@ impl Hint for ClosureError {
             ),
             ClosureError::Store(e) => e.hint(),
             ClosureError::Sign(e) => e.hint(),
+            ClosureError::Space(e) => e.hint(),
             _ => None,
         }
     }
@@ -138,6 +141,7 @@ impl Hint for ClosureError {
         match self {
             ClosureError::Store(e) => e.is_user_error(),
             ClosureError::Sign(e) => e.is_user_error(),
+            ClosureError::Space(e) => e.is_user_error(),
             ClosureError::Io { .. } => false,
             _ => true,
         }
@@ -240,11 +244,13 @@ pub fn export(
         signatures,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let out = std::io::BufWriter::with_capacity(1 << 20, out);
     let mut encoder = zstd::stream::write::Encoder::new(out, 3).map_err(io("<output>"))?;
     let _ = encoder.multithread(threads);
     // A frame checksum: a damaged or cut archive is found even where no entry is damaged.
     encoder.include_checksum(true).map_err(io("<output>"))?;
-    let mut tar = tar::Builder::new(encoder);
+    // Large writes into the compressor: tar copies in small chunks.
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, encoder));
     let bytes = |tar: &mut tar::Builder<_>, name: &str, data: &[u8]| {
         let mut header = file_header(data.len() as u64, false);
         tar.append_data(&mut header, name, data)
@@ -268,7 +274,11 @@ pub fn export(
     for meta in &manifest.paths {
         report.content_bytes += append_path(&mut tar, store, &meta.name)?;
     }
-    let encoder = tar.into_inner().map_err(io("<output>"))?;
+    let encoder = tar
+        .into_inner()
+        .map_err(io("<output>"))?
+        .into_inner()
+        .map_err(|e| io("<output>")(e.into_error()))?;
     encoder
         .finish()
         .map_err(io("<output>"))?
@@ -324,6 +334,7 @@ pub fn append_path<W: Write>(
             let executable = meta.permissions().mode() & 0o111 != 0;
             let mut header = file_header(meta.len(), executable);
             let file = fs::File::open(entry.path()).map_err(io(entry.path()))?;
+            let file = std::io::BufReader::with_capacity(1 << 20, file);
             tar.append_data(&mut header, &at, file)
                 .map_err(io(entry.path()))?;
             bytes += meta.len();
@@ -353,6 +364,14 @@ pub fn import(
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive.entries().map_err(damaged)?;
     let manifest = read_manifest(&mut entries)?;
+    // What the store lacks must fit, or nothing is written.
+    let mut needed = 0;
+    for meta in &manifest.paths {
+        if store.query(&meta.name)?.is_none() {
+            needed += meta.size;
+        }
+    }
+    crate::fetch::check_space("the closure's paths", store.root(), needed)?;
     let mut report = ImportReport {
         versions: manifest
             .versions

@@ -495,3 +495,22 @@ fn imports_require_a_trusted_signature() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A closure that does not fit on the store's filesystem is refused before anything is written.
+#[test]
+fn an_import_that_cannot_fit_fails_before_writing() {
+    let (w, _home, archive) = world_with_home();
+    let small = w.env.path("small");
+    let Some(_mounted) = crate::store_reads::small_filesystem(&small, 2) else {
+        return;
+    };
+    let store = small.join("store");
+    let out = import(&w, &store, &archive);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("the closure's paths needs"), "{err}");
+    assert!(err.contains("free at least"), "{err}");
+    assert!(registered(&w, &store).is_empty());
+    let staged = fs::read_dir(store.join("tmp")).map_or(0, |d| d.count());
+    assert_eq!(staged, 0, "nothing staged");
+}

@@ -427,7 +427,11 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(world.index.requests().len(), requests, "offline touched the index");
+    assert_eq!(
+        world.index.requests().len(),
+        requests,
+        "offline touched the index"
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let venv = report["derivations"]
         .as_array()

@@ -126,7 +126,7 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
 }
 
 /// A tmpfs of `mib` MiB at `dir`, or `None` (with the reason printed) where it cannot be mounted.
-fn small_filesystem(dir: &Path, mib: u64) -> Option<Mounted> {
+pub(crate) fn small_filesystem(dir: &Path, mib: u64) -> Option<Mounted> {
     fs::create_dir_all(dir).unwrap();
     let out = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
@@ -143,7 +143,7 @@ fn small_filesystem(dir: &Path, mib: u64) -> Option<Mounted> {
     Some(Mounted(dir.to_path_buf()))
 }
 
-struct Mounted(PathBuf);
+pub(crate) struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
