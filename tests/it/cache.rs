@@ -78,6 +78,7 @@ fn offline_world() -> (World, std::path::PathBuf, String) {
 #[test]
 fn a_version_is_realized_from_a_cache_directory_alone() {
     let (w, home_a, public) = offline_world();
+    fs::rename(w.env.path("repos"), w.env.path("repos-gone")).unwrap();
     let cache = w.env.path("cache");
     assert!(cache.join("comfix-cache.json").is_file());
     let store_b = w.env.path("store-b");

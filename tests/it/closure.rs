@@ -120,6 +120,8 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     for server in [&mut w.hub, &mut w.cdn, &mut w.civitai, &mut w.registry] {
         drop(std::mem::replace(server, TestServer::start()));
     }
+    // The git repositories are gone too.
+    fs::rename(w.env.path("repos"), w.env.path("repos-gone")).unwrap();
     let store_b = w.env.path("store-b");
     let out = import(&w, &store_b, &archive);
     assert!(out.status.success(), "{}", stderr(&out));
