@@ -128,6 +128,12 @@ impl DirCache {
             serde_json::from_slice(&text).map_err(|e| ClosureError::Damaged {
                 reason: format!("`{}`: {e}", path.display()),
             })?;
+        let hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(&entry.meta.tree_hash) {
+            return Err(ClosureError::Damaged {
+                reason: format!("`{}` names no tree hash", path.display()),
+            });
+        }
         if entry.meta.name != name {
             return Err(ClosureError::Damaged {
                 reason: format!("`{}` describes `{}`", path.display(), entry.meta.name),

@@ -400,7 +400,10 @@ pub fn import(
         match parts.first().map(String::as_str) {
             Some("versions") if current.is_none() && next == 0 => {
                 let mut data = Vec::new();
-                entry.read_to_end(&mut data).map_err(damaged)?;
+                (&mut entry)
+                    .take(64 << 20)
+                    .read_to_end(&mut data)
+                    .map_err(damaged)?;
                 texts.insert(shown, data);
                 continue;
             }
