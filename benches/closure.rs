@@ -19,23 +19,8 @@ use comfix::reporter::NoReporter;
 use comfix::sign::Trust;
 use comfix::store::{AddOptions, Store};
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-fn sync() {
-    let _ = Command::new("sync").status();
-}
+mod common;
+use common::{pseudo_random, sync};
 
 fn shell(script: &str) -> Duration {
     sync();

@@ -12,19 +12,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+mod common;
+use common::{pseudo_random, sync};
 
 /// Serve `files[i]` at `/m<i>.safetensors` over plain HTTP on a loopback port.
 fn serve(files: Arc<Vec<Vec<u8>>>) -> String {
@@ -85,7 +74,7 @@ fn git(dir: &Path, args: &[&str]) {
 }
 
 fn comfix(work: &Path, store: &Path, args: &[&str]) -> Duration {
-    let _ = Command::new("sync").status();
+    sync();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_comfix"))
         .current_dir(work)

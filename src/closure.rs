@@ -421,12 +421,7 @@ pub fn import(
             .is_some_and(|c| manifest.paths[c.index].name == *name);
         if !same {
             if let Some(done) = current.take() {
-                finish(
-                    store,
-                    &manifest.paths[done.index],
-                    done.staging,
-                    &mut report,
-                )?;
+                finish(store, &manifest.paths[done.index], done, &mut report)?;
             }
             match wanted.get(name.as_str()) {
                 Some(&i) if i == next => {}
@@ -470,12 +465,7 @@ pub fn import(
         }
     }
     if let Some(done) = current.take() {
-        finish(
-            store,
-            &manifest.paths[done.index],
-            done.staging,
-            &mut report,
-        )?;
+        finish(store, &manifest.paths[done.index], done, &mut report)?;
     }
     if next < manifest.paths.len() {
         return Err(damaged(format!(
@@ -513,7 +503,11 @@ pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(
     }
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     let mut report = ImportReport::default();
-    finish(store, meta, Some(staging), &mut report)
+    let current = Current {
+        index: 0,
+        staging: Some(staging),
+    };
+    finish(store, meta, current, &mut report)
 }
 
 fn read_manifest<R: Read>(entries: &mut tar::Entries<'_, R>) -> Result<Manifest, ClosureError> {
@@ -616,10 +610,10 @@ fn write_entry<R: Read>(
 fn finish(
     store: &Store,
     meta: &PathMeta,
-    staging: Option<Staging>,
+    current: Current,
     report: &mut ImportReport,
 ) -> Result<(), ClosureError> {
-    let Some(staging) = staging else {
+    let Some(staging) = current.staging else {
         report.present += 1;
         return Ok(());
     };

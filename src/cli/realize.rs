@@ -48,17 +48,8 @@ pub struct RealizeArgs {
     /// Resolve and install Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<PathBuf>,
-    /// A binary cache asked for a path before it is fetched (`file://DIR` or `DIR`; repeatable;
-    /// space-separated in the variable)
-    #[arg(
-        long = "substituter",
-        value_name = "URL",
-        env = "COMFIX_SUBSTITUTERS",
-        value_delimiter = ' '
-    )]
-    pub substituters: Vec<String>,
     #[command(flatten)]
-    pub trust: super::trust::TrustArgs,
+    pub substitute: super::trust::SubstituteArgs,
     /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
     /// (exit 1 when it is not: for CI)
     #[arg(long, conflicts_with = "dry_run")]
@@ -168,8 +159,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
                 wheels_dir: super::resolve::absolute(args.wheels_dir.as_deref())?,
             },
             spec_dir: loaded.dir(),
-            substituters: args.substituters.clone(),
-            trust: args.trust.clone(),
+            substitute: args.substitute.clone(),
         },
     )?;
     if old.as_ref() != Some(&lock) {

@@ -31,17 +31,8 @@ pub struct ResolveArgs {
     /// Resolve Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<std::path::PathBuf>,
-    /// A binary cache asked for a path before it is fetched (`file://DIR` or `DIR`; repeatable;
-    /// space-separated in the variable)
-    #[arg(
-        long = "substituter",
-        value_name = "URL",
-        env = "COMFIX_SUBSTITUTERS",
-        value_delimiter = ' '
-    )]
-    pub substituters: Vec<String>,
     #[command(flatten)]
-    pub trust: super::trust::TrustArgs,
+    pub substitute: super::trust::SubstituteArgs,
 }
 
 /// Settings of one resolve, shared by `resolve` and `realize`.
@@ -55,10 +46,8 @@ pub struct ResolveRun<'a> {
     pub python: crate::python::PythonSettings,
     /// The spec's directory (its `workflows` are relative to it).
     pub spec_dir: std::path::PathBuf,
-    /// Binary caches asked before fetching.
-    pub substituters: Vec<String>,
-    /// Which keys what they give must be signed by.
-    pub trust: super::trust::TrustArgs,
+    /// Binary caches asked before fetching, and which keys what they give must be signed by.
+    pub substitute: super::trust::SubstituteArgs,
 }
 
 /// One command's executor and the runtime it runs on: `realize` resolves and then runs the rest
@@ -83,8 +72,12 @@ impl Session {
         let wheels_dir = run.python.wheels_dir.clone();
         let mut executor = Executor::new(store, client, context.reporter().into(), wheels_dir);
         let config = super::trust::Config::load()?;
-        let trust = run.trust.trust(&config)?;
-        let locations = run.substituters.iter().chain(&config.substituters);
+        let trust = run.substitute.trust.trust(&config)?;
+        let locations = run
+            .substitute
+            .substituters
+            .iter()
+            .chain(&config.substituters);
         for location in locations.filter(|s| !s.is_empty()) {
             let mut cache = crate::cache::DirCache::parse(location)?;
             cache.trust = trust.clone();
@@ -161,8 +154,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
                 wheels_dir: absolute(args.wheels_dir.as_deref())?,
             },
             spec_dir: loaded.dir(),
-            substituters: args.substituters.clone(),
-            trust: args.trust.clone(),
+            substitute: args.substitute.clone(),
         },
     )?;
     let changed = old.as_ref() != Some(&lock);

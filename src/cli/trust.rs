@@ -47,6 +47,22 @@ impl Config {
     }
 }
 
+/// Binary caches asked before fetching, and the keys what they give must be signed by.
+#[derive(Debug, Clone, Args)]
+pub struct SubstituteArgs {
+    /// A binary cache asked for a path before it is fetched (`file://DIR` or `DIR`; repeatable;
+    /// space-separated in the variable; the config file's `substituters` too)
+    #[arg(
+        long = "substituter",
+        value_name = "URL",
+        env = "COMFIX_SUBSTITUTERS",
+        value_delimiter = ' '
+    )]
+    pub substituters: Vec<String>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
 /// Which keys paths from caches and archives must be signed by.
 #[derive(Debug, Clone, Args)]
 pub struct TrustArgs {

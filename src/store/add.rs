@@ -234,12 +234,7 @@ impl Store {
             .split_once('-')
             .map_or(meta.name.as_str(), |(_, n)| n);
         if meta.naming == "input" {
-            let _build = lock::exclusive(
-                &self
-                    .root
-                    .join(super::layout::LOCKS)
-                    .join(format!("{}.lock", meta.name)),
-            )?;
+            let _build = self.build_lock(&meta.name)?;
             if let Some(added) = self.existing(&meta.name)? {
                 return Ok(added);
             }
@@ -470,30 +465,13 @@ impl Store {
                 record.name = meta.name.clone();
                 None
             }
-            Naming::Expected(_) => {
-                let guard = lock::exclusive(
-                    &self
-                        .root
-                        .join(super::layout::LOCKS)
-                        .join(format!("{}.lock", record.name)),
-                )?;
-                if let Some(added) = self.existing(&record.name)? {
-                    return Ok(added);
-                }
-                Some(guard)
-            }
-            Naming::Content(expected) => {
-                if let Some((expected, src)) = expected {
+            Naming::Expected(_) | Naming::Content(_) => {
+                if let Naming::Content(Some((expected, src))) = naming {
                     if record.name != expected {
                         tracing::warn!("`{}` changed while it was being added", src.display());
                     }
                 }
-                let guard = lock::exclusive(
-                    &self
-                        .root
-                        .join(super::layout::LOCKS)
-                        .join(format!("{}.lock", record.name)),
-                )?;
+                let guard = self.build_lock(&record.name)?;
                 if let Some(added) = self.existing(&record.name)? {
                     return Ok(added);
                 }
@@ -541,6 +519,16 @@ impl Store {
             new_objects,
             new_object_bytes,
         })
+    }
+
+    /// The lock of one path's build or add (`locks/<name>.lock`), held until it is registered.
+    fn build_lock(&self, name: &str) -> Result<lock::LockGuard> {
+        Ok(lock::exclusive(
+            &self
+                .root
+                .join(super::layout::LOCKS)
+                .join(format!("{name}.lock")),
+        )?)
     }
 
     /// The record a tree would be registered with under `name`.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::closure::{assert_store_whole as verify, registered, status_manifest as manifest};
 use crate::resolve::World;
 use crate::support::http::TestServer;
 use crate::support::*;
@@ -26,26 +27,6 @@ fn copy_to(w: &World, store: &Path, cache: &Path) -> std::process::Output {
         .arg("v1")
         .output()
         .unwrap()
-}
-
-fn verify(w: &World, store: &Path) {
-    let out = w
-        .cmd(store)
-        .args(["store", "verify", "--check-contents"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-}
-
-fn manifest(w: &World, store: &Path, home: &Path) -> String {
-    let out = w
-        .cmd(store)
-        .args(["--json", "status", "--target"])
-        .arg(home)
-        .output()
-        .unwrap();
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["manifest"].as_str().unwrap().to_string()
 }
 
 /// A world whose version is realized in its store and pushed, signed, to `cache/`, then every
@@ -140,18 +121,13 @@ fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
             .unwrap();
     let archive = cache.join(entry["archive"].as_str().unwrap());
     // Recompress the archive with one byte of the model changed.
-    let mut tar = Vec::new();
-    std::io::Read::read_to_end(
-        &mut zstd::stream::read::Decoder::new(fs::File::open(&archive).unwrap()).unwrap(),
-        &mut tar,
-    )
-    .unwrap();
+    let mut tar = crate::closure::decompress(&archive);
     let at = tar
         .windows(64)
         .position(|win| win == &w.model[..64])
         .unwrap();
     tar[at + 10] ^= 0xff;
-    fs::write(&archive, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+    crate::closure::compress(&tar, &archive);
 
     let store = w.env.path("store-d");
     let url = format!("file://{}", cache.display());
@@ -165,17 +141,7 @@ fn a_corrupted_cache_archive_is_refused_and_nothing_registered() {
     let err = stderr(&out);
     assert!(err.contains("tree hash"), "{err}");
     assert!(err.contains("model `wan-unet`"), "{err}");
-    let ls = w
-        .cmd(&store)
-        .args(["--json", "store", "ls"])
-        .output()
-        .unwrap();
-    let names: Value = serde_json::from_slice(&ls.stdout).unwrap();
-    assert!(!names
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|p| p["name"] == model.as_str()));
+    assert!(!registered(&w, &store).contains(&model));
     verify(&w, &store);
 }
 
@@ -270,20 +236,12 @@ fn unsigned_cache_paths_are_refused() {
             "{}",
             stderr(&out)
         );
-        let ls = w
-            .cmd(&store)
-            .args(["--json", "store", "ls"])
-            .output()
-            .unwrap();
         // The git trees came from their (local) repositories; nothing came from the cache.
-        let names: Value = serde_json::from_slice(&ls.stdout).unwrap_or(Value::Null);
+        let names = registered(&w, &store);
         let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
         for model in lock["models"].as_array().unwrap() {
-            let name = model["store_path"].as_str().unwrap();
-            assert!(
-                !names.as_array().unwrap().iter().any(|p| p["name"] == name),
-                "{name} came from an unsigned cache"
-            );
+            let name = model["store_path"].as_str().unwrap().to_string();
+            assert!(!names.contains(&name), "{name} came from an unsigned cache");
         }
     }
     let store = w.env.path("s3");

@@ -23,7 +23,7 @@ fn realize_json(w: &World, store: &Path, home: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn status_manifest(w: &World, store: &Path, home: &Path) -> String {
+pub(crate) fn status_manifest(w: &World, store: &Path, home: &Path) -> String {
     let out = w
         .cmd(store)
         .args(["--json", "status", "--target"])
@@ -71,7 +71,7 @@ fn export(w: &World, archive: &Path) {
 }
 
 /// Every path a store registered is whole: `store verify --check-contents` finds nothing.
-fn assert_store_whole(w: &World, store: &Path) {
+pub(crate) fn assert_store_whole(w: &World, store: &Path) {
     if !store.join("db").exists() {
         return;
     }
@@ -83,7 +83,7 @@ fn assert_store_whole(w: &World, store: &Path) {
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
 }
 
-fn registered(w: &World, store: &Path) -> Vec<String> {
+pub(crate) fn registered(w: &World, store: &Path) -> Vec<String> {
     let out = w
         .cmd(store)
         .args(["--json", "store", "ls"])
@@ -161,7 +161,7 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-fn decompress(archive: &Path) -> Vec<u8> {
+pub(crate) fn decompress(archive: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     zstd::stream::read::Decoder::new(fs::File::open(archive).unwrap())
         .unwrap()
@@ -170,7 +170,7 @@ fn decompress(archive: &Path) -> Vec<u8> {
     out
 }
 
-fn compress(tar: &[u8], to: &Path) {
+pub(crate) fn compress(tar: &[u8], to: &Path) {
     let mut encoder = zstd::stream::write::Encoder::new(fs::File::create(to).unwrap(), 3).unwrap();
     encoder.write_all(tar).unwrap();
     encoder.finish().unwrap();
