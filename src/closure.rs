@@ -39,6 +39,12 @@ pub struct Manifest {
     pub signatures: BTreeMap<String, Vec<String>>,
 }
 
+impl Manifest {
+    pub fn version_ids(&self) -> Vec<String> {
+        self.versions.iter().map(|v| v.version_id.clone()).collect()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VersionEntry {
     pub version_id: String,
@@ -263,11 +269,7 @@ pub fn export(
         bytes(&mut tar, &entry.lock, version.lock.to_text().as_bytes())?;
     }
     let mut report = ExportReport {
-        versions: manifest
-            .versions
-            .iter()
-            .map(|v| v.version_id.clone())
-            .collect(),
+        versions: manifest.version_ids(),
         paths: manifest.paths.len(),
         content_bytes: 0,
     };
@@ -373,11 +375,7 @@ pub fn import(
     }
     crate::fetch::check_space("the closure's paths", store.root(), needed)?;
     let mut report = ImportReport {
-        versions: manifest
-            .versions
-            .iter()
-            .map(|v| v.version_id.clone())
-            .collect(),
+        versions: manifest.version_ids(),
         ..ImportReport::default()
     };
     let wanted: HashMap<&str, usize> = manifest

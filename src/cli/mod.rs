@@ -227,36 +227,26 @@ fn init_logging(verbose: u8, quiet: u8) {
 /// Find the library error in `err`'s chain that knows its hint and whether it is the user's.
 fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<crate::spec::SpecError>() {
-            return (e.is_user_error(), e.hint());
+        // Every library error type knows its hint and whether it is the user's.
+        macro_rules! hinted {
+            ($($t:ty),*) => {
+                $(if let Some(e) = cause.downcast_ref::<$t>() {
+                    return (e.is_user_error(), e.hint());
+                })*
+            };
         }
-        if let Some(e) = cause.downcast_ref::<crate::store::StoreError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::fetch::FetchError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::lock::LockError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::realize::RealizeError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::python::PythonError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::sign::SignError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::closure::ClosureError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::build::BuildError>() {
-            return (e.is_user_error(), e.hint());
-        }
-        if let Some(e) = cause.downcast_ref::<crate::resolve::ResolveError>() {
-            return (e.is_user_error(), e.hint());
-        }
+        hinted!(
+            crate::spec::SpecError,
+            crate::store::StoreError,
+            crate::fetch::FetchError,
+            crate::lock::LockError,
+            crate::realize::RealizeError,
+            crate::python::PythonError,
+            crate::sign::SignError,
+            crate::closure::ClosureError,
+            crate::build::BuildError,
+            crate::resolve::ResolveError
+        );
         if cause.downcast_ref::<diff::DiffUsage>().is_some() {
             return (true, Some("see `comfix diff --help`".into()));
         }

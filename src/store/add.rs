@@ -233,19 +233,14 @@ impl Store {
             .name
             .split_once('-')
             .map_or(meta.name.as_str(), |(_, n)| n);
-        if meta.naming == "input" {
-            let _build = self.build_lock(&meta.name)?;
-            if let Some(added) = self.existing(&meta.name)? {
-                return Ok(added);
-            }
-            return self.ingest_staged(
-                staging,
-                rel,
-                short,
-                &meta.references,
-                None,
-                Naming::Expected(meta),
-            );
+        // An input-addressed path's name is fixed: its build lock is taken here (a content-addressed
+        // one's when its name is known, in `commit`).
+        let _build = match meta.naming.as_str() {
+            "input" => Some(self.build_lock(&meta.name)?),
+            _ => None,
+        };
+        if let Some(added) = self.existing(&meta.name)? {
+            return Ok(added);
         }
         self.ingest_staged(
             staging,
