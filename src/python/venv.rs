@@ -17,7 +17,7 @@ use crate::lock::LockedPython;
 use crate::store::Store;
 
 /// Bumped when the way a venv is built changes, so old builds are not reused.
-const RECIPE_VERSION: &str = "comfix-venv-v1";
+const RECIPE_VERSION: &str = "comfix-venv-v2";
 
 /// The result of [`build_venv`].
 #[derive(Debug, Clone)]
@@ -122,11 +122,34 @@ fn build_into(
                 .arg(&requirements),
         )?;
     }
-    // uv's bookkeeping that would only make identical venvs differ.
-    for entry in walkdir::WalkDir::new(&venv).into_iter().flatten() {
-        if entry.file_name() == "uv_cache.json" && entry.file_type().is_file() {
-            fs::remove_file(entry.path()).map_err(PythonError::io(entry.path()))?;
-        }
+    // uv's bookkeeping (`uv_cache.json`, which names when uv's cache was filled) would make
+    // identical venvs differ: it goes, with its line in the distribution's `RECORD`, so two builds
+    // of a recipe are byte-identical.
+    let caches: Vec<PathBuf> = walkdir::WalkDir::new(&venv)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "uv_cache.json" && e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    for cache in caches {
+        fs::remove_file(&cache).map_err(PythonError::io(&cache))?;
+        let Some(dist_info) = cache.parent() else {
+            continue;
+        };
+        let record = dist_info.join("RECORD");
+        let Ok(text) = fs::read_to_string(&record) else {
+            continue;
+        };
+        let suffix = "/uv_cache.json,";
+        let kept: String = text
+            .lines()
+            .filter(|line| !line.contains(suffix))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        // A new file, not a write through a link into uv's cache.
+        let temp = record.with_extension("comfix-tmp");
+        fs::write(&temp, kept).map_err(PythonError::io(&temp))?;
+        fs::rename(&temp, &record).map_err(PythonError::io(&record))?;
     }
     Ok(())
 }

@@ -229,6 +229,25 @@ impl Store {
                 }
             }
         }
+        // A cache that links a damaged file (a venv's files are uv's cache's, the empty venv is
+        // linked into every build) would put it back: such a cache goes, to be filled again.
+        use super::layout::Cache;
+        for cache in [Cache::VenvBase, Cache::Uv] {
+            let dir = self.cache_dir(cache);
+            let shares = walkdir::WalkDir::new(&dir)
+                .follow_links(false)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.file_type().is_file())
+                .any(|e| {
+                    e.metadata()
+                        .is_ok_and(|m| damaged_inodes.contains(&m.ino()))
+                });
+            if shares {
+                tracing::info!("removing `{}`, which links a damaged file", dir.display());
+                super::add::remove_tree(&dir)?;
+            }
+        }
         let trash = tempfile::Builder::new()
             .prefix("trash-")
             .tempdir_in(self.root.join(super::layout::TMP))?;

@@ -336,11 +336,10 @@ fn realize_without_uv_is_a_user_error_with_a_hint() {
 }
 
 /// The venv and the wheels are derivations like the rest: realize reports the venv built, then
-/// valid; `store verify --repair` fetches a damaged wheel again through its derivation. (A
-/// damaged venv is rebuilt too, but uv's build is not byte-reproducible yet, so the rebuilt tree
-/// does not match the registration: the Python issue's work.)
+/// valid; `store verify --repair` fetches a damaged wheel again and rebuilds a damaged venv,
+/// byte-identical to what was registered.
 #[test]
-fn damaged_wheels_are_repaired_by_their_derivations() {
+fn damaged_wheels_and_venvs_are_repaired_by_their_derivations() {
     let world = PyWorld::new();
     world.write_spec(&world.spec("v1", &[]));
     let realize = |home: &str| -> Value {
@@ -379,6 +378,8 @@ fn damaged_wheels_are_repaired_by_their_derivations() {
     let last = bad.len() - 1;
     bad[last] ^= 0xff;
     overwrite(&wheel_path, &bad);
+    let venv = world.venv_of("home");
+    overwrite(&venv.join("pyvenv.cfg"), b"broken\n");
     let out = world
         .cmd()
         .args(["store", "verify", "--repair"])
@@ -390,7 +391,18 @@ fn damaged_wheels_are_repaired_by_their_derivations() {
         err.contains(&format!("repaired\t{}", wheel_path.display())),
         "{err}"
     );
+    assert!(
+        err.contains(&format!("repaired\t{}", venv.display())),
+        "{err}"
+    );
     assert_eq!(fs::read(&wheel_path).unwrap(), good_wheel);
+    assert_ne!(fs::read(venv.join("pyvenv.cfg")).unwrap(), b"broken\n");
+    let out = world
+        .cmd()
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stdout(&out));
     let py = world.env.path("home/.venv/bin/python");
     let out = run(&py, &["-c", "import alpha"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -448,6 +460,41 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
     let py = world.env.path("home-b/.venv/bin/python");
     let out = run(&py, &["-c", "import alpha, gamma"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Two stores build the same venv byte for byte: the same name and the same tree hash.
+#[test]
+fn venvs_built_on_two_stores_are_identical() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    world.realize_ok("v1", "home", &[]);
+    let store_b = world.env.path("store-b");
+    let out = world
+        .cmd_in(&store_b)
+        .args(["realize", "v1", "--target"])
+        .arg(world.env.path("home-b"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let venv = world.venv_of("home");
+    let name = venv.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        world
+            .venv_of("home-b")
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        name
+    );
+    let hash_in = |store: &Path| -> String {
+        let meta: Value = serde_json::from_str(
+            &fs::read_to_string(store.join("meta").join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        meta["tree_hash"].as_str().unwrap().to_string()
+    };
+    assert_eq!(hash_in(&world.env.store), hash_in(&store_b));
 }
 
 #[test]
