@@ -228,18 +228,35 @@ impl DirCache {
     /// Put `name` and what it references into `store` from the cache; `false` when the cache
     /// lacks one of them. Each path is verified before it is registered.
     pub fn fetch(&self, store: &Store, name: &str) -> Result<bool, ClosureError> {
+        self.fetch_within(store, name, &mut Vec::new())
+    }
+
+    /// `fetch`, with the chain of paths whose references are being fetched (a cycle is refused).
+    fn fetch_within(
+        &self,
+        store: &Store,
+        name: &str,
+        chain: &mut Vec<String>,
+    ) -> Result<bool, ClosureError> {
         if store.query(name)?.is_some() && store.path_of(name).exists() {
             return Ok(true);
+        }
+        if chain.iter().any(|c| c == name) {
+            return Err(ClosureError::Damaged {
+                reason: format!("`{name}` references itself through {}", chain.join(" → ")),
+            });
         }
         self.check()?;
         let Some(entry) = self.entry(name)? else {
             return Ok(false);
         };
+        chain.push(name.to_string());
         for reference in &entry.meta.references {
-            if !self.fetch(store, reference)? {
+            if !self.fetch_within(store, reference, chain)? {
                 return Ok(false);
             }
         }
+        chain.pop();
         self.trust.check(&entry.meta, &entry.signatures)?;
         let archive = self.root.join(&entry.archive);
         if entry.compression != "zstd"

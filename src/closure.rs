@@ -85,6 +85,9 @@ pub struct ImportReport {
     pub present: usize,
     /// Where each version's spec and lock were written (or found identical).
     pub spec_files: Vec<PathBuf>,
+    /// The locks the archive brought.
+    #[serde(skip)]
+    pub locks: Vec<Lock>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -642,6 +645,17 @@ fn write_versions(
             let text = texts
                 .get(entry)
                 .ok_or_else(|| damaged(format!("`{entry}` is missing")))?;
+            if *entry == version.lock {
+                let lock: Lock = serde_json::from_slice(text)
+                    .map_err(|e| damaged(format!("`{entry}` is not a lock: {e}")))?;
+                if lock.version_id != version.version_id {
+                    return Err(damaged(format!(
+                        "`{entry}` is the lock of `{}`",
+                        lock.version_id
+                    )));
+                }
+                report.locks.push(lock);
+            }
             let path = dir.join(file);
             match fs::read(&path) {
                 Ok(existing) if existing == *text => {}

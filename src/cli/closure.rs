@@ -110,22 +110,15 @@ pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
         closure::import(&store, std::io::BufReader::new(file), dir, &trust)?
     };
     // Each version is pinned, so a collector keeps what was brought until the user unpins it.
-    for id in &report.versions {
-        let lock_path = args.versions_dir.join(format!("{id}.lock.json"));
-        if let Some(lock) = crate::lock::Lock::read(&lock_path)? {
-            let models_missing = lock
-                .models
-                .iter()
-                .any(|m| !matches!(store.query(&m.store_path), Ok(Some(_))));
-            let manifest = crate::lock::manifest::write(
-                &store,
-                &format!("pin-{id}"),
-                &lock,
-                models_missing,
-                &[],
-            )?;
-            store.pin(id, &manifest)?;
-        }
+    for lock in &report.locks {
+        let id = &lock.version_id;
+        let models_missing = lock
+            .models
+            .iter()
+            .any(|m| !matches!(store.query(&m.store_path), Ok(Some(_))));
+        let manifest =
+            crate::lock::manifest::write(&store, &format!("pin-{id}"), lock, models_missing, &[])?;
+        store.pin(id, &manifest)?;
     }
     if context.json {
         context.print_json(&report)?;
