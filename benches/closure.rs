@@ -104,6 +104,7 @@ fn main() {
             spec: &spec,
             lock: &lock,
             venv: None,
+            extra: Vec::new(),
         };
         closure::export(&store, &[version], Models::All, None, out).unwrap();
         started.elapsed()

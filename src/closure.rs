@@ -66,6 +66,8 @@ pub struct Version<'a> {
     pub spec: &'a [u8],
     pub lock: &'a Lock,
     pub venv: Option<String>,
+    /// More store paths to carry (the stored uv, so the other machine can build venvs).
+    pub extra: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -179,6 +181,7 @@ pub fn paths_of(
             }
         }
         roots.extend(version.venv.clone());
+        roots.extend(version.extra.iter().cloned());
     }
     closure_of(store, &roots)
 }

@@ -362,16 +362,20 @@ impl Executor {
                 .await?;
                 Ok((name, How::Fetched))
             }
-            Action::Venv { python } => tokio::task::block_in_place(|| -> Result<_, BuildError> {
-                let uv = crate::python::find_uv(store)?;
-                let interpreter = uv.interpreter(Some(&python.version))?;
-                let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
-                if venv.built {
-                    tracing::info!("built venv `{}`", venv.name);
-                }
-                let how = if venv.built { How::Built } else { How::Valid };
-                Ok((venv.name, how))
-            }),
+            Action::Venv { python } => {
+                let reporter = self.reporter.as_ref();
+                crate::python::stored_uv::ensure(store, &self.client, reporter).await?;
+                tokio::task::block_in_place(|| -> Result<_, BuildError> {
+                    let uv = crate::python::find_uv(store)?;
+                    let interpreter = uv.interpreter(Some(&python.version))?;
+                    let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
+                    if venv.built {
+                        tracing::info!("built venv `{}`", venv.name);
+                    }
+                    let how = if venv.built { How::Built } else { How::Valid };
+                    Ok((venv.name, how))
+                })
+            }
             Action::Home | Action::Unpinned { .. } => unreachable!("handled before"),
         }
     }

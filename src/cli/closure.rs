@@ -47,6 +47,12 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         spec: &spec,
         lock,
         venv: venv_of(&store, lock),
+        extra: lock
+            .python
+            .as_ref()
+            .and_then(|_| crate::python::stored_uv::stored_path(&store))
+            .into_iter()
+            .collect(),
     };
     let key = args
         .sign_key

@@ -232,7 +232,13 @@ fn run_plan(
     skip_models: bool,
 ) -> anyhow::Result<(Vec<crate::build::Derivation>, Option<String>)> {
     let venv_name = match &lock.python {
-        Some(python) => Some(venv_name_of(store, python)?),
+        Some(python) => {
+            let executor = &session.executor;
+            let reporter = executor.reporter.as_ref();
+            let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
+            session.runtime.block_on(ensure)?;
+            Some(venv_name_of(store, python)?)
+        }
         None => None,
     };
     let plan = crate::build::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);

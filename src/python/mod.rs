@@ -11,6 +11,7 @@
 //! package share every other file's bytes.
 
 pub mod requirements;
+pub mod stored_uv;
 pub mod uv;
 mod venv;
 mod wheels;
@@ -37,6 +38,8 @@ pub struct PythonSettings {
 pub enum PythonError {
     #[error("uv is not installed: set `COMFIX_UV` to its path or put `uv` on PATH")]
     NoUv,
+    #[error("uv is not on this machine or in the store, and fetching it failed: {reason}")]
+    UvUnavailable { reason: String },
     #[error("Failed to run `{}`: {source}", .program.display())]
     Spawn {
         program: PathBuf,
@@ -98,8 +101,8 @@ impl PythonError {
 impl Hint for PythonError {
     fn hint(&self) -> Option<String> {
         match self {
-            PythonError::NoUv => Some(format!(
-                "install the tested version with `python3 -m pip install uv=={UV_VERSION}`"
+            PythonError::NoUv | PythonError::UvUnavailable { .. } => Some(format!(
+                "install the tested version with `python3 -m pip install uv=={UV_VERSION}`, or run once with network access so comfix fetches it into the store (`COMFIX_UV_WHEEL_URL` and `COMFIX_UV_WHEEL_SHA256` name a mirror), or import a closure that carries it"
             )),
             PythonError::NoInterpreter { .. } => Some(
                 "install that Python (or change the spec's `python.version`); comfix does not download interpreters".into(),
@@ -120,6 +123,7 @@ impl Hint for PythonError {
     fn is_user_error(&self) -> bool {
         match self {
             PythonError::NoUv
+            | PythonError::UvUnavailable { .. }
             | PythonError::NoInterpreter { .. }
             | PythonError::Conflict { .. }
             | PythonError::Unresolvable { .. }

@@ -47,12 +47,19 @@ pub fn groups(
 }
 
 /// Find uv with the store's cache.
+/// uv is `$COMFIX_UV`, else on `PATH`, else the one in the store (`stored_uv`).
 pub fn find_uv(store: &Store) -> Result<Uv, PythonError> {
-    Uv::find(
-        |k| std::env::var(k).ok(),
-        &store.cache_dir(Cache::Uv),
-        &store.cache_dir(Cache::Probes),
-    )
+    let (cache, probes) = (store.cache_dir(Cache::Uv), store.cache_dir(Cache::Probes));
+    match Uv::find(|k| std::env::var(k).ok(), &cache, &probes) {
+        Err(PythonError::NoUv) => {
+            let Some(exe) = super::stored_uv::stored(store) else {
+                return Err(PythonError::NoUv);
+            };
+            let exe = exe.display().to_string();
+            Uv::find(|k| (k == "COMFIX_UV").then(|| exe.clone()), &cache, &probes)
+        }
+        other => other,
+    }
 }
 
 /// Where a wheel may come from besides its URL.

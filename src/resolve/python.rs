@@ -52,6 +52,8 @@ impl Resolver {
                 (kept.version.clone(), pinned, "kept")
             }
             None => {
+                let reporter = self.reporter.as_ref();
+                crate::python::stored_uv::ensure(&self.store, &self.client, reporter).await?;
                 let (version, pinned) = self.compile(&groups, wanted.as_deref())?;
                 (version, pinned, "resolved")
             }

@@ -324,13 +324,22 @@ fn realize_without_uv_is_a_user_error_with_a_hint() {
         .cmd()
         .env_remove("COMFIX_UV")
         .env("PATH", world.env.path("empty-bin"))
+        // Where comfix would fetch uv from: nothing listens there.
+        .env(
+            "COMFIX_UV_WHEEL_URL",
+            "http://127.0.0.1:9/uv-0.13.8-py3-none-any.whl",
+        )
+        .env("COMFIX_UV_WHEEL_SHA256", "0".repeat(64))
         .args(["realize", "v1", "--target"])
         .arg(world.env.path("home"))
         .output()
         .unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("uv is not installed"), "{err}");
+    assert!(
+        err.contains("uv is not on this machine or in the store"),
+        "{err}"
+    );
     assert!(err.contains("hint:"), "{err}");
     assert!(!world.env.path("home/ComfyUI").exists());
 }
@@ -495,6 +504,87 @@ fn venvs_built_on_two_stores_are_identical() {
         meta["tree_hash"].as_str().unwrap().to_string()
     };
     assert_eq!(hash_in(&world.env.store), hash_in(&store_b));
+}
+
+/// A machine without uv: comfix fetches its pinned uv (here from a loopback mirror, as
+/// `COMFIX_UV_WHEEL_URL` names one) into the store, verified, pins it, and realizes; offline, the
+/// stored uv serves; a collection keeps it.
+#[test]
+fn without_uv_on_the_machine_the_stored_uv_is_used() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &[]));
+    // The uv binary itself (`uv` on PATH may be a shim script), as pip installed it.
+    let found = Command::new("python3")
+        .args(["-c", "import uv; print(uv.find_uv_bin())"])
+        .output()
+        .unwrap();
+    let real_uv = std::env::var_os("COMFIX_UV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()));
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.start_file("uv-0.13.8.data/scripts/uv", options)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut zip,
+        &fs::read(fs::canonicalize(&real_uv).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let wheel = zip.finish().unwrap().into_inner();
+    let sha = {
+        use sha2::Digest as _;
+        format!("{:x}", sha2::Sha256::digest(&wheel))
+    };
+    let mirror = TestServer::start();
+    mirror.route("/uv-0.13.8-py3-none-any.whl", Route::file(wheel));
+    // A PATH with the interpreter and nothing else.
+    let bin = world.env.path("bin-without-uv");
+    fs::create_dir_all(&bin).unwrap();
+    let found = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = PathBuf::from(String::from_utf8_lossy(&found.stdout).trim());
+    std::os::unix::fs::symlink(&python, bin.join("python3")).unwrap();
+    std::os::unix::fs::symlink(&python, bin.join(format!("python{}", python_version()))).unwrap();
+    let path = std::env::join_paths([bin.clone(), "/usr/bin".into(), "/bin".into()]).unwrap();
+    if std::env::split_paths(&path).any(|d| d.join("uv").exists()) {
+        eprintln!("skipping: uv is installed system-wide here");
+        return;
+    }
+    let realize = |home: &str, args: &[&str]| {
+        world
+            .cmd()
+            .env_remove("COMFIX_UV")
+            .env("PATH", &path)
+            .env(
+                "COMFIX_UV_WHEEL_URL",
+                mirror.url("/uv-0.13.8-py3-none-any.whl"),
+            )
+            .env("COMFIX_UV_WHEEL_SHA256", &sha)
+            .args(["realize", "v1", "--target"])
+            .arg(world.env.path(home))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = realize("home", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mirror.requests().len(), 1);
+    let stored: Vec<String> = fs::read_dir(world.env.store.join("paths"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-uv-0.13.8"))
+        .collect();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let out = world.cmd().arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = realize("home-2", &["--offline"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mirror.requests().len(), 1, "the stored uv served");
+    let py = world.env.path("home-2/.venv/bin/python");
+    assert!(run(&py, &["-c", "import alpha"]).status.success());
 }
 
 #[test]

@@ -1,0 +1,146 @@
+//! uv from the store: where uv is not on this machine, comfix's pinned uv is taken from PyPI's
+//! wheel (its SHA-256 pinned here) into the store as `<digest>-uv-<version>` (`bin/uv`), kept by
+//! the pin `pin:comfix-uv`, and used from there; offline, only a store that holds it (an imported
+//! closure carries it) can serve.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use super::uv::UV_VERSION;
+use super::PythonError;
+use crate::fetch::http::{Client, Download, Got};
+use crate::fetch::{Expected, Origin};
+use crate::reporter::Reporter;
+use crate::store::{sanitize_name, AddOptions, Store};
+
+/// The pinned wheels of [`UV_VERSION`], per machine architecture: file name and SHA-256.
+const WHEELS: &[(&str, &str, &str)] = &[
+    (
+        "x86_64",
+        "uv-0.13.8-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "e18a57b8b352eb7c8feb317b9f6f533c8f0ad9673fd6cf34bbe3cf1a9f6a8984",
+    ),
+    (
+        "aarch64",
+        "uv-0.13.8-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        "0b3e8b1a4f5e405e31e2ff33de8af4744831e9f7338539671efbd8c3c94e791d",
+    ),
+];
+
+/// PyPI's files by name (`/packages/<python tag>/<first letter>/<project>/<file>`).
+const FILES: &str = "https://files.pythonhosted.org/packages/py3/u/uv/";
+
+/// The store path name part of the stored uv.
+fn path_name() -> String {
+    sanitize_name(&format!("uv-{UV_VERSION}"))
+}
+
+/// Where the wheel comes from and its SHA-256: `COMFIX_UV_WHEEL_URL` and
+/// `COMFIX_UV_WHEEL_SHA256` (a mirror, an air gap's file server), else PyPI and the pin above.
+fn wheel(env: impl Fn(&str) -> Option<String>) -> Option<(String, String, String)> {
+    let set = |k: &str| env(k).filter(|v| !v.is_empty());
+    if let (Some(url), Some(sha256)) = (set("COMFIX_UV_WHEEL_URL"), set("COMFIX_UV_WHEEL_SHA256")) {
+        let file = url.rsplit('/').next().unwrap_or("uv.whl").to_string();
+        return Some((url, file, sha256));
+    }
+    WHEELS
+        .iter()
+        .find(|(arch, _, _)| *arch == std::env::consts::ARCH)
+        .map(|(_, file, sha)| (format!("{FILES}{file}"), file.to_string(), sha.to_string()))
+}
+
+/// The store path of a valid stored uv, protected for this process.
+pub fn stored_path(store: &Store) -> Option<String> {
+    let record = store.named(&path_name()).ok()?.into_iter().next()?;
+    store.protect(&[&record.name]).ok()?;
+    store
+        .path_of(&record.name)
+        .join("bin/uv")
+        .is_file()
+        .then_some(record.name)
+}
+
+/// The uv executable of a valid stored uv, protected for this process.
+pub fn stored(store: &Store) -> Option<PathBuf> {
+    stored_path(store).map(|name| store.path_of(&name).join("bin/uv"))
+}
+
+/// Make sure uv can be found: on this machine, in the store, or fetched into the store from its
+/// pinned wheel (not offline).
+pub async fn ensure(
+    store: &Store,
+    client: &Client,
+    reporter: &dyn Reporter,
+) -> Result<(), PythonError> {
+    if super::find_uv(store).is_ok() {
+        return Ok(());
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let Some((url, file, sha256)) = wheel(env) else {
+        return Err(PythonError::NoUv);
+    };
+    if client.config().offline {
+        return Err(PythonError::NoUv);
+    }
+    tracing::info!("uv is not on this machine; fetching uv {UV_VERSION} into the store");
+    let parsed = url::Url::parse(&url).map_err(|_| PythonError::BadWheelUrl {
+        filename: file.clone(),
+        url: url.clone(),
+    })?;
+    let download = Download {
+        what: format!("uv {UV_VERSION}"),
+        auth: None,
+        url: parsed,
+        size: None,
+        sha256: Some(Expected::new(
+            &sha256,
+            Origin::Source {
+                who: "comfix's pin of uv".into(),
+            },
+        )),
+        blake3: None,
+        file_name: file.clone(),
+        store_name: None,
+    };
+    let unavailable = |reason: String| PythonError::UvUnavailable { reason };
+    let fetched = match client.download(store, reporter, &download).await {
+        Ok(Got::Fetched(fetched)) => *fetched,
+        Ok(Got::Stored(_)) => return Err(unavailable("the download was not kept".into())),
+        Err(err) => return Err(unavailable(err.to_string())),
+    };
+    let wheel = fetched.staging.path().join(&fetched.file_name);
+    let tree = fetched.staging.path().join("uv");
+    tokio::task::block_in_place(|| unpack(&wheel, &tree))?;
+    std::fs::remove_file(&wheel).map_err(PythonError::io(&wheel))?;
+    let options = AddOptions {
+        name: Some(path_name()),
+        references: Vec::new(),
+    };
+    let added =
+        tokio::task::block_in_place(|| store.add_staged(fetched.staging, "uv", &options, None))?;
+    store.pin("comfix-uv", &added.record.name)?;
+    Ok(())
+}
+
+/// `bin/uv` out of the wheel's `uv-<version>.data/scripts/uv`.
+fn unpack(wheel: &std::path::Path, tree: &std::path::Path) -> Result<(), PythonError> {
+    let bad = |message: String| PythonError::BadPylock { message };
+    let file = std::fs::File::open(wheel).map_err(PythonError::io(wheel))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("the uv wheel: {e}")))?;
+    let inside = format!("uv-{UV_VERSION}.data/scripts/uv");
+    let mut entry = zip
+        .by_name(&inside)
+        .map_err(|_| bad(format!("the uv wheel has no `{inside}`")))?;
+    let mut bytes = Vec::new();
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(PythonError::io(wheel))?;
+    let bin = tree.join("bin");
+    std::fs::create_dir_all(&bin).map_err(PythonError::io(&bin))?;
+    let exe = bin.join("uv");
+    std::fs::write(&exe, bytes).map_err(PythonError::io(&exe))?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+        .map_err(PythonError::io(&exe))?;
+    Ok(())
+}
