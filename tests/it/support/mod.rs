@@ -47,6 +47,12 @@ impl TestEnv {
             .env_remove("COMFIX_FAULT_PAUSE")
             .env_remove("SSL_CERT_FILE")
             .env_remove("SSL_CERT_DIR")
+            .env_remove("COMFIX_CONFIG")
+            .env_remove("COMFIX_SUBSTITUTERS")
+            .env_remove("COMFIX_TRUSTED_KEYS")
+            .env_remove("COMFIX_UV_WHEEL_URL")
+            .env_remove("COMFIX_UV_WHEEL_SHA256")
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("HOME", self.dir.path())
             .env("XDG_DATA_HOME", self.dir.path().join("xdg"));
         cmd
