@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use comfix::sign::Trust;
 use comfix::store::{AddOptions, Store};
 
 mod common;
-use common::{pseudo_random, sync};
+use common::{env_usize, pseudo_random, sync, work_dir};
 
 fn shell(script: &str) -> Duration {
     sync();
@@ -34,14 +34,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let model_mib: usize = std::env::var("COMFIX_BENCH_CLOSURE_MODEL_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let base = std::env::var_os("COMFIX_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let work = tempfile::tempdir_in(base).unwrap();
+    let model_mib = env_usize("COMFIX_BENCH_CLOSURE_MODEL_MIB", 64);
+    let work = work_dir();
     let store = Store::open(&work.path().join("store")).unwrap();
 
     let core = work.path().join("core");

@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench download`. Data goes under `COMFIX_BENCH_DIR` (default: temp dir).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,6 +15,8 @@ use std::time::Duration;
 
 #[path = "../tests/it/support/tls.rs"]
 mod tls;
+
+mod common;
 
 use comfix::fetch::http::{Client, Download, Got};
 use comfix::fetch::FetchConfig;
@@ -34,13 +36,8 @@ fn serve(body: Arc<Vec<u8>>, config: Arc<rustls::ServerConfig>) -> String {
             std::thread::spawn(move || {
                 let conn = rustls::ServerConnection::new(config).unwrap();
                 let mut stream = rustls::StreamOwned::new(conn, stream);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if common::read_head(&mut stream).is_none() {
+                    return;
                 }
                 let header = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -5,7 +5,7 @@
 //!
 //! Run: `cargo bench --bench substitute`. Data under `COMFIX_BENCH_DIR`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{pseudo_random, sync};
+use common::{env_usize, pseudo_random, read_head, sync, work_dir};
 
 /// Serve `files[i]` at `/m<i>.safetensors` over plain HTTP on a loopback port.
 fn serve(files: Arc<Vec<Vec<u8>>>) -> String {
@@ -23,15 +23,9 @@ fn serve(files: Arc<Vec<Vec<u8>>>) -> String {
         for mut stream in listener.incoming().flatten() {
             let files = files.clone();
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head);
+                let Some(text) = read_head(&mut stream) else {
+                    return;
+                };
                 let path = text.split_whitespace().nth(1).unwrap_or("");
                 let index: Option<usize> = path
                     .strip_prefix("/m")
@@ -97,14 +91,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let mib: usize = std::env::var("COMFIX_BENCH_SUBSTITUTE_MODEL_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let base = std::env::var_os("COMFIX_BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let work = tempfile::tempdir_in(base).unwrap();
+    let mib = env_usize("COMFIX_BENCH_SUBSTITUTE_MODEL_MIB", 64);
+    let work = work_dir();
     let work = work.path();
     let core = work.join("ComfyUI");
     std::fs::create_dir_all(core.join("comfy")).unwrap();

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::build::exec::Substituter;
 use crate::build::{BuildError, Derivation};
-use crate::closure::{self, ClosureError};
+use crate::closure::{self, io, ClosureError};
 use crate::store::{PathMeta, Store};
 
 /// The cache format this comfix writes and reads.
@@ -303,13 +303,6 @@ impl Substituter for DirCache {
                 from: self.root.display().to_string(),
                 message: e.to_string(),
             })
-    }
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClosureError + '_ {
-    move |source| ClosureError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 

@@ -118,7 +118,7 @@ pub enum ClosureError {
     },
 }
 
-fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClosureError {
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClosureError {
     let path = path.into();
     move |source| ClosureError::Io { path, source }
 }

@@ -22,3 +22,32 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 pub fn sync() {
     let _ = Command::new("sync").status();
 }
+
+/// The number in `$name`, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fresh directory for a bench's data under `$COMFIX_BENCH_DIR` (default: the temp dir).
+pub fn work_dir() -> tempfile::TempDir {
+    let base = std::env::var_os("COMFIX_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    tempfile::tempdir_in(base).unwrap()
+}
+
+/// An HTTP request's head, read byte by byte up to the blank line; `None` when the peer closed.
+pub fn read_head(stream: &mut impl std::io::Read) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}

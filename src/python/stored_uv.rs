@@ -125,7 +125,7 @@ pub async fn ensure(
 
 /// `bin/uv` out of the wheel's `uv-<version>.data/scripts/uv`.
 fn unpack(wheel: &std::path::Path, tree: &std::path::Path) -> Result<(), PythonError> {
-    let bad = |message: String| PythonError::BadPylock { message };
+    let bad = |reason: String| PythonError::UvUnavailable { reason };
     let file = std::fs::File::open(wheel).map_err(PythonError::io(wheel))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| bad(format!("the uv wheel: {e}")))?;
     let inside = format!("uv-{UV_VERSION}.data/scripts/uv");

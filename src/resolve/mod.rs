@@ -14,16 +14,14 @@ use serde::Serialize;
 use crate::build::exec::{Executor, How};
 use crate::build::{combine, BuildError};
 use crate::build::{Derivation, Kind};
-use crate::fetch::http::Client;
 use crate::fetch::model;
 use crate::fetch::{git, registry, Expected, FetchError, Origin};
 use crate::lock::{
     core_matches, locked_core, locked_model, locked_node, Lock, LockedGit, LockedModel, LockedNode,
     LockedRegistry, LockedWorkflow, LOCK_VERSION,
 };
-use crate::reporter::Reporter;
 use crate::spec::{CustomNode, Model, NodeSource, SourceKind, Spec};
-use crate::store::{sanitize_name, Store};
+use crate::store::sanitize_name;
 
 mod partial;
 mod python;
@@ -119,9 +117,6 @@ pub struct ItemReport {
 
 /// The shared state of one resolve.
 pub struct Resolver {
-    pub store: Arc<Store>,
-    pub client: Arc<Client>,
-    pub reporter: Arc<dyn Reporter>,
     /// Leave models alone: keep their lock entries as they are, fetch nothing for them, and
     /// leave models the lock does not pin out of it.
     pub skip_models: bool,
@@ -143,9 +138,6 @@ impl Resolver {
         spec_dir: std::path::PathBuf,
     ) -> Resolver {
         Resolver {
-            store: executor.store.clone(),
-            client: executor.client.clone(),
-            reporter: executor.reporter.clone(),
             skip_models,
             python,
             spec_dir,
@@ -168,7 +160,7 @@ impl Resolver {
                 .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
                 .collect();
         if let Err(err) = self.executor.run(&fetches).await {
-            Partial::of(&lock).save(&self.store);
+            Partial::of(&lock).save(&self.executor.store);
             return Err(err.into());
         }
         // Kept optional models that could not be fetched again are left out of the lock.
@@ -194,7 +186,7 @@ impl Resolver {
                 "",
             ));
         }
-        Partial::clear(&self.store, &spec.version_id);
+        Partial::clear(&self.executor.store, &spec.version_id);
         Ok((lock, items))
     }
 
@@ -211,8 +203,11 @@ impl Resolver {
         update: &Update,
     ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         check_update_names(spec, update)?;
-        let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
-        let merged = Partial::load(&self.store, &spec.version_id).and_then(|p| p.over(spec, old));
+        let jobs = Arc::new(tokio::sync::Semaphore::new(
+            self.executor.client.config().jobs,
+        ));
+        let merged =
+            Partial::load(&self.executor.store, &spec.version_id).and_then(|p| p.over(spec, old));
         if merged.is_some() {
             tracing::info!(
                 "continuing the interrupted resolution of `{}`",
@@ -290,11 +285,11 @@ impl Resolver {
                 models: locked_models,
                 python: python_progress,
             };
-            partial.save(&self.store);
+            partial.save(&self.executor.store);
             return Err(combine(tally.errors).into());
         }
         let workflows = self.store_workflows(spec)?;
-        Partial::clear(&self.store, &spec.version_id);
+        Partial::clear(&self.executor.store, &spec.version_id);
         let lock = Lock {
             lock_version: LOCK_VERSION,
             version_id: spec.version_id.clone(),
@@ -432,10 +427,11 @@ impl Resolver {
                 references: Vec::new(),
             };
             let added = tokio::task::block_in_place(|| {
-                self.store
+                self.executor
+                    .store
                     .add_path(&path, &options, &crate::reporter::NoReporter)
             })?;
-            self.store.protect(&[&added.record.name])?;
+            self.executor.store.protect(&[&added.record.name])?;
             out.push(LockedWorkflow {
                 path: rel.clone(),
                 blake3: blake3::hash(&text).to_hex().to_string(),
@@ -496,16 +492,13 @@ impl Resolver {
         keep: Option<LockedRegistry>,
         jobs: Arc<tokio::sync::Semaphore>,
     ) -> Task<LockedRegistry> {
-        let store = self.store.clone();
-        let client = self.client.clone();
-        let reporter = self.reporter.clone();
         let executor = self.executor.clone();
         tokio::spawn(async move {
             if let Some(kept) = keep {
                 let item = report("node", &label, "kept", &kept.version, &kept.store_path);
                 return Ok((kept, item));
             }
-            if client.config().offline {
+            if executor.offline() {
                 return Err(BuildError::Offline {
                     missing: vec![format!(
                         "registry node `{label}` ({id} {})",
@@ -517,12 +510,12 @@ impl Resolver {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let pinned = registry::pin(&client, &id, version.as_deref()).await?;
+            let pinned = registry::pin(&executor.client, &id, version.as_deref()).await?;
             let (version, url) = (pinned.version, pinned.download_url);
             let (blake3, added) = registry::fetch(
-                &client,
-                &store,
-                reporter.as_ref(),
+                &executor.client,
+                &executor.store,
+                executor.reporter.as_ref(),
                 &id,
                 &version,
                 &url,

@@ -25,7 +25,7 @@ impl Resolver {
         update: &Update,
         progress: &mut Option<LockedPython>,
     ) -> Result<Option<(LockedPython, Vec<ItemReport>)>, BuildError> {
-        let store = self.store.clone();
+        let store = self.executor.store.clone();
         let groups = tokio::task::block_in_place(|| groups(&store, spec, core, nodes))?;
         if spec.python.is_none() && groups.iter().all(|g| g.requirements.is_empty()) {
             return Ok(None);
@@ -52,8 +52,13 @@ impl Resolver {
                 (kept.version.clone(), pinned, "kept")
             }
             None => {
-                let reporter = self.reporter.as_ref();
-                crate::python::stored_uv::ensure(&self.store, &self.client, reporter).await?;
+                let reporter = self.executor.reporter.as_ref();
+                crate::python::stored_uv::ensure(
+                    &self.executor.store,
+                    &self.executor.client,
+                    reporter,
+                )
+                .await?;
                 let (version, pinned) = self.compile(&groups, wanted.as_deref())?;
                 (version, pinned, "resolved")
             }
@@ -77,7 +82,9 @@ impl Resolver {
                 .collect(),
         });
         let mut tasks = Vec::new();
-        let jobs = Arc::new(tokio::sync::Semaphore::new(self.client.config().jobs));
+        let jobs = Arc::new(tokio::sync::Semaphore::new(
+            self.executor.client.config().jobs,
+        ));
         for (wheel, kept) in pinned {
             tasks.push(self.wheel_task(wheel, kept, action, jobs.clone()));
         }
@@ -116,9 +123,9 @@ impl Resolver {
         action: &'static str,
         jobs: Arc<tokio::sync::Semaphore>,
     ) -> tokio::task::JoinHandle<Result<(LockedWheel, ItemReport), BuildError>> {
-        let store = self.store.clone();
-        let client = self.client.clone();
-        let reporter = self.reporter.clone();
+        let store = self.executor.store.clone();
+        let client = self.executor.client.clone();
+        let reporter = self.executor.reporter.clone();
         let wheels_dir = self.python.wheels_dir.clone();
         let executor = self.executor.clone();
         tokio::spawn(async move {
@@ -168,8 +175,8 @@ impl Resolver {
         groups: &[crate::python::Group],
         wanted: Option<&str>,
     ) -> Result<(String, Vec<(PinnedWheel, Option<String>)>), BuildError> {
-        let store = &self.store;
-        let offline = self.client.config().offline;
+        let store = &self.executor.store;
+        let offline = self.executor.client.config().offline;
         let (version, pinned) = tokio::task::block_in_place(|| {
             let uv = find_uv(store)?;
             let interpreter = match wanted {
