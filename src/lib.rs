@@ -11,6 +11,7 @@
 //! - [`build`]: derivations (one store path each) and the executor that runs their DAG.
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
+//! - [`run`]: ComfyUI started from a home; workflows checked, run and their outputs collected.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`closure`]: a version's closure as one archive (`export`, `import`).
 //! - [`cache`]: a binary cache directory shared by many stores, and a substituter.
@@ -32,6 +33,7 @@ pub mod realize;
 pub mod repair;
 pub mod reporter;
 pub mod resolve;
+pub mod run;
 pub mod sign;
 pub mod spec;
 pub mod store;
@@ -54,6 +56,7 @@ mod layers {
         &["closure"],
         &["cache"],
         &["resolve", "plan", "repair", "realize"],
+        &["run"],
         &["cli"],
     ];
 

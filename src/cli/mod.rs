@@ -10,6 +10,7 @@ mod gc;
 mod progress;
 mod realize;
 mod resolve;
+mod run;
 mod spec;
 mod store;
 mod trust;
@@ -102,6 +103,22 @@ pub enum Command {
     #[command(subcommand)]
     #[command(after_help = "Examples:\n  comfix key generate --name team-cache-1")]
     Key(trust::KeyCommand),
+    /// Start ComfyUI from a home (realizing the version first when needed); its exit code is ours
+    #[command(
+        after_help = "Examples:\n  comfix run wan22\n  comfix run --target ~/comfy-wan22 --listen 0.0.0.0 --port 8188 -- --cpu"
+    )]
+    Run(run::RunArgs),
+    /// Run a version's workflows headless in ComfyUI and check their outputs (CI: exit 1 when one
+    /// fails, 2 when ComfyUI does not start)
+    #[command(
+        after_help = "Examples:\n  comfix test wan22\n  comfix test wan22 --workflow workflows/minimal.json --output base64\n  comfix test --target ~/comfy-wan22 --output out/ --junit report.xml -- --cpu"
+    )]
+    Test(run::TestArgs),
+    /// Check that a home has every node class and model file workflows need, without running them
+    #[command(
+        after_help = "Examples:\n  comfix check-workflow wan22 workflows/minimal.json\n  comfix check-workflow --target ~/comfy-wan22 a.json b.json"
+    )]
+    CheckWorkflow(run::CheckWorkflowArgs),
     /// Check version specs
     #[command(subcommand)]
     #[command(
@@ -116,6 +133,8 @@ pub enum Outcome {
     Success,
     /// The command ran but found problems (e.g. `store verify`): exit 1.
     Failure,
+    /// Exit with this code (`run` passes ComfyUI's on).
+    Exit(i32),
 }
 
 /// Settings every command needs.
@@ -197,10 +216,14 @@ pub fn main() -> i32 {
         Command::Export(args) => closure::export(args, &context),
         Command::Import(args) => closure::import(args, &context),
         Command::Key(command) => trust::key(command, &context),
+        Command::Run(args) => run::run(args, &context),
+        Command::Test(args) => run::test(args, &context),
+        Command::CheckWorkflow(args) => run::check_workflow(args, &context),
     };
     match result {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::Failure) => 1,
+        Ok(Outcome::Exit(code)) => code,
         Err(err) => report_error(&err, context.json),
     }
 }
@@ -245,7 +268,8 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::sign::SignError,
             crate::closure::ClosureError,
             crate::build::BuildError,
-            crate::resolve::ResolveError
+            crate::resolve::ResolveError,
+            crate::run::RunError
         );
         if cause.downcast_ref::<diff::DiffUsage>().is_some() {
             return (true, Some("see `comfix diff --help`".into()));

@@ -110,7 +110,6 @@ pub enum FrozenError {
     Stale(Vec<String>),
 }
 
-// Long on purpose: the command's sequence (check, resolve, write the lock, run the plan, assemble), each step a call.
 pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
     let super::spec::WithLock {
         loaded,
@@ -138,8 +137,41 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             skip_models,
         );
     }
+    let report = realize_loaded(&args, context, &loaded, &lock_path, old.as_ref(), target)?;
+    print_report(context, &report)?;
+    Ok(Outcome::Success)
+}
+
+/// Realize a version for a command that then uses the home (`run`, `test`): the report, not
+/// printed.
+pub fn realize_home(
+    args: &RealizeArgs,
+    context: &Context,
+) -> anyhow::Result<realize::RealizeReport> {
+    let super::spec::WithLock {
+        loaded,
+        lock_path,
+        old,
+    } = args.spec.load_with_lock()?;
+    let target = args.target.clone().unwrap_or_else(|| {
+        realize::default_target(&loaded.spec.version_id, |k| std::env::var(k).ok())
+    });
+    realize_loaded(args, context, &loaded, &lock_path, old.as_ref(), target)
+}
+
+// Long on purpose: the command's sequence (resolve, write the lock, run the plan, assemble), each step a call.
+fn realize_loaded(
+    args: &RealizeArgs,
+    context: &Context,
+    loaded: &crate::spec::LoadedSpec,
+    lock_path: &std::path::Path,
+    old: Option<&Lock>,
+    target: PathBuf,
+) -> anyhow::Result<realize::RealizeReport> {
+    let spec = &loaded.spec;
+    let skip_models = args.skip_models || spec.options.skip_models;
     if args.frozen {
-        frozen_lock(spec, old.as_ref(), &lock_path)?;
+        frozen_lock(spec, old, lock_path)?;
     }
 
     // Before anything is fetched or written: homes and stores never contain each other.
@@ -150,7 +182,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
         store.clone(),
         ResolveRun {
             spec,
-            old: old.as_ref(),
+            old,
             update: Update::Nothing,
             offline: args.offline,
             jobs: args.jobs,
@@ -162,12 +194,12 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             substitute: args.substitute.clone(),
         },
     )?;
-    if old.as_ref() != Some(&lock) {
+    if old != Some(&lock) {
         if args.frozen {
             return Err(FrozenError::Stale(vec!["the resolved lock differs".into()]).into());
         }
         if !(skip_models && lock.models.len() < spec.models.len()) {
-            lock.write(&lock_path)?;
+            lock.write(lock_path)?;
             tracing::info!("wrote `{}`", lock_path.display());
         }
     }
@@ -198,8 +230,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     };
     session.executor.record(home, None, how);
     report.derivations = session.executor.outcomes(&plan);
-    print_report(context, &report)?;
-    Ok(Outcome::Success)
+    Ok(report)
 }
 
 /// `realize --dry-run`: the plan against what the store holds; nothing is created.

@@ -12,6 +12,7 @@ mod inputs;
 mod python;
 mod realize;
 mod resolve;
+mod run;
 mod spec;
 mod store_add;
 mod store_crash;

@@ -1,0 +1,694 @@
+//! `comfix run`, `test`, `check-workflow` against a stand-in ComfyUI (`tests/standin/main.py`,
+//! speaking ComfyUI's HTTP and websocket protocol) realized as a version's core.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::git::{Entry, TestRepo};
+use crate::support::http::{Route, TestServer};
+use crate::support::*;
+
+const STANDIN: &[u8] = include_bytes!("../standin/main.py");
+
+const INVERT_NODE: &[u8] = b"class InvertImage:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {'required': {'images': ('IMAGE',)}}
+    RETURN_TYPES = ('IMAGE',)
+    FUNCTION = 'invert'
+    CATEGORY = 'image'
+    def invert(self, images):
+        for image in images:
+            image.rgb = bytes(255 - b for b in image.rgb)
+        return (images,)
+
+NODE_CLASS_MAPPINGS = {'InvertImage': InvertImage}
+";
+
+struct Rig {
+    env: TestEnv,
+    _server: TestServer,
+    home: PathBuf,
+    tmp: PathBuf,
+}
+
+fn workflow_ok() -> Value {
+    json!({
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "2": {"class_type": "ModelNoise", "inputs": {"model": ["1", 0], "seed": 7}},
+        "3": {"class_type": "InvertImage", "inputs": {"images": ["2", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "ok"}}
+    })
+}
+
+fn empty_then(class: &str, inputs: Value) -> Value {
+    let mut inputs = inputs;
+    inputs["images"] = json!(["1", 0]);
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 1, "color": 255}},
+        "2": {"class_type": class, "inputs": inputs},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}
+    })
+}
+
+impl Rig {
+    /// A version `v1` (stand-in core, one git node, one checkpoint, one workflow), realized.
+    fn new() -> Rig {
+        Rig::with_core(STANDIN)
+    }
+
+    fn with_core(main_py: &[u8]) -> Rig {
+        let env = TestEnv::new();
+        let repos = env.path("repos");
+        let mut core = TestRepo::new(&repos.join("ComfyUI.git"));
+        core.commit("main", &[("main.py", Entry::File(main_py))]);
+        let mut node = TestRepo::new(&repos.join("invert.git"));
+        node.commit("main", &[("__init__.py", Entry::File(INVERT_NODE))]);
+        let server = TestServer::start();
+        server.route("/tiny.safetensors", Route::file(b"model bytes".repeat(100)));
+        let dir = env.work.join("versions");
+        fs::create_dir_all(env.work.join("versions/workflows")).unwrap();
+        fs::write(
+            env.work.join("versions/workflows/ok.json"),
+            workflow_ok().to_string(),
+        )
+        .unwrap();
+        let spec = json!({
+            "schema_version": 2,
+            "version_id": "v1",
+            "comfy": {"repo": core.url(), "ref": "main"},
+            "custom_nodes": [{"repo": node.url(), "name": "invert", "ref": "main"}],
+            "models": [{"source": server.url("/tiny.safetensors"), "target_subdir": "checkpoints", "filename": "tiny.safetensors"}],
+            "workflows": ["workflows/ok.json"]
+        });
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("v1.json"), spec.to_string()).unwrap();
+        let home = env.path("home");
+        let tmp = env.path("tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let rig = Rig {
+            env,
+            _server: server,
+            home,
+            tmp,
+        };
+        let out = rig
+            .cmd()
+            .args(["realize", "v1", "--target"])
+            .arg(&rig.home)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        rig
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = self.env.cmd();
+        cmd.env("TMPDIR", &self.tmp);
+        cmd
+    }
+
+    fn write(&self, name: &str, workflow: &Value) -> PathBuf {
+        let path = self.env.work.join(name);
+        fs::write(&path, workflow.to_string()).unwrap();
+        path
+    }
+
+    fn test(&self, args: &[&str]) -> Output {
+        let out = self
+            .cmd()
+            .arg("test")
+            .arg("--target")
+            .arg(&self.home)
+            .args(args)
+            .output()
+            .unwrap();
+        self.assert_no_comfyui_left();
+        out
+    }
+
+    /// Every process whose working directory is in the home (ComfyUI runs in `ComfyUI/`).
+    fn comfyui_processes(&self) -> Vec<u32> {
+        let home = fs::canonicalize(&self.home).unwrap();
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let zombie = fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            });
+            if let Ok(cwd) = fs::read_link(entry.path().join("cwd")) {
+                if cwd.starts_with(&home) && !zombie {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_no_comfyui_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.comfyui_processes().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            self.comfyui_processes(),
+            Vec::<u32>::new(),
+            "ComfyUI processes left running"
+        );
+    }
+
+    /// The servers' logs (`TMPDIR` is the rig's).
+    fn logs(&self) -> String {
+        let mut text = String::new();
+        for e in fs::read_dir(&self.tmp).unwrap().flatten() {
+            if e.file_name().to_string_lossy().starts_with("comfyui-") {
+                text.push_str(&fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        text
+    }
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_version_s_workflow_passes_with_outputs_as_base64_files_and_junit() {
+    let rig = Rig::new();
+    let out = rig.test(&["--output", "base64"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let docs = lines(&out);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["workflow"], "workflows/ok.json");
+    assert_eq!(docs[0]["status"], "passed");
+    let outputs = docs[0]["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0]["node"], "4");
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(outputs[0]["base64"].as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // The very file ComfyUI wrote in the home's output folder.
+    let name = outputs[0]["filename"].as_str().unwrap();
+    assert_eq!(
+        fs::read(rig.home.join("data/output").join(name)).unwrap(),
+        png
+    );
+
+    // The same workflow saved by the editor (UI format) converts, and outputs go to a directory.
+    let ui = json!({
+        "nodes": [
+            {"id": 1, "type": "CheckpointLoaderSimple", "mode": 0, "widgets_values": ["tiny.safetensors"], "inputs": []},
+            {"id": 2, "type": "ModelNoise", "mode": 0, "widgets_values": [7, "fixed"], "inputs": [{"name": "model", "link": 1}]},
+            {"id": 3, "type": "InvertImage", "mode": 0, "inputs": [{"name": "images", "link": 2}]},
+            {"id": 4, "type": "SaveImage", "mode": 0, "widgets_values": ["ui"], "inputs": [{"name": "images", "link": 3}]},
+            {"id": 5, "type": "Note", "mode": 0, "widgets_values": ["a note"]}
+        ],
+        "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"]]
+    });
+    let ui_file = rig.write("ui.json", &ui);
+    let dir = rig.env.path("outputs");
+    let junit = rig.env.path("report.xml");
+    let out = rig.test(&[
+        "--workflow",
+        ui_file.to_str().unwrap(),
+        "--output",
+        dir.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written: Vec<PathBuf> = fs::read_dir(dir.join("ui"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    // Same model, same seed: the same picture as the API-format run.
+    assert_eq!(fs::read(&written[0]).unwrap(), png);
+    let xml = fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"1\" failures=\"0\" errors=\"0\""),
+        "{xml}"
+    );
+}
+
+#[test]
+fn missing_nodes_and_models_are_named_before_anything_is_submitted() {
+    let rig = Rig::new();
+    let mut workflow = workflow_ok();
+    workflow["1"]["inputs"]["ckpt_name"] = json!("absent.safetensors");
+    workflow["5"] = json!({"class_type": "UnetLoaderGGUF", "inputs": {"unet_name": "x.gguf"}});
+    let file = rig.write("needs.json", &workflow);
+    let out = rig.test(&["--json", "--workflow", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &report["workflows"][0];
+    assert_eq!(w["status"], "missing");
+    assert_eq!(w["missing"]["nodes"][0]["class_type"], "UnetLoaderGGUF");
+    assert_eq!(w["missing"]["models"][0]["file"], "absent.safetensors");
+    assert_eq!(w["missing"]["models"][0]["input"], "ckpt_name");
+    assert!(
+        w["missing"]["models"][0]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("add it to the spec"),
+        "{w}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("UnetLoaderGGUF") && err.contains("absent.safetensors"),
+        "{err}"
+    );
+    assert!(
+        rig.logs().contains("Starting server"),
+        "ComfyUI was started"
+    );
+    assert!(
+        !rig.logs().contains("got prompt"),
+        "the workflow was submitted:\n{}",
+        rig.logs()
+    );
+}
+
+#[test]
+fn a_node_error_is_reported_verbatim_and_fails_the_run() {
+    let rig = Rig::new();
+    let file = rig.write(
+        "fail.json",
+        &empty_then("RaiseError", json!({"message": "the sampler exploded"})),
+    );
+    let ok = rig.env.work.join("versions/workflows/ok.json");
+    let junit = rig.env.path("junit.xml");
+    let out = rig.test(&[
+        "--json",
+        "--workflow",
+        file.to_str().unwrap(),
+        "--workflow",
+        ok.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = &report["workflows"][0];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["errors"][0]["node"], "2");
+    assert_eq!(failed["errors"][0]["class_type"], "RaiseError");
+    assert_eq!(
+        failed["errors"][0]["message"],
+        "RuntimeError: the sampler exploded"
+    );
+    // One failure does not stop the others.
+    assert_eq!(report["workflows"][1]["status"], "passed");
+    let xml = fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("failures=\"1\"") && xml.contains("the sampler exploded"),
+        "{xml}"
+    );
+
+    // Rejected at validation (a value not in the list): ComfyUI's node errors, verbatim.
+    let mut bad = empty_then("RaiseError", json!({}));
+    bad["1"]["inputs"].as_object_mut().unwrap().remove("width");
+    let file = rig.write("invalid.json", &bad);
+    let out = rig.test(&["--json", "--workflow", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = &report["workflows"][0];
+    assert_eq!(w["status"], "failed", "{w}");
+    assert_eq!(w["errors"][0]["message"], "Required input is missing");
+    assert_eq!(w["errors"][0]["details"], "width");
+}
+
+#[test]
+fn broken_workflows_are_refused_without_starting_or_submitting() {
+    let rig = Rig::new();
+    let not_json = rig.env.work.join("broken.json");
+    fs::write(&not_json, "{\"1\": ").unwrap();
+    let out = rig.test(&["--workflow", not_json.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not JSON"), "{}", stderr(&out));
+    assert!(
+        rig.logs().is_empty(),
+        "ComfyUI started for a file that is not JSON"
+    );
+
+    let mut cycle = empty_then("InvertImage", json!({}));
+    cycle["1"] = json!({"class_type": "InvertImage", "inputs": {"images": ["2", 0]}});
+    let file = rig.write("cycle.json", &cycle);
+    let mut dangling = workflow_ok();
+    dangling["4"]["inputs"]["images"] = json!(["9", 0]);
+    let dangling = rig.write("dangling.json", &dangling);
+    let out = rig.test(&[
+        "--workflow",
+        file.to_str().unwrap(),
+        "--workflow",
+        dangling.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("has a cycle: "), "{err}");
+    assert!(
+        err.contains("node 4 input `images` links to node 9"),
+        "{err}"
+    );
+    assert!(!rig.logs().contains("got prompt"));
+}
+
+#[test]
+fn a_core_that_crashes_at_startup_exits_2_with_its_log() {
+    let rig = Rig::with_core(b"import sys\nprint('Traceback: ModuleNotFoundError: No module named torch', flush=True)\nsys.exit(3)\n");
+    let out = rig.test(&[
+        "--workflow",
+        rig.env
+            .work
+            .join("versions/workflows/ok.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("ComfyUI did not start: it exited (exit code 3)"),
+        "{err}"
+    );
+    assert!(err.contains("No module named torch"), "{err}");
+}
+
+#[test]
+fn a_workflow_that_never_finishes_times_out_and_comfyui_is_stopped() {
+    let rig = Rig::new();
+    let file = rig.write("slow.json", &empty_then("Sleep", json!({"seconds": 60.0})));
+    let started = Instant::now();
+    let out = rig.test(&[
+        "--json",
+        "--timeout",
+        "1s",
+        "--workflow",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["workflows"][0]["status"], "timed_out");
+}
+
+#[test]
+fn ctrl_c_stops_comfyui_and_exits_130() {
+    let rig = Rig::new();
+    let file = rig.write("slow.json", &empty_then("Sleep", json!({"seconds": 60.0})));
+    for _ in 0..3 {
+        let mut child = rig
+            .cmd()
+            .args(["test", "--target"])
+            .arg(&rig.home)
+            .args(["--workflow", file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !rig.logs().contains("got prompt") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!rig.comfyui_processes().is_empty());
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(130));
+        rig.assert_no_comfyui_left();
+        for e in fs::read_dir(&rig.tmp).unwrap().flatten() {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+}
+
+#[test]
+fn comfix_killed_by_sigkill_leaves_no_comfyui_behind() {
+    let rig = Rig::new();
+    let file = rig.write("slow.json", &empty_then("Sleep", json!({"seconds": 60.0})));
+    let mut child = rig
+        .cmd()
+        .args(["test", "--target"])
+        .arg(&rig.home)
+        .args(["--workflow", file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rig.logs().contains("got prompt") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    rig.assert_no_comfyui_left();
+}
+
+#[test]
+fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
+    let rig = Rig::new();
+    let mut workflow = workflow_ok();
+    workflow["1"]["inputs"]["ckpt_name"] = json!("absent.safetensors");
+    let file = rig.write("needs.json", &workflow);
+    let ok = rig.env.work.join("versions/workflows/ok.json");
+    // First: a short start to learn the nodes.
+    let out = rig
+        .cmd()
+        .args(["--json", "check-workflow", "--target"])
+        .arg(&rig.home)
+        .arg(&file)
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["status"], "missing");
+    assert_eq!(reports[1]["status"], "passed");
+    assert!(rig.logs().contains("Starting server"));
+    rig.assert_no_comfyui_left();
+    for e in fs::read_dir(&rig.tmp).unwrap().flatten() {
+        fs::remove_file(e.path()).unwrap();
+    }
+    // Again: from the generation's kept /object_info, nothing started.
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--target"])
+        .arg(&rig.home)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("absent.safetensors"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(rig.logs().is_empty(), "started ComfyUI again");
+    // A model put into the home's model folders since is found.
+    fs::write(
+        rig.home.join("models/checkpoints/absent.safetensors"),
+        b"now here",
+    )
+    .unwrap();
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--target"])
+        .arg(&rig.home)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// One HTTP GET on loopback: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn run_serves_until_signalled_and_passes_on_comfyui_s_exit_code() {
+    let rig = Rig::new();
+    for (signal, code) in [(libc::SIGINT, 0), (libc::SIGTERM, 128 + libc::SIGTERM)] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = rig
+            .cmd()
+            .args(["run", "--target"])
+            .arg(&rig.home)
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), format!("http://127.0.0.1:{port}"));
+        let (status, body) = http_get(port, "/object_info");
+        assert!(status.contains("200"), "{status}");
+        assert!(
+            body.contains("InvertImage"),
+            "the home's custom node is loaded"
+        );
+        unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(child.wait().unwrap().code(), Some(code));
+        rig.assert_no_comfyui_left();
+    }
+    // A port already taken: said before ComfyUI starts.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = rig
+        .cmd()
+        .args(["run", "--target"])
+        .arg(&rig.home)
+        .args(["--port", &port])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("port {port} on 127.0.0.1 is in use")),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn test_of_a_version_id_realizes_it_first() {
+    let rig = Rig::new();
+    let fresh = rig.env.path("fresh-home");
+    let out = rig
+        .cmd()
+        .args(["test", "v1", "--target"])
+        .arg(&fresh)
+        .args(["--output", "base64"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out)[0]["status"], "passed");
+    assert!(fresh.join(".comfix/current").exists());
+}
+
+/// The real ComfyUI of `../shared/fixtures` under `comfix run`. Opt-in: its requirements (torch
+/// and more, about 3 GB from PyPI) must be importable by `COMFIX_REAL_COMFYUI_PYTHON`'s
+/// interpreter, which the test links in as the home's venv.
+#[test]
+fn the_real_comfyui_starts_under_comfix_run() {
+    let Ok(python) = std::env::var("COMFIX_REAL_COMFYUI_PYTHON") else {
+        eprintln!(
+            "skipped: set COMFIX_REAL_COMFYUI_PYTHON to a python with ComfyUI's requirements"
+        );
+        return;
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/comfyui-a125cd84.tar.gz");
+    let env = TestEnv::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    assert!(Command::new("tar")
+        .arg("xzf")
+        .arg(&fixture)
+        .arg("-C")
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success());
+    let core = src.join("ComfyUI");
+    for args in [
+        &["init", "-q", "-b", "master"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "-m",
+            "core",
+        ],
+    ] {
+        assert!(Command::new("git")
+            .arg("-C")
+            .arg(&core)
+            .args(args)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let spec = json!({"schema_version": 2, "version_id": "real", "comfy": {"repo": format!("file://{}", core.display()), "ref": "master"}});
+    fs::create_dir_all(env.work.join("versions")).unwrap();
+    fs::write(env.work.join("versions/real.json"), spec.to_string()).unwrap();
+    let home = env.path("home");
+    let out = env
+        .cmd()
+        .args(["realize", "real", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The machine's interpreter with the requirements stands in for the venv.
+    let venv = env.path("venv/bin");
+    fs::create_dir_all(&venv).unwrap();
+    std::os::unix::fs::symlink(&python, venv.join("python")).unwrap();
+    std::os::unix::fs::symlink(env.path("venv"), home.join(".venv")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = env
+        .cmd()
+        .args(["run", "--target"])
+        .arg(&home)
+        .args(["--port", &port.to_string(), "--", "--cpu"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), format!("http://127.0.0.1:{port}"));
+    let (status, body) = http_get(port, "/object_info");
+    assert!(
+        status.contains("200") && body.contains("SaveImage"),
+        "{status}"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let code = child.wait().unwrap().code();
+    eprintln!("real ComfyUI exited with {code:?}");
+}
