@@ -113,6 +113,13 @@ impl<'a> Assembly<'a> {
     /// The nodes: enabled ones under `custom_nodes/`, disabled ones under `.disabled/` as
     /// ComfyUI-Manager names them; git nodes as working trees.
     pub(super) fn nodes(&mut self, lock: &Lock) -> Result<(), RealizeError> {
+        // ComfyUI lists `custom_nodes/` at startup and crashes without it; a core's git tree
+        // cannot hold an empty folder.
+        let folder = self.building.join("ComfyUI/custom_nodes");
+        fs::create_dir_all(&folder).map_err(|e| RealizeError::Io {
+            path: folder.clone(),
+            source: e,
+        })?;
         for node in &lock.custom_nodes {
             let rel = if node.enabled {
                 format!("ComfyUI/custom_nodes/{}", node.name)

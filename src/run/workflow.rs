@@ -182,7 +182,7 @@ pub fn load(path: &Path, info: Option<&ObjectInfo>) -> Result<Workflow, Workflow
     parse(&path.display().to_string(), &text, info)
 }
 
-fn class_of<'a>(node: &'a Map<String, Value>) -> &'a str {
+fn class_of(node: &Map<String, Value>) -> &str {
     node.get("class_type").and_then(Value::as_str).unwrap_or("")
 }
 

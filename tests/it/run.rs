@@ -604,7 +604,7 @@ fn test_of_a_version_id_realizes_it_first() {
 
 /// The real ComfyUI of `../shared/fixtures` under `comfix run`. Opt-in: its requirements (torch
 /// and more, about 3 GB from PyPI) must be importable by `COMFIX_REAL_COMFYUI_PYTHON`'s
-/// interpreter, which the test links in as the home's venv.
+/// interpreter (of a venv: `<venv>/bin/python`), which the test links in as the home's venv.
 #[test]
 fn the_real_comfyui_starts_under_comfix_run() {
     let Ok(python) = std::env::var("COMFIX_REAL_COMFYUI_PYTHON") else {
@@ -660,11 +660,15 @@ fn the_real_comfyui_starts_under_comfix_run() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    // The machine's interpreter with the requirements stands in for the venv.
-    let venv = env.path("venv/bin");
-    fs::create_dir_all(&venv).unwrap();
-    std::os::unix::fs::symlink(&python, venv.join("python")).unwrap();
-    std::os::unix::fs::symlink(env.path("venv"), home.join(".venv")).unwrap();
+    // That venv stands in for the home's (a venv is found by its `pyvenv.cfg`, so link the
+    // directory, not the interpreter).
+    let venv = Path::new(&python)
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf();
+    let _ = fs::remove_file(home.join(".venv")); // the home's own link, dangling without a venv
+    std::os::unix::fs::symlink(&venv, home.join(".venv")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
