@@ -696,3 +696,41 @@ fn the_real_comfyui_starts_under_comfix_run() {
     let code = child.wait().unwrap().code();
     eprintln!("real ComfyUI exited with {code:?}");
 }
+
+#[test]
+fn jobs_run_workflows_on_servers_side_by_side() {
+    let rig = Rig::new();
+    let ok = rig.env.work.join("versions/workflows/ok.json");
+    let other = rig.write("other.json", &empty_then("InvertImage", json!({})));
+    let failing = rig.write(
+        "fail.json",
+        &empty_then("RaiseError", json!({"message": "third"})),
+    );
+    let out = rig.test(&[
+        "--json",
+        "--jobs",
+        "2",
+        "--workflow",
+        ok.to_str().unwrap(),
+        "--workflow",
+        other.to_str().unwrap(),
+        "--workflow",
+        failing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = report["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["status"].as_str().unwrap())
+        .collect();
+    // Reported in the order given, whichever server ran them.
+    assert_eq!(statuses, ["passed", "passed", "failed"]);
+    let logs = fs::read_dir(&rig.tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("comfyui-"))
+        .count();
+    assert_eq!(logs, 2, "two servers");
+}
