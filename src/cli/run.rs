@@ -431,9 +431,9 @@ pub fn check_workflow(args: CheckWorkflowArgs, context: &Context) -> anyhow::Res
     home.keep_object_info(&info);
     let reports: Vec<WorkflowReport> = positional
         .iter()
-        .map(|file| {
-            let text = std::fs::read_to_string(file).unwrap_or_else(|e| format!("\u{0}{e}"));
-            test::check(&home, file, &text, &info)
+        .map(|file| match std::fs::read_to_string(file) {
+            Ok(text) => test::check(&home, file, &text, &info),
+            Err(e) => test::unreadable(file, &e),
         })
         .collect();
     if context.json {

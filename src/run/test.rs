@@ -418,6 +418,11 @@ fn client_id() -> String {
     blake3::hash(seed.as_bytes()).to_hex()[..32].to_string()
 }
 
+/// The report of a workflow file that could not be read.
+pub fn unreadable(name: &str, error: &std::io::Error) -> WorkflowReport {
+    WorkflowReport::new(name, Status::Invalid).with_message(format!("cannot be read: {error}"))
+}
+
 /// What `check-workflow` finds in one workflow, without submitting it.
 pub fn check(home: &RunHome, name: &str, text: &str, info: &ObjectInfo) -> WorkflowReport {
     match prepare(name, text, info, home) {

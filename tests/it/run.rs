@@ -502,6 +502,19 @@ fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
         stderr(&out)
     );
     assert!(rig.logs().is_empty(), "started ComfyUI again");
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--target"])
+        .arg(&rig.home)
+        .arg("nowhere.json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("nowhere.json: cannot be read"),
+        "{}",
+        stderr(&out)
+    );
     // A model put into the home's model folders since is found.
     fs::write(
         rig.home.join("models/checkpoints/absent.safetensors"),
