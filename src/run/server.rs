@@ -219,9 +219,13 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Not stopped yet (an error, a dropped run on Ctrl-C): kill the group now. A stopped
+    /// server's group is gone; its id is not signalled again.
     fn drop(&mut self) {
-        self.signal(libc::SIGKILL);
-        let _ = self.child.wait();
+        if self.exited.is_none() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
     }
 }
 
