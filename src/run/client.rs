@@ -183,8 +183,24 @@ impl Comfy {
             "{}/ws?clientId={client_id}",
             self.base.replacen("http", "ws", 1)
         );
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-        Some(socket)
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+        // ComfyUI registers a client only after its handshake went out, and greets it with a
+        // `status` message once it has: events of a prompt submitted before then are lost.
+        let greeted = async {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    let event: Value = serde_json::from_str(&text).unwrap_or_default();
+                    if event["type"] == "status" {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        match tokio::time::timeout(Duration::from_secs(5), greeted).await {
+            Ok(true) => Some(socket),
+            _ => None, // a server that does not greet: follow by its history
+        }
     }
 
     /// Follow prompt `id` until it ends or `deadline` passes: on the websocket when there is one
@@ -200,8 +216,14 @@ impl Comfy {
         if let Some(mut socket) = socket {
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let message = match tokio::time::timeout(left, socket.next()).await {
-                    Err(_) => return self.timed_out().await,
+                // A quiet socket is checked against the history now and then: an event the
+                // server could not deliver must not leave us waiting for the deadline.
+                let message = match tokio::time::timeout(left.min(QUIET), socket.next()).await {
+                    Err(_) if left <= QUIET => return self.timed_out().await,
+                    Err(_) => match self.ended(id).await? {
+                        Some(ended) => return Ok(ended),
+                        None => continue,
+                    },
                     Ok(Some(Ok(message))) => message,
                     Ok(_) => break, // the socket went: ask the history
                 };
@@ -350,6 +372,9 @@ impl Comfy {
             .to_vec())
     }
 }
+
+/// How long the websocket may stay silent before the history is asked.
+const QUIET: Duration = Duration::from_secs(2);
 
 pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

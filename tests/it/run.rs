@@ -247,6 +247,32 @@ fn a_version_s_workflow_passes_with_outputs_as_base64_files_and_junit() {
     );
 }
 
+/// A server that registers a websocket client late, or never delivers a prompt's events, must
+/// not leave `comfix test` waiting for its deadline (CI once hung 10 minutes on the first).
+#[test]
+fn lost_websocket_events_do_not_hang_a_run() {
+    let rig = Rig::new();
+    for mode in ["late", "mute"] {
+        let started = Instant::now();
+        let out = rig
+            .cmd()
+            .env("STANDIN_WS", mode)
+            .args(["test", "--timeout", "60s", "--json", "--target"])
+            .arg(&rig.home)
+            .output()
+            .unwrap();
+        rig.assert_no_comfyui_left();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["workflows"][0]["status"], "passed",
+            "{mode}: {report}"
+        );
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(20), "{mode}: took {took:?}");
+    }
+}
+
 #[test]
 fn missing_nodes_and_models_are_named_before_anything_is_submitted() {
     let rig = Rig::new();

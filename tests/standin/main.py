@@ -281,7 +281,7 @@ def send(event, data, sid=None):
     message = json.dumps({"type": event, "data": data}).encode()
     with SOCKETS_LOCK:
         targets = [SOCKETS[sid]] if sid in SOCKETS else ([] if sid else list(SOCKETS.values()))
-    for ws in targets:
+    for ws in filter(None, targets):
         ws.send_text(message)
 
 
@@ -496,9 +496,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         ws = Socket(self)
+        # Test knobs for a websocket that loses events: `late` registers the client a while
+        # after its handshake (as ComfyUI's own handler may, under load), `mute` never
+        # delivers a prompt's events at all.
+        mode = os.environ.get("STANDIN_WS", "")
+        if mode == "late":
+            time.sleep(0.5)
         with SOCKETS_LOCK:
-            SOCKETS[sid] = ws
-        send("status", {"status": {"exec_info": {"queue_remaining": QUEUE.qsize()}}, "sid": sid}, sid)
+            SOCKETS[sid] = None if mode == "mute" else ws
+        ws.send_text(json.dumps({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": QUEUE.qsize()}}, "sid": sid}}).encode())
         try:
             while True:
                 head = self.rfile.read(2)
