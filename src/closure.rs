@@ -110,6 +110,8 @@ pub enum ClosureError {
     Sign(#[from] crate::sign::SignError),
     #[error(transparent)]
     Space(#[from] crate::fetch::FetchError),
+    #[error("The cache `{location}`: {message}")]
+    Remote { location: String, message: String },
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,

@@ -47,11 +47,16 @@ pub struct Outcome {
     pub name: String,
     pub output: Option<String>,
     pub outcome: How,
+    /// The substituter it came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// A source of store paths asked before anything is fetched or built (a binary cache). It puts
 /// the derivation's output into the store, verified, and says whether it did.
 pub trait Substituter: Send + Sync {
+    /// Where it is, for reports (never a credential).
+    fn location(&self) -> String;
     fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, BuildError>;
 }
 
@@ -92,6 +97,16 @@ impl Executor {
 
     /// Record what became of `derivation` (the first record of an id stays).
     pub fn record(&self, derivation: &Derivation, output: Option<String>, how: How) {
+        self.record_from(derivation, output, how, None)
+    }
+
+    fn record_from(
+        &self,
+        derivation: &Derivation,
+        output: Option<String>,
+        how: How,
+        from: Option<String>,
+    ) {
         self.outcomes
             .lock()
             .expect("outcomes are never poisoned")
@@ -102,6 +117,7 @@ impl Executor {
                 name: derivation.name.clone(),
                 output,
                 outcome: how,
+                from,
             });
     }
 
@@ -258,7 +274,11 @@ impl Executor {
         // was verified, and nothing unverified was registered.
         for substituter in &self.substituters {
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
-                Ok(true) => return Ok((d.output.clone(), How::Substituted)),
+                Ok(true) => {
+                    let from = Some(substituter.location());
+                    self.record_from(d, d.output.clone(), How::Substituted, from);
+                    return Ok((d.output.clone(), How::Substituted));
+                }
                 Ok(false) => {}
                 Err(err) => tracing::warn!("{err}"),
             }
@@ -458,6 +478,10 @@ mod tests {
     }
 
     impl Substituter for Cache {
+        fn location(&self) -> String {
+            "a test cache".into()
+        }
+
         fn substitute(&self, store: &Store, d: &Derivation) -> Result<bool, BuildError> {
             self.asked.lock().unwrap().push(d.id.clone());
             if d.output.as_deref() != Some(self.name.as_str()) {

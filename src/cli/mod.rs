@@ -4,6 +4,7 @@
 //! and progress bars appear only on a terminal. Exit codes: 0 ok, 1 user error (bad spec,
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
+mod cache;
 mod closure;
 mod diff;
 mod gc;
@@ -99,6 +100,12 @@ pub enum Command {
         after_help = "Examples:\n  comfix import wan22.tar.zst && comfix realize wan22 --offline\n  comfix import - < wan22.tar.zst"
     )]
     Import(closure::ImportArgs),
+    /// Maintain a binary cache (its owner's commands)
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix cache prune s3://team-cache/comfix --keep-versions wan22 --dry-run"
+    )]
+    Cache(cache::CacheCommand),
     /// Signing keys for caches and exported closures
     #[command(subcommand)]
     #[command(after_help = "Examples:\n  comfix key generate --name team-cache-1")]
@@ -216,6 +223,7 @@ pub fn main() -> i32 {
         Command::Export(args) => closure::export(args, &context),
         Command::Import(args) => closure::import(args, &context),
         Command::Key(command) => trust::key(command, &context),
+        Command::Cache(command) => cache::run(command, &context),
         Command::Run(args) => run::run(args, &context),
         Command::Test(args) => run::test(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),

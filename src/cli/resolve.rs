@@ -79,8 +79,9 @@ impl Session {
             .iter()
             .chain(&config.substituters);
         for location in locations.filter(|s| !s.is_empty()) {
-            let mut cache = crate::cache::DirCache::parse(location)?;
+            let mut cache = crate::cache::Cache::open(location)?;
             cache.trust = trust.clone();
+            cache.show_progress(context.progress);
             executor.substituters.push(Arc::new(cache));
         }
         let executor = Arc::new(executor);

@@ -73,22 +73,26 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
-    /// Copy store paths (and all they reference) to or from a binary cache directory
+    /// Copy store paths (and all they reference) to or from a binary cache: a directory or an
+    /// S3-compatible bucket (`docs/cache.md`)
     #[command(
-        after_help = "Examples:\n  comfix store copy --to /mnt/usb/comfix-cache wan22\n  comfix store copy --from file:///mnt/nfs/cache <digest>-ComfyUI"
+        after_help = "Examples:\n  comfix store copy --to /mnt/usb/comfix-cache wan22\n  comfix store copy --to s3://team-cache/comfix --sign-key team.secret -j 8 wan22\n  comfix store copy --from file:///mnt/nfs/cache <digest>-ComfyUI"
     )]
     Copy {
-        /// The cache to write (`DIR` or `file://DIR`; created when missing)
+        /// The cache to write (`DIR`, `file://DIR` or `s3://BUCKET/PREFIX`; created when missing)
         #[arg(
             long,
-            value_name = "DIR",
+            value_name = "URL",
             conflicts_with = "from",
             required_unless_present = "from"
         )]
         to: Option<String>,
         /// The cache to read
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "URL")]
         from: Option<String>,
+        /// With `--to`: how many archives to send at once
+        #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+        jobs: usize,
         /// Version ids (their locked closures: every path the lock pins, and the venv this store
         /// built) or store paths
         #[arg(required = true, value_name = "ID|PATH")]
@@ -130,13 +134,15 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             targets,
             sign_key,
             trust,
+            jobs,
         } => {
             let key = sign_key
                 .as_deref()
                 .map(super::trust::secret_key)
                 .transpose()?;
             let trust = trust.trust(&super::trust::Config::load()?)?;
-            copy(&store, context, (to, from), &targets, key.as_ref(), trust)
+            let (key, jobs) = (key.as_ref(), jobs);
+            copy(&store, context, (to, from), &targets, (key, jobs), trust)
         }
         StoreCommand::PathInfo { path, closure } => path_info(&store, context, &path, closure),
         StoreCommand::Verify {
@@ -435,12 +441,14 @@ fn copy(
     context: &Context,
     (to, from): (Option<String>, Option<String>),
     targets: &[String],
-    key: Option<&crate::sign::SecretKey>,
+    (key, jobs): (Option<&crate::sign::SecretKey>, usize),
     trust: crate::sign::Trust,
 ) -> anyhow::Result<Outcome> {
     let report = match (to, from) {
         (Some(to), _) => {
-            let cache = crate::cache::DirCache::parse(&to)?;
+            let mut cache = crate::cache::Cache::open(&to)?;
+            cache.jobs = jobs;
+            cache.show_progress(context.progress);
             let mut names = Vec::new();
             for target in targets {
                 names.extend(copy_roots(store, target)?);
@@ -448,7 +456,8 @@ fn copy(
             cache.push(store, &names, key)?
         }
         (None, Some(from)) => {
-            let mut cache = crate::cache::DirCache::parse(&from)?;
+            let mut cache = crate::cache::Cache::open(&from)?;
+            cache.show_progress(context.progress);
             cache.trust = trust;
             let mut names = Vec::new();
             for target in targets {
@@ -474,7 +483,7 @@ fn copy(
 }
 
 /// A store path's name, or a version's locked closure roots (with the venv this store built).
-fn copy_roots(store: &Store, target: &str) -> anyhow::Result<Vec<String>> {
+pub(super) fn copy_roots(store: &Store, target: &str) -> anyhow::Result<Vec<String>> {
     if target.contains('/') || store.query(target)?.is_some() {
         return Ok(vec![store.resolve(target)?.name]);
     }

@@ -50,8 +50,9 @@ impl Config {
 /// Binary caches asked before fetching, and the keys what they give must be signed by.
 #[derive(Debug, Clone, Args)]
 pub struct SubstituteArgs {
-    /// A binary cache asked for a path before it is fetched (`file://DIR` or `DIR`; repeatable;
-    /// space-separated in the variable; the config file's `substituters` too)
+    /// A binary cache asked for a path before it is fetched (`s3://BUCKET/PREFIX`, `file://DIR`
+    /// or `DIR`; repeatable; space-separated in the variable; the config file's `substituters`
+    /// too)
     #[arg(
         long = "substituter",
         value_name = "URL",
