@@ -23,7 +23,12 @@ pub struct PruneArgs {
     cache: String,
     /// Versions to keep (their locked closures, as `store copy` pushes them; comma-separated or
     /// repeated)
-    #[arg(long, value_name = "ID", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_name = "ID",
+        value_delimiter = ',',
+        required_unless_present = "keep"
+    )]
     keep_versions: Vec<String>,
     /// Store paths to keep too (repeatable)
     #[arg(long, value_name = "PATH")]

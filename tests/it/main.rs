@@ -13,6 +13,7 @@ mod python;
 mod realize;
 mod resolve;
 mod run;
+mod s3;
 mod spec;
 mod store_add;
 mod store_crash;

@@ -16,7 +16,7 @@ use crate::support::*;
 
 /// The packages of the tests: `alpha` (module, data file, console script), `beta` (needs alpha),
 /// `gamma`, `delta`, and `shared` in two versions for conflicts.
-fn packages() -> Vec<Wheel> {
+pub(crate) fn packages() -> Vec<Wheel> {
     vec![
         Wheel::new(
             "alpha",
@@ -165,7 +165,7 @@ impl PyWorld {
 }
 
 /// The machine's Python as `3.X`.
-fn python_version() -> String {
+pub(crate) fn python_version() -> String {
     let out = Command::new("python3")
         .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
         .output()

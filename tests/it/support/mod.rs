@@ -4,6 +4,7 @@
 
 pub mod git;
 pub mod http;
+pub mod s3;
 pub mod tls;
 pub mod wheels;
 
