@@ -87,8 +87,12 @@ pub struct Cache {
     backend: Box<dyn Backend>,
     /// What a path read from it must be signed by.
     pub trust: crate::sign::Trust,
-    /// How many archives are sent at once by `push`.
+    /// How many archives are sent at once by `push`, and fetched at once by substitutions.
     pub jobs: usize,
+    /// The fetches in progress.
+    fetching: (Mutex<usize>, Condvar),
+    /// Its format was read and is ours.
+    checked: AtomicBool,
     progress: ProgressBar,
     show_progress: bool,
 }
@@ -138,6 +142,8 @@ impl Cache {
             backend,
             trust: crate::sign::Trust::default(),
             jobs: 1,
+            fetching: (Mutex::new(0), Condvar::new()),
+            checked: AtomicBool::new(false),
             progress,
             show_progress: false,
         })
@@ -175,6 +181,9 @@ impl Cache {
     }
 
     fn check(&self) -> Result<(), ClosureError> {
+        if self.checked.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let text = self
             .backend
             .read(MARKER)?
@@ -186,7 +195,10 @@ impl Cache {
             })?;
         let value: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
         match value["format"].as_u64() {
-            Some(f) if f as u32 == FORMAT => Ok(()),
+            Some(f) if f as u32 == FORMAT => {
+                self.checked.store(true, Ordering::SeqCst);
+                Ok(())
+            }
             other => Err(ClosureError::Format {
                 found: other.unwrap_or(0) as u32,
             }),
@@ -384,6 +396,7 @@ impl Cache {
                 ),
             });
         }
+        let _slot = self.fetch_slot();
         let input = self
             .backend
             .open(&entry.archive)?
@@ -400,6 +413,17 @@ impl Cache {
         progress.finish_and_clear();
         imported?;
         Ok(true)
+    }
+
+    /// Wait until fewer than `jobs` fetches run, and count this one until the guard goes.
+    fn fetch_slot(&self) -> impl Drop + '_ {
+        let (count, freed) = &self.fetching;
+        let mut running = count.lock().expect("never poisoned");
+        while *running >= self.jobs.max(1) {
+            running = freed.wait(running).expect("never poisoned");
+        }
+        *running += 1;
+        Slot(&self.fetching)
     }
 
     /// Copy `names` (and their references) from the cache into `store`.
@@ -476,6 +500,17 @@ impl Cache {
         report.removed_paths.sort();
         report.removed_archives.sort();
         Ok(report)
+    }
+}
+
+/// One running fetch, counted until dropped.
+struct Slot<'a>(&'a (Mutex<usize>, Condvar));
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let (count, freed) = self.0;
+        *count.lock().expect("never poisoned") -= 1;
+        freed.notify_one();
     }
 }
 

@@ -527,12 +527,33 @@ struct ObjectReader<'a> {
     size: u64,
     etag: Option<String>,
     position: u64,
-    stream: Option<BoxStream<'static, object_store::Result<bytes::Bytes>>>,
+    /// The transfer in progress: its chunks, received ahead by a task of the runtime so the
+    /// network is read while the importer unpacks and hashes.
+    stream: Option<tokio::sync::mpsc::Receiver<object_store::Result<bytes::Bytes>>>,
     chunk: bytes::Bytes,
     failures: u32,
 }
 
 const READ_ATTEMPTS: u32 = 5;
+
+/// How many chunks a transfer may receive ahead of the importer.
+const READ_AHEAD: usize = 256;
+
+/// Receive `stream` into a channel, ahead of its reader, until the reader goes.
+fn read_ahead(
+    runtime: &tokio::runtime::Runtime,
+    mut stream: BoxStream<'static, object_store::Result<bytes::Bytes>>,
+) -> tokio::sync::mpsc::Receiver<object_store::Result<bytes::Bytes>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
+    runtime.spawn(async move {
+        while let Some(item) = stream.next().await {
+            if sender.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
 
 impl ObjectReader<'_> {
     fn next_chunk(&mut self) -> std::io::Result<()> {
@@ -545,7 +566,9 @@ impl ObjectReader<'_> {
                     ..GetOptions::default()
                 };
                 match backend.block_on(backend.client.get_opts(&self.path, options)) {
-                    Ok(result) => self.stream = Some(result.into_stream()),
+                    Ok(result) => {
+                        self.stream = Some(read_ahead(&backend.runtime, result.into_stream()))
+                    }
                     Err(e) => {
                         self.fail(e)?;
                         continue;
@@ -553,7 +576,7 @@ impl ObjectReader<'_> {
                 }
             }
             let stream = self.stream.as_mut().expect("opened above");
-            match backend.block_on(stream.next()) {
+            match backend.block_on(stream.recv()) {
                 Some(Ok(bytes)) => {
                     self.chunk = bytes;
                     return Ok(());

@@ -82,6 +82,7 @@ impl Session {
             let mut cache = crate::cache::Cache::open(location)?;
             cache.trust = trust.clone();
             cache.show_progress(context.progress);
+            cache.jobs = run.jobs;
             executor.substituters.push(Arc::new(cache));
         }
         let executor = Arc::new(executor);

@@ -14,22 +14,26 @@ use crate::fetch::{Expected, Origin};
 use crate::reporter::Reporter;
 use crate::store::{sanitize_name, AddOptions, Store};
 
-/// The pinned wheels of [`UV_VERSION`], per machine architecture: file name and SHA-256.
+/// The pinned wheels of [`UV_VERSION`], per machine architecture: path under PyPI's files (as
+/// its index names it) and SHA-256.
 const WHEELS: &[(&str, &str, &str)] = &[
     (
         "x86_64",
-        "uv-0.13.8-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "c5/32/52ee34636aea1ab3f8baeeae1c3599461b8cddfb379862cc72ac61b8d91c/\
+         uv-0.13.8-py3-none-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
         "e18a57b8b352eb7c8feb317b9f6f533c8f0ad9673fd6cf34bbe3cf1a9f6a8984",
     ),
     (
         "aarch64",
-        "uv-0.13.8-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
+        "9e/f0/d989ac5fcebf83f1c8c5d78974f27788e8364945969eb646f5d0db35d924/\
+         uv-0.13.8-py3-none-manylinux_2_17_aarch64.manylinux2014_aarch64.musllinux_1_1_aarch64.whl",
         "0b3e8b1a4f5e405e31e2ff33de8af4744831e9f7338539671efbd8c3c94e791d",
     ),
 ];
 
-/// PyPI's files by name (`/packages/<python tag>/<first letter>/<project>/<file>`).
-const FILES: &str = "https://files.pythonhosted.org/packages/py3/u/uv/";
+/// PyPI's files, by the paths its simple index gives (the short form
+/// `/packages/<python tag>/<letter>/<project>/<file>` is not served everywhere).
+const FILES: &str = "https://files.pythonhosted.org/packages/";
 
 /// The store path name part of the stored uv.
 fn path_name() -> String {
@@ -47,7 +51,10 @@ fn wheel(env: impl Fn(&str) -> Option<String>) -> Option<(String, String, String
     WHEELS
         .iter()
         .find(|(arch, _, _)| *arch == std::env::consts::ARCH)
-        .map(|(_, file, sha)| (format!("{FILES}{file}"), file.to_string(), sha.to_string()))
+        .map(|(_, path, sha)| {
+            let file = path.rsplit('/').next().unwrap_or(path);
+            (format!("{FILES}{path}"), file.to_string(), sha.to_string())
+        })
 }
 
 /// The store path of a valid stored uv, protected for this process.
@@ -143,4 +150,31 @@ fn unpack(wheel: &std::path::Path, tree: &std::path::Path) -> Result<(), PythonE
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
         .map_err(PythonError::io(&exe))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each pin names a wheel of the pinned version by the full path PyPI's index gives (the
+    /// short `/packages/py3/u/uv/` form answers 404 on PyPI's CDN).
+    #[test]
+    fn pinned_wheels_are_named_by_their_index_paths() {
+        for (arch, path, sha) in WHEELS {
+            let parts: Vec<&str> = path.split('/').collect();
+            assert_eq!(parts.len(), 4, "{arch}: {path}");
+            assert_eq!(
+                parts[..3].iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [2, 2, 60]
+            );
+            assert!(
+                parts[3].starts_with(&format!("uv-{UV_VERSION}-py3-none-")),
+                "{path}"
+            );
+            assert!(parts[3].contains(arch), "{path}");
+            assert_eq!(sha.len(), 64);
+        }
+        let (url, file, _) = wheel(|_| None).expect("a pin for this machine");
+        assert!(url.starts_with(FILES) && url.ends_with(&file), "{url}");
+    }
 }
