@@ -590,8 +590,11 @@ fn write_entry<R: Read>(
     match header.entry_type() {
         tar::EntryType::Directory => fs::create_dir(&at).map_err(io(&at))?,
         tar::EntryType::Regular => {
-            let mut file = fs::File::create_new(&at).map_err(io(&at))?;
-            std::io::copy(entry, &mut file).map_err(damaged)?;
+            let file = fs::File::create_new(&at).map_err(io(&at))?;
+            // Large writes: a model is gigabytes, and 8 KiB writes cost more than the bytes.
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            std::io::copy(entry, &mut out).map_err(damaged)?;
+            out.flush().map_err(io(&at))?;
             let executable = header.mode().map_err(damaged)? & 0o111 != 0;
             let mode = if executable { 0o755 } else { 0o644 };
             fs::set_permissions(&at, fs::Permissions::from_mode(mode)).map_err(io(&at))?;

@@ -11,14 +11,17 @@
 //! - [`build`]: derivations (one store path each) and the executor that runs their DAG.
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
+//! - [`adopt`]: an existing install snapshotted into a spec; models verified against a lock.
 //! - [`run`]: ComfyUI started from a home; workflows checked, run and their outputs collected.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`closure`]: a version's closure as one archive (`export`, `import`).
-//! - [`cache`]: a binary cache directory shared by many stores, and a substituter.
+//! - [`cache`]: a binary cache (a directory or an S3 bucket) shared by many stores, and a
+//!   substituter.
 //! - [`sign`]: ed25519 signatures of store paths, and which keys are trusted.
 //! - [`reporter`]: how library code reports progress without printing.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
+pub mod adopt;
 pub mod build;
 pub mod cache;
 pub mod cli;
@@ -56,7 +59,7 @@ mod layers {
         &["closure"],
         &["cache"],
         &["resolve", "plan", "repair", "realize"],
-        &["run"],
+        &["run", "adopt"],
         &["cli"],
     ];
 

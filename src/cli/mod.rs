@@ -4,6 +4,7 @@
 //! and progress bars appear only on a terminal. Exit codes: 0 ok, 1 user error (bad spec,
 //! missing input, hash mismatch, failed verification), 2 internal or I/O error.
 
+mod adopt;
 mod cache;
 mod closure;
 mod diff;
@@ -126,6 +127,19 @@ pub enum Command {
         after_help = "Examples:\n  comfix check-workflow wan22 workflows/minimal.json\n  comfix check-workflow --target ~/comfy-wan22 a.json b.json"
     )]
     CheckWorkflow(run::CheckWorkflowArgs),
+    /// Write the spec (and lock) of an existing ComfyUI install: core, custom nodes as
+    /// ComfyUI-Manager identifies them, model files, Python distributions. The install is not
+    /// changed (but with --link-models)
+    #[command(
+        after_help = "Examples:\n  comfix snapshot --comfy-path ~/ComfyUI --name my-version\n  comfix snapshot --comfy-path \"$COMFY_HOME\" --name wan22 --models-spec models/wan22.yml --link-models"
+    )]
+    Snapshot(adopt::SnapshotArgs),
+    /// Check every model of a lock in a models directory by digest: missing, wrong, extra files;
+    /// exit 1 if one is missing or wrong
+    #[command(
+        after_help = "Examples:\n  comfix verify-models --lock versions/wan22.lock.json --models-dir ~/comfy-wan22/models\n  comfix verify-models --lock versions/wan22.lock.json --models-dir /data/models --fix"
+    )]
+    VerifyModels(adopt::VerifyModelsArgs),
     /// Check version specs
     #[command(subcommand)]
     #[command(
@@ -224,6 +238,8 @@ pub fn main() -> i32 {
         Command::Import(args) => closure::import(args, &context),
         Command::Key(command) => trust::key(command, &context),
         Command::Cache(command) => cache::run(command, &context),
+        Command::Snapshot(args) => adopt::snapshot(args, &context),
+        Command::VerifyModels(args) => adopt::verify_models(args, &context),
         Command::Run(args) => run::run(args, &context),
         Command::Test(args) => run::test(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),

@@ -196,7 +196,18 @@ fn fetch_local(
             (oid, format!("refs/comfix/pins/{hex}"))
         }
     };
-    copy_commit(&src, repo, commit).map_err(git_err(url))?;
+    copy_in(repo, &src, url, commit, &refname)
+}
+
+/// Copy `commit` (depth 1) from `src` into the mirror `repo` of `url`, as `refname`.
+fn copy_in(
+    repo: &Repository,
+    src: &Repository,
+    url: &str,
+    commit: Oid,
+    refname: &str,
+) -> Result<(), FetchError> {
+    copy_commit(src, repo, commit).map_err(git_err(url))?;
     // A depth-1 copy: the parents are not here. Recorded before the ref points at it.
     let shallow = repo.path().join("shallow");
     let mut known = std::fs::read_to_string(&shallow).unwrap_or_default();
@@ -207,9 +218,24 @@ fn fetch_local(
         std::fs::write(&temp, known).map_err(FetchError::io(&temp))?;
         std::fs::rename(&temp, &shallow).map_err(FetchError::io(&shallow))?;
     }
-    repo.reference(&refname, commit, true, "comfix fetch")
+    repo.reference(refname, commit, true, "comfix fetch")
         .map_err(git_err(url))?;
     Ok(())
+}
+
+/// Put `commit` of the working tree's repository at `source` into the mirror of `url` (its
+/// origin), as a fetch of that commit from `url` would: `snapshot` records an install's git
+/// checkouts so they resolve and realize without asking the origin.
+pub fn seed_mirror(
+    store: &Store,
+    url: &str,
+    source: &Path,
+    commit: &str,
+) -> Result<(), FetchError> {
+    let (_lock, repo) = locked_mirror(store, url)?;
+    let src = Repository::open(source).map_err(git_err(url))?;
+    let oid = Oid::from_str(commit).map_err(git_err(url))?;
+    copy_in(&repo, &src, url, oid, &format!("refs/comfix/pins/{commit}"))
 }
 
 /// The mirror of `url` (created if needed) under its update lock `git/<key>-<name>.lock`.

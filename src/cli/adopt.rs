@@ -1,0 +1,266 @@
+//! `comfix snapshot` and `comfix verify-models`: the way in for an install that exists already.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::resolve::{resolve_with, ResolveRun};
+use super::{Context, Outcome};
+use crate::adopt::{snapshot, verify};
+use crate::resolve::Update;
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The install: its ComfyUI tree, or a directory holding it as `ComfyUI/` (with `.venv`)
+    #[arg(long, value_name = "DIR")]
+    comfy_path: PathBuf,
+    /// The version id to give it
+    #[arg(long, value_name = "ID")]
+    name: String,
+    /// Where to write the spec [default: versions/<ID>.json]; the lock goes beside it
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Where the models come from (YAML: `models:` entries with `source`, `filename`,
+    /// `target_subdir`), reported with each model
+    #[arg(long, value_name = "FILE.yml")]
+    models_spec: Option<PathBuf>,
+    /// Replace each model file of the install by a link into the store, once its bytes there are
+    /// verified (frees the space of the copy)
+    #[arg(long)]
+    link_models: bool,
+    /// Write the spec only: no lock, nothing into the store
+    #[arg(long)]
+    no_lock: bool,
+    /// Concurrent downloads while resolving (registry nodes)
+    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
+    jobs: usize,
+}
+
+pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let install = snapshot::Install::find(&args.comfy_path).map_err(anyhow::Error::msg)?;
+    let known = match &args.models_spec {
+        Some(path) => snapshot::read_models_spec(path).map_err(anyhow::Error::msg)?,
+        None => Default::default(),
+    };
+    let report = snapshot::scan(&install, &known);
+    if report.core.is_none() {
+        anyhow::bail!(
+            "cannot tell which ComfyUI `{}` is: {}",
+            install.core.display(),
+            report.warnings.join("; ")
+        );
+    }
+    for warning in report
+        .warnings
+        .iter()
+        .chain(report.nodes.iter().flat_map(|n| &n.warnings))
+    {
+        tracing::warn!("{warning}");
+    }
+    for p in report.unidentified.iter().chain(&report.unreadable) {
+        tracing::warn!("left out `{}`: {}", p.path, p.reason);
+    }
+    let spec_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("versions/{}.json", args.name)));
+    if let Some(dir) = spec_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let spec_value = snapshot::spec(&args.name, &report);
+    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec_value)? + "\n")?;
+    let loaded = crate::spec::Spec::load(&spec_path)?;
+    let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
+    let mut linked = Vec::new();
+    let mut lock_written = None;
+    if !args.no_lock {
+        let store = Arc::new(context.open_store()?);
+        crate::adopt::seed_mirrors(&store, &report)?;
+        let (lock, _items, _session) = resolve_with(
+            context,
+            store.clone(),
+            ResolveRun {
+                spec: &loaded.spec,
+                old: None,
+                update: Update::Nothing,
+                offline: false,
+                jobs: args.jobs,
+                skip_models: false,
+                python: crate::python::PythonSettings { wheels_dir: None },
+                spec_dir: loaded.dir(),
+                substitute: super::trust::SubstituteArgs {
+                    substituters: Vec::new(),
+                    trust: super::trust::TrustArgs {
+                        trusted_keys: Vec::new(),
+                        no_check_sigs: false,
+                    },
+                },
+            },
+        )?;
+        lock.write(&lock_path)?;
+        lock_written = Some(lock_path.clone());
+        if args.link_models {
+            for model in &lock.models {
+                let Some(found) = report
+                    .models
+                    .iter()
+                    .find(|m| m.file == verify::model_file(model))
+                else {
+                    continue;
+                };
+                let stored = store.path_of(&model.store_path);
+                // The store's copy, hashed again now: the install loses its file only to bytes
+                // that are what the lock says.
+                if verify::check_file(&stored, model) != verify::ModelState::Ok {
+                    anyhow::bail!(
+                        "the store's `{}` does not verify; `{}` is left as it is",
+                        model.store_path,
+                        found.path.display()
+                    );
+                }
+                link_into_store(&found.path, &stored)?;
+                linked.push(found.path.clone());
+            }
+        }
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "spec_path": spec_path,
+            "lock_path": lock_written,
+            "report": report,
+            "linked": linked,
+        }))?;
+    } else {
+        println!("{}", spec_path.display());
+        for model in &report.models {
+            let source = model.known_source.as_deref().unwrap_or("no source");
+            println!("model\t{}\t{source}", model.file);
+        }
+        for p in &report.unidentified {
+            println!("unidentified\t{}\t{}", p.path, p.reason);
+        }
+    }
+    let no_source = report
+        .models
+        .iter()
+        .filter(|m| m.known_source.is_none())
+        .count();
+    tracing::info!(
+        "{} nodes, {} models ({no_source} with no known source: the spec reads them from this install), {} entries left out",
+        report.nodes.len(),
+        report.models.len(),
+        report.unidentified.len() + report.unreadable.len()
+    );
+    Ok(Outcome::Success)
+}
+
+/// Replace `original` by a symlink to `stored`, atomically (a link beside it, renamed over it).
+fn link_into_store(original: &std::path::Path, stored: &std::path::Path) -> anyhow::Result<()> {
+    let dir = original.parent().unwrap_or(std::path::Path::new("."));
+    let temp = dir.join(format!(
+        ".comfix-link-{}-{}",
+        std::process::id(),
+        original.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(stored, &temp)?;
+    if let Err(e) = std::fs::rename(&temp, original) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyModelsArgs {
+    /// The lock whose models to check
+    #[arg(long, value_name = "FILE")]
+    lock: PathBuf,
+    /// The models directory (`<folder>/<file>` as realize places them)
+    #[arg(long, value_name = "DIR")]
+    models_dir: PathBuf,
+    /// Put the right bytes where a model is missing or wrong: from the store, else fetched from
+    /// its pinned source
+    #[arg(long)]
+    fix: bool,
+}
+
+pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let lock = crate::lock::Lock::read(&args.lock)?
+        .ok_or_else(|| anyhow::anyhow!("there is no lock at `{}`", args.lock.display()))?;
+    let mut report = verify::verify_models(&lock, &args.models_dir);
+    let mut fixed = Vec::new();
+    if args.fix && !report.ok() {
+        let store = Arc::new(context.open_store()?);
+        let wrong: Vec<&crate::lock::LockedModel> = lock
+            .models
+            .iter()
+            .filter(|m| {
+                report.models.iter().any(|c| {
+                    c.file == verify::model_file(m)
+                        && !matches!(c.state, verify::ModelState::Ok)
+                })
+            })
+            .collect();
+        let derivations: Vec<crate::build::Derivation> = wrong
+            .iter()
+            .map(|m| {
+                let name = m.name.clone().unwrap_or_else(|| m.filename.clone());
+                crate::build::Derivation::model(name, m)
+            })
+            .collect();
+        let env = |k: &str| std::env::var(k).ok();
+        let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
+        let client = Arc::new(crate::fetch::http::Client::new(Arc::new(config))?);
+        let executor = Arc::new(crate::build::exec::Executor::new(
+            store.clone(),
+            client,
+            context.reporter().into(),
+            None,
+        ));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(executor.run(&derivations))?;
+        for model in wrong {
+            let file = verify::model_file(model);
+            verify::place(&store.path_of(&model.store_path), &args.models_dir, &file)?;
+            fixed.push(file);
+        }
+        report = verify::verify_models(&lock, &args.models_dir);
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "ok": report.ok(),
+            "models": report.models,
+            "extra": report.extra,
+            "unwalkable": report.unwalkable,
+            "fixed": fixed,
+        }))?;
+    } else {
+        for check in &report.models {
+            let state = match &check.state {
+                verify::ModelState::Ok => "ok".to_string(),
+                verify::ModelState::Missing => "missing".to_string(),
+                verify::ModelState::Wrong { size, blake3 } => format!(
+                    "wrong\t{size} bytes, blake3 {blake3} (the lock: {} bytes, blake3 {})",
+                    check.size, check.blake3
+                ),
+                verify::ModelState::Unreadable { reason } => format!("unreadable\t{reason}"),
+            };
+            println!("{}\t{state}", check.file);
+        }
+        for extra in &report.extra {
+            println!("{extra}\textra");
+        }
+        for entry in &report.unwalkable {
+            println!("{entry}\tunwalkable");
+        }
+    }
+    Ok(if report.ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    })
+}
