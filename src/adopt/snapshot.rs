@@ -145,11 +145,9 @@ pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report
             install.core.display()
         ));
     }
-    if let Some(core) = &mut report.core {
+    if report.core.as_ref().is_some_and(|c| c.from == "git") {
         let mut warnings = Vec::new();
-        if let Some(found) = git_state(&install.core, &mut warnings) {
-            core.commit.get_or_insert(found.1);
-        }
+        git_state_except(&install.core, CORE_OWN, &mut warnings);
         report
             .warnings
             .extend(warnings.into_iter().map(|w| format!("the core: {w}")));
@@ -178,7 +176,11 @@ fn core(dir: &Path, _warnings: &mut Vec<String>) -> Option<CoreFound> {
     let version = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("__version__"))
-        .map(|rest| rest.trim_start_matches([' ', '=']).trim().trim_matches(['"', '\'']))
+        .map(|rest| {
+            rest.trim_start_matches([' ', '='])
+                .trim()
+                .trim_matches(['"', '\''])
+        })
         .map(String::from)?;
     Some(CoreFound {
         repo: "https://github.com/comfyanonymous/ComfyUI".into(),
@@ -189,23 +191,43 @@ fn core(dir: &Path, _warnings: &mut Vec<String>) -> Option<CoreFound> {
     })
 }
 
+/// What an install keeps inside the core's tree that is not the core's (ComfyUI's own
+/// `.gitignore` names most of them).
+const CORE_OWN: &[&str] = &[
+    "custom_nodes/",
+    "models/",
+    "user/",
+    "input/",
+    "output/",
+    "temp/",
+    ".venv/",
+    "venv/",
+    "extra_model_paths.yaml",
+];
+
 /// A git working tree's origin URL and HEAD commit; uncommitted files and unpushed commits are
 /// added to `warnings`. `None` when it is no repository, has no remote or no commit.
 fn git_state(dir: &Path, warnings: &mut Vec<String>) -> Option<(String, String)> {
+    git_state_except(dir, &[], warnings)
+}
+
+/// [`git_state`], not counting changes under the `skip` prefixes.
+fn git_state_except(
+    dir: &Path,
+    skip: &[&str],
+    warnings: &mut Vec<String>,
+) -> Option<(String, String)> {
     let repo = git2::Repository::open_ext(
         dir,
         git2::RepositoryOpenFlags::NO_SEARCH,
         std::iter::empty::<&std::ffi::OsStr>(),
     )
     .ok()?;
-    let remote = repo
-        .find_remote("origin")
-        .ok()
-        .or_else(|| {
-            let names = repo.remotes().ok()?;
-            let first = names.iter().flatten().next()?.to_string();
-            repo.find_remote(&first).ok()
-        })?;
+    let remote = repo.find_remote("origin").ok().or_else(|| {
+        let names = repo.remotes().ok()?;
+        let first = names.iter().flatten().next()?.to_string();
+        repo.find_remote(&first).ok()
+    })?;
     let url = remote.url()?.to_string();
     let head = repo.head().ok()?.peel_to_commit().ok()?.id();
     let mut options = git2::StatusOptions::new();
@@ -218,6 +240,7 @@ fn git_state(dir: &Path, warnings: &mut Vec<String>) -> Option<(String, String)>
             .iter()
             .filter_map(|s| s.path().map(String::from))
             .filter(|p| !p.contains("__pycache__") && !p.ends_with(".pyc"))
+            .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
             .collect();
         if !dirty.is_empty() {
             warnings.push(format!(
@@ -228,7 +251,12 @@ fn git_state(dir: &Path, warnings: &mut Vec<String>) -> Option<(String, String)>
     }
     let tips: Vec<git2::Oid> = repo
         .references_glob("refs/remotes/*")
-        .map(|refs| refs.flatten().filter_map(|r| r.peel_to_commit().ok()).map(|c| c.id()).collect())
+        .map(|refs| {
+            refs.flatten()
+                .filter_map(|r| r.peel_to_commit().ok())
+                .map(|c| c.id())
+                .collect()
+        })
         .unwrap_or_default();
     let pushed = tips
         .iter()
@@ -260,7 +288,11 @@ fn nodes(dir: &Path, report: &mut Report) {
         .unwrap_or_default();
     disabled.sort();
     for path in entries {
-        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let file = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         if file == "__pycache__" || file == ".disabled" {
             continue;
         }
@@ -282,7 +314,11 @@ fn nodes(dir: &Path, report: &mut Report) {
         if !path.is_dir() {
             continue;
         }
-        let file = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let file = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         // `<id>@<version>` (versions with `_` for `.`), `<id>@nightly`, or the legacy plain name.
         let name = file.split('@').next().unwrap_or(&file).to_string();
         node(&path, &name, false, report);
@@ -291,7 +327,11 @@ fn nodes(dir: &Path, report: &mut Report) {
 
 fn node(path: &Path, dir_name: &str, enabled: bool, report: &mut Report) {
     let rel = path
-        .strip_prefix(path.ancestors().find(|a| a.ends_with("custom_nodes")).unwrap_or(path))
+        .strip_prefix(
+            path.ancestors()
+                .find(|a| a.ends_with("custom_nodes"))
+                .unwrap_or(path),
+        )
         .unwrap_or(path)
         .display()
         .to_string();
@@ -342,7 +382,11 @@ fn node(path: &Path, dir_name: &str, enabled: bool, report: &mut Report) {
         NodeFound {
             dir: rel,
             // Active registry nodes live under their `project.name` (Manager's rule).
-            name: if enabled { dir_name.to_string() } else { original.clone() },
+            name: if enabled {
+                dir_name.to_string()
+            } else {
+                original.clone()
+            },
             kind: "registry",
             repo: None,
             commit: None,
@@ -360,7 +404,11 @@ fn node(path: &Path, dir_name: &str, enabled: bool, report: &mut Report) {
         return;
     };
     // Manager keeps other versions of an active pack in `.disabled/`: one version per name.
-    if let Some(other) = report.nodes.iter().find(|n| n.name.eq_ignore_ascii_case(&found.name)) {
+    if let Some(other) = report
+        .nodes
+        .iter()
+        .find(|n| n.name.eq_ignore_ascii_case(&found.name))
+    {
         report.warnings.push(format!(
             "`{}` is another version of `{}` ({}); left out of the spec",
             found.dir, other.name, other.dir
@@ -388,7 +436,10 @@ fn model_folders(core: &Path, warnings: &mut Vec<String>) -> Vec<(String, PathBu
     if let Ok(entries) = fs::read_dir(core.join("models")) {
         for entry in entries.flatten() {
             if entry.path().is_dir() {
-                folders.push((entry.file_name().to_string_lossy().to_string(), entry.path()));
+                folders.push((
+                    entry.file_name().to_string_lossy().to_string(),
+                    entry.path(),
+                ));
             }
         }
     }
@@ -407,8 +458,27 @@ fn model_folders(core: &Path, warnings: &mut Vec<String>) -> Vec<(String, PathBu
 fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
     let tracked = tracked_files(core);
     let mut seen = std::collections::BTreeSet::new();
+    let mut read = std::collections::BTreeSet::new();
     for (folder, dir) in model_folders(core, &mut report.warnings) {
-        let walk = walkdir::WalkDir::new(&dir).follow_links(true).sort_by_file_name();
+        let root = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        let mut aliases = Vec::new();
+        // Linked folders are followed (models on another disk), but not a link back into the
+        // folder being read or above it: that is a loop, or the same files again.
+        let walk = walkdir::WalkDir::new(&dir)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| {
+                if !e.path_is_symlink() || !e.file_type().is_dir() {
+                    return true;
+                }
+                let target = fs::canonicalize(e.path()).unwrap_or_default();
+                let inside = target.starts_with(&root) || root.starts_with(&target);
+                if inside {
+                    aliases.push(e.path().to_path_buf());
+                }
+                !inside
+            });
         for entry in walk {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -423,6 +493,9 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             }
             let path = entry.path().to_path_buf();
             let name = entry.file_name().to_string_lossy().to_string();
+            if !read.insert(fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+                continue; // the same file through another link
+            }
             let rel_to_core = path.strip_prefix(core).ok().map(|p| p.to_path_buf());
             if name.starts_with('.')
                 || name.starts_with("put_")
@@ -437,7 +510,11 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
                 .and_then(|p| p.strip_prefix(&dir).ok())
                 .map(|p| p.to_string_lossy().to_string())
                 .unwrap_or_default();
-            let target_subdir = if sub.is_empty() { folder.clone() } else { format!("{folder}/{sub}") };
+            let target_subdir = if sub.is_empty() {
+                folder.clone()
+            } else {
+                format!("{folder}/{sub}")
+            };
             let file = format!("{target_subdir}/{name}");
             if !seen.insert(file.clone()) {
                 report.warnings.push(format!(
@@ -471,6 +548,12 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
                 known_source,
             });
         }
+        for alias in aliases {
+            report.unreadable.push(problem(
+                &alias,
+                "a link back into a model folder (a loop, or the same files again): not followed",
+            ));
+        }
     }
 }
 
@@ -489,7 +572,10 @@ fn tracked_files(core: &Path) -> std::collections::BTreeSet<PathBuf> {
     };
     let _ = tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
         if entry.kind() == Some(git2::ObjectType::Blob) {
-            out.insert(PathBuf::from(format!("{root}{}", entry.name().unwrap_or(""))));
+            out.insert(PathBuf::from(format!(
+                "{root}{}",
+                entry.name().unwrap_or("")
+            )));
         }
         git2::TreeWalkResult::Ok
     });
@@ -516,7 +602,12 @@ fn python(venv: &Path, warnings: &mut Vec<String>) -> Option<PythonFound> {
     let mut requirements = Vec::new();
     let lib = venv.join("lib");
     let site_packages: Vec<PathBuf> = fs::read_dir(&lib)
-        .map(|d| d.flatten().map(|e| e.path().join("site-packages")).filter(|p| p.is_dir()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("site-packages"))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     for site in site_packages {
         let Ok(entries) = fs::read_dir(&site) else {
@@ -532,7 +623,9 @@ fn python(venv: &Path, warnings: &mut Vec<String>) -> Option<PythonFound> {
                 continue;
             };
             let field = |key: &str| {
-                metadata.lines().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+                metadata
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
             };
             let (Some(dist), Some(version)) = (field("Name:"), field("Version:")) else {
                 continue;
@@ -624,13 +717,18 @@ pub fn read_models_spec(path: &Path) -> Result<BTreeMap<String, String>, String>
     for (i, entry) in list.iter().enumerate() {
         let text = |k: &str| entry[k].as_str().map(String::from);
         let Some(source) = text("source").or_else(|| text("url")) else {
-            return Err(format!("`{}`: models[{i}] has no `source` or `url`", path.display()));
+            return Err(format!(
+                "`{}`: models[{i}] has no `source` or `url`",
+                path.display()
+            ));
         };
-        let filename = text("filename").unwrap_or_else(|| {
-            crate::spec::ModelSource::parse(&source).derived_file_name()
-        });
+        let filename = text("filename")
+            .unwrap_or_else(|| crate::spec::ModelSource::parse(&source).derived_file_name());
         if let Some(sub) = text("target_subdir").or_else(|| text("folder")) {
-            out.insert(format!("{}/{filename}", sub.trim_end_matches('/')), source.clone());
+            out.insert(
+                format!("{}/{filename}", sub.trim_end_matches('/')),
+                source.clone(),
+            );
         }
         out.insert(filename, source);
     }

@@ -15,10 +15,21 @@ use crate::lock::{Lock, LockedModel};
 pub enum ModelState {
     Ok,
     Missing,
-    /// Other bytes than the lock's: their size and BLAKE3.
-    Wrong { size: u64, blake3: String },
+    /// Other bytes than the lock's.
+    Wrong {
+        found: Found,
+    },
     /// Not a file (a directory, a dangling link) or not readable.
-    Unreadable { reason: String },
+    Unreadable {
+        reason: String,
+    },
+}
+
+/// The size and BLAKE3 of the bytes found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Found {
+    pub size: u64,
+    pub blake3: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,8 +102,10 @@ pub fn check_file(path: &Path, model: &LockedModel) -> ModelState {
         ModelState::Ok
     } else {
         ModelState::Wrong {
-            size: meta.len(),
-            blake3: digest,
+            found: Found {
+                size: meta.len(),
+                blake3: digest,
+            },
         }
     }
 }
@@ -113,7 +126,10 @@ pub fn verify_models(lock: &Lock, dir: &Path) -> VerifyReport {
             state,
         });
     }
-    for entry in walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .sort_by_file_name()
+    {
         match entry {
             Ok(entry) if entry.file_type().is_file() => {
                 let rel = relative(dir, entry.path());

@@ -69,7 +69,10 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         std::fs::create_dir_all(dir)?;
     }
     let spec_value = snapshot::spec(&args.name, &report);
-    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec_value)? + "\n")?;
+    std::fs::write(
+        &spec_path,
+        serde_json::to_string_pretty(&spec_value)? + "\n",
+    )?;
     let loaded = crate::spec::Spec::load(&spec_path)?;
     let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
     let mut linked = Vec::new();
@@ -198,8 +201,7 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
             .iter()
             .filter(|m| {
                 report.models.iter().any(|c| {
-                    c.file == verify::model_file(m)
-                        && !matches!(c.state, verify::ModelState::Ok)
+                    c.file == verify::model_file(m) && !matches!(c.state, verify::ModelState::Ok)
                 })
             })
             .collect();
@@ -243,9 +245,9 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
             let state = match &check.state {
                 verify::ModelState::Ok => "ok".to_string(),
                 verify::ModelState::Missing => "missing".to_string(),
-                verify::ModelState::Wrong { size, blake3 } => format!(
-                    "wrong\t{size} bytes, blake3 {blake3} (the lock: {} bytes, blake3 {})",
-                    check.size, check.blake3
+                verify::ModelState::Wrong { found } => format!(
+                    "wrong\t{} bytes, blake3 {} (the lock: {} bytes, blake3 {})",
+                    found.size, found.blake3, check.size, check.blake3
                 ),
                 verify::ModelState::Unreadable { reason } => format!("unreadable\t{reason}"),
             };

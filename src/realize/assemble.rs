@@ -189,7 +189,8 @@ impl<'a> Assembly<'a> {
         for model in &lock.models {
             let rel = match &model.target_subdir {
                 Some(sub) => {
-                    folders.insert(sub.clone());
+                    // The folder type is the first part (`checkpoints` of `checkpoints/sdxl`).
+                    folders.insert(sub.split('/').next().unwrap_or(sub).to_string());
                     format!("{sub}/{}", model.filename)
                 }
                 None => model.filename.clone(),

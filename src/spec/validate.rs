@@ -323,7 +323,22 @@ fn models(issues: &mut Issues, spec: &Spec) {
             issues.add(format!("{at}.source"), reason);
         }
         if let Some(subdir) = &model.target_subdir {
-            issues.component(format!("{at}.target_subdir"), subdir);
+            // A folder and, as ComfyUI lists them, subfolders: `checkpoints/sdxl`.
+            let field = format!("{at}.target_subdir");
+            match subdir
+                .split('/')
+                .find_map(|part| check_path_component(part).err())
+            {
+                Some(_) if subdir.contains("..") || subdir.starts_with('/') => issues.add(
+                    field,
+                    format!(
+                        "`{}` must be a folder under the models directory, without `..`",
+                        subdir.escape_debug()
+                    ),
+                ),
+                Some(reason) => issues.add(field, reason),
+                None => {}
+            }
         }
         let file = model.file_name();
         match check_path_component(&file) {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adopt;
 mod cache;
 mod cli;
 mod closure;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::closure::{assert_store_whole as verify, registered, status_manifest as manifest};
-use crate::resolve::World;
+use crate::resolve::{pseudo_random, World};
 use crate::support::http::TestServer;
 use crate::support::s3::{Moto, SECRET_KEY};
 use crate::support::*;
@@ -337,18 +337,6 @@ fn plain_store(env: &TestEnv, store: &Path, big: usize, small: usize) -> Vec<Str
         );
     }
     names
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn s3_cmd(env: &TestEnv, moto: &Moto, store: &Path) -> Command {

@@ -1,0 +1,443 @@
+//! Adopting an existing install: `snapshot` → `realize`, and `verify-models`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::resolve::{blake3_hex, pseudo_random, World};
+use crate::support::http::TestServer;
+use crate::support::*;
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    run(Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid"));
+}
+
+fn head(dir: &Path) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Every entry of a tree: kind, bytes or link target, mode — what "unchanged" means.
+fn fingerprint(root: &Path) -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .display()
+            .to_string();
+        let meta = entry.path().symlink_metadata().unwrap();
+        let what = if meta.file_type().is_symlink() {
+            format!("link {}", fs::read_link(entry.path()).unwrap().display())
+        } else if meta.is_file() {
+            format!(
+                "file {:o} {}",
+                meta.permissions().mode(),
+                blake3::hash(&fs::read(entry.path()).unwrap()).to_hex()
+            )
+        } else {
+            format!("dir {:o}", meta.permissions().mode())
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
+/// `name==version` of every distribution in a venv, but the installer's own.
+fn distributions(venv: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for site in fs::read_dir(venv.join("lib")).unwrap().flatten() {
+        let site = site.path().join("site-packages");
+        for entry in fs::read_dir(&site).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(stem) = name.strip_suffix(".dist-info") {
+                let (dist, version) = stem.rsplit_once('-').unwrap();
+                if !["pip", "setuptools", "wheel"].contains(&dist) {
+                    out.push(format!("{}=={version}", dist.to_lowercase()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An install as people build them: a git clone of the core, two cloned nodes (one dirty), a
+/// registry node unpacked with its `.tracking`, a disabled node in each naming form, models in
+/// `models/` and in an external folder that `extra_model_paths.yaml` names, a symlink loop, and a
+/// venv with packages installed by uv.
+struct Install {
+    w: World,
+    root: PathBuf,
+    core: PathBuf,
+    _index: TestServer,
+    index_url: String,
+    ckpt: Vec<u8>,
+    lora: Vec<u8>,
+}
+
+impl Install {
+    fn new() -> Install {
+        let w = World::new();
+        let root = w.env.path("install");
+        fs::create_dir_all(&root).unwrap();
+        git(&root, &["clone", "-q", &w.core.url(), "ComfyUI"]);
+        let core = root.join("ComfyUI");
+        let nodes = core.join("custom_nodes");
+        fs::create_dir_all(nodes.join(".disabled")).unwrap();
+        git(&nodes, &["clone", "-q", &w.node_a.url(), "ComfyUI-A"]);
+        git(
+            &nodes,
+            &["clone", "-q", "-b", "dev", &w.node_b.url(), "ComfyUI-B"],
+        );
+        // Node B carries a commit of its own that was never pushed.
+        fs::write(nodes.join("ComfyUI-B/__init__.py"), "B local\n").unwrap();
+        git(&nodes.join("ComfyUI-B"), &["commit", "-q", "-am", "local"]);
+        // Node A left dirty: a changed file and a new one.
+        fs::write(nodes.join("ComfyUI-A/__init__.py"), "A = 'edited'\n").unwrap();
+        fs::write(nodes.join("ComfyUI-A/scratch.py"), "X = 1\n").unwrap();
+        // A registry node as Manager unpacks it, with `.tracking` listing the archive's files.
+        let impact = nodes.join("impact");
+        fs::create_dir_all(impact.join("modules")).unwrap();
+        fs::write(
+            impact.join("pyproject.toml"),
+            "[project]\nname = \"Impact\"\nversion = \"1.0.0\"\n",
+        )
+        .unwrap();
+        fs::write(impact.join("__init__.py"), "from .modules import impact\n").unwrap();
+        fs::write(impact.join("modules/impact.py"), "IMPACT = True\n").unwrap();
+        fs::write(
+            impact.join(".tracking"),
+            "pyproject.toml\n__init__.py\nmodules/impact.py\n",
+        )
+        .unwrap();
+        // Disabled: Manager's `<id>@nightly` form, and the legacy plain name.
+        git(
+            &nodes.join(".disabled"),
+            &["clone", "-q", &w.node_b.url(), "comfyui-b2@nightly"],
+        );
+        git(
+            &nodes.join(".disabled"),
+            &["clone", "-q", &w.node_a.url(), "old-a"],
+        );
+        // Something no one can identify.
+        fs::create_dir_all(nodes.join("handmade")).unwrap();
+        fs::write(nodes.join("handmade/__init__.py"), "H = 1\n").unwrap();
+
+        let ckpt = pseudo_random(300_000, 11);
+        let lora = pseudo_random(200_000, 12);
+        fs::create_dir_all(core.join("models/checkpoints/sdxl")).unwrap();
+        fs::write(core.join("models/checkpoints/sdxl/base.safetensors"), &ckpt).unwrap();
+        fs::write(core.join("models/checkpoints/put_checkpoints_here"), "").unwrap();
+        std::os::unix::fs::symlink("..", core.join("models/checkpoints/loop")).unwrap();
+        let external = w.env.path("external-models");
+        fs::create_dir_all(external.join("my-loras")).unwrap();
+        fs::write(external.join("my-loras/detail.safetensors"), &lora).unwrap();
+        fs::write(
+            core.join("extra_model_paths.yaml"),
+            format!(
+                "mine:\n    base_path: {}\n    loras: |\n        my-loras\n",
+                external.display()
+            ),
+        )
+        .unwrap();
+
+        let index = TestServer::start();
+        let index_url = wheels::serve_index(&index, &crate::python::packages());
+        let uv = std::env::var("COMFIX_UV").unwrap_or_else(|_| "uv".into());
+        run(Command::new(&uv)
+            .args(["venv", "-q", "--python", "python3"])
+            .arg(root.join(".venv")));
+        run(Command::new(&uv)
+            .args(["pip", "install", "-q", "--python"])
+            .arg(root.join(".venv/bin/python"))
+            .args(["--index-url", &index_url, "beta", "gamma"])
+            .env("UV_CACHE_DIR", w.env.path("uv-cache")));
+        Install {
+            w,
+            root,
+            core,
+            _index: index,
+            index_url,
+            ckpt,
+            lora,
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = self.w.cmd(&self.w.env.store);
+        cmd.env("UV_DEFAULT_INDEX", &self.index_url)
+            .env_remove("UV_INDEX_URL")
+            .env_remove("PIP_INDEX_URL");
+        cmd
+    }
+}
+
+/// snapshot → realize into a new home: the same commits, the same node set and enabled states,
+/// the same model bytes, the same distributions; every problem named; the install unchanged.
+#[test]
+fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
+    let i = Install::new();
+    let before = fingerprint(&i.root);
+    let spec = i.w.env.work.join("versions/snap.json");
+    let out = i
+        .cmd()
+        .arg("--json")
+        .args(["snapshot", "--name", "snap", "--comfy-path"])
+        .arg(&i.root)
+        .arg("-o")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fingerprint(&i.root), before, "snapshot changed the install");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &doc["report"];
+    let err = stderr(&out);
+    // The dirty node's files and the unidentifiable one are named; the loop is reported.
+    assert!(err.contains("__init__.py, scratch.py"), "{err}");
+    assert!(err.contains("not pushed"), "{err}");
+    let unidentified = report["unidentified"].to_string();
+    assert!(unidentified.contains("handmade"), "{unidentified}");
+    assert!(
+        report["unreadable"].to_string().contains("loop"),
+        "{report}"
+    );
+    for model in report["models"].as_array().unwrap() {
+        assert!(model.get("known_source").is_none(), "{model}");
+    }
+    let lock: Value = serde_json::from_str(
+        &fs::read_to_string(i.w.env.work.join("versions/snap.lock.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lock["comfy"]["commit"], head(&i.core));
+
+    // Upstream git is gone: the snapshot's commits come from the install's own repositories.
+    fs::rename(i.w.env.path("repos"), i.w.env.path("repos-gone")).unwrap();
+    let home = i.w.env.path("home");
+    let out = i
+        .cmd()
+        .args(["realize", "--spec"])
+        .arg(&spec)
+        .arg("--target")
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let nodes = home.join("ComfyUI/custom_nodes");
+    let mut enabled: Vec<String> = fs::read_dir(&nodes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n != ".disabled")
+        .collect();
+    enabled.sort();
+    assert_eq!(enabled, ["ComfyUI-A", "ComfyUI-B", "impact"]);
+    let mut disabled: Vec<String> = fs::read_dir(nodes.join(".disabled"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    disabled.sort();
+    assert_eq!(disabled, ["comfyui-b2@nightly", "old-a@nightly"]);
+    let commit_of = |name: &str| {
+        lock["custom_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap()["git"]["commit"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for (name, dir) in [
+        ("ComfyUI-A", "ComfyUI-A"),
+        ("ComfyUI-B", "ComfyUI-B"),
+        ("comfyui-b2", ".disabled/comfyui-b2@nightly"),
+        ("old-a", ".disabled/old-a"),
+    ] {
+        assert_eq!(
+            commit_of(name),
+            head(&i.core.join("custom_nodes").join(dir)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        fs::read(nodes.join("ComfyUI-B/__init__.py")).unwrap(),
+        b"B local\n"
+    );
+    assert_eq!(
+        fs::read(home.join("models/checkpoints/sdxl/base.safetensors")).unwrap(),
+        i.ckpt
+    );
+    assert_eq!(
+        fs::read(home.join("models/loras/detail.safetensors")).unwrap(),
+        i.lora
+    );
+    assert_eq!(
+        distributions(&home.join(".venv")),
+        distributions(&i.root.join(".venv"))
+    );
+    assert!(distributions(&i.root.join(".venv")).contains(&"beta==2.0".to_string()));
+    assert_eq!(fingerprint(&i.root), before, "realize changed the install");
+}
+
+/// `--link-models` replaces each model file by a link to its verified copy in the store, and
+/// nothing else in the install; `--models-spec` names known sources.
+#[test]
+fn link_models_swaps_verified_files_for_store_links() {
+    let i = Install::new();
+    let yml = i.w.env.path("models.yml");
+    fs::write(
+        &yml,
+        "models:\n  - source: hf://org/sdxl/base.safetensors\n    target_subdir: checkpoints/sdxl\n    filename: base.safetensors\n",
+    )
+    .unwrap();
+    let before = fingerprint(&i.root);
+    let out = i
+        .cmd()
+        .arg("--json")
+        .args([
+            "snapshot",
+            "--name",
+            "snap",
+            "--link-models",
+            "--models-spec",
+        ])
+        .arg(&yml)
+        .arg("--comfy-path")
+        .arg(&i.root)
+        .arg("-o")
+        .arg(i.w.env.work.join("versions/snap.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models = doc["report"]["models"].as_array().unwrap();
+    let base = models
+        .iter()
+        .find(|m| m["filename"] == "base.safetensors")
+        .unwrap();
+    assert_eq!(base["known_source"], "hf://org/sdxl/base.safetensors");
+    let after = fingerprint(&i.root);
+    let ckpt = i.core.join("models/checkpoints/sdxl/base.safetensors");
+    let lora = i.w.env.path("external-models/my-loras/detail.safetensors");
+    for (path, bytes) in [(&ckpt, &i.ckpt), (&lora, &i.lora)] {
+        let target = fs::read_link(path).unwrap();
+        assert!(target.starts_with(&i.w.env.store), "{}", target.display());
+        assert_eq!(&fs::read(path).unwrap(), bytes);
+    }
+    // Only the two model files changed.
+    let changed: Vec<&String> = before
+        .keys()
+        .filter(|k| before.get(*k) != after.get(*k))
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}"); // the external file is outside `install/`
+}
+
+/// verify-models: every model of a lock by digest in a directory — ok, missing, wrong, extra;
+/// `--fix` puts the right bytes back (from the store) and the check passes.
+#[test]
+fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A models directory of plain copies, as the original tool kept them.
+    let dir = w.env.path("models");
+    for entry in walkdir::WalkDir::new(home.join("models")).follow_links(true) {
+        let entry = entry.unwrap();
+        let rel = entry.path().strip_prefix(home.join("models")).unwrap();
+        if entry.file_type().is_file() {
+            fs::create_dir_all(dir.join(rel).parent().unwrap()).unwrap();
+            fs::write(dir.join(rel), fs::read(entry.path()).unwrap()).unwrap();
+        }
+    }
+    let lock = w.env.work.join("versions/v1.lock.json");
+    let verify = |fix: bool| {
+        let mut cmd = w.cmd(&w.env.store);
+        cmd.args(["--json", "verify-models", "--lock"])
+            .arg(&lock)
+            .arg("--models-dir")
+            .arg(&dir);
+        if fix {
+            cmd.arg("--fix");
+        }
+        let out = cmd.output().unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), doc)
+    };
+    let (code, doc) = verify(false);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["extra"], serde_json::json!([]));
+
+    fs::remove_file(dir.join("unet/unet.safetensors")).unwrap();
+    let mut bytes = fs::read(dir.join("loras/detail.safetensors")).unwrap();
+    bytes[100] ^= 1;
+    fs::write(dir.join("loras/detail.safetensors"), &bytes).unwrap();
+    fs::write(dir.join("loras/stray.safetensors"), b"not in the lock").unwrap();
+    let (code, doc) = verify(false);
+    assert_eq!(code, Some(1), "{doc}");
+    let state = |file: &str| {
+        doc["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["file"] == file)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state("unet/unet.safetensors")["status"], "missing");
+    let wrong = state("loras/detail.safetensors");
+    assert_eq!(wrong["status"], "wrong");
+    assert_eq!(wrong["blake3"].as_str().unwrap(), blake3_hex(&w.lora));
+    assert_eq!(wrong["found"]["blake3"], blake3_hex(&bytes));
+    assert_eq!(state("diffusion_models/unet.safetensors")["status"], "ok");
+    assert_eq!(doc["extra"], serde_json::json!(["loras/stray.safetensors"]));
+
+    let (code, doc) = verify(true);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(
+        fs::read(dir.join("unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    assert_eq!(
+        fs::read(dir.join("loras/detail.safetensors")).unwrap(),
+        w.lora
+    );
+    // The extra file is named, never removed.
+    assert!(dir.join("loras/stray.safetensors").exists());
+}
