@@ -1,6 +1,7 @@
 //! Adopting what people already have: `snapshot` of an install that grew by hand and with
 //! ComfyUI-Manager into a spec, and `verify-models` of a models directory against a lock.
 
+pub mod neighbours;
 pub mod snapshot;
 pub mod verify;
 

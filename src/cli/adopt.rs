@@ -266,3 +266,72 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
         Outcome::Failure
     })
 }
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The Manager snapshot (`.json`, `.yaml`) or ComfyGit `pyproject.toml`
+    file: PathBuf,
+    /// The version id to give it
+    #[arg(long, value_name = "ID")]
+    name: String,
+    /// Where to write the spec [default: versions/<ID>.json]
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// The core's repository, where the file names only its commit or version (a fork, a
+    /// mirror)
+    #[arg(long, value_name = "URL", default_value = crate::adopt::neighbours::COMFYUI_REPO)]
+    comfy_repo: String,
+}
+
+pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
+    use crate::adopt::neighbours;
+    let text = std::fs::read_to_string(&args.file)
+        .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", args.file.display()))?;
+    let named = |e: String| anyhow::anyhow!("`{}`: {e}", args.file.display());
+    let file_name = args.file.file_name().unwrap_or_default().to_string_lossy();
+    let imported = if file_name.ends_with(".toml") {
+        let uv_lock = args.file.with_file_name("uv.lock");
+        let uv_lock = std::fs::read_to_string(&uv_lock).ok();
+        neighbours::from_comfygit(&text, uv_lock.as_deref(), &args.name).map_err(named)?
+    } else {
+        let value = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(value) => value,
+            Err(_) => {
+                let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+                    .map_err(|e| named(format!("neither JSON nor YAML: {e}")))?;
+                docs.first()
+                    .map(neighbours::yaml_to_json)
+                    .unwrap_or_default()
+            }
+        };
+        neighbours::from_manager(&value, &args.name).map_err(named)?
+    };
+    let mut imported = imported;
+    imported.spec["comfy"]["repo"] = serde_json::json!(args.comfy_repo);
+    for warning in &imported.warnings {
+        tracing::warn!("{warning}");
+    }
+    let spec_path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("versions/{}.json", args.name)));
+    if let Some(dir) = spec_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &spec_path,
+        serde_json::to_string_pretty(&imported.spec)? + "\n",
+    )?;
+    // What was written must be a spec comfix reads.
+    crate::spec::Spec::load(&spec_path)?;
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "spec_path": spec_path,
+            "spec": imported.spec,
+            "warnings": imported.warnings,
+        }))?;
+    } else {
+        println!("{}", spec_path.display());
+    }
+    Ok(Outcome::Success)
+}

@@ -22,6 +22,10 @@ pub struct ExportArgs {
     /// Sign every path with this secret key (`comfix key generate`)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Write the version as a ComfyUI-Manager snapshot (JSON, for `cm-cli restore-snapshot`)
+    /// instead of an archive: core commit, git and registry nodes, pinned pips
+    #[arg(long)]
+    pub manager_snapshot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -41,6 +45,16 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         id: input.loaded.spec.version_id.clone(),
         path: input.lock_path.clone(),
     })?;
+    if args.manager_snapshot {
+        let snapshot = crate::adopt::neighbours::to_manager(lock, &input.loaded.spec);
+        let text = serde_json::to_string_pretty(&snapshot)? + "\n";
+        if args.output.as_os_str() == "-" {
+            print!("{text}");
+        } else {
+            std::fs::write(&args.output, text)?;
+        }
+        return Ok(Outcome::Success);
+    }
     let spec = std::fs::read(&input.loaded.path)?;
     let store = context.open_existing_store()?;
     let version = Version {

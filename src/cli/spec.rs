@@ -14,6 +14,13 @@ pub enum SpecCommand {
         after_help = "Examples:\n  comfix spec check wan22\n  comfix spec check --spec versions/wan22.json"
     )]
     Check(SpecArg),
+    /// Write a spec from another tool's file: a ComfyUI-Manager snapshot (`.json`, `.yaml`
+    /// from `save-snapshot`) or a ComfyGit/ComfyDock environment (`pyproject.toml`, with the
+    /// `uv.lock` beside it). What cannot be carried over is named
+    #[command(
+        after_help = "Examples:\n  comfix spec import ~/ComfyUI/user/default/ComfyUI-Manager/snapshots/2025-01-01.json --name mine\n  comfix spec import my-env/pyproject.toml --name from-comfygit -o versions/from-comfygit.json"
+    )]
+    Import(super::adopt::ImportArgs),
 }
 
 /// Which spec: a version id (looked up in `versions/<id>.json`, then `specs/<id>.json`) or a file.
@@ -63,6 +70,7 @@ impl SpecArg {
 
 pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
     match command {
+        SpecCommand::Import(args) => super::adopt::import(args, context),
         SpecCommand::Check(arg) => {
             let loaded = Spec::load(&arg.path()?)?;
             let spec = &loaded.spec;

@@ -441,3 +441,156 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
     // The extra file is named, never removed.
     assert!(dir.join("loras/stray.safetensors").exists());
 }
+
+/// A Manager snapshot → spec → resolve → `export --manager-snapshot`: the same core commit, the
+/// same git nodes at the same commits with the same enabled states, the same registry node.
+#[test]
+fn manager_snapshots_round_trip_through_a_spec() {
+    let w = World::new();
+    let core = w.core.head("main");
+    let a = w.node_a.head("main");
+    let b = w.node_b.head("dev");
+    let snapshot = serde_json::json!({
+        "comfyui": core,
+        "git_custom_nodes": {
+            w.node_a.url(): {"hash": a, "disabled": false},
+            w.node_b.url(): {"hash": b, "disabled": true}
+        },
+        "cnr_custom_nodes": {"impact": "1.0.0"},
+        "file_custom_nodes": [],
+        "pips": {},
+        "a_newer_key": true
+    });
+    let file = w.env.path("snapshot.json");
+    fs::write(&file, snapshot.to_string()).unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args([
+            "spec",
+            "import",
+            "--name",
+            "v1",
+            "--comfy-repo",
+            &w.core.url(),
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`a_newer_key`"), "{}", stderr(&out));
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back = w.env.path("back.json");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "--manager-snapshot", "-o"])
+        .arg(&back)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let back: Value = serde_json::from_slice(&fs::read(&back).unwrap()).unwrap();
+    assert_eq!(back["comfyui"], core.to_string());
+    assert_eq!(back["git_custom_nodes"], snapshot["git_custom_nodes"]);
+    assert_eq!(back["cnr_custom_nodes"], snapshot["cnr_custom_nodes"]);
+
+    // The YAML form, wrapped in `custom_nodes:` as comfy-cli writes it, reads the same.
+    let yaml = w.env.path("snapshot.yaml");
+    fs::write(
+        &yaml,
+        format!(
+            "comfyui: {core}\ncustom_nodes:\n  git_custom_nodes:\n    {}:\n      hash: {a}\n      disabled: false\n  cnr_custom_nodes:\n    impact: 1.0.0\n",
+            w.node_a.url()
+        ),
+    )
+    .unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .arg("--json")
+        .args(["spec", "import", "--name", "v2", "-o"])
+        .arg(w.env.work.join("versions/v2.json"))
+        .arg(&yaml)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["spec"]["custom_nodes"][0]["commit"], a.to_string());
+    assert_eq!(doc["spec"]["custom_nodes"][1]["cnr"], "impact");
+}
+
+/// A ComfyGit-style environment (nodes, models with sources, `uv.lock`) → spec → realize.
+#[test]
+fn a_comfygit_environment_becomes_a_spec_that_realizes() {
+    let w = World::new();
+    let env_dir = w.env.path("my-env");
+    fs::create_dir_all(&env_dir).unwrap();
+    fs::write(
+        env_dir.join("pyproject.toml"),
+        format!(
+            r#"[project]
+name = "comfygit-env-my-env"
+version = "0.1.0"
+dependencies = []
+
+[tool.comfygit]
+comfyui_version = "main"
+
+[tool.comfygit.nodes.impact]
+name = "impact"
+registry_id = "impact"
+version = "1.0.0"
+source = "registry"
+
+[tool.comfygit.nodes.comfyui-a]
+name = "ComfyUI-A"
+repository = "{}"
+version = "{}"
+source = "git"
+
+[tool.comfygit.models]
+aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mirror.safetensors", category = "diffusion_models", sources = ["{}"] }}
+"#,
+            w.node_a.url(),
+            w.node_a.head("main"),
+            w.cdn.url("/mirror/unet.safetensors")
+        ),
+    )
+    .unwrap();
+    fs::write(env_dir.join("uv.lock"), "version = 1\n").unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args([
+            "spec",
+            "import",
+            "--name",
+            "v1",
+            "--comfy-repo",
+            &w.core.url(),
+        ])
+        .arg(env_dir.join("pyproject.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(home
+        .join("ComfyUI/custom_nodes/impact/modules/impact.py")
+        .is_file());
+    assert_eq!(
+        fs::read(home.join("ComfyUI/custom_nodes/ComfyUI-A/__init__.py")).unwrap(),
+        b"A = 2\n"
+    );
+    assert_eq!(
+        fs::read(home.join("models/diffusion_models/mirror.safetensors")).unwrap(),
+        w.model
+    );
+}

@@ -37,6 +37,15 @@ impl TestRepo {
         self.path.display().to_string()
     }
 
+    /// The commit `branch` points at, as hex.
+    pub fn head(&self, branch: &str) -> String {
+        self.repo
+            .find_reference(&format!("refs/heads/{branch}"))
+            .and_then(|r| r.peel_to_commit())
+            .map(|c| c.id().to_string())
+            .unwrap()
+    }
+
     fn signature(&mut self) -> Signature<'static> {
         self.clock += 60;
         Signature::new(

@@ -1,0 +1,482 @@
+//! The neighbours' formats: ComfyUI-Manager snapshots (`save-snapshot`, JSON or YAML) and
+//! ComfyGit/ComfyDock environments (`pyproject.toml` with `[tool.comfygit]`, and `uv.lock`),
+//! read into specs; and a comfix version written back as a Manager snapshot.
+
+use serde_json::{json, Map, Value};
+
+use crate::lock::Lock;
+
+/// ComfyUI's own repository, where a format names only a version or a commit of it.
+pub const COMFYUI_REPO: &str = "https://github.com/comfyanonymous/ComfyUI";
+
+/// A spec read from another tool's file, and what could not be carried over.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub spec: Value,
+    pub warnings: Vec<String>,
+}
+
+fn is_commit(text: &str) -> bool {
+    text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn repo_name(url: &str) -> String {
+    crate::spec::repo_basename(url).to_string()
+}
+
+/// A Manager snapshot (`comfyui`, `git_custom_nodes`, `cnr_custom_nodes`, `file_custom_nodes`,
+/// `pips`; the YAML form may wrap them in `custom_nodes:`) as the spec of version `name`.
+pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
+    let Some(top) = snapshot.as_object() else {
+        return Err("a Manager snapshot is a JSON or YAML mapping".into());
+    };
+    let mut warnings = Vec::new();
+    let mut body = top.clone();
+    if let Some(Value::Object(inner)) = top.get("custom_nodes") {
+        body.remove("custom_nodes");
+        body.extend(inner.clone());
+    }
+    const KNOWN: &[&str] = &[
+        "comfyui",
+        "git_custom_nodes",
+        "cnr_custom_nodes",
+        "file_custom_nodes",
+        "pips",
+    ];
+    for key in body.keys().filter(|k| !KNOWN.contains(&k.as_str())) {
+        warnings.push(format!(
+            "`{key}` is not a key of Manager snapshots comfix knows ({}): ignored",
+            KNOWN.join(", ")
+        ));
+    }
+    let comfy = match body.get("comfyui").and_then(Value::as_str) {
+        Some(commit) if is_commit(commit) => json!({ "repo": COMFYUI_REPO, "commit": commit }),
+        Some(reference) if !reference.is_empty() => {
+            json!({ "repo": COMFYUI_REPO, "ref": reference })
+        }
+        _ => {
+            warnings.push("the snapshot names no ComfyUI commit: the spec follows `master`".into());
+            json!({ "repo": COMFYUI_REPO, "ref": "master" })
+        }
+    };
+    let mut nodes = Vec::new();
+    if let Some(git) = body.get("git_custom_nodes").and_then(Value::as_object) {
+        for (url, entry) in git {
+            let mut node = json!({ "repo": url, "name": repo_name(url) });
+            match entry.get("hash").and_then(Value::as_str) {
+                Some(hash) if is_commit(hash) => node["commit"] = json!(hash),
+                Some(other) if !other.is_empty() => node["ref"] = json!(other),
+                _ => {
+                    warnings.push(format!(
+                        "`{url}` has no commit: the spec follows its default branch"
+                    ));
+                    node["ref"] = json!("HEAD");
+                }
+            }
+            if entry.get("disabled").and_then(Value::as_bool) == Some(true) {
+                node["enabled"] = json!(false);
+            }
+            nodes.push(node);
+        }
+    }
+    match body.get("cnr_custom_nodes") {
+        Some(Value::Object(cnr)) => {
+            for (id, version) in cnr {
+                let mut node = json!({ "cnr": id.trim().to_lowercase() });
+                match version.as_str() {
+                    Some(v) if !v.is_empty() && v != "nightly" => node["version"] = json!(v),
+                    _ => warnings.push(format!(
+                        "registry node `{id}` has no version: the spec takes the latest"
+                    )),
+                }
+                nodes.push(node);
+            }
+        }
+        Some(Value::Array(list)) if !list.is_empty() => {
+            warnings.push("`cnr_custom_nodes` is a list, not `{id: version}`: ignored".into())
+        }
+        _ => {}
+    }
+    for file in body
+        .get("file_custom_nodes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = file.get("filename").and_then(Value::as_str).unwrap_or("?");
+        warnings.push(format!(
+            "single-file node `{name}`: comfix carries node packs (put it in a git repository); left out"
+        ));
+    }
+    let mut requirements = Vec::new();
+    if let Some(pips) = body.get("pips").and_then(Value::as_object) {
+        for (key, value) in pips {
+            let value = value.as_str().unwrap_or("");
+            let requirement = if key.contains("==") || key.contains("://") || value.is_empty() {
+                key.clone()
+            } else {
+                format!("{key}=={value}")
+            };
+            requirements.push(requirement);
+        }
+    }
+    let mut spec = json!({
+        "schema_version": 2,
+        "version_id": name,
+        "comfy": comfy,
+        "custom_nodes": nodes,
+        "models": [],
+    });
+    if !requirements.is_empty() {
+        spec["python"] = json!({ "requirements": requirements });
+    }
+    Ok(Imported { spec, warnings })
+}
+
+/// Version `lock` (with its spec's enabled states) as a Manager snapshot that `cm-cli
+/// restore-snapshot` restores.
+pub fn to_manager(lock: &Lock, spec: &crate::spec::Spec) -> Value {
+    let mut git = Map::new();
+    let mut cnr = Map::new();
+    for node in &lock.custom_nodes {
+        let enabled = spec
+            .custom_nodes
+            .iter()
+            .find(|n| n.dir_name() == node.name)
+            .is_none_or(|n| n.is_enabled());
+        if let Some(g) = &node.git {
+            git.insert(
+                g.repo.clone(),
+                json!({ "hash": g.commit, "disabled": !enabled }),
+            );
+        }
+        if let Some(r) = &node.registry {
+            cnr.insert(r.id.clone(), json!(r.version));
+        }
+    }
+    let mut pips = Map::new();
+    for wheel in lock.python.iter().flat_map(|p| &p.wheels) {
+        pips.insert(format!("{}=={}", wheel.name, wheel.version), json!(""));
+    }
+    json!({
+        "comfyui": lock.comfy.commit,
+        "git_custom_nodes": git,
+        "cnr_custom_nodes": cnr,
+        "file_custom_nodes": [],
+        "pips": pips,
+    })
+}
+
+/// A YAML document as JSON values (mappings with string keys, scalars, lists).
+pub fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Value {
+    use yaml_rust2::Yaml;
+    match yaml {
+        Yaml::Hash(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Real(r) => r.clone(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        _ => String::new(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        Yaml::Array(list) => Value::Array(list.iter().map(yaml_to_json).collect()),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Real(r) => r.parse::<f64>().map(|f| json!(f)).unwrap_or(json!(r)),
+        Yaml::Boolean(b) => json!(b),
+        _ => Value::Null,
+    }
+}
+
+/// A ComfyGit/ComfyDock environment (`pyproject.toml` with `[tool.comfygit]` or
+/// `[tool.comfydock]`, and its `uv.lock`) as the spec of version `name`.
+pub fn from_comfygit(
+    pyproject: &str,
+    uv_lock: Option<&str>,
+    name: &str,
+) -> Result<Imported, String> {
+    let doc: toml::Value =
+        toml::from_str(pyproject).map_err(|e| format!("not a pyproject.toml: {e}"))?;
+    let tool = doc
+        .get("tool")
+        .and_then(|t| t.get("comfygit").or_else(|| t.get("comfydock")))
+        .ok_or("no `[tool.comfygit]` (or `[tool.comfydock]`) table: not a ComfyGit environment")?;
+    let mut warnings = Vec::new();
+    let text = |v: &toml::Value, k: &str| v.get(k).and_then(toml::Value::as_str).map(String::from);
+    let comfy = match text(tool, "comfyui_version") {
+        Some(v) if is_commit(&v) => json!({ "repo": COMFYUI_REPO, "commit": v }),
+        Some(v) => json!({ "repo": COMFYUI_REPO, "ref": v }),
+        None => {
+            warnings.push("no `comfyui_version`: the spec follows `master`".into());
+            json!({ "repo": COMFYUI_REPO, "ref": "master" })
+        }
+    };
+    let mut nodes = Vec::new();
+    for (id, node) in tool
+        .get("nodes")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flatten()
+    {
+        let dir = text(node, "name").unwrap_or_else(|| id.clone());
+        let version = text(node, "version");
+        match text(node, "source").as_deref() {
+            Some("registry") => {
+                let cnr = text(node, "registry_id").unwrap_or_else(|| id.clone());
+                let mut entry = json!({ "cnr": cnr.to_lowercase(), "name": dir });
+                if let Some(v) = version {
+                    entry["version"] = json!(v);
+                }
+                nodes.push(entry);
+            }
+            Some("git") | None if text(node, "repository").is_some() => {
+                let repo = text(node, "repository").expect("checked");
+                let mut entry = json!({ "repo": repo, "name": dir });
+                match version {
+                    Some(v) if is_commit(&v) => entry["commit"] = json!(v),
+                    Some(v) => entry["ref"] = json!(v),
+                    None => entry["ref"] = json!("HEAD"),
+                }
+                nodes.push(entry);
+            }
+            Some("development") => warnings.push(format!(
+                "`{id}` is a development node (a local directory): left out"
+            )),
+            other => warnings.push(format!(
+                "node `{id}` has source {other:?} and no repository: left out"
+            )),
+        }
+    }
+    let mut models = Vec::new();
+    for (hash, model) in tool
+        .get("models")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flatten()
+    {
+        // Older exports nest `required`/`optional` tables of models.
+        let entries: Vec<(&String, &toml::Value)> = match model.get("filename") {
+            Some(_) => vec![(hash, model)],
+            None => model
+                .as_table()
+                .map(|t| t.iter().collect())
+                .unwrap_or_default(),
+        };
+        for (hash, model) in entries {
+            let Some(filename) = text(model, "filename") else {
+                continue;
+            };
+            let relative = text(model, "relative_path").unwrap_or_else(|| filename.clone());
+            let folder = relative
+                .rsplit_once('/')
+                .map(|(dir, _)| dir.to_string())
+                .or_else(|| text(model, "category"));
+            let sources: Vec<String> = model
+                .get("sources")
+                .and_then(toml::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let Some(source) = sources.first() else {
+                warnings.push(format!(
+                    "model `{relative}` ({hash}) has no source: left out (add it with its URL)"
+                ));
+                continue;
+            };
+            let mut entry = json!({ "source": source, "filename": filename });
+            if let Some(folder) = folder {
+                entry["target_subdir"] = json!(folder);
+            }
+            models.push(entry);
+        }
+    }
+    // Python: the project's and every dependency group's requirements, pinned by uv.lock.
+    let mut wanted: Vec<String> = doc
+        .get("project")
+        .and_then(|p| p.get("dependencies"))
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(String::from))
+        .collect();
+    for (_, group) in doc
+        .get("dependency-groups")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flatten()
+    {
+        wanted.extend(
+            group
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(String::from)),
+        );
+    }
+    let pins: std::collections::BTreeMap<String, String> = match uv_lock {
+        Some(text) => {
+            let lock: toml::Value =
+                toml::from_str(text).map_err(|e| format!("`uv.lock` is not TOML: {e}"))?;
+            lock.get("package")
+                .and_then(toml::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    Some((
+                        normalize(p.get("name")?.as_str()?),
+                        p.get("version")?.as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        }
+        None => {
+            warnings.push(
+                "the environment has no `uv.lock`: its requirements are taken unpinned".into(),
+            );
+            Default::default()
+        }
+    };
+    let mut requirements: Vec<String> = wanted
+        .iter()
+        .map(|r| {
+            let name = requirement_name(r);
+            match pins.get(&normalize(&name)) {
+                Some(version) => format!("{name}=={version}"),
+                None => r.clone(),
+            }
+        })
+        .collect();
+    requirements.sort();
+    requirements.dedup();
+    let mut spec = json!({
+        "schema_version": 2,
+        "version_id": name,
+        "comfy": comfy,
+        "custom_nodes": nodes,
+        "models": models,
+    });
+    let mut python = json!({});
+    if let Some(v) = text(tool, "python_version") {
+        python["version"] = json!(v);
+    }
+    if !requirements.is_empty() {
+        python["requirements"] = json!(requirements);
+    }
+    if python.as_object().is_some_and(|p| !p.is_empty()) {
+        spec["python"] = python;
+    }
+    Ok(Imported { spec, warnings })
+}
+
+/// PEP 503's normalized name.
+fn normalize(name: &str) -> String {
+    name.to_lowercase().replace(['_', '.'], "-")
+}
+
+/// The distribution name a requirement starts with.
+fn requirement_name(requirement: &str) -> String {
+    requirement
+        .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        .next()
+        .unwrap_or(requirement)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_snapshots_become_specs_and_unknown_keys_are_named() {
+        let snapshot = json!({
+            "comfyui": "a".repeat(40),
+            "git_custom_nodes": {
+                "https://github.com/city96/ComfyUI-GGUF": {"hash": "b".repeat(40), "disabled": false},
+                "https://github.com/rgthree/rgthree-comfy.git": {"hash": "c".repeat(40), "disabled": true}
+            },
+            "cnr_custom_nodes": {"ComfyUI-KJNodes": "1.0.5"},
+            "file_custom_nodes": [{"filename": "x.py", "disabled": false}],
+            "pips": {"torch==2.5.1": "", "numpy": "1.26.4"},
+            "extras": 1
+        });
+        let imported = from_manager(&snapshot, "v").unwrap();
+        let spec = &imported.spec;
+        assert_eq!(spec["comfy"]["commit"], "a".repeat(40));
+        assert_eq!(spec["custom_nodes"][0]["name"], "ComfyUI-GGUF");
+        assert_eq!(spec["custom_nodes"][1]["name"], "rgthree-comfy");
+        assert_eq!(spec["custom_nodes"][1]["enabled"], false);
+        assert_eq!(
+            spec["custom_nodes"][2],
+            json!({"cnr": "comfyui-kjnodes", "version": "1.0.5"})
+        );
+        assert_eq!(
+            spec["python"]["requirements"],
+            json!(["numpy==1.26.4", "torch==2.5.1"])
+        );
+        let warnings = imported.warnings.join("\n");
+        assert!(warnings.contains("`extras`"), "{warnings}");
+        assert!(warnings.contains("x.py"), "{warnings}");
+    }
+
+    #[test]
+    fn comfygit_environments_pin_requirements_from_uv_lock() {
+        let pyproject = r#"
+[project]
+name = "comfygit-env-x"
+dependencies = ["pillow", "numpy>=1.25"]
+
+[tool.comfygit]
+comfyui_version = "v0.3.68"
+python_version = "3.12"
+
+[tool.comfygit.nodes.comfyui-impact-pack]
+name = "ComfyUI-Impact-Pack"
+registry_id = "comfyui-impact-pack"
+version = "5.5.0"
+source = "registry"
+
+[tool.comfygit.nodes.gguf]
+name = "ComfyUI-GGUF"
+repository = "https://github.com/city96/ComfyUI-GGUF"
+version = "0123456789abcdef0123456789abcdef01234567"
+source = "git"
+
+[tool.comfygit.nodes.mine]
+name = "mine"
+source = "development"
+
+[dependency-groups]
+comfyui-impact-pack-a1b2 = ["ultralytics>=8"]
+
+[tool.comfygit.models]
+0b222b1d568748dc = { filename = "clip_vision_h.safetensors", relative_path = "clip_vision/clip_vision_h.safetensors", sources = ["https://example.org/clip_vision_h.safetensors"] }
+1111 = { filename = "nosource.safetensors", relative_path = "loras/nosource.safetensors" }
+"#;
+        let uv_lock = "version = 1\n[[package]]\nname = \"numpy\"\nversion = \"2.1.0\"\n[[package]]\nname = \"Pillow\"\nversion = \"11.0.0\"\n";
+        let imported = from_comfygit(pyproject, Some(uv_lock), "v").unwrap();
+        let spec = &imported.spec;
+        assert_eq!(spec["comfy"]["ref"], "v0.3.68");
+        assert_eq!(spec["custom_nodes"].as_array().unwrap().len(), 2);
+        assert_eq!(spec["python"]["version"], "3.12");
+        assert_eq!(
+            spec["python"]["requirements"],
+            json!(["numpy==2.1.0", "pillow==11.0.0", "ultralytics>=8"])
+        );
+        assert_eq!(spec["models"][0]["target_subdir"], "clip_vision");
+        let warnings = imported.warnings.join("\n");
+        assert!(warnings.contains("development"), "{warnings}");
+        assert!(warnings.contains("nosource"), "{warnings}");
+        let unlocked = from_comfygit(pyproject, None, "v").unwrap();
+        assert!(unlocked.warnings.join("\n").contains("no `uv.lock`"));
+        assert!(from_comfygit("[project]\nname='x'\n", None, "v").is_err());
+    }
+}
