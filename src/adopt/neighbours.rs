@@ -120,6 +120,7 @@ pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
             requirements.push(requirement);
         }
     }
+    requirements.sort();
     let mut spec = json!({
         "schema_version": 2,
         "version_id": name,

@@ -220,7 +220,7 @@ fn path_like_fields_reject_escapes() {
         (
             "target_subdir",
             json!("unet/../../x"),
-            "models[0].target_subdir: `unet/../../x` must be a single name",
+            "models[0].target_subdir: `unet/../../x` must be a folder under the models directory, without `..`",
         ),
         (
             "filename",
