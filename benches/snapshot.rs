@@ -1,0 +1,120 @@
+//! Snapshot benchmark: `comfix snapshot` of an install with three models of
+//! `COMFIX_BENCH_SNAPSHOT_MODEL_MIB` MiB (default 1024) vs `b3sum` of the same three files, in the
+//! same run. The snapshot hashes every model and ingests it into a fresh store (one read, one
+//! write, made durable); `b3sum` only reads. A second snapshot into the same store (the models
+//! there already: read and hashed, not written) is timed too.
+//!
+//! Run: `cargo bench --bench snapshot` (needs `b3sum`: `cargo install b3sum`). Data under
+//! `COMFIX_BENCH_DIR`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{env_usize, pseudo_random, sync, work_dir};
+
+fn timed(cmd: &mut Command) -> Duration {
+    sync();
+    let started = Instant::now();
+    let out = cmd.output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .current_dir(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.invalid")
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    if Command::new("b3sum").arg("--version").output().is_err() {
+        eprintln!("b3sum not found: `cargo install b3sum` for the baseline");
+        return;
+    }
+    let mib = env_usize("COMFIX_BENCH_SNAPSHOT_MODEL_MIB", 1024);
+    let work = work_dir();
+    let work = work.path();
+    let origin = work.join("origin");
+    std::fs::create_dir_all(&origin).unwrap();
+    std::fs::write(origin.join("main.py"), "print('comfy')\n").unwrap();
+    std::fs::write(origin.join(".gitignore"), "models/\ncustom_nodes/\n").unwrap();
+    git(&origin, &["init", "-q", "-b", "main"]);
+    git(&origin, &["add", "."]);
+    git(&origin, &["commit", "-q", "-m", "core"]);
+    let install = work.join("install");
+    git(work, &["clone", "-q", origin.to_str().unwrap(), "install"]);
+    let models = install.join("models/checkpoints");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(install.join("custom_nodes")).unwrap();
+    let files: Vec<_> = (0..3u64)
+        .map(|i| {
+            let path = models.join(format!("m{i}.safetensors"));
+            std::fs::write(&path, pseudo_random(mib << 20, 10 + i)).unwrap();
+            path
+        })
+        .collect();
+
+    let mut b3sum = Duration::MAX;
+    let mut first = Duration::MAX;
+    let mut again = Duration::MAX;
+    for round in 0..3 {
+        b3sum = b3sum.min(timed(Command::new("b3sum").args(&files)));
+        let store = work.join(format!("store-{round}"));
+        let snapshot = |name: &str| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
+            cmd.current_dir(work)
+                .arg("--store")
+                .arg(&store)
+                .args(["-q", "snapshot", "--name", name, "--comfy-path"])
+                .arg(&install)
+                .arg("-o")
+                .arg(work.join(format!("versions/{name}.json")))
+                .env("HOME", work);
+            cmd
+        };
+        first = first.min(timed(&mut snapshot("s")));
+        again = again.min(timed(&mut snapshot("s2")));
+        let _ = Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(&store)
+            .status();
+        std::fs::remove_dir_all(&store).unwrap();
+    }
+    let total = (3 * mib) as f64;
+    println!("snapshot/models_mib             {total:.0}");
+    println!(
+        "snapshot/b3sum                  {:.3}s  {:.0} MiB/s",
+        b3sum.as_secs_f64(),
+        total / b3sum.as_secs_f64()
+    );
+    println!(
+        "snapshot/into_a_fresh_store     {:.3}s  {:.0} MiB/s  ({:.2}× b3sum's time)",
+        first.as_secs_f64(),
+        total / first.as_secs_f64(),
+        first.as_secs_f64() / b3sum.as_secs_f64()
+    );
+    println!(
+        "snapshot/models_already_stored  {:.3}s  {:.0} MiB/s  ({:.2}× b3sum's time)",
+        again.as_secs_f64(),
+        total / again.as_secs_f64(),
+        again.as_secs_f64() / b3sum.as_secs_f64()
+    );
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(work).status();
+}
