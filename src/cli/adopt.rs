@@ -38,18 +38,19 @@ pub struct SnapshotArgs {
 }
 
 pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let install = snapshot::Install::find(&args.comfy_path).map_err(anyhow::Error::msg)?;
+    let install = snapshot::Install::find(&args.comfy_path).map_err(super::UserInput)?;
     let known = match &args.models_spec {
-        Some(path) => snapshot::read_models_spec(path).map_err(anyhow::Error::msg)?,
+        Some(path) => snapshot::read_models_spec(path).map_err(super::UserInput)?,
         None => Default::default(),
     };
     let report = snapshot::scan(&install, &known);
     if report.core.is_none() {
-        anyhow::bail!(
+        return Err(super::UserInput(format!(
             "cannot tell which ComfyUI `{}` is: {}",
             install.core.display(),
             report.warnings.join("; ")
-        );
+        ))
+        .into());
     }
     for warning in report
         .warnings
@@ -190,8 +191,9 @@ pub struct VerifyModelsArgs {
 }
 
 pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let lock = crate::lock::Lock::read(&args.lock)?
-        .ok_or_else(|| anyhow::anyhow!("there is no lock at `{}`", args.lock.display()))?;
+    let lock = crate::lock::Lock::read(&args.lock)?.ok_or_else(|| {
+        super::UserInput(format!("there is no lock at `{}`", args.lock.display()))
+    })?;
     let mut report = verify::verify_models(&lock, &args.models_dir);
     let mut fixed = Vec::new();
     if args.fix && !report.ok() {
@@ -286,8 +288,8 @@ pub struct ImportArgs {
 pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
     use crate::adopt::neighbours;
     let text = std::fs::read_to_string(&args.file)
-        .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", args.file.display()))?;
-    let named = |e: String| anyhow::anyhow!("`{}`: {e}", args.file.display());
+        .map_err(|e| super::UserInput(format!("cannot read `{}`: {e}", args.file.display())))?;
+    let named = |e: String| super::UserInput(format!("`{}`: {e}", args.file.display()));
     let file_name = args.file.file_name().unwrap_or_default().to_string_lossy();
     let imported = if file_name.ends_with(".toml") {
         let uv_lock = args.file.with_file_name("uv.lock");

@@ -223,6 +223,8 @@ pub fn main() -> i32 {
             .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok())),
         progress: !cli.no_progress && cli.quiet == 0 && std::io::stderr().is_terminal(),
     };
+    // Specs named as `git+URL#PATH` are fetched through this store's mirrors.
+    let _ = spec::STORE_DIR.set(context.store_dir.clone());
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(args, &context),
         Command::Realize(args) => realize::realize(args, &context),
@@ -272,6 +274,11 @@ fn init_logging(verbose: u8, quiet: u8) {
 }
 
 /// Find the library error in `err`'s chain that knows its hint and whether it is the user's.
+/// Input the user gave that cannot be used (a file that is not what it should be), said as is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UserInput(pub String);
+
 fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
     for cause in err.chain() {
         // Every library error type knows its hint and whether it is the user's.
@@ -295,6 +302,9 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::resolve::ResolveError,
             crate::run::RunError
         );
+        if cause.downcast_ref::<UserInput>().is_some() {
+            return (true, None);
+        }
         if cause.downcast_ref::<diff::DiffUsage>().is_some() {
             return (true, Some("see `comfix diff --help`".into()));
         }

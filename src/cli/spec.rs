@@ -33,7 +33,8 @@ pub struct SpecArg {
         conflicts_with = "spec"
     )]
     pub id: Option<String>,
-    /// Path of the spec file
+    /// Path of the spec file, or `git+URL[@REF]#PATH` for one in a git repository (fetched
+    /// through the store's mirrors; its lock is read from beside it there)
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
 }
@@ -61,6 +62,9 @@ impl SpecArg {
 
     pub fn path(&self) -> anyhow::Result<PathBuf> {
         match (&self.spec, &self.id) {
+            (Some(path), _) if path.to_string_lossy().starts_with("git+") => {
+                git_spec(&path.to_string_lossy())
+            }
             (Some(path), _) => Ok(path.clone()),
             (None, Some(id)) => Ok(Spec::find(&std::env::current_dir()?, id)?),
             (None, None) => unreachable!("clap requires an id or --spec"),
@@ -127,6 +131,138 @@ pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
                 println!("  env: {}", keys.join(", "));
             }
             Ok(Outcome::Success)
+        }
+    }
+}
+
+/// The store a `git+URL#PATH` spec is fetched through (`--store`), set once by `cli::main`.
+pub static STORE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// `git+URL[@REF]#PATH`: the URL, the ref (after the last `@` of the URL's last segment) and the
+/// file's path in the repository.
+pub fn parse_git_spec(location: &str) -> anyhow::Result<(String, Option<String>, String)> {
+    let usage = "git+URL[@REF]#PATH, such as git+https://github.com/team/versions.git@main#versions/wan22.json";
+    let rest = location
+        .strip_prefix("git+")
+        .ok_or_else(|| super::UserInput(format!("`{location}` is not {usage}")))?;
+    let (repo, path) = rest.split_once('#').ok_or_else(|| {
+        super::UserInput(format!("`{location}` names no file after `#`: {usage}"))
+    })?;
+    let last = repo.rfind('/').map_or(0, |i| i + 1);
+    let (url, git_ref) = match repo[last..].rfind('@') {
+        Some(at) => (&repo[..last + at], Some(repo[last + at + 1..].to_string())),
+        None => (repo, None),
+    };
+    let url = url.strip_prefix("file://").map_or(url, |p| p);
+    let bad_path = path.is_empty()
+        || path.starts_with('/')
+        || path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..");
+    if url.is_empty() || bad_path || git_ref.as_deref() == Some("") {
+        return Err(super::UserInput(format!(
+            "`{location}` is not {usage} (a relative path, without `..`)"
+        ))
+        .into());
+    }
+    Ok((url.to_string(), git_ref, path.to_string()))
+}
+
+/// Fetch the repository of a `git+URL[@REF]#PATH` spec into the store's mirror, and give the
+/// spec's path in a writable copy of that commit's tree under `cache/specs/` (its lock beside it,
+/// as committed; a lock that resolve writes stays there).
+fn git_spec(location: &str) -> anyhow::Result<PathBuf> {
+    use crate::fetch::git;
+    let (url, git_ref, path) = parse_git_spec(location)?;
+    let dir = STORE_DIR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok()));
+    let store = crate::store::Store::open(&dir)?;
+    let commit = match git::resolve(&store, &url, git_ref.as_deref(), None, true) {
+        Ok(commit) => commit,
+        Err(err) => {
+            // Offline, or the server is gone: what the mirror holds serves.
+            let held = git::resolve(&store, &url, git_ref.as_deref(), None, false);
+            let commit = held.map_err(|_| err)?;
+            tracing::warn!("`{url}` cannot be fetched; using {commit} from the store's mirror");
+            commit
+        }
+    };
+    let copy = store
+        .cache_dir(crate::store::layout::Cache::Specs)
+        .join(git::mirror_name(&url))
+        .join(&commit);
+    if !copy.is_dir() {
+        let tree = git::checkout(&store, &url, &commit, "spec-repository", false)?;
+        let partial = copy.with_extension(format!("tmp-{}", std::process::id()));
+        copy_tree(&tree.path, &partial)?;
+        if let Err(e) = std::fs::rename(&partial, &copy) {
+            let _ = std::fs::remove_dir_all(&partial);
+            if !copy.is_dir() {
+                return Err(e.into());
+            }
+        }
+    }
+    let spec = copy.join(&path);
+    if !spec.is_file() {
+        return Err(super::UserInput(format!(
+            "`{path}` is not a file at commit {commit} of `{url}`"
+        ))
+        .into());
+    }
+    tracing::info!("spec `{path}` from `{url}` at {commit}");
+    Ok(spec)
+}
+
+/// A writable copy of `from` at `to` (symlinks kept as links).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(from).follow_links(false) {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(from).expect("under the root");
+        let at = to.join(rel);
+        let kind = entry.file_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(&at)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &at)?;
+        } else {
+            std::fs::copy(entry.path(), &at)?;
+            std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_git_spec;
+
+    #[test]
+    fn git_spec_locations_split_into_url_ref_and_path() {
+        let parse = |s: &str| parse_git_spec(s).unwrap();
+        assert_eq!(
+            parse("git+https://github.com/team/v.git@v2#versions/x.json"),
+            (
+                "https://github.com/team/v.git".into(),
+                Some("v2".into()),
+                "versions/x.json".into()
+            )
+        );
+        assert_eq!(
+            parse("git+ssh://git@host/team/v.git#x.json"),
+            ("ssh://git@host/team/v.git".into(), None, "x.json".into())
+        );
+        assert_eq!(parse("git+file:///srv/v.git#a/b.json").0, "/srv/v.git");
+        for bad in [
+            "https://h/v.git#x.json",
+            "git+https://h/v.git",
+            "git+https://h/v.git#../x.json",
+            "git+https://h/v.git#/etc/passwd",
+            "git+https://h/v.git@#x.json",
+        ] {
+            assert!(parse_git_spec(bad).is_err(), "{bad}");
         }
     }
 }

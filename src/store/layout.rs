@@ -34,6 +34,8 @@ pub enum Cache {
     Resolutions,
     /// Remembered answers of `uv --version` and of interpreters, by executable and mtime.
     Probes,
+    /// Writable copies of the commits `git+URL#PATH` specs were read from.
+    Specs,
 }
 
 impl Cache {
@@ -45,6 +47,7 @@ impl Cache {
             Cache::VenvBase => "cache/venv-base",
             Cache::Resolutions => "cache/resolutions",
             Cache::Probes => "cache/probes",
+            Cache::Specs => "cache/specs",
         }
     }
 }

@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::resolve::{blake3_hex, pseudo_random, World};
+use crate::support::git::{Entry, TestRepo};
 use crate::support::http::TestServer;
 use crate::support::*;
 
@@ -134,7 +135,7 @@ impl Install {
         fs::write(impact.join("modules/impact.py"), "IMPACT = True\n").unwrap();
         fs::write(
             impact.join(".tracking"),
-            "pyproject.toml\n__init__.py\nmodules/impact.py\n",
+            "pyproject.toml\n__init__.py\nmodules/impact.py\nmodules/gone.py\n",
         )
         .unwrap();
         // Disabled: Manager's `<id>@nightly` form, and the legacy plain name.
@@ -146,6 +147,9 @@ impl Install {
             &nodes.join(".disabled"),
             &["clone", "-q", &w.node_a.url(), "old-a"],
         );
+        // A git repository that is broken.
+        fs::create_dir_all(nodes.join("broken/.git")).unwrap();
+        fs::write(nodes.join("broken/.git/HEAD"), "garbage").unwrap();
         // Something no one can identify.
         fs::create_dir_all(nodes.join("handmade")).unwrap();
         fs::write(nodes.join("handmade/__init__.py"), "H = 1\n").unwrap();
@@ -225,6 +229,8 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
     assert!(err.contains("not pushed"), "{err}");
     let unidentified = report["unidentified"].to_string();
     assert!(unidentified.contains("handmade"), "{unidentified}");
+    assert!(unidentified.contains("broken"), "{unidentified}");
+    assert!(err.contains("modules/gone.py"), "{err}");
     assert!(
         report["unreadable"].to_string().contains("loop"),
         "{report}"
@@ -593,4 +599,67 @@ aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mir
         fs::read(home.join("models/diffusion_models/mirror.safetensors")).unwrap(),
         w.model
     );
+}
+
+/// `--spec git+URL[@REF]#PATH`: a team's versions kept in a repository, fetched through the
+/// store's mirrors: realized at the branch, read at a tag, a missing path named with the commit,
+/// and with the repository gone, read from the mirror.
+#[test]
+fn specs_are_read_from_a_git_repository() {
+    let w = World::new();
+    let mut versions = TestRepo::new(&w.env.path("repos/versions.git"));
+    let mut old = w.default_spec();
+    old["models"] = serde_json::json!([]);
+    let old_text = serde_json::to_string_pretty(&old).unwrap();
+    let first = versions.commit(
+        "main",
+        &[("versions/v1.json", Entry::File(old_text.as_bytes()))],
+    );
+    versions.tag("old", first);
+    let text = serde_json::to_string_pretty(&w.default_spec()).unwrap();
+    versions.commit(
+        "main",
+        &[("versions/v1.json", Entry::File(text.as_bytes()))],
+    );
+    let at = |suffix: &str| format!("git+{}{suffix}", versions.url());
+
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "--spec", &at("#versions/v1.json"), "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    let check = |location: &str| {
+        let out = w
+            .cmd(&w.env.store)
+            .args(["--json", "spec", "check", "--spec", location])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let tagged = check(&at("@old#versions/v1.json"));
+    assert_eq!(tagged["spec"]["models"], serde_json::json!([]));
+
+    let out = w
+        .cmd(&w.env.store)
+        .args(["spec", "check", "--spec", &at("#versions/nope.json")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("`versions/nope.json` is not a file at commit"),
+        "{err}"
+    );
+
+    fs::rename(w.env.path("repos/versions.git"), w.env.path("gone.git")).unwrap();
+    let held = check(&at("#versions/v1.json"));
+    assert_eq!(held["spec"]["models"].as_array().unwrap().len(), 3);
 }
