@@ -358,6 +358,8 @@ struct Current {
     index: usize,
     /// `None` when the store has the path already: its entries are read and dropped.
     staging: Option<Staging>,
+    /// The BLAKE3 of each regular file written, by its parts under the path.
+    written: Vec<(Vec<String>, crate::store::tree::Digest)>,
 }
 
 /// Read a closure archive from `input` into `store`; each version's spec and lock are written
@@ -462,12 +464,15 @@ pub fn import(
             current = Some(Current {
                 index: next,
                 staging,
+                written: Vec::new(),
             });
             next += 1;
         }
         let current = current.as_mut().expect("set above");
         if let Some(staging) = &current.staging {
-            write_entry(&mut entry, staging.path(), &parts[1..], &shown)?;
+            if let Some(digest) = write_entry(&mut entry, staging.path(), &parts[1..], &shown)? {
+                current.written.push((parts[1..].to_vec(), digest));
+            }
         }
     }
     if let Some(done) = current.take() {
@@ -492,6 +497,7 @@ pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(
     let decoder = zstd::stream::read::Decoder::new(input).map_err(damaged)?;
     let mut archive = tar::Archive::new(decoder);
     let staging = store.staging()?;
+    let mut written = Vec::new();
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let path = entry.path().map_err(damaged)?.into_owned();
@@ -505,13 +511,16 @@ pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(
                     meta.name, meta.name
                 ),
             })?;
-        write_entry(&mut entry, staging.path(), &parts[1..], &shown)?;
+        if let Some(digest) = write_entry(&mut entry, staging.path(), &parts[1..], &shown)? {
+            written.push((parts[1..].to_vec(), digest));
+        }
     }
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     let mut report = ImportReport::default();
     let current = Current {
         index: 0,
         staging: Some(staging),
+        written,
     };
     finish(store, meta, current, &mut report)
 }
@@ -552,13 +561,14 @@ fn plain_parts(path: &Path) -> Option<Vec<String>> {
         .filter(|parts| !parts.is_empty())
 }
 
-/// Write one entry of a path at `staging/<parts>`, never through a symlink.
+/// Write one entry of a path at `staging/<parts>`, never through a symlink; returns the BLAKE3 of
+/// a regular file's bytes.
 fn write_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     staging: &Path,
     parts: &[String],
     shown: &str,
-) -> Result<(), ClosureError> {
+) -> Result<Option<crate::store::tree::Digest>, ClosureError> {
     let unsafe_entry = |reason: &str| ClosureError::Unsafe {
         entry: shown.to_string(),
         reason: reason.to_string(),
@@ -592,12 +602,14 @@ fn write_entry<R: Read>(
         tar::EntryType::Regular => {
             let file = fs::File::create_new(&at).map_err(io(&at))?;
             // Large writes: a model is gigabytes, and 8 KiB writes cost more than the bytes.
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, Streamed::new(file));
             std::io::copy(entry, &mut out).map_err(damaged)?;
             out.flush().map_err(io(&at))?;
+            let digest = out.get_ref().hasher.finalize();
             let executable = header.mode().map_err(damaged)? & 0o111 != 0;
             let mode = if executable { 0o755 } else { 0o644 };
             fs::set_permissions(&at, fs::Permissions::from_mode(mode)).map_err(io(&at))?;
+            return Ok(Some(*digest.as_bytes()));
         }
         tar::EntryType::Symlink => {
             let target = entry
@@ -612,7 +624,54 @@ fn write_entry<R: Read>(
             )))
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// A staged file being written: its bytes hashed as they go, and written back to disk every
+/// [`WRITEBACK`] bytes, so that the `syncfs` before registration finds little left to do.
+struct Streamed {
+    file: fs::File,
+    hasher: blake3::Hasher,
+    written: u64,
+    flushed: u64,
+}
+
+/// How many bytes are written before the kernel is asked to start writing them back.
+const WRITEBACK: u64 = 32 << 20;
+
+impl Streamed {
+    fn new(file: fs::File) -> Streamed {
+        Streamed {
+            file,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            flushed: 0,
+        }
+    }
+}
+
+impl Write for Streamed {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        self.written += n as u64;
+        if self.written - self.flushed >= WRITEBACK {
+            // DONTNEED on dirty pages starts their writeback without waiting for it (and lets
+            // clean ones go): the bytes are hashed already and not read again.
+            let _ = rustix::fs::fadvise(
+                &self.file,
+                self.flushed,
+                std::num::NonZeroU64::new(self.written - self.flushed),
+                rustix::fs::Advice::DontNeed,
+            );
+            self.flushed = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Register a whole staged path, checked against its metadata.
@@ -629,7 +688,12 @@ fn finish(
     if fs::symlink_metadata(staging.path().join(&meta.name)).is_err() {
         return Err(damaged(format!("`{}` has no entries", meta.name)));
     }
-    let added = store.import_staged(staging, &meta.name, meta)?;
+    // A path that is one file: its digest was taken as it was written (a model is not read again).
+    let single = match current.written.as_slice() {
+        [(parts, digest)] if parts.len() == 1 => Some(*digest),
+        _ => None,
+    };
+    let added = store.import_staged(staging, &meta.name, meta, single)?;
     report.imported.push(added.record.name);
     Ok(())
 }

@@ -216,11 +216,13 @@ impl Store {
     /// (which must be valid), after checking that its bytes hash to `meta.tree_hash` and, for a
     /// content-addressed path, that the name is the one its tree, name and references give. A
     /// path that is valid already is used as it is: nothing is written.
+    /// `single`: the BLAKE3 of the staged tree when it is one file, hashed as it was written.
     pub fn import_staged(
         &self,
         staging: Staging,
         rel: &str,
         meta: &super::PathMeta,
+        single: Option<Digest>,
     ) -> Result<Added> {
         check_name(&meta.name).map_err(|reason| StoreError::InvalidName {
             name: meta.name.clone(),
@@ -247,7 +249,7 @@ impl Store {
             rel,
             short,
             &meta.references,
-            None,
+            single,
             Naming::Expected(meta),
         )
     }
