@@ -537,7 +537,7 @@ struct ObjectReader<'a> {
 const READ_ATTEMPTS: u32 = 5;
 
 /// How many chunks a transfer may receive ahead of the importer.
-const READ_AHEAD: usize = 256;
+const READ_AHEAD: usize = 4096;
 
 /// Receive `stream` into a channel, ahead of its reader, until the reader goes.
 fn read_ahead(

@@ -302,17 +302,7 @@ pub fn test(args: TestArgs, context: &Context) -> anyhow::Result<Outcome> {
         };
         eprintln!("{line}");
         for e in &r.errors {
-            eprintln!(
-                "  node {} ({}): {}{}",
-                e.node,
-                e.class_type.as_deref().unwrap_or("?"),
-                e.message,
-                if e.details.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", e.details)
-                }
-            );
+            eprintln!("  {e}");
         }
     }
     if let Some(err) = &suite.not_started {

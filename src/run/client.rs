@@ -29,6 +29,18 @@ pub struct NodeError {
     pub details: String,
 }
 
+impl std::fmt::Display for NodeError {
+    /// `node 5 (KSampler): message: details`, as reports show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let class = self.class_type.as_deref().unwrap_or("?");
+        write!(f, "node {} ({class}): {}", self.node, self.message)?;
+        if !self.details.is_empty() {
+            write!(f, ": {}", self.details)?;
+        }
+        Ok(())
+    }
+}
+
 /// A file a node produced: `/view?filename&subfolder&type`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputFile {

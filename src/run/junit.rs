@@ -58,19 +58,7 @@ pub fn report(version: &str, reports: &[WorkflowReport]) -> String {
         let message = r.message.clone().unwrap_or_default();
         let body = {
             let mut lines = vec![message.clone()];
-            lines.extend(r.errors.iter().map(|e| {
-                format!(
-                    "node {} ({}): {}{}",
-                    e.node,
-                    e.class_type.as_deref().unwrap_or("?"),
-                    e.message,
-                    if e.details.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", e.details)
-                    }
-                )
-            }));
+            lines.extend(r.errors.iter().map(|e| e.to_string()));
             lines.join("\n")
         };
         let first = message.lines().next().unwrap_or("").to_string();

@@ -161,6 +161,20 @@ pub async fn run(
 }
 
 /// One server's share of the workflows, in order.
+/// Every workflow of a share, not run because of `err`.
+fn not_run(share: Vec<(usize, String, String)>, err: &RunError) -> Vec<(usize, WorkflowReport)> {
+    let message = err.to_string();
+    share
+        .into_iter()
+        .map(|(i, name, _)| {
+            (
+                i,
+                WorkflowReport::new(&name, Status::NotRun).with_message(message.clone()),
+            )
+        })
+        .collect()
+}
+
 async fn run_share(
     home: &RunHome,
     job: usize,
@@ -170,35 +184,13 @@ async fn run_share(
 ) -> (Vec<(usize, WorkflowReport)>, Option<RunError>) {
     let mut server = match start(home, job, options).await {
         Ok(server) => server,
-        Err(err) => {
-            let message = err.to_string();
-            let reports = share
-                .into_iter()
-                .map(|(i, name, _)| {
-                    (
-                        i,
-                        WorkflowReport::new(&name, Status::NotRun).with_message(message.clone()),
-                    )
-                })
-                .collect();
-            return (reports, Some(err));
-        }
+        Err(err) => return (not_run(share, &err), Some(err)),
     };
     let info = match server.comfy.object_info().await {
         Ok(info) => info,
         Err(err) => {
             server.stop();
-            let message = err.to_string();
-            let reports = share
-                .into_iter()
-                .map(|(i, name, _)| {
-                    (
-                        i,
-                        WorkflowReport::new(&name, Status::NotRun).with_message(message.clone()),
-                    )
-                })
-                .collect();
-            return (reports, Some(err));
+            return (not_run(share, &err), Some(err));
         }
     };
     home.keep_object_info(&info);
