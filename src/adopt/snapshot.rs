@@ -657,7 +657,9 @@ fn python(venv: &Path, warnings: &mut Vec<String>) -> Option<PythonFound> {
 }
 
 /// The spec of what `report` found.
-pub fn spec(name: &str, report: &Report) -> Value {
+/// With `dirty_as_dev`, git nodes with uncommitted changes are written as development nodes
+/// (`"path"`: their directory in the install), so the edits are kept.
+pub fn spec(name: &str, report: &Report, dirty_as_dev: bool) -> Value {
     let mut spec = json!({ "schema_version": 2, "version_id": name });
     if let Some(core) = &report.core {
         spec["comfy"] = match (&core.commit, &core.version) {
@@ -670,7 +672,14 @@ pub fn spec(name: &str, report: &Report) -> Value {
         .nodes
         .iter()
         .map(|n| {
+            let dirty = n
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("uncommitted changes"));
             let mut node = match n.kind {
+                "git" if dirty && dirty_as_dev => {
+                    json!({ "path": n.path.display().to_string(), "name": n.name })
+                }
                 "git" => json!({ "repo": n.repo, "name": n.name, "commit": n.commit }),
                 _ => json!({ "cnr": n.id, "version": n.version, "name": n.name }),
             };

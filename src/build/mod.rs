@@ -232,6 +232,9 @@ pub fn derivations(
     for node in &spec.custom_nodes {
         let locked = lock.and_then(|l| locked_node(node, l));
         let name = node.dir_name();
+        if let NodeSource::Local { .. } = node.source() {
+            continue; // a development node is linked as it is: nothing to fetch or build
+        }
         out.push(match (node.source(), locked) {
             (NodeSource::Git { .. }, Some(n)) if n.git.is_some() => {
                 Derivation::git("node", name, n.git.as_ref().expect("checked"))
@@ -245,6 +248,7 @@ pub fn derivations(
             (NodeSource::Registry { id, .. }, _) => {
                 Derivation::unpinned(Kind::FetchArchive, name, id, false)
             }
+            (NodeSource::Local { .. }, _) => unreachable!("skipped above"),
         });
     }
     if !skip_models {

@@ -32,6 +32,10 @@ pub struct SnapshotArgs {
     /// Write the spec only: no lock, nothing into the store
     #[arg(long)]
     no_lock: bool,
+    /// Record git nodes with uncommitted changes as development nodes (linked to their
+    /// directory in the install, edits kept) instead of at their last commit
+    #[arg(long)]
+    dirty_as_dev: bool,
     /// Concurrent downloads while resolving (registry nodes)
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
     jobs: usize,
@@ -69,7 +73,7 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     if let Some(dir) = spec_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let spec_value = snapshot::spec(&args.name, &report);
+    let spec_value = snapshot::spec(&args.name, &report, args.dirty_as_dev);
     std::fs::write(
         &spec_path,
         serde_json::to_string_pretty(&spec_value)? + "\n",

@@ -111,6 +111,10 @@ pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
                         node.dir_name(),
                         version.unwrap_or("latest")
                     ),
+                    NodeSource::Local { path } => println!(
+                        "  node {}: development directory {path}{state}",
+                        node.dir_name()
+                    ),
                 }
             }
             for model in &spec.models {

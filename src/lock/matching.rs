@@ -35,6 +35,8 @@ pub fn locked_node<'a>(node: &CustomNode, lock: &'a Lock) -> Option<&'a LockedNo
             .registry
             .as_ref()
             .is_some_and(|r| r.id == id && version.is_none_or(|v| v == r.version)),
+        // Its place is decided against the spec's directory when resolving.
+        NodeSource::Local { .. } => locked.local.is_some(),
     };
     matches.then_some(locked)
 }

@@ -98,6 +98,27 @@ pub struct LockedNode {
     pub git: Option<LockedGit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<LockedRegistry>,
+    /// A development node: a directory on this machine, linked into homes as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LockedLocal>,
+}
+
+/// A development node's directory and the tree hash of its contents when it was resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedLocal {
+    /// Absolute.
+    pub path: String,
+    /// The tree hash (hex) of the directory at resolve time.
+    pub tree_hash: String,
+}
+
+impl LockedLocal {
+    /// Where the directory is and what its contents hash to now (for a warning when they
+    /// changed since the lock).
+    pub fn current_hash(&self) -> Option<String> {
+        let node = crate::store::tree::hash_tree(std::path::Path::new(&self.path)).ok()?;
+        Some(blake3::Hash::from(node.tree_hash()).to_hex().to_string())
+    }
 }
 
 /// A Comfy Node Registry package version.

@@ -25,14 +25,15 @@ pub fn groups(
         &store.path_of(&core.store_path),
     )?];
     for node in nodes.iter().filter(|n| n.enabled) {
-        let path = match (&node.git, &node.registry) {
-            (Some(g), _) => &g.store_path,
-            (_, Some(r)) => &r.store_path,
+        let tree = match (&node.git, &node.registry, &node.local) {
+            (Some(g), _, _) => store.path_of(&g.store_path),
+            (_, Some(r), _) => store.path_of(&r.store_path),
+            (_, _, Some(l)) => std::path::PathBuf::from(&l.path),
             _ => continue,
         };
         out.push(requirements::of_tree(
             &format!("node `{}`", node.name),
-            &store.path_of(path),
+            &tree,
         )?);
     }
     out.push(Group {

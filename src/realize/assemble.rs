@@ -129,6 +129,25 @@ impl<'a> Assembly<'a> {
             if fs::symlink_metadata(self.building.join(&rel)).is_ok() {
                 return Err(RealizeError::Conflict { at: rel });
             }
+            if let Some(local) = &node.local {
+                // A development node: linked to its directory, edited in place.
+                if local
+                    .current_hash()
+                    .is_some_and(|now| now != local.tree_hash)
+                {
+                    tracing::warn!(
+                        "development node `{}` changed since it was locked (`{}`); `comfix resolve` records it",
+                        node.name,
+                        local.path
+                    );
+                }
+                let at = self.building.join(&rel);
+                if let Some(parent) = at.parent() {
+                    fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                std::os::unix::fs::symlink(&local.path, &at).map_err(io(&at))?;
+                continue;
+            }
             let store_path = match (&node.git, &node.registry) {
                 (Some(g), _) => &g.store_path,
                 (_, Some(r)) => &r.store_path,

@@ -328,6 +328,11 @@ impl Resolver {
                         jobs.clone(),
                     ))
                 }
+                NodeSource::Local { path } => NodeTask::Local(self.local_node(
+                    &name,
+                    path,
+                    previous.and_then(|p| p.local.as_ref()),
+                )),
                 NodeSource::Registry { id, version } => {
                     let keep = previous
                         .and_then(|p| p.registry.clone())
@@ -344,6 +349,47 @@ impl Resolver {
             nodes.push((name, node.is_enabled(), task));
         }
         nodes
+    }
+
+    /// A development node: its directory (relative to the spec) and what its contents hash to
+    /// now; a warning when they changed since the lock.
+    fn local_node(
+        &self,
+        name: &str,
+        path: &str,
+        previous: Option<&crate::lock::LockedLocal>,
+    ) -> Result<crate::lock::LockedLocal, BuildError> {
+        let dir = self.spec_dir.join(path);
+        let missing = |reason: String| {
+            BuildError::from(FetchError::LocalSource {
+                what: format!("node `{name}`"),
+                file: dir.display().to_string(),
+                reason,
+                hint: Some(
+                    "a development node's `path` is a directory, relative to the spec".into(),
+                ),
+            })
+        };
+        let real = std::fs::canonicalize(&dir).map_err(|e| missing(e.to_string()))?;
+        if !real.is_dir() {
+            return Err(missing("it is not a directory".into()));
+        }
+        let tree = crate::store::tree::hash_tree(&real).map_err(|e| missing(e.to_string()))?;
+        let tree_hash = blake3::Hash::from(tree.tree_hash()).to_hex().to_string();
+        let local = crate::lock::LockedLocal {
+            path: real.display().to_string(),
+            tree_hash,
+        };
+        if let Some(old) = previous.filter(|old| **old != local) {
+            tracing::warn!(
+                "development node `{name}` changed since it was locked (`{}` was {}, now {} at `{}`)",
+                old.path,
+                &old.tree_hash[..16],
+                &local.tree_hash[..16],
+                local.path
+            );
+        }
+        Ok(local)
     }
 
     /// A task per spec model (whether it is required, its label), and with `skip_models` the
@@ -616,6 +662,7 @@ impl Resolver {
 enum NodeTask {
     Git(Task<LockedGit>),
     Registry(Task<LockedRegistry>),
+    Local(Result<crate::lock::LockedLocal, BuildError>),
 }
 
 fn report(
@@ -658,16 +705,22 @@ impl Tally {
     async fn nodes(&mut self, tasks: Vec<(String, bool, NodeTask)>) -> Vec<LockedNode> {
         let mut out = Vec::new();
         for (name, enabled, task) in tasks {
-            let (git, registry) = match task {
-                NodeTask::Git(t) => (self.collect(t).await, None),
-                NodeTask::Registry(t) => (None, self.collect(t).await),
+            let (git, registry, local) = match task {
+                NodeTask::Git(t) => (self.collect(t).await, None, None),
+                NodeTask::Registry(t) => (None, self.collect(t).await, None),
+                NodeTask::Local(Ok(local)) => (None, None, Some(local)),
+                NodeTask::Local(Err(err)) => {
+                    self.errors.push(err);
+                    (None, None, None)
+                }
             };
-            if git.is_some() || registry.is_some() {
+            if git.is_some() || registry.is_some() || local.is_some() {
                 out.push(LockedNode {
                     name,
                     enabled,
                     git,
                     registry,
+                    local,
                 });
             }
         }

@@ -76,6 +76,9 @@ pub struct CustomNode {
     pub commit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// A development node: a directory on this machine (relative to the spec), linked, not copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// Where a custom node comes from.
@@ -88,11 +91,18 @@ pub enum NodeSource<'a> {
         id: &'a str,
         version: Option<&'a str>,
     },
+    /// A directory on this machine (relative to the spec's directory).
+    Local {
+        path: &'a str,
+    },
 }
 
 impl CustomNode {
     /// The node's source; validation guarantees exactly one of `repo` and `cnr` is set.
     pub fn source(&self) -> NodeSource<'_> {
+        if let (Some(path), None, None) = (&self.path, &self.repo, &self.cnr) {
+            return NodeSource::Local { path };
+        }
         match (&self.repo, &self.cnr) {
             (_, Some(id)) => NodeSource::Registry {
                 id,
@@ -112,6 +122,12 @@ impl CustomNode {
         match self.source() {
             NodeSource::Registry { id, .. } => id.to_string(),
             NodeSource::Git { repo } => repo_basename(repo).to_string(),
+            NodeSource::Local { path } => path
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(path)
+                .to_string(),
         }
     }
 
@@ -511,6 +527,7 @@ mod tests {
             git_ref: None,
             commit: None,
             enabled: None,
+            path: None,
         };
         assert_eq!(
             node("https://github.com/a/ComfyUI-KJNodes.git").dir_name(),

@@ -212,18 +212,19 @@ fn nodes(issues: &mut Issues, spec: &Spec) {
     let mut node_dirs: BTreeMap<String, usize> = BTreeMap::new();
     for (i, node) in spec.custom_nodes.iter().enumerate() {
         let at = format!("custom_nodes[{i}]");
-        match (&node.repo, &node.cnr) {
-            (Some(_), Some(_)) => issues.add_hint(
+        let sources = [node.repo.is_some(), node.cnr.is_some(), node.path.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 => issues.add_hint(
                 at.clone(),
-                "has both `repo` and `cnr`",
-                "a node comes from a git repository (`repo`) or from the registry (`cnr`), not both",
+                "has neither `repo` nor `cnr` nor `path`",
+                "set `repo` to a git URL, `cnr` to a Comfy Node Registry id, or `path` to a directory",
             ),
-            (None, None) => issues.add_hint(
+            1 => {}
+            _ => issues.add_hint(
                 at.clone(),
-                "has neither `repo` nor `cnr`",
-                "set `repo` to a git URL or `cnr` to a Comfy Node Registry id",
+                "has more than one of `repo`, `cnr` and `path`",
+                "a node comes from a git repository (`repo`), the registry (`cnr`) or a local directory (`path`), one of them",
             ),
-            _ => {}
         }
         node_source(issues, &at, node);
         issues.git_ref(format!("{at}.ref"), &node.git_ref);
@@ -263,6 +264,18 @@ fn nodes(issues: &mut Issues, spec: &Spec) {
 /// A git node's URL and a registry node's id and version, and pins that do not apply.
 fn node_source(issues: &mut Issues, at: &str, node: &super::CustomNode) {
     match node.source() {
+        NodeSource::Local { path } => {
+            if path.is_empty() || path.chars().any(char::is_control) {
+                issues.add(format!("{at}.path"), "expected a directory");
+            }
+            if node.git_ref.is_some() || node.commit.is_some() || node.version.is_some() {
+                issues.add_hint(
+                    format!("{at}.path"),
+                    "`ref`, `commit` and `version` do not apply to a local directory",
+                    "a development node is taken as it is on disk; the lock records its digest",
+                );
+            }
+        }
         NodeSource::Git { repo } => {
             if node.repo.is_some() && !is_git_remote(repo) {
                 issues.add(

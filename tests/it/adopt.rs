@@ -335,6 +335,7 @@ fn link_models_swaps_verified_files_for_store_links() {
             "--name",
             "snap",
             "--link-models",
+            "--dirty-as-dev",
             "--models-spec",
         ])
         .arg(&yml)
@@ -352,6 +353,18 @@ fn link_models_swaps_verified_files_for_store_links() {
         .find(|m| m["filename"] == "base.safetensors")
         .unwrap();
     assert_eq!(base["known_source"], "hf://org/sdxl/base.safetensors");
+    // The dirty node is recorded as a development node, its edits kept; the clean ones by commit.
+    let spec: Value =
+        serde_json::from_slice(&fs::read(i.w.env.work.join("versions/snap.json")).unwrap())
+            .unwrap();
+    let nodes = spec["custom_nodes"].as_array().unwrap();
+    let a = nodes.iter().find(|n| n["name"] == "ComfyUI-A").unwrap();
+    assert_eq!(
+        a["path"],
+        i.core.join("custom_nodes/ComfyUI-A").display().to_string()
+    );
+    let b = nodes.iter().find(|n| n["name"] == "ComfyUI-B").unwrap();
+    assert!(b["commit"].is_string(), "{b}");
     let after = fingerprint(&i.root);
     let ckpt = i.core.join("models/checkpoints/sdxl/base.safetensors");
     let lora = i.w.env.path("external-models/my-loras/detail.safetensors");
@@ -662,4 +675,93 @@ fn specs_are_read_from_a_git_repository() {
     fs::rename(w.env.path("repos/versions.git"), w.env.path("gone.git")).unwrap();
     let held = check(&at("#versions/v1.json"));
     assert_eq!(held["spec"]["models"].as_array().unwrap().len(), 3);
+}
+
+/// A development node (`"path"`): realized as a link to its directory (edits show at once, no
+/// copy in the store), its requirements read from there, its tree hash in the lock, and a
+/// warning when it changed since the lock; resolve records the change.
+#[test]
+fn development_nodes_are_linked_and_their_changes_noticed() {
+    let w = World::new();
+    let dev = w.env.work.join("my-node");
+    fs::create_dir_all(&dev).unwrap();
+    fs::write(dev.join("__init__.py"), "DEV = 1\n").unwrap();
+    let mut spec = w.default_spec();
+    spec["custom_nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "path": "../my-node" }));
+    w.write_spec(&spec);
+    let home = w.env.path("home");
+    let realize = || {
+        w.cmd(&w.env.store)
+            .args(["realize", "v1", "--target"])
+            .arg(&home)
+            .output()
+            .unwrap()
+    };
+    let out = realize();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let linked = home.join("ComfyUI/custom_nodes/my-node");
+    assert_eq!(
+        fs::canonicalize(&linked).unwrap(),
+        fs::canonicalize(&dev).unwrap()
+    );
+    let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+    let node = lock["custom_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "my-node")
+        .unwrap()
+        .clone();
+    let first_hash = node["local"]["tree_hash"].as_str().unwrap().to_string();
+    assert_eq!(first_hash.len(), 64);
+    let status = w
+        .cmd(&w.env.store)
+        .args(["status", "--check-contents", "--target"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}{}",
+        stdout(&status),
+        stderr(&status)
+    );
+    // Edits show in the home at once.
+    fs::write(dev.join("__init__.py"), "DEV = 2\n").unwrap();
+    assert_eq!(fs::read(linked.join("__init__.py")).unwrap(), b"DEV = 2\n");
+    // A new generation says the node changed since the lock; resolve records the new hash.
+    let out = realize();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("changed since it was locked"),
+        "{}",
+        stderr(&out)
+    );
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+    let now = lock["custom_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "my-node")
+        .unwrap()["local"]["tree_hash"]
+        .clone();
+    assert_ne!(now, serde_json::json!(first_hash));
+    // A missing directory is an error naming the node.
+    fs::remove_dir_all(&dev).unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("node `my-node`"), "{}", stderr(&out));
 }
