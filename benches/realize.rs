@@ -83,6 +83,7 @@ fn fixture() -> Fixture {
                 blake3: "0".repeat(64),
                 store_path,
             }),
+            local: None,
         });
         spec_nodes.push(serde_json::json!({ "cnr": format!("node{n}"), "version": "1.0.0" }));
     }
