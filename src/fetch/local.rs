@@ -96,34 +96,13 @@ pub fn stage(
 
     let staging = store.staging()?;
     let staged = staging.path().join(file_name);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&staged)
-        .map_err(FetchError::io(&staged))?;
-    let mut b3 = blake3::Hasher::new();
-    let mut sha = sha256.map(|_| sha2::Sha256::new());
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(FetchError::io(path)(e)),
+    // Where the filesystem clones files (XFS, btrfs), the staged copy costs nothing and is hashed
+    // on all cores; elsewhere it is written as it is read, and hashed while written.
+    let (size, digest, sha256_hex) =
+        match clone_and_hash(&real, &staged, meta.len(), sha256.is_some()) {
+            Some(cloned) => cloned.map_err(FetchError::io(&staged))?,
+            None => copy_and_hash(&mut file, path, &staged, sha256.is_some())?,
         };
-        let chunk = &buf[..n];
-        out.write_all(chunk).map_err(FetchError::io(&staged))?;
-        b3.update(chunk);
-        if let Some(sha) = &mut sha {
-            sha.update(chunk);
-        }
-        size += n as u64;
-    }
-    out.sync_data().map_err(FetchError::io(&staged))?;
-    let digest = *b3.finalize().as_bytes();
-    let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));
     let source = format!("file://{}", path.display());
     if let (Some(expected), Some(actual)) = (sha256, &sha256_hex) {
         expected.check(what, &source, "SHA-256", actual)?;
@@ -142,6 +121,72 @@ pub fn stage(
         sha256: sha256_hex,
         blake3: digest,
     })
+}
+
+/// Reflink `from` to `to` and hash the clone: `None` when the filesystem cannot clone.
+fn clone_and_hash(
+    from: &Path,
+    to: &Path,
+    size: u64,
+    want_sha256: bool,
+) -> Option<std::io::Result<(u64, crate::store::tree::Digest, Option<String>)>> {
+    reflink_copy::reflink(from, to).ok()?;
+    Some((|| {
+        let clone = std::fs::File::open(to)?;
+        let cloned = clone.metadata()?.len();
+        if cloned != size {
+            return Err(std::io::Error::other(format!(
+                "the file changed while it was read ({size} bytes, then {cloned})"
+            )));
+        }
+        let digest = crate::store::tree::hash_file(to, cloned)?;
+        let sha = if want_sha256 {
+            let mut sha = sha2::Sha256::new();
+            std::io::copy(&mut std::io::BufReader::new(&clone), &mut sha)?;
+            Some(format!("{:x}", sha.finalize()))
+        } else {
+            None
+        };
+        clone.sync_data()?;
+        Ok((cloned, digest, sha))
+    })())
+}
+
+/// Copy `file` to `staged` as it is read, hashing the bytes on the way.
+fn copy_and_hash(
+    file: &mut std::fs::File,
+    path: &Path,
+    staged: &Path,
+    want_sha256: bool,
+) -> Result<(u64, crate::store::tree::Digest, Option<String>), FetchError> {
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(staged)
+        .map_err(FetchError::io(staged))?;
+    let mut b3 = blake3::Hasher::new();
+    let mut sha = want_sha256.then(sha2::Sha256::new);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FetchError::io(path)(e)),
+        };
+        let chunk = &buf[..n];
+        out.write_all(chunk).map_err(FetchError::io(staged))?;
+        b3.update(chunk);
+        if let Some(sha) = &mut sha {
+            sha.update(chunk);
+        }
+        size += n as u64;
+    }
+    out.sync_data().map_err(FetchError::io(staged))?;
+    let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));
+    Ok((size, *b3.finalize().as_bytes(), sha256_hex))
 }
 
 fn libc_flags() -> i32 {

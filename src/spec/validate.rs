@@ -220,9 +220,19 @@ fn nodes(issues: &mut Issues, spec: &Spec) {
                 "set `repo` to a git URL, `cnr` to a Comfy Node Registry id, or `path` to a directory",
             ),
             1 => {}
-            _ => issues.add_hint(
+            n => issues.add_hint(
                 at.clone(),
-                "has more than one of `repo`, `cnr` and `path`",
+                {
+                    let set: Vec<&str> = ["`repo`", "`cnr`", "`path`"]
+                        .into_iter()
+                        .zip(sources)
+                        .filter_map(|(name, on)| on.then_some(name))
+                        .collect();
+                    match n {
+                        2 => format!("has both {} and {}", set[0], set[1]),
+                        _ => format!("has {}, {} and {}", set[0], set[1], set[2]),
+                    }
+                },
                 "a node comes from a git repository (`repo`), the registry (`cnr`) or a local directory (`path`), one of them",
             ),
         }

@@ -795,51 +795,78 @@ fn frozen_refuses_to_change_the_lock() {
     assert!(!home.exists());
 }
 
+/// A loop-mounted XFS image (reflinks), unmounted when dropped; `None`, said why, when this
+/// machine cannot make one (not root, no xfsprogs, no loop devices).
+pub(crate) struct Xfs {
+    pub(crate) mount: PathBuf,
+}
+
+impl Xfs {
+    pub(crate) fn mount(w: &World) -> Option<Xfs> {
+        let skip = |why: &str| {
+            eprintln!("skipping the reflink test: {why}");
+            None
+        };
+        if !rustix_is_root() {
+            return skip("not running as root (mounting needs it)");
+        }
+        if std::process::Command::new("mkfs.xfs")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            return skip("mkfs.xfs is not installed (apt-get install xfsprogs)");
+        }
+        let image = w.env.path("xfs.img");
+        let mount = w.env.path("xfs");
+        fs::create_dir_all(&mount).unwrap();
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        assert!(run("truncate", &["-s", "300M", image.to_str().unwrap()]));
+        assert!(run("mkfs.xfs", &["-q", "-f", image.to_str().unwrap()]));
+        let mounted = run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                mount.to_str().unwrap(),
+            ],
+        );
+        if !mounted {
+            return skip("loop mounting is not permitted here");
+        }
+        Some(Xfs { mount })
+    }
+
+    /// Bytes free on it.
+    pub(crate) fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.mount).unwrap();
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Xfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
 /// Reflinks need a filesystem that has them: a loop-mounted XFS image, when running as root.
 #[test]
 fn reflink_mode_on_a_loop_mounted_xfs() {
-    let skip = |why: &str| eprintln!("skipping the reflink test: {why}");
-    if !rustix_is_root() {
-        return skip("not running as root (mounting needs it)");
-    }
-    if std::process::Command::new("mkfs.xfs")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        return skip("mkfs.xfs is not installed (apt-get install xfsprogs)");
-    }
     let w = World::new();
-    let image = w.env.path("xfs.img");
-    let mount = w.env.path("xfs");
-    fs::create_dir_all(&mount).unwrap();
-    let run = |cmd: &str, args: &[&str]| {
-        std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+    let Some(xfs) = Xfs::mount(&w) else {
+        return;
     };
-    assert!(run("truncate", &["-s", "300M", image.to_str().unwrap()]));
-    assert!(run("mkfs.xfs", &["-q", "-f", image.to_str().unwrap()]));
-    if !run(
-        "mount",
-        &[
-            "-o",
-            "loop",
-            image.to_str().unwrap(),
-            mount.to_str().unwrap(),
-        ],
-    ) {
-        return skip("loop mounting is not permitted here");
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mount.clone());
+    let mount = xfs.mount.clone();
     write_spec_as(&w, "v1", &full_spec(&w, "v1"));
     let store = mount.join("store");
     let home = mount.join("home");
@@ -1255,4 +1282,49 @@ fn a_core_linking_its_folders_out_of_the_home_is_refused() {
         assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "{folder}");
         assert!(!home.join(".comfix/current").exists());
     }
+}
+
+/// A local model on a filesystem with reflinks is cloned into the store, not copied: resolving a
+/// 64 MiB `file://` model takes (almost) no space, and its bytes and digest are the file's.
+#[test]
+fn local_models_are_cloned_where_the_filesystem_can() {
+    let w = World::new();
+    let Some(xfs) = Xfs::mount(&w) else {
+        return;
+    };
+    let model = crate::resolve::pseudo_random(64 << 20, 9);
+    let file = xfs.mount.join("local.safetensors");
+    fs::write(&file, &model).unwrap();
+    let mut spec = full_spec(&w, "v1");
+    spec["models"] =
+        json!([{ "source": format!("file://{}", file.display()), "target_subdir": "checkpoints" }]);
+    write_spec_as(&w, "v1", &spec);
+    let store = xfs.mount.join("store");
+    // The store's own files first (db, the git trees), so only the model is measured.
+    let out = w
+        .cmd(&store)
+        .args(["store", "add"])
+        .arg(w.env.path("repos"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = std::process::Command::new("sync").status();
+    let before = xfs.free();
+    let out = w.cmd(&store).args(["resolve", "v1"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = std::process::Command::new("sync").status();
+    let used = before.saturating_sub(xfs.free());
+    assert!(
+        used < 16 << 20,
+        "resolving a 64 MiB local model used {used} bytes"
+    );
+    let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
+    assert_eq!(
+        lock["models"][0]["blake3"],
+        crate::resolve::blake3_hex(&model)
+    );
+    let stored = store
+        .join("paths")
+        .join(lock["models"][0]["store_path"].as_str().unwrap());
+    assert_eq!(fs::read(stored).unwrap(), model);
 }
