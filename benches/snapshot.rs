@@ -7,12 +7,11 @@
 //! Run: `cargo bench --bench snapshot` (needs `b3sum`: `cargo install b3sum`). Data under
 //! `COMFIX_BENCH_DIR`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{env_usize, pseudo_random, sync, work_dir};
+use common::{env_usize, git, pseudo_random, sync, work_dir};
 
 fn timed(cmd: &mut Command) -> Duration {
     sync();
@@ -25,19 +24,6 @@ fn timed(cmd: &mut Command) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     took
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.invalid")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
 }
 
 fn main() {

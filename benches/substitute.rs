@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{env_usize, pseudo_random, read_head, sync, work_dir};
+use common::{env_usize, git, pseudo_random, read_head, sync, work_dir};
 
 /// Serve `files[i]` at `/m<i>.safetensors` over plain HTTP on a loopback port.
 fn serve(files: Arc<Vec<Vec<u8>>>) -> String {
@@ -52,19 +52,6 @@ fn serve(files: Arc<Vec<Vec<u8>>>) -> String {
         }
     });
     format!("http://127.0.0.1:{port}")
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .current_dir(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.invalid")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
 }
 
 fn comfix(work: &Path, store: &Path, args: &[&str]) -> Duration {

@@ -107,6 +107,8 @@ impl Install {
     /// `DIR` is the ComfyUI tree, or a home holding it as `DIR/ComfyUI`; its venv is `.venv` or
     /// `venv` in either.
     pub fn find(dir: &Path) -> Result<Install, String> {
+        // Absolute: the spec names the install's files by `file://` URLs.
+        let dir = &fs::canonicalize(dir).map_err(|e| format!("`{}`: {e}", dir.display()))?;
         let core = if dir.join("ComfyUI/main.py").is_file() {
             dir.join("ComfyUI")
         } else if dir.join("main.py").is_file() {

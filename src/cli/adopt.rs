@@ -66,13 +66,7 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     for p in report.unidentified.iter().chain(&report.unreadable) {
         tracing::warn!("left out `{}`: {}", p.path, p.reason);
     }
-    let spec_path = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("versions/{}.json", args.name)));
-    if let Some(dir) = spec_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    let spec_path = spec_output(args.output.as_deref(), &args.name)?;
     let spec_value = snapshot::spec(&args.name, &report, args.dirty_as_dev);
     std::fs::write(
         &spec_path,
@@ -161,6 +155,18 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         report.unidentified.len() + report.unreadable.len()
     );
     Ok(Outcome::Success)
+}
+
+/// Where a written spec goes: `output`, else `versions/<ID>.json`; its directory made.
+fn spec_output(output: Option<&std::path::Path>, id: &str) -> anyhow::Result<PathBuf> {
+    let path = output.map_or_else(
+        || PathBuf::from(format!("versions/{id}.json")),
+        PathBuf::from,
+    );
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    Ok(path)
 }
 
 /// Replace `original` by a symlink to `stored`, atomically (a link beside it, renamed over it).
@@ -317,13 +323,7 @@ pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
     for warning in &imported.warnings {
         tracing::warn!("{warning}");
     }
-    let spec_path = args
-        .output
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("versions/{}.json", args.name)));
-    if let Some(dir) = spec_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
+    let spec_path = spec_output(args.output.as_deref(), &args.name)?;
     std::fs::write(
         &spec_path,
         serde_json::to_string_pretty(&imported.spec)? + "\n",

@@ -213,8 +213,8 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
     let out = i
         .cmd()
         .arg("--json")
-        .args(["snapshot", "--name", "snap", "--comfy-path"])
-        .arg(&i.root)
+        .current_dir(&i.w.env.work)
+        .args(["snapshot", "--name", "snap", "--comfy-path", "../install"])
         .arg("-o")
         .arg(&spec)
         .output()
@@ -461,6 +461,22 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
     assert!(dir.join("loras/stray.safetensors").exists());
 }
 
+/// `comfix spec import FILE --name v1`, with the world's core as ComfyUI's repository.
+fn import_as_v1(w: &World, file: &Path) -> std::process::Output {
+    w.cmd(&w.env.store)
+        .args([
+            "spec",
+            "import",
+            "--name",
+            "v1",
+            "--comfy-repo",
+            &w.core.url(),
+        ])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// A Manager snapshot → spec → resolve → `export --manager-snapshot`: the same core commit, the
 /// same git nodes at the same commits with the same enabled states, the same registry node.
 #[test]
@@ -482,19 +498,7 @@ fn manager_snapshots_round_trip_through_a_spec() {
     });
     let file = w.env.path("snapshot.json");
     fs::write(&file, snapshot.to_string()).unwrap();
-    let out = w
-        .cmd(&w.env.store)
-        .args([
-            "spec",
-            "import",
-            "--name",
-            "v1",
-            "--comfy-repo",
-            &w.core.url(),
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = import_as_v1(&w, &file);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("`a_newer_key`"), "{}", stderr(&out));
     let out = w
@@ -579,19 +583,7 @@ aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mir
     )
     .unwrap();
     fs::write(env_dir.join("uv.lock"), "version = 1\n").unwrap();
-    let out = w
-        .cmd(&w.env.store)
-        .args([
-            "spec",
-            "import",
-            "--name",
-            "v1",
-            "--comfy-repo",
-            &w.core.url(),
-        ])
-        .arg(env_dir.join("pyproject.toml"))
-        .output()
-        .unwrap();
+    let out = import_as_v1(&w, &env_dir.join("pyproject.toml"));
     assert!(out.status.success(), "{}", stderr(&out));
     let home = w.env.path("home");
     let out = w
