@@ -130,7 +130,7 @@ impl Install {
 /// Read the install: core, nodes, model files, Python.
 pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report {
     let mut report = Report {
-        core: core(&install.core, &mut Vec::new()),
+        core: core(&install.core),
         ..Report::default()
     };
     if let Some(core) = &report.core {
@@ -162,7 +162,7 @@ pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report
     report
 }
 
-fn core(dir: &Path, _warnings: &mut Vec<String>) -> Option<CoreFound> {
+fn core(dir: &Path) -> Option<CoreFound> {
     if dir.join(".git").exists() {
         if let Some((repo, commit)) = git_state(dir, &mut Vec::new()) {
             return Some(CoreFound {
