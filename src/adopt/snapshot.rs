@@ -129,10 +129,14 @@ impl Install {
 
 /// Read the install: core, nodes, model files, Python.
 pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report {
+    let mut core_warnings = Vec::new();
     let mut report = Report {
-        core: core(&install.core),
+        core: core(&install.core, &mut core_warnings),
         ..Report::default()
     };
+    report
+        .warnings
+        .extend(core_warnings.into_iter().map(|w| format!("the core: {w}")));
     if let Some(core) = &report.core {
         if core.from == "version file" {
             report.warnings.push(format!(
@@ -147,13 +151,6 @@ pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report
             install.core.display()
         ));
     }
-    if report.core.as_ref().is_some_and(|c| c.from == "git") {
-        let mut warnings = Vec::new();
-        git_state_except(&install.core, CORE_OWN, &mut warnings);
-        report
-            .warnings
-            .extend(warnings.into_iter().map(|w| format!("the core: {w}")));
-    }
     nodes(&install.core.join("custom_nodes"), &mut report);
     models(&install.core, models_spec, &mut report);
     if let Some(venv) = &install.venv {
@@ -162,9 +159,11 @@ pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report
     report
 }
 
-fn core(dir: &Path) -> Option<CoreFound> {
+/// The core: its repository and commit (uncommitted changes to its own files and an unpushed
+/// commit go to `warnings`), else its version file.
+fn core(dir: &Path, warnings: &mut Vec<String>) -> Option<CoreFound> {
     if dir.join(".git").exists() {
-        if let Some((repo, commit)) = git_state(dir, &mut Vec::new()) {
+        if let Some((repo, commit)) = git_state_except(dir, CORE_OWN, warnings) {
             return Some(CoreFound {
                 repo,
                 commit: Some(commit),

@@ -388,12 +388,7 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
     let w = World::new();
     w.write_spec(&w.default_spec());
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = realize_v1(&w, &home);
     assert!(out.status.success(), "{}", stderr(&out));
     // A models directory of plain copies, as the original tool kept them.
     let dir = w.env.path("models");
@@ -459,6 +454,15 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
     );
     // The extra file is named, never removed.
     assert!(dir.join("loras/stray.safetensors").exists());
+}
+
+/// `comfix realize v1 --target HOME`.
+fn realize_v1(w: &World, home: &Path) -> std::process::Output {
+    w.cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(home)
+        .output()
+        .unwrap()
 }
 
 /// `comfix spec import FILE --name v1`, with the world's core as ComfyUI's repository.
@@ -586,12 +590,7 @@ aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mir
     let out = import_as_v1(&w, &env_dir.join("pyproject.toml"));
     assert!(out.status.success(), "{}", stderr(&out));
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["realize", "v1", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
+    let out = realize_v1(&w, &home);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(home
         .join("ComfyUI/custom_nodes/impact/modules/impact.py")
@@ -685,14 +684,7 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
         .push(serde_json::json!({ "path": "../my-node" }));
     w.write_spec(&spec);
     let home = w.env.path("home");
-    let realize = || {
-        w.cmd(&w.env.store)
-            .args(["realize", "v1", "--target"])
-            .arg(&home)
-            .output()
-            .unwrap()
-    };
-    let out = realize();
+    let out = realize_v1(&w, &home);
     assert!(out.status.success(), "{}", stderr(&out));
     let linked = home.join("ComfyUI/custom_nodes/my-node");
     assert_eq!(
@@ -725,7 +717,7 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
     fs::write(dev.join("__init__.py"), "DEV = 2\n").unwrap();
     assert_eq!(fs::read(linked.join("__init__.py")).unwrap(), b"DEV = 2\n");
     // A new generation says the node changed since the lock; resolve records the new hash.
-    let out = realize();
+    let out = realize_v1(&w, &home);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("changed since it was locked"),
