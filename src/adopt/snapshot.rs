@@ -86,6 +86,9 @@ pub struct ModelFound {
     /// Where it comes from, when known (`--models-spec`, a `.civitai.info` beside it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub known_source: Option<String>,
+    /// Its bytes' BLAKE3, once it is in the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -270,7 +273,7 @@ fn git_state_except(
     Some((url, head.to_string()))
 }
 
-fn problem(path: &Path, reason: impl Into<String>) -> Problem {
+pub(crate) fn problem(path: &Path, reason: impl Into<String>) -> Problem {
     Problem {
         path: path.display().to_string(),
         reason: reason.into(),
@@ -547,6 +550,7 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
                 size,
                 path,
                 known_source,
+                blake3: None,
             });
         }
         for alias in aliases {
@@ -695,11 +699,21 @@ pub fn spec(name: &str, report: &Report, dirty_as_dev: bool) -> Value {
         .models
         .iter()
         .map(|m| {
-            json!({
-                "source": format!("file://{}", m.path.display()),
+            // A known source makes the spec portable; the digest lets this store serve it
+            // without a download, and any other machine check what it downloads.
+            let source = match (&m.known_source, &m.blake3) {
+                (Some(known), Some(_)) => known.clone(),
+                _ => format!("file://{}", m.path.display()),
+            };
+            let mut model = json!({
+                "source": source,
                 "target_subdir": m.target_subdir,
                 "filename": m.filename,
-            })
+            });
+            if let Some(blake3) = &m.blake3 {
+                model["blake3"] = json!(blake3);
+            }
+            model
         })
         .collect();
     spec["models"] = json!(models);

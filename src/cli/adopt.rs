@@ -47,7 +47,7 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         Some(path) => snapshot::read_models_spec(path).map_err(super::UserInput)?,
         None => Default::default(),
     };
-    let report = snapshot::scan(&install, &known);
+    let mut report = snapshot::scan(&install, &known);
     if report.core.is_none() {
         return Err(super::UserInput(format!(
             "cannot tell which ComfyUI `{}` is: {}",
@@ -56,6 +56,13 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         ))
         .into());
     }
+    let store = if args.no_lock {
+        None
+    } else {
+        let store = Arc::new(context.open_store()?);
+        crate::adopt::ingest_models(&store, &mut report, context.reporter().as_ref())?;
+        Some(store)
+    };
     for warning in report
         .warnings
         .iter()
@@ -76,8 +83,7 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
     let mut linked = Vec::new();
     let mut lock_written = None;
-    if !args.no_lock {
-        let store = Arc::new(context.open_store()?);
+    if let Some(store) = store {
         crate::adopt::seed_mirrors(&store, &report)?;
         let (lock, _items, _session) = resolve_with(
             context,

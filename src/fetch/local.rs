@@ -54,6 +54,7 @@ pub struct StagedFile {
 
 /// Open `path` under the policy, copy it into a new staging directory as `file_name` while
 /// hashing it, and check every expected digest. On any refusal or mismatch nothing is staged.
+/// `progress` is told each chunk's bytes as they are done (for a bar over many GB).
 // Long on purpose: the local-file policy and the copy are one sequence of checks on the same open file.
 pub fn stage(
     store: &Store,
@@ -62,6 +63,7 @@ pub fn stage(
     file_name: &str,
     sha256: Option<&Expected>,
     blake3: Option<&Expected>,
+    progress: &dyn Fn(u64),
 ) -> Result<StagedFile, FetchError> {
     if let Some(reason) = refused_by_name(path) {
         return Err(refuse(what, path, reason, None));
@@ -100,8 +102,12 @@ pub fn stage(
     // on all cores; elsewhere it is written as it is read, and hashed while written.
     let (size, digest, sha256_hex) =
         match clone_and_hash(&real, &staged, meta.len(), sha256.is_some()) {
-            Some(cloned) => cloned.map_err(FetchError::io(&staged))?,
-            None => copy_and_hash(&mut file, path, &staged, sha256.is_some())?,
+            Some(cloned) => {
+                let cloned = cloned.map_err(FetchError::io(&staged))?;
+                progress(cloned.0);
+                cloned
+            }
+            None => copy_and_hash(&mut file, path, &staged, sha256.is_some(), progress)?,
         };
     let source = format!("file://{}", path.display());
     if let (Some(expected), Some(actual)) = (sha256, &sha256_hex) {
@@ -158,6 +164,7 @@ fn copy_and_hash(
     path: &Path,
     staged: &Path,
     want_sha256: bool,
+    progress: &dyn Fn(u64),
 ) -> Result<(u64, crate::store::tree::Digest, Option<String>), FetchError> {
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -183,6 +190,7 @@ fn copy_and_hash(
             sha.update(chunk);
         }
         size += n as u64;
+        progress(n as u64);
     }
     out.sync_data().map_err(FetchError::io(staged))?;
     let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));

@@ -267,6 +267,7 @@ fn fetch_local(
         "model",
         request.sha256.as_ref(),
         request.blake3.as_ref(),
+        &|_| {},
     )?;
     let options = AddOptions {
         name: Some(sanitize_name(&file_name)),
@@ -283,6 +284,81 @@ fn fetch_local(
         blake3: blake3::Hash::from(digest).to_hex().to_string(),
         store_path: added.record.name,
     })
+}
+
+/// The model the store already holds with the expected BLAKE3 under `file_name`: it is not
+/// fetched again, wherever it was first taken from (another URL, a local file, a snapshot). Only
+/// when no SHA-256 other than the lock's is expected: the store keeps BLAKE3s, not SHA-256s.
+fn already_in_store(
+    store: &Store,
+    request: &ModelRequest,
+    blake3: Option<&Expected>,
+    file_name: Option<&str>,
+    url: impl FnOnce() -> Option<(String, Option<String>)>,
+) -> Result<Option<FetchedModel>, FetchError> {
+    let (Some(expected), Some(file_name)) = (blake3, file_name) else {
+        return Ok(None);
+    };
+    let Ok(digest) = blake3::Hash::from_hex(&expected.hex) else {
+        return Ok(None);
+    };
+    if request
+        .sha256
+        .as_ref()
+        .is_some_and(|e| !matches!(e.from, Origin::Lock))
+    {
+        return Ok(None);
+    }
+    let Some(record) = store.find_file(&sanitize_name(file_name), digest.as_bytes())? else {
+        return Ok(None);
+    };
+    let Some((url, revision)) = url() else {
+        return Ok(None);
+    };
+    store.protect(&[&record.name])?;
+    tracing::info!(
+        "{}: already in the store as `{}`",
+        request.what,
+        record.name
+    );
+    Ok(Some(FetchedModel {
+        url,
+        revision,
+        file_name: file_name.to_string(),
+        size: record.size,
+        sha256: request.sha256.as_ref().map(|e| e.hex.clone()),
+        blake3: expected.hex.clone(),
+        store_path: record.name,
+    }))
+}
+
+/// Where a source's file is, without asking it: the lock's pin, else what the source's text
+/// names (Hugging Face at the spec's revision). `None` for CivitAI, whose download URL only its
+/// API knows.
+fn unasked_url(
+    config: &FetchConfig,
+    request: &ModelRequest,
+    kind: &SourceKind,
+) -> Option<(String, Option<String>)> {
+    if let Some(pinned) = &request.pinned {
+        return Some((pinned.url.to_string(), pinned.revision.clone()));
+    }
+    match kind {
+        SourceKind::HuggingFace {
+            repo,
+            path,
+            revision,
+        } => {
+            let url = config
+                .hf_endpoint
+                .join(&format!("{repo}/resolve/{revision}/{path}"))
+                .ok()?;
+            Some((url.to_string(), None))
+        }
+        SourceKind::Url(url) => Some((url.to_string(), None)),
+        SourceKind::File(_) => Some((request.source.to_string(), None)),
+        SourceKind::Civitai { .. } => None,
+    }
 }
 
 /// Fetch one model into the store, checking every expected digest; nothing is registered on a
@@ -302,6 +378,23 @@ pub async fn fetch(
             text: request.source.to_string(),
             reason: reason.to_string(),
         })?;
+    let known_name = request
+        .file_name
+        .clone()
+        .or_else(|| request.pinned.as_ref().and_then(|p| p.file_name.clone()))
+        .or_else(|| {
+            crate::spec::has_model_extension(&request.derived_name)
+                .then(|| request.derived_name.clone())
+        });
+    if let Some(stored) = already_in_store(
+        store,
+        request,
+        request.blake3.as_ref(),
+        known_name.as_deref(),
+        || unasked_url(client.config(), request, kind),
+    )? {
+        return Ok(stored);
+    }
     if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
     }
@@ -325,6 +418,16 @@ pub async fn fetch(
                     .then(|| request.derived_name.clone())
             })
     });
+    let pinned_url = (pinned.url.to_string(), pinned.revision.clone());
+    if let Some(stored) = already_in_store(
+        store,
+        request,
+        blake3.as_ref(),
+        fixed_name.as_deref(),
+        || Some(pinned_url),
+    )? {
+        return Ok(stored);
+    }
     let download = Download {
         what: what.clone(),
         auth: auth_for(client.config(), &pinned.url),

@@ -494,6 +494,21 @@ impl Store {
         db::named(&self.db(), name).map_err(|e| self.db_err(e))
     }
 
+    /// The valid single-file path named `name` whose bytes have BLAKE3 `digest` (a model stored
+    /// once, found again by what it is rather than by where it came from).
+    pub fn find_file(&self, name: &str, digest: &tree::Digest) -> Result<Option<PathRecord>> {
+        Ok(self.named(name)?.into_iter().find(|record| {
+            let node = tree::Node::File {
+                size: record.size,
+                executable: false,
+                digest: *digest,
+            };
+            record.kind == "file"
+                && record.tree_hash == blake3::Hash::from(node.tree_hash()).to_hex().as_str()
+                && std::fs::symlink_metadata(self.path_of(&record.name)).is_ok()
+        }))
+    }
+
     /// The direct references of a valid path.
     pub fn references(&self, record: &PathRecord) -> Result<Vec<String>> {
         db::references(&self.db(), record.id).map_err(|e| self.db_err(e))

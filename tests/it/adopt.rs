@@ -381,6 +381,114 @@ fn link_models_swaps_verified_files_for_store_links() {
     assert_eq!(changed.len(), 1, "{changed:?}"); // the external file is outside `install/`
 }
 
+/// A model whose source is known (`--models-spec`, a `.civitai.info`) is named in the spec by that
+/// source and its BLAKE3: the snapshot takes the bytes from the install (nothing downloaded), a
+/// second snapshot hashes without copying, and another store realizes the spec from the sources.
+#[test]
+fn a_snapshot_names_known_sources_and_travels_to_another_store() {
+    let i = Install::new();
+    let w = &i.w;
+    let unet = i.core.join("models/diffusion_models/unet.safetensors");
+    fs::create_dir_all(unet.parent().unwrap()).unwrap();
+    fs::write(&unet, &w.model).unwrap();
+    let detail = i.core.join("models/loras/detail2.safetensors");
+    fs::create_dir_all(detail.parent().unwrap()).unwrap();
+    fs::write(&detail, &w.lora).unwrap();
+    fs::write(
+        i.core.join("models/loras/detail2.civitai.info"),
+        r#"{"id": 123, "modelId": 9, "name": "v1"}"#,
+    )
+    .unwrap();
+    let yml = w.env.path("models.yml");
+    fs::write(
+        &yml,
+        "models:\n  - source: hf://org/wan/split/unet.safetensors\n    target_subdir: diffusion_models\n",
+    )
+    .unwrap();
+    let spec_path = w.env.work.join("versions/snap.json");
+    let snapshot = || {
+        let out = i
+            .cmd()
+            .args(["snapshot", "--name", "snap", "--models-spec"])
+            .arg(&yml)
+            .arg("--comfy-path")
+            .arg(&i.root)
+            .arg("-o")
+            .arg(&spec_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let first = snapshot();
+    assert!(!first.contains("hashed, not copied"), "{first}");
+    let spec: Value = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
+    let model = |file: &str| {
+        spec["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["filename"] == file)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        model("unet.safetensors")["source"],
+        "hf://org/wan/split/unet.safetensors"
+    );
+    assert_eq!(model("unet.safetensors")["blake3"], blake3_hex(&w.model));
+    assert_eq!(model("detail2.safetensors")["source"], "civitai://123");
+    assert_eq!(model("detail2.safetensors")["blake3"], blake3_hex(&w.lora));
+    let base = model("base.safetensors");
+    assert!(
+        base["source"].as_str().unwrap().starts_with("file:///"),
+        "{base}"
+    );
+    assert_eq!(base["blake3"], blake3_hex(&i.ckpt));
+    // Nothing was downloaded: the store took the install's bytes.
+    let sha = crate::resolve::sha256_hex(&w.model);
+    assert_eq!(w.cdn.bytes_served(&format!("/lfs/{sha}")), 0);
+    assert_eq!(w.cdn.bytes_served("/civitai/123"), 0);
+
+    // Again: every model is found in the store by its bytes, none copied again.
+    let second = snapshot();
+    assert_eq!(
+        second.matches("hashed, not copied").count(),
+        spec["models"].as_array().unwrap().len(),
+        "{second}"
+    );
+
+    // Another store, the install's known-source files gone: fetched from their sources (node
+    // B's local commit pushed first, as it must be before anyone else can have it).
+    git(
+        &i.core.join("custom_nodes/ComfyUI-B"),
+        &["push", "-q", "origin", "HEAD:refs/heads/dev"],
+    );
+    fs::remove_file(&unet).unwrap();
+    fs::remove_file(&detail).unwrap();
+    let other = w.env.path("other-store");
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&other)
+        .args(["realize", "--spec"])
+        .arg(&spec_path)
+        .arg("--target")
+        .arg(&home)
+        .env("UV_DEFAULT_INDEX", &i.index_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(home.join("models/diffusion_models/unet.safetensors")).unwrap(),
+        w.model
+    );
+    assert_eq!(
+        fs::read(home.join("models/loras/detail2.safetensors")).unwrap(),
+        w.lora
+    );
+    assert!(w.cdn.bytes_served(&format!("/lfs/{sha}")) >= w.model.len() as u64);
+}
+
 /// verify-models: every model of a lock by digest in a directory — ok, missing, wrong, extra;
 /// `--fix` puts the right bytes back (from the store) and the check passes.
 #[test]
