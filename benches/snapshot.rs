@@ -2,7 +2,9 @@
 //! `COMFIX_BENCH_SNAPSHOT_MODEL_MIB` MiB (default 1024) vs `b3sum` of the same three files, in the
 //! same run. The snapshot hashes every model and ingests it into a fresh store (one read, one
 //! write, made durable); `b3sum` only reads. A second snapshot into the same store (the models
-//! there already: read and hashed, not written) is timed too.
+//! there already: read and hashed, not written) is timed too, and a snapshot with `--link-models`
+//! into a fresh store (on the store's filesystem the store takes each file as a hard link and
+//! the install gets a link back: read and hashed, nothing written).
 //!
 //! Each is timed with a warm page cache, and — as root, where the cache can be dropped before
 //! each timing — with a cold one, as hundreds of GB of models always are.
@@ -96,6 +98,7 @@ fn measure(
     let mut b3sum = Duration::MAX;
     let mut first = Duration::MAX;
     let mut again = Duration::MAX;
+    let mut linking = Duration::MAX;
     for round in 0..3 {
         b3sum = b3sum.min(timed(Command::new("b3sum").args(files)));
         let store = work.join(format!("store-{round}"));
@@ -113,11 +116,42 @@ fn measure(
         };
         first = first.min(timed(&mut snapshot("s")));
         again = again.min(timed(&mut snapshot("s2")));
-        let _ = Command::new("chmod")
-            .args(["-R", "u+w"])
+        let remove = |store: &std::path::Path| {
+            let _ = Command::new("chmod")
+                .args(["-R", "u+w"])
+                .arg(store)
+                .status();
+            std::fs::remove_dir_all(store).unwrap();
+        };
+        remove(&store);
+        let store = work.join(format!("store-link-{round}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
+        cmd.current_dir(work)
+            .arg("--store")
             .arg(&store)
-            .status();
-        std::fs::remove_dir_all(&store).unwrap();
+            .args([
+                "-q",
+                "snapshot",
+                "--name",
+                "l",
+                "--link-models",
+                "--comfy-path",
+            ])
+            .arg(install)
+            .arg("-o")
+            .arg(work.join("versions/l.json"))
+            .env("HOME", work);
+        linking = linking.min(timed(&mut cmd));
+        // The install's files back as plain files for the next round.
+        for file in files {
+            let target = std::fs::read_link(file).expect("a linked model");
+            let back = file.with_extension("back");
+            std::fs::copy(&target, &back).unwrap();
+            std::fs::set_permissions(&back, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+            std::fs::rename(&back, file).unwrap();
+        }
+        remove(&store);
     }
     let total = (3 * mib) as f64;
     println!("snapshot/{cache}/models_mib             {total:.0}");
@@ -137,5 +171,11 @@ fn measure(
         again.as_secs_f64(),
         total / again.as_secs_f64(),
         again.as_secs_f64() / b3sum.as_secs_f64()
+    );
+    println!(
+        "snapshot/{cache}/link_models_fresh      {:.3}s  {:.0} MiB/s  ({:.2}× b3sum's time)",
+        linking.as_secs_f64(),
+        total / linking.as_secs_f64(),
+        linking.as_secs_f64() / b3sum.as_secs_f64()
     );
 }

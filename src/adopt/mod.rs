@@ -5,6 +5,8 @@ pub mod neighbours;
 pub mod snapshot;
 pub mod verify;
 
+use std::path::{Path, PathBuf};
+
 use crate::fetch::{local, FetchError};
 use crate::reporter::Reporter;
 use crate::store::{sanitize_name, AddOptions, Store};
@@ -29,22 +31,28 @@ pub fn seed_mirrors(store: &Store, report: &snapshot::Report) -> Result<(), Fetc
 /// Put every model of the report into the store, each file read once, and record its BLAKE3 in
 /// the report. A model the store holds already (same name, size and bytes: a second snapshot of
 /// the same install) is hashed, not copied again. A file the local-file policy refuses or that
-/// cannot be read moves to `unreadable`; the install is never changed.
+/// cannot be read moves to `unreadable`; the install is never changed, but with `link_models`:
+/// then a file the store could take as a hard link (same filesystem, no other link) is taken so
+/// (no copy) and at once replaced by a link into the store, rooted by that link. Returns the
+/// files so replaced.
 pub fn ingest_models(
     store: &Store,
     report: &mut snapshot::Report,
     reporter: &dyn Reporter,
-) -> Result<(), FetchError> {
+    link_models: bool,
+) -> Result<Vec<PathBuf>, FetchError> {
     let total = report.models.iter().map(|m| m.size).sum();
     reporter.start(
         &format!("hashing {} models", report.models.len()),
         Some(total),
     );
     let mut kept = Vec::new();
+    let mut linked = Vec::new();
     for mut model in std::mem::take(&mut report.models) {
-        match ingest(store, &model, reporter) {
-            Ok(digest) => {
+        match ingest(store, &model, reporter, link_models) {
+            Ok((digest, link)) => {
                 model.blake3 = Some(digest);
+                linked.extend(link);
                 kept.push(model);
             }
             Err(e @ FetchError::LocalSource { .. }) => {
@@ -65,15 +73,16 @@ pub fn ingest_models(
     }
     reporter.finish();
     report.models = kept;
-    Ok(())
+    Ok(linked)
 }
 
-/// One model into the store: its BLAKE3.
+/// One model into the store: its BLAKE3, and the install's file when it is now a link.
 fn ingest(
     store: &Store,
     model: &snapshot::ModelFound,
     reporter: &dyn Reporter,
-) -> Result<String, FetchError> {
+    link_models: bool,
+) -> Result<(String, Option<PathBuf>), FetchError> {
     let name = sanitize_name(&model.filename);
     let what = format!("model `{}`", model.file);
     let stored_same_size = store
@@ -89,17 +98,53 @@ fn ingest(
                 record.name
             );
             reporter.advance(model.size);
-            return Ok(blake3::Hash::from(digest).to_hex().to_string());
+            return Ok((blake3::Hash::from(digest).to_hex().to_string(), None));
         }
     }
-    let staged = local::stage(store, &what, &model.path, "model", None, None, &|n| {
-        reporter.advance(n)
-    })?;
+    let staged = local::stage(
+        store,
+        &what,
+        &model.path,
+        "model",
+        &local::How {
+            sha256: None,
+            blake3: None,
+            progress: &|n| reporter.advance(n),
+            hard_link: link_models,
+        },
+    )?;
+    let hard_linked = staged.linked;
     let options = AddOptions {
         name: Some(name),
         references: Vec::new(),
     };
     let digest = staged.blake3;
-    store.add_staged(staged.staging, "model", &options, Some(digest))?;
-    Ok(blake3::Hash::from(digest).to_hex().to_string())
+    let added = store.add_staged(staged.staging, "model", &options, Some(digest))?;
+    let hex = blake3::Hash::from(digest).to_hex().to_string();
+    if !hard_linked {
+        return Ok((hex, None));
+    }
+    // The install's file is the store's object now: make it a link into the store at once.
+    let file = std::path::absolute(&model.path).unwrap_or_else(|_| model.path.clone());
+    store.add_link_root(&file, &added.record.name)?;
+    link_into_store(&model.path, &store.path_of(&added.record.name))
+        .map_err(FetchError::io(&model.path))?;
+    Ok((hex, Some(model.path.clone())))
+}
+
+/// Replace `original` by a symlink to `stored`, atomically (a link beside it, renamed over it).
+pub fn link_into_store(original: &Path, stored: &Path) -> std::io::Result<()> {
+    let dir = original.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(
+        ".comfix-link-{}-{}",
+        std::process::id(),
+        original.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(stored, &temp)?;
+    if let Err(e) = std::fs::rename(&temp, original) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    Ok(())
 }

@@ -26,7 +26,8 @@ pub struct SnapshotArgs {
     #[arg(long, value_name = "FILE.yml")]
     models_spec: Option<PathBuf>,
     /// Replace each model file of the install by a link into the store, once its bytes there are
-    /// verified (frees the space of the copy)
+    /// verified (on the store's filesystem the store takes the file itself: nothing copied); each
+    /// link keeps its model from `gc` while it is there
     #[arg(long)]
     link_models: bool,
     /// Write the spec only: no lock, nothing into the store
@@ -56,11 +57,17 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         ))
         .into());
     }
+    let mut linked = Vec::new();
     let store = if args.no_lock {
         None
     } else {
         let store = Arc::new(context.open_store()?);
-        crate::adopt::ingest_models(&store, &mut report, context.reporter().as_ref())?;
+        linked = crate::adopt::ingest_models(
+            &store,
+            &mut report,
+            context.reporter().as_ref(),
+            args.link_models,
+        )?;
         Some(store)
     };
     for warning in report
@@ -81,7 +88,6 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     )?;
     let loaded = crate::spec::Spec::load(&spec_path)?;
     let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
-    let mut linked = Vec::new();
     let mut lock_written = None;
     if let Some(store) = store {
         crate::adopt::seed_mirrors(&store, &report)?;
@@ -118,6 +124,9 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
                     continue;
                 };
                 let stored = store.path_of(&model.store_path);
+                if std::fs::read_link(&found.path).is_ok_and(|t| t == stored) {
+                    continue; // taken as a hard link and linked already
+                }
                 // The store's copy, hashed again now: the install loses its file only to bytes
                 // that are what the lock says.
                 if verify::check_file(&stored, model) != verify::ModelState::Ok {
@@ -127,7 +136,9 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
                         found.path.display()
                     );
                 }
-                link_into_store(&found.path, &stored)?;
+                // Rooted first: the install's link keeps the model from the collector.
+                store.add_link_root(&absolute(&found.path), &model.store_path)?;
+                crate::adopt::link_into_store(&found.path, &stored)?;
                 linked.push(found.path.clone());
             }
         }
@@ -173,23 +184,6 @@ fn spec_output(output: Option<&std::path::Path>, id: &str) -> anyhow::Result<Pat
         std::fs::create_dir_all(dir)?;
     }
     Ok(path)
-}
-
-/// Replace `original` by a symlink to `stored`, atomically (a link beside it, renamed over it).
-fn link_into_store(original: &std::path::Path, stored: &std::path::Path) -> anyhow::Result<()> {
-    let dir = original.parent().unwrap_or(std::path::Path::new("."));
-    let temp = dir.join(format!(
-        ".comfix-link-{}-{}",
-        std::process::id(),
-        original.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let _ = std::fs::remove_file(&temp);
-    std::os::unix::fs::symlink(stored, &temp)?;
-    if let Err(e) = std::fs::rename(&temp, original) {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e.into());
-    }
-    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -346,4 +340,9 @@ pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
         println!("{}", spec_path.display());
     }
     Ok(Outcome::Success)
+}
+
+/// `path` made absolute (a link root names its file by an absolute path).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

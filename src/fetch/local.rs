@@ -43,6 +43,17 @@ fn on_pseudo_fs(file: &File) -> bool {
     rustix::fs::fstatfs(file).is_ok_and(|s| PSEUDO.contains(&(s.f_type as u64)))
 }
 
+/// What a staged local file is checked against, and how it is staged.
+#[derive(Clone, Copy)]
+pub struct How<'a> {
+    pub sha256: Option<&'a Expected>,
+    pub blake3: Option<&'a Expected>,
+    /// Told each chunk's bytes as they are done.
+    pub progress: &'a dyn Fn(u64),
+    /// Stage a file with no other link as a hard link where the filesystem allows (no copy).
+    pub hard_link: bool,
+}
+
 /// What staging a local file produced.
 pub struct StagedFile {
     pub staging: Staging,
@@ -50,21 +61,30 @@ pub struct StagedFile {
     /// Computed when a SHA-256 was expected (and then equal to it).
     pub sha256: Option<String>,
     pub blake3: crate::store::tree::Digest,
+    /// Staged as a hard link to the original (same inode), not a copy.
+    pub linked: bool,
 }
 
 /// Open `path` under the policy, copy it into a new staging directory as `file_name` while
 /// hashing it, and check every expected digest. On any refusal or mismatch nothing is staged.
-/// `progress` is told each chunk's bytes as they are done (for a bar over many GB).
+/// `progress` is told each chunk's bytes as they are done (for a bar over many GB). With
+/// `hard_link`, a file with no other link on the store's filesystem is staged as a hard link (no
+/// bytes written; the caller then replaces the original by a link into the store at once, so
+/// the install and the store never share a writable inode for longer).
 // Long on purpose: the local-file policy and the copy are one sequence of checks on the same open file.
 pub fn stage(
     store: &Store,
     what: &str,
     path: &Path,
     file_name: &str,
-    sha256: Option<&Expected>,
-    blake3: Option<&Expected>,
-    progress: &dyn Fn(u64),
+    how: &How<'_>,
 ) -> Result<StagedFile, FetchError> {
+    let How {
+        sha256,
+        blake3,
+        progress,
+        hard_link,
+    } = *how;
     if let Some(reason) = refused_by_name(path) {
         return Err(refuse(what, path, reason, None));
     }
@@ -100,15 +120,25 @@ pub fn stage(
     let staged = staging.path().join(file_name);
     // Where the filesystem clones files (XFS, btrfs), the staged copy costs nothing and is hashed
     // on all cores; elsewhere it is written as it is read, and hashed while written.
-    let (size, digest, sha256_hex) =
-        match clone_and_hash(&real, &staged, meta.len(), sha256.is_some()) {
+    let linked = hard_link
+        && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
+        && std::fs::hard_link(&real, &staged).is_ok();
+    let (size, digest, sha256_hex) = match linked {
+        true => {
+            let hashed = hash_in_place(&staged, meta.len(), sha256.is_some())
+                .map_err(FetchError::io(&staged))?;
+            progress(hashed.0);
+            hashed
+        }
+        false => match clone_and_hash(&real, &staged, meta.len(), sha256.is_some()) {
             Some(cloned) => {
                 let cloned = cloned.map_err(FetchError::io(&staged))?;
                 progress(cloned.0);
                 cloned
             }
             None => copy_and_hash(&mut file, path, &staged, sha256.is_some(), progress)?,
-        };
+        },
+    };
     let source = format!("file://{}", path.display());
     if let (Some(expected), Some(actual)) = (sha256, &sha256_hex) {
         expected.check(what, &source, "SHA-256", actual)?;
@@ -126,6 +156,7 @@ pub fn stage(
         size,
         sha256: sha256_hex,
         blake3: digest,
+        linked,
     })
 }
 
@@ -137,25 +168,32 @@ fn clone_and_hash(
     want_sha256: bool,
 ) -> Option<std::io::Result<(u64, crate::store::tree::Digest, Option<String>)>> {
     reflink_copy::reflink(from, to).ok()?;
-    Some((|| {
-        let clone = std::fs::File::open(to)?;
-        let cloned = clone.metadata()?.len();
-        if cloned != size {
-            return Err(std::io::Error::other(format!(
-                "the file changed while it was read ({size} bytes, then {cloned})"
-            )));
-        }
-        let digest = crate::store::tree::hash_file(to, cloned)?;
-        let sha = if want_sha256 {
-            let mut sha = sha2::Sha256::new();
-            std::io::copy(&mut std::io::BufReader::new(&clone), &mut sha)?;
-            Some(format!("{:x}", sha.finalize()))
-        } else {
-            None
-        };
-        clone.sync_data()?;
-        Ok((cloned, digest, sha))
-    })())
+    Some(hash_in_place(to, size, want_sha256))
+}
+
+/// Hash the staged file `at` (a clone or a hard link of a file of `size` bytes) on all cores.
+fn hash_in_place(
+    at: &Path,
+    size: u64,
+    want_sha256: bool,
+) -> std::io::Result<(u64, crate::store::tree::Digest, Option<String>)> {
+    let clone = std::fs::File::open(at)?;
+    let cloned = clone.metadata()?.len();
+    if cloned != size {
+        return Err(std::io::Error::other(format!(
+            "the file changed while it was read ({size} bytes, then {cloned})"
+        )));
+    }
+    let digest = crate::store::tree::hash_file(at, cloned)?;
+    let sha = if want_sha256 {
+        let mut sha = sha2::Sha256::new();
+        std::io::copy(&mut std::io::BufReader::new(&clone), &mut sha)?;
+        Some(format!("{:x}", sha.finalize()))
+    } else {
+        None
+    };
+    clone.sync_data()?;
+    Ok((cloned, digest, sha))
 }
 
 /// Copy `file` to `staged` as it is read, hashing the bytes on the way.

@@ -265,9 +265,12 @@ fn fetch_local(
         &request.what,
         path,
         "model",
-        request.sha256.as_ref(),
-        request.blake3.as_ref(),
-        &|_| {},
+        &local::How {
+            sha256: request.sha256.as_ref(),
+            blake3: request.blake3.as_ref(),
+            progress: &|_| {},
+            hard_link: false,
+        },
     )?;
     let options = AddOptions {
         name: Some(sanitize_name(&file_name)),

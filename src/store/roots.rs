@@ -12,7 +12,7 @@ use super::{db, lock, Result, Store};
 /// Why a path is alive.
 #[derive(Debug, Clone, Serialize)]
 pub struct Root {
-    /// `home:<path>#<N>`, `pin:<name>`, or `temp:<pid>`.
+    /// `home:<path>#<N>`, `pin:<name>`, `link:<file>`, or `temp:<pid>`.
     pub name: String,
     pub kind: String,
     pub path: String,
@@ -57,7 +57,19 @@ pub(super) fn home_generation(name: &str) -> Option<PathBuf> {
     Some(Path::new(home).join(".comfix/generations").join(n))
 }
 
+/// A link root's name → the file that links to the path it keeps (`link:<file>`: a model of an
+/// adopted install that `snapshot --link-models` replaced by a link into the store). It lives
+/// while that file is still a link to that path.
+pub(super) fn link_root(name: &str) -> Option<&Path> {
+    name.strip_prefix("link:").map(Path::new)
+}
+
 impl Store {
+    /// Keep `path` alive while `file` links to it (an install's model replaced by a link).
+    pub fn add_link_root(&self, file: &Path, path: &str) -> Result<()> {
+        self.add_root(&format!("link:{}", file.display()), path, "link")
+    }
+
     pub(super) fn graph(&self) -> Result<Graph> {
         let conn = self.db();
         let paths = db::list(&conn).map_err(|e| self.db_err(e))?;
@@ -94,7 +106,13 @@ impl Store {
             .roots()?
             .into_iter()
             .map(|r| Root {
-                live: home_generation(&r.name).is_none_or(|dir| dir.is_dir()),
+                live: match (home_generation(&r.name), link_root(&r.name)) {
+                    (Some(dir), _) => dir.is_dir(),
+                    (_, Some(link)) => {
+                        fs::read_link(link).is_ok_and(|target| target == self.path_of(&r.path))
+                    }
+                    _ => true,
+                },
                 name: r.name,
                 kind: r.kind,
                 path: r.path,

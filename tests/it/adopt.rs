@@ -379,6 +379,25 @@ fn link_models_swaps_verified_files_for_store_links() {
         .filter(|k| before.get(*k) != after.get(*k))
         .collect();
     assert_eq!(changed.len(), 1, "{changed:?}"); // the external file is outside `install/`
+                                                 // Same filesystem: the store took the files as they were (hard links), nothing copied.
+    let doc_linked = doc["linked"].as_array().unwrap();
+    assert_eq!(doc_linked.len(), 2, "{doc}");
+
+    // The links keep their models from the collector, until a link is replaced.
+    let gc = |i: &Install| {
+        let out = i.cmd().args(["gc"]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    gc(&i);
+    for (path, bytes) in [(&ckpt, &i.ckpt), (&lora, &i.lora)] {
+        assert_eq!(&fs::read(path).unwrap(), bytes, "{}", path.display());
+    }
+    let lora_target = fs::read_link(&lora).unwrap();
+    fs::remove_file(&lora).unwrap();
+    fs::write(&lora, b"replaced by the user").unwrap();
+    gc(&i);
+    assert!(!lora_target.exists(), "{}", lora_target.display());
+    assert_eq!(fs::read(&ckpt).unwrap(), i.ckpt);
 }
 
 /// A model whose source is known (`--models-spec`, a `.civitai.info`) is named in the spec by that
