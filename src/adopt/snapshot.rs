@@ -540,9 +540,10 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             }
             let known_source = known
                 .get(&file)
-                .or_else(|| known.get(&name))
                 .cloned()
-                .or_else(|| civitai_info(&path));
+                .or_else(|| civitai_info(&path))
+                .or_else(|| hugging_face_cache(&path))
+                .or_else(|| known.get(&name).cloned());
             report.models.push(ModelFound {
                 file,
                 target_subdir,
@@ -594,6 +595,42 @@ fn civitai_info(model: &Path) -> Option<String> {
     let value: Value = serde_json::from_slice(&fs::read(info).ok()?).ok()?;
     let id = value.get("id")?.as_u64()?;
     Some(format!("civitai://{id}"))
+}
+
+/// The Hugging Face file a model links to in a hub cache (`huggingface-cli download` without
+/// `--local-dir`, linked into a model folder): `…/models--<owner>--<repo>/snapshots/<commit>/<path>`
+/// along the chain of links, as `hf://<owner>/<repo>/<path>@<commit>`.
+fn hugging_face_cache(model: &Path) -> Option<String> {
+    let mut at = model.to_path_buf();
+    for _ in 0..8 {
+        let target = fs::read_link(&at).ok()?;
+        at = at.parent()?.join(target);
+        if let Some(source) = hub_source(&at) {
+            return Some(source);
+        }
+    }
+    None
+}
+
+/// `hf://…@<commit>` for a path inside a hub cache's `snapshots/`.
+fn hub_source(path: &Path) -> Option<String> {
+    let parts: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            std::path::Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let at = parts.iter().rposition(|p| p == "snapshots")?;
+    let repo = parts.get(at.checked_sub(1)?)?.strip_prefix("models--")?;
+    let (owner, name) = repo.split_once("--")?;
+    let commit = parts.get(at + 1)?;
+    let rest = &parts[at + 2..];
+    if rest.is_empty() || rest.iter().any(|p| p == "..") || owner.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some(format!("hf://{owner}/{name}/{}@{commit}", rest.join("/")))
 }
 
 /// The venv's interpreter version and installed distributions, pinned.
@@ -748,13 +785,11 @@ pub fn read_models_spec(path: &Path) -> Result<BTreeMap<String, String>, String>
         };
         let filename = text("filename")
             .unwrap_or_else(|| crate::spec::ModelSource::parse(&source).derived_file_name());
-        if let Some(sub) = text("target_subdir").or_else(|| text("folder")) {
-            out.insert(
-                format!("{}/{filename}", sub.trim_end_matches('/')),
-                source.clone(),
-            );
-        }
-        out.insert(filename, source);
+        // Placed in a folder: that file only; else any file of that name.
+        match text("target_subdir").or_else(|| text("folder")) {
+            Some(sub) => out.insert(format!("{}/{filename}", sub.trim_end_matches('/')), source),
+            None => out.insert(filename, source),
+        };
     }
     Ok(out)
 }
@@ -789,4 +824,26 @@ pub fn extra_model_paths(text: &str, dir: &Path) -> Result<Vec<(String, PathBuf)
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_cache_paths_name_their_repository_file_and_commit() {
+        assert_eq!(
+            hub_source(Path::new(
+                "/root/.cache/huggingface/hub/models--Comfy-Org--flux/snapshots/abc123/split/vae.safetensors"
+            ))
+            .as_deref(),
+            Some("hf://Comfy-Org/flux/split/vae.safetensors@abc123")
+        );
+        assert_eq!(hub_source(Path::new("/x/models--a--b/blobs/ff")), None);
+        assert_eq!(hub_source(Path::new("/x/models--a--b/snapshots/c")), None);
+        assert_eq!(
+            hub_source(Path::new("/x/datasets--a--b/snapshots/c/f")),
+            None
+        );
+    }
 }

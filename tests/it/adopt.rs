@@ -418,6 +418,24 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
         r#"{"id": 123, "modelId": 9, "name": "v1"}"#,
     )
     .unwrap();
+    // A file of a Hugging Face hub cache, linked into a model folder.
+    let commit = crate::resolve::HF_COMMIT;
+    let sha = crate::resolve::sha256_hex(&w.model);
+    let hub = w.env.path("hf-cache/hub/models--org--wan");
+    fs::create_dir_all(hub.join("blobs")).unwrap();
+    fs::create_dir_all(hub.join(format!("snapshots/{commit}/split"))).unwrap();
+    fs::write(hub.join(format!("blobs/{sha}")), &w.model).unwrap();
+    std::os::unix::fs::symlink(
+        format!("../../../blobs/{sha}"),
+        hub.join(format!("snapshots/{commit}/split/unet.safetensors")),
+    )
+    .unwrap();
+    fs::create_dir_all(i.core.join("models/vae")).unwrap();
+    std::os::unix::fs::symlink(
+        hub.join(format!("snapshots/{commit}/split/unet.safetensors")),
+        i.core.join("models/vae/unet.safetensors"),
+    )
+    .unwrap();
     let yml = w.env.path("models.yml");
     fs::write(
         &yml,
@@ -440,7 +458,12 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
         stderr(&out)
     };
     let first = snapshot();
-    assert!(!first.contains("hashed, not copied"), "{first}");
+    // The hub cache's file has the bytes and name of the model ingested before it: not copied.
+    assert_eq!(first.matches("hashed, not copied").count(), 1, "{first}");
+    assert!(
+        first.contains("model `vae/unet.safetensors`: already in the store"),
+        "{first}"
+    );
     let spec: Value = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
     let model = |file: &str| {
         spec["models"]
@@ -456,6 +479,16 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
         "hf://org/wan/split/unet.safetensors"
     );
     assert_eq!(model("unet.safetensors")["blake3"], blake3_hex(&w.model));
+    let vae = spec["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["target_subdir"] == "vae")
+        .unwrap();
+    assert_eq!(
+        vae["source"],
+        format!("hf://org/wan/split/unet.safetensors@{commit}")
+    );
     assert_eq!(model("detail2.safetensors")["source"], "civitai://123");
     assert_eq!(model("detail2.safetensors")["blake3"], blake3_hex(&w.lora));
     let base = model("base.safetensors");
@@ -465,7 +498,6 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
     );
     assert_eq!(base["blake3"], blake3_hex(&i.ckpt));
     // Nothing was downloaded: the store took the install's bytes.
-    let sha = crate::resolve::sha256_hex(&w.model);
     assert_eq!(w.cdn.bytes_served(&format!("/lfs/{sha}")), 0);
     assert_eq!(w.cdn.bytes_served("/civitai/123"), 0);
 
@@ -499,6 +531,10 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         fs::read(home.join("models/diffusion_models/unet.safetensors")).unwrap(),
+        w.model
+    );
+    assert_eq!(
+        fs::read(home.join("models/vae/unet.safetensors")).unwrap(),
         w.model
     );
     assert_eq!(

@@ -15,7 +15,7 @@ use crate::support::*;
 
 pub(crate) const HF_TOKEN: &str = "hf_test_token_123";
 const CIVITAI_TOKEN: &str = "civitai_test_token_456";
-const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(crate) const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
