@@ -54,6 +54,111 @@ pub struct RealizeArgs {
     /// (exit 1 when it is not: for CI)
     #[arg(long, conflicts_with = "dry_run")]
     pub check: bool,
+    #[command(flatten)]
+    pub torch: TorchArgs,
+}
+
+/// The machine's torch backend: a local choice, resolved into an overlay in the store and never
+/// written into the shared lock.
+#[derive(Debug, Clone, Args)]
+pub struct TorchArgs {
+    /// This machine's torch backend: auto (from the NVIDIA driver, else ROCm, else the CPU), cpu,
+    /// cuXYZ (cu121, cu128), rocmX.Y, xpu [default: the config's `torch-backend`, else the lock's
+    /// own wheels]
+    #[arg(long, value_name = "NAME", env = "COMFIX_TORCH_BACKEND")]
+    pub torch_backend: Option<String>,
+    /// The backend's package index, `{backend}` replaced by its name [default: the config's
+    /// `torch-index`, else https://download.pytorch.org/whl/{backend}]
+    #[arg(long, value_name = "URL", env = "COMFIX_TORCH_INDEX")]
+    pub torch_index: Option<String>,
+}
+
+impl TorchArgs {
+    /// The backend asked for, with its index; `None`: the lock's own wheel set.
+    pub fn choice(&self) -> anyhow::Result<Option<(crate::python::torch::Backend, String)>> {
+        use crate::python::torch;
+        let config = super::trust::Config::load()?;
+        let Some(name) = self.torch_backend.clone().or(config.torch_backend) else {
+            return Ok(None);
+        };
+        let machine = torch::Machine::detect();
+        let backend = match name.as_str() {
+            "auto" => machine.backend(),
+            other => torch::Backend::parse(other)?,
+        };
+        machine.check(&backend)?;
+        let template = self
+            .torch_index
+            .clone()
+            .or(config.torch_index)
+            .unwrap_or_else(|| torch::DEFAULT_INDEX.to_string());
+        Ok(Some((
+            backend.clone(),
+            torch::index_for(&template, &backend),
+        )))
+    }
+}
+
+/// Put the machine's torch backend over `lock` (in memory only; the shared lock on disk is never
+/// changed): its Python wheel set becomes the overlay's, found in the store or resolved.
+fn apply_torch(
+    session: &super::resolve::Session,
+    store: &Store,
+    lock: &mut Lock,
+    args: &TorchArgs,
+) -> anyhow::Result<Option<realize::TorchUsed>> {
+    let Some((backend, index)) = args.choice()? else {
+        return Ok(None);
+    };
+    let Some(python) = lock.python.as_mut() else {
+        tracing::warn!(
+            "torch backend `{}` asked for, but the version has no Python set",
+            backend.tag()
+        );
+        return Ok(None);
+    };
+    let executor = &session.executor;
+    let reporter = executor.reporter.as_ref();
+    let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
+    session.runtime.block_on(ensure)?;
+    let (name, overlay) = session.runtime.block_on(crate::python::torch::overlay(
+        store,
+        &executor.client,
+        reporter,
+        python,
+        &backend,
+        &index,
+    ))?;
+    tracing::info!("torch backend `{}` (overlay `{name}`)", backend.tag());
+    python.wheels = overlay.wheels;
+    Ok(Some(realize::TorchUsed {
+        backend: backend.tag(),
+        overlay: name,
+    }))
+}
+
+/// `apply_torch` from the store alone (`--check`, `--dry-run`): `Err` names a backend whose
+/// overlay this store does not hold.
+fn apply_stored_torch(
+    store: &Store,
+    lock: &mut Lock,
+    args: &TorchArgs,
+) -> anyhow::Result<Option<realize::TorchUsed>> {
+    let Some((backend, index)) = args.choice()? else {
+        return Ok(None);
+    };
+    let Some(python) = lock.python.as_mut() else {
+        return Ok(None);
+    };
+    let (name, overlay) = crate::python::torch::stored(store, python, &backend, &index)?;
+    let overlay = overlay.ok_or_else(|| crate::python::PythonError::NoOverlay {
+        backend: backend.tag(),
+    })?;
+    python.wheels = overlay.wheels;
+    Ok(Some(realize::TorchUsed {
+        backend: backend.tag(),
+        overlay: name,
+    }))
 }
 
 impl RealizeArgs {
@@ -64,6 +169,7 @@ impl RealizeArgs {
         venv: Option<String>,
         not_fetched: Vec<String>,
         check: bool,
+        torch: Option<realize::TorchUsed>,
     ) -> RealizeOptions {
         RealizeOptions {
             target,
@@ -73,6 +179,7 @@ impl RealizeArgs {
             venv,
             not_fetched,
             check,
+            torch,
         }
     }
 }
@@ -124,7 +231,7 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
     let skip_models = args.skip_models || spec.options.skip_models;
 
     if args.dry_run {
-        return dry_run(context, spec, old.as_ref(), &target, skip_models);
+        return dry_run(&args, context, spec, old.as_ref(), &target, skip_models);
     }
     if args.check {
         return check(
@@ -204,6 +311,8 @@ fn realize_loaded(
         }
     }
     crate::fault::pause_point("realize-resolved");
+    // The machine's backend, over the lock in memory: what is written above stays shared.
+    let torch = apply_torch(&session, &store, &mut lock, &args.torch)?;
     let (plan, venv) = run_plan(&session, &store, spec, &mut lock, skip_models)?;
     let not_fetched: Vec<String> = if skip_models {
         Vec::new()
@@ -220,7 +329,7 @@ fn realize_loaded(
     let mut report = realize::realize(
         &store,
         &lock,
-        &args.options(target, skip_models, venv, not_fetched, false),
+        &args.options(target, skip_models, venv, not_fetched, false, torch),
     )?;
     let home = plan.last().expect("a plan ends with its home");
     let how = if report.up_to_date {
@@ -235,6 +344,7 @@ fn realize_loaded(
 
 /// `realize --dry-run`: the plan against what the store holds; nothing is created.
 fn dry_run(
+    args: &RealizeArgs,
     context: &Context,
     spec: &Spec,
     old: Option<&Lock>,
@@ -242,6 +352,29 @@ fn dry_run(
     skip_models: bool,
 ) -> anyhow::Result<Outcome> {
     let store = Store::open_existing(&context.store_dir)?;
+    // The machine's backend: its overlay's wheels when the store has it.
+    let mut overlaid = old.cloned();
+    if let Some((backend, _)) = args.torch.choice()? {
+        let applied = match (&store, overlaid.as_mut()) {
+            (Some(store), Some(lock)) => apply_stored_torch(store, lock, &args.torch).ok(),
+            _ => None,
+        };
+        match applied.flatten() {
+            Some(used) => tracing::info!(
+                "torch backend `{}`: its overlay `{}` is in the store",
+                used.backend,
+                used.overlay
+            ),
+            None => {
+                overlaid = old.cloned();
+                tracing::info!(
+                    "torch backend `{}`: not resolved on this machine yet (realize resolves it)",
+                    backend.tag()
+                );
+            }
+        }
+    }
+    let old = overlaid.as_ref();
     // The venv's name needs uv and the interpreter; without them the step is just "build".
     let venv = match (&store, old.and_then(|l| l.python.as_ref())) {
         (Some(store), Some(python)) => venv_name_of(store, python).ok(),
@@ -338,16 +471,17 @@ fn check(
     target: PathBuf,
     skip_models: bool,
 ) -> anyhow::Result<Outcome> {
-    let lock = frozen_lock(spec, old, lock_path)?;
+    let mut lock = frozen_lock(spec, old, lock_path)?.clone();
     let store = context.open_existing_store()?;
+    let torch = apply_stored_torch(&store, &mut lock, &args.torch)?;
     let venv = match &lock.python {
         Some(python) => Some(venv_name_of(&store, python)?),
         None => None,
     };
     let report = realize::realize(
         &store,
-        lock,
-        &args.options(target, skip_models, venv, Vec::new(), true),
+        &lock,
+        &args.options(target, skip_models, venv, Vec::new(), true, torch),
     )?;
     if context.json {
         context.print_json(&report)?;
@@ -381,6 +515,12 @@ fn check(
     } else {
         Outcome::Failure
     })
+}
+
+/// The stored torch overlay `name`.
+fn overlay_of(store: &Store, name: &str) -> Option<crate::python::torch::Overlay> {
+    let text = std::fs::read_to_string(store.path_of(name)).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 /// The lock beside the spec, which must exist and match the spec (`--frozen`, `--check`).
@@ -502,7 +642,20 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
                 .ok()
                 .flatten()
         });
-    if let (Some(realized), Some(current)) = (realized, current) {
+    if let (Some(mut realized), Some(current)) = (realized, current) {
+        // With a torch backend the generation's wheels are its overlay's: the Python set is
+        // behind when the overlay of the current lock is another one.
+        if let (Some(torch), Some(python)) = (&report.torch, &current.python) {
+            let same = overlay_of(&store, &torch.overlay)
+                .and_then(|o| {
+                    let backend = crate::python::torch::Backend::parse(&o.backend).ok()?;
+                    crate::python::torch::stored(&store, python, &backend, &o.index).ok()
+                })
+                .is_some_and(|(name, _)| name == torch.overlay);
+            if let (true, Some(realized)) = (same, realized.python.as_mut()) {
+                realized.wheels = python.wheels.clone();
+            }
+        }
         report.behind_lock = Some(realized != current);
     }
     if context.json {
@@ -527,6 +680,9 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
         .map(|(kind, mode)| format!("{kind}: {mode}"))
         .collect();
     println!("link modes:  {}", modes.join(", "));
+    if let Some(torch) = &report.torch {
+        println!("torch:       {} (overlay {})", torch.backend, torch.overlay);
+    }
     for model in &report.not_fetched {
         println!("not fetched\tmodels/{model} (optional; realize again to retry)");
     }

@@ -34,6 +34,8 @@ pub struct VersionHome {
     pub frozen: bool,
     #[command(flatten)]
     pub substitute: super::trust::SubstituteArgs,
+    #[command(flatten)]
+    pub torch: super::realize::TorchArgs,
 }
 
 impl VersionHome {
@@ -62,6 +64,7 @@ impl VersionHome {
             wheels_dir: None,
             substitute: self.substitute.clone(),
             check: false,
+            torch: self.torch.clone(),
         };
         let report = realize_home(&args, context)?;
         if !report.up_to_date {

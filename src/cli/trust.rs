@@ -18,6 +18,12 @@ pub struct Config {
     pub substituters: Vec<String>,
     #[serde(default)]
     pub trusted_keys: Vec<String>,
+    /// This machine's torch backend (`auto`, `cpu`, `cu128`, …), as `--torch-backend`.
+    #[serde(default)]
+    pub torch_backend: Option<String>,
+    /// The backend's index (`{backend}` replaced), as `--torch-index`.
+    #[serde(default)]
+    pub torch_index: Option<String>,
 }
 
 impl Config {

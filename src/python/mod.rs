@@ -12,6 +12,7 @@
 
 pub mod requirements;
 pub mod stored_uv;
+pub mod torch;
 pub mod uv;
 mod venv;
 mod wheels;
@@ -85,6 +86,22 @@ pub enum PythonError {
     NoWheelUrl { filename: String },
     #[error("Wheel `{filename}`: bad URL `{url}`")]
     BadWheelUrl { filename: String, url: String },
+    #[error("Unknown torch backend `{name}`: expected `auto`, `cpu`, `cuXYZ` (`cu121`, `cu128`), `rocmX.Y` (`rocm6.2`) or `xpu`")]
+    UnknownBackend { name: String },
+    #[error("Torch backend `{backend}` needs a newer NVIDIA driver than this machine's {driver}{}", .most.as_ref().map(|m| format!(" (which runs up to `{m}`)")).unwrap_or_default())]
+    DriverTooOld {
+        backend: String,
+        driver: String,
+        most: Option<String>,
+    },
+    #[error("The lock's Python set cannot be resolved for torch backend `{backend}` from `{index}`:\n{uv}")]
+    BackendUnresolvable {
+        backend: String,
+        index: String,
+        uv: String,
+    },
+    #[error("Torch backend `{backend}` for this lock is not in the store, and `--offline` forbids resolving it")]
+    NoOverlay { backend: String },
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
@@ -114,6 +131,16 @@ impl Hint for PythonError {
                 Some("put the wheel in the directory, or run without `--wheels-dir`".into())
             }
             PythonError::NoWheelUrl { .. } => Some("pass `--wheels-dir`".into()),
+            PythonError::DriverTooOld { most, .. } => Some(match most {
+                Some(most) => format!("use `--torch-backend {most}` (or `auto`), or update the driver"),
+                None => "update the driver, or use `--torch-backend cpu`".into(),
+            }),
+            PythonError::BackendUnresolvable { .. } => Some(
+                "the backend's index must serve the lock's torch release (and its companions) for this platform: pick another backend, or name a mirror that has them with `--torch-index` (`{backend}` in it is replaced)".into(),
+            ),
+            PythonError::NoOverlay { .. } => Some(
+                "realize once with network access (or import a closure of a home that uses this backend)".into(),
+            ),
             PythonError::Fetch(e) => e.hint(),
             PythonError::Store(e) => e.hint(),
             _ => None,
@@ -132,7 +159,11 @@ impl Hint for PythonError {
             | PythonError::NotADirectory { .. }
             | PythonError::Pyproject { .. }
             | PythonError::NoWheelUrl { .. }
-            | PythonError::BadWheelUrl { .. } => true,
+            | PythonError::BadWheelUrl { .. }
+            | PythonError::UnknownBackend { .. }
+            | PythonError::DriverTooOld { .. }
+            | PythonError::BackendUnresolvable { .. }
+            | PythonError::NoOverlay { .. } => true,
             PythonError::Fetch(e) => e.is_user_error(),
             PythonError::Store(e) => e.is_user_error(),
             _ => false,
@@ -184,6 +215,15 @@ impl Compile<'_> {
 
     /// `uv pip compile` of `groups` into a PEP 751 lock.
     fn pylock(&self, groups: &[&Group]) -> Result<Pylock, PythonError> {
+        self.pylock_with(groups, None)
+    }
+
+    /// `pylock`, with `overlay`: a constraints file, and an index asked before the default one.
+    fn pylock_with(
+        &self,
+        groups: &[&Group],
+        overlay: Option<(&Path, &str)>,
+    ) -> Result<Pylock, PythonError> {
         let input = self.scratch.join("requirements.in");
         let mut text = requirements::merged(groups).join("\n");
         text.push('\n');
@@ -210,6 +250,10 @@ impl Compile<'_> {
         }
         if self.offline {
             command.arg("--offline");
+        }
+        if let Some((constraints, index)) = overlay {
+            command.arg("--constraint").arg(constraints);
+            command.args(["--index", index]);
         }
         // A torch backend is a machine's choice; it must not shape the shared lock.
         command.env_remove("UV_TORCH_BACKEND");

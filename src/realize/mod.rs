@@ -147,6 +147,17 @@ pub struct RealizeOptions {
     pub not_fetched: Vec<String>,
     /// Report whether the home is up to date (and its drift) and change nothing.
     pub check: bool,
+    /// The machine's torch backend and its overlay's store path, when one was asked for (the
+    /// lock given is then the overlaid one).
+    pub torch: Option<TorchUsed>,
+}
+
+/// A torch backend a generation uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorchUsed {
+    pub backend: String,
+    /// The overlay store path (its wheel set for this backend and machine kind).
+    pub overlay: String,
 }
 
 /// Where a store path is placed in a generation.
@@ -177,6 +188,9 @@ pub struct Generation {
     /// Optional models left out because they could not be fetched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_fetched: Vec<String>,
+    /// The torch backend, when the machine chose one (else the lock's own wheel set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torch: Option<TorchUsed>,
 }
 
 /// What `realize` did.
@@ -210,6 +224,9 @@ fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> 
     hasher.update(&[options.skip_models as u8]);
     hasher.update(format!("{:?}", options.link_mode).as_bytes());
     hasher.update(options.venv.as_deref().unwrap_or("").as_bytes());
+    if let Some(torch) = &options.torch {
+        hasher.update(torch.overlay.as_bytes());
+    }
     hasher.finalize().to_hex()[..32].to_string()
 }
 
@@ -310,7 +327,12 @@ pub fn realize(
 
     // The home manifest: a store path referencing everything, rooted for this generation.
     let manifest = {
-        let extra: Vec<String> = options.venv.iter().cloned().collect();
+        let extra: Vec<String> = options
+            .venv
+            .iter()
+            .chain(options.torch.iter().map(|t| &t.overlay))
+            .cloned()
+            .collect();
         let name = format!("home-{}", lock.version_id);
         crate::lock::manifest::write(store, &name, lock, options.skip_models, &extra)?
     };
@@ -333,6 +355,7 @@ pub fn realize(
         manifest,
         mounts,
         not_fetched: options.not_fetched.clone(),
+        torch: options.torch.clone(),
     };
     write_records(&building, &generation, &placed)?;
     let done = home.generation_dir(number);

@@ -123,6 +123,9 @@ pub struct StatusReport {
     /// Whether the current generation was realized from another lock than the version's lock
     /// file now holds (after a rollback, or a resolve since); `None` when that lock is not found.
     pub behind_lock: Option<bool>,
+    /// The machine's torch backend the generation uses, when one was chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<super::TorchUsed>,
 }
 
 impl StatusReport {
@@ -164,6 +167,7 @@ pub fn status(
         not_fetched: generation.not_fetched.clone(),
         manifest: generation.manifest.clone(),
         behind_lock: None,
+        torch: generation.torch.clone(),
     })
 }
 

@@ -21,3 +21,4 @@ mod store_crash;
 mod store_db;
 mod store_reads;
 mod store_verify;
+mod torch;

@@ -121,12 +121,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Serve `wheels` as a PEP 503 index at `<server>/simple/` (links carry `#sha256=`), the files
 /// at `<server>/files/<filename>`. Returns the index URL.
 pub fn serve_index(server: &TestServer, wheels: &[Wheel]) -> String {
+    serve_index_under(server, "", wheels)
+}
+
+/// `serve_index` under a path prefix (`/cpu`: the index at `<server>/cpu/simple/`), so one server
+/// holds several indexes, as the PyTorch index holds one per backend.
+pub fn serve_index_under(server: &TestServer, prefix: &str, wheels: &[Wheel]) -> String {
     let mut by_project: std::collections::BTreeMap<String, Vec<(String, Vec<u8>)>> =
         Default::default();
     for wheel in wheels {
         let bytes = wheel.build();
         server.route(
-            &format!("/files/{}", wheel.filename()),
+            &format!("{prefix}/files/{}", wheel.filename().replace('+', "%2B")),
             Route::file(bytes.clone()),
         );
         by_project
@@ -136,26 +142,29 @@ pub fn serve_index(server: &TestServer, wheels: &[Wheel]) -> String {
     }
     let mut root = String::from("<!DOCTYPE html><html><body>\n");
     for (project, files) in &by_project {
-        root.push_str(&format!("<a href=\"/simple/{project}/\">{project}</a>\n"));
+        root.push_str(&format!(
+            "<a href=\"{prefix}/simple/{project}/\">{project}</a>\n"
+        ));
         let mut page = String::from("<!DOCTYPE html><html><body>\n");
         for (filename, bytes) in files {
             page.push_str(&format!(
-                "<a href=\"/files/{filename}#sha256={}\">{filename}</a>\n",
+                "<a href=\"{prefix}/files/{}#sha256={}\">{filename}</a>\n",
+                filename.replace('+', "%2B"),
                 sha256_hex(bytes)
             ));
         }
         page.push_str("</body></html>\n");
         server.route(
-            &format!("/simple/{project}/"),
+            &format!("{prefix}/simple/{project}/"),
             Route::file(page.into_bytes()).header("Content-Type", "text/html"),
         );
     }
     root.push_str("</body></html>\n");
     server.route(
-        "/simple/",
+        &format!("{prefix}/simple/"),
         Route::file(root.into_bytes()).header("Content-Type", "text/html"),
     );
-    server.url("/simple/")
+    server.url(&format!("{prefix}/simple/"))
 }
 
 /// Write the wheels into `dir` (a `--wheels-dir`).

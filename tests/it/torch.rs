@@ -1,0 +1,282 @@
+//! The torch backend: a machine-local overlay over one shared lock, from a loopback index that
+//! serves stub `torch` wheels with local versions (`+cpu`, `+cu121`), as the PyTorch index does.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+use crate::python::{packages, python_version};
+use crate::support::git::{Entry, TestRepo};
+use crate::support::http::TestServer;
+use crate::support::wheels::{self, Wheel};
+use crate::support::*;
+
+fn torch(version: &str) -> Wheel {
+    Wheel::new("torch", version, &format!("__version__ = {version:?}\n"))
+}
+
+fn vision(version: &str) -> Wheel {
+    Wheel::new(
+        "torchvision",
+        version,
+        &format!("import torch\n__version__ = {version:?}\n"),
+    )
+    .requires("torch==2.5.1")
+}
+
+struct TorchWorld {
+    env: TestEnv,
+    _pypi: TestServer,
+    pypi_url: String,
+    backends: TestServer,
+    _core: TestRepo,
+}
+
+impl TorchWorld {
+    fn new() -> TorchWorld {
+        let env = TestEnv::new();
+        let mut core = TestRepo::new(&env.path("repos/ComfyUI.git"));
+        core.commit(
+            "main",
+            &[
+                ("main.py", Entry::File(b"print('comfy')\n")),
+                (
+                    "requirements.txt",
+                    Entry::File(b"torch\ntorchvision\ngamma\n"),
+                ),
+            ],
+        );
+        // The default index (PyPI's role): plain torch, as the shared lock resolves it.
+        let pypi = TestServer::start();
+        let mut served = packages();
+        served.extend([torch("2.5.1"), vision("0.20.1")]);
+        let pypi_url = wheels::serve_index(&pypi, &served);
+        // One server, one index per backend (`/<backend>/simple/`), as download.pytorch.org.
+        let backends = TestServer::start();
+        wheels::serve_index_under(
+            &backends,
+            "/cpu",
+            &[torch("2.5.1+cpu"), vision("0.20.1+cpu")],
+        );
+        wheels::serve_index_under(
+            &backends,
+            "/cu121",
+            &[
+                torch("2.5.1+cu121").requires("nvidia-cublas-cu12==12.1.3.1"),
+                vision("0.20.1+cu121"),
+                Wheel::new("nvidia_cublas_cu12", "12.1.3.1", "CUBLAS = 1\n"),
+            ],
+        );
+        let spec = json!({
+            "schema_version": 2,
+            "version_id": "v1",
+            "comfy": { "repo": core.url(), "ref": "main" },
+            "python": { "version": python_version() }
+        });
+        let dir = env.work.join("versions");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("v1.json"),
+            serde_json::to_string_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        TorchWorld {
+            env,
+            _pypi: pypi,
+            pypi_url,
+            backends,
+            _core: core,
+        }
+    }
+
+    fn cmd(&self, store: &Path) -> Command {
+        let mut cmd = self.env.cmd_without_store();
+        cmd.arg("--store")
+            .arg(store)
+            .env("UV_DEFAULT_INDEX", &self.pypi_url)
+            .env_remove("UV_INDEX_URL")
+            .env_remove("PIP_INDEX_URL")
+            .env_remove("COMFIX_TORCH_BACKEND")
+            .env(
+                "COMFIX_TORCH_INDEX",
+                self.backends.url("/{backend}/simple/"),
+            )
+            .env("COMFIX_RETRY_BASE_MS", "10");
+        cmd
+    }
+
+    fn realize(&self, store: &Path, home: &str, args: &[&str]) -> Output {
+        self.cmd(store)
+            .args(["--json", "realize", "v1", "--target"])
+            .arg(self.env.path(home))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn lock_text(&self) -> String {
+        fs::read_to_string(self.env.work.join("versions/v1.lock.json")).unwrap()
+    }
+
+    /// `module.__version__` in the home's venv.
+    fn version_in(&self, home: &str, module: &str) -> String {
+        let python = self.env.path(home).join(".venv/bin/python");
+        let out = Command::new(python)
+            .args([
+                "-c",
+                &format!("import {module}; print({module}.__version__)"),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+fn ok(out: Output) -> Value {
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Two machines (two stores, two backends) share one lock and get different overlays; the shared
+/// lock stays byte-identical; `--offline` realizes from the overlay in the store; `status` says
+/// which backend a home uses.
+#[test]
+fn two_machines_share_one_lock_with_their_own_torch_backends() {
+    let w = TorchWorld::new();
+    let a = w.env.path("store-a");
+    let b = w.env.path("store-b");
+    ok(w.realize(&a, "plain", &[]));
+    let shared = w.lock_text();
+    assert!(shared.contains("torch-2.5.1-py3-none-any.whl"), "{shared}");
+    assert_eq!(w.version_in("plain", "torch"), "2.5.1");
+
+    ok(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    assert_eq!(w.version_in("home-cpu", "torch"), "2.5.1+cpu");
+    assert_eq!(w.version_in("home-cpu", "torchvision"), "0.20.1+cpu");
+    let gamma = Command::new(w.env.path("home-cpu/.venv/bin/python"))
+        .args(["-c", "import gamma; print(gamma.G)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&gamma.stdout).trim(), "gamma");
+    assert_eq!(w.lock_text(), shared, "the shared lock changed");
+
+    ok(w.realize(&b, "home-cu", &["--torch-backend", "cu121"]));
+    assert_eq!(w.version_in("home-cu", "torch"), "2.5.1+cu121");
+    assert_eq!(w.version_in("home-cu", "torchvision"), "0.20.1+cu121");
+    let cublas = w.env.path("home-cu/.venv/bin/python");
+    let out = Command::new(cublas)
+        .args(["-c", "import nvidia_cublas_cu12 as c; print(c.CUBLAS)"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.lock_text(), shared, "the shared lock changed");
+
+    // The homes' venvs differ; each store holds its own overlay, and only that one.
+    assert_ne!(
+        fs::canonicalize(w.env.path("home-cpu/.venv")).unwrap(),
+        fs::canonicalize(w.env.path("plain/.venv")).unwrap()
+    );
+    let overlays = |store: &Path| -> Vec<String> {
+        fs::read_dir(store.join("paths"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.contains("-torch-") && !n.ends_with(".whl"))
+            .collect()
+    };
+    let in_a = overlays(&a);
+    assert_eq!(in_a.len(), 1, "{in_a:?}");
+    assert!(in_a[0].ends_with("-torch-cpu"), "{in_a:?}");
+    let in_b = overlays(&b);
+    assert!(
+        in_b.len() == 1 && in_b[0].ends_with("-torch-cu121"),
+        "{in_b:?}"
+    );
+
+    // Offline: the overlay in the store serves; the backend index is not asked.
+    let asked = w.backends.requests().len();
+    ok(w.realize(&a, "home-offline", &["--offline", "--torch-backend", "cpu"]));
+    assert_eq!(w.version_in("home-offline", "torch"), "2.5.1+cpu");
+    assert_eq!(
+        w.backends.requests().len(),
+        asked,
+        "the backend index was asked"
+    );
+
+    // `status` names the backend, and the home is at its lock.
+    let out = w
+        .cmd(&a)
+        .args(["--json", "status", "--target"])
+        .arg(w.env.path("home-cpu"))
+        .current_dir(&w.env.work)
+        .output()
+        .unwrap();
+    let status = ok(out);
+    assert_eq!(status["torch"]["backend"], "cpu", "{status}");
+    assert_eq!(status["behind_lock"], false, "{status}");
+    // Realizing again with the same backend changes nothing.
+    let again = ok(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    assert_eq!(again["up_to_date"], true, "{again}");
+    let check = w
+        .cmd(&a)
+        .args([
+            "realize",
+            "v1",
+            "--check",
+            "--torch-backend",
+            "cpu",
+            "--target",
+        ])
+        .arg(w.env.path("home-cpu"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+}
+
+/// An unknown backend, a backend whose index lacks the lock's torch, and a backend asked for
+/// offline before it was resolved: each named, nothing half-built registered.
+#[test]
+fn bad_backends_are_named_and_leave_nothing_behind() {
+    let w = TorchWorld::new();
+    let a = w.env.path("store-a");
+    ok(w.realize(&a, "plain", &[]));
+    let shared = w.lock_text();
+    let paths_before: Vec<String> = store_paths(&a);
+
+    let out = w.realize(&a, "h1", &["--torch-backend", "cuda12"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`cuda12`"), "{}", stderr(&out));
+
+    // No index serves rocm6.2 here.
+    let out = w.realize(&a, "h2", &["--torch-backend", "rocm6.2"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("rocm6.2") && err.contains("/rocm6.2/simple/"),
+        "{err}"
+    );
+
+    let out = w.realize(&a, "h3", &["--torch-backend", "cu121", "--offline"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cu121") && err.contains("--offline"), "{err}");
+
+    assert_eq!(store_paths(&a), paths_before, "something was registered");
+    assert_eq!(w.lock_text(), shared);
+    for home in ["h1", "h2", "h3"] {
+        assert!(!w.env.path(home).join(".venv").exists(), "{home}");
+    }
+}
+
+fn store_paths(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.join("paths"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    names
+}
