@@ -198,6 +198,7 @@ fn bench(c: &mut Criterion) {
         venv: None,
         not_fetched: Vec::new(),
         check: false,
+        torch: None,
     };
     let mut group = c.benchmark_group("realize");
     group.sample_size(20);

@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
             venv: None,
             not_fetched: Vec::new(),
             check: false,
+            torch: None,
         },
     )
     .unwrap();

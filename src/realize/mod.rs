@@ -310,7 +310,7 @@ pub fn realize(
 
     // Files the user added to the current generation's trees come along; edits of managed
     // files are kept aside, never dropped.
-    let carried = match (current, &current_files) {
+    let carried = match (current, current_files.as_deref()) {
         (Some(n), Some((generation, placed))) => {
             carry_user_files(&home, n, generation, placed, &building)?
         }
@@ -435,7 +435,7 @@ enum Current {
     /// A new generation replaces it: what drifted in it, and its records when it has them.
     Replace {
         drifted: Vec<String>,
-        files: Option<(Generation, Vec<Placed>)>,
+        files: Option<Box<(Generation, Vec<Placed>)>>,
     },
 }
 
@@ -496,7 +496,7 @@ fn current_state(
     }
     Ok(Current::Replace {
         drifted,
-        files: Some((generation, placed)),
+        files: Some(Box::new((generation, placed))),
     })
 }
 
