@@ -115,8 +115,30 @@ impl Uv {
         Ok(output)
     }
 
-    /// The machine's interpreter for `version` (`3.11`), or its default Python.
+    /// The machine's interpreter for `version` (`3.11`), or its default Python. Asked once per
+    /// process (a realize needs it for the overlay, the venv's name and its build).
     pub fn interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {
+        type Found = std::collections::HashMap<(PathBuf, Option<String>), Interpreter>;
+        static FOUND: std::sync::Mutex<Option<Found>> = std::sync::Mutex::new(None);
+        let key = (self.exe.clone(), version.map(str::to_string));
+        if let Some(found) = FOUND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Default::default)
+            .get(&key)
+        {
+            return Ok(found.clone());
+        }
+        let found = self.find_interpreter(version)?;
+        FOUND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Default::default)
+            .insert(key, found.clone());
+        Ok(found)
+    }
+
+    fn find_interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {
         let mut command = self.command(["python", "find", "--system"]);
         command.args(version);
         let path = match self.run(&mut command) {
