@@ -301,7 +301,7 @@ fn realize_loaded(
             substitute: args.substitute.clone(),
         },
     )?;
-    if old != Some(&lock) {
+    if !old.is_some_and(|o| o.same_as(&lock)) {
         if args.frozen {
             return Err(FrozenError::Stale(vec!["the resolved lock differs".into()]).into());
         }
@@ -352,8 +352,13 @@ fn dry_run(
     skip_models: bool,
 ) -> anyhow::Result<Outcome> {
     let store = Store::open_existing(&context.store_dir)?;
-    // The machine's backend: its overlay's wheels when the store has it.
+    // A universal lock's wheels for this machine; the machine's backend: its overlay's wheels
+    // when the store has it.
     let mut overlaid = old.cloned();
+    if let (Some(store), Some(lock)) = (&store, overlaid.as_mut()) {
+        this_machine(store, lock)?;
+    }
+    let machine = overlaid.clone();
     if let Some((backend, _)) = args.torch.choice()? {
         let applied = match (&store, overlaid.as_mut()) {
             (Some(store), Some(lock)) => apply_stored_torch(store, lock, &args.torch).ok(),
@@ -366,7 +371,7 @@ fn dry_run(
                 used.overlay
             ),
             None => {
-                overlaid = old.cloned();
+                overlaid = machine;
                 tracing::info!(
                     "torch backend `{}`: not resolved on this machine yet (realize resolves it)",
                     backend.tag()
@@ -473,6 +478,7 @@ fn check(
 ) -> anyhow::Result<Outcome> {
     let mut lock = frozen_lock(spec, old, lock_path)?.clone();
     let store = context.open_existing_store()?;
+    this_machine(&store, &mut lock)?;
     let torch = apply_stored_torch(&store, &mut lock, &args.torch)?;
     let venv = match &lock.python {
         Some(python) => Some(venv_name_of(&store, python)?),
@@ -538,6 +544,17 @@ fn frozen_lock<'a>(
 }
 
 /// The name the venv of `python` has (or would have) in the store on this machine.
+/// A universal lock's wheels for this machine, from the store alone (nothing fetched).
+fn this_machine(store: &Store, lock: &mut Lock) -> anyhow::Result<()> {
+    let Some(python) = lock.python.as_mut().filter(|p| p.universal.is_some()) else {
+        return Ok(());
+    };
+    let uv = crate::python::find_uv(store)?;
+    let interpreter = uv.interpreter(Some(&python.version)).ok();
+    crate::python::universal::fill_from_store(store, python, interpreter.as_ref())?;
+    Ok(())
+}
+
 fn venv_name_of(store: &Store, python: &crate::lock::LockedPython) -> anyhow::Result<String> {
     let uv = crate::python::find_uv(store)?;
     let interpreter = uv.interpreter(Some(&python.version))?;
@@ -656,7 +673,7 @@ pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
                 realized.wheels = python.wheels.clone();
             }
         }
-        report.behind_lock = Some(realized != current);
+        report.behind_lock = Some(!realized.same_as(&current));
     }
     if context.json {
         context.print_json(&report)?;

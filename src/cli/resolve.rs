@@ -159,7 +159,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
             substitute: args.substitute.clone(),
         },
     )?;
-    let changed = old.as_ref() != Some(&lock);
+    let changed = !old.as_ref().is_some_and(|o| o.same_as(&lock));
     if changed {
         lock.write(lock_path)?;
     }

@@ -53,7 +53,35 @@ pub struct LockedPython {
     /// What was resolved: each group of requirements with where it came from (`core`,
     /// `node <name>`, `spec`). When these change, the set is resolved again.
     pub requirements: Vec<Group>,
+    /// One wheel per package, as this machine installs them. In a universal lock the file holds
+    /// none (`universal` is the set); they are chosen from it on each machine, in memory.
+    #[serde(default)]
     pub wheels: Vec<LockedWheel>,
+    /// A universal resolution (the spec's `python.universal`): every package with its marker and
+    /// every wheel the index has for it, for all platforms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub universal: Option<Vec<UniversalPackage>>,
+}
+
+/// One package of a universal resolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniversalPackage {
+    /// The normalized project name.
+    pub name: String,
+    pub version: String,
+    /// Where it is needed (PEP 508: `platform_machine == 'aarch64'`); absent: everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+    pub wheels: Vec<UniversalWheel>,
+}
+
+/// One wheel of a universal package (its store path is known only where it was fetched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UniversalWheel {
+    pub filename: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub sha256: String,
 }
 
 /// Requirements from one place: `core`, `node <name>` or `spec`.
@@ -244,9 +272,27 @@ impl Lock {
 
     /// The lock as text: pretty JSON, fixed key order, trailing newline.
     pub fn to_text(&self) -> String {
-        let mut text = serde_json::to_string_pretty(self).expect("a lock serializes");
+        // A universal lock's per-machine wheels are this machine's, not the lock's.
+        let shared;
+        let lock = match &self.python {
+            Some(p) if p.universal.is_some() && !p.wheels.is_empty() => {
+                let mut copy = self.clone();
+                if let Some(p) = copy.python.as_mut() {
+                    p.wheels.clear();
+                }
+                shared = copy;
+                &shared
+            }
+            _ => self,
+        };
+        let mut text = serde_json::to_string_pretty(lock).expect("a lock serializes");
         text.push('\n');
         text
+    }
+
+    /// Whether two locks say the same (a universal lock's per-machine wheels aside).
+    pub fn same_as(&self, other: &Lock) -> bool {
+        self.to_text() == other.to_text()
     }
 
     /// Write the lock atomically (temporary file in the same directory, then rename).

@@ -13,6 +13,7 @@
 pub mod requirements;
 pub mod stored_uv;
 pub mod torch;
+pub mod universal;
 pub mod uv;
 mod venv;
 mod wheels;
@@ -102,6 +103,14 @@ pub enum PythonError {
     },
     #[error("Torch backend `{backend}` for this lock is not in the store, and `--offline` forbids resolving it")]
     NoOverlay { backend: String },
+    #[error(
+        "The lock does not cover this machine ({platform}): no wheel of `{name}` {version} fits it"
+    )]
+    NotCovered {
+        name: String,
+        version: String,
+        platform: String,
+    },
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
@@ -138,6 +147,9 @@ impl Hint for PythonError {
             PythonError::BackendUnresolvable { .. } => Some(
                 "the backend's index must serve the lock's torch release (and its companions) for this platform: pick another backend, or name a mirror that has them with `--torch-index` (`{backend}` in it is replaced)".into(),
             ),
+            PythonError::NotCovered { .. } => Some(
+                "the index has no wheel of that version for this platform: on this machine, run `comfix resolve <ID> --update python` so uv picks versions that have wheels for every platform the team uses (or pin one in the spec's `python.requirements`)".into(),
+            ),
             PythonError::NoOverlay { .. } => Some(
                 "realize once with network access (or import a closure of a home that uses this backend)".into(),
             ),
@@ -163,7 +175,8 @@ impl Hint for PythonError {
             | PythonError::UnknownBackend { .. }
             | PythonError::DriverTooOld { .. }
             | PythonError::BackendUnresolvable { .. }
-            | PythonError::NoOverlay { .. } => true,
+            | PythonError::NoOverlay { .. }
+            | PythonError::NotCovered { .. } => true,
             PythonError::Fetch(e) => e.is_user_error(),
             PythonError::Store(e) => e.is_user_error(),
             _ => false,
@@ -193,15 +206,29 @@ pub struct Compile<'a> {
     /// Resolve from this directory only (no index).
     pub wheels_dir: Option<&'a Path>,
     pub offline: bool,
+    /// For every platform (`--universal`), not this machine's only.
+    pub universal: bool,
 }
 
 impl Compile<'_> {
     /// Lock `groups`. A resolution failure between groups is narrowed down to the two groups
     /// that conflict (or the one that cannot be satisfied on its own).
     pub fn run(&self, groups: &[Group]) -> Result<Vec<PinnedWheel>, PythonError> {
+        select_wheels(&self.resolve(groups)?, self.interpreter)
+    }
+
+    /// Lock `groups` for every platform: each package with its marker and all its wheels.
+    pub fn run_universal(
+        &self,
+        groups: &[Group],
+    ) -> Result<Vec<crate::lock::UniversalPackage>, PythonError> {
+        universal_packages(&self.resolve(groups)?)
+    }
+
+    fn resolve(&self, groups: &[Group]) -> Result<Pylock, PythonError> {
         let all: Vec<&Group> = groups.iter().collect();
         match self.pylock(&all) {
-            Ok(pylock) => select_wheels(&pylock, self.interpreter),
+            Ok(pylock) => Ok(pylock),
             Err(PythonError::Uv { stderr, .. }) if is_unsatisfiable(&stderr) => {
                 Err(self.attribute(&all, stderr))
             }
@@ -250,6 +277,9 @@ impl Compile<'_> {
         }
         if self.offline {
             command.arg("--offline");
+        }
+        if self.universal {
+            command.arg("--universal");
         }
         if let Some((constraints, index)) = overlay {
             command.arg("--constraint").arg(constraints);
@@ -350,6 +380,8 @@ struct PylockPackage {
     name: String,
     #[serde(default)]
     version: Option<String>,
+    #[serde(default)]
+    marker: Option<String>,
     #[serde(default)]
     wheels: Vec<PylockFile>,
     #[serde(default)]
@@ -458,6 +490,51 @@ fn select_wheels(
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Every package of a universal lock with its marker and all its wheels; a package with no
+/// wheel at all is refused (comfix installs wheels only).
+fn universal_packages(pylock: &Pylock) -> Result<Vec<crate::lock::UniversalPackage>, PythonError> {
+    let mut out = Vec::new();
+    for package in &pylock.packages {
+        let version = package.version.clone().unwrap_or_default();
+        if package.wheels.is_empty() {
+            return Err(PythonError::NoWheel {
+                name: package.name.clone(),
+                version,
+                reason: if package.sdist.is_some() {
+                    " (only a source distribution)".into()
+                } else {
+                    " (it is a local directory or a VCS checkout)".into()
+                },
+            });
+        }
+        let mut wheels = Vec::new();
+        for file in &package.wheels {
+            let filename = file.filename().ok_or_else(|| PythonError::BadPylock {
+                message: format!("a wheel of `{}` has no file name", package.name),
+            })?;
+            let sha256 = file
+                .hashes
+                .get("sha256")
+                .ok_or_else(|| PythonError::BadPylock {
+                    message: format!("wheel `{filename}` has no sha256"),
+                })?;
+            wheels.push(crate::lock::UniversalWheel {
+                filename,
+                url: file.url.clone().or_else(|| file.path.clone()),
+                sha256: sha256.to_ascii_lowercase(),
+            });
+        }
+        out.push(crate::lock::UniversalPackage {
+            name: requirements::normalize(&package.name),
+            version,
+            marker: package.marker.clone(),
+            wheels,
+        });
+    }
+    out.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
     Ok(out)
 }
 

@@ -48,7 +48,7 @@ impl Backend {
             _ => {}
         }
         if let Some(digits) = name.strip_prefix("cu") {
-            if !(3..=4).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            if !(2..=4).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(unknown());
             }
             let (major, minor) = digits.split_at(digits.len() - 1);
@@ -270,6 +270,7 @@ pub fn compile(
         interpreter: Some(interpreter),
         wheels_dir: None,
         offline,
+        universal: false,
     };
     let pylock = compile
         .pylock_with(&groups, Some((&constraints, index)))

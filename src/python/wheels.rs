@@ -163,7 +163,10 @@ pub fn pinned_of(wheel: &LockedWheel) -> PinnedWheel {
 }
 
 /// A valid store path holding exactly this wheel (same file name and SHA-256), protected.
-fn stored_wheel(store: &Store, wheel: &PinnedWheel) -> Result<Option<String>, PythonError> {
+pub(super) fn stored_wheel(
+    store: &Store,
+    wheel: &PinnedWheel,
+) -> Result<Option<String>, PythonError> {
     for record in store.named(&sanitize_name(&wheel.filename))? {
         store.protect(&[&record.name])?;
         let path = store.path_of(&record.name);

@@ -31,12 +31,25 @@ impl Resolver {
             return Ok(None);
         }
         let wanted = spec.python.as_ref().and_then(|p| p.version.clone());
+        let universal = spec.python.as_ref().is_some_and(|p| p.universal);
         let keep = old.filter(|o| {
             o.requirements == groups
                 && wanted.as_ref().is_none_or(|v| *v == o.version)
+                && o.universal.is_some() == universal
                 && !update.covers(&["python"])
         });
-        let (version, pinned, action) = match keep {
+        let (version, pinned, action, packages) = match keep {
+            // Universal: this machine's wheels chosen again from the kept set.
+            Some(kept) if kept.universal.is_some() && kept.wheels.is_empty() => {
+                let packages = kept.universal.clone().expect("checked");
+                let pinned = tokio::task::block_in_place(|| {
+                    let uv = find_uv(&store)?;
+                    let interpreter = uv.interpreter(Some(&kept.version)).ok();
+                    crate::python::universal::select(&packages, interpreter.as_ref())
+                })?;
+                let pinned = pinned.into_iter().map(|p| (p, None)).collect();
+                (kept.version.clone(), pinned, "kept", Some(packages))
+            }
             Some(kept) => {
                 let pinned: Vec<(PinnedWheel, Option<String>)> = kept
                     .wheels
@@ -49,7 +62,7 @@ impl Resolver {
                         )
                     })
                     .collect();
-                (kept.version.clone(), pinned, "kept")
+                (kept.version.clone(), pinned, "kept", kept.universal.clone())
             }
             None => {
                 let reporter = self.executor.reporter.as_ref();
@@ -59,8 +72,9 @@ impl Resolver {
                     reporter,
                 )
                 .await?;
-                let (version, pinned) = self.compile(&groups, wanted.as_deref())?;
-                (version, pinned, "resolved")
+                let (version, pinned, packages) =
+                    self.compile(&groups, wanted.as_deref(), universal)?;
+                (version, pinned, "resolved", packages)
             }
         };
 
@@ -80,6 +94,7 @@ impl Resolver {
                     store_path: kept.clone().unwrap_or_default(),
                 })
                 .collect(),
+            universal: packages.clone(),
         });
         let mut tasks = Vec::new();
         let jobs = Arc::new(tokio::sync::Semaphore::new(
@@ -111,6 +126,7 @@ impl Resolver {
                 version,
                 requirements: groups,
                 wheels,
+                universal: packages,
             },
             reports,
         )))
@@ -174,10 +190,11 @@ impl Resolver {
         &self,
         groups: &[crate::python::Group],
         wanted: Option<&str>,
-    ) -> Result<(String, Vec<(PinnedWheel, Option<String>)>), BuildError> {
+        universal: bool,
+    ) -> Result<Compiled, BuildError> {
         let store = &self.executor.store;
         let offline = self.executor.client.config().offline;
-        let (version, pinned) = tokio::task::block_in_place(|| {
+        let (version, pinned, packages) = tokio::task::block_in_place(|| {
             let uv = find_uv(store)?;
             let interpreter = match wanted {
                 Some(v) => uv.interpreter(Some(v)).ok(),
@@ -190,16 +207,22 @@ impl Resolver {
             // A staging directory holds the GC lock shared: the collector, which may clear the
             // uv cache, waits for uv to finish.
             let scratch = store.staging()?;
-            let pinned = Compile {
+            let compile = Compile {
                 uv: &uv,
                 scratch: scratch.path(),
                 version: &version,
                 interpreter: interpreter.as_ref(),
                 wheels_dir: self.python.wheels_dir.as_deref(),
                 offline,
+                universal,
+            };
+            if universal {
+                let packages = compile.run_universal(groups)?;
+                let pinned = crate::python::universal::select(&packages, interpreter.as_ref())?;
+                return Ok::<_, PythonError>((version, pinned, Some(packages)));
             }
-            .run(groups)?;
-            Ok::<_, PythonError>((version, pinned))
+            let pinned = compile.run(groups)?;
+            Ok((version, pinned, None))
         })?;
         let from_dir = self.python.wheels_dir.is_some();
         let pinned = pinned
@@ -211,6 +234,14 @@ impl Resolver {
                 (p, None)
             })
             .collect();
-        Ok((version, pinned))
+        Ok((version, pinned, packages))
     }
 }
+
+/// What `compile` resolved: the Python version, this machine's wheels (none stored yet), and the
+/// universal set they were chosen from, when the spec asks for one.
+type Compiled = (
+    String,
+    Vec<(PinnedWheel, Option<String>)>,
+    Option<Vec<crate::lock::UniversalPackage>>,
+);

@@ -190,6 +190,10 @@ pub struct Python {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requirements: Vec<String>,
+    /// Resolve for every platform (`uv pip compile --universal`): one lock serves a team's
+    /// Linux x86_64 and aarch64 (and macOS) machines, each choosing the wheels that fit it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub universal: bool,
 }
 
 /// One problem found in a spec: the JSON path of the field and what is wrong with it.

@@ -280,3 +280,122 @@ fn store_paths(store: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A universal lock (`python.universal`): one lock file for every platform, with each package's
+/// marker and all its wheels; a machine installs the wheels that fit it, and the lock file is the
+/// same whichever machine resolved or realized it. A lock that has no wheel for this machine says
+/// so, naming the package and the platform.
+#[test]
+fn a_universal_lock_serves_each_platform_its_own_wheels() {
+    let env = TestEnv::new();
+    let mut core = TestRepo::new(&env.path("repos/ComfyUI.git"));
+    core.commit("main", &[("main.py", Entry::File(b"print('comfy')\n"))]);
+    let index = TestServer::start();
+    let mut served = packages();
+    served.extend([
+        Wheel::new("plat", "1.0", "P = 'x86_64'\n")
+            .platform("manylinux_2_17_x86_64")
+            .requires("armonly; platform_machine == 'aarch64'"),
+        Wheel::new("plat", "1.0", "P = 'aarch64'\n")
+            .platform("manylinux_2_17_aarch64")
+            .requires("armonly; platform_machine == 'aarch64'"),
+        Wheel::new("armonly", "1.0", "A = 1\n"),
+        Wheel::new("onlyarm", "1.0", "O = 1\n").platform("manylinux_2_17_aarch64"),
+    ]);
+    let index_url = wheels::serve_index(&index, &served);
+    let write_spec = |id: &str, requirements: &[&str]| {
+        let spec = json!({
+            "schema_version": 2,
+            "version_id": id,
+            "comfy": { "repo": core.url(), "ref": "main" },
+            "python": { "version": python_version(), "requirements": requirements, "universal": true }
+        });
+        let dir = env.work.join("versions");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{id}.json")), spec.to_string()).unwrap();
+    };
+    write_spec("u1", &["plat", "gamma"]);
+    let realize = |store: &str, id: &str, home: &str| {
+        env.cmd_without_store()
+            .arg("--store")
+            .arg(env.path(store))
+            .args(["realize", id, "--target"])
+            .arg(env.path(home))
+            .env("UV_DEFAULT_INDEX", &index_url)
+            .env_remove("UV_INDEX_URL")
+            .env_remove("COMFIX_TORCH_BACKEND")
+            .output()
+            .unwrap()
+    };
+    let out = realize("store-a", "u1", "home-a");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(env.work.join("versions/u1.lock.json")).unwrap();
+    let lock: Value = serde_json::from_str(&text).unwrap();
+    let python = &lock["python"];
+    assert_eq!(python["wheels"], json!([]), "{python}");
+    let universal = python["universal"].as_array().unwrap();
+    let plat = universal.iter().find(|p| p["name"] == "plat").unwrap();
+    let files: Vec<&str> = plat["wheels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2, "{plat}");
+    assert!(
+        files.iter().any(|f| f.ends_with("aarch64.whl")),
+        "{files:?}"
+    );
+    let armonly = universal.iter().find(|p| p["name"] == "armonly").unwrap();
+    assert!(
+        armonly["marker"].as_str().unwrap().contains("aarch64"),
+        "{armonly}"
+    );
+    // This machine's wheels: its own `plat`, and no `armonly`.
+    let python_of = |home: &str| env.path(home).join(".venv/bin/python");
+    let machine = std::env::consts::ARCH;
+    let out = Command::new(python_of("home-a"))
+        .args(["-c", "import plat; print(plat.P)"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), machine);
+    let out = Command::new(python_of("home-a"))
+        .args(["-c", "import armonly"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.success(),
+        machine == "aarch64",
+        "armonly installed where its marker does not hold"
+    );
+
+    // Another machine's store realizes the same lock; the file does not change.
+    let out = realize("store-b", "u1", "home-b");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(env.work.join("versions/u1.lock.json")).unwrap(),
+        text
+    );
+    let check = env
+        .cmd_without_store()
+        .arg("--store")
+        .arg(env.path("store-b"))
+        .args(["realize", "u1", "--check", "--target"])
+        .arg(env.path("home-b"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", stderr(&check));
+
+    // A package with wheels for another platform only: this machine is not covered.
+    if machine == "x86_64" {
+        write_spec("u2", &["onlyarm"]);
+        let out = realize("store-a", "u2", "home-c");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("does not cover this machine") && err.contains("onlyarm"),
+            "{err}"
+        );
+        assert!(err.contains("x86_64"), "{err}");
+    }
+}

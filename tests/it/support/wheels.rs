@@ -21,6 +21,8 @@ pub struct Wheel {
     pub requires: Vec<String>,
     /// Console scripts: name → `module:function`.
     pub scripts: Vec<(String, String)>,
+    /// The wheel's tag (`py3-none-any`, or a platform's).
+    pub tag: String,
 }
 
 impl Wheel {
@@ -32,7 +34,14 @@ impl Wheel {
             files: vec![(format!("{name}/__init__.py"), source.as_bytes().to_vec())],
             requires: Vec::new(),
             scripts: Vec::new(),
+            tag: "py3-none-any".into(),
         }
+    }
+
+    /// Built for one platform only (`manylinux_2_17_x86_64`).
+    pub fn platform(mut self, platform: &str) -> Wheel {
+        self.tag = format!("py3-none-{platform}");
+        self
     }
 
     pub fn requires(mut self, requirement: &str) -> Wheel {
@@ -60,7 +69,7 @@ impl Wheel {
     }
 
     pub fn filename(&self) -> String {
-        format!("{}-{}-py3-none-any.whl", self.name, self.version)
+        format!("{}-{}-{}.whl", self.name, self.version, self.tag)
     }
 
     /// The wheel's bytes (deterministic: fixed timestamps, fixed order).
@@ -77,8 +86,11 @@ impl Wheel {
         files.push((format!("{dist_info}/METADATA"), metadata.into_bytes()));
         files.push((
             format!("{dist_info}/WHEEL"),
-            b"Wheel-Version: 1.0\nGenerator: comfix-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-                .to_vec(),
+            format!(
+                "Wheel-Version: 1.0\nGenerator: comfix-tests\nRoot-Is-Purelib: true\nTag: {}\n",
+                self.tag
+            )
+            .into_bytes(),
         ));
         if !self.scripts.is_empty() {
             let mut text = String::from("[console_scripts]\n");
