@@ -188,6 +188,7 @@ fn store_with_wheels(f: &Fixture, at: &Path) -> (Store, LockedPython) {
             requirements: f.wheels.iter().map(|w| w.name.clone()).collect(),
         }],
         wheels: locked,
+        universal: None,
     };
     (store, python)
 }

@@ -111,6 +111,8 @@ pub enum PythonError {
         version: String,
         platform: String,
     },
+    #[error("The lock's wheel `{filename}` does not fit this machine (its best tag is `{tag}`): the lock was resolved on another platform")]
+    OtherPlatform { filename: String, tag: String },
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
     #[error(transparent)]
@@ -150,6 +152,9 @@ impl Hint for PythonError {
             PythonError::NotCovered { .. } => Some(
                 "the index has no wheel of that version for this platform: on this machine, run `comfix resolve <ID> --update python` so uv picks versions that have wheels for every platform the team uses (or pin one in the spec's `python.requirements`)".into(),
             ),
+            PythonError::OtherPlatform { .. } => Some(
+                "set `\"universal\": true` in the spec's `python` and run `comfix resolve <ID> --update python`: one lock then serves every platform, each machine choosing its wheels".into(),
+            ),
             PythonError::NoOverlay { .. } => Some(
                 "realize once with network access (or import a closure of a home that uses this backend)".into(),
             ),
@@ -176,7 +181,8 @@ impl Hint for PythonError {
             | PythonError::DriverTooOld { .. }
             | PythonError::BackendUnresolvable { .. }
             | PythonError::NoOverlay { .. }
-            | PythonError::NotCovered { .. } => true,
+            | PythonError::NotCovered { .. }
+            | PythonError::OtherPlatform { .. } => true,
             PythonError::Fetch(e) => e.is_user_error(),
             PythonError::Store(e) => e.is_user_error(),
             _ => false,

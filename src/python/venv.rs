@@ -73,6 +73,7 @@ pub fn build_venv(
     let mut built = false;
     store.build_input_addressed(&name, "venv", &[], |staging| {
         built = true;
+        fits_this_machine(interpreter, python)?;
         tracing::info!(
             "building the venv for Python {} ({} wheels)",
             interpreter.version,
@@ -81,6 +82,30 @@ pub fn build_venv(
         build_into(store, uv, interpreter, python, staging)
     })?;
     Ok(VenvBuild { name, built })
+}
+
+/// Every wheel must be installable here: a lock resolved on another platform (not universal)
+/// is named as such before uv refuses a wheel.
+fn fits_this_machine(interpreter: &Interpreter, python: &LockedPython) -> Result<(), PythonError> {
+    if python
+        .wheels
+        .iter()
+        .all(|w| w.filename.ends_with("-none-any.whl"))
+    {
+        return Ok(());
+    }
+    let tags = super::supported_tags(Some(interpreter))?;
+    if let Some(wheel) = python
+        .wheels
+        .iter()
+        .find(|w| super::best_rank(&w.filename, &tags).is_none())
+    {
+        return Err(PythonError::OtherPlatform {
+            filename: wheel.filename.clone(),
+            tag: tags.first().cloned().unwrap_or_default(),
+        });
+    }
+    Ok(())
 }
 
 fn build_into(

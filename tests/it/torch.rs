@@ -386,6 +386,47 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
         .unwrap();
     assert!(check.status.success(), "{}", stderr(&check));
 
+    // A lock resolved on another platform (not universal): named before uv refuses a wheel.
+    if machine == "x86_64" {
+        let other = plat["wheels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["filename"].as_str().unwrap().ends_with("aarch64.whl"))
+            .unwrap();
+        let spec = json!({
+            "schema_version": 2,
+            "version_id": "u3",
+            "comfy": { "repo": core.url(), "ref": "main" },
+            "python": { "version": python_version(), "requirements": ["plat"] }
+        });
+        fs::write(env.work.join("versions/u3.json"), spec.to_string()).unwrap();
+        let out = env
+            .cmd_without_store()
+            .arg("--store")
+            .arg(env.path("store-a"))
+            .args(["resolve", "u3"])
+            .env("UV_DEFAULT_INDEX", &index_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let path = env.work.join("versions/u3.lock.json");
+        let mut lock: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        lock["python"]["wheels"] = json!([{
+            "name": "plat", "version": "1.0", "filename": other["filename"],
+            "url": other["url"], "sha256": other["sha256"], "store_path": ""
+        }]);
+        fs::write(&path, serde_json::to_string_pretty(&lock).unwrap()).unwrap();
+        let out = realize("store-a", "u3", "home-d");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("resolved on another platform") && err.contains("aarch64.whl"),
+            "{err}"
+        );
+        assert!(err.contains("universal"), "{err}");
+    }
+
     // A package with wheels for another platform only: this machine is not covered.
     if machine == "x86_64" {
         write_spec("u2", &["onlyarm"]);
