@@ -30,7 +30,8 @@ fn derivations(store: &Store) -> HashMap<String, Derivation> {
         // The venv's name depends on this machine's uv and interpreter.
         let venv = lock.python.as_ref().and_then(|python| {
             let uv = uv.as_ref()?;
-            let interpreter = uv.interpreter(Some(&python.version)).ok()?;
+            let interpreter =
+                crate::python::managed::interpreter(store, uv, &python.version, false).ok()?;
             Some(crate::python::venv_name(uv, &interpreter, python))
         });
         for d in derivations_of_lock(&lock, venv.as_deref()) {

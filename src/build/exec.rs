@@ -387,7 +387,13 @@ impl Executor {
                 crate::python::stored_uv::ensure(store, &self.client, reporter).await?;
                 tokio::task::block_in_place(|| -> Result<_, BuildError> {
                     let uv = crate::python::find_uv(store)?;
-                    let interpreter = uv.interpreter(Some(&python.version))?;
+                    let may_install = !self.client.config().offline;
+                    let interpreter = crate::python::managed::interpreter(
+                        store,
+                        &uv,
+                        &python.version,
+                        may_install,
+                    )?;
                     let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
                     if venv.built {
                         tracing::info!("built venv `{}`", venv.name);

@@ -114,7 +114,8 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
 pub fn venv_of(store: &crate::store::Store, lock: &crate::lock::Lock) -> Option<String> {
     let python = lock.python.as_ref()?;
     let uv = crate::python::find_uv(store).ok()?;
-    let interpreter = uv.interpreter(Some(&python.version)).ok()?;
+    let interpreter =
+        crate::python::managed::interpreter(store, &uv, &python.version, false).ok()?;
     let name = crate::python::venv_name(&uv, &interpreter, python);
     store.query(&name).ok().flatten().map(|_| name)
 }

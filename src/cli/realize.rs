@@ -382,7 +382,7 @@ fn dry_run(
     let old = overlaid.as_ref();
     // The venv's name needs uv and the interpreter; without them the step is just "build".
     let venv = match (&store, old.and_then(|l| l.python.as_ref())) {
-        (Some(store), Some(python)) => venv_name_of(store, python).ok(),
+        (Some(store), Some(python)) => venv_name_of(store, python, false).ok(),
         _ => None,
     };
     let plan = crate::plan::plan(store.as_ref(), spec, old, venv.as_deref(), skip_models);
@@ -406,7 +406,8 @@ fn run_plan(
             let reporter = executor.reporter.as_ref();
             let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
             session.runtime.block_on(ensure)?;
-            Some(venv_name_of(store, python)?)
+            let may_install = !executor.client.config().offline;
+            Some(venv_name_of(store, python, may_install)?)
         }
         None => None,
     };
@@ -481,7 +482,7 @@ fn check(
     this_machine(&store, &mut lock)?;
     let torch = apply_stored_torch(&store, &mut lock, &args.torch)?;
     let venv = match &lock.python {
-        Some(python) => Some(venv_name_of(&store, python)?),
+        Some(python) => Some(venv_name_of(&store, python, false)?),
         None => None,
     };
     let report = realize::realize(
@@ -550,14 +551,21 @@ fn this_machine(store: &Store, lock: &mut Lock) -> anyhow::Result<()> {
         return Ok(());
     };
     let uv = crate::python::find_uv(store)?;
-    let interpreter = uv.interpreter(Some(&python.version)).ok();
+    let interpreter = crate::python::managed::interpreter(store, &uv, &python.version, false).ok();
     crate::python::universal::fill_from_store(store, python, interpreter.as_ref())?;
     Ok(())
 }
 
-fn venv_name_of(store: &Store, python: &crate::lock::LockedPython) -> anyhow::Result<String> {
+/// The name the venv of `python` has (or would have) in the store on this machine; with
+/// `may_install`, a managed interpreter is installed when the machine has none of its version.
+fn venv_name_of(
+    store: &Store,
+    python: &crate::lock::LockedPython,
+    may_install: bool,
+) -> anyhow::Result<String> {
     let uv = crate::python::find_uv(store)?;
-    let interpreter = uv.interpreter(Some(&python.version))?;
+    let interpreter =
+        crate::python::managed::interpreter(store, &uv, &python.version, may_install)?;
     Ok(crate::python::venv_name(&uv, &interpreter, python))
 }
 

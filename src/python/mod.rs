@@ -10,6 +10,7 @@
 //! objects: two versions with the same wheel set share one venv, and two sets that differ by one
 //! package share every other file's bytes.
 
+pub mod managed;
 pub mod requirements;
 pub mod stored_uv;
 pub mod torch;
@@ -133,7 +134,7 @@ impl Hint for PythonError {
                 "install the tested version with `python3 -m pip install uv=={UV_VERSION}`, or run once with network access so comfix fetches it into the store (`COMFIX_UV_WHEEL_URL` and `COMFIX_UV_WHEEL_SHA256` name a mirror), or import a closure that carries it"
             )),
             PythonError::NoInterpreter { .. } => Some(
-                "install that Python (or change the spec's `python.version`); comfix does not download interpreters".into(),
+                "install that Python, or let comfix install a managed one with uv (it needs network access, or `UV_PYTHON_INSTALL_MIRROR` / `UV_PYTHON_DOWNLOADS_JSON_URL` naming a mirror), or import a closure that carries one; or change the spec's `python.version`".into(),
             ),
             PythonError::Conflict { .. } => Some(
                 "pin compatible versions in the spec's `python.requirements`, or disable one of the nodes".into(),

@@ -319,7 +319,7 @@ pub async fn overlay(
 ) -> Result<(String, Overlay), PythonError> {
     let offline = client.config().offline;
     let (name, found, uv, interpreter) =
-        tokio::task::block_in_place(|| find(store, python, backend, index))?;
+        tokio::task::block_in_place(|| find(store, python, backend, index, !offline))?;
     if let Some(found) = found {
         return Ok((name, found));
     }
@@ -392,7 +392,7 @@ pub fn stored(
     backend: &Backend,
     index: &str,
 ) -> Result<(String, Option<Overlay>), PythonError> {
-    let (name, found, _, _) = find(store, python, backend, index)?;
+    let (name, found, _, _) = find(store, python, backend, index, false)?;
     Ok((name, found))
 }
 
@@ -402,9 +402,10 @@ fn find(
     python: &LockedPython,
     backend: &Backend,
     index: &str,
+    may_install: bool,
 ) -> Result<(String, Option<Overlay>, Uv, Interpreter), PythonError> {
     let uv = super::find_uv(store)?;
-    let interpreter = uv.interpreter(Some(&python.version))?;
+    let interpreter = super::managed::interpreter(store, &uv, &python.version, may_install)?;
     let name = overlay_name(python, backend, index, &platform(&interpreter), &uv);
     store.protect(&[&name])?;
     let found = read_overlay(store, &name)?;

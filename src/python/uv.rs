@@ -107,9 +107,17 @@ impl Uv {
             source,
         })?;
         if !output.status.success() {
+            let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            if stderr.is_empty() {
+                // Some failures are told on stdout, or only by the exit status.
+                stderr = String::from_utf8_lossy(&output.stdout).trim().to_string();
+                if stderr.is_empty() {
+                    stderr = format!("uv exited with {}", output.status);
+                }
+            }
             return Err(PythonError::Uv {
                 command: rendered,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                stderr,
             });
         }
         Ok(output)
@@ -136,6 +144,19 @@ impl Uv {
             .get_or_insert_with(Default::default)
             .insert(key, found.clone());
         Ok(found)
+    }
+
+    /// The interpreter at `path` (its version asked once per binary).
+    pub fn probe_interpreter(&self, path: &Path) -> Result<Interpreter, PythonError> {
+        let version = probe(
+            &self.probes,
+            path,
+            &["-c", "import platform; print(platform.python_version())"],
+        )?;
+        Ok(Interpreter {
+            path: path.to_path_buf(),
+            version,
+        })
     }
 
     fn find_interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {

@@ -70,8 +70,18 @@ pub fn build_venv(
         .map(|w| w.store_path.as_str())
         .collect();
     store.protect(&wheel_paths)?;
+    // A managed interpreter lives in the store: the venv needs it (its `home`), so it references
+    // it — the collector keeps it and closures carry it.
+    let interpreter_path: Vec<String> = interpreter
+        .path
+        .strip_prefix(store.path_of(""))
+        .ok()
+        .and_then(|rel| rel.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .into_iter()
+        .collect();
     let mut built = false;
-    store.build_input_addressed(&name, "venv", &[], |staging| {
+    store.build_input_addressed(&name, "venv", &interpreter_path, |staging| {
         built = true;
         fits_this_machine(interpreter, python)?;
         tracing::info!(

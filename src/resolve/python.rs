@@ -44,7 +44,14 @@ impl Resolver {
                 let packages = kept.universal.clone().expect("checked");
                 let pinned = tokio::task::block_in_place(|| {
                     let uv = find_uv(&store)?;
-                    let interpreter = uv.interpreter(Some(&kept.version)).ok();
+                    let may_install = !self.executor.client.config().offline;
+                    let interpreter = crate::python::managed::interpreter(
+                        &store,
+                        &uv,
+                        &kept.version,
+                        may_install,
+                    )
+                    .ok();
                     crate::python::universal::select(&packages, interpreter.as_ref())
                 })?;
                 let pinned = pinned.into_iter().map(|p| (p, None)).collect();
@@ -197,7 +204,9 @@ impl Resolver {
         let (version, pinned, packages) = tokio::task::block_in_place(|| {
             let uv = find_uv(store)?;
             let interpreter = match wanted {
-                Some(v) => uv.interpreter(Some(v)).ok(),
+                Some(v) => crate::python::managed::interpreter(store, &uv, v, !offline)
+                    .inspect_err(|e| tracing::debug!("no interpreter for Python {v}: {e}"))
+                    .ok(),
                 None => Some(uv.interpreter(None)?),
             };
             let version = wanted

@@ -440,3 +440,186 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
         assert!(err.contains("x86_64"), "{err}");
     }
 }
+
+/// A Python the machine does not have: uv installs a managed one (from a loopback stand-in of its
+/// download list, holding a relocatable build of this machine's Python), comfix stores it, and the
+/// venv is built on it; an offline realize and another store importing the version's closure use
+/// the stored interpreter without asking anyone.
+#[test]
+fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
+    let env = TestEnv::new();
+    // This machine's Python as a python-build-standalone style archive (`python/…`).
+    let info = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, sysconfig; print(sys.executable); print(sys.base_prefix); print('%d.%d.%d' % sys.version_info[:3]); print(sysconfig.get_config_var('LDLIBRARY') or '')",
+        ])
+        .output()
+        .unwrap();
+    let info = String::from_utf8(info.stdout).unwrap();
+    let lines: Vec<&str> = info.lines().collect();
+    let (executable, prefix, full) = (lines[0], lines[1], lines[2]);
+    let minor: String = full.rsplit_once('.').unwrap().0.to_string();
+    let build = env.path("pbs");
+    let script = format!(
+        "set -e; mkdir -p {b}/python/bin {b}/python/lib; cp -L {exe} {b}/python/bin/python{minor}; \
+         ln -s python{minor} {b}/python/bin/python3; ln -s python{minor} {b}/python/bin/python; \
+         cp -a {p}/lib/libpython{minor}*.so* {b}/python/lib/ 2>/dev/null || true; \
+         (cd {p}/lib && tar cf - --exclude=site-packages --exclude=dist-packages --exclude=test \
+           --exclude=__pycache__ --exclude=idlelib --exclude=tkinter --exclude=ensurepip \
+           --exclude=lib2to3 python{minor}) | (cd {b}/python/lib && tar xf -); \
+         mkdir -p {b}/python/lib/python{minor}/site-packages; \
+         cd {b} && tar czf archive.tar.gz python",
+        b = build.display(),
+        exe = executable,
+        p = prefix,
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let archive = fs::read(build.join("archive.tar.gz")).unwrap();
+    let downloads = TestServer::start();
+    let key = format!("cpython-{full}-linux-{}-gnu", std::env::consts::ARCH);
+    let file = format!(
+        "cpython-{full}+20990101-{}-unknown-linux-gnu-install_only.tar.gz",
+        std::env::consts::ARCH
+    );
+    downloads.route(
+        &format!("/{file}"),
+        crate::support::http::Route::file(archive.clone()),
+    );
+    let parts: Vec<u32> = full.split('.').map(|p| p.parse().unwrap()).collect();
+    downloads.route(
+        "/downloads.json",
+        crate::support::http::Route::json(json!({
+            key.clone(): {
+                "name": "cpython",
+                "arch": { "family": std::env::consts::ARCH, "variant": null },
+                "os": "linux", "libc": "gnu",
+                "major": parts[0], "minor": parts[1], "patch": parts[2], "prerelease": "",
+                "url": downloads.url(&format!("/{file}")),
+                "sha256": crate::support::wheels::sha256_hex(&archive),
+                "variant": null, "build": "20990101"
+            }
+        })),
+    );
+
+    let mut core = TestRepo::new(&env.path("repos/ComfyUI.git"));
+    core.commit("main", &[("main.py", Entry::File(b"print('comfy')\n"))]);
+    let index = TestServer::start();
+    let index_url = wheels::serve_index(&index, &packages());
+    let spec = json!({
+        "schema_version": 2,
+        "version_id": "m1",
+        "comfy": { "repo": core.url(), "ref": "main" },
+        "python": { "version": full, "requirements": ["gamma"] }
+    });
+    fs::create_dir_all(env.work.join("versions")).unwrap();
+    fs::write(env.work.join("versions/m1.json"), spec.to_string()).unwrap();
+    // A PATH with no Python on it: the machine "lacks" this version (uv itself by path).
+    let uv = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "pyenv which uv 2>/dev/null || command -v uv"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let bare = env.path("bare-bin");
+    fs::create_dir_all(&bare).unwrap();
+    let comfix = |store: &str| {
+        let mut cmd = env.cmd_without_store();
+        cmd.arg("--store")
+            .arg(env.path(store))
+            .env("PATH", &bare)
+            .env("COMFIX_UV", &uv)
+            .env("UV_DEFAULT_INDEX", &index_url)
+            .env(
+                "UV_PYTHON_DOWNLOADS_JSON_URL",
+                downloads.url("/downloads.json"),
+            )
+            .env_remove("UV_INDEX_URL")
+            .env_remove("UV_PYTHON_INSTALL_DIR")
+            .env(
+                "COMFIX_LOG",
+                std::env::var("COMFIX_LOG").unwrap_or_else(|_| "comfix=info".into()),
+            );
+        cmd
+    };
+    let out = comfix("store")
+        .args(["realize", "m1", "--target"])
+        .arg(env.path("home"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("installing a managed one"),
+        "{}",
+        stderr(&out)
+    );
+    let venv_python = env.path("home/.venv/bin/python");
+    let ask = |python: &Path| {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import sys, gamma; print(sys.version.split()[0]); print(sys.base_prefix)",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let answer = ask(&venv_python);
+    let mut answer = answer.lines();
+    assert_eq!(answer.next(), Some(full));
+    let base = answer.next().unwrap().to_string();
+    assert!(
+        base.starts_with(&env.path("store/paths").display().to_string()),
+        "the venv's interpreter is not the stored one: {base}"
+    );
+    assert!(base.ends_with(&key), "{base}");
+    let fetched = downloads.requests().len();
+
+    // Offline, into another home: the stored interpreter, nothing asked.
+    let out = comfix("store")
+        .args(["realize", "m1", "--offline", "--target"])
+        .arg(env.path("home-2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(downloads.requests().len(), fetched);
+    // gc keeps it (pinned, and referenced by the venv).
+    let out = comfix("store").args(["gc"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ask(&env.path("home-2/.venv/bin/python")).lines().next(),
+        Some(full)
+    );
+
+    // The version's closure carries the interpreter: another store realizes it offline.
+    let archive_path = env.path("m1.tar.zst");
+    let out = comfix("store")
+        .args(["export", "m1", "-o"])
+        .arg(&archive_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = comfix("other")
+        .args(["import", "--no-check-sigs"])
+        .arg(&archive_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = comfix("other")
+        .args(["realize", "m1", "--offline", "--target"])
+        .arg(env.path("home-3"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(downloads.requests().len(), fetched);
+    assert_eq!(
+        ask(&env.path("home-3/.venv/bin/python")).lines().next(),
+        Some(full)
+    );
+}
