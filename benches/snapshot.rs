@@ -13,7 +13,7 @@
 //! `COMFIX_BENCH_DIR` (on XFS or btrfs, the models are cloned into the store, not copied).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::{env_usize, git, pseudo_random, sync, work_dir};
@@ -25,19 +25,11 @@ fn cold() -> bool {
 }
 
 fn timed(cmd: &mut Command) -> Duration {
-    sync();
     if COLD.load(std::sync::atomic::Ordering::Relaxed) {
+        sync();
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
     }
-    let started = Instant::now();
-    let out = cmd.output().unwrap();
-    let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    common::timed(cmd)
 }
 
 static COLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -22,9 +22,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{git, work_dir};
+use common::{git, timed, work_dir};
 use wheels::Wheel;
 
 fn filler(name: &str, version: &str, modules: usize) -> Wheel {
@@ -54,19 +54,6 @@ fn vision(version: &str) -> Wheel {
 
 fn uv() -> String {
     std::env::var("COMFIX_UV").unwrap_or_else(|_| "uv".into())
-}
-
-fn timed(cmd: &mut Command) -> Duration {
-    common::sync();
-    let started = Instant::now();
-    let out = cmd.output().unwrap();
-    let took = started.elapsed();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
 }
 
 fn copy(from: &Path, to: &Path) {

@@ -65,3 +65,17 @@ pub fn git(dir: &std::path::Path, args: &[&str]) {
         .unwrap();
     assert!(status.success(), "git {args:?}");
 }
+
+/// How long `cmd` takes, dirty pages flushed first; panics when it fails.
+pub fn timed(cmd: &mut Command) -> std::time::Duration {
+    sync();
+    let started = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}

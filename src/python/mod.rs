@@ -439,17 +439,7 @@ fn select_wheels(
     for package in &pylock.packages {
         let version = package.version.clone().unwrap_or_default();
         let chosen = match package.wheels.len() {
-            0 => {
-                return Err(PythonError::NoWheel {
-                    name: package.name.clone(),
-                    version,
-                    reason: if package.sdist.is_some() {
-                        " (only a source distribution)".into()
-                    } else {
-                        " (it is a local directory or a VCS checkout)".into()
-                    },
-                })
-            }
+            0 => return Err(no_wheel(package)),
             1 => &package.wheels[0],
             _ => {
                 if tags.is_none() {
@@ -500,6 +490,19 @@ fn select_wheels(
     Ok(out)
 }
 
+/// A package uv locked with no wheel: comfix installs wheels only.
+fn no_wheel(package: &PylockPackage) -> PythonError {
+    PythonError::NoWheel {
+        name: package.name.clone(),
+        version: package.version.clone().unwrap_or_default(),
+        reason: if package.sdist.is_some() {
+            " (only a source distribution)".into()
+        } else {
+            " (it is a local directory or a VCS checkout)".into()
+        },
+    }
+}
+
 /// Every package of a universal lock with its marker and all its wheels; a package with no
 /// wheel at all is refused (comfix installs wheels only).
 fn universal_packages(pylock: &Pylock) -> Result<Vec<crate::lock::UniversalPackage>, PythonError> {
@@ -507,15 +510,7 @@ fn universal_packages(pylock: &Pylock) -> Result<Vec<crate::lock::UniversalPacka
     for package in &pylock.packages {
         let version = package.version.clone().unwrap_or_default();
         if package.wheels.is_empty() {
-            return Err(PythonError::NoWheel {
-                name: package.name.clone(),
-                version,
-                reason: if package.sdist.is_some() {
-                    " (only a source distribution)".into()
-                } else {
-                    " (it is a local directory or a VCS checkout)".into()
-                },
-            });
+            return Err(no_wheel(package));
         }
         let mut wheels = Vec::new();
         for file in &package.wheels {
