@@ -356,7 +356,9 @@ fn dry_run(
     // when the store has it.
     let mut overlaid = old.cloned();
     if let (Some(store), Some(lock)) = (&store, overlaid.as_mut()) {
-        this_machine(store, lock)?;
+        if let Err(e) = this_machine(store, lock) {
+            tracing::warn!("cannot tell this machine's wheels of the universal lock: {e:#}");
+        }
     }
     let machine = overlaid.clone();
     if let Some((backend, _)) = args.torch.choice()? {
