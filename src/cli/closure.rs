@@ -26,6 +26,10 @@ pub struct ExportArgs {
     /// instead of an archive: core commit, git and registry nodes, pinned pips
     #[arg(long)]
     pub manager_snapshot: bool,
+    /// Carry this machine's torch backend overlay and its venv (as `realize --torch-backend`);
+    /// the archive's lock stays the shared one
+    #[command(flatten)]
+    pub torch: super::realize::TorchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -57,16 +61,32 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
     }
     let spec = std::fs::read(&input.loaded.path)?;
     let store = context.open_existing_store()?;
+    // What this machine installs: a universal lock's choice, a torch backend's overlay. The
+    // archive's lock stays the shared one; these paths come along.
+    let mut machine = lock.clone();
+    super::realize::this_machine(&store, &mut machine)?;
+    let torch = super::realize::apply_stored_torch(&store, &mut machine, &args.torch)?;
+    let mut extra: Vec<String> = lock
+        .python
+        .as_ref()
+        .and_then(|_| crate::python::stored_uv::stored_path(&store))
+        .into_iter()
+        .collect();
+    if let Some(python) = machine.python.as_ref().filter(|p| p.universal.is_some()) {
+        extra.extend(
+            python
+                .wheels
+                .iter()
+                .filter(|w| !w.store_path.is_empty())
+                .map(|w| w.store_path.clone()),
+        );
+    }
+    extra.extend(torch.map(|t| t.overlay));
     let version = Version {
         spec: &spec,
         lock,
-        venv: venv_of(&store, lock),
-        extra: lock
-            .python
-            .as_ref()
-            .and_then(|_| crate::python::stored_uv::stored_path(&store))
-            .into_iter()
-            .collect(),
+        venv: venv_of(&store, &machine),
+        extra,
     };
     let key = args
         .sign_key

@@ -139,7 +139,7 @@ fn apply_torch(
 
 /// `apply_torch` from the store alone (`--check`, `--dry-run`): `Err` names a backend whose
 /// overlay this store does not hold.
-fn apply_stored_torch(
+pub(super) fn apply_stored_torch(
     store: &Store,
     lock: &mut Lock,
     args: &TorchArgs,
@@ -548,7 +548,7 @@ fn frozen_lock<'a>(
 
 /// The name the venv of `python` has (or would have) in the store on this machine.
 /// A universal lock's wheels for this machine, from the store alone (nothing fetched).
-fn this_machine(store: &Store, lock: &mut Lock) -> anyhow::Result<()> {
+pub(super) fn this_machine(store: &Store, lock: &mut Lock) -> anyhow::Result<()> {
     let Some(python) = lock.python.as_mut().filter(|p| p.universal.is_some()) else {
         return Ok(());
     };

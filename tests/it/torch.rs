@@ -206,6 +206,39 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
         "the backend index was asked"
     );
 
+    // An export from the cu121 machine carries its overlay and venv; an air-gapped machine with
+    // the same backend realizes it offline. The archive's lock is the shared one.
+    let archive = w.env.path("v1-cu.tar.zst");
+    let out = w
+        .cmd(&b)
+        .args(["export", "v1", "--torch-backend", "cu121", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = w.env.path("store-c");
+    let imported = w.env.path("imported");
+    let out = w
+        .cmd(&c)
+        .args(["import", "--no-check-sigs", "--versions-dir"])
+        .arg(&imported)
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(imported.join("v1.lock.json")).unwrap(),
+        shared
+    );
+    let asked = w.backends.requests().len();
+    ok(w.realize(&c, "home-air", &["--offline", "--torch-backend", "cu121"]));
+    assert_eq!(w.version_in("home-air", "torch"), "2.5.1+cu121");
+    assert_eq!(
+        w.backends.requests().len(),
+        asked,
+        "the backend index was asked"
+    );
+
     // `status` names the backend, and the home is at its lock.
     let out = w
         .cmd(&a)
@@ -385,6 +418,37 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", stderr(&check));
+    // Exported, it carries this machine's wheels: another store realizes it offline.
+    let archive = env.path("u1.tar.zst");
+    let out = env
+        .cmd_without_store()
+        .arg("--store")
+        .arg(env.path("store-b"))
+        .args(["export", "u1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env
+        .cmd_without_store()
+        .arg("--store")
+        .arg(env.path("store-c"))
+        .args(["import", "--no-check-sigs", "--versions-dir"])
+        .arg(env.path("imported"))
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let offline = env
+        .cmd_without_store()
+        .arg("--store")
+        .arg(env.path("store-c"))
+        .args(["realize", "u1", "--offline", "--target"])
+        .arg(env.path("home-air2"))
+        .env("UV_DEFAULT_INDEX", "http://127.0.0.1:9/simple/")
+        .output()
+        .unwrap();
+    assert!(offline.status.success(), "{}", stderr(&offline));
 
     // A lock resolved on another platform (not universal): named before uv refuses a wheel.
     if machine == "x86_64" {
