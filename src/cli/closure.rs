@@ -61,31 +61,16 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
     }
     let spec = std::fs::read(&input.loaded.path)?;
     let store = context.open_existing_store()?;
-    // What this machine installs: a universal lock's choice, a torch backend's overlay. The
-    // archive's lock stays the shared one; these paths come along.
-    let mut machine = lock.clone();
-    super::realize::this_machine(&store, &mut machine)?;
-    let torch = super::realize::apply_stored_torch(&store, &mut machine, &args.torch)?;
-    let mut extra: Vec<String> = lock
-        .python
-        .as_ref()
-        .and_then(|_| crate::python::stored_uv::stored_path(&store))
-        .into_iter()
-        .collect();
-    if let Some(python) = machine.python.as_ref().filter(|p| p.universal.is_some()) {
-        extra.extend(
-            python
-                .wheels
-                .iter()
-                .filter(|w| !w.store_path.is_empty())
-                .map(|w| w.store_path.clone()),
-        );
-    }
-    extra.extend(torch.map(|t| t.overlay));
+    let (venv, mut extra) = machine_paths(&store, lock, &args.torch)?;
+    extra.extend(
+        lock.python
+            .as_ref()
+            .and_then(|_| crate::python::stored_uv::stored_path(&store)),
+    );
     let version = Version {
         spec: &spec,
         lock,
-        venv: venv_of(&store, &machine),
+        venv,
         extra,
     };
     let key = args
@@ -128,6 +113,31 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         report.versions.join("`, `")
     );
     Ok(Outcome::Success)
+}
+
+/// What this machine installs for `lock` beyond the lock's own paths: its venv (when this store
+/// holds it), a universal lock's wheels for this platform, a torch backend's overlay. The lock
+/// itself stays the shared one.
+pub fn machine_paths(
+    store: &crate::store::Store,
+    lock: &crate::lock::Lock,
+    torch: &super::realize::TorchArgs,
+) -> anyhow::Result<(Option<String>, Vec<String>)> {
+    let mut machine = lock.clone();
+    super::realize::this_machine(store, &mut machine)?;
+    let used = super::realize::apply_stored_torch(store, &mut machine, torch)?;
+    let mut extra = Vec::new();
+    if let Some(python) = machine.python.as_ref().filter(|p| p.universal.is_some()) {
+        extra.extend(
+            python
+                .wheels
+                .iter()
+                .filter(|w| !w.store_path.is_empty())
+                .map(|w| w.store_path.clone()),
+        );
+    }
+    extra.extend(used.map(|t| t.overlay));
+    Ok((venv_of(store, &machine), extra))
 }
 
 /// The venv this store holds for `lock`, when uv and the interpreter can name it here.

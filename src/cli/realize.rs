@@ -60,7 +60,7 @@ pub struct RealizeArgs {
 
 /// The machine's torch backend: a local choice, resolved into an overlay in the store and never
 /// written into the shared lock.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct TorchArgs {
     /// This machine's torch backend: auto (from the NVIDIA driver, else ROCm, else the CPU), cpu,
     /// cuXYZ (cu121, cu128), rocmX.Y, xpu [default: the config's `torch-backend`, else the lock's

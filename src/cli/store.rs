@@ -495,7 +495,18 @@ pub(super) fn copy_roots(store: &Store, target: &str) -> anyhow::Result<Vec<Stri
         path: lock_path.clone(),
     })?;
     let mut names: Vec<String> = lock.store_paths().iter().map(|s| s.to_string()).collect();
-    names.extend(super::closure::venv_of(store, &lock));
+    // The machine's configured torch backend, if any (`store copy` takes no flag for it).
+    let torch = super::realize::TorchArgs::default();
+    match super::closure::machine_paths(store, &lock, &torch) {
+        Ok((venv, extra)) => {
+            names.extend(venv);
+            names.extend(extra);
+        }
+        Err(e) => {
+            tracing::warn!("copying the lock's paths and its venv only: {e:#}");
+            names.extend(super::closure::venv_of(store, &lock));
+        }
+    }
     Ok(names)
 }
 
