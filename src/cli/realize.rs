@@ -110,9 +110,9 @@ fn apply_torch(
     let Some((backend, index)) = args.choice()? else {
         return Ok(None);
     };
-    let Some(python) = lock.python.as_mut() else {
-        tracing::warn!(
-            "torch backend `{}` asked for, but the version has no Python set",
+    let Some(python) = lock.python.as_mut().filter(|p| has_torch(p)) else {
+        tracing::info!(
+            "torch backend `{}`: the version's Python set has no torch; nothing to change",
             backend.tag()
         );
         return Ok(None);
@@ -137,6 +137,11 @@ fn apply_torch(
     }))
 }
 
+/// Whether a torch backend has anything to change in `python`.
+fn has_torch(python: &crate::lock::LockedPython) -> bool {
+    python.wheels.iter().any(|w| w.name == "torch")
+}
+
 /// `apply_torch` from the store alone (`--check`, `--dry-run`): `Err` names a backend whose
 /// overlay this store does not hold.
 pub(super) fn apply_stored_torch(
@@ -147,7 +152,7 @@ pub(super) fn apply_stored_torch(
     let Some((backend, index)) = args.choice()? else {
         return Ok(None);
     };
-    let Some(python) = lock.python.as_mut() else {
+    let Some(python) = lock.python.as_mut().filter(|p| has_torch(p)) else {
         return Ok(None);
     };
     let (name, overlay) = crate::python::torch::stored(store, python, &backend, &index)?;

@@ -402,9 +402,21 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
         "armonly installed where its marker does not hold"
     );
 
-    // Another machine's store realizes the same lock; the file does not change.
+    // Another machine's store realizes the same lock; the file does not change. Its configured
+    // torch backend has nothing to change in a set without torch (and asks no index for it).
     let out = realize("store-b", "u1", "home-b");
     assert!(out.status.success(), "{}", stderr(&out));
+    let config = env.path("config/comfix/config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::write(
+        &config,
+        "torch-backend = \"cpu\"\ntorch-index = \"http://127.0.0.1:9/{backend}/\"\n",
+    )
+    .unwrap();
+    let out = realize("store-b", "u1", "home-b");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("has no torch"), "{}", stderr(&out));
+    fs::remove_file(&config).unwrap();
     assert_eq!(
         fs::read_to_string(env.work.join("versions/u1.lock.json")).unwrap(),
         text
