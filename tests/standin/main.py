@@ -412,11 +412,13 @@ class Socket:
             header += bytes([126]) + struct.pack(">H", n)
         else:
             header += bytes([127]) + struct.pack(">Q", n)
+        # As ComfyUI's `send_json`: a client that went away is not the worker's problem (a
+        # socket whose handler finished has a closed file: ValueError, not OSError).
         try:
             with self.lock:
                 self.handler.wfile.write(header + payload)
                 self.handler.wfile.flush()
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 
