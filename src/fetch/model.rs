@@ -318,7 +318,16 @@ fn already_in_store(
     let Some((url, revision)) = url() else {
         return Ok(None);
     };
+    // Protected, then checked again: a collector that ran between the lookup and the protection
+    // may have taken it.
     store.protect(&[&record.name])?;
+    let name = sanitize_name(file_name);
+    if store
+        .find_file(&name, digest.as_bytes())?
+        .is_none_or(|again| again.name != record.name)
+    {
+        return Ok(None);
+    }
     tracing::info!(
         "{}: already in the store as `{}`",
         request.what,

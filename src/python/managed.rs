@@ -75,7 +75,11 @@ fn stored(store: &Store, uv: &Uv, version: &str) -> Result<Option<Interpreter>, 
     let Some(path) = found.pop() else {
         return Ok(None);
     };
+    // Protected, then checked again (a collector may have run since the listing).
     store.protect(&[&path])?;
+    if store.query(&path)?.is_none() {
+        return Ok(None);
+    }
     let python = store.path_of(&path).join("bin/python3");
     Ok(Some(uv.probe_interpreter(&python)?))
 }
