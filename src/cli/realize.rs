@@ -107,58 +107,66 @@ fn apply_torch(
     lock: &mut Lock,
     args: &TorchArgs,
 ) -> anyhow::Result<Option<realize::TorchUsed>> {
+    let executor = &session.executor;
+    let reporter = executor.reporter.as_ref();
+    overlay_with(lock, args, |python, backend, index| {
+        let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
+        session.runtime.block_on(ensure)?;
+        let overlay = crate::python::torch::overlay(
+            store,
+            &executor.client,
+            reporter,
+            python,
+            backend,
+            index,
+        );
+        Ok(session.runtime.block_on(overlay)?)
+    })
+}
+
+/// `apply_torch` from the store alone (`--check`, `--dry-run`, `export`): `Err` names a backend
+/// whose overlay this store does not hold.
+pub(super) fn apply_stored_torch(
+    store: &Store,
+    lock: &mut Lock,
+    args: &TorchArgs,
+) -> anyhow::Result<Option<realize::TorchUsed>> {
+    overlay_with(lock, args, |python, backend, index| {
+        let (name, overlay) = crate::python::torch::stored(store, python, backend, index)?;
+        let overlay = overlay.ok_or_else(|| crate::python::PythonError::NoOverlay {
+            backend: backend.tag(),
+        })?;
+        Ok((name, overlay))
+    })
+}
+
+/// The backend `args` ask for, put over `lock`'s Python set with the overlay `get` gives; a set
+/// without torch is left as it is.
+fn overlay_with(
+    lock: &mut Lock,
+    args: &TorchArgs,
+    get: impl FnOnce(
+        &crate::lock::LockedPython,
+        &crate::python::torch::Backend,
+        &str,
+    ) -> anyhow::Result<(String, crate::python::torch::Overlay)>,
+) -> anyhow::Result<Option<realize::TorchUsed>> {
     let Some((backend, index)) = args.choice()? else {
         return Ok(None);
     };
-    let Some(python) = lock.python.as_mut().filter(|p| has_torch(p)) else {
+    let Some(python) = lock
+        .python
+        .as_mut()
+        .filter(|p| p.wheels.iter().any(|w| w.name == "torch"))
+    else {
         tracing::info!(
             "torch backend `{}`: the version's Python set has no torch; nothing to change",
             backend.tag()
         );
         return Ok(None);
     };
-    let executor = &session.executor;
-    let reporter = executor.reporter.as_ref();
-    let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
-    session.runtime.block_on(ensure)?;
-    let (name, overlay) = session.runtime.block_on(crate::python::torch::overlay(
-        store,
-        &executor.client,
-        reporter,
-        python,
-        &backend,
-        &index,
-    ))?;
+    let (name, overlay) = get(python, &backend, &index)?;
     tracing::info!("torch backend `{}` (overlay `{name}`)", backend.tag());
-    python.wheels = overlay.wheels;
-    Ok(Some(realize::TorchUsed {
-        backend: backend.tag(),
-        overlay: name,
-    }))
-}
-
-/// Whether a torch backend has anything to change in `python`.
-fn has_torch(python: &crate::lock::LockedPython) -> bool {
-    python.wheels.iter().any(|w| w.name == "torch")
-}
-
-/// `apply_torch` from the store alone (`--check`, `--dry-run`): `Err` names a backend whose
-/// overlay this store does not hold.
-pub(super) fn apply_stored_torch(
-    store: &Store,
-    lock: &mut Lock,
-    args: &TorchArgs,
-) -> anyhow::Result<Option<realize::TorchUsed>> {
-    let Some((backend, index)) = args.choice()? else {
-        return Ok(None);
-    };
-    let Some(python) = lock.python.as_mut().filter(|p| has_torch(p)) else {
-        return Ok(None);
-    };
-    let (name, overlay) = crate::python::torch::stored(store, python, &backend, &index)?;
-    let overlay = overlay.ok_or_else(|| crate::python::PythonError::NoOverlay {
-        backend: backend.tag(),
-    })?;
     python.wheels = overlay.wheels;
     Ok(Some(realize::TorchUsed {
         backend: backend.tag(),
