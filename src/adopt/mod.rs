@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::fetch::{local, FetchError};
 use crate::reporter::Reporter;
-use crate::store::{sanitize_name, AddOptions, Store};
+use crate::store::{sanitize_name, Store};
 
 /// Put the commits of the install's git checkouts (core and nodes) into the store's mirrors of
 /// their origins, so the snapshot's spec resolves and realizes without asking the origins (which
@@ -101,11 +101,11 @@ fn ingest(
             return Ok((blake3::Hash::from(digest).to_hex().to_string(), None));
         }
     }
-    let staged = local::stage(
+    let added = local::add_file(
         store,
         &what,
         &model.path,
-        "model",
+        &model.filename,
         &local::How {
             sha256: None,
             blake3: None,
@@ -113,21 +113,13 @@ fn ingest(
             hard_link: link_models,
         },
     )?;
-    let hard_linked = staged.linked;
-    let options = AddOptions {
-        name: Some(name),
-        references: Vec::new(),
-    };
-    let digest = staged.blake3;
-    let added = store.add_staged(staged.staging, "model", &options, Some(digest))?;
-    let hex = blake3::Hash::from(digest).to_hex().to_string();
-    if !hard_linked {
+    let hex = blake3::Hash::from(added.blake3).to_hex().to_string();
+    if !added.linked {
         return Ok((hex, None));
     }
     // The install's file is the store's object now: make it a link into the store at once.
-    let file = std::path::absolute(&model.path).unwrap_or_else(|_| model.path.clone());
-    store.add_link_root(&file, &added.record.name)?;
-    link_into_store(&model.path, &store.path_of(&added.record.name))
+    store.add_link_root(&model.path, &added.store_path)?;
+    link_into_store(&model.path, &store.path_of(&added.store_path))
         .map_err(FetchError::io(&model.path))?;
     Ok((hex, Some(model.path.clone())))
 }

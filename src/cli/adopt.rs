@@ -137,7 +137,7 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
                     );
                 }
                 // Rooted first: the install's link keeps the model from the collector.
-                store.add_link_root(&absolute(&found.path), &model.store_path)?;
+                store.add_link_root(&found.path, &model.store_path)?;
                 crate::adopt::link_into_store(&found.path, &stored)?;
                 linked.push(found.path.clone());
             }
@@ -340,9 +340,4 @@ pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
         println!("{}", spec_path.display());
     }
     Ok(Outcome::Success)
-}
-
-/// `path` made absolute (a link root names its file by an absolute path).
-fn absolute(path: &std::path::Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

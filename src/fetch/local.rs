@@ -54,6 +54,39 @@ pub struct How<'a> {
     pub hard_link: bool,
 }
 
+/// A local file added to the store as a model: its store path and what staging found.
+pub struct AddedFile {
+    pub store_path: String,
+    pub size: u64,
+    pub sha256: Option<String>,
+    pub blake3: crate::store::tree::Digest,
+    /// Taken as a hard link to the original (same inode), not a copy.
+    pub linked: bool,
+}
+
+/// [`stage`] `path` and add it as the single-file path named `file_name` (a model).
+pub fn add_file(
+    store: &Store,
+    what: &str,
+    path: &Path,
+    file_name: &str,
+    how: &How<'_>,
+) -> Result<AddedFile, FetchError> {
+    let staged = stage(store, what, path, "model", how)?;
+    let options = crate::store::AddOptions {
+        name: Some(crate::store::sanitize_name(file_name)),
+        references: Vec::new(),
+    };
+    let added = store.add_staged(staged.staging, "model", &options, Some(staged.blake3))?;
+    Ok(AddedFile {
+        store_path: added.record.name,
+        size: staged.size,
+        sha256: staged.sha256,
+        blake3: staged.blake3,
+        linked: staged.linked,
+    })
+}
+
 /// What staging a local file produced.
 pub struct StagedFile {
     pub staging: Staging,

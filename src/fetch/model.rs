@@ -260,11 +260,11 @@ fn fetch_local(
         .file_name
         .clone()
         .unwrap_or_else(|| request.derived_name.clone());
-    let staged = local::stage(
+    let added = local::add_file(
         store,
         &request.what,
         path,
-        "model",
+        &file_name,
         &local::How {
             sha256: request.sha256.as_ref(),
             blake3: request.blake3.as_ref(),
@@ -272,20 +272,14 @@ fn fetch_local(
             hard_link: false,
         },
     )?;
-    let options = AddOptions {
-        name: Some(sanitize_name(&file_name)),
-        references: Vec::new(),
-    };
-    let digest = staged.blake3;
-    let added = store.add_staged(staged.staging, "model", &options, Some(digest))?;
     Ok(FetchedModel {
         url: request.source.to_string(),
         revision: None,
         file_name,
-        size: staged.size,
-        sha256: staged.sha256,
-        blake3: blake3::Hash::from(digest).to_hex().to_string(),
-        store_path: added.record.name,
+        size: added.size,
+        sha256: added.sha256,
+        blake3: blake3::Hash::from(added.blake3).to_hex().to_string(),
+        store_path: added.store_path,
     })
 }
 

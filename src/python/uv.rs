@@ -127,23 +127,16 @@ impl Uv {
     /// process (a realize needs it for the overlay, the venv's name and its build).
     pub fn interpreter(&self, version: Option<&str>) -> Result<Interpreter, PythonError> {
         type Found = std::collections::HashMap<(PathBuf, Option<String>), Interpreter>;
-        static FOUND: std::sync::Mutex<Option<Found>> = std::sync::Mutex::new(None);
+        static FOUND: std::sync::LazyLock<std::sync::Mutex<Found>> =
+            std::sync::LazyLock::new(Default::default);
+        let found = || FOUND.lock().unwrap_or_else(|e| e.into_inner());
         let key = (self.exe.clone(), version.map(str::to_string));
-        if let Some(found) = FOUND
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Default::default)
-            .get(&key)
-        {
-            return Ok(found.clone());
+        if let Some(known) = found().get(&key) {
+            return Ok(known.clone());
         }
-        let found = self.find_interpreter(version)?;
-        FOUND
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(Default::default)
-            .insert(key, found.clone());
-        Ok(found)
+        let interpreter = self.find_interpreter(version)?;
+        found().insert(key, interpreter.clone());
+        Ok(interpreter)
     }
 
     /// The interpreter at `path` (its version asked once per binary).

@@ -65,8 +65,10 @@ pub(super) fn link_root(name: &str) -> Option<&Path> {
 }
 
 impl Store {
-    /// Keep `path` alive while `file` links to it (an install's model replaced by a link).
+    /// Keep `path` alive while `file` links to it (an install's model replaced by a link). The
+    /// root names the file by its absolute path, so it is found from any working directory.
     pub fn add_link_root(&self, file: &Path, path: &str) -> Result<()> {
+        let file = std::path::absolute(file)?;
         self.add_root(&format!("link:{}", file.display()), path, "link")
     }
 
