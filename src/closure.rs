@@ -104,6 +104,8 @@ pub enum ClosureError {
     Unsafe { entry: String, reason: String },
     #[error("The store has no valid `{name}`, which the version needs")]
     NotInStore { name: String },
+    #[error("`{}` does not match its registration: {reason}", .path.display())]
+    Unverified { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -139,6 +141,9 @@ impl Hint for ClosureError {
             }
             ClosureError::Damaged { .. } | ClosureError::Unsafe { .. } => Some(
                 "nothing that is not whole and verified was registered; export the closure again and copy it whole".into(),
+            ),
+            ClosureError::Unverified { .. } => Some(
+                "nothing was written; `comfix store verify --repair` rebuilds or fetches it again, then export again".into(),
             ),
             ClosureError::NotInStore { .. } => Some(
                 "realize or resolve the version on this machine first, so the store holds every path it pins".into(),
@@ -306,51 +311,98 @@ fn file_header(size: u64, executable: bool) -> tar::Header {
     header
 }
 
-/// Append the store path `name` under `paths/<name>`; returns its file bytes.
+/// Append the store path `name` under `paths/<name>`; returns its file bytes. The bytes are
+/// hashed as they are written, and a path that no longer matches its registration (a file added,
+/// changed or removed since, such as `__pycache__/` a root process wrote) fails the whole export:
+/// nothing damaged leaves the store.
 pub fn append_path<W: Write>(
     tar: &mut tar::Builder<W>,
     store: &Store,
     name: &str,
 ) -> Result<u64, ClosureError> {
+    use crate::store::tree::{self, EntryKind};
     let root = store.path_of(name);
+    let record = store.query(name)?.ok_or_else(|| ClosureError::NotInStore {
+        name: name.to_string(),
+    })?;
+    let entries = tree::walk(&root).map_err(|e| ClosureError::Unverified {
+        path: root.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut digests = Vec::new();
     let mut bytes = 0;
-    for entry in walkdir::WalkDir::new(&root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let entry = entry.map_err(|e| io(root.clone())(e.into()))?;
-        let rel = entry.path().strip_prefix(&root).expect("under the root");
-        let at = Path::new("paths").join(name).join(rel);
-        let meta = entry.metadata().map_err(|e| io(entry.path())(e.into()))?;
-        let kind = entry.file_type();
-        if kind.is_dir() {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_mode(0o755);
-            header.set_size(0);
-            header.set_mtime(0);
-            tar.append_data(&mut header, &at, std::io::empty())
-                .map_err(io(entry.path()))?;
-        } else if kind.is_symlink() {
-            let target = fs::read_link(entry.path()).map_err(io(entry.path()))?;
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_mode(0o777);
-            header.set_size(0);
-            header.set_mtime(0);
-            tar.append_link(&mut header, &at, &target)
-                .map_err(io(entry.path()))?;
-        } else {
-            let executable = meta.permissions().mode() & 0o111 != 0;
-            let mut header = file_header(meta.len(), executable);
-            let file = fs::File::open(entry.path()).map_err(io(entry.path()))?;
-            let file = std::io::BufReader::with_capacity(1 << 20, file);
-            tar.append_data(&mut header, &at, file)
-                .map_err(io(entry.path()))?;
-            bytes += meta.len();
+    for entry in &entries {
+        let source = tree::join_rel(&root, &entry.rel);
+        let at = Path::new("paths").join(name).join(&entry.rel);
+        match &entry.kind {
+            EntryKind::Directory => {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                header.set_mtime(0);
+                tar.append_data(&mut header, &at, std::io::empty())
+                    .map_err(io(&source))?;
+            }
+            EntryKind::Symlink { target } => {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_mode(0o777);
+                header.set_size(0);
+                header.set_mtime(0);
+                tar.append_link(&mut header, &at, target)
+                    .map_err(io(&source))?;
+            }
+            EntryKind::File { size, executable } => {
+                let mut header = file_header(*size, *executable);
+                let file = fs::File::open(&source).map_err(io(&source))?;
+                let mut reader = HashingReader {
+                    inner: std::io::BufReader::with_capacity(1 << 20, file),
+                    hasher: blake3::Hasher::new(),
+                    read: 0,
+                };
+                tar.append_data(&mut header, &at, &mut reader)
+                    .map_err(io(&source))?;
+                if reader.read != *size {
+                    return Err(ClosureError::Unverified {
+                        path: source,
+                        reason: "its size changed while it was read".into(),
+                    });
+                }
+                digests.push((*size, *reader.hasher.finalize().as_bytes()));
+                bytes += size;
+            }
         }
     }
+    let actual = blake3::Hash::from(tree::build_node(&entries, &digests).tree_hash())
+        .to_hex()
+        .to_string();
+    if actual != record.tree_hash {
+        return Err(ClosureError::Unverified {
+            path: root,
+            reason: format!(
+                "its tree hash is {actual}, but {} was registered",
+                record.tree_hash
+            ),
+        });
+    }
     Ok(bytes)
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// The path being imported.
@@ -488,6 +540,7 @@ pub fn import(
     // last frame is an error.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     write_versions(&manifest, &texts, versions_dir, &mut report)?;
+    write_workflows(store, versions_dir, &mut report)?;
     Ok(report)
 }
 
@@ -695,6 +748,74 @@ fn finish(
     };
     let added = store.import_staged(staging, &meta.name, meta, single)?;
     report.imported.push(added.record.name);
+    Ok(())
+}
+
+/// Each version's workflow files, from the store, where its spec names them (relative to the
+/// spec's directory), so `realize`, `test` and `run` of the imported version find them. A file
+/// already there is kept (warned about when it differs); a name that would leave the directory
+/// is refused.
+fn write_workflows(
+    store: &Store,
+    dir: &Path,
+    report: &mut ImportReport,
+) -> Result<(), ClosureError> {
+    for lock in &report.locks {
+        for workflow in &lock.workflows {
+            let rel = Path::new(&workflow.path);
+            if workflow.path.is_empty()
+                || !rel
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(ClosureError::Unsafe {
+                    entry: format!("versions/{}.lock.json", lock.version_id),
+                    reason: format!(
+                        "workflow path `{}` leaves the versions directory",
+                        workflow.path
+                    ),
+                });
+            }
+            let stored = store.path_of(&workflow.store_path);
+            let source = if stored.is_dir() {
+                fs::read_dir(&stored)
+                    .map_err(io(&stored))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.is_file())
+                    .ok_or_else(|| {
+                        damaged(format!("`{}` holds no workflow file", workflow.store_path))
+                    })?
+            } else {
+                stored
+            };
+            let bytes = fs::read(&source).map_err(io(&source))?;
+            let path = dir.join(rel);
+            match fs::symlink_metadata(&path) {
+                Ok(_) => {
+                    if fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+                        tracing::warn!(
+                            "kept `{}`, which differs from the workflow `{}` imported with `{}` (the version's tests use the imported one from the store)",
+                            path.display(),
+                            workflow.path,
+                            lock.version_id
+                        );
+                    }
+                }
+                Err(_) => {
+                    let parent = path.parent().unwrap_or(dir);
+                    fs::create_dir_all(parent).map_err(io(parent))?;
+                    let mut file = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                        .map_err(io(&path))?;
+                    file.write_all(&bytes).map_err(io(&path))?;
+                }
+            }
+            report.spec_files.push(path);
+        }
+    }
     Ok(())
 }
 

@@ -19,6 +19,7 @@
 //!   substituter.
 //! - [`sign`]: ed25519 signatures of store paths, and which keys are trusted.
 //! - [`reporter`]: how library code reports progress without printing.
+//! - [`files`]: files written for the user, atomically, with the modes the umask gives.
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod adopt;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod closure;
 pub mod fault;
 pub mod fetch;
+pub mod files;
 pub mod hint;
 pub mod lock;
 pub mod plan;
@@ -50,7 +52,7 @@ mod layers {
 
     /// Lower layers first; a module may use any module of a lower layer.
     const LAYERS: &[&[&str]] = &[
-        &["hint", "units", "reporter", "fault"],
+        &["hint", "units", "reporter", "fault", "files"],
         &["store", "spec"],
         &["lock", "sign"],
         &["fetch"],

@@ -48,7 +48,7 @@ impl Backend for DirBackend {
     fn write(&self, key: &str, bytes: Vec<u8>) -> Result<(), ClosureError> {
         let to = self.root.join(key);
         let tmp = self.tmp();
-        let mut temp = tempfile::NamedTempFile::new_in(&tmp).map_err(io(&tmp))?;
+        let mut temp = crate::files::temp_in(&tmp).map_err(io(&tmp))?;
         temp.write_all(&bytes).map_err(io(&to))?;
         temp.as_file().sync_all().map_err(io(&to))?;
         temp.persist(&to).map_err(|e| io(&to)(e.error))?;
@@ -99,7 +99,7 @@ impl Backend for DirBackend {
     ) -> Result<u64, ClosureError> {
         let to = self.root.join(key);
         let tmp = self.tmp();
-        let mut temp = tempfile::NamedTempFile::new_in(&tmp).map_err(io(&tmp))?;
+        let mut temp = crate::files::temp_in(&tmp).map_err(io(&tmp))?;
         {
             let mut out = std::io::BufWriter::new(temp.as_file_mut());
             produce(&mut out)?;

@@ -406,7 +406,7 @@ impl PartWriter<'_> {
         };
         let text = serde_json::to_vec(journal).expect("a journal serializes");
         let dir = self.journal_path.parent().expect("in a directory");
-        let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io(dir))?;
+        let mut temp = crate::files::temp_in(dir).map_err(io(dir))?;
         temp.write_all(&text).map_err(io(&self.journal_path))?;
         temp.persist(&self.journal_path)
             .map_err(|e| io(&self.journal_path)(e.error))?;

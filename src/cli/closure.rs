@@ -62,11 +62,15 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
     let spec = std::fs::read(&input.loaded.path)?;
     let store = context.open_existing_store()?;
     let (venv, mut extra) = machine_paths(&store, lock, &args.torch)?;
-    extra.extend(
-        lock.python
-            .as_ref()
-            .and_then(|_| crate::python::stored_uv::stored_path(&store)),
-    );
+    if lock.python.is_some() {
+        // The uv the venv was built with goes along: a machine without uv realizes it offline.
+        let stored = crate::python::find_uv(&store)
+            .and_then(|uv| crate::python::stored_uv::store_machine_uv(&store, &uv));
+        match stored {
+            Ok(path) => extra.push(path),
+            Err(e) => tracing::warn!("the closure carries no uv ({e}): a machine without uv cannot realize its Python offline"),
+        }
+    }
     let version = Version {
         spec: &spec,
         lock,
@@ -89,7 +93,7 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut temp = crate::files::temp_in(dir)?;
         let report = closure::export(
             &store,
             &[version],

@@ -16,6 +16,10 @@ pub struct GcArgs {
     /// First delete home generations older than this (30d, 12h, 90min), never a current one
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub delete_older_than: Option<std::time::Duration>,
+    /// How long what a home that is gone (moved, copied away or deleted) used is kept after a
+    /// collection first finds it gone; a moved home's next command registers it again
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub home_grace: std::time::Duration,
 }
 
 /// `10G` → 10 GiB; plain numbers are bytes.
@@ -53,6 +57,7 @@ pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
             older_than: args
                 .delete_older_than
                 .map(|age| crate::store::db::now() - age.as_secs() as i64),
+            home_grace: args.home_grace.as_secs() as i64,
         },
         &crate::build::keep::LiveLocks,
     )?;
@@ -73,6 +78,14 @@ pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
         }
         for error in &report.errors {
             eprintln!("warning: {error}");
+        }
+        for (home, until) in &report.kept_for_gone_homes {
+            tracing::warn!(
+                "kept what `{home}` used: the home is gone (moved, copied away or deleted); it is freed after {} (`--home-grace 0s` frees it now; a moved home's next `comfix status` registers it where it is)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs((*until).max(0) as u64)
+                )
+            );
         }
         // The summary is data too: `freed <bytes> <human>` (what leaves the disk).
         println!(
@@ -138,7 +151,9 @@ pub fn roots(context: &Context) -> anyhow::Result<Outcome> {
                 store.path_of(&info.root.path).display(),
                 info.closure_paths,
                 format_bytes(info.closure_bytes),
-                if info.root.live {
+                if info.root.home_gone {
+                    "\t(stale: its home is gone — moved, copied away or deleted)"
+                } else if info.root.live {
                     ""
                 } else {
                     "\t(stale: its generation is gone)"

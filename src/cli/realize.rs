@@ -199,7 +199,8 @@ impl RealizeArgs {
 
 #[derive(Debug, Args)]
 pub struct HomeArgs {
-    /// The home [default: $COMFY_HOME, else the current directory]
+    /// The home [default: $COMFY_HOME, else the current directory when it is a home, else the
+    /// one home the store knows]
     #[arg(long, value_name = "DIR")]
     pub target: Option<PathBuf>,
 }
@@ -214,11 +215,17 @@ pub struct StatusArgs {
 }
 
 impl HomeArgs {
-    fn target(&self) -> PathBuf {
-        self.target
-            .clone()
-            .or_else(|| std::env::var_os("COMFY_HOME").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("."))
+    /// The home (see [`realize::locate`]), its GC roots registered again when it was moved or
+    /// copied here.
+    pub fn target(&self, store: Option<&crate::store::Store>) -> anyhow::Result<PathBuf> {
+        let target = match &self.target {
+            Some(target) => target.clone(),
+            None => realize::locate(store, |k| std::env::var(k).ok())?,
+        };
+        if let Some(store) = store {
+            realize::reroot(store, &target)?;
+        }
+        Ok(target)
     }
 }
 
@@ -297,6 +304,8 @@ fn realize_loaded(
     // Before anything is fetched or written: homes and stores never contain each other.
     realize::check_apart(&context.store_dir, &target, args.models_dir.as_deref())?;
     let store = Arc::new(context.open_store()?);
+    // A home moved or copied here keeps its earlier generations alive.
+    realize::reroot(&store, &target)?;
     let (mut lock, _items, session) = resolve_with(
         context,
         store.clone(),
@@ -633,7 +642,8 @@ fn print_plan(
 }
 
 pub fn history(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let entries = realize::history(&args.target())?;
+    let store = crate::store::Store::open_existing(&context.store_dir)?;
+    let entries = realize::history(&args.target(store.as_ref())?)?;
     if context.json {
         context.print_json(&entries)?;
         return Ok(Outcome::Success);
@@ -653,7 +663,8 @@ pub fn history(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
 }
 
 pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let report = realize::rollback(&args.target())?;
+    let store = crate::store::Store::open_existing(&context.store_dir)?;
+    let report = realize::rollback(&args.target(store.as_ref())?)?;
     if context.json {
         context.print_json(&report)?;
     } else {
@@ -670,7 +681,8 @@ pub fn rollback(args: HomeArgs, context: &Context) -> anyhow::Result<Outcome> {
 
 pub fn status(args: StatusArgs, context: &Context) -> anyhow::Result<Outcome> {
     let store = context.open_existing_store()?;
-    let mut report = realize::status(&store, &args.home.target(), args.check_contents)?;
+    let target = args.home.target(Some(&store))?;
+    let mut report = realize::status(&store, &target, args.check_contents)?;
     // Behind its lock? Compare the generation's lock (in its manifest) with the version's lock
     // file, found as `comfix realize <ID>` would find it.
     let realized = crate::lock::manifest::read(&store, &report.manifest);

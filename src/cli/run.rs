@@ -20,7 +20,8 @@ pub struct VersionHome {
     /// Path of the spec file (instead of a version id)
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
-    /// The home [default for a version: as `realize`; without one: $COMFY_HOME]
+    /// The home [default for a version: as `realize`; without one: $COMFY_HOME, else the current
+    /// directory when it is a home, else the one home the store knows]
     #[arg(long, value_name = "DIR")]
     pub target: Option<PathBuf>,
     /// Put model links in this directory (shared between homes) when realizing
@@ -42,11 +43,11 @@ impl VersionHome {
     /// The home's root, after realizing the version into it when one is named.
     fn prepare(&self, id: Option<String>, context: &Context) -> anyhow::Result<PathBuf> {
         if id.is_none() && self.spec.is_none() {
-            return Ok(self
-                .target
-                .clone()
-                .or_else(|| std::env::var_os("COMFY_HOME").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(".")));
+            let store = crate::store::Store::open_existing(&context.store_dir)?;
+            return super::realize::HomeArgs {
+                target: self.target.clone(),
+            }
+            .target(store.as_ref());
         }
         let args = RealizeArgs {
             spec: SpecArg {
@@ -102,9 +103,57 @@ pub struct RunArgs {
     /// The port ComfyUI listens on
     #[arg(long, default_value_t = 8188)]
     pub port: u16,
+    /// How long ComfyUI may take to start answering (then it is stopped, exit 2)
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Arguments for ComfyUI's `main.py`, after `--`
     #[arg(last = true, value_name = "COMFYUI_ARGS")]
     pub args: Vec<String>,
+}
+
+/// Whether ComfyUI runs on the CPU: a machine without a GPU driver needs `--cpu` (a CUDA torch
+/// fails at start without one).
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// Do not add `--cpu` on a machine where no GPU driver is found
+    #[arg(long)]
+    pub no_auto_cpu: bool,
+}
+
+impl DeviceArgs {
+    /// ComfyUI's arguments: `args`, with `--cpu` added when this machine has no GPU driver
+    /// (NVIDIA's or ROCm's, as `--torch-backend auto` detects them), unless the arguments already
+    /// choose a device or `--no-auto-cpu` is given.
+    pub fn comfy_args(&self, args: &[String]) -> Vec<String> {
+        let machine = crate::python::torch::Machine::detect();
+        let mut args = args.to_vec();
+        if !self.no_auto_cpu && needs_cpu(&machine, &args) {
+            tracing::info!("no GPU driver on this machine: starting ComfyUI with `--cpu` (`--no-auto-cpu` to leave it out)");
+            args.push("--cpu".into());
+        }
+        args
+    }
+}
+
+/// Whether `--cpu` must be added for `machine`: it has no GPU driver, and `args` choose no device.
+fn needs_cpu(machine: &crate::python::torch::Machine, args: &[String]) -> bool {
+    const DEVICE_FLAGS: [&str; 5] = [
+        "--cpu",
+        "--directml",
+        "--cuda-device",
+        "--oneapi-device-selector",
+        "--gpu-only",
+    ];
+    cfg!(target_os = "linux")
+        && machine.nvidia_driver.is_none()
+        && machine.rocm.is_none()
+        && !args.iter().any(|a| {
+            DEVICE_FLAGS
+                .iter()
+                .any(|f| a == f || a.starts_with(&format!("{f}=")))
+        })
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +181,8 @@ pub struct TestArgs {
     /// Write a JUnit XML report here
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Arguments for ComfyUI's `main.py`, after `--`
     #[arg(last = true, value_name = "COMFYUI_ARGS")]
     pub args: Vec<String>,
@@ -148,6 +199,14 @@ pub struct CheckWorkflowArgs {
     /// Start ComfyUI to ask it even when this generation's `/object_info` is known
     #[arg(long)]
     pub fresh: bool,
+    /// How long ComfyUI may take to start answering
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Arguments for ComfyUI's `main.py`, after `--`
+    #[arg(last = true, value_name = "COMFYUI_ARGS")]
+    pub comfy_args: Vec<String>,
 }
 
 /// `comfix run`: ComfyUI in the foreground; signals forwarded; its exit code is ours.
@@ -162,10 +221,12 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<Outcome> {
             &server::Options {
                 listen: args.listen.clone(),
                 port: args.port,
-                args: args.args.clone(),
+                args: args.device.comfy_args(&args.args),
                 output: server::Output::Inherit,
             },
         )?;
+        tracing::info!("starting ComfyUI of `{}` at {}", home.version_id, server.comfy.base);
+        let started = tokio::time::Instant::now();
         use tokio::signal::unix::{signal, SignalKind};
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
@@ -183,7 +244,23 @@ pub fn run(args: RunArgs, context: &Context) -> anyhow::Result<Outcome> {
                     return Ok(Outcome::Exit(server::exit_code(status)));
                 }
                 _ = tokio::time::sleep(Duration::from_millis(25)), if !ready => {
-                    if checked.elapsed() >= Duration::from_millis(25) && server.comfy.answers().await {
+                    if checked.elapsed() < Duration::from_millis(25) {
+                        continue;
+                    }
+                    if let Err(cause) = server.comfy.probe().await {
+                        if started.elapsed() >= args.start_timeout {
+                            server.stop();
+                            anyhow::bail!(RunError::NotStarted {
+                                reason: format!(
+                                    "it did not answer {} within {} (last try: {cause})",
+                                    server.comfy.base,
+                                    humantime::format_duration(args.start_timeout)
+                                ),
+                                log: None,
+                                tail: String::new(),
+                            });
+                        }
+                    } else {
                         ready = true;
                         if context.json {
                             context.print_json(&serde_json::json!({"url": server.comfy.base, "pid": server.pid(), "home": home.root}))?;
@@ -244,7 +321,7 @@ pub fn test(args: TestArgs, context: &Context) -> anyhow::Result<Outcome> {
         timeout: args.timeout,
         start_timeout: args.start_timeout,
         jobs: args.jobs.max(1),
-        args: args.args.clone(),
+        args: args.device.comfy_args(&args.args),
         log_dir,
         fetch_outputs: args.output.is_some(),
     };
@@ -408,11 +485,11 @@ pub fn check_workflow(args: CheckWorkflowArgs, context: &Context) -> anyhow::Res
                     &server::Options {
                         listen: "127.0.0.1".into(),
                         port: server::free_port()?,
-                        args: Vec::new(),
+                        args: args.device.comfy_args(&args.comfy_args),
                         output: server::Output::Log(log),
                     },
                 )?;
-                let result = match server.wait_ready(Duration::from_secs(300)).await {
+                let result = match server.wait_ready(args.start_timeout).await {
                     Ok(()) => server.comfy.object_info().await,
                     Err(e) => Err(e),
                 };

@@ -38,6 +38,11 @@ impl Config {
             .or_else(|| var("HOME").map(|h| h.join(".config/comfix/config.toml")))
     }
 
+    /// Where `key generate` writes keys by default: `keys/` beside the config file.
+    pub fn keys_dir() -> Option<PathBuf> {
+        Config::path().and_then(|p| p.parent().map(|d| d.join("keys")))
+    }
+
     /// The config file, or the defaults when there is none.
     pub fn load() -> anyhow::Result<Config> {
         let Some(path) = Config::path() else {
@@ -115,15 +120,16 @@ pub enum KeyCommand {
     /// Make a signing key pair: `<DIR>/<NAME>.secret` (private, mode 600) and `<NAME>.public`;
     /// prints the public key
     #[command(
-        after_help = "Examples:\n  comfix key generate --name team-cache-1 --dir ~/.config/comfix\n  comfix store copy --to /mnt/cache wan22 --sign-key ~/.config/comfix/team-cache-1.secret"
+        after_help = "Examples:\n  comfix key generate --name team-cache-1\n  comfix store copy --to /mnt/cache wan22 --sign-key ~/.config/comfix/keys/team-cache-1.secret"
     )]
     Generate {
         /// The key's name, part of every signature it makes
         #[arg(long)]
         name: String,
-        /// Where to write the files
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        dir: PathBuf,
+        /// Where to write the files [default: comfix's config directory,
+        /// $XDG_CONFIG_HOME/comfix/keys (~/.config/comfix/keys)]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -132,6 +138,14 @@ pub fn key(command: KeyCommand, context: &Context) -> anyhow::Result<Outcome> {
     crate::store::check_name(&name)
         .map_err(|reason| anyhow::anyhow!("bad key name `{name}`: {reason}"))?;
     let key = SecretKey::generate(&name)?;
+    let dir = match dir {
+        Some(dir) => dir,
+        None => Config::keys_dir().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no config directory (neither $XDG_CONFIG_HOME nor $HOME is set): pass `--dir`"
+            )
+        })?,
+    };
     std::fs::create_dir_all(&dir)?;
     let secret = dir.join(format!("{name}.secret"));
     let public = dir.join(format!("{name}.public"));
@@ -148,6 +162,11 @@ pub fn key(command: KeyCommand, context: &Context) -> anyhow::Result<Outcome> {
     }
     let text = key.public().to_text();
     std::fs::write(&public, format!("{text}\n"))?;
+    tracing::info!(
+        "wrote the secret key to `{}` (0600: keep it private) and the public key to `{}`",
+        secret.display(),
+        public.display()
+    );
     if context.json {
         context.print_json(&serde_json::json!({
             "public_key": text, "secret_file": secret, "public_file": public,

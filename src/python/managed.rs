@@ -126,6 +126,10 @@ fn install(store: &Store, uv: &Uv, version: &str) -> Result<Interpreter, PythonE
             let _ = std::fs::remove_file(&at);
         }
     }
+    // Its standard library's bytecode, compiled now (see `bytecode`): what it ships is checked
+    // against timestamps the store does not keep, and a stale one would be rewritten in place.
+    let python = installed.join("bin/python3");
+    super::bytecode::compile(&python, &installed.join("lib"), &installed)?;
     let rel = installed
         .strip_prefix(staging.path())
         .expect("under the staging directory")

@@ -10,6 +10,7 @@
 //! objects: two versions with the same wheel set share one venv, and two sets that differ by one
 //! package share every other file's bytes.
 
+mod bytecode;
 pub mod managed;
 pub mod requirements;
 pub mod stored_uv;
@@ -76,6 +77,8 @@ pub enum PythonError {
     Pyproject { path: PathBuf, message: String },
     #[error("uv wrote a lock comfix cannot read: {message}")]
     BadPylock { message: String },
+    #[error("Compiling the bytecode under `{}` failed:\n{stderr}", .dir.display())]
+    Bytecode { dir: PathBuf, stderr: String },
     #[error("I/O error on `{}`: {source}", .path.display())]
     Io {
         path: PathBuf,
@@ -131,7 +134,7 @@ impl Hint for PythonError {
     fn hint(&self) -> Option<String> {
         match self {
             PythonError::NoUv | PythonError::UvUnavailable { .. } => Some(format!(
-                "install the tested version with `python3 -m pip install uv=={UV_VERSION}`, or run once with network access so comfix fetches it into the store (`COMFIX_UV_WHEEL_URL` and `COMFIX_UV_WHEEL_SHA256` name a mirror), or import a closure that carries it"
+                "install the tested version where the system Python is not touched (`pipx install uv=={UV_VERSION}`, or `python3 -m venv ~/.local/uv && ~/.local/uv/bin/pip install uv=={UV_VERSION}` and `COMFIX_UV=~/.local/uv/bin/uv`), or run once with network access so comfix fetches it into the store (`COMFIX_UV_WHEEL_URL` and `COMFIX_UV_WHEEL_SHA256` name a mirror), or import a closure that carries it"
             )),
             PythonError::NoInterpreter { .. } => Some(
                 "install that Python, or let comfix install a managed one with uv (it needs network access, or `UV_PYTHON_INSTALL_MIRROR` / `UV_PYTHON_DOWNLOADS_JSON_URL` naming a mirror), or import a closure that carries one; or change the spec's `python.version`".into(),

@@ -57,15 +57,59 @@ fn wheel(env: impl Fn(&str) -> Option<String>) -> Option<(String, String, String
         })
 }
 
-/// The store path of a valid stored uv, protected for this process.
+/// The store path of a valid stored uv, protected for this process: the pinned version, else
+/// the one the pin `pin:comfix-uv` names (a machine's own uv, stored by an export).
 pub fn stored_path(store: &Store) -> Option<String> {
-    let record = store.named(&path_name()).ok()?.into_iter().next()?;
+    let name = match store.named(&path_name()).ok()?.into_iter().next() {
+        Some(record) => record.name,
+        None => {
+            store
+                .roots()
+                .ok()?
+                .into_iter()
+                .find(|r| r.name == format!("pin:{PIN}"))?
+                .path
+        }
+    };
+    let record = store.query(&name).ok()??;
     store.protect(&[&record.name]).ok()?;
     store
         .path_of(&record.name)
         .join("bin/uv")
         .is_file()
         .then_some(record.name)
+}
+
+/// The pin that keeps the stored uv.
+const PIN: &str = "comfix-uv";
+
+/// Store `uv` (the machine's, found on `PATH` or as `COMFIX_UV`) as `<digest>-uv-<version>`,
+/// pinned, unless the store holds a uv already: a closure of a Python version carries the uv it
+/// was built with, so a machine without uv realizes it offline. Returns the stored path.
+pub fn store_machine_uv(store: &Store, uv: &super::Uv) -> Result<String, PythonError> {
+    if let Some(path) = stored_path(store) {
+        return Ok(path);
+    }
+    let staging = store.staging()?;
+    let bin = staging.path().join("uv/bin");
+    std::fs::create_dir_all(&bin).map_err(PythonError::io(&bin))?;
+    let exe = bin.join("uv");
+    std::fs::copy(&uv.exe, &exe).map_err(PythonError::io(&uv.exe))?;
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+        .map_err(PythonError::io(&exe))?;
+    let options = AddOptions {
+        name: Some(sanitize_name(&format!("uv-{}", uv.version))),
+        references: Vec::new(),
+    };
+    let added = store.add_staged(staging, "uv", &options, None)?;
+    store.pin(PIN, &added.record.name)?;
+    tracing::info!(
+        "stored this machine's uv {} (`{}`) as `{}`, for the closure",
+        uv.version,
+        uv.exe.display(),
+        added.record.name
+    );
+    Ok(added.record.name)
 }
 
 /// The uv executable of a valid stored uv, protected for this process.
@@ -126,7 +170,7 @@ pub async fn ensure(
     };
     let added =
         tokio::task::block_in_place(|| store.add_staged(fetched.staging, "uv", &options, None))?;
-    store.pin("comfix-uv", &added.record.name)?;
+    store.pin(PIN, &added.record.name)?;
     Ok(())
 }
 

@@ -203,7 +203,7 @@ fn probe(dir: &Path, binary: &Path, args: &[&str]) -> Result<String, PythonError
     let text = stdout_of(binary, args, &args.join(" "))?.trim().to_string();
     // Only a cache: a failure to remember costs the next run one more process.
     let _ = std::fs::create_dir_all(dir).and_then(|()| {
-        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut temp = crate::files::temp_in(dir)?;
         std::io::Write::write_all(&mut temp, text.as_bytes())?;
         temp.persist(&remembered).map(|_| ()).map_err(|e| e.error)
     });

@@ -17,7 +17,7 @@ use crate::lock::LockedPython;
 use crate::store::Store;
 
 /// Bumped when the way a venv is built changes, so old builds are not reused.
-const RECIPE_VERSION: &str = "comfix-venv-v2";
+const RECIPE_VERSION: &str = "comfix-venv-v3";
 
 /// The result of [`build_venv`].
 #[derive(Debug, Clone)]
@@ -186,6 +186,8 @@ fn build_into(
         fs::write(&temp, kept).map_err(PythonError::io(&temp))?;
         fs::rename(&temp, &record).map_err(PythonError::io(&record))?;
     }
+    // Bytecode for every module, so that nothing that runs from the venv writes into the store.
+    super::bytecode::compile(&interpreter.path, &venv.join("lib"), &venv)?;
     Ok(())
 }
 

@@ -21,6 +21,76 @@ pub fn default_target(version_id: &str, env: impl Fn(&str) -> Option<String>) ->
     }
 }
 
+/// Register again the GC roots of every generation of the home at `target` that the store does
+/// not know under this path: the home was moved or copied here (its old roots name the old
+/// place). Returns the generations registered again. A read-only store records nothing.
+pub fn reroot(store: &crate::store::Store, target: &Path) -> Result<Vec<u32>, RealizeError> {
+    let home = Home::new(target)?;
+    if store.is_read_only() || home.current().is_none() {
+        return Ok(Vec::new());
+    }
+    let known: std::collections::HashSet<String> =
+        store.roots()?.into_iter().map(|r| r.name).collect();
+    let mut again = Vec::new();
+    for n in home.list() {
+        let name = home.root_name(n);
+        if known.contains(&name) {
+            continue;
+        }
+        let Ok(generation) = home.read_generation(n) else {
+            continue;
+        };
+        if !matches!(store.query(&generation.manifest), Ok(Some(_))) {
+            tracing::warn!(
+                "generation {n} of `{}` uses `{}`, which this store does not hold: it cannot be protected",
+                home.root.display(),
+                generation.manifest
+            );
+            continue;
+        }
+        store.add_root(&name, &generation.manifest, "home")?;
+        again.push(n);
+    }
+    if !again.is_empty() {
+        tracing::info!(
+            "`{}` was moved or copied here: registered its {} generation(s) as GC roots again",
+            home.root.display(),
+            again.len()
+        );
+    }
+    Ok(again)
+}
+
+/// Where a command without `--target` finds its home: `$COMFY_HOME`, else the current directory
+/// when it is a home, else the one home this store knows (the homes of its live roots). None
+/// found: an error that says where it looked.
+pub fn locate(
+    store: Option<&crate::store::Store>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<PathBuf, RealizeError> {
+    if let Some(home) = env("COMFY_HOME").filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    if Home::new(&cwd)?.current().is_some() {
+        return Ok(cwd);
+    }
+    let mut homes: Vec<PathBuf> = Vec::new();
+    if let Some(store) = store {
+        for root in store.all_roots()? {
+            if let Some(home) = crate::store::home_of_root(&root.name) {
+                if root.live && !homes.contains(&home) {
+                    homes.push(home);
+                }
+            }
+        }
+    }
+    match homes.len() {
+        1 => Ok(homes.remove(0)),
+        _ => Err(RealizeError::NoHome { cwd, homes }),
+    }
+}
+
 /// The paths of a home.
 #[derive(Debug, Clone)]
 pub struct Home {

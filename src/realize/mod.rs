@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use assemble::Assembly;
 use carry::{carry_user_files, dir_stamps};
-pub use home::{check_apart, default_target, disabled_dir_name, Home};
+pub use home::{check_apart, default_target, disabled_dir_name, locate, reroot, Home};
 use home::{sync_dir, Unfinished};
 use link::Placed;
 pub use link::{LinkMode, UsedMode};
@@ -66,6 +66,8 @@ pub enum RealizeError {
     Unsafe { path: PathBuf, what: String },
     #[error("`{}` is not a comfix home (no generations)", .path.display())]
     NotAHome { path: PathBuf },
+    #[error("No home: `--target` is not given, `$COMFY_HOME` is not set, the current directory `{}` is not a home, and the store knows {}", .cwd.display(), match .homes.len() { 0 => "no home".to_string(), n => format!("{n} homes: {}", .homes.iter().map(|h| format!("`{}`", h.display())).collect::<Vec<_>>().join(", ")) })]
+    NoHome { cwd: PathBuf, homes: Vec<PathBuf> },
     #[error("Home `{}` has no generation before {current}", .home.display())]
     NoPrevious { home: PathBuf, current: u32 },
     #[error("The store has no git mirror of `{repo}`")]
@@ -101,6 +103,12 @@ impl Hint for RealizeError {
             }
             RealizeError::NotAHome { .. } => {
                 Some("run `comfix realize` first, or pass the home with `--target`".into())
+            }
+            RealizeError::NoHome { homes, .. } if homes.is_empty() => Some(
+                "realize a version first (`comfix realize <ID>`; its home is `~/comfy-<ID>` unless `--target` says otherwise)".into(),
+            ),
+            RealizeError::NoHome { .. } => {
+                Some("pass the home with `--target`, set `COMFY_HOME`, or run in the home".into())
             }
             RealizeError::Conflict { .. } => {
                 Some("give the nodes or models different names or folders".into())

@@ -112,11 +112,27 @@ impl Comfy {
 
     /// Whether the server answers `/system_stats`.
     pub async fn answers(&self) -> bool {
+        self.probe().await.is_ok()
+    }
+
+    /// Whether the server answers; if not, why not (the connection's error, or its status).
+    pub async fn probe(&self) -> Result<(), String> {
         let request = self
             .http
             .get(format!("{}/system_stats", self.base))
             .timeout(Duration::from_secs(2));
-        matches!(request.send().await, Ok(r) if r.status().is_success())
+        match request.send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("it answered {}", r.status())),
+            Err(e) => {
+                // reqwest's own message is "error sending request"; the cause is at the bottom.
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                Err(cause.to_string())
+            }
+        }
     }
 
     pub async fn object_info(&self) -> Result<ObjectInfo, RunError> {

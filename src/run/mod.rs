@@ -54,7 +54,10 @@ pub enum RunError {
 
 impl RunError {
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, RunError::Io { .. } | RunError::Api { .. })
+        !matches!(
+            self,
+            RunError::Io { .. } | RunError::Api { .. } | RunError::NotStarted { .. }
+        )
     }
 
     pub fn hint(&self) -> Option<String> {

@@ -144,12 +144,13 @@ impl Server {
             if let Some(status) = self.exited() {
                 return Err(self.not_started(format!("it exited ({})", describe(status))));
             }
-            if self.comfy.answers().await {
-                return Ok(());
-            }
+            let cause = match self.comfy.probe().await {
+                Ok(()) => return Ok(()),
+                Err(cause) => cause,
+            };
             if Instant::now() >= deadline {
                 return Err(self.not_started(format!(
-                    "it did not answer {} within {}",
+                    "it did not answer {} within {} (last try: {cause})",
                     self.comfy.base,
                     humantime::format_duration(timeout)
                 )));

@@ -10,7 +10,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 /// Schema migrations, applied in order; index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE valid_paths (
     id            INTEGER PRIMARY KEY,
     name          TEXT    NOT NULL UNIQUE,
@@ -33,7 +34,13 @@ CREATE TABLE roots (
     kind       TEXT    NOT NULL,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // When the collector first found a home root's home gone (moved, copied away or deleted): what
+    // it keeps is freed only after a grace period.
+    r#"
+ALTER TABLE roots ADD COLUMN gone_since INTEGER;
+"#,
+];
 
 /// A registered store path as the db records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -309,6 +316,8 @@ pub struct RootRecord {
     pub path: String,
     pub kind: String,
     pub created_at: i64,
+    /// When a collection first found the root's home gone.
+    pub gone_since: Option<i64>,
 }
 
 /// Record (or move) root `name` to the valid path `path`.
@@ -316,7 +325,8 @@ pub fn add_root(conn: &Connection, name: &str, path: &str, kind: &str) -> rusqli
     conn.execute(
         "INSERT INTO roots (name, path_id, kind, created_at)
          SELECT ?1, id, ?3, ?4 FROM valid_paths WHERE name = ?2
-         ON CONFLICT(name) DO UPDATE SET path_id = excluded.path_id, kind = excluded.kind",
+         ON CONFLICT(name) DO UPDATE SET path_id = excluded.path_id, kind = excluded.kind,
+             gone_since = NULL",
         params![name, path, kind, now()],
     )?;
     Ok(())
@@ -328,7 +338,7 @@ pub fn remove_root(conn: &Connection, name: &str) -> rusqlite::Result<usize> {
 
 pub fn roots(conn: &Connection) -> rusqlite::Result<Vec<RootRecord>> {
     let mut stmt = conn.prepare(
-        "SELECT r.name, p.name, r.kind, r.created_at FROM roots r JOIN valid_paths p ON p.id = r.path_id ORDER BY r.name",
+        "SELECT r.name, p.name, r.kind, r.created_at, r.gone_since FROM roots r JOIN valid_paths p ON p.id = r.path_id ORDER BY r.name",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(RootRecord {
@@ -336,9 +346,20 @@ pub fn roots(conn: &Connection) -> rusqlite::Result<Vec<RootRecord>> {
             path: r.get(1)?,
             kind: r.get(2)?,
             created_at: r.get(3)?,
+            gone_since: r.get(4)?,
         })
     })?;
     rows.collect()
+}
+
+/// Record that the homes of roots `names` were found gone at `at` (kept where already recorded).
+pub fn mark_gone(conn: &Connection, names: &[&str], at: i64) -> rusqlite::Result<()> {
+    let mut stmt =
+        conn.prepare("UPDATE roots SET gone_since = ?2 WHERE name = ?1 AND gone_since IS NULL")?;
+    for name in names {
+        stmt.execute(params![name, at])?;
+    }
+    Ok(())
 }
 
 /// Every reference `(referrer id, reference id)`.

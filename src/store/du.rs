@@ -51,7 +51,15 @@ impl Store {
     /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
     // Long on purpose: the parts, then the groups, each summed over one disk index.
     pub fn du(&self, keep: &dyn Keep) -> Result<DiskUse> {
-        let roots = self.all_roots()?;
+        let mut roots = self.all_roots()?;
+        // As the collector sees them: a home found gone now starts its grace period now.
+        let now = super::db::now();
+        for root in roots
+            .iter_mut()
+            .filter(|r| r.home_gone && r.gone_since.is_none())
+        {
+            root.gone_since = Some(now);
+        }
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
         let objects = self.root.join(super::layout::OBJECTS);
@@ -62,6 +70,7 @@ impl Store {
                     without,
                     older_than: None,
                     max_freed: None,
+                    grace_cutoff: now - super::gc::DEFAULT_HOME_GRACE.as_secs() as i64,
                     probe: Probe::Look,
                     keep,
                 },

@@ -58,7 +58,13 @@ pub struct GcOptions {
     /// First remove home generations created at or before this time (seconds since the
     /// epoch), never a home's current one.
     pub older_than: Option<i64>,
+    /// How long what a gone home (moved, copied away, deleted) kept stays after a collection
+    /// first found it gone, in seconds.
+    pub home_grace: i64,
 }
+
+/// The default of [`GcOptions::home_grace`]: a week.
+pub const DEFAULT_HOME_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
@@ -76,6 +82,8 @@ pub struct GcReport {
     pub freed_content_bytes: u64,
     pub removed_objects: usize,
     pub removed_other: Vec<String>,
+    /// Homes that are gone whose paths are kept for the grace period: home → when they go.
+    pub kept_for_gone_homes: BTreeMap<String, i64>,
     /// Items that could not be removed; the rest went on.
     pub errors: Vec<String>,
 }
@@ -87,7 +95,24 @@ impl Store {
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
-        let roots = self.all_roots()?;
+        let mut roots = self.all_roots()?;
+        let now = super::db::now();
+        // A home found gone now starts its grace period (the dry run records nothing and counts
+        // from now).
+        for root in roots
+            .iter_mut()
+            .filter(|r| r.home_gone && r.gone_since.is_none())
+        {
+            root.gone_since = Some(now);
+        }
+        if !options.dry_run {
+            let gone: Vec<&str> = roots
+                .iter()
+                .filter(|r| r.home_gone)
+                .map(|r| r.name.as_str())
+                .collect();
+            super::db::mark_gone(&self.db(), &gone, now).map_err(|e| self.db_err(e))?;
+        }
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
         let plan = self.plan(
@@ -96,6 +121,7 @@ impl Store {
                 without: &HashSet::new(),
                 older_than: options.older_than,
                 max_freed: options.max_freed,
+                grace_cutoff: now - options.home_grace,
                 probe: Probe::Take,
                 keep,
             },
@@ -123,6 +149,11 @@ impl Store {
                 .removals
                 .iter()
                 .filter_map(|(_, l)| l.clone())
+                .collect(),
+            kept_for_gone_homes: plan
+                .kept_gone
+                .iter()
+                .map(|(home, since)| (home.clone(), since + options.home_grace))
                 .collect(),
             errors: Vec::new(),
         };
@@ -205,8 +236,25 @@ impl Store {
         let mut live_roots = Vec::new();
         let mut protected_mirrors = HashSet::new();
         for root in input.roots {
-            let gone =
-                !root.live || old_roots.contains(&root.name) || input.without.contains(&root.name);
+            // A home that is gone as a whole may have moved: its roots hold for the grace period.
+            let in_grace = root.home_gone
+                && root
+                    .gone_since
+                    .is_some_and(|since| since > input.grace_cutoff)
+                && !input.without.contains(&root.name);
+            if in_grace {
+                if let Some(home) = super::roots::home_of_root(&root.name) {
+                    let since = root.gone_since.expect("in grace");
+                    let entry = plan
+                        .kept_gone
+                        .entry(home.display().to_string())
+                        .or_insert(since);
+                    *entry = (*entry).min(since);
+                }
+            }
+            let gone = (!root.live && !in_grace)
+                || old_roots.contains(&root.name)
+                || input.without.contains(&root.name);
             if let Some(mirror) = root.path.strip_prefix("git/") {
                 protected_mirrors.insert(mirror.to_string());
             } else if !gone {
@@ -463,6 +511,8 @@ pub(super) struct Plan {
     /// Every file or tree removed besides objects, with the label reported for it (none for the
     /// dead paths and their sidecars, which are reported as paths).
     removals: Vec<(PathBuf, Option<String>)>,
+    /// Homes that are gone, kept for the grace period: home → since when.
+    kept_gone: BTreeMap<String, i64>,
     /// Locks held until the collector is done (homes whose half-built generations go).
     guards: Vec<lock::LockGuard>,
     /// Locks held on what is removed; their files are removed last.
@@ -485,6 +535,8 @@ pub(super) struct PlanInput<'a> {
     pub(super) without: &'a HashSet<String>,
     pub(super) older_than: Option<i64>,
     pub(super) max_freed: Option<u64>,
+    /// Roots of homes gone since before this time are dropped; later ones are kept.
+    pub(super) grace_cutoff: i64,
     pub(super) probe: Probe,
     pub(super) keep: &'a dyn Keep,
 }

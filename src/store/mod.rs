@@ -38,7 +38,7 @@ pub use db::{Journal, PathRecord};
 pub use du::{DiskUse, Part, Usage};
 pub use gc::{GcOptions, GcReport, Keep, KeepNothing, Kept};
 pub use meta::{PathMeta, RebuildReport};
-pub use roots::Root;
+pub use roots::{home_of_root, Root};
 pub use verify::{CorruptPath, VerifyReport};
 
 use crate::hint::Hint;
@@ -390,7 +390,7 @@ impl Store {
         Self::ensure_dirs(root)?;
         // Written last, atomically: a store without VERSION is not yet a store.
         // Several processes may initialize at once: each writes its own temporary file.
-        let mut tmp = tempfile::NamedTempFile::new_in(root.join(layout::TMP))?;
+        let mut tmp = crate::files::temp_in(&root.join(layout::TMP))?;
         std::io::Write::write_all(&mut tmp, format!("{LAYOUT_VERSION}\n").as_bytes())?;
         tmp.as_file().sync_all()?;
         tmp.persist(root.join(layout::VERSION))

@@ -18,6 +18,13 @@ pub struct Root {
     pub path: String,
     /// For indirect roots: whether what they stand for still exists.
     pub live: bool,
+    /// A home root whose whole home is gone (moved, copied away or deleted), not just its
+    /// generation: what it keeps is freed only after `gc`'s grace period.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub home_gone: bool,
+    /// When a collection first found its home gone (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gone_since: Option<i64>,
 }
 
 /// The reference graph, loaded in one pass over the db.
@@ -55,6 +62,13 @@ pub(super) fn home_generation(name: &str) -> Option<PathBuf> {
     let rest = name.strip_prefix("home:")?;
     let (home, n) = rest.rsplit_once('#')?;
     Some(Path::new(home).join(".comfix/generations").join(n))
+}
+
+/// A home root's name → the home it belongs to.
+pub fn home_of_root(name: &str) -> Option<PathBuf> {
+    let rest = name.strip_prefix("home:")?;
+    let (home, _) = rest.rsplit_once('#')?;
+    Some(PathBuf::from(home))
 }
 
 /// A link root's name → the file that links to the path it keeps (`link:<file>`: a model of an
@@ -115,6 +129,8 @@ impl Store {
                     }
                     _ => true,
                 },
+                home_gone: home_of_root(&r.name).is_some_and(|h| !h.join(".comfix").is_dir()),
+                gone_since: r.gone_since,
                 name: r.name,
                 kind: r.kind,
                 path: r.path,
@@ -130,6 +146,8 @@ impl Store {
                     kind: "temp".into(),
                     path,
                     live: true,
+                    home_gone: false,
+                    gone_since: None,
                 });
             }
         }

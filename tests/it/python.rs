@@ -174,9 +174,8 @@ pub(crate) fn python_version() -> String {
 }
 
 fn run(program: &Path, args: &[&str]) -> Output {
-    Command::new(program)
+    users_world(&mut Command::new(program))
         .args(args)
-        .env_remove("PYTHONPATH")
         .output()
         .unwrap_or_else(|e| panic!("run {}: {e}", program.display()))
 }
@@ -471,6 +470,89 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Root ignores the store's read-only modes, and a Python without `PYTHONDONTWRITEBYTECODE`
+/// writes `__pycache__/` beside every module it compiles. The venv carries unchecked-hash
+/// bytecode for every module, so running it (as the test's user — root in CI — in a user's
+/// environment) imports every package and writes nothing: the store still verifies.
+#[test]
+fn running_a_venv_without_dontwritebytecode_writes_nothing_into_the_store() {
+    let world = PyWorld::new();
+    world.write_spec(&world.spec("v1", &["delta"]));
+    world.realize_ok("v1", "home", &[]);
+    let home = world.env.path("home");
+    let venv = world.venv_of("home");
+
+    // Every module has its bytecode, and it is unchecked-hash (PEP 552 flags = 0b01): Python
+    // never compares it with its source, so never finds it stale.
+    let mut modules = 0;
+    for entry in walkdir::WalkDir::new(venv.join("lib"))
+        .into_iter()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "py") {
+            modules += 1;
+            let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+            let cache = path.parent().unwrap().join("__pycache__");
+            let pyc = fs::read_dir(&cache)
+                .unwrap_or_else(|e| panic!("{}: {e}", cache.display()))
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy().to_string();
+                    name.starts_with(&format!("{stem}.")) && name.ends_with(".pyc")
+                })
+                .unwrap_or_else(|| panic!("no bytecode for {}", path.display()));
+            let bytes = fs::read(&pyc).unwrap();
+            assert_eq!(
+                u32::from_le_bytes(bytes[4..8].try_into().unwrap()),
+                1,
+                "{} is not unchecked-hash bytecode",
+                pyc.display()
+            );
+        }
+    }
+    assert!(modules >= 4, "{modules} modules");
+
+    let before: BTreeSet<PathBuf> = walkdir::WalkDir::new(&venv)
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .collect();
+    let py = home.join(".venv/bin/python");
+    let out = run(
+        &py,
+        &[
+            "-c",
+            "import alpha, beta, gamma, delta, sys; assert not sys.dont_write_bytecode",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&home.join(".venv/bin/alpha-hello"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after: BTreeSet<PathBuf> = walkdir::WalkDir::new(&venv)
+        .into_iter()
+        .flatten()
+        .map(|e| e.into_path())
+        .collect();
+    assert_eq!(
+        after.difference(&before).collect::<Vec<_>>(),
+        Vec::<&PathBuf>::new(),
+        "running the venv wrote into the store"
+    );
+    let verify = world
+        .cmd()
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+}
+
 /// Two stores build the same venv byte for byte: the same name and the same tree hash.
 #[test]
 fn venvs_built_on_two_stores_are_identical() {
@@ -513,14 +595,7 @@ fn venvs_built_on_two_stores_are_identical() {
 fn without_uv_on_the_machine_the_stored_uv_is_used() {
     let world = PyWorld::new();
     world.write_spec(&world.spec("v1", &[]));
-    // The uv binary itself (`uv` on PATH may be a shim script), as pip installed it.
-    let found = Command::new("python3")
-        .args(["-c", "import uv; print(uv.find_uv_bin())"])
-        .output()
-        .unwrap();
-    let real_uv = std::env::var_os("COMFIX_UV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()));
+    let real_uv = uv_binary();
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
     zip.start_file("uv-0.13.8.data/scripts/uv", options)

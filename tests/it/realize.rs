@@ -172,7 +172,7 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
     );
 
     // extra_model_paths.yaml, read by Python's yaml parser as ComfyUI does: exactly the folders.
-    let out = std::process::Command::new("python3")
+    let out = tool_python()
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
@@ -1070,7 +1070,7 @@ fn the_model_paths_yaml_suits_the_cores_loader() {
         write_spec_as(&w, id, &spec);
         let home = w.env.path(&format!("home-{id}"));
         realize_ok(&w, id, &home, &[]);
-        let out = std::process::Command::new("python3")
+        let out = tool_python()
             .arg(home.join("ComfyUI/main.py"))
             .output()
             .unwrap();

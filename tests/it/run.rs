@@ -557,6 +557,107 @@ fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Whether this machine has a GPU driver comfix detects (it then adds no `--cpu`).
+fn has_gpu_driver() -> bool {
+    Path::new("/proc/driver/nvidia/version").exists()
+        || Path::new("/opt/rocm/.info/version").exists()
+}
+
+/// `check-workflow` passes ComfyUI's arguments after `--`, adds `--cpu` on a machine without a
+/// GPU driver unless told not to, and a server that never answers is reported with its URL and
+/// the cause within `--start-timeout`.
+#[test]
+fn check_workflow_takes_comfyui_args_and_adds_cpu_without_a_gpu() {
+    let rig = Rig::new();
+    let ok = rig.env.work.join("versions/workflows/ok.json");
+    let outputs = rig.env.path("outputs");
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--fresh", "--target"])
+        .arg(&rig.home)
+        .arg(&ok)
+        .arg("--")
+        .arg("--output-directory")
+        .arg(&outputs)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logs = rig.logs();
+    let argv = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("argv: "))
+        .unwrap_or_else(|| panic!("no argv in the log:\n{logs}"));
+    assert!(
+        argv.contains(&format!("--output-directory {}", outputs.display())),
+        "{argv}"
+    );
+    assert_eq!(
+        argv.split(' ').any(|a| a == "--cpu"),
+        !has_gpu_driver(),
+        "{argv}"
+    );
+    if !has_gpu_driver() {
+        assert!(
+            stderr(&out).contains("no GPU driver on this machine"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    for e in fs::read_dir(&rig.tmp).unwrap().flatten() {
+        fs::remove_file(e.path()).unwrap();
+    }
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--fresh", "--no-auto-cpu", "--target"])
+        .arg(&rig.home)
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let logs = rig.logs();
+    assert!(logs.contains("argv: --listen"), "{logs}");
+    assert!(!logs.contains("--cpu"), "{logs}");
+    rig.assert_no_comfyui_left();
+}
+
+/// A ComfyUI that runs but is never reached (here: it listens elsewhere than comfix asks) is
+/// reported within `--start-timeout`, with the URL and the cause, and stopped.
+#[test]
+fn a_server_that_cannot_be_reached_is_named_with_its_cause() {
+    let rig = Rig::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let other = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let start = std::time::Instant::now();
+    let out = rig
+        .cmd()
+        .args(["run", "--start-timeout", "3s", "--target"])
+        .arg(&rig.home)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--",
+            "--port",
+            &other.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(start.elapsed() < std::time::Duration::from_secs(60));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("http://127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("within 3s"), "{err}");
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    rig.assert_no_comfyui_left();
+}
+
 /// One HTTP GET on loopback: (status line, body).
 fn http_get(port: u16, path: &str) -> (String, String) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -603,6 +704,16 @@ fn run_serves_until_signalled_and_passes_on_comfyui_s_exit_code() {
             body.contains("InvertImage"),
             "the home's custom node is loaded"
         );
+        // On a machine without a GPU driver ComfyUI is started with `--cpu`.
+        let (_, stats) = http_get(port, "/system_stats");
+        let stats: Value = serde_json::from_str(&stats).unwrap();
+        let argv: Vec<&str> = stats["system"]["argv"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(argv.contains(&"--cpu"), !has_gpu_driver(), "{argv:?}");
         unsafe { libc::kill(child.id() as i32, signal) };
         assert_eq!(child.wait().unwrap().code(), Some(code));
         rig.assert_no_comfyui_left();

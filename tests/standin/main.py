@@ -555,6 +555,7 @@ def main():
     threading.Thread(target=worker, daemon=True).start()
     server = ThreadingHTTPServer((args.listen, args.port), Handler)
     server.daemon_threads = True
+    print("argv: " + " ".join(sys.argv[1:]), flush=True)
     print("Starting server\n", flush=True)
     print(f"To see the GUI go to: http://{args.listen}:{args.port}", flush=True)
     try:

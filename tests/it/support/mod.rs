@@ -42,20 +42,12 @@ impl TestEnv {
     /// Like [`TestEnv::cmd`], for a test that chooses its own `--store`.
     pub fn cmd_without_store(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
-        cmd.current_dir(&self.work)
-            .env_remove("COMFIX_STORE")
-            .env_remove("COMFIX_LOG")
-            .env_remove("COMFIX_FAULT_PAUSE")
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("SSL_CERT_DIR")
-            .env_remove("COMFIX_CONFIG")
-            .env_remove("COMFIX_SUBSTITUTERS")
-            .env_remove("COMFIX_TRUSTED_KEYS")
-            .env_remove("COMFIX_UV_WHEEL_URL")
-            .env_remove("COMFIX_UV_WHEEL_SHA256")
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+        cmd.current_dir(&self.work);
+        users_world(&mut cmd);
+        cmd.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
             .env("HOME", self.dir.path())
-            .env("XDG_DATA_HOME", self.dir.path().join("xdg"));
+            .env("XDG_DATA_HOME", self.dir.path().join("xdg"))
+            .env("XDG_CACHE_HOME", self.dir.path().join("xdg-cache"));
         cmd
     }
 
@@ -159,6 +151,40 @@ impl Drop for TestEnv {
             }
         }
     }
+}
+
+/// The environment a user's fresh shell has, not the developer's: nothing but an allow-list
+/// (`PATH`, `TMPDIR`, the locale) reaches the program, so no `PYTHONDONTWRITEBYTECODE`,
+/// `COMFY_HOME`, `MODELS_DIR`, `HF_*`, `AWS_*`, `UV_*` or `COMFIX_*` of the shell changes what a
+/// test sees. A test sets what it needs on top.
+pub fn users_world(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear();
+    for name in ["PATH", "TMPDIR", "LANG", "LC_ALL"] {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd
+}
+
+/// A Python with PyYAML for the tests' own checks: `$COMFIX_TEST_PYTHON` (set by
+/// `scripts/test.sh`), else `python3`.
+pub fn tool_python() -> Command {
+    Command::new(std::env::var_os("COMFIX_TEST_PYTHON").unwrap_or_else(|| "python3".into()))
+}
+
+/// The uv binary the tests use: `$COMFIX_UV`, else `uv` on PATH, with its links resolved (the
+/// file itself, not a shim: `scripts/test-tools.sh` links the binary of uv's wheel).
+pub fn uv_binary() -> PathBuf {
+    if let Some(uv) = std::env::var_os("COMFIX_UV") {
+        return fs::canonicalize(uv).expect("COMFIX_UV exists");
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("uv"))
+        .find(|p| p.is_file())
+        .map(|p| fs::canonicalize(p).unwrap())
+        .expect("uv on PATH: run the tests with scripts/test.sh, which installs it")
 }
 
 /// Write `files` (relative path, contents) under `root`, creating directories.
