@@ -18,7 +18,7 @@ pub struct GcArgs {
     pub delete_older_than: Option<std::time::Duration>,
     /// How long what a home that is gone (moved, copied away or deleted) used is kept after a
     /// collection first finds it gone; a moved home's next command registers it again
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", env = "COMFIX_HOME_GRACE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub home_grace: std::time::Duration,
 }
 

@@ -59,7 +59,11 @@ pub enum StoreCommand {
     /// Disk use: the store, what gc frees now, each cache, and per home, version and pin what gc
     /// would free if it went (unique) vs what other roots keep too (shared)
     #[command(after_help = "Examples:\n  comfix store du\n  comfix --json store du")]
-    Du,
+    Du {
+        /// As `gc --home-grace`: what homes that are gone used counts as garbage only after it
+        #[arg(long, value_name = "DURATION", env = "COMFIX_HOME_GRACE", default_value = "7d", value_parser = humantime::parse_duration)]
+        home_grace: std::time::Duration,
+    },
     /// Check that every valid path exists; exit 1 if anything is missing or corrupted
     #[command(
         after_help = "Examples:\n  comfix store verify\n  comfix store verify --check-contents --repair"
@@ -185,8 +189,8 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
                 }
             }
         }
-        StoreCommand::Du => {
-            let usage = store.du(&crate::build::keep::LiveLocks)?;
+        StoreCommand::Du { home_grace } => {
+            let usage = store.du(&crate::build::keep::LiveLocks, home_grace.as_secs() as i64)?;
             if context.json {
                 context.print_json(&usage)?;
             } else {

@@ -77,6 +77,12 @@ pub enum PythonError {
     Pyproject { path: PathBuf, message: String },
     #[error("uv wrote a lock comfix cannot read: {message}")]
     BadPylock { message: String },
+    #[error("Cannot write `{}`: {source}", .path.display())]
+    CacheNotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Compiling the bytecode under `{}` failed:\n{stderr}", .dir.display())]
     Bytecode { dir: PathBuf, stderr: String },
     #[error("I/O error on `{}`: {source}", .path.display())]
@@ -162,6 +168,9 @@ impl Hint for PythonError {
             PythonError::NoOverlay { .. } => Some(
                 "realize once with network access (or import a closure of a home that uses this backend)".into(),
             ),
+            PythonError::CacheNotWritable { .. } => Some(
+                "uv's cache must be writable by this user: in a store shared by a group, each user has their own (`cache/uv.<uid>`); fix the directory's owner or modes".into(),
+            ),
             PythonError::Fetch(e) => e.hint(),
             PythonError::Store(e) => e.hint(),
             _ => None,
@@ -186,7 +195,8 @@ impl Hint for PythonError {
             | PythonError::BackendUnresolvable { .. }
             | PythonError::NoOverlay { .. }
             | PythonError::NotCovered { .. }
-            | PythonError::OtherPlatform { .. } => true,
+            | PythonError::OtherPlatform { .. }
+            | PythonError::CacheNotWritable { .. } => true,
             PythonError::Fetch(e) => e.is_user_error(),
             PythonError::Store(e) => e.is_user_error(),
             _ => false,

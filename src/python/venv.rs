@@ -272,7 +272,10 @@ fn link_tree(from: &Path, to: &Path) -> Result<(), PythonError> {
             let target = fs::read_link(entry.path()).map_err(PythonError::io(entry.path()))?;
             std::os::unix::fs::symlink(target, &at).map_err(PythonError::io(&at))?;
         } else {
-            fs::hard_link(entry.path(), &at).map_err(PythonError::io(&at))?;
+            // Another user's file in a shared store may not be linked (protected hardlinks).
+            fs::hard_link(entry.path(), &at)
+                .or_else(|_| fs::copy(entry.path(), &at).map(|_| ()))
+                .map_err(PythonError::io(&at))?;
         }
     }
     Ok(())

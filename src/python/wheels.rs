@@ -51,6 +51,17 @@ pub fn groups(
 /// uv is `$COMFIX_UV`, else on `PATH`, else the one in the store (`stored_uv`).
 pub fn find_uv(store: &Store) -> Result<Uv, PythonError> {
     let (cache, probes) = (store.cache_dir(Cache::Uv), store.cache_dir(Cache::Probes));
+    // uv fails on a cache it cannot write, saying only that it found no Python: say what it is.
+    for dir in [&cache, &probes] {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).map_err(Into::into)
+            })
+            .map_err(|source| PythonError::CacheNotWritable {
+                path: dir.clone(),
+                source,
+            })?;
+    }
     match Uv::find(|k| std::env::var(k).ok(), &cache, &probes) {
         Err(PythonError::NoUv) => {
             let Some(exe) = super::stored_uv::stored(store) else {

@@ -667,7 +667,9 @@ impl Store {
                     match fs::hard_link(&pending.object, &swap) {
                         Ok(()) => fs::rename(&swap, &pending.staged)
                             .map_err(|e| with_path(e, "replace", &pending.staged))?,
-                        Err(err) if err.kind() == ErrorKind::TooManyLinks => {}
+                        // A full link count, or another user's object in a shared store (the
+                        // kernel's protected hardlinks): this path keeps its own copy.
+                        Err(err) if private_copy(&err) => {}
                         Err(err) => return Err(with_path(err, "link", &pending.object).into()),
                     }
                 }
@@ -717,19 +719,67 @@ fn file_list(base: &Path, entries: &[tree::Entry]) -> Vec<(PathBuf, u64, bool)> 
         .collect()
 }
 
-/// Hardlink `object` to `to` if the object exists. A full link count means a private copy.
+/// Hardlink `object` to `to` if the object exists. A full link count, or an object of another
+/// user that the kernel does not let this one link (`fs.protected_hardlinks`, in a shared
+/// store), means a private copy.
 fn link_existing(object: &Path, to: &Path) -> Result<bool> {
     match fs::hard_link(object, to) {
         Ok(()) => Ok(true),
         Err(err) if err.kind() == ErrorKind::NotFound => Ok(false),
-        Err(err) if err.kind() == ErrorKind::TooManyLinks => Ok(false),
+        Err(err) if private_copy(&err) => Ok(false),
         Err(err) => Err(with_path(err, "link", object).into()),
     }
 }
 
-/// Remove a tree whose directories may be read-only. What vanishes meanwhile (removed by its
+/// Whether a failed link to an object means "keep a private copy": the object has as many links
+/// as the filesystem allows, or it is another user's and the kernel protects it.
+fn private_copy(err: &std::io::Error) -> bool {
+    matches!(
+        err.kind(),
+        ErrorKind::TooManyLinks | ErrorKind::PermissionDenied
+    ) || err.raw_os_error() == Some(libc::EPERM)
+}
+
+/// Remove a tree whose directories may be read-only. In a shared store a tree another user made
+/// cannot be made writable by this one: it is renamed out of the way (`.trash-<name>.<pid>`
+/// beside it, which needs only the group's write permission on its parent), so it no longer
+/// counts; its owner's (or root's) next collection removes it. What vanishes meanwhile (removed by its
 /// owner) is not an error: the tree is gone either way.
 pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    remove_tree_inner(path)
+}
+
+/// A tree this user may not empty (another user's, in a shared store): renamed aside once, left
+/// there when it already is.
+fn set_aside(path: &Path, cause: &std::io::Error) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with(TRASH) {
+        tracing::debug!("`{}` is another user's: left for them", path.display());
+        return Ok(());
+    }
+    let aside = path.with_file_name(format!("{TRASH}{name}.{}", std::process::id()));
+    fs::rename(path, &aside).map_err(|e| {
+        with_path(
+            std::io::Error::new(e.kind(), format!("{cause}; setting it aside: {e}")),
+            "remove",
+            path,
+        )
+    })?;
+    tracing::info!(
+        "`{}` belongs to another user: set aside as `{}` for its owner's next `comfix gc`",
+        path.display(),
+        aside.display()
+    );
+    Ok(())
+}
+
+/// The prefix of trees set aside for their owners (see [`remove_tree`]).
+pub(crate) const TRASH: &str = ".trash-";
+
+fn remove_tree_inner(path: &Path) -> Result<()> {
     let gone = |e: &std::io::Error| e.kind() == ErrorKind::NotFound;
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
@@ -745,6 +795,9 @@ pub(crate) fn remove_tree(path: &Path) -> Result<()> {
             };
             if entry.file_type().is_dir() {
                 match fs::set_permissions(entry.path(), Permissions::from_mode(0o755)) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        return set_aside(path, &e);
+                    }
                     Err(e) if !gone(&e) => {
                         return Err(with_path(e, "make writable", entry.path()).into())
                     }

@@ -50,7 +50,9 @@ pub struct Usage {
 impl Store {
     /// Disk use in the accounting `gc` uses (see [`DiskUse`]). Takes no lock and writes nothing.
     // Long on purpose: the parts, then the groups, each summed over one disk index.
-    pub fn du(&self, keep: &dyn Keep) -> Result<DiskUse> {
+    /// With `home_grace` (seconds) as the collector's: what a gone home used is garbage only
+    /// once its grace period is over.
+    pub fn du(&self, keep: &dyn Keep, home_grace: i64) -> Result<DiskUse> {
         let mut roots = self.all_roots()?;
         // As the collector sees them: a home found gone now starts its grace period now.
         let now = super::db::now();
@@ -70,7 +72,7 @@ impl Store {
                     without,
                     older_than: None,
                     max_freed: None,
-                    grace_cutoff: now - super::gc::DEFAULT_HOME_GRACE.as_secs() as i64,
+                    grace_cutoff: now - home_grace,
                     probe: Probe::Look,
                     keep,
                 },

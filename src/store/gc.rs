@@ -63,9 +63,6 @@ pub struct GcOptions {
     pub home_grace: i64,
 }
 
-/// The default of [`GcOptions::home_grace`]: a week.
-pub const DEFAULT_HOME_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GcReport {
     pub dry_run: bool,

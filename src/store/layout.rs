@@ -52,8 +52,36 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// Whether each user keeps their own (uv's cache and the probes: what uv and interpreters
+    /// write there is the user's, with the user's modes).
+    fn per_user(self) -> bool {
+        matches!(self, Cache::Uv | Cache::Probes)
+    }
+}
+
 impl Store {
+    /// Where `cache` lives. uv's cache and the probes are per user where the store is not the
+    /// user's alone: in a shared store `cache/uv.<uid>` (on the store's filesystem, so installs
+    /// still hardlink), in a read-only store `$XDG_CACHE_HOME/comfix/<name>` (`~/.cache/…`).
     pub fn cache_dir(&self, cache: Cache) -> PathBuf {
+        if cache.per_user() && self.is_read_only() {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(|h| PathBuf::from(h).join(".cache"))
+                })
+                .unwrap_or_else(std::env::temp_dir);
+            let name = cache.dir().rsplit('/').next().unwrap_or("cache");
+            return base.join("comfix").join(name);
+        }
+        if cache.per_user() && self.is_shared() {
+            let uid = rustix::process::geteuid().as_raw();
+            return self.root.join(format!("{}.{uid}", cache.dir()));
+        }
         self.root.join(cache.dir())
     }
 

@@ -89,6 +89,8 @@ pub enum StoreError {
     DbIsReadable { path: PathBuf },
     #[error("Store `{}` is read-only, and this command writes to it", .root.display())]
     ReadOnly { root: PathBuf },
+    #[error("Cannot read store `{}`: permission denied (it belongs to another user, and its group is not yours)", .root.display())]
+    NoAccess { root: PathBuf },
     #[error("`{name}`: its {what} is `{actual}`, but its metadata says `{expected}`")]
     Mismatch {
         name: String,
@@ -116,6 +118,9 @@ impl Hint for StoreError {
             ),
             StoreError::Mismatch { .. } => Some(
                 "the bytes are not what their source recorded (tampered or corrupted in transit); nothing was registered for this path".into(),
+            ),
+            StoreError::NoAccess { .. } => Some(
+                "use a store of your own (`--store DIR`), or ask its owner to share it with your group (see \"Shared stores\" in store-layout.md)".into(),
             ),
             StoreError::ReadOnly { .. } => Some(
                 "nothing was changed. Reading works on a read-only store (`store ls/path-info/verify/du`, `roots`, `status`, and `realize` of a version the store holds); run this where the store is writable".into(),
@@ -149,6 +154,7 @@ impl Hint for StoreError {
                 | StoreError::Missing { .. }
                 | StoreError::DbIsReadable { .. }
                 | StoreError::ReadOnly { .. }
+                | StoreError::NoAccess { .. }
         )
     }
 }
@@ -207,6 +213,8 @@ pub struct Store {
     temp_roots: lock::TempRoots,
     /// This process cannot write the store (a read-only mount, or no write permission).
     read_only: bool,
+    /// A store a group of users shares (its root is setgid and group-writable).
+    shared: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -233,6 +241,42 @@ fn read_only_dir(root: &Path) -> bool {
     mounted_ro || rustix::fs::access(root, rustix::fs::Access::WRITE_OK).is_err()
 }
 
+/// Whether the store at `root` is shared by a group: its root directory is setgid (so everything
+/// created in it belongs to the group) and group-writable.
+fn shared_dir(root: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(root).is_ok_and(|m| m.permissions().mode() & 0o2020 == 0o2020)
+}
+
+/// In a shared store, what this process creates is the group's as much as its own: the umask
+/// keeps the group's bits (`022` → `002`). Child processes (uv, git) inherit it.
+fn share_with_group() {
+    let umask = crate::files::umask();
+    if umask & 0o070 != 0 {
+        // SAFETY: umask(2) cannot fail.
+        unsafe {
+            libc::umask((umask & !0o070) as libc::mode_t);
+        }
+    }
+}
+
+/// Give the group of a shared store what the owner has on the files of its database that this
+/// process owns (SQLite creates them 0644; its `-wal` and `-shm` files copy the database's mode).
+fn share_db_files(db: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let me = rustix::process::geteuid().as_raw();
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(meta) = std::fs::metadata(&file) {
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.uid() == me && mode & 0o060 != 0o060 {
+                let _ =
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode | 0o060));
+            }
+        }
+    }
+}
+
 fn network_fs(path: &Path) -> Option<&'static str> {
     let stat = rustix::fs::statfs(path).ok()?;
     let magic = stat.f_type as u64;
@@ -250,7 +294,19 @@ impl Store {
             fs_err::create_dir_all(root)?;
         }
         let root = fs_err::canonicalize(root)?;
+        if rustix::fs::access(
+            &root,
+            rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .is_err()
+        {
+            return Err(StoreError::NoAccess { root });
+        }
         let read_only = read_only_dir(&root);
+        let shared = shared_dir(&root);
+        if shared && !read_only {
+            share_with_group();
+        }
         let version_file = root.join(layout::VERSION);
         match std::fs::read_to_string(&version_file) {
             Ok(found) => {
@@ -323,6 +379,9 @@ impl Store {
         } else {
             db::open(&db_path, journal).map_err(db_err)?
         };
+        if shared && !read_only {
+            share_db_files(&db_path);
+        }
         drop(open_lock);
         let recorded = db::recorded_version(&conn).map_err(db_err)?;
         if recorded > db::schema_version() as i64 {
@@ -343,6 +402,7 @@ impl Store {
             journal,
             temp_roots,
             read_only,
+            shared,
         };
         if !read_only {
             store.backfill_meta()?;
@@ -355,6 +415,11 @@ impl Store {
     /// temporary roots.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Whether a group of users shares this store (see "Shared stores" in store-layout.md).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// `Err(ReadOnly)` on a read-only store: called by everything that writes into it.

@@ -70,7 +70,7 @@ impl Store {
             records.iter().map(|r| r.name.as_str()).collect();
         for entry in fs_err::read_dir(self.root.join(super::layout::PATHS))? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if !known.contains(name.as_str()) {
+            if !known.contains(name.as_str()) && !name.starts_with(super::add::TRASH) {
                 report
                     .unregistered
                     .push(self.path_of(&name).display().to_string());
@@ -142,7 +142,13 @@ impl Store {
                             Ok(digest) => {
                                 let object =
                                     std::fs::metadata(self.object_path(&digest, executable));
-                                if !object.is_ok_and(|o| o.ino() == meta.ino()) {
+                                // In a shared store a file may be its own copy of another
+                                // user's object (the kernel forbids linking it).
+                                let linked = object.is_ok_and(|o| {
+                                    o.ino() == meta.ino()
+                                        || (self.is_shared() && o.uid() != meta.uid())
+                                });
+                                if !linked {
                                     check.missing_objects.push(at.display().to_string());
                                 }
                                 digests.push((size, digest));

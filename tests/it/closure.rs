@@ -516,3 +516,53 @@ fn an_import_that_cannot_fit_fails_before_writing() {
     let staged = fs::read_dir(store.join("tmp")).map_or(0, |d| d.count());
     assert_eq!(staged, 0, "nothing staged");
 }
+
+/// Files the user owns follow their umask (a lock, an export: 0644 under umask 022, not a
+/// temporary file's 0600); a secret key stays 0600, written by default into comfix's config
+/// directory, and the command says where.
+#[test]
+fn user_files_follow_the_umask_and_secrets_stay_private() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let with_umask = |mut cmd: std::process::Command| {
+        // SAFETY: umask(2) in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let mut realize = w.cmd(&w.env.store);
+    realize
+        .args(["realize", "v1", "--target"])
+        .arg(w.env.path("home"));
+    let out = with_umask(realize);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock = w.env.work.join("versions/v1.lock.json");
+    assert_eq!(mode(&lock), 0o644, "{}", lock.display());
+    assert_eq!(mode(&w.env.store.join("VERSION")), 0o644);
+    let archive = w.env.path("v1.tar.zst");
+    let mut export = w.cmd(&w.env.store);
+    export.args(["export", "v1", "-o"]).arg(&archive);
+    let out = with_umask(export);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(mode(&archive), 0o644);
+
+    let mut generate = w.cmd(&w.env.store);
+    generate.args(["key", "generate", "--name", "team"]);
+    let out = with_umask(generate);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let keys = w.env.path("config/comfix/keys");
+    assert_eq!(mode(&keys.join("team.secret")), 0o600);
+    assert_eq!(mode(&keys.join("team.public")), 0o644);
+    assert!(
+        stderr(&out).contains(&keys.join("team.secret").display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -136,13 +136,31 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|r| r["kind"] == "home" && r["live"] == false));
+        .any(|r| r["kind"] == "home" && r["live"] == false && r["home_gone"] == true));
 
     let before_paths = valid_paths(&w);
     let before_bytes = w.env.content_bytes();
     let before_disk = w.env.disk_bytes(&[&home2]);
-    let du = json_of(&w, &["store", "du"]);
-    let dry = json_of(&w, &["gc", "--dry-run"]);
+    // The home may have moved: what it used is kept for the grace period, and gc says so.
+    let kept = w.cmd(&w.env.store).args(["gc"]).output().unwrap();
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert!(
+        stderr(&kept).contains(&format!(
+            "kept what `{}` used: the home is gone",
+            home1.display()
+        )),
+        "{}",
+        stderr(&kept)
+    );
+    assert_eq!(
+        valid_paths(&w),
+        before_paths,
+        "the grace period keeps the home's paths"
+    );
+    assert_eq!(json_of(&w, &["store", "du"])["garbage"]["disk"], 0);
+    // Past it (here: no grace), exactly what only that home used goes.
+    let du = json_of(&w, &["store", "du", "--home-grace", "0s"]);
+    let dry = json_of(&w, &["gc", "--dry-run", "--home-grace", "0s"]);
     assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"], "{du}");
     assert_eq!(
         du["garbage"]["content"],
@@ -165,7 +183,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
     assert_eq!(valid_paths(&w), before_paths, "--dry-run deletes nothing");
     assert_eq!(w.env.content_bytes(), before_bytes);
 
-    let done = json_of(&w, &["gc"]);
+    let done = json_of(&w, &["gc", "--home-grace", "0s"]);
     let deleted: BTreeSet<String> = done["report"]["deleted_paths"]
         .as_array()
         .unwrap()
@@ -288,7 +306,7 @@ fn gc_killed_mid_sweep_leaves_a_verifiable_store() {
     fs::create_dir_all(&faults).unwrap();
     let mut child = w
         .cmd(&w.env.store)
-        .arg("gc")
+        .args(["gc", "--home-grace", "0s"])
         .env("COMFIX_FAULT_PAUSE", "gc-unregistered")
         .env("COMFIX_FAULT_DIR", &faults)
         .stdout(Stdio::null())
@@ -304,7 +322,7 @@ fn gc_killed_mid_sweep_leaves_a_verifiable_store() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stdout(&out));
-    let report = json_of(&w, &["gc"]);
+    let report = json_of(&w, &["gc", "--home-grace", "0s"]);
     assert!(report["report"]["errors"].as_array().unwrap().is_empty());
     assert_eq!(
         valid_paths(&w),
@@ -511,4 +529,87 @@ fn verify_repair_restores_a_corrupted_model_and_node_file() {
         "the home's link sees the repair"
     );
     assert_eq!(fs::read(node.join("__init__.py")).unwrap(), b"A = 1\n");
+}
+
+/// A home that was moved (renamed) loses nothing: until a command runs in it, the collector keeps
+/// what it used for the grace period; its next command registers its generations where it is;
+/// commands without `--target` find the one home the store knows, or say where they looked.
+#[test]
+fn a_moved_home_is_kept_then_registered_again_where_it_is() {
+    let w = World::new();
+    two_versions(&w);
+    let home = w.env.path("home");
+    realize(&w, "v1", &home);
+    let used = lock_paths(&w, "v1");
+    let moved = w.env.path("moved");
+    fs::rename(&home, &moved).unwrap();
+
+    let roots = json_of(&w, &["roots"]);
+    assert!(
+        roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["home_gone"] == true),
+        "{roots}"
+    );
+    let out = w.cmd(&w.env.store).arg("gc").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the home is gone"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        used.is_subset(&valid_paths(&w)),
+        "the grace period keeps it"
+    );
+
+    // Found without `--target`: the one home the store knows is the old one, which is gone; from
+    // inside the moved home it is the current directory.
+    let status = w
+        .cmd(&w.env.store)
+        .args(["--json", "status"])
+        .current_dir(&moved)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stderr(&status).contains("registered its 1 generation(s) as GC roots again"),
+        "{}",
+        stderr(&status)
+    );
+    let roots = json_of(&w, &["roots"]);
+    let name = format!("home:{}#1", moved.display());
+    assert!(
+        roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == name.as_str() && r["live"] == true),
+        "{roots}"
+    );
+    // With no grace at all, the old roots go and nothing the moved home uses does.
+    json_of(&w, &["gc", "--home-grace", "0s"]);
+    assert!(used.is_subset(&valid_paths(&w)));
+    assert!(moved.join("ComfyUI").exists());
+
+    // From elsewhere: the one home the store knows.
+    let status = json_of(&w, &["status"]);
+    assert_eq!(status["target"], moved.display().to_string());
+    // Two homes: named, and the command says where it looked.
+    realize(&w, "v2", &w.env.path("second"));
+    let out = w.cmd(&w.env.store).arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("`$COMFY_HOME` is not set"), "{err}");
+    assert!(err.contains("the store knows 2 homes"), "{err}");
+    assert!(err.contains(&moved.display().to_string()), "{err}");
+    let out = w
+        .cmd(&w.env.store)
+        .arg("status")
+        .env("COMFY_HOME", &moved)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -79,7 +79,7 @@ fn gc_forced_in_at_every_pause_point_of_realize() {
         interleavings += 1;
         w.env.ok(&["store", "verify", "--check-contents"]);
         remove_home(&home);
-        w.env.ok(&["gc"]);
+        w.env.ok(&["gc", "--home-grace", "0s"]);
         for f in [point.to_string(), format!("{point}.go")] {
             let _ = fs::remove_file(faults.join(f));
         }

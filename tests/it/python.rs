@@ -952,19 +952,23 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
     // One figure: du's garbage, the dry run and the real run, and what du -B1 sees leave.
     let du = world
         .cmd()
-        .args(["--json", "store", "du"])
+        .args(["--json", "store", "du", "--home-grace", "0s"])
         .output()
         .unwrap();
     let du: serde_json::Value = serde_json::from_slice(&du.stdout).unwrap();
     let dry = world
         .cmd()
-        .args(["--json", "gc", "--dry-run"])
+        .args(["--json", "gc", "--dry-run", "--home-grace", "0s"])
         .output()
         .unwrap();
     let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"]);
     let before = world.env.disk_bytes(&[]);
-    let report = world.cmd().args(["--json", "gc"]).output().unwrap();
+    let report = world
+        .cmd()
+        .args(["--json", "gc", "--home-grace", "0s"])
+        .output()
+        .unwrap();
     assert!(report.status.success(), "{}", stderr(&report));
     let done: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(done["report"]["freed_bytes"], dry["report"]["freed_bytes"]);

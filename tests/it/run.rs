@@ -63,6 +63,12 @@ impl Rig {
     }
 
     fn with_core(main_py: &[u8]) -> Rig {
+        Rig::build(main_py, false)
+    }
+
+    /// With `python` the version has a Python section (`gamma`, from a wheels directory), so the
+    /// home runs ComfyUI from a venv in the store.
+    fn build(main_py: &[u8], python: bool) -> Rig {
         let env = TestEnv::new();
         let repos = env.path("repos");
         let mut core = TestRepo::new(&repos.join("ComfyUI.git"));
@@ -78,7 +84,7 @@ impl Rig {
             workflow_ok().to_string(),
         )
         .unwrap();
-        let spec = json!({
+        let mut spec = json!({
             "schema_version": 2,
             "version_id": "v1",
             "comfy": {"repo": core.url(), "ref": "main"},
@@ -86,6 +92,14 @@ impl Rig {
             "models": [{"source": server.url("/tiny.safetensors"), "target_subdir": "checkpoints", "filename": "tiny.safetensors"}],
             "workflows": ["workflows/ok.json"]
         });
+        let wheels = env.path("wheelhouse");
+        if python {
+            crate::support::wheels::write_dir(&wheels, &crate::python::packages());
+            spec["python"] = json!({
+                "version": crate::python::python_version(),
+                "requirements": ["gamma"]
+            });
+        }
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("v1.json"), spec.to_string()).unwrap();
         let home = env.path("home");
@@ -97,12 +111,12 @@ impl Rig {
             home,
             tmp,
         };
-        let out = rig
-            .cmd()
-            .args(["realize", "v1", "--target"])
-            .arg(&rig.home)
-            .output()
-            .unwrap();
+        let mut realize = rig.cmd();
+        realize.args(["realize", "v1", "--target"]).arg(&rig.home);
+        if python {
+            realize.arg("--wheels-dir").arg(&wheels);
+        }
+        let out = realize.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         rig
     }
@@ -555,6 +569,73 @@ fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The imported-closure story on a machine with no network and no uv: a version with a Python
+/// section and workflows is exported, imported (its workflow files written beside its spec),
+/// realized `--offline` (with the uv the closure carries) and tested `--offline` — and running
+/// ComfyUI from the store's venv (as root, without `PYTHONDONTWRITEBYTECODE`) leaves the store
+/// as it verifies.
+#[test]
+fn an_imported_version_with_python_and_workflows_is_tested_offline_without_uv() {
+    let rig = Rig::build(STANDIN, true);
+    let archive = rig.env.path("v1.tar.zst");
+    let out = rig
+        .cmd()
+        .args(["export", "v1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let store_b = rig.env.path("store-b");
+    let work_b = rig.env.path("work-b");
+    fs::create_dir_all(&work_b).unwrap();
+    let bare = path_with_python_only(&rig.env.path("bin-without-uv"));
+    let comfix_b = |args: &[&str]| -> Output {
+        let mut cmd = rig.env.cmd_without_store();
+        cmd.arg("--store")
+            .arg(&store_b)
+            .args(args)
+            .current_dir(&work_b)
+            .env("PATH", &bare)
+            .env("TMPDIR", &rig.tmp);
+        without_network(&cmd).output().unwrap()
+    };
+    let out = comfix_b(&["import", "--no-check-sigs", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read(work_b.join("versions/workflows/ok.json")).unwrap(),
+        fs::read(rig.env.work.join("versions/workflows/ok.json")).unwrap(),
+        "the workflow is written beside the imported spec"
+    );
+    let home_b = rig.env.path("home-b");
+    let out = comfix_b(&[
+        "realize",
+        "v1",
+        "--offline",
+        "--target",
+        home_b.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(fs::canonicalize(home_b.join(".venv"))
+        .unwrap()
+        .starts_with(&store_b));
+    let out = comfix_b(&[
+        "test",
+        "v1",
+        "--offline",
+        "--target",
+        home_b.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ok      workflows/ok.json"),
+        "{}",
+        stderr(&out)
+    );
+    let out = comfix_b(&["store", "verify", "--check-contents"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
 
 /// Whether this machine has a GPU driver comfix detects (it then adds no `--cpu`).

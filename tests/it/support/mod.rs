@@ -187,6 +187,61 @@ pub fn uv_binary() -> PathBuf {
         .expect("uv on PATH: run the tests with scripts/test.sh, which installs it")
 }
 
+/// `cmd` run without a network: in a network namespace of its own (`unshare -n`, root only)
+/// with nothing but loopback, which is brought up so a ComfyUI can listen on it.
+pub fn without_network(cmd: &Command) -> Command {
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("`ip` (iproute2; .ci/run installs it)");
+    let unshare = ["/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("`unshare` (util-linux)");
+    // By its path: the command's own PATH (set below) may not have it.
+    let mut outer = Command::new(unshare);
+    users_world(&mut outer);
+    outer
+        .args(["-n", "/bin/sh", "-c"])
+        .arg(format!("{ip} link set lo up && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => outer.env(key, value),
+            None => outer.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer
+}
+
+/// A directory holding links to the machine's Python (as `python3` and `python3.X`) and nothing
+/// else: a PATH for a machine without uv.
+pub fn path_with_python_only(dir: &Path) -> PathBuf {
+    let found = tool_python_of("python3")
+        .args([
+            "-c",
+            "import sys; print(sys.executable, '%d.%d' % sys.version_info[:2])",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&found.stdout).to_string();
+    let (python, minor) = text.trim().rsplit_once(' ').unwrap();
+    fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::symlink(python, dir.join("python3")).unwrap();
+    std::os::unix::fs::symlink(python, dir.join(format!("python{minor}"))).unwrap();
+    dir.to_path_buf()
+}
+
+fn tool_python_of(name: &str) -> Command {
+    let mut cmd = Command::new(name);
+    users_world(&mut cmd);
+    cmd
+}
+
 /// Write `files` (relative path, contents) under `root`, creating directories.
 pub fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
     for (rel, contents) in files {
