@@ -11,6 +11,7 @@ use crate::store::{lock, AddOptions, Added, Store};
 
 /// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.
 pub fn mirror_path(store: &Store, url: &str) -> PathBuf {
+    trust_shared_mirrors(store);
     store.mirror_dir(&mirror_name(url))
 }
 
@@ -30,6 +31,22 @@ fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
     move |e| FetchError::Git {
         url: url.to_string(),
         message: e.message().to_string(),
+    }
+}
+
+/// In a store a group shares, its git mirrors belong to whichever member made them: libgit2's
+/// check that a repository is owned by the current user (git's `safe.directory`) would refuse
+/// every other member. The group is trusted with the store as a whole, so the check is off for
+/// this process (it is process-wide in libgit2).
+fn trust_shared_mirrors(store: &Store) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    if store.is_shared() {
+        DONE.call_once(|| {
+            // SAFETY: set once, before this process opens repositories from several threads.
+            if let Err(e) = unsafe { git2::opts::set_verify_owner_validation(false) } {
+                tracing::warn!("cannot trust the shared store's git mirrors: {e}");
+            }
+        });
     }
 }
 

@@ -589,7 +589,7 @@ impl Store {
             let digest = *blake3::hash(&buf).as_bytes();
             let object = self.object_path(&digest, executable);
             let size = buf.len() as u64;
-            if link_existing(&object, to)? {
+            if self.link_stored(&object, to)? {
                 return Ok(Ingested {
                     size,
                     digest,
@@ -617,7 +617,7 @@ impl Store {
         // Large: content already stored costs no second read.
         let source_digest = *known;
         let object = self.object_path(&source_digest, executable);
-        if link_existing(&object, to)? {
+        if self.link_stored(&object, to)? {
             return Ok(Ingested {
                 size,
                 digest: source_digest,
@@ -654,31 +654,95 @@ impl Store {
         let mut bytes = 0;
         let swap = scratch.join("swap");
         for pending in ingested.into_iter().filter_map(|i| i.pending) {
-            match fs::hard_link(&pending.staged, &pending.object) {
-                Ok(()) => {
-                    count += 1;
-                    bytes += pending.size;
-                }
-                Err(err)
-                    if err.kind() == ErrorKind::AlreadyExists
-                        && same_file(&pending.staged, &pending.object) => {}
-                Err(err) if err.kind() == ErrorKind::AlreadyExists => {
-                    // Another file of this add, or another process, published it first: share theirs.
-                    match fs::hard_link(&pending.object, &swap) {
-                        Ok(()) => fs::rename(&swap, &pending.staged)
-                            .map_err(|e| with_path(e, "replace", &pending.staged))?,
-                        // A full link count, or another user's object in a shared store (the
-                        // kernel's protected hardlinks): this path keeps its own copy.
-                        Err(err) if private_copy(&err) => {}
-                        Err(err) => return Err(with_path(err, "link", &pending.object).into()),
+            let new = match publish_at(&pending.staged, &pending.object, &swap)? {
+                Published::Refused if self.is_shared() => {
+                    // Another user's object, which the kernel will not let us link: ours.
+                    match publish_at(&pending.staged, &self.mine(&pending.object), &swap)? {
+                        Published::New => true,
+                        Published::Shared | Published::Private | Published::Refused => false,
                     }
                 }
-                Err(err) if err.kind() == ErrorKind::TooManyLinks => {}
-                Err(err) => return Err(with_path(err, "link", &pending.object).into()),
+                Published::New => true,
+                Published::Shared | Published::Private | Published::Refused => false,
+            };
+            if new {
+                count += 1;
+                bytes += pending.size;
             }
         }
         Ok((count, bytes))
     }
+
+    /// This user's own object for `object` (`<object>.u<uid>`), in a shared store where the kernel
+    /// (`fs.protected_hardlinks`) does not let one user link another's read-only file: each
+    /// member's files are deduplicated among their own, and the collector frees each alike.
+    pub(crate) fn mine(&self, object: &Path) -> PathBuf {
+        let uid = rustix::process::geteuid().as_raw();
+        PathBuf::from(format!("{}.u{uid}", object.display()))
+    }
+
+    /// Link the stored object of a file's bytes to `to`: the object, or in a shared store this
+    /// user's own object of the same bytes. False when neither is there to link.
+    fn link_stored(&self, object: &Path, to: &Path) -> Result<bool> {
+        match fs::hard_link(object, to) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(false),
+            Err(err) if err.kind() == ErrorKind::TooManyLinks => Ok(false),
+            Err(err) if refused(&err) && self.is_shared() => {
+                match fs::hard_link(self.mine(object), to) {
+                    Ok(()) => Ok(true),
+                    Err(err)
+                        if matches!(err.kind(), ErrorKind::NotFound | ErrorKind::TooManyLinks) =>
+                    {
+                        Ok(false)
+                    }
+                    Err(err) => Err(with_path(err, "link", object).into()),
+                }
+            }
+            Err(err) => Err(with_path(err, "link", object).into()),
+        }
+    }
+}
+
+/// What publishing a staged file as an object came to.
+enum Published {
+    /// The staged file is the object now.
+    New,
+    /// The object was there: the staged file is replaced by a link to it (or was it already).
+    Shared,
+    /// The object has as many links as the filesystem allows: the staged file stays its own.
+    Private,
+    /// The object is another user's, and the kernel will not let us link it.
+    Refused,
+}
+
+/// Publish `staged` as `object`, or share the object that is there.
+fn publish_at(staged: &Path, object: &Path, swap: &Path) -> Result<Published> {
+    match fs::hard_link(staged, object) {
+        Ok(()) => Ok(Published::New),
+        Err(err) if err.kind() == ErrorKind::AlreadyExists && same_file(staged, object) => {
+            Ok(Published::Shared)
+        }
+        Err(err) if err.kind() == ErrorKind::AlreadyExists => {
+            // Another file of this add, or another process, published it first: share theirs.
+            match fs::hard_link(object, swap) {
+                Ok(()) => {
+                    fs::rename(swap, staged).map_err(|e| with_path(e, "replace", staged))?;
+                    Ok(Published::Shared)
+                }
+                Err(err) if err.kind() == ErrorKind::TooManyLinks => Ok(Published::Private),
+                Err(err) if refused(&err) => Ok(Published::Refused),
+                Err(err) => Err(with_path(err, "link", object).into()),
+            }
+        }
+        Err(err) if err.kind() == ErrorKind::TooManyLinks => Ok(Published::Private),
+        Err(err) => Err(with_path(err, "link", object).into()),
+    }
+}
+
+/// Whether linking failed because the kernel protects another user's file.
+fn refused(err: &std::io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EPERM)
 }
 
 /// Give a staged file its store mode, unless it has it already (a file hardlinked from a cache
@@ -717,27 +781,6 @@ fn file_list(base: &Path, entries: &[tree::Entry]) -> Vec<(PathBuf, u64, bool)> 
             _ => None,
         })
         .collect()
-}
-
-/// Hardlink `object` to `to` if the object exists. A full link count, or an object of another
-/// user that the kernel does not let this one link (`fs.protected_hardlinks`, in a shared
-/// store), means a private copy.
-fn link_existing(object: &Path, to: &Path) -> Result<bool> {
-    match fs::hard_link(object, to) {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == ErrorKind::NotFound => Ok(false),
-        Err(err) if private_copy(&err) => Ok(false),
-        Err(err) => Err(with_path(err, "link", object).into()),
-    }
-}
-
-/// Whether a failed link to an object means "keep a private copy": the object has as many links
-/// as the filesystem allows, or it is another user's and the kernel protects it.
-fn private_copy(err: &std::io::Error) -> bool {
-    matches!(
-        err.kind(),
-        ErrorKind::TooManyLinks | ErrorKind::PermissionDenied
-    ) || err.raw_os_error() == Some(libc::EPERM)
 }
 
 /// Remove a tree whose directories may be read-only. In a shared store a tree another user made

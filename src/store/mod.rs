@@ -434,6 +434,17 @@ impl Store {
 
     /// Open the store at `root` only if one exists there; never creates anything (for dry runs).
     pub fn open_existing(root: &Path) -> Result<Option<Store>> {
+        if root.is_dir()
+            && rustix::fs::access(
+                root,
+                rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+            )
+            .is_err()
+        {
+            return Err(StoreError::NoAccess {
+                root: root.to_path_buf(),
+            });
+        }
         if root.join(layout::VERSION).is_file() {
             return Store::open(root).map(Some);
         }

@@ -142,12 +142,15 @@ impl Store {
                             Ok(digest) => {
                                 let object =
                                     std::fs::metadata(self.object_path(&digest, executable));
-                                // In a shared store a file may be its own copy of another
-                                // user's object (the kernel forbids linking it).
-                                let linked = object.is_ok_and(|o| {
-                                    o.ino() == meta.ino()
-                                        || (self.is_shared() && o.uid() != meta.uid())
-                                });
+                                // In a shared store a file may be linked to its owner's own
+                                // object of those bytes (see `Store::mine`).
+                                let own = std::path::PathBuf::from(format!(
+                                    "{}.u{}",
+                                    self.object_path(&digest, executable).display(),
+                                    meta.uid()
+                                ));
+                                let linked = object.is_ok_and(|o| o.ino() == meta.ino())
+                                    || std::fs::metadata(own).is_ok_and(|o| o.ino() == meta.ino());
                                 if !linked {
                                     check.missing_objects.push(at.display().to_string());
                                 }
@@ -287,6 +290,11 @@ impl Store {
 fn object_matches(path: &Path) -> bool {
     let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
+    };
+    // `<digest>[.x][.u<uid>]`: a member's own object in a shared store carries its uid.
+    let file = match file.rsplit_once(".u") {
+        Some((head, uid)) if !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()) => head,
+        _ => file,
     };
     let expected = file.strip_suffix(".x").unwrap_or(file);
     let Ok(meta) = std::fs::metadata(path) else {

@@ -15,6 +15,7 @@ mod realize;
 mod resolve;
 mod run;
 mod s3;
+mod shared;
 mod spec;
 mod store_add;
 mod store_crash;

@@ -13,9 +13,9 @@ use crate::support::git::{Entry, TestRepo};
 use crate::support::http::{Route, TestServer};
 use crate::support::*;
 
-const STANDIN: &[u8] = include_bytes!("../standin/main.py");
+pub(crate) const STANDIN: &[u8] = include_bytes!("../standin/main.py");
 
-const INVERT_NODE: &[u8] = b"class InvertImage:
+pub(crate) const INVERT_NODE: &[u8] = b"class InvertImage:
     @classmethod
     def INPUT_TYPES(cls):
         return {'required': {'images': ('IMAGE',)}}
@@ -37,7 +37,7 @@ struct Rig {
     tmp: PathBuf,
 }
 
-fn workflow_ok() -> Value {
+pub(crate) fn workflow_ok() -> Value {
     json!({
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
         "2": {"class_type": "ModelNoise", "inputs": {"model": ["1", 0], "seed": 7}},
