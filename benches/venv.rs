@@ -8,6 +8,8 @@
 //!   each iteration's set one tiny package larger (a new venv path each time).
 //! - `uv_venv_and_install`: `uv venv --relocatable` + `uv pip install --offline --link-mode
 //!   hardlink --no-index --find-links <wheels> --require-hashes --no-deps`, warm cache.
+//! - `uv_venv_and_install_compiled`: the same with `--compile-bytecode` — the fair baseline since
+//!   comfix's venvs carry bytecode for every module (so nothing run from them writes into the store).
 //! - `uv_install_only`: the same install into a venv created in the (untimed) setup.
 //! - `comfix_venv_already_stored`: `build_venv` when the store has the venv: no rebuild.
 //!
@@ -130,9 +132,14 @@ fn uv_venv(f: &Fixture, venv: &Path) {
 }
 
 fn uv_install(f: &Fixture, venv: &Path) {
+    uv_install_with(f, venv, &[]);
+}
+
+fn uv_install_with(f: &Fixture, venv: &Path, extra: &[&str]) {
     run(f
         .uv
         .command(["pip", "install", "--quiet", "--python"])
+        .args(extra)
         .arg(venv.join("bin/python"))
         .args(["--offline", "--link-mode", "hardlink", "--no-index"])
         .args(["--require-hashes", "--no-deps", "--find-links"])
@@ -231,6 +238,20 @@ fn bench(c: &mut Criterion) {
             |venv| {
                 uv_venv(&f, &venv);
                 uv_install(&f, &venv);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("uv_venv_and_install_compiled", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                sync();
+                f.dir.join(format!("venv-{n}"))
+            },
+            |venv| {
+                uv_venv(&f, &venv);
+                uv_install_with(&f, &venv, &["--compile-bytecode"]);
             },
             BatchSize::PerIteration,
         )

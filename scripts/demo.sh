@@ -6,18 +6,23 @@
 # `comfix realize` it into a home (resolving it into a lock and a fresh store first); realize it
 # again (a no-op check); show the home's status and verify the store. The core and the node pack
 # require small generated pure-Python packages, resolved and installed from a local wheel
-# directory (`--wheels-dir`) into the home's `.venv`. That needs uv (`$COMFIX_UV` or `uv` on PATH;
-# `.ci/run` installs the pinned one); without uv the demo leaves the Python environment out.
+# directory (`--wheels-dir`) into the home's `.venv`. That needs uv: `$COMFIX_UV`, `uv` on PATH, or
+# the project's own `.tools/bin/uv` (`scripts/test-tools.sh` installs the pinned one there, never
+# into the system Python); without uv the demo leaves the Python environment out.
+# Then what comfix is for: a second version sharing the first one's bytes (`store du`), removed
+# and collected (`gc`), and the first exported and realized `--offline` into a second store.
 #
 # Usage: scripts/demo.sh [WORKDIR]   (default: a new temporary directory, printed at the end)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
+echo "== building comfix (release; the first build takes minutes on 2 cores)"
+cargo build --release
 work="${1:-$(mktemp -d -t comfix-demo-XXXXXX)}"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
 bin="$PWD/target/release/comfix"
+echo "comfix is at $bin (install it on PATH with: cargo install --path .)"
 comfix() { "$bin" --store "$work/store" "$@"; }
 
 echo "== comfix spec check sample"
@@ -36,9 +41,13 @@ mkdir -p "$src/ComfyUI/comfy" "$src/ComfyUI-GGUF"
 printf 'import comfy\nprint("ComfyUI")\n' > "$src/ComfyUI/main.py"
 have_uv=true
 if [ -z "${COMFIX_UV:-}" ] && ! command -v uv >/dev/null 2>&1; then
-  have_uv=false
-  echo "warning: uv is not installed; the demo realizes without a Python environment" >&2
-  echo "         (install it with: python3 -m pip install uv==0.13.8)" >&2
+  if [ -x "$PWD/.tools/bin/uv" ]; then
+    export COMFIX_UV="$PWD/.tools/bin/uv"
+  else
+    have_uv=false
+    echo "warning: uv is not installed; the demo realizes without a Python environment" >&2
+    echo "         (scripts/test-tools.sh installs the pinned uv into .tools/, not the system Python)" >&2
+  fi
 fi
 if $have_uv; then
   printf '# the core needs\ndemo-tensors>=1.0\n' > "$src/ComfyUI/requirements.txt"
@@ -129,6 +138,27 @@ echo "== comfix realize again, --offline: nothing changed, so nothing to do"
 comfix realize --offline --spec "$work/versions/demo.json" --target "$work/home" "${wheels_args[@]}"
 echo "== comfix status"
 comfix status --target "$work/home"
-echo "== comfix store verify --check-contents"
+if $have_uv; then
+  echo "== run as this user (root included), without PYTHONDONTWRITEBYTECODE: the venv's bytecode is in the store"
+  env -u PYTHONDONTWRITEBYTECODE "$work/home/.venv/bin/python" -c 'import demo_gguf_reader; print("imported")'
+fi
+echo "== comfix store verify --check-contents (nothing the home ran changed the store)"
 comfix store verify --check-contents
-echo "demo home: $work/home  store: $work/store"
+
+echo "== a second version: the same core and models, without the node pack"
+sed -e 's/"version_id": "demo"/"version_id": "demo-lite"/' \
+  -e 's/"custom_nodes": \[ { "repo": "[^"]*", "name": "gguf" } \]/"custom_nodes": []/' \
+  "$work/versions/demo.json" > "$work/versions/demo-lite.json"
+comfix realize --spec "$work/versions/demo-lite.json" --target "$work/home-lite" "${wheels_args[@]}"
+echo "== comfix store du: the models and the core are stored once for both homes"
+comfix store du
+echo "== the second home goes; comfix gc frees what only it used (no grace period for the demo)"
+rm -rf "$work/home-lite"
+comfix gc --home-grace 0s
+echo "== comfix export demo, then import and realize --offline into a second, empty store"
+comfix export --spec "$work/versions/demo.json" -o "$work/demo.tar.zst"
+mkdir -p "$work/elsewhere"
+(cd "$work/elsewhere" && "$bin" --store "$work/store-2" import --no-check-sigs "$work/demo.tar.zst")
+(cd "$work/elsewhere" && "$bin" --store "$work/store-2" realize demo --offline --target "$work/home-2")
+"$bin" --store "$work/store-2" status --target "$work/home-2"
+echo "demo home: $work/home  store: $work/store  imported: $work/home-2 from $work/store-2"

@@ -566,3 +566,80 @@ fn user_files_follow_the_umask_and_secrets_stay_private() {
         stderr(&out)
     );
 }
+
+/// A path changed since it was registered (here: `__pycache__/` written into the core's checkout,
+/// as a root process could) is not shipped: `export` and `store copy --to` fail naming it and the
+/// repair, and leave no archive or cache entry behind; once repaired, both work.
+#[test]
+fn export_and_copy_refuse_a_path_that_no_longer_verifies() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(w.env.path("home"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(w.env.work.join("versions/v1.lock.json")).unwrap(),
+    )
+    .unwrap();
+    let core = w
+        .env
+        .store
+        .join("paths")
+        .join(lock["comfy"]["store_path"].as_str().unwrap());
+    fs::set_permissions(&core, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(core.join("__pycache__")).unwrap();
+    fs::write(core.join("__pycache__/main.cpython-311.pyc"), b"bytecode").unwrap();
+    fs::set_permissions(&core, fs::Permissions::from_mode(0o555)).unwrap();
+
+    let archive = w.env.path("v1.tar.zst");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "`{}` does not match its registration",
+            core.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("store verify --repair"), "{err}");
+    assert!(!archive.exists(), "no archive is left");
+    let cache = w.env.path("cache");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "copy", "--to"])
+        .arg(&cache)
+        .arg("v1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match its registration"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = w
+        .cmd(&w.env.store)
+        .args(["store", "verify", "--check-contents", "--repair"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "-o"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
