@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -626,42 +625,39 @@ fn write_entry<R: Read>(
         entry: shown.to_string(),
         reason: reason.to_string(),
     };
-    let mut at = staging.to_path_buf();
-    for (i, part) in parts.iter().enumerate() {
-        at.push(part);
-        let last = i + 1 == parts.len();
-        if !last {
-            match fs::symlink_metadata(&at) {
-                Ok(meta) if meta.is_dir() => {}
-                Ok(_) => {
-                    return Err(unsafe_entry(
-                        "it would be written through a symlink or a file",
-                    ))
-                }
-                Err(_) => {
-                    return Err(unsafe_entry(
-                        "its directory is not in the archive before it",
-                    ))
-                }
-            }
+    // Every create is beneath the staging directory, no symlink followed (a path's own links
+    // may point anywhere — a venv's `python` does — but nothing is written through them).
+    let mut beneath = crate::files::Beneath::new(staging)
+        .map_err(|e| io(staging)(std::io::Error::other(e.to_string())))?;
+    let rel: PathBuf = parts.iter().collect();
+    let at = staging.join(&rel);
+    let refused = |e: crate::files::BeneathError| match e {
+        crate::files::BeneathError::Through(_) => {
+            unsafe_entry("it would be written through a symlink or a file")
         }
-    }
-    if fs::symlink_metadata(&at).is_ok() {
-        return Err(unsafe_entry("it is in the archive twice"));
-    }
+        crate::files::BeneathError::Exists(_) => unsafe_entry("it is in the archive twice"),
+        crate::files::BeneathError::NotRelative(_) => {
+            unsafe_entry("an archive name must be relative, without `..`")
+        }
+        crate::files::BeneathError::Io { path, source } => io(path)(source),
+    };
     let header = entry.header().clone();
     match header.entry_type() {
-        tar::EntryType::Directory => fs::create_dir(&at).map_err(io(&at))?,
+        tar::EntryType::Directory => {
+            if fs::symlink_metadata(&at).is_ok() {
+                return Err(unsafe_entry("it is in the archive twice"));
+            }
+            beneath.create_dir_all(&rel).map_err(refused)?
+        }
         tar::EntryType::Regular => {
-            let file = fs::File::create_new(&at).map_err(io(&at))?;
+            let executable = header.mode().map_err(damaged)? & 0o111 != 0;
+            let mode = if executable { 0o755 } else { 0o644 };
+            let file = beneath.create_file(&rel, mode).map_err(refused)?;
             // Large writes: a model is gigabytes, and 8 KiB writes cost more than the bytes.
             let mut out = std::io::BufWriter::with_capacity(1 << 20, Streamed::new(file));
             std::io::copy(entry, &mut out).map_err(damaged)?;
             out.flush().map_err(io(&at))?;
             let digest = out.get_ref().hasher.finalize();
-            let executable = header.mode().map_err(damaged)? & 0o111 != 0;
-            let mode = if executable { 0o755 } else { 0o644 };
-            fs::set_permissions(&at, fs::Permissions::from_mode(mode)).map_err(io(&at))?;
             return Ok(Some(*digest.as_bytes()));
         }
         tar::EntryType::Symlink => {
@@ -669,7 +665,7 @@ fn write_entry<R: Read>(
                 .link_name()
                 .map_err(damaged)?
                 .ok_or_else(|| unsafe_entry("a symlink without a target"))?;
-            std::os::unix::fs::symlink(&*target, &at).map_err(io(&at))?;
+            beneath.symlink(&rel, &target).map_err(refused)?;
         }
         other => {
             return Err(unsafe_entry(&format!(

@@ -51,3 +51,293 @@ mod tests {
         assert_ne!(mode, 0o600);
     }
 }
+
+/// A directory that untrusted names are written beneath (a registry's zip, a closure archive, a
+/// cache's archive): every directory and file is created or opened one component at a time from
+/// the destination's descriptor, each with `O_NOFOLLOW`, so no symlink — one the archive made, or
+/// one planted beside it — is ever followed, and nothing lands outside. The per-component walk
+/// works on every kernel (`openat2`'s `RESOLVE_BENEATH` would do the same walk in the kernel);
+/// the directory last walked is kept open, as archives list a directory's entries together.
+pub struct Beneath {
+    root: std::path::PathBuf,
+    root_fd: std::os::fd::OwnedFd,
+    last: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+}
+
+/// Why a name could not be written beneath the destination.
+#[derive(Debug, thiserror::Error)]
+pub enum BeneathError {
+    #[error("`{}` is not a plain relative name (absolute, `..`, or empty)", .0.display())]
+    NotRelative(std::path::PathBuf),
+    #[error("`{}` would be written through a symlink or a file", .0.display())]
+    Through(std::path::PathBuf),
+    #[error("`{}` exists already", .0.display())]
+    Exists(std::path::PathBuf),
+    #[error("I/O error on `{}`: {source}", .path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Beneath {
+    /// `root`, created when missing (itself trusted: the caller's own staging directory).
+    pub fn new(root: &Path) -> Result<Beneath, BeneathError> {
+        let io = |source: std::io::Error| BeneathError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(root).map_err(io)?;
+        let root_fd = rustix::fs::open(
+            root,
+            rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io(e.into()))?;
+        Ok(Beneath {
+            root: root.to_path_buf(),
+            root_fd,
+            last: None,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The plain components of `rel`, or an error.
+    fn parts(rel: &Path) -> Result<Vec<&std::ffi::OsStr>, BeneathError> {
+        let mut parts = Vec::new();
+        for component in rel.components() {
+            match component {
+                std::path::Component::Normal(part) => parts.push(part),
+                std::path::Component::CurDir => {}
+                _ => return Err(BeneathError::NotRelative(rel.to_path_buf())),
+            }
+        }
+        if parts.is_empty() {
+            return Err(BeneathError::NotRelative(rel.to_path_buf()));
+        }
+        Ok(parts)
+    }
+
+    /// Open (creating when `create`) the directory `parts` beneath the root, never through a
+    /// symlink. Returns a descriptor to it.
+    fn dir(
+        &mut self,
+        rel: &Path,
+        parts: &[&std::ffi::OsStr],
+        create: bool,
+    ) -> Result<std::os::fd::OwnedFd, BeneathError> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::AsFd;
+        let joined: std::path::PathBuf = parts.iter().collect();
+        if let Some((path, fd)) = &self.last {
+            if *path == joined {
+                return fd.try_clone().map_err(|source| BeneathError::Io {
+                    path: self.root.join(&joined),
+                    source,
+                });
+            }
+        }
+        let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+        let mut fd = self
+            .root_fd
+            .try_clone()
+            .map_err(|source| BeneathError::Io {
+                path: self.root.clone(),
+                source,
+            })?;
+        for part in parts {
+            let opened = match rustix::fs::openat(fd.as_fd(), *part, flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(fd.as_fd(), *part, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(BeneathError::Io {
+                                path: self.root.join(rel),
+                                source: e.into(),
+                            })
+                        }
+                    }
+                    rustix::fs::openat(fd.as_fd(), *part, flags, Mode::empty())
+                }
+                other => other,
+            };
+            fd = match opened {
+                Ok(next) => next,
+                // A symlink (O_NOFOLLOW), or a file where a directory must be.
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                    return Err(BeneathError::Through(rel.to_path_buf()))
+                }
+                Err(e) => {
+                    return Err(BeneathError::Io {
+                        path: self.root.join(rel),
+                        source: e.into(),
+                    })
+                }
+            };
+        }
+        if let Ok(copy) = fd.try_clone() {
+            self.last = Some((joined, copy));
+        }
+        Ok(fd)
+    }
+
+    /// Create the directory `rel` and its parents beneath the root.
+    pub fn create_dir_all(&mut self, rel: &Path) -> Result<(), BeneathError> {
+        let parts = Self::parts(rel)?;
+        self.dir(rel, &parts, true).map(|_| ())
+    }
+
+    /// Create the new regular file `rel` (its parents created), with exactly `mode` (the
+    /// archive's executable bit must survive any umask); refused when anything is there already.
+    pub fn create_file(&mut self, rel: &Path, mode: u32) -> Result<std::fs::File, BeneathError> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::AsFd;
+        let parts = Self::parts(rel)?;
+        let (name, parents) = parts.split_last().expect("at least one part");
+        let dir = if parents.is_empty() {
+            self.root_fd
+                .try_clone()
+                .map_err(|source| BeneathError::Io {
+                    path: self.root.clone(),
+                    source,
+                })?
+        } else {
+            self.dir(rel, parents, true)?
+        };
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(dir.as_fd(), *name, flags, Mode::from_raw_mode(mode)) {
+            Ok(fd) => {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| {
+                    BeneathError::Io {
+                        path: self.root.join(rel),
+                        source: e.into(),
+                    }
+                })?;
+                Ok(std::fs::File::from(fd))
+            }
+            Err(rustix::io::Errno::EXIST) => Err(BeneathError::Exists(rel.to_path_buf())),
+            Err(e) => Err(BeneathError::Io {
+                path: self.root.join(rel),
+                source: e.into(),
+            }),
+        }
+    }
+
+    /// Create the symlink `rel` → `target` (its parents created). Where the link points is not
+    /// checked here: see [`links_leaving`].
+    pub fn symlink(&mut self, rel: &Path, target: &Path) -> Result<(), BeneathError> {
+        use std::os::fd::AsFd;
+        let parts = Self::parts(rel)?;
+        let (name, parents) = parts.split_last().expect("at least one part");
+        let dir = if parents.is_empty() {
+            self.root_fd
+                .try_clone()
+                .map_err(|source| BeneathError::Io {
+                    path: self.root.clone(),
+                    source,
+                })?
+        } else {
+            self.dir(rel, parents, true)?
+        };
+        match rustix::fs::symlinkat(target, dir.as_fd(), *name) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => Err(BeneathError::Exists(rel.to_path_buf())),
+            Err(e) => Err(BeneathError::Io {
+                path: self.root.join(rel),
+                source: e.into(),
+            }),
+        }
+    }
+}
+
+/// The symlinks under `root` that lead outside it — directly (an absolute target, too many
+/// `..`) or through other symlinks of the tree — or that loop: each resolved within the tree as
+/// the kernel would, following the tree's own links. `(link, target)` pairs, sorted.
+pub fn links_leaving(
+    root: &Path,
+) -> std::io::Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    let mut leaving = Vec::new();
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !entry.file_type().is_symlink() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("under the root")
+            .to_path_buf();
+        let target = std::fs::read_link(entry.path())?;
+        if !resolves_inside(root, &rel) {
+            leaving.push((rel, target));
+        }
+    }
+    Ok(leaving)
+}
+
+/// Whether the symlink at `rel` under `root` resolves to a place inside `root`, following the
+/// tree's links (at most 40, as the kernel) and never looking outside it.
+fn resolves_inside(root: &Path, rel: &Path) -> bool {
+    use std::path::Component;
+    // The resolved location so far, as components under the root; and what is left to walk.
+    let mut at: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: std::collections::VecDeque<std::ffi::OsString> = rel
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(p) => Some(p.to_os_string()),
+            _ => None,
+        })
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop_front() {
+        if part == ".." {
+            if at.pop().is_none() {
+                return false;
+            }
+            continue;
+        }
+        if part == "." || part.is_empty() {
+            continue;
+        }
+        at.push(part);
+        let here: std::path::PathBuf = root.join(at.iter().collect::<std::path::PathBuf>());
+        let Ok(meta) = std::fs::symlink_metadata(&here) else {
+            // Dangling inside the tree: it points nowhere outside.
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return false;
+            }
+            let Ok(target) = std::fs::read_link(&here) else {
+                return false;
+            };
+            if target.is_absolute() {
+                return false;
+            }
+            at.pop();
+            let mut next: std::collections::VecDeque<std::ffi::OsString> = target
+                .components()
+                .map(|c| match c {
+                    Component::ParentDir => std::ffi::OsString::from(".."),
+                    Component::Normal(p) => p.to_os_string(),
+                    _ => std::ffi::OsString::from("."),
+                })
+                .collect();
+            next.extend(pending.drain(..));
+            pending = next;
+        }
+    }
+    true
+}

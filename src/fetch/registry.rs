@@ -128,9 +128,11 @@ pub async fn fetch(
 }
 
 /// Unpack `zip` into `dest` (created), refusing any entry that would land outside it: absolute
-/// paths, `..`, and symlinks whose target leaves the package. Writes `.tracking`.
+/// paths, `..`, entries written through a symlink (every create is beneath `dest`, no symlink
+/// followed: [`crate::files::Beneath`]), and symlinks that lead outside the package, directly or
+/// through the package's other links. Writes `.tracking`.
 pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
-    use std::os::unix::fs::PermissionsExt;
+    use crate::files::{Beneath, BeneathError};
     let bad = |message: String| FetchError::BadArchive {
         url: url.to_string(),
         message,
@@ -142,7 +144,18 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
     };
     let file = std::fs::File::open(zip).map_err(FetchError::io(zip))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-    std::fs::create_dir_all(dest).map_err(FetchError::io(dest))?;
+    let mut beneath = Beneath::new(dest).map_err(|e| match e {
+        BeneathError::Io { path, source } => FetchError::io(path)(source),
+        other => bad(other.to_string()),
+    })?;
+    let refused = |raw: &str, e: BeneathError| match e {
+        BeneathError::Through(_) => {
+            unsafe_entry(raw, "would be written through a symlink or a file")
+        }
+        BeneathError::Exists(_) => unsafe_entry(raw, "collides with an earlier entry"),
+        BeneathError::NotRelative(_) => unsafe_entry(raw, "has a reserved name"),
+        BeneathError::Io { path, source } => FetchError::io(path)(source),
+    };
     let mut names = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
@@ -157,12 +170,8 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
             return Err(unsafe_entry(&raw, "has a reserved name"));
         }
         names.push(raw.clone());
-        let path = dest.join(&rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(FetchError::io(parent))?;
-        }
         if entry.is_dir() {
-            std::fs::create_dir_all(&path).map_err(FetchError::io(&path))?;
+            beneath.create_dir_all(&rel).map_err(|e| refused(&raw, e))?;
             continue;
         }
         let mode = entry.unix_mode().unwrap_or(0o644);
@@ -178,22 +187,33 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
                     &format!("is a symlink to `{target}`, outside the package"),
                 ));
             }
-            std::os::unix::fs::symlink(&target, &path).map_err(FetchError::io(&path))?;
+            beneath
+                .symlink(&rel, Path::new(&target))
+                .map_err(|e| refused(&raw, e))?;
             continue;
         }
-        // create_new: a second entry for the same path (or one through a symlink) is refused.
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|_| unsafe_entry(&raw, "collides with an earlier entry"))?;
-        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("`{raw}`: {e}")))?;
         let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(perm))
-            .map_err(FetchError::io(&path))?;
+        let mut out = beneath
+            .create_file(&rel, perm)
+            .map_err(|e| refused(&raw, e))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("`{raw}`: {e}")))?;
     }
-    let tracking = dest.join(".tracking");
-    std::fs::write(&tracking, names.join("\n")).map_err(FetchError::io(&tracking))?;
+    // Each link resolved as the kernel would, through the package's other links.
+    let leaving = crate::files::links_leaving(dest).map_err(FetchError::io(dest))?;
+    if let Some((link, target)) = leaving.first() {
+        return Err(unsafe_entry(
+            &link.display().to_string(),
+            &format!(
+                "is a symlink to `{}`, which leads outside the package (through its other links)",
+                target.display()
+            ),
+        ));
+    }
+    let mut tracking = beneath
+        .create_file(Path::new(".tracking"), 0o644)
+        .map_err(|e| refused(".tracking", e))?;
+    std::io::Write::write_all(&mut tracking, names.join("\n").as_bytes())
+        .map_err(FetchError::io(dest.join(".tracking")))?;
     Ok(())
 }
 
@@ -258,5 +278,201 @@ mod tests {
         assert!(stays_inside(Path::new("a/b/../../c")));
         assert!(!stays_inside(Path::new("a/../../etc")));
         assert!(!stays_inside(Path::new("/etc")));
+    }
+
+    /// One zip entry: a directory, a file, or a symlink to a target.
+    #[derive(Debug, Clone)]
+    enum Item {
+        Dir(String),
+        File(String),
+        Link(String, String),
+    }
+
+    fn zip_of(items: &[Item]) -> Vec<u8> {
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        for item in items {
+            // The writer itself refuses some names; the fuzzer only needs what it accepts.
+            let _ = match item {
+                Item::Dir(name) => zip.add_directory(name, options),
+                Item::File(name) => zip
+                    .start_file(name, options)
+                    .and_then(|()| std::io::Write::write_all(&mut zip, b"x").map_err(Into::into)),
+                Item::Link(name, target) => zip.add_symlink(name, target, options),
+            };
+        }
+        zip.finish().unwrap().into_inner()
+    }
+
+    /// Everything under `dir` (relative paths), not following links.
+    fn listing(dir: &Path) -> Vec<std::path::PathBuf> {
+        walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter()
+            .flatten()
+            .map(|e| e.path().strip_prefix(dir).unwrap().to_path_buf())
+            .collect()
+    }
+
+    /// Unpack `items` into `sandbox/dest` beside `sandbox/outside` (a directory with a file);
+    /// check nothing outside `dest` changed, and, when unpacked, that every link stays inside.
+    fn unpack_contained(sandbox: &Path, items: &[Item]) -> Result<(), super::FetchError> {
+        let outside = sandbox.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep.txt"), b"keep").unwrap();
+        let before = listing(sandbox);
+        let zip = sandbox.join("package.zip");
+        std::fs::write(&zip, zip_of(items)).unwrap();
+        let dest = sandbox.join("dest");
+        let result = super::unpack(&zip, &dest, "http://127.0.0.1/package.zip");
+        let after: Vec<_> = listing(sandbox)
+            .into_iter()
+            .filter(|p| !p.starts_with("dest") && p != Path::new("package.zip"))
+            .collect();
+        let before: Vec<_> = before
+            .into_iter()
+            .filter(|p| !p.starts_with("dest"))
+            .collect();
+        assert_eq!(
+            after, before,
+            "something was written outside `dest`: {items:?}"
+        );
+        assert_eq!(std::fs::read(outside.join("keep.txt")).unwrap(), b"keep");
+        if result.is_ok() {
+            for link in listing(&dest) {
+                let at = dest.join(&link);
+                if std::fs::symlink_metadata(&at)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+                {
+                    if let Ok(real) = std::fs::canonicalize(&at) {
+                        let root = std::fs::canonicalize(&dest).unwrap();
+                        assert!(
+                            real.starts_with(&root),
+                            "{link:?} leads to {real:?}: {items:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dest);
+        let _ = std::fs::remove_file(&zip);
+        result
+    }
+
+    /// The five-entry zip that escaped before: a link to `..`, a chain of links through it, and
+    /// a file written through the chain. Refused; nothing lands outside.
+    #[test]
+    fn a_chain_of_links_cannot_carry_a_file_outside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandbox = tmp.path().join("a/b/c");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let items = [
+            Item::Dir("d/".into()),
+            Item::Link("d/l".into(), "..".into()),
+            Item::Link("d/l/d/l/d/l/E".into(), "../../../..".into()),
+            Item::File("d/l/d/l/d/l/E/pwned.txt".into()),
+            Item::File("pyproject.toml".into()),
+        ];
+        let err = unpack_contained(&sandbox, &items).unwrap_err();
+        assert!(err.to_string().contains("through a symlink"), "{err}");
+        assert!(!tmp.path().join("a/pwned.txt").exists());
+        // Links that only lead out through other links are refused too.
+        let items = [
+            Item::Dir("d/".into()),
+            Item::Link("d/up".into(), "..".into()),
+            Item::Link("x".into(), "d/up/d/up/..".into()),
+        ];
+        let err = unpack_contained(&sandbox, &items).unwrap_err();
+        assert!(err.to_string().contains("outside the package"), "{err}");
+        // A link planted beside an entry's directory before it: never followed.
+        let items = [
+            Item::Link("e".into(), "d".into()),
+            Item::Dir("d/".into()),
+            Item::File("e/f.txt".into()),
+        ];
+        let err = unpack_contained(&sandbox, &items).unwrap_err();
+        assert!(err.to_string().contains("through a symlink"), "{err}");
+        // What stays inside unpacks.
+        let items = [
+            Item::Dir("d/".into()),
+            Item::File("d/a.py".into()),
+            Item::Link("d/b.py".into(), "a.py".into()),
+            Item::Link("top".into(), "d/../d/a.py".into()),
+        ];
+        unpack_contained(&sandbox, &items).unwrap();
+    }
+
+    /// A few thousand generated archives — links to `..` and to each other, chains, loops,
+    /// duplicate names, case twins, long names, files under links — never write outside the
+    /// destination, and every one that unpacks keeps its links inside.
+    #[test]
+    fn generated_archives_never_escape() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sandbox = tmp.path().join("s/t/u");
+        std::fs::create_dir_all(&sandbox).unwrap();
+        let mut rng = blake3::Hasher::new().update(b"comfix-fuzz").finalize_xof();
+        let mut byte = || {
+            let mut b = [0u8; 1];
+            rng.fill(&mut b);
+            b[0] as usize
+        };
+        let names = [
+            "a",
+            "b",
+            "A",
+            "d",
+            "d/a",
+            "d/b",
+            "d/d",
+            "a/b",
+            "a/b/c",
+            "x",
+            &"n".repeat(200),
+        ];
+        let targets = [
+            "..",
+            "../..",
+            "../../..",
+            "a",
+            "d",
+            "d/a",
+            ".",
+            "a/..",
+            "d/../..",
+            "b/../..",
+            "/tmp",
+            "x/y",
+            "d/d/..",
+            "../u/dest",
+            "../../t/u/outside",
+        ];
+        let (mut unpacked, mut refused) = (0, 0);
+        for _ in 0..2000 {
+            let count = 1 + byte() % 6;
+            let mut items = Vec::new();
+            for _ in 0..count {
+                let mut name = names[byte() % names.len()].to_string();
+                if byte() % 4 == 0 {
+                    name = format!("{}/{}", names[byte() % names.len()], name);
+                }
+                items.push(match byte() % 3 {
+                    0 => Item::Dir(format!("{name}/")),
+                    1 => Item::File(name),
+                    _ => Item::Link(name, targets[byte() % targets.len()].to_string()),
+                });
+            }
+            match unpack_contained(&sandbox, &items) {
+                Ok(()) => unpacked += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(
+            unpacked > 100 && refused > 100,
+            "{unpacked} unpacked, {refused} refused"
+        );
     }
 }
