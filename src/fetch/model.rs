@@ -290,6 +290,7 @@ fn already_in_store(
     store: &Store,
     request: &ModelRequest,
     blake3: Option<&Expected>,
+    sha256: Option<&Expected>,
     file_name: Option<&str>,
     url: impl FnOnce() -> Option<(String, Option<String>)>,
 ) -> Result<Option<FetchedModel>, FetchError> {
@@ -299,6 +300,8 @@ fn already_in_store(
     let Ok(digest) = blake3::Hash::from_hex(&expected.hex) else {
         return Ok(None);
     };
+    // A SHA-256 the spec demands is checked against the bytes, which means reading them: only the
+    // lock's and the source's own (which came with this BLAKE3) are taken as they are.
     if request
         .sha256
         .as_ref()
@@ -332,7 +335,7 @@ fn already_in_store(
         revision,
         file_name: file_name.to_string(),
         size: record.size,
-        sha256: request.sha256.as_ref().map(|e| e.hex.clone()),
+        sha256: sha256.map(|e| e.hex.clone()),
         blake3: expected.hex.clone(),
         store_path: record.name,
     }))
@@ -392,14 +395,24 @@ pub async fn fetch(
             crate::spec::has_model_extension(&request.derived_name)
                 .then(|| request.derived_name.clone())
         });
-    if let Some(stored) = already_in_store(
-        store,
-        request,
-        request.blake3.as_ref(),
-        known_name.as_deref(),
-        || unasked_url(client.config(), request, kind),
-    )? {
-        return Ok(stored);
+    // Not asking the source is right only when asking would add nothing to the lock: the lock
+    // pinned it already, the source reports nothing (a URL, a file), or nothing may be asked
+    // (offline). Otherwise a warm store would give another lock (no commit, no SHA-256) than an
+    // empty one: a lock is a function of the spec and the sources, never of the store.
+    let asking_adds_nothing = request.pinned.is_some()
+        || matches!(kind, SourceKind::Url(_) | SourceKind::File(_))
+        || client.config().offline;
+    if asking_adds_nothing {
+        if let Some(stored) = already_in_store(
+            store,
+            request,
+            request.blake3.as_ref(),
+            request.sha256.as_ref(),
+            known_name.as_deref(),
+            || unasked_url(client.config(), request, kind),
+        )? {
+            return Ok(stored);
+        }
     }
     if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
@@ -429,6 +442,7 @@ pub async fn fetch(
         store,
         request,
         blake3.as_ref(),
+        sha256.as_ref(),
         fixed_name.as_deref(),
         || Some(pinned_url),
     )? {

@@ -159,7 +159,7 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
     let mut names = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
         let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
-        let raw = entry.name().to_string();
+        let raw = entry.name().map_err(|e| bad(e.to_string()))?.to_string();
         let rel = safe_relative(&raw).ok_or_else(|| {
             unsafe_entry(
                 &raw,

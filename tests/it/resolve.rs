@@ -833,3 +833,89 @@ fn offline_uses_the_store_or_lists_everything_missing() {
     }
     assert_eq!(w.total_requests(), served, "offline touched the network");
 }
+
+/// A lock is a function of the spec and the sources: the same spec — git, registry, Hugging Face
+/// (with its BLAKE3 in the spec, so the store may be searched by it), CivitAI, a URL, a local
+/// file, Python wheels and a workflow — gives the same lock bytes on an empty store, on a warm
+/// one, after a collection, and on a store that holds the model files from elsewhere.
+#[test]
+fn the_lock_is_the_same_on_empty_warm_and_collected_stores() {
+    let w = World::new();
+    let index = TestServer::start();
+    let index_url = crate::support::wheels::serve_index(&index, &crate::python::packages());
+    let local = w.env.path("local/vae.safetensors");
+    std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+    std::fs::write(&local, pseudo_random(100_000, 7)).unwrap();
+    let mut spec = w.default_spec();
+    spec["models"][0]["blake3"] = json!(blake3_hex(&w.model));
+    spec["models"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "source": format!("file://{}", local.display()), "target_subdir": "vae" }));
+    spec["python"] =
+        json!({ "version": crate::python::python_version(), "requirements": ["beta"] });
+    spec["workflows"] = json!(["workflows/w.json"]);
+    w.write_spec(&spec);
+    std::fs::create_dir_all(w.env.work.join("versions/workflows")).unwrap();
+    std::fs::write(w.env.work.join("versions/workflows/w.json"), b"{\"1\": {}}").unwrap();
+    let lock_file = w.env.work.join("versions/v1.lock.json");
+    let resolve = |store: &Path| -> String {
+        let _ = std::fs::remove_file(&lock_file);
+        let out = w
+            .cmd(store)
+            .env("UV_DEFAULT_INDEX", &index_url)
+            .args(["resolve", "v1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read_to_string(&lock_file).unwrap()
+    };
+    let empty = resolve(&w.env.store);
+    let lock: Value = serde_json::from_str(&empty).unwrap();
+    assert!(
+        lock["models"][1]["sha256"].is_string(),
+        "CivitAI's SHA-256: {lock}"
+    );
+    assert!(
+        lock["models"][0]["sha256"].is_string(),
+        "Hugging Face's SHA-256: {lock}"
+    );
+    assert_eq!(
+        resolve(&w.env.store),
+        empty,
+        "a warm store gives another lock"
+    );
+    let out = w
+        .cmd(&w.env.store)
+        .args(["gc", "--home-grace", "0s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        resolve(&w.env.store),
+        empty,
+        "a collected store gives another lock"
+    );
+    // A store that holds the model files already, added from elsewhere under their names.
+    let other = w.env.path("other-store");
+    let files = w.env.path("elsewhere");
+    std::fs::create_dir_all(&files).unwrap();
+    for (name, bytes) in [
+        ("unet.safetensors", &w.model),
+        ("detail.safetensors", &w.lora),
+    ] {
+        std::fs::write(files.join(name), bytes).unwrap();
+        let out = w
+            .cmd(&other)
+            .args(["store", "add"])
+            .arg(files.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(
+        resolve(&other),
+        empty,
+        "a store holding the files gives another lock"
+    );
+}
