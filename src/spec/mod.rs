@@ -386,18 +386,42 @@ impl Spec {
             Err(err) if err.inner().is_syntax() || err.inner().is_eof() => {
                 return Err(validate::deserialize_error(err, path))
             }
-            // Every unknown field at once: each is reported and taken out, and parsing goes on.
+            // Every problem at once: an unknown field is reported and taken out; a value of the
+            // wrong type is reported and stood in for by a placeholder of a type that fits
+            // (`null`, `""`, `false`, `0`, `[]`, `{}` in turn), and parsing goes on. What the
+            // placeholders then fail in validation is not reported again.
             Err(mut err) => {
+                const PLACEHOLDERS: [fn() -> serde_json::Value; 6] = [
+                    || serde_json::Value::Null,
+                    || serde_json::Value::String(String::new()),
+                    || serde_json::Value::Bool(false),
+                    || serde_json::json!(0),
+                    || serde_json::json!([]),
+                    || serde_json::json!({}),
+                ];
                 let mut value: serde_json::Value =
                     serde_json::from_str(text).expect("the text is JSON (no syntax error)");
-                loop {
+                let mut tried: BTreeMap<String, usize> = BTreeMap::new();
+                let spec: Spec = loop {
+                    let at = err.path().to_string();
                     let unknown = err.inner().to_string().starts_with("unknown field");
-                    let removed = unknown && remove_at(&mut value, err.path());
-                    match validate::deserialize_error(err, path) {
-                        SpecError::Invalid { issues: found, .. } => issues.extend(found),
-                        other => return Err(other),
+                    let fixed = if unknown {
+                        remove_at(&mut value, err.path())
+                    } else {
+                        let attempt = tried.entry(at.clone()).or_insert(0);
+                        *attempt += 1;
+                        *attempt <= PLACEHOLDERS.len()
+                            && set_at(&mut value, err.path(), PLACEHOLDERS[*attempt - 1]())
+                    };
+                    // A placeholder that does not fit is not the spec's problem: reported once.
+                    let first = unknown || tried.get(&at).is_some_and(|n| *n == 1);
+                    if first {
+                        match validate::deserialize_error(err, path) {
+                            SpecError::Invalid { issues: found, .. } => issues.extend(found),
+                            other => return Err(other),
+                        }
                     }
-                    if !removed {
+                    if !fixed || tried.len() > 200 {
                         return Err(SpecError::Invalid {
                             path: path.to_path_buf(),
                             issues,
@@ -407,7 +431,20 @@ impl Spec {
                         Ok(spec) => break spec,
                         Err(next) => err = next,
                     }
-                }
+                };
+                let stood_in: Vec<String> = tried.into_keys().collect();
+                let found = validate::validate(&spec);
+                issues.extend(found.into_iter().filter(|issue| {
+                    !stood_in.iter().any(|p| {
+                        issue.field == *p
+                            || issue.field.starts_with(&format!("{p}."))
+                            || issue.field.starts_with(&format!("{p}["))
+                    })
+                }));
+                return Err(SpecError::Invalid {
+                    path: path.to_path_buf(),
+                    issues,
+                });
             }
         };
         issues.extend(validate::validate(&spec));
@@ -463,6 +500,29 @@ impl Spec {
     ) -> Result<ExpandedEnv, SpecError> {
         env::expand(&self.env, lookup)
     }
+}
+
+/// Replace the value at `path` with `new`; false if it is not there.
+fn set_at(
+    value: &mut serde_json::Value,
+    path: &serde_path_to_error::Path,
+    new: serde_json::Value,
+) -> bool {
+    use serde_path_to_error::Segment;
+    let mut at = value;
+    for segment in path.iter() {
+        let next = match segment {
+            Segment::Map { key } => at.get_mut(key.as_str()),
+            Segment::Seq { index } => at.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return false,
+        }
+    }
+    *at = new;
+    true
 }
 
 /// Remove the entry `path` names (an unknown field) from `value`; false if it is not there.

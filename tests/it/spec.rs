@@ -438,3 +438,33 @@ fn schema_matches_the_parser() {
         }
     }
 }
+
+/// Every problem of a spec in one run: unknown fields at three depths, a value of the wrong type
+/// (and an unknown field beside it in the same entry), and an absolute `target_subdir` — which
+/// is only found once the wrongly typed value no longer stops parsing.
+#[test]
+fn every_problem_of_a_spec_is_named_in_one_run() {
+    let env = TestEnv::new();
+    let result = check_value(&env, |spec| {
+        spec["colour"] = json!("blue");
+        spec["custom_nodes"][0]["branch"] = json!("main");
+        spec["models"][0]["required"] = json!("yes");
+        spec["models"][0]["checksum"] = json!("x");
+        spec["models"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "source": "hf://org/repo/b.safetensors", "target_subdir": "/etc" }));
+        spec["python"] = json!({ "version": "3.11", "extras": ["x"] });
+    });
+    assert_error(
+        result,
+        &[
+            "colour: unknown field",
+            "custom_nodes[0].branch: unknown field",
+            "models[0].required: invalid type: string \"yes\", expected a boolean",
+            "models[0].checksum: unknown field",
+            "models[1].target_subdir: `/etc` must be a folder",
+            "python.extras: unknown field",
+        ],
+    );
+}
