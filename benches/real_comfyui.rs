@@ -109,7 +109,7 @@ fn main() {
     for i in 0..2 {
         let store = work.join(format!("store-{i}"));
         let home = work.join(format!("home-{i}"));
-        ours.push(timed(comfix(
+        ours.push(timed(&mut comfix(
             &store,
             &[
                 "realize",

@@ -369,6 +369,34 @@ pub fn check_apart(
             return Err(RealizeError::StoreInside { what, path, store });
         }
     }
+    // Nor inside another home: a home's generations are its own (and the store or a second home
+    // inside one would be carried, copied or collected with it).
+    let target = resolved(target);
+    let inside_home = |path: &Path| {
+        path.ancestors()
+            .skip(1)
+            .find(|a| a.join(".comfix/generations").is_dir())
+            .map(Path::to_path_buf)
+    };
+    if let Some(home) = inside_home(&target) {
+        return Err(RealizeError::InsideHome {
+            what: "the home",
+            path: target,
+            home,
+        });
+    }
+    if let Some(home) = inside_home(&store).or_else(|| {
+        store
+            .join(".comfix/generations")
+            .is_dir()
+            .then(|| store.clone())
+    }) {
+        return Err(RealizeError::InsideHome {
+            what: "the store",
+            path: store,
+            home,
+        });
+    }
     Ok(())
 }
 

@@ -74,6 +74,12 @@ pub enum RealizeError {
     NoMirror { repo: String },
     #[error("Two entries of the version would be placed at `{at}`")]
     Conflict { at: String },
+    #[error("{what} `{}` is inside the comfix home `{}`", .path.display(), .home.display())]
+    InsideHome {
+        what: &'static str,
+        path: PathBuf,
+        home: PathBuf,
+    },
     #[error("{what} `{}` is inside the store `{}`", .path.display(), .store.display())]
     InsideStore {
         what: &'static str,
@@ -113,7 +119,9 @@ impl Hint for RealizeError {
             RealizeError::Conflict { .. } => {
                 Some("give the nodes or models different names or folders".into())
             }
-            RealizeError::InsideStore { .. } | RealizeError::StoreInside { .. } => Some(
+            RealizeError::InsideStore { .. }
+            | RealizeError::StoreInside { .. }
+            | RealizeError::InsideHome { .. } => Some(
                 "homes, models directories and stores never contain each other (the garbage collector would take one for the other): choose another `--target`, `--models-dir` or `--store`".into(),
             ),
             RealizeError::Damaged { .. } => Some(

@@ -137,6 +137,11 @@ impl Store {
                     if mode != wanted {
                         check.bad_modes.push(at.display().to_string());
                     }
+                    // Without hashing: a file no object links (its link count is 1) lost its
+                    // object. (Which object, and a file linked to the wrong one, need its bytes.)
+                    if !check_contents && meta.nlink() < 2 {
+                        check.missing_objects.push(at.display().to_string());
+                    }
                     if check_contents {
                         match tree::hash_file(&at, size) {
                             Ok(digest) => {

@@ -1328,3 +1328,37 @@ fn local_models_are_cloned_where_the_filesystem_can() {
         .join(lock["models"][0]["store_path"].as_str().unwrap());
     assert_eq!(fs::read(stored).unwrap(), model);
 }
+
+/// Homes and stores never contain each other, another home included: a home inside a home, and a
+/// store inside a home, are refused before anything is written.
+#[test]
+fn a_home_or_a_store_inside_another_home_is_refused() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    let nested = home.join("data/second");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["realize", "v1", "--target"])
+        .arg(&nested)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is inside the comfix home"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!nested.exists());
+    let inner_store = home.join("data/store");
+    let out = w
+        .cmd(&inner_store)
+        .args(["realize", "v1", "--target"])
+        .arg(w.env.path("elsewhere"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the store"), "{}", stderr(&out));
+    assert!(!inner_store.exists(), "no store was made inside the home");
+}

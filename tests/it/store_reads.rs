@@ -102,6 +102,11 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
     let main_py = w.store_path(&core).join("main.py");
     let object = object_of(&w.env, &main_py);
     fs::remove_file(&object).unwrap();
+    // Found by a stat alone (its link count), without hashing anything.
+    let out = w.env.run(&["store", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("missing-object"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("main.py"), "{}", stdout(&out));
     let out = w.env.run(&["store", "verify", "--check-contents"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("missing-object"), "{}", stdout(&out));
