@@ -31,15 +31,17 @@ pub fn seed_mirrors(store: &Store, report: &snapshot::Report) -> Result<(), Fetc
 /// Put every model of the report into the store, each file read once, and record its BLAKE3 in
 /// the report. A model the store holds already (same name, size and bytes: a second snapshot of
 /// the same install) is hashed, not copied again. A file the local-file policy refuses or that
-/// cannot be read moves to `unreadable`; the install is never changed, but with `link_models`:
-/// then a file the store could take as a hard link (same filesystem, no other link) is taken so
-/// (no copy) and at once replaced by a link into the store, rooted by that link. Returns the
-/// files so replaced.
+/// cannot be read moves to `unreadable`; the install is never changed, but with `link_models`
+/// (the install's directory): then a file of the install itself — a regular file under that
+/// directory, not a link to one elsewhere (a Hugging Face cache's blob, a folder on another disk)
+/// — that the store could take as a hard link (same filesystem, no other link) is taken so (no
+/// copy) and at once replaced by a link into the store, rooted by that link. A file outside the
+/// install is copied: its mode and bytes stay its owner's. Returns the files so replaced.
 pub fn ingest_models(
     store: &Store,
     report: &mut snapshot::Report,
     reporter: &dyn Reporter,
-    link_models: bool,
+    link_models: Option<&Path>,
 ) -> Result<Vec<PathBuf>, FetchError> {
     let total = report.models.iter().map(|m| m.size).sum();
     reporter.start(
@@ -48,8 +50,13 @@ pub fn ingest_models(
     );
     let mut kept = Vec::new();
     let mut linked = Vec::new();
+    let root = link_models.map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()));
     for mut model in std::mem::take(&mut report.models) {
-        match ingest(store, &model, reporter, link_models) {
+        let belongs = root.as_ref().is_some_and(|root| {
+            std::fs::symlink_metadata(&model.path).is_ok_and(|m| m.is_file())
+                && std::fs::canonicalize(&model.path).is_ok_and(|real| real.starts_with(root))
+        });
+        match ingest(store, &model, reporter, belongs) {
             Ok((digest, link)) => {
                 model.blake3 = Some(digest);
                 linked.extend(link);

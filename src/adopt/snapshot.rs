@@ -155,6 +155,18 @@ pub fn scan(install: &Install, models_spec: &BTreeMap<String, String>) -> Report
         ));
     }
     nodes(&install.core.join("custom_nodes"), &mut report);
+    // Node folders `extra_model_paths.yaml` adds (its `custom_nodes:` entries), adopted as nodes.
+    if let Ok(text) = fs::read_to_string(install.core.join("extra_model_paths.yaml")) {
+        if let Ok(folders) = extra_node_folders(&text, &install.core) {
+            for folder in folders {
+                let folder = fs::canonicalize(&folder).unwrap_or(folder);
+                if folder != fs::canonicalize(install.core.join("custom_nodes")).unwrap_or_default()
+                {
+                    nodes(&folder, &mut report);
+                }
+            }
+        }
+    }
     models(&install.core, models_spec, &mut report);
     if let Some(venv) = &install.venv {
         report.python = python(venv, &mut report.warnings);
@@ -215,6 +227,32 @@ fn git_state(dir: &Path, warnings: &mut Vec<String>) -> Option<(String, String)>
     git_state_except(dir, &[], warnings)
 }
 
+/// `url` without a user name or password (`https://user:token@host/…` → `https://host/…`): a
+/// spec and its lock are shared and committed, and the store is readable by every user. Saying so
+/// in `warnings`; the token is given at resolve time (git's credential helper, or `GIT_TOKEN` /
+/// `GITHUB_TOKEN` / `GH_TOKEN`).
+pub(crate) fn without_credentials(url: &str, dir: &Path, warnings: &mut Vec<String>) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return url.to_string();
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return url.to_string();
+    }
+    if !matches!(parsed.scheme(), "http" | "https") {
+        // `ssh://git@host/…`: a user name, no secret.
+        if parsed.password().is_none() {
+            return url.to_string();
+        }
+    }
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    warnings.push(format!(
+        "`{}`: its remote URL carries credentials; they are left out of the spec (give the token at resolve time: git's credential helper, or `GIT_TOKEN`, `GITHUB_TOKEN` or `GH_TOKEN`)",
+        dir.display()
+    ));
+    parsed.to_string()
+}
+
 /// [`git_state`], not counting changes under the `skip` prefixes.
 fn git_state_except(
     dir: &Path,
@@ -232,7 +270,7 @@ fn git_state_except(
         let first = names.iter().flatten().next()?.to_string();
         repo.find_remote(&first).ok()
     })?;
-    let url = remote.url()?.to_string();
+    let url = without_credentials(remote.url()?, dir, warnings);
     let head = repo.head().ok()?.peel_to_commit().ok()?.id();
     let mut options = git2::StatusOptions::new();
     options
@@ -473,6 +511,11 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             .sort_by_file_name()
             .into_iter()
             .filter_entry(|e| {
+                // A repository inside a model folder (a node's, a model repo's clone) holds
+                // git's internals, never models — and maybe a token in `.git/config`.
+                if e.file_type().is_dir() && e.file_name() == ".git" {
+                    return false;
+                }
                 if !e.path_is_symlink() || !e.file_type().is_dir() {
                     return true;
                 }
@@ -740,7 +783,10 @@ pub fn spec(name: &str, report: &Report, dirty_as_dev: bool) -> Value {
             // without a download, and any other machine check what it downloads.
             let source = match (&m.known_source, &m.blake3) {
                 (Some(known), Some(_)) => known.clone(),
-                _ => format!("file://{}", m.path.display()),
+                // Percent-encoded: a file name may have spaces (`Realistic Vision V6.0.safetensors`).
+                _ => url::Url::from_file_path(&m.path)
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|()| format!("file://{}", m.path.display())),
             };
             let mut model = json!({
                 "source": source,
@@ -796,8 +842,26 @@ pub fn read_models_spec(path: &Path) -> Result<BTreeMap<String, String>, String>
 
 /// The folders an `extra_model_paths.yaml` names, as ComfyUI reads it: each section's
 /// `base_path` (relative to the file's directory), and each other key a folder type whose value
-/// holds one or more paths (one per line), relative to `base_path`.
+/// holds one or more paths (one per line), relative to `base_path`; `~` and `$VAR` / `${VAR}` are
+/// expanded in both, as ComfyUI does (`expanduser`, then `expandvars`). The key `custom_nodes`
+/// names node folders, not model folders: [`extra_node_folders`].
 pub fn extra_model_paths(text: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    Ok(extra_paths(text, dir)?
+        .into_iter()
+        .filter(|(key, _)| key != "custom_nodes")
+        .collect())
+}
+
+/// The `custom_nodes` folders an `extra_model_paths.yaml` names.
+pub fn extra_node_folders(text: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    Ok(extra_paths(text, dir)?
+        .into_iter()
+        .filter(|(key, _)| key == "custom_nodes")
+        .map(|(_, path)| path)
+        .collect())
+}
+
+fn extra_paths(text: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let Some(yaml_rust2::Yaml::Hash(sections)) = docs.first() else {
@@ -809,7 +873,7 @@ pub fn extra_model_paths(text: &str, dir: &Path) -> Result<Vec<(String, PathBuf)
         };
         let base = section["base_path"]
             .as_str()
-            .map(|b| dir.join(b))
+            .map(|b| dir.join(expand_path(b)))
             .unwrap_or_else(|| dir.to_path_buf());
         for (key, value) in entries {
             let (Some(key), Some(value)) = (key.as_str(), value.as_str()) else {
@@ -819,11 +883,53 @@ pub fn extra_model_paths(text: &str, dir: &Path) -> Result<Vec<(String, PathBuf)
                 continue;
             }
             for line in value.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                out.push((key.to_string(), base.join(line)));
+                out.push((key.to_string(), base.join(expand_path(line))));
             }
         }
     }
     Ok(out)
+}
+
+/// `~`, `~/…`, `$VAR` and `${VAR}` expanded as Python's `os.path.expanduser` and
+/// `os.path.expandvars` do (an unset variable is left as it is).
+fn expand_path(text: &str) -> String {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let text = if text == "~" {
+        home.clone()
+    } else if let Some(rest) = text.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else {
+        text.to_string()
+    };
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail, braced) = match after.strip_prefix('{') {
+            Some(inner) => match inner.find('}') {
+                Some(end) => (&inner[..end], &inner[end + 1..], true),
+                None => ("", after, false),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..], false)
+            }
+        };
+        match std::env::var(name).ok().filter(|_| !name.is_empty()) {
+            Some(value) => out.push_str(&value),
+            None if braced => out.push_str(&format!("${{{name}}}")),
+            None => {
+                out.push('$');
+                out.push_str(name);
+            }
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]

@@ -66,16 +66,22 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
             &store,
             &mut report,
             context.reporter().as_ref(),
-            args.link_models,
+            args.link_models.then_some(install.core.as_path()),
         )?;
         Some(store)
     };
-    for warning in report
-        .warnings
-        .iter()
-        .chain(report.nodes.iter().flat_map(|n| &n.warnings))
-    {
+    for warning in &report.warnings {
         tracing::warn!("{warning}");
+    }
+    // Each node's warnings name the node (and where it is).
+    for node in &report.nodes {
+        for warning in &node.warnings {
+            tracing::warn!(
+                "node `{}` (`{}`): {warning}",
+                node.name,
+                node.path.display()
+            );
+        }
     }
     for p in report.unidentified.iter().chain(&report.unreadable) {
         tracing::warn!("left out `{}`: {}", p.path, p.reason);
@@ -115,6 +121,8 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
         lock.write(&lock_path)?;
         lock_written = Some(lock_path.clone());
         if args.link_models {
+            let root =
+                std::fs::canonicalize(&install.core).unwrap_or_else(|_| install.core.clone());
             for model in &lock.models {
                 let Some(found) = report
                     .models
@@ -126,6 +134,13 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
                 let stored = store.path_of(&model.store_path);
                 if std::fs::read_link(&found.path).is_ok_and(|t| t == stored) {
                     continue; // taken as a hard link and linked already
+                }
+                // Only the install's own files: a link to a file elsewhere (a Hugging Face
+                // cache's blob) or a file in an external folder stays as it is.
+                let belongs = std::fs::symlink_metadata(&found.path).is_ok_and(|m| m.is_file())
+                    && std::fs::canonicalize(&found.path).is_ok_and(|real| real.starts_with(&root));
+                if !belongs {
+                    continue;
                 }
                 // The store's copy, hashed again now: the install loses its file only to bytes
                 // that are what the lock says.

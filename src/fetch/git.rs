@@ -81,8 +81,40 @@ fn fetch_options<'a>() -> FetchOptions<'a> {
     let mut options = FetchOptions::new();
     options
         .download_tags(git2::AutotagOption::None)
-        .proxy_options(proxy);
+        .proxy_options(proxy)
+        .remote_callbacks(credentials());
     options
+}
+
+/// Credentials for a private repository, asked once each (libgit2 asks again after a refusal):
+/// git's credential helper (the user's git config), then a token from `GIT_TOKEN`,
+/// `GITHUB_TOKEN` or `GH_TOKEN`. Specs and locks never carry them.
+fn credentials<'a>() -> git2::RemoteCallbacks<'a> {
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut tried = 0;
+    callbacks.credentials(move |url, username, allowed| {
+        tried += 1;
+        if tried > 2 || !allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            return Err(git2::Error::from_str("no credentials for this remote"));
+        }
+        if tried == 1 {
+            if let Ok(cred) = git2::Config::open_default()
+                .and_then(|config| git2::Cred::credential_helper(&config, url, username))
+            {
+                return Ok(cred);
+            }
+        }
+        let token = ["GIT_TOKEN", "GITHUB_TOKEN", "GH_TOKEN"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        match token {
+            Some(token) => {
+                git2::Cred::userpass_plaintext(username.unwrap_or("x-access-token"), &token)
+            }
+            None => Err(git2::Error::from_str("no credentials for this remote")),
+        }
+    });
+    callbacks
 }
 
 /// Copy `commit` and everything its tree needs (not its parents, not submodules) from `src` to

@@ -424,7 +424,29 @@ pub async fn fetch(
     }
     let pinned = match &request.pinned {
         Some(p) => p.clone(),
-        None => pin(client, what, kind).await?,
+        None => match pin(client, what, kind).await {
+            Ok(pinned) => pinned,
+            Err(err) => {
+                // The source cannot be asked (down, gone, not reachable from here) but the store
+                // holds these bytes: pinned from what the store has, and said so — the lock may
+                // then lack what the source would have added (its commit, its SHA-256).
+                let stored = already_in_store(
+                    store,
+                    request,
+                    request.blake3.as_ref(),
+                    request.sha256.as_ref(),
+                    known_name.as_deref(),
+                    || unasked_url(client.config(), request, kind),
+                )?;
+                match stored {
+                    Some(stored) => {
+                        tracing::warn!("{what}: {err}; pinned from the store, which holds its bytes (resolve again once the source answers for a complete pin)");
+                        return Ok(stored);
+                    }
+                    None => return Err(err),
+                }
+            }
+        },
     };
     let (sha256, blake3) = expected_digests(request, &pinned)?;
     let fixed_name = request.file_name.clone().or_else(|| {

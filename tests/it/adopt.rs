@@ -368,36 +368,47 @@ fn link_models_swaps_verified_files_for_store_links() {
     let after = fingerprint(&i.root);
     let ckpt = i.core.join("models/checkpoints/sdxl/base.safetensors");
     let lora = i.w.env.path("external-models/my-loras/detail.safetensors");
-    for (path, bytes) in [(&ckpt, &i.ckpt), (&lora, &i.lora)] {
-        let target = fs::read_link(path).unwrap();
-        assert!(target.starts_with(&i.w.env.store), "{}", target.display());
-        assert_eq!(&fs::read(path).unwrap(), bytes);
+    let target = fs::read_link(&ckpt).unwrap();
+    assert!(target.starts_with(&i.w.env.store), "{}", target.display());
+    assert_eq!(fs::read(&ckpt).unwrap(), i.ckpt);
+    // A file outside the install (an external folder the yaml names) is copied, never linked:
+    // its mode and bytes stay its owner's.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = fs::symlink_metadata(&lora).unwrap();
+        assert!(meta.is_file(), "the external file is still a file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read(&lora).unwrap(), i.lora);
     }
-    // Only the two model files changed.
+    // Only the install's model file changed.
     let changed: Vec<&String> = before
         .keys()
         .filter(|k| before.get(*k) != after.get(*k))
         .collect();
-    assert_eq!(changed.len(), 1, "{changed:?}"); // the external file is outside `install/`
-                                                 // Same filesystem: the store took the files as they were (hard links), nothing copied.
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    // Same filesystem: the store took the install's file as it was (a hard link), nothing copied.
     let doc_linked = doc["linked"].as_array().unwrap();
-    assert_eq!(doc_linked.len(), 2, "{doc}");
+    assert_eq!(doc_linked.len(), 1, "{doc}");
+    // Editing the external file afterwards does not touch the store.
+    fs::write(&lora, b"edited by its owner").unwrap();
+    let out = i
+        .cmd()
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 
-    // The links keep their models from the collector, until a link is replaced.
+    // The link keeps its model from the collector, until it is replaced.
     let gc = |i: &Install| {
         let out = i.cmd().args(["gc"]).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     };
     gc(&i);
-    for (path, bytes) in [(&ckpt, &i.ckpt), (&lora, &i.lora)] {
-        assert_eq!(&fs::read(path).unwrap(), bytes, "{}", path.display());
-    }
-    let lora_target = fs::read_link(&lora).unwrap();
-    fs::remove_file(&lora).unwrap();
-    fs::write(&lora, b"replaced by the user").unwrap();
-    gc(&i);
-    assert!(!lora_target.exists(), "{}", lora_target.display());
     assert_eq!(fs::read(&ckpt).unwrap(), i.ckpt);
+    fs::remove_file(&ckpt).unwrap();
+    fs::write(&ckpt, b"replaced by the user").unwrap();
+    gc(&i);
+    assert!(!target.exists(), "{}", target.display());
 }
 
 /// A model whose source is known (`--models-spec`, a `.civitai.info`) is named in the spec by that
@@ -911,4 +922,173 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("node `my-node`"), "{}", stderr(&out));
+}
+
+/// A snapshot of an install as real ones are: a model file name with spaces; a `custom_nodes:`
+/// folder in `extra_model_paths.yaml` (with `~` and `$VAR` in its paths) whose node has a token in
+/// its `.git/config`; a Hugging Face cache's file linked into a model folder, under
+/// `--link-models`. The node is adopted as a node, nothing of any `.git` is
+/// stored, no token appears in the spec, the lock, the output or the store, and the hub cache's
+/// blob keeps its mode and bytes (and editing it does not touch the store).
+#[test]
+fn a_snapshot_keeps_secrets_out_and_adopts_what_real_installs_have() {
+    use std::os::unix::fs::PermissionsExt;
+    let i = Install::new();
+    const TOKEN: &str = "ghp_s3cretT0ken";
+    // A model whose name has spaces.
+    let spaced = i
+        .core
+        .join("models/checkpoints/Realistic Vision V6.0 B1.safetensors");
+    fs::write(&spaced, pseudo_random(50_000, 21)).unwrap();
+    // Extra node folder, named with `~` and `$VAR`, whose node's .git/config carries a token.
+    let home = i.w.env.dir.path().to_path_buf(); // the tests' HOME
+    let extra_nodes = home.join("extra-nodes");
+    fs::create_dir_all(&extra_nodes).unwrap();
+    git(
+        &extra_nodes,
+        &["clone", "-q", &i.w.node_a.url(), "ComfyUI-Extra"],
+    );
+    let node_config = extra_nodes.join("ComfyUI-Extra/.git/config");
+    let config = fs::read_to_string(&node_config).unwrap();
+    fs::write(
+        &node_config,
+        format!("{config}[http]\n\textraheader = AUTHORIZATION: bearer {TOKEN}\n"),
+    )
+    .unwrap();
+    let yaml = fs::read_to_string(i.core.join("extra_model_paths.yaml")).unwrap();
+    fs::write(
+        i.core.join("extra_model_paths.yaml"),
+        format!("{yaml}more:\n    base_path: ~/\n    custom_nodes: ${{NODES_DIR}}\n"),
+    )
+    .unwrap();
+    // A hub cache's file, linked into a model folder.
+    let blob_bytes = pseudo_random(80_000, 22);
+    let hub = i.w.env.path("hf-cache/hub/models--org--vae");
+    fs::create_dir_all(hub.join("blobs")).unwrap();
+    fs::create_dir_all(hub.join("snapshots/abc123")).unwrap();
+    let blob = hub.join("blobs/0123abcd");
+    fs::write(&blob, &blob_bytes).unwrap();
+    std::os::unix::fs::symlink(&blob, hub.join("snapshots/abc123/vae.safetensors")).unwrap();
+    fs::create_dir_all(i.core.join("models/vae")).unwrap();
+    std::os::unix::fs::symlink(
+        hub.join("snapshots/abc123/vae.safetensors"),
+        i.core.join("models/vae/vae.safetensors"),
+    )
+    .unwrap();
+    let blob_mode = fs::metadata(&blob).unwrap().permissions().mode();
+
+    let out = i
+        .cmd()
+        .env("NODES_DIR", "extra-nodes")
+        .env("HOME", &home)
+        .args([
+            "snapshot",
+            "--name",
+            "real",
+            "--link-models",
+            "--comfy-path",
+        ])
+        .arg(&i.root)
+        .arg("-o")
+        .arg(i.w.env.work.join("versions/real.json"))
+        .output()
+        .unwrap();
+    let shown = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{shown}");
+    let spec = fs::read_to_string(i.w.env.work.join("versions/real.json")).unwrap();
+    let lock = fs::read_to_string(i.w.env.work.join("versions/real.lock.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&spec).unwrap();
+    // The extra folder's node is a node, not models.
+    assert!(
+        parsed["custom_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "ComfyUI-Extra"),
+        "{spec}"
+    );
+    assert!(!spec.contains(".git/"), "{spec}");
+    // The spaced name is a valid `file://` source (percent-encoded) with its file name.
+    let model = parsed["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["filename"] == "Realistic Vision V6.0 B1.safetensors")
+        .unwrap_or_else(|| panic!("{spec}"));
+    assert!(
+        model["source"]
+            .as_str()
+            .unwrap()
+            .contains("Realistic%20Vision"),
+        "{model}"
+    );
+    // No token anywhere: spec, lock, output, the store's files.
+    for (what, text) in [("spec", &spec), ("lock", &lock), ("output", &shown)] {
+        assert!(!text.contains(TOKEN), "the token is in the {what}");
+    }
+    for entry in walkdir::WalkDir::new(&i.w.env.store).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let bytes = fs::read(entry.path()).unwrap_or_default();
+            assert!(
+                !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                "the token is in {}",
+                entry.path().display()
+            );
+            assert!(
+                !entry.path().to_string_lossy().contains("/.git/"),
+                "{}",
+                entry.path().display()
+            );
+        }
+    }
+    // The hub cache's blob: not taken, mode and bytes unchanged, the link in place.
+    assert_eq!(fs::metadata(&blob).unwrap().permissions().mode(), blob_mode);
+    assert_eq!(fs::read(&blob).unwrap(), blob_bytes);
+    assert!(
+        fs::symlink_metadata(i.core.join("models/vae/vae.safetensors"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    fs::write(&blob, b"edited in the hub cache").unwrap();
+    let out = i
+        .cmd()
+        .args(["store", "verify", "--check-contents"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// An origin URL with credentials is written without them, and the snapshot says so.
+#[test]
+fn credentials_in_an_origin_url_are_left_out_of_the_spec() {
+    let i = Install::new();
+    const TOKEN: &str = "glpat-T0kenT0ken";
+    git(
+        &i.core,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            &format!("https://user:{TOKEN}@example.invalid/c/ComfyUI"),
+        ],
+    );
+    let out = i
+        .cmd()
+        .args(["snapshot", "--name", "creds", "--no-lock", "--comfy-path"])
+        .arg(&i.root)
+        .arg("-o")
+        .arg(i.w.env.work.join("versions/creds.json"))
+        .output()
+        .unwrap();
+    let shown = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{shown}");
+    let spec = fs::read_to_string(i.w.env.work.join("versions/creds.json")).unwrap();
+    assert!(!spec.contains(TOKEN), "{spec}");
+    assert!(spec.contains("https://example.invalid/c/ComfyUI"), "{spec}");
+    assert!(!shown.contains(TOKEN), "{shown}");
+    assert!(
+        shown.contains("carries credentials; they are left out"),
+        "{shown}"
+    );
 }
