@@ -74,7 +74,8 @@ fn main() {
             "schema_version": 2,
             "version_id": "real",
             "comfy": {"repo": format!("file://{}", core.display()), "ref": "master"},
-            "python": {"version": python.trim()}
+            // The core imports `requests` without listing it (a user adds it, as here).
+            "python": {"version": python.trim(), "requirements": ["requests"]}
         })
         .to_string(),
     )

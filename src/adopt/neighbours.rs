@@ -2,6 +2,8 @@
 //! ComfyGit/ComfyDock environments (`pyproject.toml` with `[tool.comfygit]`, and `uv.lock`),
 //! read into specs; and a comfix version written back as a Manager snapshot.
 
+use std::path::{Path, PathBuf};
+
 use serde_json::{json, Map, Value};
 
 use crate::lock::Lock;
@@ -26,7 +28,15 @@ fn repo_name(url: &str) -> String {
 
 /// A Manager snapshot (`comfyui`, `git_custom_nodes`, `cnr_custom_nodes`, `file_custom_nodes`,
 /// `pips`; the YAML form may wrap them in `custom_nodes:`) as the spec of version `name`.
-pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
+/// Manager writes hashes as it reads them from `.git/HEAD` — a detached HEAD with its trailing
+/// newline — and `"unknown"` where the branch's ref is only in `packed-refs`: hashes are trimmed,
+/// and an `"unknown"` one is read from the install's git when `install` (the ComfyUI directory
+/// the snapshot belongs to) is known, else the spec follows the default branch, saying so.
+pub fn from_manager(
+    snapshot: &Value,
+    name: &str,
+    install: Option<&Path>,
+) -> Result<Imported, String> {
     let Some(top) = snapshot.as_object() else {
         return Err("a Manager snapshot is a JSON or YAML mapping".into());
     };
@@ -49,7 +59,18 @@ pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
             KNOWN.join(", ")
         ));
     }
-    let comfy = match body.get("comfyui").and_then(Value::as_str) {
+    let comfyui = body.get("comfyui").and_then(Value::as_str).map(str::trim);
+    let comfyui = match comfyui {
+        Some("unknown") => match install.and_then(head_commit) {
+            Some(commit) => Some(commit),
+            None => {
+                warnings.push("the snapshot's ComfyUI commit is `unknown` and no install is at hand to read it from: the spec follows `master`".into());
+                None
+            }
+        },
+        other => other.map(String::from),
+    };
+    let comfy = match comfyui.as_deref() {
         Some(commit) if is_commit(commit) => json!({ "repo": COMFYUI_REPO, "commit": commit }),
         Some(reference) if !reference.is_empty() => {
             json!({ "repo": COMFYUI_REPO, "ref": reference })
@@ -63,7 +84,20 @@ pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
     if let Some(git) = body.get("git_custom_nodes").and_then(Value::as_object) {
         for (url, entry) in git {
             let mut node = json!({ "repo": url, "name": repo_name(url) });
-            match entry.get("hash").and_then(Value::as_str) {
+            let hash = entry.get("hash").and_then(Value::as_str).map(str::trim);
+            let hash = match hash {
+                Some("unknown") => {
+                    let found = install.and_then(|i| node_commit(i, url));
+                    if found.is_none() {
+                        warnings.push(format!(
+                            "`{url}`: the snapshot's commit is `unknown` and the node's git is not at hand: the spec follows its default branch"
+                        ));
+                    }
+                    found
+                }
+                other => other.map(String::from),
+            };
+            match hash.as_deref() {
                 Some(hash) if is_commit(hash) => node["commit"] = json!(hash),
                 Some(other) if !other.is_empty() => node["ref"] = json!(other),
                 _ => {
@@ -134,6 +168,62 @@ pub fn from_manager(snapshot: &Value, name: &str) -> Result<Imported, String> {
     Ok(Imported { spec, warnings })
 }
 
+/// The HEAD commit of the git repository at `dir`.
+fn head_commit(dir: &Path) -> Option<String> {
+    let repo = git2::Repository::open(dir).ok()?;
+    let commit = repo.head().ok()?.peel_to_commit().ok()?;
+    Some(commit.id().to_string())
+}
+
+/// The HEAD commit of the node of `install` whose origin is `url` (under `custom_nodes/`, or
+/// `custom_nodes/.disabled/`).
+fn node_commit(install: &Path, url: &str) -> Option<String> {
+    let same = |a: &str, b: &str| {
+        let norm = |u: &str| {
+            u.trim_end_matches('/')
+                .trim_end_matches(".git")
+                .to_lowercase()
+        };
+        norm(a) == norm(b)
+    };
+    let nodes = install.join("custom_nodes");
+    let dirs = std::fs::read_dir(&nodes)
+        .into_iter()
+        .flatten()
+        .chain(
+            std::fs::read_dir(nodes.join(".disabled"))
+                .into_iter()
+                .flatten(),
+        )
+        .flatten()
+        .map(|e| e.path());
+    for dir in dirs {
+        let Ok(repo) = git2::Repository::open(&dir) else {
+            continue;
+        };
+        let origin = repo
+            .find_remote("origin")
+            .ok()
+            .and_then(|r| r.url().map(String::from));
+        if origin.is_some_and(|o| same(&o, url)) {
+            return head_commit(&dir);
+        }
+    }
+    None
+}
+
+/// The ComfyUI directory a Manager snapshot file is in (Manager keeps them in
+/// `ComfyUI/user/default/ComfyUI-Manager/snapshots/`, older ones in
+/// `ComfyUI/custom_nodes/ComfyUI-Manager/snapshots/`): the nearest ancestor with `main.py` and
+/// `custom_nodes/`.
+pub fn install_of(file: &Path) -> Option<PathBuf> {
+    let file = std::fs::canonicalize(file).ok()?;
+    file.ancestors()
+        .skip(1)
+        .find(|a| a.join("main.py").is_file() && a.join("custom_nodes").is_dir())
+        .map(Path::to_path_buf)
+}
+
 /// Version `lock` (with its spec's enabled states) as a Manager snapshot that `cm-cli
 /// restore-snapshot` restores.
 pub fn to_manager(lock: &Lock, spec: &crate::spec::Spec) -> Value {
@@ -169,6 +259,36 @@ pub fn to_manager(lock: &Lock, spec: &crate::spec::Spec) -> Value {
 }
 
 /// A YAML document as JSON values (mappings with string keys, scalars, lists).
+/// `value` as YAML text (for a Manager snapshot asked for as `.yaml`, as Manager's own YAML
+/// snapshots are).
+pub fn json_to_yaml_text(value: &Value) -> String {
+    fn convert(value: &Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match value {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Boolean(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            Value::String(s) => Yaml::String(s.clone()),
+            Value::Array(list) => Yaml::Array(list.iter().map(convert).collect()),
+            Value::Object(map) => Yaml::Hash(
+                map.iter()
+                    .map(|(k, v)| (Yaml::String(k.clone()), convert(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter
+        .dump(&convert(value))
+        .expect("writing to a String cannot fail");
+    out.push('\n');
+    out
+}
+
 pub fn yaml_to_json(yaml: &yaml_rust2::Yaml) -> Value {
     use yaml_rust2::Yaml;
     match yaml {
@@ -409,7 +529,7 @@ mod tests {
             "pips": {"torch==2.5.1": "", "numpy": "1.26.4"},
             "extras": 1
         });
-        let imported = from_manager(&snapshot, "v").unwrap();
+        let imported = from_manager(&snapshot, "v", None).unwrap();
         let spec = &imported.spec;
         assert_eq!(spec["comfy"]["commit"], "a".repeat(40));
         assert_eq!(spec["custom_nodes"][0]["name"], "ComfyUI-GGUF");

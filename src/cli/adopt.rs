@@ -308,6 +308,10 @@ pub struct ImportArgs {
     /// mirror)
     #[arg(long, value_name = "URL", default_value = crate::adopt::neighbours::COMFYUI_REPO)]
     comfy_repo: String,
+    /// The ComfyUI install a Manager snapshot was taken of, to read commits it wrote as
+    /// `unknown` [default: the install the snapshot file is in]
+    #[arg(long, value_name = "DIR")]
+    comfy_path: Option<PathBuf>,
 }
 
 pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
@@ -331,7 +335,11 @@ pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
                     .unwrap_or_default()
             }
         };
-        neighbours::from_manager(&value, &args.name).map_err(named)?
+        let install = args
+            .comfy_path
+            .clone()
+            .or_else(|| neighbours::install_of(&args.file));
+        neighbours::from_manager(&value, &args.name, install.as_deref()).map_err(named)?
     };
     let mut imported = imported;
     imported.spec["comfy"]["repo"] = serde_json::json!(args.comfy_repo);

@@ -22,8 +22,9 @@ pub struct ExportArgs {
     /// Sign every path with this secret key (`comfix key generate`)
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
-    /// Write the version as a ComfyUI-Manager snapshot (JSON, for `cm-cli restore-snapshot`)
-    /// instead of an archive: core commit, git and registry nodes, pinned pips
+    /// Write the version as a ComfyUI-Manager snapshot (for `cm-cli restore-snapshot`; YAML when
+    /// the output ends in `.yaml`/`.yml`, else JSON) instead of an archive: core commit, git and
+    /// registry nodes, pinned pips
     #[arg(long)]
     pub manager_snapshot: bool,
     /// Carry this machine's torch backend overlay and its venv (as `realize --torch-backend`);
@@ -51,7 +52,16 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
     })?;
     if args.manager_snapshot {
         let snapshot = crate::adopt::neighbours::to_manager(lock, &input.loaded.spec);
-        let text = serde_json::to_string_pretty(&snapshot)? + "\n";
+        // `-o x.yaml` (or `.yml`): YAML, as Manager's YAML snapshots; else JSON.
+        let yaml = args
+            .output
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml");
+        let text = if yaml {
+            crate::adopt::neighbours::json_to_yaml_text(&snapshot)
+        } else {
+            serde_json::to_string_pretty(&snapshot)? + "\n"
+        };
         if args.output.as_os_str() == "-" {
             print!("{text}");
         } else {

@@ -1092,3 +1092,126 @@ fn credentials_in_an_origin_url_are_left_out_of_the_spec() {
         "{shown}"
     );
 }
+
+/// Manager's real snapshot files: the 3.31.11+ JSON (a hash with its trailing newline, `unknown`
+/// for a node whose ref git packed) read from inside the install it was taken of — the `unknown`
+/// commit is read from that node's git — and the older YAML form; and a version exported as a
+/// Manager snapshot in YAML when the file asks for it.
+#[test]
+fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
+    let w = World::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manager");
+    // An install: the core, and rgthree (disabled) whose ref is packed, at some commit.
+    let install = w.env.path("install/ComfyUI");
+    fs::create_dir_all(install.join("custom_nodes/.disabled")).unwrap();
+    fs::write(install.join("main.py"), "print(1)\n").unwrap();
+    let rgthree = install.join("custom_nodes/.disabled/rgthree-comfy");
+    git(
+        &install.join("custom_nodes/.disabled"),
+        &["clone", "-q", &w.node_a.url(), "rgthree-comfy"],
+    );
+    git(
+        &rgthree,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            "https://github.com/rgthree/rgthree-comfy.git",
+        ],
+    );
+    git(&rgthree, &["pack-refs", "--all"]);
+    let rgthree_head = head(&rgthree);
+    let snapshots = install.join("user/default/ComfyUI-Manager/snapshots");
+    fs::create_dir_all(&snapshots).unwrap();
+    let json_snapshot = snapshots.join("2026-12-01_10-00-00_snapshot.json");
+    fs::copy(
+        fixtures.join("manager-3.31.11-snapshot.json"),
+        &json_snapshot,
+    )
+    .unwrap();
+
+    let out = w
+        .cmd(&w.env.store)
+        .args(["spec", "import", "--name", "from-manager"])
+        .arg(&json_snapshot)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec: Value =
+        serde_json::from_slice(&fs::read(w.env.work.join("versions/from-manager.json")).unwrap())
+            .unwrap();
+    let nodes = spec["custom_nodes"].as_array().unwrap();
+    let gguf = nodes.iter().find(|n| n["name"] == "ComfyUI-GGUF").unwrap();
+    assert_eq!(
+        gguf["commit"], "b3f1c6e9f3c6d7a6a1e5b2c4d8e9f0a1b2c3d4e5",
+        "trimmed"
+    );
+    let rg = nodes.iter().find(|n| n["name"] == "rgthree-comfy").unwrap();
+    assert_eq!(
+        rg["commit"],
+        rgthree_head.as_str(),
+        "read from the node's git: {rg}"
+    );
+    assert_eq!(rg["enabled"], false);
+    assert!(nodes
+        .iter()
+        .any(|n| n["cnr"] == "comfyui-impact-pack" && n["version"] == "8.8.1"));
+    assert!(stderr(&out).contains("my_tweaks.py"), "{}", stderr(&out));
+    // Away from its install, `unknown` is said, not taken for a branch.
+    let elsewhere = w.env.path("elsewhere.json");
+    fs::copy(fixtures.join("manager-3.31.11-snapshot.json"), &elsewhere).unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["spec", "import", "--name", "away", "-o"])
+        .arg(w.env.path("away.json"))
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("commit is `unknown`"),
+        "{}",
+        stderr(&out)
+    );
+    let away = fs::read_to_string(w.env.path("away.json")).unwrap();
+    assert!(!away.contains("\"ref\": \"unknown\""), "{away}");
+    // The older YAML form.
+    let out = w
+        .cmd(&w.env.store)
+        .args(["spec", "import", "--name", "from-yaml", "-o"])
+        .arg(w.env.path("from-yaml.json"))
+        .arg(fixtures.join("manager-2.x-snapshot.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml_spec = fs::read_to_string(w.env.path("from-yaml.json")).unwrap();
+    assert!(
+        yaml_spec.contains("0c3b6f1a2d4e5f60718293a4b5c6d7e8f9012345"),
+        "{yaml_spec}"
+    );
+
+    // Export as YAML when asked.
+    w.write_spec(&w.default_spec());
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported = w.env.path("v1-snapshot.yaml");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["export", "v1", "--manager-snapshot", "-o"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = fs::read_to_string(&exported).unwrap();
+    assert!(
+        serde_json::from_str::<Value>(&text).is_err(),
+        "YAML, not JSON: {text}"
+    );
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+    assert!(docs[0]["git_custom_nodes"].as_hash().is_some(), "{text}");
+    assert!(docs[0]["comfyui"].as_str().is_some(), "{text}");
+}
