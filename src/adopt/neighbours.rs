@@ -443,39 +443,53 @@ pub fn from_comfygit(
                 .filter_map(|d| d.as_str().map(String::from)),
         );
     }
-    let pins: std::collections::BTreeMap<String, String> = match uv_lock {
-        Some(text) => {
-            let lock: toml::Value =
-                toml::from_str(text).map_err(|e| format!("`uv.lock` is not TOML: {e}"))?;
-            lock.get("package")
-                .and_then(toml::Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|p| {
-                    Some((
-                        normalize(p.get("name")?.as_str()?),
-                        p.get("version")?.as_str()?.to_string(),
-                    ))
-                })
-                .collect()
-        }
+    let project = doc
+        .get("project")
+        .and_then(|p| p.get("name"))
+        .and_then(toml::Value::as_str)
+        .map(normalize);
+    let locked = match uv_lock {
+        Some(text) => Some(
+            toml::from_str::<toml::Value>(text)
+                .map_err(|e| format!("`uv.lock` is not TOML: {e}"))?,
+        ),
         None => {
             warnings.push(
                 "the environment has no `uv.lock`: its requirements are taken unpinned".into(),
             );
-            Default::default()
+            None
         }
     };
+    let pins = locked.as_ref().map(lock_pins).unwrap_or_default();
+    // The direct requirements, pinned, their extras and markers kept.
     let mut requirements: Vec<String> = wanted
         .iter()
         .map(|r| {
-            let name = requirement_name(r);
-            match pins.get(&normalize(&name)) {
-                Some(version) => format!("{name}=={version}"),
+            let parsed = Requirement::parse(r);
+            match pins.get(&normalize(&parsed.name)) {
+                Some((version, _)) => parsed.pinned(version),
                 None => r.clone(),
             }
         })
         .collect();
+    // Every other package uv.lock resolved for them, pinned too, under the markers of the paths
+    // that lead to it (a Windows-only `pywin32` stays Windows-only), so nothing floats.
+    let direct: std::collections::BTreeSet<String> = wanted
+        .iter()
+        .map(|r| normalize(&Requirement::parse(r).name))
+        .collect();
+    if let Some(lock) = &locked {
+        for (name, (version, marker)) in transitive_pins(lock, project.as_deref()) {
+            if direct.contains(&name) || Some(&name) == project.as_ref() {
+                continue;
+            }
+            let display = pins.get(&name).map(|(_, n)| n.clone()).unwrap_or(name);
+            requirements.push(match marker {
+                Some(marker) => format!("{display}=={version} ; {marker}"),
+                None => format!("{display}=={version}"),
+            });
+        }
+    }
     requirements.sort();
     requirements.dedup();
     let mut spec = json!({
@@ -496,6 +510,188 @@ pub fn from_comfygit(
         spec["python"] = python;
     }
     Ok(Imported { spec, warnings })
+}
+
+/// A PEP 508 requirement, as much as an import needs: its name, extras, the rest of its version
+/// specifier and its marker.
+struct Requirement {
+    name: String,
+    extras: Option<String>,
+    marker: Option<String>,
+}
+
+impl Requirement {
+    fn parse(text: &str) -> Requirement {
+        let (head, marker) = match text.split_once(';') {
+            Some((head, marker)) => (head, Some(marker.trim().to_string())),
+            None => (text, None),
+        };
+        let name = requirement_name(head.trim());
+        let rest = head.trim()[name.len()..].trim_start();
+        let extras = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map(|(extras, _)| extras.trim().to_string());
+        Requirement {
+            name,
+            extras,
+            marker: marker.filter(|m| !m.is_empty()),
+        }
+    }
+
+    /// `name[extras]==version ; marker`.
+    fn pinned(&self, version: &str) -> String {
+        let mut out = self.name.clone();
+        if let Some(extras) = &self.extras {
+            out.push_str(&format!("[{extras}]"));
+        }
+        out.push_str(&format!("=={version}"));
+        if let Some(marker) = &self.marker {
+            out.push_str(&format!(" ; {marker}"));
+        }
+        out
+    }
+}
+
+/// uv.lock's packages: normalized name → (version, name as written).
+fn lock_pins(lock: &toml::Value) -> std::collections::BTreeMap<String, (String, String)> {
+    lock.get("package")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p.get("name")?.as_str()?;
+            Some((
+                normalize(name),
+                (p.get("version")?.as_str()?.to_string(), name.to_string()),
+            ))
+        })
+        .collect()
+}
+
+/// Every package uv.lock resolved for the project (reachable from its dependencies, optional
+/// ones and groups), with its version and the marker under which it is needed (`None`: always),
+/// the markers of every path to it joined. A package reached by more than 16 distinct paths of
+/// markers is left unpinned (its parents still require it).
+fn transitive_pins(
+    lock: &toml::Value,
+    project: Option<&str>,
+) -> std::collections::BTreeMap<String, (String, Option<String>)> {
+    use std::collections::{BTreeMap, BTreeSet};
+    #[derive(Clone, PartialEq)]
+    enum Cond {
+        Always,
+        Any(BTreeSet<String>),
+        TooMany,
+    }
+    let packages: Vec<&toml::Value> = lock
+        .get("package")
+        .and_then(toml::Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let name_of = |p: &toml::Value| p.get("name").and_then(toml::Value::as_str).map(normalize);
+    // Edges: package → [(dependency, marker)], from every dependency list it has.
+    let mut edges: BTreeMap<String, Vec<(String, Option<String>)>> = BTreeMap::new();
+    for package in &packages {
+        let Some(name) = name_of(package) else {
+            continue;
+        };
+        let mut lists: Vec<&toml::Value> = package.get("dependencies").into_iter().collect();
+        for key in ["optional-dependencies", "dev-dependencies"] {
+            if let Some(table) = package.get(key).and_then(toml::Value::as_table) {
+                lists.extend(table.values());
+            }
+        }
+        for list in lists {
+            for dep in list.as_array().into_iter().flatten() {
+                let Some(dep_name) = dep.get("name").and_then(toml::Value::as_str) else {
+                    continue;
+                };
+                let marker = dep
+                    .get("marker")
+                    .and_then(toml::Value::as_str)
+                    .map(String::from);
+                edges
+                    .entry(name.clone())
+                    .or_default()
+                    .push((normalize(dep_name), marker));
+            }
+        }
+    }
+    let root = packages
+        .iter()
+        .find(|p| {
+            p.get("source")
+                .and_then(|s| s.get("virtual").or_else(|| s.get("editable")))
+                .and_then(toml::Value::as_str)
+                == Some(".")
+        })
+        .and_then(|p| name_of(p))
+        .or_else(|| project.map(String::from));
+    let Some(root) = root else {
+        return BTreeMap::new();
+    };
+    let mut cond: BTreeMap<String, Cond> = BTreeMap::new();
+    cond.insert(root.clone(), Cond::Always);
+    for _ in 0..64 {
+        let mut changed = false;
+        let snapshot = cond.clone();
+        for (parent, parent_cond) in &snapshot {
+            for (child, marker) in edges.get(parent).into_iter().flatten() {
+                let through = match (parent_cond, marker) {
+                    (Cond::TooMany, _) => Cond::TooMany,
+                    (Cond::Always, None) => Cond::Always,
+                    (Cond::Always, Some(m)) => Cond::Any([m.clone()].into()),
+                    (Cond::Any(set), None) => Cond::Any(set.clone()),
+                    (Cond::Any(set), Some(m)) => {
+                        Cond::Any(set.iter().map(|s| format!("({s}) and ({m})")).collect())
+                    }
+                };
+                let merged = match (cond.get(child), through) {
+                    (None, t) => t,
+                    (Some(Cond::Always), _) | (_, Cond::Always) => Cond::Always,
+                    (Some(Cond::TooMany), _) | (_, Cond::TooMany) => Cond::TooMany,
+                    (Some(Cond::Any(a)), Cond::Any(b)) => {
+                        let all: BTreeSet<String> = a.union(&b).cloned().collect();
+                        if all.len() > 16 {
+                            Cond::TooMany
+                        } else {
+                            Cond::Any(all)
+                        }
+                    }
+                };
+                if cond.get(child) != Some(&merged) {
+                    cond.insert(child.clone(), merged);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let versions = lock_pins(lock);
+    cond.into_iter()
+        .filter(|(name, _)| *name != root)
+        .filter_map(|(name, c)| {
+            let (version, _) = versions.get(&name)?.clone();
+            match c {
+                Cond::Always => Some((name, (version, None))),
+                Cond::Any(set) => {
+                    let marker = if set.len() == 1 {
+                        set.into_iter().next().expect("one")
+                    } else {
+                        set.into_iter()
+                            .map(|s| format!("({s})"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    };
+                    Some((name, (version, Some(marker))))
+                }
+                Cond::TooMany => None,
+            }
+        })
+        .collect()
 }
 
 /// PEP 503's normalized name.
@@ -546,6 +742,70 @@ mod tests {
         let warnings = imported.warnings.join("\n");
         assert!(warnings.contains("`extras`"), "{warnings}");
         assert!(warnings.contains("x.py"), "{warnings}");
+    }
+
+    #[test]
+    fn comfygit_requirements_keep_extras_and_markers_and_pin_the_whole_lock() {
+        let pyproject = r#"
+[project]
+name = "comfygit-env"
+dependencies = ["huggingface-hub[hf-xet]>=0.34", "pywin32>=306 ; sys_platform == 'win32'", "pillow"]
+
+[tool.comfygit]
+comfyui_version = "v0.3.68"
+"#;
+        let uv_lock = r#"
+version = 1
+[[package]]
+name = "comfygit-env"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "huggingface-hub", extra = ["hf-xet"] },
+    { name = "pillow" },
+    { name = "pywin32", marker = "sys_platform == 'win32'" },
+]
+[[package]]
+name = "huggingface-hub"
+version = "0.35.0"
+dependencies = [{ name = "tqdm" }]
+[package.optional-dependencies]
+hf-xet = [{ name = "hf-xet" }]
+[[package]]
+name = "hf-xet"
+version = "1.1.10"
+[[package]]
+name = "tqdm"
+version = "4.67.1"
+dependencies = [{ name = "colorama", marker = "platform_system == 'Windows'" }]
+[[package]]
+name = "colorama"
+version = "0.4.6"
+[[package]]
+name = "pillow"
+version = "11.3.0"
+[[package]]
+name = "pywin32"
+version = "311"
+"#;
+        let imported = from_comfygit(pyproject, Some(uv_lock), "v").unwrap();
+        let requirements: Vec<String> = imported.spec["python"]["requirements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            requirements,
+            [
+                "colorama==0.4.6 ; platform_system == 'Windows'",
+                "hf-xet==1.1.10",
+                "huggingface-hub[hf-xet]==0.35.0",
+                "pillow==11.3.0",
+                "pywin32==311 ; sys_platform == 'win32'",
+                "tqdm==4.67.1",
+            ]
+        );
     }
 
     #[test]

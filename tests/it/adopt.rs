@@ -1215,3 +1215,84 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
     assert!(docs[0]["git_custom_nodes"].as_hash().is_some(), "{text}");
     assert!(docs[0]["comfyui"].as_str().is_some(), "{text}");
 }
+
+/// A ComfyGit project whose requirements carry extras and platform markers: the spec keeps both,
+/// pins the whole `uv.lock` set (the transitive `alpha` too), and resolves on Linux — the
+/// Windows-only package is left to Windows.
+#[test]
+fn a_comfygit_project_with_markers_and_extras_resolves_on_linux() {
+    let w = World::new();
+    let env_dir = w.env.path("my-env");
+    fs::create_dir_all(&env_dir).unwrap();
+    fs::write(
+        env_dir.join("pyproject.toml"),
+        format!(
+            r#"[project]
+name = "comfygit-env-my-env"
+version = "0.1.0"
+dependencies = ["beta[fast]>=1", "winonly==1.0 ; sys_platform == 'win32'"]
+
+[tool.comfygit]
+comfyui_version = "main"
+python_version = "{}"
+"#,
+            crate::python::python_version()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        env_dir.join("uv.lock"),
+        r#"version = 1
+[[package]]
+name = "comfygit-env-my-env"
+version = "0.1.0"
+source = { virtual = "." }
+dependencies = [
+    { name = "beta", extra = ["fast"] },
+    { name = "winonly", marker = "sys_platform == 'win32'" },
+]
+[[package]]
+name = "beta"
+version = "2.0"
+dependencies = [{ name = "alpha" }]
+[[package]]
+name = "alpha"
+version = "1.0"
+[[package]]
+name = "winonly"
+version = "1.0"
+"#,
+    )
+    .unwrap();
+    let out = import_as_v1(&w, &env_dir.join("pyproject.toml"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec: Value =
+        serde_json::from_slice(&fs::read(w.env.work.join("versions/v1.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec["python"]["requirements"],
+        serde_json::json!([
+            "alpha==1.0",
+            "beta[fast]==2.0",
+            "winonly==1.0 ; sys_platform == 'win32'"
+        ])
+    );
+    let wheels = w.env.path("wheelhouse");
+    wheels::write_dir(&wheels, &crate::python::packages());
+    let out = w
+        .cmd(&w.env.store)
+        .args(["resolve", "v1", "--wheels-dir"])
+        .arg(&wheels)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lock: Value =
+        serde_json::from_slice(&fs::read(w.env.work.join("versions/v1.lock.json")).unwrap())
+            .unwrap();
+    let names: Vec<&str> = lock["python"]["wheels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+}
