@@ -40,10 +40,31 @@ pub struct SnapshotArgs {
     /// Concurrent downloads while resolving (registry nodes)
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
     jobs: usize,
+    /// The install's venv, when it is not `.venv` or `venv` in the install (a conda or system
+    /// location the install runs with)
+    #[arg(long, value_name = "DIR")]
+    venv: Option<PathBuf>,
 }
 
 pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome> {
-    let install = snapshot::Install::find(&args.comfy_path).map_err(super::UserInput)?;
+    let mut install = snapshot::Install::find(&args.comfy_path).map_err(super::UserInput)?;
+    match &args.venv {
+        Some(venv) if venv.join("pyvenv.cfg").is_file() || venv.join("bin/python").exists() => {
+            install.venv = Some(std::fs::canonicalize(venv)?);
+        }
+        Some(venv) => {
+            return Err(super::UserInput(format!(
+                "`{}` is not a venv (no `pyvenv.cfg`, no `bin/python`)",
+                venv.display()
+            ))
+            .into())
+        }
+        None if install.venv.is_none() => tracing::warn!(
+            "no venv in the install (`.venv` or `venv` beside or in `{}`): its Python packages are left out of the spec; name the one it runs with `--venv DIR`",
+            install.core.display()
+        ),
+        None => {}
+    }
     let known = match &args.models_spec {
         Some(path) => snapshot::read_models_spec(path).map_err(super::UserInput)?,
         None => Default::default(),

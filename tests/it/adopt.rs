@@ -1296,3 +1296,36 @@ version = "1.0"
         .collect();
     assert_eq!(names, ["alpha", "beta"]);
 }
+
+/// A venv outside the install is named, not silently ignored: without `--venv` the snapshot says
+/// its Python is left out; with it, its packages are in the spec.
+#[test]
+fn a_venv_outside_the_install_is_named_or_adopted() {
+    let i = Install::new();
+    let outside = i.w.env.path("venvs/comfy");
+    fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    fs::rename(i.root.join(".venv"), &outside).unwrap();
+    let snapshot = |extra: &[&str], name: &str| {
+        i.cmd()
+            .args(["snapshot", "--no-lock", "--name", name, "--comfy-path"])
+            .arg(&i.root)
+            .args(extra)
+            .arg("-o")
+            .arg(i.w.env.path(&format!("{name}.json")))
+            .output()
+            .unwrap()
+    };
+    let out = snapshot(&[], "without");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no venv in the install"),
+        "{}",
+        stderr(&out)
+    );
+    let spec = fs::read_to_string(i.w.env.path("without.json")).unwrap();
+    assert!(!spec.contains("gamma"), "{spec}");
+    let out = snapshot(&["--venv", outside.to_str().unwrap()], "with");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec = fs::read_to_string(i.w.env.path("with.json")).unwrap();
+    assert!(spec.contains("gamma"), "{spec}");
+}
