@@ -146,6 +146,7 @@ fn main() {
                 &format!("{}/bin/python", venv.display()),
                 "-r",
                 core.join("requirements.txt").to_str().unwrap(),
+                "requests",
             ],
         ] {
             let out = clean(&mut Command::new("uv"))
