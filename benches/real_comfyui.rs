@@ -1,10 +1,13 @@
 //! The real ComfyUI (opt-in): what a user first meets, measured against doing it by hand with uv,
 //! each figure beside its baseline in the same run.
 //!
-//! - **venv build with bytecode**: comfix's venv of the real wheel set (the core's
-//!   `requirements.txt`: torch and the NVIDIA wheels, ~3.1 GB) built into a fresh store, against
-//!   `uv venv` + `uv pip install --compile-bytecode --no-index --find-links` of the same wheels,
-//!   each with a fresh uv cache, interleaved.
+//! - **first realize**: `realize --frozen --wheels-dir` of the real version (the core's
+//!   `requirements.txt`: torch and the NVIDIA wheels, ~3.1 GB) into a fresh store — the wheels
+//!   copied into the store, the venv built with bytecode, the core checked out, the home
+//!   assembled — against `uv venv` + `uv pip install --compile-bytecode --no-index --find-links`
+//!   of the same wheels, each with a fresh uv cache, interleaved.
+//! - **venv build with bytecode**: the same realize into a store that holds the wheels already
+//!   (an untimed `resolve` put them there), against the same uv runs.
 //! - **warm start**: `python main.py --cpu --quick-test-for-ci` (imports everything, loads the
 //!   nodes, exits) from a comfix home — whose venv is read-only and carries its bytecode — against
 //!   the same core in a hand-made uv venv with bytecode, interleaved, after one untimed start of
@@ -168,6 +171,40 @@ fn main() {
         ours_m,
         theirs_m,
         ours_m.as_secs_f64() / theirs_m.as_secs_f64()
+    );
+
+    // The venv build alone, from wheels on disk on both sides: comfix's store already holds the
+    // wheels (an untimed `resolve` put them there), so `realize` builds the venv with bytecode,
+    // registers it, and assembles the home; against the same uv runs as above.
+    let mut built = Vec::new();
+    for i in 0..2 {
+        let store = work.join(format!("store-w{i}"));
+        let out = comfix(&store, &["resolve", "real", "--wheels-dir", wheels_arg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let home = work.join(format!("home-w{i}"));
+        built.push(timed(&mut comfix(
+            &store,
+            &[
+                "realize",
+                "real",
+                "--frozen",
+                "--target",
+                home.to_str().unwrap(),
+            ],
+        )));
+    }
+    let built_m = median(built.clone());
+    println!(
+        "venv build from wheels on disk (+ core, home): comfix {:.1?} vs uv venv + pip install --compile-bytecode {:.1?}: {:.2}x  (runs: {built:.1?} vs {theirs:.1?})",
+        built_m,
+        theirs_m,
+        built_m.as_secs_f64() / theirs_m.as_secs_f64()
     );
 
     // Warm starts, interleaved.

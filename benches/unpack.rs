@@ -3,7 +3,7 @@
 //! every create beneath the destination, one component at a time, no symlink followed, links
 //! resolved through the tree) against a plain unpack of the same archive (`create_dir_all` +
 //! `File::create` per entry, the zip crate's reader, no checks) — the way the unpack was before —
-//! in the same run, interleaved. Run: `cargo bench --bench unpack`
+//! in the same run, interleaved and turn about. Run: `cargo bench --bench unpack`
 //! (`COMFIX_BENCH_RUNS`, default 5; data under `COMFIX_BENCH_DIR`).
 
 mod common;
@@ -64,15 +64,27 @@ fn main() {
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for i in 0..runs + 1 {
         let a = dir.path().join(format!("ours-{i}"));
-        common::sync();
-        let start = Instant::now();
-        comfix::fetch::registry::unpack(&zip, &a, "http://127.0.0.1/big.zip").unwrap();
-        let took = start.elapsed();
         let b = dir.path().join(format!("plain-{i}"));
-        common::sync();
-        let start = Instant::now();
-        plain(&zip, &b);
-        let plain_took = start.elapsed();
+        let contained = || {
+            common::sync();
+            let start = Instant::now();
+            comfix::fetch::registry::unpack(&zip, &a, "http://127.0.0.1/big.zip").unwrap();
+            start.elapsed()
+        };
+        let uncontained = || {
+            common::sync();
+            let start = Instant::now();
+            plain(&zip, &b);
+            start.elapsed()
+        };
+        // Turn about, so neither pays for the other's writeback more often.
+        let (took, plain_took) = if i % 2 == 0 {
+            let took = contained();
+            (took, uncontained())
+        } else {
+            let plain_took = uncontained();
+            (contained(), plain_took)
+        };
         if i > 0 {
             // The first of each is a warm-up.
             ours.push(took);
@@ -80,6 +92,7 @@ fn main() {
         }
         let _ = std::fs::remove_dir_all(&a);
         let _ = std::fs::remove_dir_all(&b);
+        common::sync();
     }
     let median = |mut v: Vec<Duration>| {
         v.sort();

@@ -62,6 +62,9 @@ pub struct Beneath {
     root: std::path::PathBuf,
     root_fd: std::os::fd::OwnedFd,
     last: Option<(std::path::PathBuf, std::os::fd::OwnedFd)>,
+    /// The symlinks made, for [`links_leaving`].
+    links: Vec<std::path::PathBuf>,
+    umask: u32,
 }
 
 /// Why a name could not be written beneath the destination.
@@ -101,11 +104,18 @@ impl Beneath {
             root: root.to_path_buf(),
             root_fd,
             last: None,
+            links: Vec::new(),
+            umask: umask(),
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The symlinks made so far, relative to the root.
+    pub fn links(&self) -> &[std::path::PathBuf] {
+        &self.links
     }
 
     /// The plain components of `rel`, or an error.
@@ -214,12 +224,15 @@ impl Beneath {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::openat(dir.as_fd(), *name, flags, Mode::from_raw_mode(mode)) {
             Ok(fd) => {
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| {
-                    BeneathError::Io {
-                        path: self.root.join(rel),
-                        source: e.into(),
-                    }
-                })?;
+                // The umask may have taken bits the archive's mode has (an executable bit).
+                if mode & self.umask != 0 {
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| {
+                        BeneathError::Io {
+                            path: self.root.join(rel),
+                            source: e.into(),
+                        }
+                    })?;
+                }
                 Ok(std::fs::File::from(fd))
             }
             Err(rustix::io::Errno::EXIST) => Err(BeneathError::Exists(rel.to_path_buf())),
@@ -247,7 +260,10 @@ impl Beneath {
             self.dir(rel, parents, true)?
         };
         match rustix::fs::symlinkat(target, dir.as_fd(), *name) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.links.push(rel.to_path_buf());
+                Ok(())
+            }
             Err(rustix::io::Errno::EXIST) => Err(BeneathError::Exists(rel.to_path_buf())),
             Err(e) => Err(BeneathError::Io {
                 path: self.root.join(rel),
@@ -257,29 +273,19 @@ impl Beneath {
     }
 }
 
-/// The symlinks under `root` that lead outside it — directly (an absolute target, too many
-/// `..`) or through other symlinks of the tree — or that loop: each resolved within the tree as
-/// the kernel would, following the tree's own links. `(link, target)` pairs, sorted.
+/// Of the symlinks `links` (relative to `root`; [`Beneath::links`]), those that lead outside
+/// `root` — directly (an absolute target, too many `..`) or through other symlinks of the tree —
+/// or that loop: each resolved within the tree as the kernel would, following the tree's own
+/// links. `(link, target)` pairs.
 pub fn links_leaving(
     root: &Path,
+    links: &[std::path::PathBuf],
 ) -> std::io::Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     let mut leaving = Vec::new();
-    for entry in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
-        let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
-        if !entry.file_type().is_symlink() {
-            continue;
-        }
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("under the root")
-            .to_path_buf();
-        let target = std::fs::read_link(entry.path())?;
-        if !resolves_inside(root, &rel) {
-            leaving.push((rel, target));
+    for rel in links {
+        let target = std::fs::read_link(root.join(rel))?;
+        if !resolves_inside(root, rel) {
+            leaving.push((rel.clone(), target));
         }
     }
     Ok(leaving)

@@ -199,7 +199,8 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
         std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("`{raw}`: {e}")))?;
     }
     // Each link resolved as the kernel would, through the package's other links.
-    let leaving = crate::files::links_leaving(dest).map_err(FetchError::io(dest))?;
+    let leaving =
+        crate::files::links_leaving(dest, beneath.links()).map_err(FetchError::io(dest))?;
     if let Some((link, target)) = leaving.first() {
         return Err(unsafe_entry(
             &link.display().to_string(),

@@ -636,6 +636,35 @@ fn an_imported_version_with_python_and_workflows_is_tested_offline_without_uv() 
     );
     let out = comfix_b(&["store", "verify", "--check-contents"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    // An archive whose workflow collides with a file beside the target spec: the file is kept,
+    // the import says so, and nothing in the store changes.
+    let work_c = rig.env.path("work-c");
+    fs::create_dir_all(work_c.join("versions/workflows")).unwrap();
+    fs::write(work_c.join("versions/workflows/ok.json"), b"{\"mine\": 1}").unwrap();
+    let paths_before = fs::read_dir(store_b.join("paths")).unwrap().count();
+    let mut cmd = rig.env.cmd_without_store();
+    cmd.arg("--store")
+        .arg(&store_b)
+        .args(["import", "--no-check-sigs"])
+        .arg(&archive)
+        .current_dir(&work_c)
+        .env("PATH", &bare);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("which differs from the workflow"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read(work_c.join("versions/workflows/ok.json")).unwrap(),
+        b"{\"mine\": 1}"
+    );
+    assert_eq!(
+        fs::read_dir(store_b.join("paths")).unwrap().count(),
+        paths_before
+    );
 }
 
 /// Whether this machine has a GPU driver comfix detects (it then adds no `--cpu`).
@@ -909,7 +938,7 @@ fn the_real_comfyui_starts_under_comfix_run() {
         .cmd()
         .args(["run", "--target"])
         .arg(&home)
-        .args(["--port", &port.to_string(), "--", "--cpu"])
+        .args(["--port", &port.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -926,6 +955,36 @@ fn the_real_comfyui_starts_under_comfix_run() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let code = child.wait().unwrap().code();
     eprintln!("real ComfyUI exited with {code:?}");
+    // check-workflow and test on a machine without a GPU, with no ComfyUI argument: comfix adds
+    // `--cpu` itself. A workflow that runs on the CPU without any model file.
+    let workflow = env.path("empty-image.json");
+    fs::write(
+        &workflow,
+        json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "comfix"}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = env
+        .cmd()
+        .args(["check-workflow", "--fresh", "--target"])
+        .arg(&home)
+        .arg(&workflow)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "check-workflow: {}", stderr(&out));
+    let out = env
+        .cmd()
+        .args(["test", "--target"])
+        .arg(&home)
+        .arg("--workflow")
+        .arg(&workflow)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "test: {}", stderr(&out));
+    assert!(stderr(&out).contains("ok "), "{}", stderr(&out));
 }
 
 #[test]
