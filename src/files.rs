@@ -197,17 +197,11 @@ impl Beneath {
         Ok(fd)
     }
 
-    /// Create the directory `rel` and its parents beneath the root.
-    pub fn create_dir_all(&mut self, rel: &Path) -> Result<(), BeneathError> {
-        let parts = Self::parts(rel)?;
-        self.dir(rel, &parts, true).map(|_| ())
-    }
-
-    /// Create the new regular file `rel` (its parents created), with exactly `mode` (the
-    /// archive's executable bit must survive any umask); refused when anything is there already.
-    pub fn create_file(&mut self, rel: &Path, mode: u32) -> Result<std::fs::File, BeneathError> {
-        use rustix::fs::{Mode, OFlags};
-        use std::os::fd::AsFd;
+    /// The last component of `rel` and a descriptor of its directory (created with its parents).
+    fn parent(
+        &mut self,
+        rel: &Path,
+    ) -> Result<(std::ffi::OsString, std::os::fd::OwnedFd), BeneathError> {
         let parts = Self::parts(rel)?;
         let (name, parents) = parts.split_last().expect("at least one part");
         let dir = if parents.is_empty() {
@@ -220,9 +214,24 @@ impl Beneath {
         } else {
             self.dir(rel, parents, true)?
         };
+        Ok((name.to_os_string(), dir))
+    }
+
+    /// Create the directory `rel` and its parents beneath the root.
+    pub fn create_dir_all(&mut self, rel: &Path) -> Result<(), BeneathError> {
+        let parts = Self::parts(rel)?;
+        self.dir(rel, &parts, true).map(|_| ())
+    }
+
+    /// Create the new regular file `rel` (its parents created), with exactly `mode` (the
+    /// archive's executable bit must survive any umask); refused when anything is there already.
+    pub fn create_file(&mut self, rel: &Path, mode: u32) -> Result<std::fs::File, BeneathError> {
+        use rustix::fs::{Mode, OFlags};
+        use std::os::fd::AsFd;
+        let (name, dir) = self.parent(rel)?;
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rustix::fs::openat(dir.as_fd(), *name, flags, Mode::from_raw_mode(mode)) {
+        match rustix::fs::openat(dir.as_fd(), &name, flags, Mode::from_raw_mode(mode)) {
             Ok(fd) => {
                 // The umask may have taken bits the archive's mode has (an executable bit).
                 if mode & self.umask != 0 {
@@ -247,19 +256,8 @@ impl Beneath {
     /// checked here: see [`links_leaving`].
     pub fn symlink(&mut self, rel: &Path, target: &Path) -> Result<(), BeneathError> {
         use std::os::fd::AsFd;
-        let parts = Self::parts(rel)?;
-        let (name, parents) = parts.split_last().expect("at least one part");
-        let dir = if parents.is_empty() {
-            self.root_fd
-                .try_clone()
-                .map_err(|source| BeneathError::Io {
-                    path: self.root.clone(),
-                    source,
-                })?
-        } else {
-            self.dir(rel, parents, true)?
-        };
-        match rustix::fs::symlinkat(target, dir.as_fd(), *name) {
+        let (name, dir) = self.parent(rel)?;
+        match rustix::fs::symlinkat(target, dir.as_fd(), &name) {
             Ok(()) => {
                 self.links.push(rel.to_path_buf());
                 Ok(())

@@ -402,15 +402,18 @@ pub async fn fetch(
     let asking_adds_nothing = request.pinned.is_some()
         || matches!(kind, SourceKind::Url(_) | SourceKind::File(_))
         || client.config().offline;
-    if asking_adds_nothing {
-        if let Some(stored) = already_in_store(
+    let unasked = || {
+        already_in_store(
             store,
             request,
             request.blake3.as_ref(),
             request.sha256.as_ref(),
             known_name.as_deref(),
             || unasked_url(client.config(), request, kind),
-        )? {
+        )
+    };
+    if asking_adds_nothing {
+        if let Some(stored) = unasked()? {
             return Ok(stored);
         }
     }
@@ -430,15 +433,7 @@ pub async fn fetch(
                 // The source cannot be asked (down, gone, not reachable from here) but the store
                 // holds these bytes: pinned from what the store has, and said so — the lock may
                 // then lack what the source would have added (its commit, its SHA-256).
-                let stored = already_in_store(
-                    store,
-                    request,
-                    request.blake3.as_ref(),
-                    request.sha256.as_ref(),
-                    known_name.as_deref(),
-                    || unasked_url(client.config(), request, kind),
-                )?;
-                match stored {
+                match unasked()? {
                     Some(stored) => {
                         tracing::warn!("{what}: {err}; pinned from the store, which holds its bytes (resolve again once the source answers for a complete pin)");
                         return Ok(stored);

@@ -53,15 +53,9 @@ impl Store {
     /// With `home_grace` (seconds) as the collector's: what a gone home used is garbage only
     /// once its grace period is over.
     pub fn du(&self, keep: &dyn Keep, home_grace: i64) -> Result<DiskUse> {
-        let mut roots = self.all_roots()?;
-        // As the collector sees them: a home found gone now starts its grace period now.
+        // As the collector sees them.
         let now = super::db::now();
-        for root in roots
-            .iter_mut()
-            .filter(|r| r.home_gone && r.gone_since.is_none())
-        {
-            root.gone_since = Some(now);
-        }
+        let roots = self.roots_at(now)?;
         let graph = self.graph()?;
         let mut index = DiskIndex::default();
         let objects = self.root.join(super::layout::OBJECTS);

@@ -92,16 +92,10 @@ impl Store {
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
-        let mut roots = self.all_roots()?;
         let now = super::db::now();
         // A home found gone now starts its grace period (the dry run records nothing and counts
         // from now).
-        for root in roots
-            .iter_mut()
-            .filter(|r| r.home_gone && r.gone_since.is_none())
-        {
-            root.gone_since = Some(now);
-        }
+        let roots = self.roots_at(now)?;
         if !options.dry_run {
             let gone: Vec<&str> = roots
                 .iter()

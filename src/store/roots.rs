@@ -116,6 +116,19 @@ impl Store {
         self.add_root(&format!("pin:{name}"), path, "pin")
     }
 
+    /// [`Store::all_roots`] as a collection at `now` sees them: a home found gone now starts its
+    /// grace period now (recorded by the collector, not here).
+    pub(super) fn roots_at(&self, now: i64) -> Result<Vec<Root>> {
+        let mut roots = self.all_roots()?;
+        for root in roots
+            .iter_mut()
+            .filter(|r| r.home_gone && r.gone_since.is_none())
+        {
+            root.gone_since = Some(now);
+        }
+        Ok(roots)
+    }
+
     /// Every root: recorded ones (with liveness) and the temporary roots of live processes.
     pub fn all_roots(&self) -> Result<Vec<Root>> {
         let mut roots: Vec<Root> = self

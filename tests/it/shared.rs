@@ -187,6 +187,11 @@ impl Shared {
 
     /// comfix as the second user, on the shared store.
     fn peer(&self, args: &[&str]) -> Output {
+        self.peer_on(&self.store, args)
+    }
+
+    /// comfix as the second user, on `store`.
+    fn peer_on(&self, store: &Path, args: &[&str]) -> Output {
         let mut cmd = Command::new("setpriv");
         users_world(&mut cmd)
             .env("PATH", self.path())
@@ -203,7 +208,7 @@ impl Shared {
             ])
             .arg(self.bin.join("comfix"))
             .arg("--store")
-            .arg(&self.store)
+            .arg(store)
             .args(args);
         cmd.output().unwrap()
     }
@@ -368,30 +373,9 @@ fn two_users_realize_run_collect_and_verify_one_shared_store() {
 
     // Root's private store is read-only for the second user: it still realizes the version it
     // holds, Python included (uv's cache goes to the user's own cache directory), and runs it.
-    let peer_on = |store: &Path, args: &[&str]| -> Output {
-        let mut cmd = Command::new("setpriv");
-        users_world(&mut cmd)
-            .env("PATH", s.path())
-            .env("HOME", &s.peer_home)
-            .env("TMPDIR", &s.peer_home)
-            .current_dir(&s.env.work)
-            .args([
-                "--reuid",
-                &uid.to_string(),
-                "--regid",
-                &gid.to_string(),
-                "--init-groups",
-                "--",
-            ])
-            .arg(s.bin.join("comfix"))
-            .arg("--store")
-            .arg(store)
-            .args(args);
-        cmd.output().unwrap()
-    };
     let read_only_home = s.peer_home.join("from-read-only");
     ok(
-        peer_on(
+        s.peer_on(
             &private,
             &[
                 "realize",
@@ -413,7 +397,7 @@ fn two_users_realize_run_collect_and_verify_one_shared_store() {
     );
     // A store the user cannot even read: said so, not "no store" or a missing Python.
     fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
-    let out = peer_on(&private, &["store", "verify"]);
+    let out = s.peer_on(&private, &["store", "verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("permission denied"),
