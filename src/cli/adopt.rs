@@ -116,6 +116,29 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     let loaded = crate::spec::Spec::load(&spec_path)?;
     let lock_path = crate::lock::lock_path_for(&loaded.path, &loaded.spec.version_id);
     let mut lock_written = None;
+    // Registry nodes are identified from their files (`pyproject.toml`, `.tracking`); their lock
+    // entries need the registry's archive. A registry that cannot be reached does not stop the
+    // snapshot: the spec is written, the lock is left for later, and the snapshot says so.
+    let registry_nodes: Vec<&str> = report
+        .nodes
+        .iter()
+        .filter(|n| n.kind == "registry")
+        .map(|n| n.name.as_str())
+        .collect();
+    let unreachable = match (&store, registry_nodes.is_empty()) {
+        (Some(_), false) => registry_unreachable(),
+        _ => None,
+    };
+    if let (Some(store), Some((url, why))) = (&store, &unreachable) {
+        // The install's commits still go into the mirrors: the later resolve needs them.
+        crate::adopt::seed_mirrors(store, &report)?;
+        tracing::warn!(
+            "the node registry `{url}` cannot be reached ({why}): registry node(s) `{}` are in the spec as their files name them, but the lock is not written; run `comfix resolve {}` once the registry answers",
+            registry_nodes.join("`, `"),
+            args.name
+        );
+    }
+    let store = store.filter(|_| unreachable.is_none());
     if let Some(store) = store {
         crate::adopt::seed_mirrors(&store, &report)?;
         let (lock, _items, _session) = resolve_with(
@@ -313,6 +336,31 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
     } else {
         Outcome::Failure
     })
+}
+
+/// The node registry's address (`COMFIX_REGISTRY_URL`, else the public one) and why it cannot be
+/// reached, when a TCP connection to it fails within 5 s (no answer is asked for: a registry that
+/// answers badly is for the resolve to report).
+fn registry_unreachable() -> Option<(String, String)> {
+    let base = std::env::var("COMFIX_REGISTRY_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "https://api.comfy.org".into());
+    let url = url::Url::parse(&base).ok()?;
+    let host = url.host_str()?.to_string();
+    let port = url.port_or_known_default()?;
+    let addresses = match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port)) {
+        Ok(addresses) => addresses.collect::<Vec<_>>(),
+        Err(e) => return Some((base, e.to_string())),
+    };
+    let mut last = String::from("no address");
+    for address in addresses {
+        match std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5)) {
+            Ok(_) => return None,
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Some((base, last))
 }
 
 #[derive(Debug, Args)]

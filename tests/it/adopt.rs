@@ -1329,3 +1329,51 @@ fn a_venv_outside_the_install_is_named_or_adopted() {
     let spec = fs::read_to_string(i.w.env.path("with.json")).unwrap();
     assert!(spec.contains("gamma"), "{spec}");
 }
+
+/// A registry node is snapshotted while the registry cannot be reached: identified from its files
+/// (`pyproject.toml`, `.tracking`), written into the spec, the lock left for later — said so —
+/// and the snapshot succeeds.
+#[test]
+fn a_registry_node_is_snapshotted_while_the_registry_is_unreachable() {
+    let i = Install::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = i
+        .cmd()
+        .env("COMFIX_REGISTRY_URL", format!("http://127.0.0.1:{closed}"))
+        .args(["snapshot", "--name", "away", "--comfy-path"])
+        .arg(&i.root)
+        .arg("-o")
+        .arg(i.w.env.work.join("versions/away.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be reached"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("comfix resolve away"),
+        "{}",
+        stderr(&out)
+    );
+    let spec: Value =
+        serde_json::from_slice(&fs::read(i.w.env.work.join("versions/away.json")).unwrap())
+            .unwrap();
+    assert!(
+        spec["custom_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["cnr"] == "impact" && n["version"] == "1.0.0"),
+        "{spec}"
+    );
+    assert!(!i.w.env.work.join("versions/away.lock.json").exists());
+    // Once the registry answers, the spec resolves.
+    let out = i.cmd().args(["resolve", "away"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
