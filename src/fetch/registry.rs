@@ -451,7 +451,7 @@ mod tests {
             "../../t/u/outside",
         ];
         let (mut unpacked, mut refused) = (0, 0);
-        for _ in 0..2000 {
+        for _ in 0..3000 {
             let count = 1 + byte() % 6;
             let mut items = Vec::new();
             for _ in 0..count {
