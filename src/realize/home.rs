@@ -40,6 +40,9 @@ pub fn reroot(store: &crate::store::Store, target: &Path) -> Result<Vec<u32>, Re
         let Ok(generation) = home.read_generation(n) else {
             continue;
         };
+        // Protected, then checked (a collector may be deleting it right now; a root added to a
+        // path it is deleting would fail its transaction).
+        store.protect(&[&generation.manifest])?;
         if !matches!(store.query(&generation.manifest), Ok(Some(_))) {
             tracing::warn!(
                 "generation {n} of `{}` uses `{}`, which this store does not hold: it cannot be protected",
