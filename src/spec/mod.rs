@@ -502,27 +502,33 @@ impl Spec {
     }
 }
 
+/// The value the segments `path` lead to in `value`, if they do.
+fn walk_to<'a>(
+    value: &'a mut serde_json::Value,
+    path: &[&serde_path_to_error::Segment],
+) -> Option<&'a mut serde_json::Value> {
+    use serde_path_to_error::Segment;
+    path.iter().try_fold(value, |at, segment| match segment {
+        Segment::Map { key } => at.get_mut(key.as_str()),
+        Segment::Seq { index } => at.get_mut(*index),
+        _ => None,
+    })
+}
+
 /// Replace the value at `path` with `new`; false if it is not there.
 fn set_at(
     value: &mut serde_json::Value,
     path: &serde_path_to_error::Path,
     new: serde_json::Value,
 ) -> bool {
-    use serde_path_to_error::Segment;
-    let mut at = value;
-    for segment in path.iter() {
-        let next = match segment {
-            Segment::Map { key } => at.get_mut(key.as_str()),
-            Segment::Seq { index } => at.get_mut(*index),
-            _ => None,
-        };
-        match next {
-            Some(next) => at = next,
-            None => return false,
+    let segments: Vec<_> = path.iter().collect();
+    match walk_to(value, &segments) {
+        Some(at) => {
+            *at = new;
+            true
         }
+        None => false,
     }
-    *at = new;
-    true
 }
 
 /// Remove the entry `path` names (an unknown field) from `value`; false if it is not there.
@@ -532,19 +538,8 @@ fn remove_at(value: &mut serde_json::Value, path: &serde_path_to_error::Path) ->
     let Some((Segment::Map { key }, parents)) = segments.split_last() else {
         return false;
     };
-    let mut at = value;
-    for segment in parents {
-        let next = match segment {
-            Segment::Map { key } => at.get_mut(key.as_str()),
-            Segment::Seq { index } => at.get_mut(*index),
-            _ => None,
-        };
-        match next {
-            Some(next) => at = next,
-            None => return false,
-        }
-    }
-    at.as_object_mut()
+    walk_to(value, parents)
+        .and_then(|at| at.as_object_mut())
         .and_then(|o| o.remove(key.as_str()))
         .is_some()
 }
