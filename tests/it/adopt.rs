@@ -7,7 +7,6 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::resolve::{blake3_hex, pseudo_random, World};
 use crate::support::git::{Entry, TestRepo};
 use crate::support::http::TestServer;
 use crate::support::*;
@@ -217,9 +216,7 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
         .args(["snapshot", "--name", "snap", "--comfy-path", "../install"])
         .arg("-o")
         .arg(&spec)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(fingerprint(&i.root), before, "snapshot changed the install");
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let report = &doc["report"];
@@ -238,24 +235,18 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
     for model in report["models"].as_array().unwrap() {
         assert!(model.get("known_source").is_none(), "{model}");
     }
-    let lock: Value = serde_json::from_str(
-        &fs::read_to_string(i.w.env.work.join("versions/snap.lock.json")).unwrap(),
-    )
-    .unwrap();
+    let lock: Value = read_json(&i.w.env.work.join("versions/snap.lock.json"));
     assert_eq!(lock["comfy"]["commit"], head(&i.core));
 
     // Upstream git is gone: the snapshot's commits come from the install's own repositories.
     fs::rename(i.w.env.path("repos"), i.w.env.path("repos-gone")).unwrap();
     let home = i.w.env.path("home");
-    let out = i
-        .cmd()
+    i.cmd()
         .args(["realize", "--spec"])
         .arg(&spec)
         .arg("--target")
         .arg(&home)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let nodes = home.join("ComfyUI/custom_nodes");
     let mut enabled: Vec<String> = fs::read_dir(&nodes)
         .unwrap()
@@ -343,9 +334,7 @@ fn link_models_swaps_verified_files_for_store_links() {
         .arg(&i.root)
         .arg("-o")
         .arg(i.w.env.work.join("versions/snap.json"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let models = doc["report"]["models"].as_array().unwrap();
     let base = models
@@ -354,9 +343,7 @@ fn link_models_swaps_verified_files_for_store_links() {
         .unwrap();
     assert_eq!(base["known_source"], "hf://org/sdxl/base.safetensors");
     // The dirty node is recorded as a development node, its edits kept; the clean ones by commit.
-    let spec: Value =
-        serde_json::from_slice(&fs::read(i.w.env.work.join("versions/snap.json")).unwrap())
-            .unwrap();
+    let spec: Value = read_json(&i.w.env.work.join("versions/snap.json"));
     let nodes = spec["custom_nodes"].as_array().unwrap();
     let a = nodes.iter().find(|n| n["name"] == "ComfyUI-A").unwrap();
     assert_eq!(
@@ -391,17 +378,11 @@ fn link_models_swaps_verified_files_for_store_links() {
     assert_eq!(doc_linked.len(), 1, "{doc}");
     // Editing the external file afterwards does not touch the store.
     fs::write(&lora, b"edited by its owner").unwrap();
-    let out = i
-        .cmd()
-        .args(["store", "verify", "--check-contents"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    i.cmd().args(["store", "verify", "--check-contents"]).ok();
 
     // The link keeps its model from the collector, until it is replaced.
     let gc = |i: &Install| {
-        let out = i.cmd().args(["gc"]).output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        i.cmd().args(["gc"]).ok();
     };
     gc(&i);
     assert_eq!(fs::read(&ckpt).unwrap(), i.ckpt);
@@ -430,8 +411,8 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
     )
     .unwrap();
     // A file of a Hugging Face hub cache, linked into a model folder.
-    let commit = crate::resolve::HF_COMMIT;
-    let sha = crate::resolve::sha256_hex(&w.model);
+    let commit = crate::support::HF_COMMIT;
+    let sha = crate::support::sha256_hex(&w.model);
     let hub = w.env.path("hf-cache/hub/models--org--wan");
     fs::create_dir_all(hub.join("blobs")).unwrap();
     fs::create_dir_all(hub.join(format!("snapshots/{commit}/split"))).unwrap();
@@ -463,9 +444,7 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
             .arg(&i.root)
             .arg("-o")
             .arg(&spec_path)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         stderr(&out)
     };
     let first = snapshot();
@@ -475,7 +454,7 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
         first.contains("model `vae/unet.safetensors`: already in the store"),
         "{first}"
     );
-    let spec: Value = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
+    let spec: Value = read_json(&spec_path);
     let model = |file: &str| {
         spec["models"]
             .as_array()
@@ -530,16 +509,13 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
     fs::remove_file(&detail).unwrap();
     let other = w.env.path("other-store");
     let home = w.env.path("home");
-    let out = w
-        .cmd(&other)
+    w.cmd(&other)
         .args(["realize", "--spec"])
         .arg(&spec_path)
         .arg("--target")
         .arg(&home)
         .env("UV_DEFAULT_INDEX", &i.index_url)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(
         fs::read(home.join("models/diffusion_models/unet.safetensors")).unwrap(),
         w.model
@@ -562,8 +538,7 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
     let w = World::new();
     w.write_spec(&w.default_spec());
     let home = w.env.path("home");
-    let out = realize_v1(&w, &home);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize_v1(&w, &home));
     // A models directory of plain copies, as the original tool kept them.
     let dir = w.env.path("models");
     for entry in walkdir::WalkDir::new(home.join("models")).follow_links(true) {
@@ -676,24 +651,15 @@ fn manager_snapshots_round_trip_through_a_spec() {
     });
     let file = w.env.path("snapshot.json");
     fs::write(&file, snapshot.to_string()).unwrap();
-    let out = import_as_v1(&w, &file);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("`a_newer_key`"), "{}", stderr(&out));
-    let out = w
-        .cmd(&w.env.store)
-        .args(["resolve", "v1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(import_as_v1(&w, &file));
+    says(&out, "`a_newer_key`");
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
     let back = w.env.path("back.json");
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["export", "v1", "--manager-snapshot", "-o"])
         .arg(&back)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let back: Value = serde_json::from_slice(&fs::read(&back).unwrap()).unwrap();
+        .ok();
+    let back: Value = read_json(&back);
     assert_eq!(back["comfyui"], core.to_string());
     assert_eq!(back["git_custom_nodes"], snapshot["git_custom_nodes"]);
     assert_eq!(back["cnr_custom_nodes"], snapshot["cnr_custom_nodes"]);
@@ -714,9 +680,7 @@ fn manager_snapshots_round_trip_through_a_spec() {
         .args(["spec", "import", "--name", "v2", "-o"])
         .arg(w.env.work.join("versions/v2.json"))
         .arg(&yaml)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["spec"]["custom_nodes"][0]["commit"], a.to_string());
     assert_eq!(doc["spec"]["custom_nodes"][1]["cnr"], "impact");
@@ -761,11 +725,9 @@ aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mir
     )
     .unwrap();
     fs::write(env_dir.join("uv.lock"), "version = 1\n").unwrap();
-    let out = import_as_v1(&w, &env_dir.join("pyproject.toml"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(import_as_v1(&w, &env_dir.join("pyproject.toml")));
     let home = w.env.path("home");
-    let out = realize_v1(&w, &home);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize_v1(&w, &home));
     assert!(home
         .join("ComfyUI/custom_nodes/impact/modules/impact.py")
         .is_file());
@@ -802,13 +764,10 @@ fn specs_are_read_from_a_git_repository() {
     let at = |suffix: &str| format!("git+{}{suffix}", versions.url());
 
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["realize", "--spec", &at("#versions/v1.json"), "--target"])
         .arg(&home)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(
         fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
         w.model
@@ -817,9 +776,7 @@ fn specs_are_read_from_a_git_repository() {
         let out = w
             .cmd(&w.env.store)
             .args(["--json", "spec", "check", "--spec", location])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
     let tagged = check(&at("@old#versions/v1.json"));
@@ -858,8 +815,7 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
         .push(serde_json::json!({ "path": "../my-node" }));
     w.write_spec(&spec);
     let home = w.env.path("home");
-    let out = realize_v1(&w, &home);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize_v1(&w, &home));
     let linked = home.join("ComfyUI/custom_nodes/my-node");
     assert_eq!(
         fs::canonicalize(&linked).unwrap(),
@@ -891,19 +847,9 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
     fs::write(dev.join("__init__.py"), "DEV = 2\n").unwrap();
     assert_eq!(fs::read(linked.join("__init__.py")).unwrap(), b"DEV = 2\n");
     // A new generation says the node changed since the lock; resolve records the new hash.
-    let out = realize_v1(&w, &home);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("changed since it was locked"),
-        "{}",
-        stderr(&out)
-    );
-    let out = w
-        .cmd(&w.env.store)
-        .args(["resolve", "v1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(realize_v1(&w, &home));
+    says(&out, "changed since it was locked");
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
     let lock: Value = serde_json::from_str(&w.lock_text()).unwrap();
     let now = lock["custom_nodes"]
         .as_array()
@@ -921,7 +867,7 @@ fn development_nodes_are_linked_and_their_changes_noticed() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("node `my-node`"), "{}", stderr(&out));
+    says(&out, "node `my-node`");
 }
 
 /// A snapshot of an install as real ones are: a model file name with spaces; a `custom_nodes:`
@@ -1051,12 +997,7 @@ fn a_snapshot_keeps_secrets_out_and_adopts_what_real_installs_have() {
             .is_symlink()
     );
     fs::write(&blob, b"edited in the hub cache").unwrap();
-    let out = i
-        .cmd()
-        .args(["store", "verify", "--check-contents"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    i.cmd().args(["store", "verify", "--check-contents"]).ok();
 }
 
 /// An origin URL with credentials is written without them, and the snapshot says so.
@@ -1134,12 +1075,8 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
         .cmd(&w.env.store)
         .args(["spec", "import", "--name", "from-manager"])
         .arg(&json_snapshot)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let spec: Value =
-        serde_json::from_slice(&fs::read(w.env.work.join("versions/from-manager.json")).unwrap())
-            .unwrap();
+        .ok();
+    let spec: Value = read_json(&w.env.work.join("versions/from-manager.json"));
     let nodes = spec["custom_nodes"].as_array().unwrap();
     let gguf = nodes.iter().find(|n| n["name"] == "ComfyUI-GGUF").unwrap();
     assert_eq!(
@@ -1156,7 +1093,7 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
     assert!(nodes
         .iter()
         .any(|n| n["cnr"] == "comfyui-impact-pack" && n["version"] == "8.8.1"));
-    assert!(stderr(&out).contains("my_tweaks.py"), "{}", stderr(&out));
+    says(&out, "my_tweaks.py");
     // Away from its install, `unknown` is said, not taken for a branch.
     let elsewhere = w.env.path("elsewhere.json");
     fs::copy(fixtures.join("manager-3.31.11-snapshot.json"), &elsewhere).unwrap();
@@ -1165,25 +1102,16 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
         .args(["spec", "import", "--name", "away", "-o"])
         .arg(w.env.path("away.json"))
         .arg(&elsewhere)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("commit is `unknown`"),
-        "{}",
-        stderr(&out)
-    );
+        .ok();
+    says(&out, "commit is `unknown`");
     let away = fs::read_to_string(w.env.path("away.json")).unwrap();
     assert!(!away.contains("\"ref\": \"unknown\""), "{away}");
     // The older YAML form.
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["spec", "import", "--name", "from-yaml", "-o"])
         .arg(w.env.path("from-yaml.json"))
         .arg(fixtures.join("manager-2.x-snapshot.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let yaml_spec = fs::read_to_string(w.env.path("from-yaml.json")).unwrap();
     assert!(
         yaml_spec.contains("0c3b6f1a2d4e5f60718293a4b5c6d7e8f9012345"),
@@ -1192,20 +1120,12 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
 
     // Export as YAML when asked.
     w.write_spec(&w.default_spec());
-    let out = w
-        .cmd(&w.env.store)
-        .args(["resolve", "v1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
     let exported = w.env.path("v1-snapshot.yaml");
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["export", "v1", "--manager-snapshot", "-o"])
         .arg(&exported)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let text = fs::read_to_string(&exported).unwrap();
     assert!(
         serde_json::from_str::<Value>(&text).is_err(),
@@ -1264,10 +1184,8 @@ version = "1.0"
 "#,
     )
     .unwrap();
-    let out = import_as_v1(&w, &env_dir.join("pyproject.toml"));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let spec: Value =
-        serde_json::from_slice(&fs::read(w.env.work.join("versions/v1.json")).unwrap()).unwrap();
+    ok(import_as_v1(&w, &env_dir.join("pyproject.toml")));
+    let spec: Value = read_json(&w.env.work.join("versions/v1.json"));
     assert_eq!(
         spec["python"]["requirements"],
         serde_json::json!([
@@ -1278,16 +1196,11 @@ version = "1.0"
     );
     let wheels = w.env.path("wheelhouse");
     wheels::write_dir(&wheels, &crate::python::packages());
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["resolve", "v1", "--wheels-dir"])
         .arg(&wheels)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lock: Value =
-        serde_json::from_slice(&fs::read(w.env.work.join("versions/v1.lock.json")).unwrap())
-            .unwrap();
+        .ok();
+    let lock: Value = read_json(&w.env.work.join("versions/v1.lock.json"));
     let names: Vec<&str> = lock["python"]["wheels"]
         .as_array()
         .unwrap()
@@ -1315,17 +1228,11 @@ fn a_venv_outside_the_install_is_named_or_adopted() {
             .output()
             .unwrap()
     };
-    let out = snapshot(&[], "without");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no venv in the install"),
-        "{}",
-        stderr(&out)
-    );
+    let out = ok(snapshot(&[], "without"));
+    says(&out, "no venv in the install");
     let spec = fs::read_to_string(i.w.env.path("without.json")).unwrap();
     assert!(!spec.contains("gamma"), "{spec}");
-    let out = snapshot(&["--venv", outside.to_str().unwrap()], "with");
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(snapshot(&["--venv", outside.to_str().unwrap()], "with"));
     let spec = fs::read_to_string(i.w.env.path("with.json")).unwrap();
     assert!(spec.contains("gamma"), "{spec}");
 }
@@ -1348,22 +1255,10 @@ fn a_registry_node_is_snapshotted_while_the_registry_is_unreachable() {
         .arg(&i.root)
         .arg("-o")
         .arg(i.w.env.work.join("versions/away.json"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("cannot be reached"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("comfix resolve away"),
-        "{}",
-        stderr(&out)
-    );
-    let spec: Value =
-        serde_json::from_slice(&fs::read(i.w.env.work.join("versions/away.json")).unwrap())
-            .unwrap();
+        .ok();
+    says(&out, "cannot be reached");
+    says(&out, "comfix resolve away");
+    let spec: Value = read_json(&i.w.env.work.join("versions/away.json"));
     assert!(
         spec["custom_nodes"]
             .as_array()
@@ -1374,6 +1269,5 @@ fn a_registry_node_is_snapshotted_while_the_registry_is_unreachable() {
     );
     assert!(!i.w.env.work.join("versions/away.lock.json").exists());
     // Once the registry answers, the spec resolves.
-    let out = i.cmd().args(["resolve", "away"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    i.cmd().args(["resolve", "away"]).ok();
 }

@@ -1,12 +1,10 @@
 //! `comfix export` / `comfix import`: a version's closure moved to another store as one file.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::resolve::World;
 use crate::support::http::TestServer;
 use crate::support::*;
 
@@ -17,22 +15,8 @@ fn realize_json(w: &World, store: &Path, home: &Path, args: &[&str]) -> Value {
         .args(["realize", "v1", "--target"])
         .arg(home)
         .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-pub(crate) fn status_manifest(w: &World, store: &Path, home: &Path) -> String {
-    let out = w
-        .cmd(store)
-        .args(["--json", "status", "--target"])
-        .arg(home)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
-    status["manifest"].as_str().unwrap().to_string()
 }
 
 /// Import taking unsigned paths (digests are checked either way).
@@ -44,62 +28,11 @@ fn import(w: &World, store: &Path, archive: &Path) -> std::process::Output {
         .unwrap()
 }
 
-/// A key pair in `dir`: the secret key's file and the public key.
-pub(crate) fn key(w: &World, name: &str) -> (PathBuf, String) {
-    let dir = w.env.path("keys");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["key", "generate", "--name", name, "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    (
-        dir.join(format!("{name}.secret")),
-        stdout(&out).trim().to_string(),
-    )
-}
-
 fn export(w: &World, archive: &Path) {
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["export", "v1", "-o"])
         .arg(archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-/// Every path a store registered is whole: `store verify --check-contents` finds nothing.
-pub(crate) fn assert_store_whole(w: &World, store: &Path) {
-    if !store.join("db").exists() {
-        return;
-    }
-    let out = w
-        .cmd(store)
-        .args(["store", "verify", "--check-contents"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
-}
-
-pub(crate) fn registered(w: &World, store: &Path) -> Vec<String> {
-    let out = w
-        .cmd(store)
-        .args(["--json", "store", "ls"])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Vec::new();
-    }
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    list.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+        .ok();
 }
 
 fn world_with_home() -> (World, PathBuf, PathBuf) {
@@ -123,17 +56,14 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     // The git repositories are gone too.
     fs::rename(w.env.path("repos"), w.env.path("repos-gone")).unwrap();
     let store_b = w.env.path("store-b");
-    let out = import(&w, &store_b, &archive);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(import(&w, &store_b, &archive));
     assert_eq!(stdout(&out).trim(), "v1");
     // Importing again writes nothing new.
     let again = w
         .cmd(&store_b)
         .args(["--json", "import", "--no-check-sigs"])
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(again.status.success(), "{}", stderr(&again));
+        .ok();
     let report: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(report["imported"].as_array().unwrap().len(), 0);
     assert!(report["present"].as_u64().unwrap() > 5);
@@ -155,25 +85,8 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     );
     assert_store_whole(&w, &store_b);
     // The imported version is pinned: a collection keeps it.
-    let out = w.cmd(&store_b).arg("gc").output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = w.cmd(&store_b).args(["store", "verify"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-}
-
-pub(crate) fn decompress(archive: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    zstd::stream::read::Decoder::new(fs::File::open(archive).unwrap())
-        .unwrap()
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
-pub(crate) fn compress(tar: &[u8], to: &Path) {
-    let mut encoder = zstd::stream::write::Encoder::new(fs::File::create(to).unwrap(), 3).unwrap();
-    encoder.write_all(tar).unwrap();
-    encoder.finish().unwrap();
+    w.cmd(&store_b).arg("gc").ok();
+    w.cmd(&store_b).args(["store", "verify"]).ok();
 }
 
 /// A byte of a model changed inside the archive: the import names both tree hashes, and the
@@ -228,11 +141,7 @@ fn a_foreign_file_is_refused() {
     fs::write(&file, b"not an archive at all").unwrap();
     let out = import(&w, &w.env.store, &file);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not a comfix closure"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "not a comfix closure");
     // A zstd tar that is not a closure.
     let mut builder = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -245,11 +154,7 @@ fn a_foreign_file_is_refused() {
     compress(&builder.into_inner().unwrap(), &plain);
     let out = import(&w, &w.env.store, &plain);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("its first entry is not `comfix-closure.json`"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "its first entry is not `comfix-closure.json`");
 }
 
 /// A tar entry with exactly `name` as its path, whatever it holds (`..` included).
@@ -415,9 +320,7 @@ fn export_to_stdout_pipes_into_import_from_stdin() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "v1");
     // The spec and lock came along; without models, none is in the store.
-    let lock: Value =
-        serde_json::from_str(&fs::read_to_string(w.env.path("imported/v1.lock.json")).unwrap())
-            .unwrap();
+    let lock: Value = read_json(&w.env.path("imported/v1.lock.json"));
     assert_eq!(
         fs::read_to_string(w.env.path("imported/v1.lock.json")).unwrap(),
         w.lock_text()
@@ -438,23 +341,17 @@ fn imports_require_a_trusted_signature() {
     let (secret, public) = key(&w, "team-1");
     let (_, other_public) = key(&w, "team-2");
     let signed = w.env.path("signed.tar.zst");
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["export", "v1", "--models", "none", "-o"])
         .arg(&signed)
         .arg("--sign-key")
         .arg(&secret)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let unsigned = w.env.path("unsigned.tar.zst");
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["export", "v1", "--models", "none", "-o"])
         .arg(&unsigned)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let try_import = |archive: &Path, store: &str, args: &[&str]| {
         w.cmd(&w.env.path(store))
             .arg("import")
@@ -465,37 +362,24 @@ fn imports_require_a_trusted_signature() {
     };
     let out = try_import(&unsigned, "s1", &["--trusted-key", &public]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("is not signed by a trusted key (it has no signature)"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stderr(&out).contains("--no-check-sigs"), "{}", stderr(&out));
+    says(&out, "is not signed by a trusted key (it has no signature)");
+    says(&out, "--no-check-sigs");
     assert!(registered(&w, &w.env.path("s1")).is_empty());
     let out = try_import(&signed, "s2", &["--trusted-key", &other_public]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("signed by `team-1`"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "signed by `team-1`");
     let out = try_import(&signed, "s3", &[]);
     assert_eq!(out.status.code(), Some(1), "no key is trusted by default");
-    let out = try_import(&signed, "s4", &["--trusted-key", &public]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = try_import(&unsigned, "s5", &["--no-check-sigs"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(try_import(&signed, "s4", &["--trusted-key", &public]));
+    ok(try_import(&unsigned, "s5", &["--no-check-sigs"]));
     // The key can come from the config file too.
     let config = w.env.path("config.toml");
     fs::write(&config, format!("trusted-keys = [\"{public}\"]\n")).unwrap();
-    let out = w
-        .cmd(&w.env.path("s6"))
+    w.cmd(&w.env.path("s6"))
         .env("COMFIX_CONFIG", &config)
         .arg("import")
         .arg(&signed)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
 }
 
 /// A closure that does not fit on the store's filesystem is refused before anything is written.
@@ -541,22 +425,19 @@ fn user_files_follow_the_umask_and_secrets_stay_private() {
     realize
         .args(["realize", "v1", "--target"])
         .arg(w.env.path("home"));
-    let out = with_umask(realize);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(with_umask(realize));
     let lock = w.env.work.join("versions/v1.lock.json");
     assert_eq!(mode(&lock), 0o644, "{}", lock.display());
     assert_eq!(mode(&w.env.store.join("VERSION")), 0o644);
     let archive = w.env.path("v1.tar.zst");
     let mut export = w.cmd(&w.env.store);
     export.args(["export", "v1", "-o"]).arg(&archive);
-    let out = with_umask(export);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(with_umask(export));
     assert_eq!(mode(&archive), 0o644);
 
     let mut generate = w.cmd(&w.env.store);
     generate.args(["key", "generate", "--name", "team"]);
-    let out = with_umask(generate);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(with_umask(generate));
     let keys = w.env.path("config/comfix/keys");
     assert_eq!(mode(&keys.join("team.secret")), 0o600);
     assert_eq!(mode(&keys.join("team.public")), 0o644);
@@ -575,17 +456,11 @@ fn export_and_copy_refuse_a_path_that_no_longer_verifies() {
     use std::os::unix::fs::PermissionsExt;
     let w = World::new();
     w.write_spec(&w.default_spec());
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["realize", "v1", "--target"])
         .arg(w.env.path("home"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let lock: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(w.env.work.join("versions/v1.lock.json")).unwrap(),
-    )
-    .unwrap();
+        .ok();
+    let lock: serde_json::Value = read_json(&w.env.work.join("versions/v1.lock.json"));
     let core = w
         .env
         .store
@@ -622,24 +497,13 @@ fn export_and_copy_refuse_a_path_that_no_longer_verifies() {
         .arg("v1")
         .output()
         .unwrap();
-    assert!(!out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("does not match its registration"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, "does not match its registration");
 
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["store", "verify", "--check-contents", "--repair"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    let out = w
-        .cmd(&w.env.store)
+        .ok();
+    w.cmd(&w.env.store)
         .args(["export", "v1", "-o"])
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
 }

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::resolve::World;
 use crate::support::*;
 
 fn spawn_realize(w: &World, home: &Path, fault: Option<(&str, &Path)>) -> Child {

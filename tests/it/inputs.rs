@@ -8,7 +8,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use serde_json::{json, Value};
 
-use crate::resolve::{blake3_hex, pseudo_random, World};
 use crate::support::git::{Entry, TestRepo};
 use crate::support::http::{Route, TestServer};
 use crate::support::tls::{ConnectProxy, TestCa};
@@ -59,16 +58,13 @@ fn https_trusts_ssl_cert_file_and_goes_through_a_proxy() {
     // With SSL_CERT_FILE naming it, through an HTTPS_PROXY: the download works and the proxy
     // carried it.
     let proxy = ConnectProxy::start();
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["resolve", "v1"])
         .env("SSL_CERT_FILE", &pem)
         .env("HTTPS_PROXY", proxy.url())
         .env_remove("NO_PROXY")
         .env_remove("no_proxy")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(w.lock()["models"][0]["blake3"], blake3_hex(&data));
     let tunnels = proxy.tunnels.lock().unwrap().clone();
     assert!(
@@ -176,7 +172,7 @@ fn file_sources_are_checked_against_every_digest() {
     ));
     let out = w.resolve(&[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("BLAKE3 mismatch"), "{}", stderr(&out));
+    says(&out, "BLAKE3 mismatch");
     assert!(!registered(&w, "other.safetensors"));
 }
 
@@ -197,11 +193,7 @@ fn file_sources_take_only_readable_regular_files() {
     ] {
         let out = check(source);
         assert_eq!(out.status.code(), Some(1), "{source}: {}", stderr(&out));
-        assert!(
-            stderr(&out).contains("models[0].source"),
-            "{}",
-            stderr(&out)
-        );
+        says(&out, "models[0].source");
     }
 
     // A FIFO is refused at spec check and never hangs resolve.
@@ -213,7 +205,7 @@ fn file_sources_take_only_readable_regular_files() {
         .success());
     let out = check(&format!("file://{}", fifo.display()));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("FIFO"), "{}", stderr(&out));
+    says(&out, "FIFO");
 
     // A private file: refused with a hint, not published into a world-readable store.
     let private = w.env.path("private.safetensors");
@@ -221,7 +213,7 @@ fn file_sources_take_only_readable_regular_files() {
     fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
     let out = check(&format!("file://{}", private.display()));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("chmod o+r"), "{}", stderr(&out));
+    says(&out, "chmod o+r");
 
     // A symlink into /proc passes the name check and is caught when resolved; the environment
     // (with its tokens) never reaches the store.
@@ -233,13 +225,13 @@ fn file_sources_take_only_readable_regular_files() {
     ));
     let out = w.resolve(&[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("/proc"), "{}", stderr(&out));
+    says(&out, "/proc");
     for entry in walkdir::WalkDir::new(&w.env.store).into_iter().flatten() {
         if entry.file_type().is_file() {
             let bytes = fs::read(entry.path()).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes);
             assert!(
-                !text.contains(crate::resolve::HF_TOKEN),
+                !text.contains(crate::support::HF_TOKEN),
                 "{}",
                 entry.path().display()
             );
@@ -275,19 +267,13 @@ fn models_get_their_real_file_names() {
         ]),
     ));
     // A name ComfyUI would not list is a warning at spec check.
-    let out = w.env.run(&["spec", "check", "v1"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("models[1]"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("Content-Disposition"),
-        "{}",
-        stderr(&out)
-    );
+    let out = ok(w.env.run(&["spec", "check", "v1"]));
+    says(&out, "models[1]");
+    says(&out, "Content-Disposition");
     assert!(!stderr(&out).contains("models[0]"), "{}", stderr(&out));
 
     let home = w.env.path("home");
-    let out = crate::realize::realize(&w, "v1", &home, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(crate::realize::realize(&w, "v1", &home, &[]));
     assert_eq!(
         fs::read(home.join("models/loras/detail-v2.safetensors")).unwrap(),
         lora
@@ -301,9 +287,8 @@ fn models_get_their_real_file_names() {
     assert_eq!(lock["models"][1]["filename"], "upscaler-4x.pth");
     // The lock's names are kept: the next realize is a no-op without asking anyone.
     let before = w.total_requests();
-    let out = crate::realize::realize(&w, "v1", &home, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("up to date"), "{}", stderr(&out));
+    let out = ok(crate::realize::realize(&w, "v1", &home, &[]));
+    says(&out, "up to date");
     assert_eq!(w.total_requests(), before);
 }
 
@@ -342,12 +327,11 @@ fn git_fetches_only_the_wanted_ref() {
         b"OK = 1\n"
     );
     // A commit given without a ref is fetched by its id.
-    let head = crate::resolve::head_of(&node, "main");
+    let head = crate::support::head_of(&node, "main");
     spec["custom_nodes"] = json!([{ "repo": node.url(), "name": "narrow", "commit": head }]);
     w.write_spec(&spec);
     let other_store = w.env.path("store2");
-    let out = w.resolve_in(&other_store, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(w.resolve_in(&other_store, &[]));
 }
 
 #[test]
@@ -370,8 +354,7 @@ fn concurrent_resolves_download_a_model_once() {
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+        ok(child.wait_with_output().unwrap());
     }
     assert_eq!(
         w.cdn.bytes_served("/big/model.safetensors"),
@@ -407,9 +390,8 @@ fn an_optional_model_that_fails_is_left_out_and_shown_missing() {
         .collect();
     assert_eq!(states, ["resolve", "optional"]);
 
-    let out = crate::realize::realize(&w, "v1", &home, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("optional model"), "{}", stderr(&out));
+    let out = ok(crate::realize::realize(&w, "v1", &home, &[]));
+    says(&out, "optional model");
     assert!(home.join("models/unet/unet.safetensors").exists());
     assert!(!home.join("models/loras/extra.safetensors").exists());
     let status = w.env.json(&["status", "--target", home.to_str().unwrap()]);
@@ -431,14 +413,14 @@ fn workflows_are_checked_and_stored_with_the_version() {
     w.write_spec(&spec);
     let out = w.env.run(&["spec", "check", "v1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("workflows[0]"), "{}", stderr(&out));
+    says(&out, "workflows[0]");
 
     let flows = w.env.work.join("versions/flows");
     fs::create_dir_all(&flows).unwrap();
     fs::write(flows.join("minimal.json"), b"{ not json").unwrap();
     let out = w.env.run(&["spec", "check", "v1"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("is not JSON"), "{}", stderr(&out));
+    says(&out, "is not JSON");
 
     let workflow = br#"{"1": {"class_type": "SaveImage", "inputs": {}}}"#;
     fs::write(flows.join("minimal.json"), workflow).unwrap();
@@ -470,9 +452,8 @@ fn a_failed_resolve_keeps_what_resolved() {
     // The missing file appears; the next resolve does not ask Hugging Face again.
     w.cdn
         .route("/later/b.safetensors", Route::file(good.clone()));
-    let out = w.resolve(&[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("continuing"), "{}", stderr(&out));
+    let out = ok(w.resolve(&[]));
+    says(&out, "continuing");
     assert_eq!(
         w.hub.requests().len(),
         heads,

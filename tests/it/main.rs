@@ -4,7 +4,7 @@
 mod support;
 
 mod adopt;
-mod cache;
+mod cache_contract;
 mod cli;
 mod closure;
 mod gc;

@@ -153,8 +153,7 @@ impl PyWorld {
     }
 
     fn realize_ok(&self, id: &str, home: &str, args: &[&str]) -> Output {
-        let out = self.realize(id, home, args);
-        assert!(out.status.success(), "realize failed:\n{}", stderr(&out));
+        let out = ok(self.realize(id, home, args));
         out
     }
 
@@ -189,7 +188,7 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
     let world = PyWorld::new();
     world.write_spec(&world.spec("v1", &[]));
     let out = world.realize_ok("v1", "home", &[]);
-    assert!(stderr(&out).contains("built venv"), "{}", stderr(&out));
+    says(&out, "built venv");
 
     // The lock records every wheel: name, version, file name, URL, sha256, store path.
     let lock = world.lock("v1");
@@ -239,17 +238,15 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
         .to_string_lossy()
         .contains("-venv-py"));
     let py = home.join(".venv/bin/python");
-    let out = run(
+    let out = ok(run(
         &py,
         &[
             "-c",
             "import alpha, beta, gamma, sys; print(beta.X, gamma.G, sys.prefix)",
         ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    ));
     assert!(stdout(&out).starts_with("2 gamma "), "{}", stdout(&out));
-    let out = run(&home.join(".venv/bin/alpha-hello"), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(run(&home.join(".venv/bin/alpha-hello"), &[]));
     assert_eq!(stdout(&out), "hello from alpha\n");
     assert_eq!(
         fs::read(home.join(".venv/share/alpha/notes.txt")).unwrap(),
@@ -271,9 +268,7 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
         .cmd()
         .args(["--json", "realize", "v1", "--dry-run", "--target"])
         .arg(&home)
-        .output()
-        .unwrap();
-    assert!(plan.status.success(), "{}", stderr(&plan));
+        .ok();
     let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
     let steps = plan["plan"]["steps"].as_array().unwrap();
     let kinds: Vec<(&str, &str)> = steps
@@ -301,16 +296,9 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
     assert!(!out.status.success());
 
     // The venv is in the home manifest's closure, so it is a GC root while the home lives.
-    let gc = world.cmd().args(["gc"]).output().unwrap();
-    assert!(gc.status.success(), "{}", stderr(&gc));
+    world.cmd().args(["gc"]).ok();
     assert!(venv.join("pyvenv.cfg").exists());
-    let status = world
-        .cmd()
-        .args(["status", "--target"])
-        .arg(&home)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", stderr(&status));
+    world.cmd().args(["status", "--target"]).arg(&home).ok();
 }
 
 /// Without uv a Python version cannot be resolved: a user error (exit 1) that says how to get
@@ -356,9 +344,7 @@ fn damaged_wheels_and_venvs_are_repaired_by_their_derivations() {
             .arg("--json")
             .args(["realize", "v1", "--target"])
             .arg(world.env.path(home))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let outcome_of = |report: &Value, kind: &str| -> Vec<String> {
@@ -388,12 +374,7 @@ fn damaged_wheels_and_venvs_are_repaired_by_their_derivations() {
     overwrite(&wheel_path, &bad);
     let venv = world.venv_of("home");
     overwrite(&venv.join("pyvenv.cfg"), b"broken\n");
-    let out = world
-        .cmd()
-        .args(["store", "verify", "--repair"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let out = world.cmd().args(["store", "verify", "--repair"]).ok();
     let err = stderr(&out);
     assert!(
         err.contains(&format!("repaired\t{}", wheel_path.display())),
@@ -405,15 +386,12 @@ fn damaged_wheels_and_venvs_are_repaired_by_their_derivations() {
     );
     assert_eq!(fs::read(&wheel_path).unwrap(), good_wheel);
     assert_ne!(fs::read(venv.join("pyvenv.cfg")).unwrap(), b"broken\n");
-    let out = world
+    world
         .cmd()
         .args(["store", "verify", "--check-contents"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stdout(&out));
+        .ok();
     let py = world.env.path("home/.venv/bin/python");
-    let out = run(&py, &["-c", "import alpha"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(run(&py, &["-c", "import alpha"]));
 }
 
 /// A Python version's closure (wheels and the venv) travels in an export: another store imports
@@ -424,29 +402,19 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
     world.write_spec(&world.spec("v1", &[]));
     world.realize_ok("v1", "home", &[]);
     let archive = world.env.path("v1.tar.zst");
-    let out = world
-        .cmd()
-        .args(["export", "v1", "-o"])
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.cmd().args(["export", "v1", "-o"]).arg(&archive).ok();
     let store_b = world.env.path("store-b");
-    let out = world
+    world
         .cmd_in(&store_b)
         .args(["import", "--no-check-sigs"])
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let requests = world.index.requests().len();
     let out = world
         .cmd_in(&store_b)
         .args(["--json", "realize", "v1", "--offline", "--target"])
         .arg(world.env.path("home-b"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(
         world.index.requests().len(),
         requests,
@@ -466,8 +434,7 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         world.venv_of("home").file_name()
     );
     let py = world.env.path("home-b/.venv/bin/python");
-    let out = run(&py, &["-c", "import alpha, gamma"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(run(&py, &["-c", "import alpha, gamma"]));
 }
 
 /// Root ignores the store's read-only modes, and a Python without `PYTHONDONTWRITEBYTECODE`
@@ -520,16 +487,14 @@ fn running_a_venv_without_dontwritebytecode_writes_nothing_into_the_store() {
         .map(|e| e.into_path())
         .collect();
     let py = home.join(".venv/bin/python");
-    let out = run(
+    ok(run(
         &py,
         &[
             "-c",
             "import alpha, beta, gamma, delta, sys; assert not sys.dont_write_bytecode",
         ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&home.join(".venv/bin/alpha-hello"), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ));
+    ok(run(&home.join(".venv/bin/alpha-hello"), &[]));
     let after: BTreeSet<PathBuf> = walkdir::WalkDir::new(&venv)
         .into_iter()
         .flatten()
@@ -560,13 +525,11 @@ fn venvs_built_on_two_stores_are_identical() {
     world.write_spec(&world.spec("v1", &[]));
     world.realize_ok("v1", "home", &[]);
     let store_b = world.env.path("store-b");
-    let out = world
+    world
         .cmd_in(&store_b)
         .args(["realize", "v1", "--target"])
         .arg(world.env.path("home-b"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let venv = world.venv_of("home");
     let name = venv.file_name().unwrap().to_str().unwrap();
     assert_eq!(
@@ -643,8 +606,7 @@ fn without_uv_on_the_machine_the_stored_uv_is_used() {
             .output()
             .unwrap()
     };
-    let out = realize("home", &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize("home", &[]));
     assert_eq!(mirror.requests().len(), 1);
     let stored: Vec<String> = fs::read_dir(world.env.store.join("paths"))
         .unwrap()
@@ -653,10 +615,8 @@ fn without_uv_on_the_machine_the_stored_uv_is_used() {
         .filter(|n| n.ends_with("-uv-0.13.8"))
         .collect();
     assert_eq!(stored.len(), 1, "{stored:?}");
-    let out = world.cmd().arg("gc").output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = realize("home-2", &["--offline"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.cmd().arg("gc").ok();
+    ok(realize("home-2", &["--offline"]));
     assert_eq!(mirror.requests().len(), 1, "the stored uv served");
     let py = world.env.path("home-2/.venv/bin/python");
     assert!(run(&py, &["-c", "import alpha"]).status.success());
@@ -703,12 +663,7 @@ fn adding_one_package_adds_only_that_packages_bytes() {
     let new_venv = world.venv_of("home");
     assert_ne!(new_venv, old_venv);
     // `diff` names the added wheel and nothing else.
-    let diff = world
-        .cmd()
-        .args(["--json", "diff", "v1", "v2"])
-        .output()
-        .unwrap();
-    assert!(diff.status.success(), "{}", stderr(&diff));
+    let diff = world.cmd().args(["--json", "diff", "v1", "v2"]).ok();
     let diff: Value = serde_json::from_slice(&diff.stdout).unwrap();
     let text = diff.to_string();
     assert!(
@@ -716,11 +671,10 @@ fn adding_one_package_adds_only_that_packages_bytes() {
         "{text}"
     );
     assert!(!text.contains("\"alpha\""), "{text}");
-    let out = run(
+    ok(run(
         &world.env.path("home").join(".venv/bin/python"),
         &["-c", "import alpha, beta, gamma, delta"],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    ));
 
     // Every new object is the delta wheel or one of delta's installed files.
     let delta_wheel = packages()[3].build();
@@ -765,8 +719,7 @@ fn adding_one_package_adds_only_that_packages_bytes() {
 fn a_wheel_whose_bytes_differ_from_the_lock_is_rejected() {
     let world = PyWorld::new();
     world.write_spec(&world.spec("v1", &[]));
-    let out = world.cmd().args(["resolve", "v1"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    world.cmd().args(["resolve", "v1"]).ok();
     let expected = world.lock("v1")["python"]["wheels"][2]["sha256"]
         .as_str()
         .unwrap()
@@ -815,7 +768,7 @@ fn a_wheel_whose_bytes_differ_from_the_lock_is_rejected() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    says(&out, &expected);
 }
 
 #[test]
@@ -826,16 +779,14 @@ fn wheels_dir_works_with_the_network_unavailable() {
     let dead = TestServer::start();
     let dead_url = dead.url("/simple/");
     drop(dead);
-    let out = world
+    world
         .cmd()
         .env("UV_DEFAULT_INDEX", &dead_url)
         .args(["realize", "v1", "--wheels-dir"])
         .arg(&world.wheels_dir)
         .args(["--target"])
         .arg(world.env.path("home"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert!(world.index.requests().is_empty());
     // uv's cache holds one unpacked copy of the wheel set, the venv's own files: nothing in it
     // but a few bytes of uv's bookkeeping is outside the store's objects.
@@ -875,24 +826,21 @@ fn wheels_dir_works_with_the_network_unavailable() {
             "a wheels-dir lock has no URLs: {wheel}"
         );
     }
-    let out = run(
+    ok(run(
         &world.env.path("home").join(".venv/bin/python"),
         &["-c", "import beta"],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    ));
 
     // The same lock realizes into an empty store from the directory alone (git is local here;
     // the index is still unreachable).
-    let out = world
+    world
         .cmd_in(&world.env.path("store2"))
         .env("UV_DEFAULT_INDEX", &dead_url)
         .args(["realize", "v1", "--frozen", "--wheels-dir"])
         .arg(&world.wheels_dir)
         .args(["--target"])
         .arg(world.env.path("home2"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert!(world.index.requests().is_empty());
 
     // Without the directory, a wheel missing from it is named.
@@ -906,11 +854,7 @@ fn wheels_dir_works_with_the_network_unavailable() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("gamma-1.0-py3-none-any.whl"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "gamma-1.0-py3-none-any.whl");
 }
 
 #[test]
@@ -967,9 +911,7 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
     let report = world
         .cmd()
         .args(["--json", "gc", "--home-grace", "0s"])
-        .output()
-        .unwrap();
-    assert!(report.status.success(), "{}", stderr(&report));
+        .ok();
     let done: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(done["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
     assert_eq!(
@@ -994,14 +936,12 @@ fn a_relative_wheels_dir_is_taken_from_the_working_directory() {
     let dead = TestServer::start();
     let dead_url = dead.url("/simple/");
     drop(dead);
-    let out = world
+    world
         .cmd()
         .env("UV_DEFAULT_INDEX", &dead_url)
         .args(["realize", "v1", "--wheels-dir", "wheels", "--target"])
         .arg(world.env.path("home"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert!(world.env.path("home/.venv/bin/python").exists());
     // A wheels directory that is not there is a user error naming it.
     let out = world
@@ -1017,5 +957,5 @@ fn a_relative_wheels_dir_is_taken_from_the_working_directory() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no-such-dir"), "{}", stderr(&out));
+    says(&out, "no-such-dir");
 }

@@ -1,275 +1,15 @@
 //! `comfix resolve`: git refs, registry packages and models pinned into a lock and fetched into
 //! the store, hermetically (local git repos, loopback servers).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sha2::Digest as _;
 
-use crate::support::git::{Entry, TestRepo};
+use crate::support::git::Entry;
 use crate::support::http::{Route, TestServer};
 use crate::support::*;
-
-pub(crate) const HF_TOKEN: &str = "hf_test_token_123";
-const CIVITAI_TOKEN: &str = "civitai_test_token_456";
-pub(crate) const HF_COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub(crate) fn blake3_hex(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-pub(crate) fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(&[seed])
-        .finalize_xof()
-        .fill(&mut out);
-    out
-}
-
-pub fn make_zip(entries: &[(&str, &[u8])], symlinks: &[(&str, &str)]) -> Vec<u8> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut zip = zip::ZipWriter::new(&mut buf);
-        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
-        for (name, bytes) in entries {
-            if name.ends_with('/') {
-                zip.add_directory(*name, options).unwrap();
-            } else {
-                zip.start_file(*name, options).unwrap();
-                zip.write_all(bytes).unwrap();
-            }
-        }
-        for (name, target) in symlinks {
-            zip.add_symlink(*name, *target, options).unwrap();
-        }
-        zip.finish().unwrap();
-    }
-    buf.into_inner()
-}
-
-/// Local repositories and the services a spec refers to.
-pub(crate) struct World {
-    pub(crate) env: TestEnv,
-    pub(crate) hub: TestServer,
-    pub(crate) cdn: TestServer,
-    pub(crate) civitai: TestServer,
-    pub(crate) registry: TestServer,
-    pub(crate) core: TestRepo,
-    pub(crate) _sub: TestRepo,
-    pub(crate) node_a: TestRepo,
-    pub(crate) node_b: TestRepo,
-    pub(crate) model: Vec<u8>,
-    pub(crate) lora: Vec<u8>,
-    pub(crate) zip: Vec<u8>,
-}
-
-impl World {
-    pub(crate) fn new() -> World {
-        let env = TestEnv::new();
-        let repos = env.path("repos");
-        let mut sub = TestRepo::new(&repos.join("sub.git"));
-        let sub_commit = sub.commit("main", &[("lib.py", Entry::File(b"LIB = 1\n"))]);
-        let mut core = TestRepo::new(&repos.join("ComfyUI.git"));
-        let gitmodules =
-            "[submodule \"vendor/sub\"]\n\tpath = vendor/sub\n\turl = ../sub.git\n".to_string();
-        core.commit(
-            "main",
-            &[
-                ("main.py", Entry::File(b"print('comfy')\n")),
-                ("comfy/__init__.py", Entry::File(b"")),
-                ("run.sh", Entry::Exec(b"#!/bin/sh\n")),
-                ("latest", Entry::Link("main.py")),
-                (".gitmodules", Entry::File(gitmodules.as_bytes())),
-                ("vendor/sub", Entry::Gitlink(sub_commit)),
-            ],
-        );
-        let mut node_a = TestRepo::new(&repos.join("ComfyUI-A.git"));
-        let a1 = node_a.commit("main", &[("__init__.py", Entry::File(b"A = 1\n"))]);
-        node_a.tag("v1", a1);
-        node_a.commit("main", &[("__init__.py", Entry::File(b"A = 2\n"))]);
-        let mut node_b = TestRepo::new(&repos.join("ComfyUI-B.git"));
-        node_b.commit("main", &[("__init__.py", Entry::File(b"B main\n"))]);
-        node_b.commit("dev", &[("__init__.py", Entry::File(b"B dev\n"))]);
-
-        let hub = TestServer::start();
-        let cdn = TestServer::start();
-        let civitai = TestServer::start();
-        let registry = TestServer::start();
-        let model = pseudo_random(3 << 20, 1);
-        let lora = pseudo_random(200_000, 2);
-        let sha = sha256_hex(&model);
-        let auth = format!("Bearer {HF_TOKEN}");
-        for rev in ["main", HF_COMMIT] {
-            let mut route = Route::redirect(&cdn.other_host_url(&format!("/lfs/{sha}")))
-                .header("X-Repo-Commit", HF_COMMIT)
-                .header("X-Linked-Etag", &format!("\"{sha}\""))
-                .header("X-Linked-Size", &model.len().to_string());
-            route.require_auth = Some(auth.clone());
-            hub.route(
-                &format!("/org/wan/resolve/{rev}/split/unet.safetensors"),
-                route,
-            );
-        }
-        cdn.route(&format!("/lfs/{sha}"), Route::file(model.clone()));
-        cdn.route("/mirror/unet.safetensors", Route::file(model.clone()));
-
-        let mut api = Route::json(json!({
-            "id": 123,
-            "files": [
-                { "primary": false, "name": "other.bin", "hashes": {}, "downloadUrl": civitai.url("/nope") },
-                { "primary": true, "name": "detail.safetensors",
-                  "hashes": { "SHA256": sha256_hex(&lora).to_uppercase(), "BLAKE3": blake3_hex(&lora).to_uppercase() },
-                  "downloadUrl": civitai.url("/api/download/models/123") }
-            ]
-        }));
-        api.require_auth = Some(format!("Bearer {CIVITAI_TOKEN}"));
-        civitai.route("/api/v1/model-versions/123", api);
-        civitai.route(
-            "/api/download/models/123",
-            Route::redirect(&cdn.other_host_url("/civitai/123")),
-        );
-        cdn.route("/civitai/123", Route::file(lora.clone()));
-
-        let zip = make_zip(
-            &[
-                (
-                    "pyproject.toml",
-                    b"[project]\nname = \"impact\"\nversion = \"1.0.0\"\n",
-                ),
-                ("modules/", b""),
-                ("modules/impact.py", b"IMPACT = True\n"),
-                ("__init__.py", b"from .modules import impact\n"),
-            ],
-            &[("alias.py", "modules/impact.py")],
-        );
-        registry.route(
-            "/nodes/impact/versions/1.0.0",
-            Route::json(
-                json!({ "version": "1.0.0", "downloadUrl": registry.url("/dl/impact-1.0.0.zip") }),
-            ),
-        );
-        registry.route(
-            "/nodes/impact",
-            Route::json(json!({ "latest_version": { "version": "1.0.0", "downloadUrl": registry.url("/dl/impact-1.0.0.zip") } })),
-        );
-        registry.route("/dl/impact-1.0.0.zip", Route::file(zip.clone()));
-
-        World {
-            env,
-            hub,
-            cdn,
-            civitai,
-            registry,
-            core,
-            _sub: sub,
-            node_a,
-            node_b,
-            model,
-            lora,
-            zip,
-        }
-    }
-
-    pub(crate) fn default_spec(&self) -> Value {
-        json!({
-            "schema_version": 2,
-            "version_id": "v1",
-            "comfy": { "repo": self.core.url(), "ref": "main" },
-            "custom_nodes": [
-                { "repo": self.node_a.url(), "name": "node-a", "ref": "v1" },
-                { "repo": self.node_b.url(), "name": "node-b", "ref": "dev" },
-                { "cnr": "impact", "version": "1.0.0" }
-            ],
-            "models": [
-                { "source": "hf://org/wan/split/unet.safetensors", "name": "wan-unet", "target_subdir": "unet" },
-                { "source": "civitai://123", "name": "detail", "target_subdir": "loras", "filename": "detail.safetensors" },
-                { "source": self.cdn.url("/mirror/unet.safetensors"), "name": "unet-mirror", "target_subdir": "diffusion_models" }
-            ],
-            "env": { "HF_TOKEN": "${HF_TOKEN}" }
-        })
-    }
-
-    pub(crate) fn write_spec(&self, spec: &Value) {
-        let dir = self.env.work.join("versions");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("v1.json"),
-            serde_json::to_string_pretty(spec).unwrap(),
-        )
-        .unwrap();
-    }
-
-    pub(crate) fn cmd(&self, store: &Path) -> std::process::Command {
-        let mut cmd = self.env.cmd_without_store();
-        cmd.arg("--store")
-            .arg(store)
-            .env("HF_ENDPOINT", self.hub.url(""))
-            .env("COMFIX_CIVITAI_URL", self.civitai.url("/api/v1"))
-            .env("COMFIX_REGISTRY_URL", self.registry.url(""))
-            .env("HF_TOKEN", HF_TOKEN)
-            .env("CIVITAI_TOKEN", CIVITAI_TOKEN)
-            .env("COMFIX_RETRY_BASE_MS", "10");
-        cmd
-    }
-
-    pub(crate) fn resolve_in(&self, store: &Path, args: &[&str]) -> Output {
-        self.cmd(store)
-            .args(["resolve", "v1"])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    pub(crate) fn resolve(&self, args: &[&str]) -> Output {
-        self.resolve_in(&self.env.store, args)
-    }
-
-    pub(crate) fn resolve_ok(&self, args: &[&str]) -> String {
-        let out = self.resolve(args);
-        assert!(out.status.success(), "resolve failed:\n{}", stderr(&out));
-        stdout(&out)
-    }
-
-    pub(crate) fn lock_text(&self) -> String {
-        std::fs::read_to_string(self.env.work.join("versions/v1.lock.json")).unwrap()
-    }
-
-    pub(crate) fn lock(&self) -> Value {
-        serde_json::from_str(&self.lock_text()).unwrap()
-    }
-
-    pub(crate) fn store_path(&self, name: &str) -> PathBuf {
-        self.env.store.join("paths").join(name)
-    }
-
-    pub(crate) fn total_requests(&self) -> usize {
-        [&self.hub, &self.cdn, &self.civitai, &self.registry]
-            .iter()
-            .map(|s| s.requests().len())
-            .sum()
-    }
-}
-
-pub(crate) fn head_of(repo: &TestRepo, refname: &str) -> String {
-    repo.repo
-        .revparse_single(refname)
-        .unwrap()
-        .peel_to_commit()
-        .unwrap()
-        .id()
-        .to_string()
-}
 
 #[test]
 fn resolve_pins_every_source_and_fetches_it() {
@@ -404,8 +144,7 @@ fn resolve_is_deterministic_and_keeps_the_lock() {
     // From scratch in another store: the same lock, store paths included.
     std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
     let other = w.env.path("other-store");
-    let out = w.resolve_in(&other, &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(w.resolve_in(&other, &[]));
     assert_eq!(w.lock_text(), first);
 }
 
@@ -438,11 +177,7 @@ fn update_changes_only_what_it_names() {
     // An unknown name is an error that lists the known ones.
     let out = w.resolve(&["--update", "nope"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("`nope` not in the spec"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "`nope` not in the spec");
     assert!(stderr(&out).contains("`node-b`"));
 
     // `--update` alone re-resolves everything.
@@ -542,11 +277,7 @@ fn force_pushed_refs_and_pinned_commits() {
     w.write_spec(&spec);
     let out = w.resolve(&[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("Ref `no-such-branch` not found"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "Ref `no-such-branch` not found");
 }
 
 fn models_only(w: &World, models: Value) -> Value {
@@ -692,7 +423,7 @@ fn wrong_bytes_register_nothing_and_name_both_hashes() {
     ));
     let out = w.resolve(&[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("BLAKE3 mismatch"), "{}", stderr(&out));
+    says(&out, "BLAKE3 mismatch");
     assert!(stderr(&out).contains(&"ab".repeat(32)));
 }
 
@@ -711,8 +442,7 @@ fn an_at_sign_in_a_hugging_face_path_is_part_of_the_file_name() {
         &w,
         json!([{ "source": format!("hf://org/wan/split/unet@fp8.safetensors@{HF_COMMIT}"), "target_subdir": "unet" }]),
     ));
-    let out = w.resolve(&[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ok(w.resolve(&[]));
     assert!(
         !stderr(&out).contains("warning"),
         "the derived name has its extension: {}",
@@ -861,13 +591,10 @@ fn the_lock_is_the_same_on_empty_warm_and_collected_stores() {
     let lock_file = w.env.work.join("versions/v1.lock.json");
     let resolve = |store: &Path| -> String {
         let _ = std::fs::remove_file(&lock_file);
-        let out = w
-            .cmd(store)
+        w.cmd(store)
             .env("UV_DEFAULT_INDEX", &index_url)
             .args(["resolve", "v1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         std::fs::read_to_string(&lock_file).unwrap()
     };
     let empty = resolve(&w.env.store);
@@ -885,12 +612,7 @@ fn the_lock_is_the_same_on_empty_warm_and_collected_stores() {
         empty,
         "a warm store gives another lock"
     );
-    let out = w
-        .cmd(&w.env.store)
-        .args(["gc", "--home-grace", "0s"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    w.cmd(&w.env.store).args(["gc", "--home-grace", "0s"]).ok();
     assert_eq!(
         resolve(&w.env.store),
         empty,
@@ -905,13 +627,10 @@ fn the_lock_is_the_same_on_empty_warm_and_collected_stores() {
         ("detail.safetensors", &w.lora),
     ] {
         std::fs::write(files.join(name), bytes).unwrap();
-        let out = w
-            .cmd(&other)
+        w.cmd(&other)
             .args(["store", "add"])
             .arg(files.join(name))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
     }
     assert_eq!(
         resolve(&other),

@@ -340,9 +340,7 @@ fn env_values_never_reach_output() {
             .cmd()
             .args(args)
             .env("COMFIX_TEST_SECRET", "hunter2-secret")
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+            .ok();
         let all = format!("{}{}", stdout(&out), stderr(&out));
         assert!(!all.contains("hunter2-secret"), "{all}");
     }
@@ -373,10 +371,7 @@ fn shipped_samples_are_valid() {
 /// The JSON Schema lists exactly the fields the parser accepts, object by object.
 #[test]
 fn schema_matches_the_parser() {
-    let schema: Value = serde_json::from_str(
-        &fs::read_to_string(repo_root().join("specs/spec.schema.json")).unwrap(),
-    )
-    .unwrap();
+    let schema: Value = read_json(&repo_root().join("specs/spec.schema.json"));
     let keys = |v: &Value| -> Vec<String> {
         let mut k: Vec<String> = v["properties"]
             .as_object()
@@ -387,9 +382,7 @@ fn schema_matches_the_parser() {
         k.sort();
         k
     };
-    let sample: Value =
-        serde_json::from_str(&fs::read_to_string(repo_root().join("specs/sample.json")).unwrap())
-            .unwrap();
+    let sample: Value = read_json(&repo_root().join("specs/sample.json"));
     let env = TestEnv::new();
     // sample.json names a workflow, which must exist beside the spec.
     let workflows = env.work.join("versions/workflows");

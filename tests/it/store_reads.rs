@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::resolve::World;
 use crate::support::*;
 
 fn spec(w: &World) -> serde_json::Value {
@@ -68,14 +67,10 @@ fn a_damaged_object_fails_the_copy_and_is_repaired() {
         "the unfinished generation is gone: {leftovers:?}"
     );
 
-    let out = w
-        .cmd(&w.env.store)
+    w.cmd(&w.env.store)
         .args(["store", "verify", "--repair"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = realize(&w, &second);
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
+    ok(realize(&w, &second));
     assert_eq!(fs::read(second.join("ComfyUI/main.py")).unwrap(), good);
 }
 
@@ -112,8 +107,7 @@ fn writable_files_and_missing_objects_are_found_and_repaired() {
     assert!(stdout(&out).contains("missing-object"), "{}", stdout(&out));
     assert!(stdout(&out).contains("main.py"), "{}", stdout(&out));
 
-    let out = w.env.run(&["store", "verify", "--repair"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(w.env.run(&["store", "verify", "--repair"]));
     assert_eq!(
         fs::metadata(fs::canonicalize(&model).unwrap())
             .unwrap()
@@ -182,16 +176,11 @@ fn downloads_that_cannot_fit_fail_before_writing() {
     assert!(parts.is_empty(), "nothing partial kept: {parts:?}");
 
     // With the lock pinning the size, the whole version's need is known up front.
-    let out = w.resolve(&[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(w.resolve(&[]));
     let before = w.cdn.requests().len();
     let out = w.resolve_in(&store, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("the models to download needs"),
-        "{}",
-        stderr(&out)
-    );
+    says(&out, "the models to download needs");
     assert_eq!(w.cdn.requests().len(), before, "nothing was downloaded");
 }
 
@@ -231,8 +220,7 @@ fn read_only_view(dir: &Path, at: &Path) -> Option<Mounted> {
 fn a_read_only_store_serves_reads_and_refuses_writes() {
     let w = World::new();
     w.write_spec(&spec(&w));
-    let out = realize(&w, &w.env.path("home"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize(&w, &w.env.path("home")));
     let view = w.env.path("ro-store");
     let Some(_mounted) = read_only_view(&w.env.store, &view) else {
         return;
@@ -246,20 +234,15 @@ fn a_read_only_store_serves_reads_and_refuses_writes() {
         &["store", "du"],
         &["roots"],
     ] {
-        let out = run(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        ok(run(args));
     }
     let first = stdout(&run(&["store", "ls"]));
     let name = first.lines().next().unwrap().split('\t').next().unwrap();
-    let out = run(&["store", "path-info", name]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = w
-        .cmd(&view)
+    ok(run(&["store", "path-info", name]));
+    w.cmd(&view)
         .args(["status", "--target"])
         .arg(w.env.path("home"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
 
     // A version the store holds realizes by copy, without a GC root (said so).
     let home2 = w.env.path("home2");
@@ -267,14 +250,8 @@ fn a_read_only_store_serves_reads_and_refuses_writes() {
         .cmd(&view)
         .args(["realize", "v1", "--link-mode", "copy", "--target"])
         .arg(&home2)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not recorded as a GC root"),
-        "{}",
-        stderr(&out)
-    );
+        .ok();
+    says(&out, "not recorded as a GC root");
     assert!(home2.join("ComfyUI/main.py").is_file());
     assert!(fs::read_dir(home2.join("models/unet")).unwrap().count() == 1);
 

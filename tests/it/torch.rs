@@ -128,14 +128,12 @@ impl TorchWorld {
                 "-c",
                 &format!("import {module}; print({module}.__version__)"),
             ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 }
 
-fn ok(out: Output) -> Value {
+fn ok_json(out: Output) -> Value {
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -148,12 +146,12 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
     let w = TorchWorld::new();
     let a = w.env.path("store-a");
     let b = w.env.path("store-b");
-    ok(w.realize(&a, "plain", &[]));
+    ok_json(w.realize(&a, "plain", &[]));
     let shared = w.lock_text();
     assert!(shared.contains("torch-2.5.1-py3-none-any.whl"), "{shared}");
     assert_eq!(w.version_in("plain", "torch"), "2.5.1");
 
-    ok(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
     assert_eq!(w.version_in("home-cpu", "torch"), "2.5.1+cpu");
     assert_eq!(w.version_in("home-cpu", "torchvision"), "0.20.1+cpu");
     let gamma = Command::new(w.env.path("home-cpu/.venv/bin/python"))
@@ -163,15 +161,13 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
     assert_eq!(String::from_utf8_lossy(&gamma.stdout).trim(), "gamma");
     assert_eq!(w.lock_text(), shared, "the shared lock changed");
 
-    ok(w.realize(&b, "home-cu", &["--torch-backend", "cu121"]));
+    ok_json(w.realize(&b, "home-cu", &["--torch-backend", "cu121"]));
     assert_eq!(w.version_in("home-cu", "torch"), "2.5.1+cu121");
     assert_eq!(w.version_in("home-cu", "torchvision"), "0.20.1+cu121");
     let cublas = w.env.path("home-cu/.venv/bin/python");
-    let out = Command::new(cublas)
+    Command::new(cublas)
         .args(["-c", "import nvidia_cublas_cu12 as c; print(c.CUBLAS)"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(w.lock_text(), shared, "the shared lock changed");
 
     // The homes' venvs differ; each store holds its own overlay, and only that one.
@@ -198,7 +194,7 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
 
     // Offline: the overlay in the store serves; the backend index is not asked.
     let asked = w.backends.requests().len();
-    ok(w.realize(&a, "home-offline", &["--offline", "--torch-backend", "cpu"]));
+    ok_json(w.realize(&a, "home-offline", &["--offline", "--torch-backend", "cpu"]));
     assert_eq!(w.version_in("home-offline", "torch"), "2.5.1+cpu");
     assert_eq!(
         w.backends.requests().len(),
@@ -209,29 +205,23 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
     // An export from the cu121 machine carries its overlay and venv; an air-gapped machine with
     // the same backend realizes it offline. The archive's lock is the shared one.
     let archive = w.env.path("v1-cu.tar.zst");
-    let out = w
-        .cmd(&b)
+    w.cmd(&b)
         .args(["export", "v1", "--torch-backend", "cu121", "-o"])
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     let c = w.env.path("store-c");
     let imported = w.env.path("imported");
-    let out = w
-        .cmd(&c)
+    w.cmd(&c)
         .args(["import", "--no-check-sigs", "--versions-dir"])
         .arg(&imported)
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(
         fs::read_to_string(imported.join("v1.lock.json")).unwrap(),
         shared
     );
     let asked = w.backends.requests().len();
-    ok(w.realize(&c, "home-air", &["--offline", "--torch-backend", "cu121"]));
+    ok_json(w.realize(&c, "home-air", &["--offline", "--torch-backend", "cu121"]));
     assert_eq!(w.version_in("home-air", "torch"), "2.5.1+cu121");
     assert_eq!(
         w.backends.requests().len(),
@@ -247,14 +237,13 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
         .current_dir(&w.env.work)
         .output()
         .unwrap();
-    let status = ok(out);
+    let status = ok_json(out);
     assert_eq!(status["torch"]["backend"], "cpu", "{status}");
     assert_eq!(status["behind_lock"], false, "{status}");
     // Realizing again with the same backend changes nothing.
-    let again = ok(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    let again = ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
     assert_eq!(again["up_to_date"], true, "{again}");
-    let check = w
-        .cmd(&a)
+    w.cmd(&a)
         .args([
             "realize",
             "v1",
@@ -264,9 +253,7 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
             "--target",
         ])
         .arg(w.env.path("home-cpu"))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", stderr(&check));
+        .ok();
 }
 
 /// An unknown backend, a backend whose index lacks the lock's torch, and a backend asked for
@@ -275,13 +262,13 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
 fn bad_backends_are_named_and_leave_nothing_behind() {
     let w = TorchWorld::new();
     let a = w.env.path("store-a");
-    ok(w.realize(&a, "plain", &[]));
+    ok_json(w.realize(&a, "plain", &[]));
     let shared = w.lock_text();
     let paths_before: Vec<String> = store_paths(&a);
 
     let out = w.realize(&a, "h1", &["--torch-backend", "cuda12"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("`cuda12`"), "{}", stderr(&out));
+    says(&out, "`cuda12`");
 
     // No index serves rocm6.2 here.
     let out = w.realize(&a, "h2", &["--torch-backend", "rocm6.2"]);
@@ -360,8 +347,7 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
             .output()
             .unwrap()
     };
-    let out = realize("store-a", "u1", "home-a");
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize("store-a", "u1", "home-a"));
     let text = fs::read_to_string(env.work.join("versions/u1.lock.json")).unwrap();
     let lock: Value = serde_json::from_str(&text).unwrap();
     let python = &lock["python"];
@@ -404,8 +390,7 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
 
     // Another machine's store realizes the same lock; the file does not change. Its configured
     // torch backend has nothing to change in a set without torch (and asks no index for it).
-    let out = realize("store-b", "u1", "home-b");
-    assert!(out.status.success(), "{}", stderr(&out));
+    ok(realize("store-b", "u1", "home-b"));
     let config = env.path("config/comfix/config.toml");
     fs::create_dir_all(config.parent().unwrap()).unwrap();
     fs::write(
@@ -413,54 +398,41 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
         "torch-backend = \"cpu\"\ntorch-index = \"http://127.0.0.1:9/{backend}/\"\n",
     )
     .unwrap();
-    let out = realize("store-b", "u1", "home-b");
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("has no torch"), "{}", stderr(&out));
+    let out = ok(realize("store-b", "u1", "home-b"));
+    says(&out, "has no torch");
     fs::remove_file(&config).unwrap();
     assert_eq!(
         fs::read_to_string(env.work.join("versions/u1.lock.json")).unwrap(),
         text
     );
-    let check = env
-        .cmd_without_store()
+    env.cmd_without_store()
         .arg("--store")
         .arg(env.path("store-b"))
         .args(["realize", "u1", "--check", "--target"])
         .arg(env.path("home-b"))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", stderr(&check));
+        .ok();
     // Exported, it carries this machine's wheels: another store realizes it offline.
     let archive = env.path("u1.tar.zst");
-    let out = env
-        .cmd_without_store()
+    env.cmd_without_store()
         .arg("--store")
         .arg(env.path("store-b"))
         .args(["export", "u1", "-o"])
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = env
-        .cmd_without_store()
+        .ok();
+    env.cmd_without_store()
         .arg("--store")
         .arg(env.path("store-c"))
         .args(["import", "--no-check-sigs", "--versions-dir"])
         .arg(env.path("imported"))
         .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let offline = env
-        .cmd_without_store()
+        .ok();
+    env.cmd_without_store()
         .arg("--store")
         .arg(env.path("store-c"))
         .args(["realize", "u1", "--offline", "--target"])
         .arg(env.path("home-air2"))
         .env("UV_DEFAULT_INDEX", "http://127.0.0.1:9/simple/")
-        .output()
-        .unwrap();
-    assert!(offline.status.success(), "{}", stderr(&offline));
+        .ok();
 
     // A lock resolved on another platform (not universal): named before uv refuses a wheel.
     if machine == "x86_64" {
@@ -477,17 +449,14 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
             "python": { "version": python_version(), "requirements": ["plat"] }
         });
         fs::write(env.work.join("versions/u3.json"), spec.to_string()).unwrap();
-        let out = env
-            .cmd_without_store()
+        env.cmd_without_store()
             .arg("--store")
             .arg(env.path("store-a"))
             .args(["resolve", "u3"])
             .env("UV_DEFAULT_INDEX", &index_url)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         let path = env.work.join("versions/u3.lock.json");
-        let mut lock: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+        let mut lock: Value = read_json(&path);
         lock["python"]["wheels"] = json!([{
             "name": "plat", "version": "1.0", "filename": other["filename"],
             "url": other["url"], "sha256": other["sha256"], "store_path": ""
@@ -550,8 +519,7 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
         exe = executable,
         p = prefix,
     );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    Command::new("sh").args(["-c", &script]).ok();
     let archive = fs::read(build.join("archive.tar.gz")).unwrap();
     let downloads = TestServer::start();
     let key = format!("cpython-{full}-linux-{}-gnu", std::env::consts::ARCH);
@@ -626,14 +594,8 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
     let out = comfix("store")
         .args(["realize", "m1", "--target"])
         .arg(env.path("home"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("installing a managed one"),
-        "{}",
-        stderr(&out)
-    );
+        .ok();
+    says(&out, "installing a managed one");
     let venv_python = env.path("home/.venv/bin/python");
     let ask = |python: &Path| {
         let out = Command::new(python)
@@ -641,9 +603,7 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
                 "-c",
                 "import sys, gamma; print(sys.version.split()[0]); print(sys.base_prefix)",
             ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr(&out));
+            .ok();
         String::from_utf8(out.stdout).unwrap()
     };
     let answer = ask(&venv_python);
@@ -658,16 +618,13 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
     let fetched = downloads.requests().len();
 
     // Offline, into another home: the stored interpreter, nothing asked.
-    let out = comfix("store")
+    comfix("store")
         .args(["realize", "m1", "--offline", "--target"])
         .arg(env.path("home-2"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(downloads.requests().len(), fetched);
     // gc keeps it (pinned, and referenced by the venv).
-    let out = comfix("store").args(["gc"]).output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    comfix("store").args(["gc"]).ok();
     assert_eq!(
         ask(&env.path("home-2/.venv/bin/python")).lines().next(),
         Some(full)
@@ -675,24 +632,18 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
 
     // The version's closure carries the interpreter: another store realizes it offline.
     let archive_path = env.path("m1.tar.zst");
-    let out = comfix("store")
+    comfix("store")
         .args(["export", "m1", "-o"])
         .arg(&archive_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = comfix("other")
+        .ok();
+    comfix("other")
         .args(["import", "--no-check-sigs"])
         .arg(&archive_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let out = comfix("other")
+        .ok();
+    comfix("other")
         .args(["realize", "m1", "--offline", "--target"])
         .arg(env.path("home-3"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+        .ok();
     assert_eq!(downloads.requests().len(), fetched);
     assert_eq!(
         ask(&env.path("home-3/.venv/bin/python")).lines().next(),

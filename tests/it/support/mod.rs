@@ -4,9 +4,14 @@
 
 pub mod git;
 pub mod http;
+pub mod rig;
 pub mod s3;
 pub mod tls;
 pub mod wheels;
+pub mod world;
+
+pub use rig::*;
+pub use world::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -150,6 +155,67 @@ impl Drop for TestEnv {
                 let _ = fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o755));
             }
         }
+    }
+}
+
+/// A command's exit 0, or the test fails showing both streams; the output, for what the test
+/// checks next.
+pub fn ok(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "the command failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// A command's failure whose stderr says `needle`, or the test fails showing what it said; the
+/// stderr, for what the test checks next.
+pub fn fails_with(out: &Output, needle: &str) -> String {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected a failure saying {needle:?}, got exit 0\nstdout: {}\nstderr: {err}",
+        stdout(out)
+    );
+    assert!(
+        err.contains(needle),
+        "expected the error to say {needle:?}\nstderr: {err}"
+    );
+    err
+}
+
+/// The stderr of a command that said `needle` (whatever its exit code).
+pub fn says(out: &Output, needle: &str) -> String {
+    let err = stderr(out);
+    assert!(
+        err.contains(needle),
+        "expected {needle:?} in stderr:\n{err}"
+    );
+    err
+}
+
+/// A JSON file, parsed.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// [`ok`] and [`fails_with`] for a command not yet run.
+pub trait Expect {
+    fn ok(&mut self) -> Output;
+    fn fails_with(&mut self, needle: &str) -> String;
+}
+
+impl Expect for Command {
+    fn ok(&mut self) -> Output {
+        ok(self.output().expect("run comfix"))
+    }
+
+    fn fails_with(&mut self, needle: &str) -> String {
+        fails_with(&self.output().expect("run comfix"), needle)
     }
 }
 
