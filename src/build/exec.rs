@@ -476,25 +476,55 @@ mod tests {
     use super::*;
     use crate::lock::LockedModel;
 
-    /// A binary cache stand-in: holds bytes by store path name, adds them when asked.
+    /// A binary cache stand-in: holds bytes by store path name, adds them when asked; every
+    /// question is logged (in `log` too, shared by the caches of one test, to see the order).
     struct Cache {
-        name: String,
-        bytes: Vec<u8>,
+        location: &'static str,
+        held: BTreeMap<String, Vec<u8>>,
+        broken: bool,
         asked: Mutex<Vec<String>>,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Cache {
+        fn holding(location: &'static str, paths: &[(&str, &[u8])]) -> Cache {
+            Cache {
+                location,
+                held: paths
+                    .iter()
+                    .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
+                    .collect(),
+                broken: false,
+                asked: Mutex::new(Vec::new()),
+                log: Arc::new(Mutex::new(Vec::new())),
+            }
+        }
+
+        fn asked(&self) -> Vec<String> {
+            self.asked.lock().unwrap().clone()
+        }
     }
 
     impl Substituter for Cache {
         fn location(&self) -> String {
-            "a test cache".into()
+            self.location.into()
         }
 
         fn substitute(&self, store: &Store, d: &Derivation) -> Result<bool, BuildError> {
             self.asked.lock().unwrap().push(d.id.clone());
-            if d.output.as_deref() != Some(self.name.as_str()) {
-                return Ok(false);
+            self.log.lock().unwrap().push(d.name.clone());
+            if self.broken {
+                return Err(BuildError::Substituter {
+                    what: d.describe(),
+                    from: self.location(),
+                    message: "the cache is damaged".into(),
+                });
             }
-            let file = self.name.split_once('-').map_or("model", |(_, n)| n);
-            store.add_bytes(file, &self.bytes, &[])?;
+            let Some(bytes) = d.output.as_ref().and_then(|o| self.held.get(o)) else {
+                return Ok(false);
+            };
+            let file = d.output.as_ref().unwrap().split_once('-').unwrap().1;
+            store.add_bytes(file, bytes, &[])?;
             Ok(true)
         }
     }
@@ -532,23 +562,39 @@ mod tests {
         )
     }
 
+    /// The store path `bytes` get under `file`, made in a scratch store.
+    fn name_of(scratch: &std::path::Path, file: &str, bytes: &[u8]) -> String {
+        Store::open(&scratch.join("names"))
+            .unwrap()
+            .add_bytes(file, bytes, &[])
+            .unwrap()
+            .record
+            .name
+    }
+
+    /// A model derivation named `name` whose pinned output is `store_path`.
+    fn model_derivation(name: &str, store_path: &str, bytes: &[u8]) -> Derivation {
+        let mut locked = model(store_path);
+        locked.blake3 = blake3::hash(bytes).to_hex().to_string();
+        locked.size = bytes.len() as u64;
+        Derivation::model(name.into(), &locked)
+    }
+
+    fn missing_of(err: &BuildError) -> Vec<String> {
+        match err {
+            BuildError::Offline { missing } => missing.clone(),
+            other => panic!("not an offline refusal: {other}"),
+        }
+    }
+
     /// The substituter is asked before the offline refusal, what it gives is taken as the output,
     /// and a derivation it lacks is refused offline, named in the list of what the store lacks.
     #[tokio::test(flavor = "multi_thread")]
     async fn substituters_are_asked_before_the_network() {
         let scratch = tempfile::tempdir().unwrap();
-        let name = Store::open(&scratch.path().join("other"))
-            .unwrap()
-            .add_bytes("unet.safetensors", b"model", &[])
-            .unwrap()
-            .record
-            .name;
+        let name = name_of(scratch.path(), "unet.safetensors", b"model");
         let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
-        let cache = Arc::new(Cache {
-            name: name.clone(),
-            bytes: b"model".to_vec(),
-            asked: Mutex::new(Vec::new()),
-        });
+        let cache = Arc::new(Cache::holding("a test cache", &[(&name, b"model")]));
         executor.substituters.push(cache.clone());
         let executor = Arc::new(executor);
         let wanted = Derivation::model("unet".into(), &model(&name));
@@ -558,19 +604,124 @@ mod tests {
         let outcomes = executor.run(std::slice::from_ref(&wanted)).await.unwrap();
         assert_eq!(outcomes.len(), 1);
         assert_eq!(outcomes[0].outcome, How::Substituted);
+        assert_eq!(outcomes[0].from.as_deref(), Some("a test cache"));
         assert!(executor.store.query(&name).unwrap().is_some());
 
         let err = executor
             .run(std::slice::from_ref(&missing))
             .await
             .unwrap_err();
+        let missing_list = missing_of(&err);
+        assert!(missing_list[0].contains("model `other`"), "{err}");
+        assert_eq!(cache.asked(), [wanted.id.clone(), missing.id.clone()]);
+    }
+
+    /// Inputs run before what needs them, whatever order the plan lists them in; a derivation
+    /// whose input failed is never started (its input's error says why), while the rest of the
+    /// graph still runs; every failure is collected into one list.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn inputs_come_first_and_a_failed_input_stops_only_its_dependents() {
+        let scratch = tempfile::tempdir().unwrap();
+        let a = name_of(scratch.path(), "a.bin", b"a");
+        let c = name_of(scratch.path(), "c.bin", b"c");
+        let b = format!("{}-b.bin", "1".repeat(32));
+        let e = format!("{}-e.bin", "2".repeat(32));
+        let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
+        let cache = Arc::new(Cache::holding("cache", &[(&a, b"a"), (&c, b"c")]));
+        executor.substituters.push(cache.clone());
+        let executor = Arc::new(executor);
+        let da = model_derivation("a", &a, b"a");
+        let db = model_derivation("b", &b, b"b");
+        let mut dc = model_derivation("c", &c, b"c");
+        dc.inputs = vec![da.id.clone()];
+        let mut dd = model_derivation("d", &c, b"c");
+        dd.id = "d-needs-b".into();
+        dd.inputs = vec![db.id.clone()];
+        let de = model_derivation("e", &e, b"e");
+
+        let plan = [dd.clone(), dc.clone(), db.clone(), da.clone(), de.clone()];
+        let err = executor.run(&plan).await.unwrap_err();
+        let mut missing = missing_of(&err);
+        missing.sort();
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].contains("model `b`"), "{missing:?}");
+        assert!(missing[1].contains("model `e`"), "{missing:?}");
+        let asked = cache.log.lock().unwrap().clone();
         assert!(
-            matches!(&err, BuildError::Offline { missing } if missing[0].contains("model `other`")),
-            "{err}"
+            !asked.contains(&"d".to_string()),
+            "d ran without its input: {asked:?}"
         );
+        let at = |n: &str| asked.iter().position(|x| x == n).unwrap();
+        assert!(at("a") < at("c"), "c before its input a: {asked:?}");
+        let outcomes = executor.outcomes(&plan);
+        let how: Vec<(&str, How)> = outcomes
+            .iter()
+            .map(|o| (o.name.as_str(), o.outcome))
+            .collect();
+        assert_eq!(how, [("c", How::Substituted), ("a", How::Substituted)]);
+    }
+
+    /// An output already in the store is valid without asking anyone; a derivation that ran is
+    /// not run again in the same process (its first outcome stands).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_valid_output_asks_no_one_and_nothing_runs_twice() {
+        let scratch = tempfile::tempdir().unwrap();
+        let store = Store::open(&scratch.path().join("store")).unwrap();
+        let here = store
+            .add_bytes("here.bin", b"here", &[])
+            .unwrap()
+            .record
+            .name;
+        let there = name_of(scratch.path(), "there.bin", b"there");
+        let mut executor = executor(store);
+        let cache = Arc::new(Cache::holding("cache", &[(&there, b"there")]));
+        executor.substituters.push(cache.clone());
+        let executor = Arc::new(executor);
+        let plan = [
+            model_derivation("here", &here, b"here"),
+            model_derivation("there", &there, b"there"),
+        ];
+        let first = executor.run(&plan).await.unwrap();
+        assert_eq!(first[0].outcome, How::Valid);
+        assert_eq!(first[1].outcome, How::Substituted);
+        assert_eq!(cache.asked(), [plan[1].id.clone()]);
+        let again = executor.run(&plan).await.unwrap();
         assert_eq!(
-            *cache.asked.lock().unwrap(),
-            [wanted.id.clone(), missing.id.clone()]
+            again[1].outcome,
+            How::Substituted,
+            "the first outcome stands"
         );
+        assert_eq!(cache.asked().len(), 1, "asked again: {:?}", cache.asked());
+    }
+
+    /// A substituter that fails is passed over for the next one; an optional model that nothing
+    /// can give is left out (`missing`), a required one fails the run.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_broken_substituter_is_passed_over_and_optional_models_are_left_out() {
+        let scratch = tempfile::tempdir().unwrap();
+        let have = name_of(scratch.path(), "have.bin", b"have");
+        let gone = format!("{}-gone.bin", "3".repeat(32));
+        let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
+        let mut broken = Cache::holding("broken", &[(&have, b"have")]);
+        broken.broken = true;
+        let broken = Arc::new(broken);
+        let good = Arc::new(Cache::holding("good", &[(&have, b"have")]));
+        executor.substituters.push(broken.clone());
+        executor.substituters.push(good.clone());
+        let executor = Arc::new(executor);
+        let mut optional = model(&gone);
+        optional.required = false;
+        let optional = Derivation::model("extra".into(), &optional);
+        let plan = [model_derivation("have", &have, b"have"), optional.clone()];
+        let outcomes = executor.run(&plan).await.unwrap();
+        assert_eq!(outcomes[0].outcome, How::Substituted);
+        assert_eq!(outcomes[0].from.as_deref(), Some("good"));
+        assert_eq!(outcomes[1].outcome, How::Missing);
+        assert_eq!(outcomes[1].output, None);
+        assert_eq!(broken.asked().len(), 2);
+
+        let required = model_derivation("needed", &gone, b"gone");
+        let err = executor.run(&[required]).await.unwrap_err();
+        assert!(missing_of(&err)[0].contains("model `needed`"), "{err}");
     }
 }

@@ -23,6 +23,7 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub store: PathBuf,
     pub work: PathBuf,
+    started: std::time::Instant,
 }
 
 impl TestEnv {
@@ -34,7 +35,12 @@ impl TestEnv {
         let store = dir.path().join("store");
         let work = dir.path().join("work");
         fs::create_dir_all(&work).unwrap();
-        TestEnv { dir, store, work }
+        TestEnv {
+            dir,
+            store,
+            work,
+            started: std::time::Instant::now(),
+        }
     }
 
     /// A `comfix` command with `--store` set, run in the work directory, with a clean environment.
@@ -149,6 +155,7 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        record_duration(self.started.elapsed());
         // Store directories are read-only; make them writable so the temp dir can be removed.
         for entry in walkdir::WalkDir::new(self.dir.path()).into_iter().flatten() {
             if entry.file_type().is_dir() {
@@ -216,6 +223,24 @@ impl Expect for Command {
 
     fn fails_with(&mut self, needle: &str) -> String {
         fails_with(&self.output().expect("run comfix"), needle)
+    }
+}
+
+/// Appends `<seconds>\t<test>` to `$COMFIX_TEST_TIMES` (set by `scripts/test.sh`, which prints
+/// the slowest tests after the run): libtest names each test's thread after the test, and a
+/// test's `TestEnv` lives from its first line to its last. One short `O_APPEND` write per line,
+/// so tests running side by side do not mix their lines.
+fn record_duration(elapsed: std::time::Duration) {
+    use std::io::Write;
+    let (Some(file), Some(name)) = (
+        std::env::var_os("COMFIX_TEST_TIMES"),
+        std::thread::current().name().map(str::to_string),
+    ) else {
+        return;
+    };
+    let line = format!("{:.2}\t{name}\n", elapsed.as_secs_f64());
+    if let Ok(mut f) = fs::OpenOptions::new().create(true).append(true).open(file) {
+        let _ = f.write_all(line.as_bytes());
     }
 }
 
