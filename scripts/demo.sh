@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# comfix's main job on this machine, with no network beyond building comfix itself.
+# comfix's main job on this machine, with no network beyond building comfix itself (and, on a
+# machine without uv, the pinned uv wheel comfix fetches from PyPI into its store).
 #
 # Validate the shipped sample spec; generate a small ComfyUI-like core and a node pack as local
 # git repositories and two model files; write a version spec that uses them; show the plan;
 # `comfix realize` it into a home (resolving it into a lock and a fresh store first); realize it
 # again (a no-op check); show the home's status and verify the store. The core and the node pack
 # require small generated pure-Python packages, resolved and installed from a local wheel
-# directory (`--wheels-dir`) into the home's `.venv`. That needs uv: `$COMFIX_UV`, `uv` on PATH, or
+# directory (`--wheels-dir`) into the home's `.venv`. That needs uv: `$COMFIX_UV`, `uv` on PATH,
 # the project's own `.tools/bin/uv` (`scripts/test-tools.sh` installs the pinned one there, never
-# into the system Python); without uv the demo leaves the Python environment out.
+# into the system Python), else the pinned uv comfix fetches into its store from PyPI by itself;
+# only with none of these (no PyPI either) does the demo leave the Python environment out.
 # Then what comfix is for: a second version sharing the first one's bytes (`store du`), removed
 # and collected (`gc`), and the first exported and realized `--offline` into a second store.
 #
@@ -16,12 +18,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== building comfix (release; the first build takes minutes on 2 cores)"
-cargo build --release
+# The dev profile (Cargo.toml optimizes the dependencies, where the hashing, compression and
+# database work is): it shares its build with `scripts/test.sh`, and builds in a fraction of a
+# release build's time. `cargo install --path .` builds the release binary.
+echo "== building comfix (the first build takes a few minutes on 2 cores)"
+cargo build --locked
 work="${1:-$(mktemp -d -t comfix-demo-XXXXXX)}"
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
-bin="$PWD/target/release/comfix"
+bin="$PWD/target/debug/comfix"
 echo "comfix is at $bin (install it on PATH with: cargo install --path .)"
 comfix() { "$bin" --store "$work/store" "$@"; }
 
@@ -43,9 +48,14 @@ have_uv=true
 if [ -z "${COMFIX_UV:-}" ] && ! command -v uv >/dev/null 2>&1; then
   if [ -x "$PWD/.tools/bin/uv" ]; then
     export COMFIX_UV="$PWD/.tools/bin/uv"
+  elif python3 -c "import urllib.request as u; u.urlopen('https://pypi.org/simple/uv/', timeout=10)" \
+      >/dev/null 2>&1; then
+    # What comfix does on a machine without uv: it fetches its pinned uv wheel (SHA-256 checked)
+    # into the store, once (`COMFIX_UV_WHEEL_URL` and `COMFIX_UV_WHEEL_SHA256` name a mirror).
+    echo "uv is not installed: comfix fetches its pinned uv from PyPI into the store, once"
   else
     have_uv=false
-    echo "warning: uv is not installed; the demo realizes without a Python environment" >&2
+    echo "warning: no uv and PyPI cannot be reached; the demo realizes without a Python environment" >&2
     echo "         (scripts/test-tools.sh installs the pinned uv into .tools/, not the system Python)" >&2
   fi
 fi

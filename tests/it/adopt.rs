@@ -1243,14 +1243,10 @@ fn a_venv_outside_the_install_is_named_or_adopted() {
 #[test]
 fn a_registry_node_is_snapshotted_while_the_registry_is_unreachable() {
     let i = Install::new();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = ClosedPort::new();
     let out = i
         .cmd()
-        .env("COMFIX_REGISTRY_URL", format!("http://127.0.0.1:{closed}"))
+        .env("COMFIX_REGISTRY_URL", closed.url())
         .args(["snapshot", "--name", "away", "--comfy-path"])
         .arg(&i.root)
         .arg("-o")

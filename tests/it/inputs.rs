@@ -76,9 +76,8 @@ fn https_trusts_ssl_cert_file_and_goes_through_a_proxy() {
 #[test]
 fn network_errors_name_the_cause_and_the_host() {
     let w = World::new();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed = ClosedPort::new();
+    let port = closed.port;
     w.write_spec(&models_only(
         &w,
         json!([{ "source": format!("http://127.0.0.1:{port}/x.safetensors") }]),

@@ -153,8 +153,7 @@ impl PyWorld {
     }
 
     fn realize_ok(&self, id: &str, home: &str, args: &[&str]) -> Output {
-        let out = ok(self.realize(id, home, args));
-        out
+        ok(self.realize(id, home, args))
     }
 
     /// The store path a home's `.venv` resolves to.

@@ -229,9 +229,8 @@ fn an_unreachable_bucket_is_named_without_its_credentials() {
     fails_with(&out, "s3://no-such-bucket/x");
     assert_no_secret(&[&store], &[&out]);
     drop(moto);
-    let moto = Moto::start();
-    let port = moto.port;
-    drop(moto);
+    let closed = ClosedPort::new();
+    let port = closed.port;
     let empty = env.path("store-empty");
     let out = env
         .cmd_without_store()

@@ -244,6 +244,51 @@ fn record_duration(elapsed: std::time::Duration) {
     }
 }
 
+/// A port on 127.0.0.1 where nothing listens, for as long as it is held: a socket bound to it
+/// but never listening, so connections are refused and no other test's server can take the
+/// port (a port freed again would be: that raced in CI).
+pub struct ClosedPort {
+    fd: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = std::os::fd::OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let bound = libc::bind(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                len,
+            );
+            assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut len = len;
+            libc::getsockname(
+                fd.as_raw_fd(),
+                &mut addr as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            );
+            ClosedPort {
+                fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let _ = &self.fd;
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// The environment a user's fresh shell has, not the developer's: nothing but an allow-list
 /// (`PATH`, `TMPDIR`, the locale) reaches the program, so no `PYTHONDONTWRITEBYTECODE`,
 /// `COMFY_HOME`, `MODELS_DIR`, `HF_*`, `AWS_*`, `UV_*` or `COMFIX_*` of the shell changes what a
