@@ -36,7 +36,16 @@ pub struct Manifest {
     /// Signatures per path name (`<key name>:<base64>`).
     #[serde(default)]
     pub signatures: BTreeMap<String, Vec<String>>,
+    /// Signatures per version id, over its spec and its lock ([`crate::sign::version_fingerprint`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub version_signatures: BTreeMap<String, Vec<String>>,
 }
+
+/// The most paths and versions an archive may declare, and the most bytes of spec and lock text
+/// it may carry in all: an import holds those texts in memory until every path is in.
+const MAX_PATHS: usize = 1_000_000;
+const MAX_VERSIONS: usize = 1_000;
+const MAX_VERSION_TEXT: u64 = 64 << 20;
 
 impl Manifest {
     pub fn version_ids(&self) -> Vec<String> {
@@ -84,6 +93,9 @@ pub struct ImportReport {
     pub imported: Vec<String>,
     /// Paths the store already had.
     pub present: usize,
+    /// Unsigned input-addressed paths not taken (`--no-check-sigs`): built here when needed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
     /// Where each version's spec and lock were written (or found identical).
     pub spec_files: Vec<PathBuf>,
     /// The locks the archive brought.
@@ -248,6 +260,18 @@ pub fn export(
             .collect(),
         None => BTreeMap::new(),
     };
+    let version_signatures = match sign {
+        Some(key) => versions
+            .iter()
+            .map(|v| {
+                let id = &v.lock.version_id;
+                let fingerprint =
+                    crate::sign::version_fingerprint(id, v.spec, v.lock.to_text().as_bytes());
+                (id.clone(), vec![key.sign_text(&fingerprint)])
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let manifest = Manifest {
         format: FORMAT,
         versions: versions
@@ -260,6 +284,7 @@ pub fn export(
             .collect(),
         paths,
         signatures,
+        version_signatures,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let out = std::io::BufWriter::with_capacity(1 << 20, out);
@@ -407,14 +432,55 @@ impl<R: Read> Read for HashingReader<R> {
 /// The path being imported.
 struct Current {
     index: usize,
-    /// `None` when the store has the path already: its entries are read and dropped.
-    staging: Option<Staging>,
+    slot: Slot,
     /// The BLAKE3 of each regular file written, by its parts under the path.
     written: Vec<(Vec<String>, crate::store::tree::Digest)>,
+    /// Bytes of file contents its manifest entry still allows.
+    budget: u64,
+    /// Entries it may still have (files, and as many directories and links again, and some).
+    entries_left: u64,
+}
+
+/// Where a path's entries go.
+enum Slot {
+    /// Staged, to be registered once whole.
+    Staged(Staging),
+    /// The store has it already: its entries are read and dropped.
+    Present,
+    /// Left out (unsigned and input-addressed): its entries are read and dropped.
+    Skipped,
+}
+
+impl Current {
+    fn new(index: usize, slot: Slot, meta: &PathMeta) -> Current {
+        Current {
+            index,
+            slot,
+            written: Vec::new(),
+            budget: meta.size,
+            entries_left: meta.file_count.saturating_mul(2).saturating_add(1024),
+        }
+    }
+
+    /// Count one more entry of the path, refusing more than its manifest entry allows for.
+    fn entry(&mut self, shown: &str) -> Result<(), ClosureError> {
+        if self.entries_left == 0 {
+            return Err(damaged(format!(
+                "`{shown}`: its path has more entries than its manifest's file count allows"
+            )));
+        }
+        self.entries_left -= 1;
+        Ok(())
+    }
 }
 
 /// Read a closure archive from `input` into `store`; each version's spec and lock are written
 /// into `versions_dir` (kept when a file of that name is there already).
+///
+/// Nothing is trusted before it is checked: the manifest's names, counts and sizes first; the
+/// versions' specs and locks (each lock matching its spec, both signed by a trusted key unless
+/// signatures are waived) before any path is registered; each path's entries no larger than the
+/// manifest says; `versions/` written only once every path is in (all or nothing).
 pub fn import(
     store: &Store,
     input: impl Read,
@@ -427,11 +493,15 @@ pub fn import(
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive.entries().map_err(damaged)?;
     let manifest = read_manifest(&mut entries)?;
-    // What the store lacks must fit, or nothing is written.
-    let mut needed = 0;
+    check_manifest(&manifest)?;
+    // What the store lacks must fit, or nothing is written (declared sizes are untrusted: their
+    // sum is checked, never wrapped).
+    let mut needed = 0u64;
     for meta in &manifest.paths {
         if store.query(&meta.name)?.is_none() {
-            needed += meta.size;
+            needed = needed.checked_add(meta.size).ok_or_else(|| {
+                damaged("its paths' declared sizes add up to more than 2^64 bytes")
+            })?;
         }
     }
     crate::fetch::check_space("the closure's paths", store.root(), needed)?;
@@ -445,7 +515,14 @@ pub fn import(
         .enumerate()
         .map(|(i, p)| (p.name.as_str(), i))
         .collect();
+    let named: HashSet<&str> = manifest
+        .versions
+        .iter()
+        .flat_map(|v| [v.spec.as_str(), v.lock.as_str()])
+        .collect();
     let mut texts: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut text_bytes = 0u64;
+    let mut locks: Option<Vec<Lock>> = None;
     let mut current: Option<Current> = None;
     let mut next = 0;
     for entry in entries {
@@ -458,11 +535,31 @@ pub fn import(
         })?;
         match parts.first().map(String::as_str) {
             Some("versions") if current.is_none() && next == 0 => {
+                if !named.contains(shown.as_str()) {
+                    return Err(ClosureError::Unsafe {
+                        entry: shown,
+                        reason: "the manifest names no such spec or lock".into(),
+                    });
+                }
+                if texts.contains_key(&shown) {
+                    return Err(ClosureError::Unsafe {
+                        entry: shown,
+                        reason: "it is in the archive twice".into(),
+                    });
+                }
+                let room = MAX_VERSION_TEXT - text_bytes;
                 let mut data = Vec::new();
                 (&mut entry)
-                    .take(64 << 20)
+                    .take(room + 1)
                     .read_to_end(&mut data)
                     .map_err(damaged)?;
+                if data.len() as u64 > room {
+                    return Err(damaged(format!(
+                        "its specs and locks are larger than {} in all (at `{shown}`)",
+                        crate::units::format_bytes(MAX_VERSION_TEXT)
+                    )));
+                }
+                text_bytes += data.len() as u64;
                 texts.insert(shown, data);
                 continue;
             }
@@ -473,6 +570,10 @@ pub fn import(
                     reason: "not where a closure archive puts anything".into(),
                 })
             }
+        }
+        // The versions come before the paths: they are checked before any path is registered.
+        if locks.is_none() {
+            locks = Some(check_versions(&manifest, &texts, trust)?);
         }
         let name = &parts[1];
         let same = current
@@ -500,28 +601,36 @@ pub fn import(
                     })
                 }
             }
-            let staging = if store.query(name)?.is_some() && store.path_of(name).exists() {
-                None
+            let meta = &manifest.paths[next];
+            let slot = if store.query(name)?.is_some() && store.path_of(name).exists() {
+                Slot::Present
             } else {
-                let meta = &manifest.paths[next];
                 let signatures = manifest
                     .signatures
                     .get(name)
                     .map(Vec::as_slice)
                     .unwrap_or_default();
-                trust.check(meta, signatures)?;
-                Some(store.staging()?)
+                match trust.check(meta, signatures) {
+                    Ok(()) => Slot::Staged(store.staging()?),
+                    Err(crate::sign::SignError::UnsignedInputAddressed { .. }) => {
+                        tracing::warn!(
+                            "left out `{name}`: input-addressed (a venv or an overlay) and unsigned, so nothing vouches for its bytes; `realize` builds it here from its inputs"
+                        );
+                        Slot::Skipped
+                    }
+                    Err(err) => return Err(err.into()),
+                }
             };
-            current = Some(Current {
-                index: next,
-                staging,
-                written: Vec::new(),
-            });
+            current = Some(Current::new(next, slot, meta));
             next += 1;
         }
         let current = current.as_mut().expect("set above");
-        if let Some(staging) = &current.staging {
-            if let Some(digest) = write_entry(&mut entry, staging.path(), &parts[1..], &shown)? {
+        current.entry(&shown)?;
+        if let Slot::Staged(staging) = &current.slot {
+            let budget = &mut current.budget;
+            if let Some(digest) =
+                write_entry(&mut entry, staging.path(), &parts[1..], &shown, budget)?
+            {
                 current.written.push((parts[1..].to_vec(), digest));
             }
         }
@@ -538,9 +647,124 @@ pub fn import(
     // The end of the tar is not the end of the stream: the rest is read, so a cut or damaged
     // last frame is an error.
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
+    let locks = match locks {
+        Some(locks) => locks,
+        None => check_versions(&manifest, &texts, trust)?,
+    };
     write_versions(&manifest, &texts, versions_dir, &mut report)?;
+    report.locks = locks;
     write_workflows(store, versions_dir, &mut report)?;
     Ok(report)
+}
+
+/// The manifest's own promises, checked before anything is read or written: bounded counts,
+/// store names that are names, version ids that are ids, entries where versions go.
+fn check_manifest(manifest: &Manifest) -> Result<(), ClosureError> {
+    if manifest.paths.len() > MAX_PATHS || manifest.versions.len() > MAX_VERSIONS {
+        return Err(damaged(format!(
+            "its manifest declares {} paths and {} versions (at most {MAX_PATHS} and {MAX_VERSIONS})",
+            manifest.paths.len(),
+            manifest.versions.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    for meta in &manifest.paths {
+        crate::store::check_name(&meta.name).map_err(|reason| ClosureError::Unsafe {
+            entry: format!("paths/{}", meta.name.chars().take(80).collect::<String>()),
+            reason: format!("its store path name {reason}"),
+        })?;
+        if !seen.insert(meta.name.as_str()) {
+            return Err(damaged(format!("`{}` is in its manifest twice", meta.name)));
+        }
+    }
+    for version in &manifest.versions {
+        let id = &version.version_id;
+        crate::store::check_name(id).map_err(|reason| ClosureError::Unsafe {
+            entry: version.spec.clone(),
+            reason: format!("version id `{id}` {reason}"),
+        })?;
+        let (spec, lock) = (
+            format!("versions/{id}.json"),
+            format!("versions/{id}.lock.json"),
+        );
+        if version.spec != spec || version.lock != lock {
+            return Err(ClosureError::Unsafe {
+                entry: version.spec.clone(),
+                reason: format!("the spec and lock of `{id}` belong at `{spec}` and `{lock}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Each version's lock, once its spec and lock are shown to belong together and to be what a
+/// trusted key signed: the lock parses and is `version_id`'s, the spec parses and the lock pins
+/// every entry of it, its workflows stay in the versions directory and are in the archive.
+fn check_versions(
+    manifest: &Manifest,
+    texts: &BTreeMap<String, Vec<u8>>,
+    trust: &crate::sign::Trust,
+) -> Result<Vec<Lock>, ClosureError> {
+    let mut locks = Vec::new();
+    let carried: HashSet<&str> = manifest.paths.iter().map(|p| p.name.as_str()).collect();
+    for version in &manifest.versions {
+        let id = &version.version_id;
+        let text = |entry: &String| {
+            texts
+                .get(entry)
+                .ok_or_else(|| damaged(format!("`{entry}` is missing")))
+        };
+        let (spec_text, lock_text) = (text(&version.spec)?, text(&version.lock)?);
+        let signatures = manifest
+            .version_signatures
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        trust.check_version(id, spec_text, lock_text, signatures)?;
+        let lock: Lock = serde_json::from_slice(lock_text)
+            .map_err(|e| damaged(format!("`{}` is not a lock: {e}", version.lock)))?;
+        if lock.version_id != *id {
+            return Err(damaged(format!(
+                "`{}` is the lock of `{}`",
+                version.lock, lock.version_id
+            )));
+        }
+        let spec_str = std::str::from_utf8(spec_text)
+            .map_err(|_| damaged(format!("`{}` is not UTF-8", version.spec)))?;
+        let spec = crate::spec::Spec::parse(spec_str, Path::new(&version.spec))
+            .map_err(|e| damaged(format!("`{}` is not a valid spec: {e}", version.spec)))?;
+        let stale = crate::lock::stale_entries(&spec, &lock);
+        if !stale.is_empty() {
+            return Err(damaged(format!(
+                "`{}` does not pin what `{}` asks for: {}",
+                version.lock,
+                version.spec,
+                stale.join(", ")
+            )));
+        }
+        for workflow in &lock.workflows {
+            let rel = Path::new(&workflow.path);
+            if workflow.path.is_empty()
+                || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+            {
+                return Err(ClosureError::Unsafe {
+                    entry: version.lock.clone(),
+                    reason: format!(
+                        "workflow path `{}` leaves the versions directory",
+                        workflow.path
+                    ),
+                });
+            }
+            if !carried.contains(workflow.store_path.as_str()) {
+                return Err(damaged(format!(
+                    "`{}` names the workflow `{}` as `{}`, which it does not carry",
+                    version.lock, workflow.path, workflow.store_path
+                )));
+            }
+        }
+        locks.push(lock);
+    }
+    Ok(locks)
 }
 
 /// Read one path's archive (its entries under `paths/<name>`, as in a closure archive) and
@@ -549,7 +773,7 @@ pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(
     let decoder = zstd::stream::read::Decoder::new(input).map_err(damaged)?;
     let mut archive = tar::Archive::new(decoder);
     let staging = store.staging()?;
-    let mut written = Vec::new();
+    let mut current = Current::new(0, Slot::Present, meta);
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
         let path = entry.path().map_err(damaged)?.into_owned();
@@ -563,17 +787,16 @@ pub fn import_path(store: &Store, meta: &PathMeta, input: impl Read) -> Result<(
                     meta.name, meta.name
                 ),
             })?;
-        if let Some(digest) = write_entry(&mut entry, staging.path(), &parts[1..], &shown)? {
-            written.push((parts[1..].to_vec(), digest));
+        current.entry(&shown)?;
+        let budget = &mut current.budget;
+        if let Some(digest) = write_entry(&mut entry, staging.path(), &parts[1..], &shown, budget)?
+        {
+            current.written.push((parts[1..].to_vec(), digest));
         }
     }
     std::io::copy(&mut archive.into_inner(), &mut std::io::sink()).map_err(damaged)?;
     let mut report = ImportReport::default();
-    let current = Current {
-        index: 0,
-        staging: Some(staging),
-        written,
-    };
+    current.slot = Slot::Staged(staging);
     finish(store, meta, current, &mut report)
 }
 
@@ -620,6 +843,7 @@ fn write_entry<R: Read>(
     staging: &Path,
     parts: &[String],
     shown: &str,
+    budget: &mut u64,
 ) -> Result<Option<crate::store::tree::Digest>, ClosureError> {
     let unsafe_entry = |reason: &str| ClosureError::Unsafe {
         entry: shown.to_string(),
@@ -652,10 +876,23 @@ fn write_entry<R: Read>(
         tar::EntryType::Regular => {
             let executable = header.mode().map_err(damaged)? & 0o111 != 0;
             let mode = if executable { 0o755 } else { 0o644 };
+            let larger = || {
+                damaged(format!(
+                    "entry `{shown}` is larger than its manifest says its path is"
+                ))
+            };
             let file = beneath.create_file(&rel, mode).map_err(refused)?;
+            if header.size().map_err(damaged)? > *budget {
+                return Err(larger());
+            }
             // Large writes: a model is gigabytes, and 8 KiB writes cost more than the bytes.
             let mut out = std::io::BufWriter::with_capacity(1 << 20, Streamed::new(file));
-            std::io::copy(entry, &mut out).map_err(damaged)?;
+            // Never more than the manifest allows, whatever the header said.
+            let copied = std::io::copy(&mut entry.take(*budget + 1), &mut out).map_err(damaged)?;
+            if copied > *budget {
+                return Err(larger());
+            }
+            *budget -= copied;
             out.flush().map_err(io(&at))?;
             let digest = out.get_ref().hasher.finalize();
             return Ok(Some(*digest.as_bytes()));
@@ -730,9 +967,16 @@ fn finish(
     current: Current,
     report: &mut ImportReport,
 ) -> Result<(), ClosureError> {
-    let Some(staging) = current.staging else {
-        report.present += 1;
-        return Ok(());
+    let staging = match current.slot {
+        Slot::Staged(staging) => staging,
+        Slot::Present => {
+            report.present += 1;
+            return Ok(());
+        }
+        Slot::Skipped => {
+            report.left_out.push(meta.name.clone());
+            return Ok(());
+        }
     };
     if fs::symlink_metadata(staging.path().join(&meta.name)).is_err() {
         return Err(damaged(format!("`{}` has no entries", meta.name)));
@@ -749,8 +993,7 @@ fn finish(
 
 /// Each version's workflow files, from the store, where its spec names them (relative to the
 /// spec's directory), so `realize`, `test` and `run` of the imported version find them. A file
-/// already there is kept (warned about when it differs); a name that would leave the directory
-/// is refused.
+/// already there is kept (warned about when it differs).
 fn write_workflows(
     store: &Store,
     dir: &Path,
@@ -758,20 +1001,8 @@ fn write_workflows(
 ) -> Result<(), ClosureError> {
     for lock in &report.locks {
         for workflow in &lock.workflows {
+            // Its path stays in `dir`: checked with the lock, before any path was registered.
             let rel = Path::new(&workflow.path);
-            if workflow.path.is_empty()
-                || !rel
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(ClosureError::Unsafe {
-                    entry: format!("versions/{}.lock.json", lock.version_id),
-                    reason: format!(
-                        "workflow path `{}` leaves the versions directory",
-                        workflow.path
-                    ),
-                });
-            }
             let stored = store.path_of(&workflow.store_path);
             let source = if stored.is_dir() {
                 fs::read_dir(&stored)
@@ -815,7 +1046,8 @@ fn write_workflows(
     Ok(())
 }
 
-/// Each version's spec and lock, written beside each other unless a file is there already.
+/// Each version's spec and lock (checked by [`check_versions`]), written beside each other
+/// unless a file is there already.
 fn write_versions(
     manifest: &Manifest,
     texts: &BTreeMap<String, Vec<u8>>,
@@ -823,10 +1055,6 @@ fn write_versions(
     report: &mut ImportReport,
 ) -> Result<(), ClosureError> {
     for version in &manifest.versions {
-        crate::store::check_name(&version.version_id).map_err(|reason| ClosureError::Unsafe {
-            entry: version.spec.clone(),
-            reason,
-        })?;
         for (entry, file) in [
             (&version.spec, format!("{}.json", version.version_id)),
             (&version.lock, format!("{}.lock.json", version.version_id)),
@@ -834,17 +1062,6 @@ fn write_versions(
             let text = texts
                 .get(entry)
                 .ok_or_else(|| damaged(format!("`{entry}` is missing")))?;
-            if *entry == version.lock {
-                let lock: Lock = serde_json::from_slice(text)
-                    .map_err(|e| damaged(format!("`{entry}` is not a lock: {e}")))?;
-                if lock.version_id != version.version_id {
-                    return Err(damaged(format!(
-                        "`{entry}` is the lock of `{}`",
-                        lock.version_id
-                    )));
-                }
-                report.locks.push(lock);
-            }
             let path = dir.join(file);
             match fs::read(&path) {
                 Ok(existing) if existing == *text => {}

@@ -24,6 +24,13 @@ pub enum SignError {
         name: String,
         signed_by: Vec<String>,
     },
+    #[error("The spec and lock of `{version_id}` are not signed by a trusted key{}", signers(.signed_by))]
+    UntrustedVersion {
+        version_id: String,
+        signed_by: Vec<String>,
+    },
+    #[error("`{name}` is input-addressed (its name does not come from its bytes) and not signed by a trusted key: unsigned, nothing can vouch for it")]
+    UnsignedInputAddressed { name: String },
     #[error("Cannot read random bytes for a key: {0}")]
     Random(std::io::Error),
 }
@@ -39,11 +46,14 @@ fn signers(names: &[String]) -> String {
 impl Hint for SignError {
     fn hint(&self) -> Option<String> {
         match self {
-            SignError::Untrusted { .. } => Some(
+            SignError::Untrusted { .. } | SignError::UntrustedVersion { .. } => Some(
                 "trust the key that signs the cache (`--trusted-key NAME:KEY`, `COMFIX_TRUSTED_KEYS` or `trusted-keys` in the config file), sign when copying (`--sign-key`), or accept unsigned paths with `--no-check-sigs` (digests are checked either way)".into(),
             ),
             SignError::BadKey { .. } => Some(
                 "`comfix key generate --name NAME` writes a key pair; public keys look like `name:BASE64`".into(),
+            ),
+            SignError::UnsignedInputAddressed { .. } => Some(
+                "a venv or overlay is built here from its inputs when it comes unsigned; sign it where it was built (`--sign-key`) to take it as it is".into(),
             ),
             SignError::Random(_) => None,
         }
@@ -62,6 +72,16 @@ pub fn fingerprint(meta: &PathMeta) -> String {
         meta.tree_hash,
         meta.naming,
         meta.references.join(",")
+    )
+}
+
+/// What a version's signature covers: its id and the BLAKE3 of its spec's and its lock's bytes,
+/// so a spec or lock changed after signing (a node pointed at another repository) is refused.
+pub fn version_fingerprint(version_id: &str, spec: &[u8], lock: &[u8]) -> String {
+    format!(
+        "comfix-version-1;{version_id};{};{}",
+        blake3::hash(spec).to_hex(),
+        blake3::hash(lock).to_hex()
     )
 }
 
@@ -128,7 +148,12 @@ impl SecretKey {
 
     /// `<name>:<base64 signature>` of `meta`'s fingerprint.
     pub fn sign(&self, meta: &PathMeta) -> String {
-        let signature = self.key.sign(fingerprint(meta).as_bytes());
+        self.sign_text(&fingerprint(meta))
+    }
+
+    /// `<name>:<base64 signature>` of a fingerprint.
+    pub fn sign_text(&self, fingerprint: &str) -> String {
+        let signature = self.key.sign(fingerprint.as_bytes());
         format!("{}:{}", self.name, STANDARD.encode(signature.to_bytes()))
     }
 }
@@ -160,7 +185,7 @@ impl PublicKey {
         format!("{}:{}", self.name, STANDARD.encode(self.key.to_bytes()))
     }
 
-    fn verifies(&self, meta: &PathMeta, signature: &str) -> bool {
+    fn verifies(&self, fingerprint: &str, signature: &str) -> bool {
         let Some((name, data)) = signature.split_once(':') else {
             return false;
         };
@@ -170,11 +195,7 @@ impl PublicKey {
         let Ok(signature) = Signature::from_slice(&bytes) else {
             return false;
         };
-        name == self.name
-            && self
-                .key
-                .verify(fingerprint(meta).as_bytes(), &signature)
-                .is_ok()
+        name == self.name && self.key.verify(fingerprint.as_bytes(), &signature).is_ok()
     }
 }
 
@@ -187,25 +208,60 @@ pub struct Trust {
 }
 
 impl Trust {
-    /// Whether a trusted key signed `meta`.
+    /// Whether `meta` may be registered: a trusted key signed it, or signatures are waived
+    /// (`--no-check-sigs`) and its name comes from its bytes (content-addressed: the digests
+    /// checked on arrival are all the proof it needs). An unsigned input-addressed path (a venv)
+    /// is never taken: its name says nothing of its bytes.
     pub fn check(&self, meta: &PathMeta, signatures: &[String]) -> Result<(), SignError> {
-        if self.accept_unsigned {
+        let fingerprint = fingerprint(meta);
+        if self.signed(&fingerprint, signatures) {
             return Ok(());
         }
-        if signatures
-            .iter()
-            .any(|s| self.keys.iter().any(|k| k.verifies(meta, s)))
-        {
+        if self.accept_unsigned {
+            if meta.naming == "input" {
+                return Err(SignError::UnsignedInputAddressed {
+                    name: meta.name.clone(),
+                });
+            }
             return Ok(());
         }
         Err(SignError::Untrusted {
             name: meta.name.clone(),
-            signed_by: signatures
-                .iter()
-                .filter_map(|s| s.split_once(':').map(|(n, _)| n.to_string()))
-                .collect(),
+            signed_by: key_names(signatures),
         })
     }
+
+    /// Whether a version's spec and lock may be written: a trusted key signed them, or
+    /// signatures are waived.
+    pub fn check_version(
+        &self,
+        version_id: &str,
+        spec: &[u8],
+        lock: &[u8],
+        signatures: &[String],
+    ) -> Result<(), SignError> {
+        let fingerprint = version_fingerprint(version_id, spec, lock);
+        if self.accept_unsigned || self.signed(&fingerprint, signatures) {
+            return Ok(());
+        }
+        Err(SignError::UntrustedVersion {
+            version_id: version_id.to_string(),
+            signed_by: key_names(signatures),
+        })
+    }
+
+    fn signed(&self, fingerprint: &str, signatures: &[String]) -> bool {
+        signatures
+            .iter()
+            .any(|s| self.keys.iter().any(|k| k.verifies(fingerprint, s)))
+    }
+}
+
+fn key_names(signatures: &[String]) -> Vec<String> {
+    signatures
+        .iter()
+        .filter_map(|s| s.split_once(':').map(|(n, _)| n.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -269,7 +325,49 @@ mod tests {
             accept_unsigned: true,
         };
         assert!(open.check(&meta(), &[]).is_ok());
+        // Waived signatures take content-addressed paths only.
+        let venv = PathMeta {
+            naming: "input".into(),
+            ..meta()
+        };
+        let err = open.check(&venv, &[]).unwrap_err();
+        assert!(
+            matches!(err, SignError::UnsignedInputAddressed { .. }),
+            "{err}"
+        );
+        let signed_venv = key.sign(&venv);
+        let both = Trust {
+            keys: trust.keys.clone(),
+            accept_unsigned: true,
+        };
+        assert!(both.check(&venv, &[signed_venv]).is_ok());
         assert!(PublicKey::parse("nokey").is_err());
         assert!(PublicKey::parse("k:!!!").is_err());
+    }
+
+    /// A version's signature covers its id, its spec and its lock: any of them changed after
+    /// signing is refused (unless signatures are waived).
+    #[test]
+    fn a_version_signature_covers_its_spec_and_its_lock() {
+        let key = SecretKey::generate("team-1").unwrap();
+        let trust = Trust {
+            keys: vec![key.public()],
+            accept_unsigned: false,
+        };
+        let signature = key.sign_text(&version_fingerprint("v1", b"spec", b"lock"));
+        let sigs = std::slice::from_ref(&signature);
+        assert!(trust.check_version("v1", b"spec", b"lock", sigs).is_ok());
+        for (id, spec, lock) in [
+            ("v2", &b"spec"[..], &b"lock"[..]),
+            ("v1", b"spec ", b"lock"),
+            ("v1", b"spec", b"lock "),
+        ] {
+            let err = trust.check_version(id, spec, lock, sigs).unwrap_err();
+            assert!(
+                err.to_string().contains("not signed by a trusted key"),
+                "{err}"
+            );
+        }
+        assert!(trust.check_version("v1", b"spec", b"lock", &[]).is_err());
     }
 }

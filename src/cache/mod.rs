@@ -387,7 +387,18 @@ impl Cache {
             }
         }
         chain.pop();
-        self.trust.check(&entry.meta, &entry.signatures)?;
+        match self.trust.check(&entry.meta, &entry.signatures) {
+            Ok(()) => {}
+            // Built here from its inputs instead: its name says nothing of its bytes.
+            Err(crate::sign::SignError::UnsignedInputAddressed { .. }) => {
+                tracing::info!(
+                    "not taking the unsigned, input-addressed `{name}` from {}: it is built here",
+                    self.location()
+                );
+                return Ok(false);
+            }
+            Err(err) => return Err(err.into()),
+        }
         if entry.compression != "zstd" || entry.archive != archive_key(&entry.meta.tree_hash) {
             return Err(ClosureError::Damaged {
                 reason: format!(

@@ -1,6 +1,7 @@
 //! `comfix export` / `comfix import`: a version's closure moved to another store as one file.
 
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -178,22 +179,28 @@ fn raw_entry(
     builder.append(&header, data).unwrap();
 }
 
-fn crafted(
-    w: &World,
-    name: &str,
-    paths: &[&str],
-    entries: &[(&str, tar::EntryType, &[u8], Option<&str>)],
-) -> PathBuf {
+type Entries<'a> = [(&'a str, tar::EntryType, &'a [u8], Option<&'a str>)];
+
+fn crafted(w: &World, name: &str, paths: &[&str], entries: &Entries) -> PathBuf {
     let manifest = json!({
         "format": 1,
         "versions": [],
-        "paths": paths.iter().map(|p| json!({
-            "name": p, "kind": "tree", "tree_hash": "0".repeat(64), "size": 0, "file_count": 0,
-            "references": [], "naming": "content", "registered_at": 0
-        })).collect::<Vec<_>>(),
+        "paths": paths.iter().map(|p| path_meta(p, 0)).collect::<Vec<_>>(),
     });
+    crafted_with(w, name, &manifest, entries)
+}
+
+fn path_meta(name: &str, size: u64) -> Value {
+    json!({
+        "name": name, "kind": "tree", "tree_hash": "0".repeat(64), "size": size, "file_count": 1,
+        "references": [], "naming": "content", "registered_at": 0
+    })
+}
+
+/// An archive of `manifest` and `entries`, exactly as given.
+fn crafted_with(w: &World, name: &str, manifest: &Value, entries: &Entries) -> PathBuf {
     let mut builder = tar::Builder::new(Vec::new());
-    let text = serde_json::to_vec(&manifest).unwrap();
+    let text = serde_json::to_vec(manifest).unwrap();
     raw_entry(
         &mut builder,
         "comfix-closure.json",
@@ -362,7 +369,7 @@ fn imports_require_a_trusted_signature() {
     };
     let out = try_import(&unsigned, "s1", &["--trusted-key", &public]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    says(&out, "is not signed by a trusted key (it has no signature)");
+    says(&out, "not signed by a trusted key (it has no signature)");
     says(&out, "--no-check-sigs");
     assert!(registered(&w, &w.env.path("s1")).is_empty());
     let out = try_import(&signed, "s2", &["--trusted-key", &other_public]);
@@ -506,4 +513,195 @@ fn export_and_copy_refuse_a_path_that_no_longer_verifies() {
         .args(["export", "v1", "-o"])
         .arg(&archive)
         .ok();
+}
+
+/// `archive` with `entry`'s bytes replaced by `edit` of them, the rest as it was.
+fn rewrite(archive: &Path, out: &Path, entry: &str, edit: impl Fn(&[u8]) -> Vec<u8>) {
+    let tar = decompress(archive);
+    let mut reader = tar::Archive::new(&tar[..]);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut found = false;
+    for e in reader.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut header = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        if e.path().unwrap() == Path::new(entry) {
+            data = edit(&data);
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+            found = true;
+        }
+        builder.append(&header, &data[..]).unwrap();
+    }
+    assert!(found, "no `{entry}` in the archive");
+    compress(&builder.into_inner().unwrap(), out);
+}
+
+/// A signed archive whose spec (a node pointed at another repository) or lock was edited in
+/// transit is refused with a trusted key: nothing registered, `versions/` untouched. Unedited,
+/// it imports.
+#[test]
+fn a_spec_or_lock_edited_after_signing_is_refused() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    realize_json(&w, &w.env.store, &w.env.path("home"), &[]);
+    let (secret, public) = key(&w, "team-1");
+    let signed = w.env.path("signed.tar.zst");
+    w.cmd(&w.env.store)
+        .args(["export", "v1", "--models", "none", "--sign-key"])
+        .arg(&secret)
+        .arg("-o")
+        .arg(&signed)
+        .ok();
+    let other = w.node_b.url();
+    let node_a = w.node_a.url();
+    let edited_spec = w.env.path("edited-spec.tar.zst");
+    rewrite(&signed, &edited_spec, "versions/v1.json", |text| {
+        String::from_utf8_lossy(text)
+            .replace(&node_a, &other)
+            .into_bytes()
+    });
+    let edited_lock = w.env.path("edited-lock.tar.zst");
+    rewrite(&signed, &edited_lock, "versions/v1.lock.json", |text| {
+        String::from_utf8_lossy(text)
+            .replace(&node_a, &other)
+            .into_bytes()
+    });
+    for (what, archive) in [("spec", &edited_spec), ("lock", &edited_lock)] {
+        let store = w.env.path(&format!("store-{what}"));
+        let versions = w.env.path(&format!("versions-{what}"));
+        let out = w
+            .cmd(&store)
+            .args(["import", "--trusted-key", &public, "--versions-dir"])
+            .arg(&versions)
+            .arg(archive)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        fails_with(
+            &out,
+            "The spec and lock of `v1` are not signed by a trusted key",
+        );
+        assert!(
+            registered(&w, &store).is_empty(),
+            "{what}: paths registered"
+        );
+        assert!(!versions.exists(), "{what}: versions written");
+    }
+    // Waiving signatures does not waive the lock matching its spec.
+    let out = w
+        .cmd(&w.env.path("store-waived"))
+        .args(["import", "--no-check-sigs", "--versions-dir"])
+        .arg(w.env.path("versions-waived"))
+        .arg(&edited_spec)
+        .output()
+        .unwrap();
+    fails_with(&out, "does not pin what");
+    assert!(!w.env.path("versions-waived").exists());
+    let versions = w.env.path("versions-ok");
+    w.cmd(&w.env.path("store-ok"))
+        .args(["import", "--trusted-key", &public, "--versions-dir"])
+        .arg(&versions)
+        .arg(&signed)
+        .ok();
+    assert!(versions.join("v1.json").is_file());
+}
+
+/// An archive is held to its manifest: no more bytes per path than it declares (a few KB of
+/// zeros claiming 16 bytes fill nothing), specs and locks bounded in all (never whole in
+/// memory beyond that), declared sizes that overflow, names too long for a store path, version
+/// ids that are not ids and entries the manifest does not name — each refused naming the real
+/// cause, before anything is registered.
+#[test]
+fn imports_are_bounded_by_their_manifest() {
+    use tar::EntryType::Regular;
+    let w = World::new();
+    let a = format!("{}-a.bin", "a".repeat(32));
+    let zeros = vec![0u8; 8 << 20];
+    let spec = |id: &str| json!({ "version_id": id, "spec": format!("versions/{id}.json"), "lock": format!("versions/{id}.lock.json") });
+    let ids: Vec<String> = (0..24).map(|i| format!("v{i}")).collect();
+    let spec_names: Vec<String> = ids.iter().map(|id| format!("versions/{id}.json")).collect();
+    let many_texts: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> = spec_names
+        .iter()
+        .map(|n| (n.as_str(), Regular, &zeros[..], None))
+        .collect();
+    let long = format!("{}-{}", "c".repeat(32), "x".repeat(300));
+    let at_a = format!("paths/{a}");
+    let cases: Vec<(
+        &str,
+        Value,
+        Vec<(&str, tar::EntryType, &[u8], Option<&str>)>,
+        &str,
+    )> = vec![
+        (
+            "larger than declared",
+            json!({ "format": 1, "versions": [], "paths": [path_meta(&a, 16)] }),
+            vec![(at_a.as_str(), Regular, &zeros[..], None)],
+            "is larger than its manifest says",
+        ),
+        (
+            "specs and locks without end",
+            json!({ "format": 1, "versions": ids.iter().map(|id| spec(id)).collect::<Vec<_>>(), "paths": [] }),
+            many_texts,
+            "its specs and locks are larger than",
+        ),
+        (
+            "sizes that overflow",
+            json!({ "format": 1, "versions": [], "paths": [
+                path_meta(&a, u64::MAX / 2 + 1),
+                path_meta(&format!("{}-b.bin", "b".repeat(32)), u64::MAX / 2 + 1)
+            ] }),
+            vec![],
+            "add up to more than 2^64 bytes",
+        ),
+        (
+            "a long name",
+            json!({ "format": 1, "versions": [], "paths": [path_meta(&long, 1)] }),
+            vec![],
+            "its store path name is longer than 200 bytes",
+        ),
+        (
+            "a version id that leaves",
+            json!({ "format": 1, "versions": [spec("../evil")], "paths": [path_meta(&a, 1)] }),
+            vec![(at_a.as_str(), Regular, b"x", None)],
+            "version id `../evil` must not start with `.`",
+        ),
+        (
+            "an entry no one named",
+            json!({ "format": 1, "versions": [], "paths": [path_meta(&a, 1)] }),
+            vec![("versions/x.json", Regular, b"{}", None)],
+            "the manifest names no such spec or lock",
+        ),
+    ];
+    for (what, manifest, entries, expected) in cases {
+        let file = crafted_with(
+            &w,
+            &format!("{}.tar.zst", what.replace(' ', "-")),
+            &manifest,
+            &entries,
+        );
+        let store = w.env.path(&format!("store-{}", what.replace(' ', "-")));
+        let versions = w.env.path(&format!("versions-{}", what.replace(' ', "-")));
+        let out = w
+            .cmd(&store)
+            .args(["import", "--no-check-sigs", "--versions-dir"])
+            .arg(&versions)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        says(&out, expected);
+        assert!(!stderr(&out).contains("No space left"), "{what}");
+        assert!(registered(&w, &store).is_empty(), "{what}");
+        assert!(!versions.exists(), "{what}: versions written");
+        // Nothing staged is left behind.
+        let staged: u64 = walkdir::WalkDir::new(&store)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file() && !e.path().starts_with(store.join("db")))
+            .map(|e| e.metadata().unwrap().len())
+            .sum();
+        assert!(staged < 1 << 20, "{what}: {staged} bytes left in the store");
+    }
 }

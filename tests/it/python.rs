@@ -401,11 +401,24 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
     world.write_spec(&world.spec("v1", &[]));
     world.realize_ok("v1", "home", &[]);
     let archive = world.env.path("v1.tar.zst");
-    world.cmd().args(["export", "v1", "-o"]).arg(&archive).ok();
+    let keys = world.env.path("keys");
+    let generated = world
+        .cmd()
+        .args(["key", "generate", "--name", "builder", "--dir"])
+        .arg(&keys)
+        .ok();
+    let public = stdout(&generated).trim().to_string();
+    world
+        .cmd()
+        .args(["export", "v1", "--sign-key"])
+        .arg(keys.join("builder.secret"))
+        .arg("-o")
+        .arg(&archive)
+        .ok();
     let store_b = world.env.path("store-b");
     world
         .cmd_in(&store_b)
-        .args(["import", "--no-check-sigs"])
+        .args(["import", "--trusted-key", &public])
         .arg(&archive)
         .ok();
     let requests = world.index.requests().len();
@@ -434,6 +447,46 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
     );
     let py = world.env.path("home-b/.venv/bin/python");
     ok(run(&py, &["-c", "import alpha, gamma"]));
+
+    // Unsigned, the venv is not taken (its name does not come from its bytes): the import
+    // leaves it out, saying so, and the offline realize builds the same venv here.
+    let store_c = world.env.path("store-c");
+    let imported = world
+        .cmd_in(&store_c)
+        .args(["--json", "import", "--no-check-sigs"])
+        .arg(&archive)
+        .ok();
+    says(&imported, "input-addressed");
+    let venv_name = world
+        .venv_of("home")
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
+    let report: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    assert_eq!(
+        report["left_out"],
+        serde_json::json!([venv_name]),
+        "{report}"
+    );
+    let out = world
+        .cmd_in(&store_c)
+        .args(["--json", "realize", "v1", "--offline", "--target"])
+        .arg(world.env.path("home-c"))
+        .ok();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let venv = report["derivations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "build-venv")
+        .unwrap()
+        .clone();
+    assert_eq!(venv["outcome"], "built", "{venv}");
+    assert_eq!(
+        world.venv_of("home-c").file_name().unwrap(),
+        venv_name.as_str()
+    );
 }
 
 /// Root ignores the store's read-only modes, and a Python without `PYTHONDONTWRITEBYTECODE`

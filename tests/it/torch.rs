@@ -204,15 +204,25 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
 
     // An export from the cu121 machine carries its overlay and venv; an air-gapped machine with
     // the same backend realizes it offline. The archive's lock is the shared one.
+    // Signed: the overlay and the venv are input-addressed, taken only on a trusted signature.
     let archive = w.env.path("v1-cu.tar.zst");
+    let keys = w.env.path("keys");
+    let generated = w
+        .cmd(&b)
+        .args(["key", "generate", "--name", "machine-b", "--dir"])
+        .arg(&keys)
+        .ok();
+    let public = stdout(&generated).trim().to_string();
     w.cmd(&b)
-        .args(["export", "v1", "--torch-backend", "cu121", "-o"])
+        .args(["export", "v1", "--torch-backend", "cu121", "--sign-key"])
+        .arg(keys.join("machine-b.secret"))
+        .arg("-o")
         .arg(&archive)
         .ok();
     let c = w.env.path("store-c");
     let imported = w.env.path("imported");
     w.cmd(&c)
-        .args(["import", "--no-check-sigs", "--versions-dir"])
+        .args(["import", "--trusted-key", &public, "--versions-dir"])
         .arg(&imported)
         .arg(&archive)
         .ok();
