@@ -20,6 +20,10 @@ pub struct GcArgs {
     /// collection first finds it gone; a moved home's next command registers it again
     #[arg(long, value_name = "DURATION", env = "COMFIX_HOME_GRACE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub home_grace: std::time::Duration,
+    /// Delete the entries of `paths/` the last `store rebuild-db` could not recover (until
+    /// then, a collection refuses: they may be what a live home uses)
+    #[arg(long)]
+    pub delete_unrecovered: bool,
 }
 
 /// `10G` → 10 GiB; plain numbers are bytes.
@@ -58,6 +62,7 @@ pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
                 .delete_older_than
                 .map(|age| crate::store::db::now() - age.as_secs() as i64),
             home_grace: args.home_grace.as_secs() as i64,
+            delete_unrecovered: args.delete_unrecovered,
         },
         &crate::build::keep::LiveLocks,
     )?;

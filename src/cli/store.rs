@@ -531,11 +531,18 @@ fn rebuild_db(context: &Context) -> anyhow::Result<Outcome> {
         report.registered.len(),
         report.roots
     );
+    if !report.recovered_pins.is_empty() {
+        tracing::warn!(
+            "{} manifests (of homes or pinned versions) had no root left: pinned as {} so nothing they use is collected; a home's next command registers its own roots, then `comfix store unpin recovered-…` releases them",
+            report.recovered_pins.len(),
+            crate::hint::code_list(&report.recovered_pins)
+        );
+    }
     if report.unrecovered.is_empty() {
         Ok(Outcome::Success)
     } else {
         tracing::error!(
-            "{} entries under `paths/` could not be recovered; they stay on disk until `comfix gc`",
+            "{} entries under `paths/` could not be recovered; they stay on disk, and `comfix gc` refuses to run until you decide (`comfix gc --delete-unrecovered` deletes them)",
             report.unrecovered.len()
         );
         Ok(Outcome::Failure)

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::account::DiskIndex;
 use super::roots::{home_generation, Graph, Root};
-use super::{db, lock, Result, Store};
+use super::{db, lock, Result, Store, StoreError};
 
 /// What the layers above the store keep beside `paths/` for the live roots. The store knows
 /// no lock format: the caller reads its roots (home manifests, pins) and names what they need.
@@ -61,6 +61,9 @@ pub struct GcOptions {
     /// How long what a gone home (moved, copied away, deleted) kept stays after a collection
     /// first found it gone, in seconds.
     pub home_grace: i64,
+    /// Delete what the last `store rebuild-db` could not recover (else the collection refuses
+    /// while any of it is on disk).
+    pub delete_unrecovered: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,6 +95,10 @@ impl Store {
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
+        let unrecovered = self.unrecovered()?;
+        if !unrecovered.is_empty() && !options.delete_unrecovered && !options.dry_run {
+            return Err(StoreError::Unrecovered { names: unrecovered });
+        }
         let now = super::db::now();
         // A home found gone now starts its grace period (the dry run records nothing and counts
         // from now).
@@ -200,8 +207,28 @@ impl Store {
             }
         }
         drop(plan.guards);
+        if !unrecovered.is_empty() {
+            // Deleted with the user's word (`--delete-unrecovered`): nothing left to refuse for.
+            let _ = fs::remove_file(self.root.join(super::layout::UNRECOVERED));
+        }
         drop(gc_lock);
         Ok(report)
+    }
+
+    /// The entries the last `store rebuild-db` could not recover that are still on disk,
+    /// unregistered.
+    fn unrecovered(&self) -> Result<Vec<String>> {
+        let Ok(text) = fs::read(self.root.join(super::layout::UNRECOVERED)) else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<String> = serde_json::from_slice(&text).unwrap_or_default();
+        let mut left = Vec::new();
+        for name in names {
+            if fs::symlink_metadata(self.path_of(&name)).is_ok() && self.query(&name)?.is_none() {
+                left.push(name);
+            }
+        }
+        Ok(left)
     }
 
     /// Decide what a collection removes, deleting nothing (see [`Plan`]).

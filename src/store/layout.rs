@@ -9,6 +9,8 @@ pub const VERSION: &str = "VERSION";
 pub const DB_DIR: &str = "db";
 pub const DB: &str = "db/db.sqlite";
 pub const DB_OPEN_LOCK: &str = "db/open.lock";
+/// What the last `store rebuild-db` could not recover (a JSON list of names under `paths/`).
+pub const UNRECOVERED: &str = "db/unrecovered.json";
 pub const PATHS: &str = "paths";
 pub const OBJECTS: &str = "objects";
 pub const META: &str = "meta";

@@ -40,6 +40,9 @@ pub struct RootMeta {
 pub struct RebuildReport {
     pub registered: Vec<String>,
     pub roots: usize,
+    /// Manifests (of homes and pinned versions) that no recovered root kept, pinned as
+    /// `recovered-<name>` so that no collection takes what they reference.
+    pub recovered_pins: Vec<String>,
     /// Entries under `paths/` that could not be registered, with the reason.
     pub unrecovered: Vec<(String, String)>,
     /// Where the unreadable database was moved, if there was one.
@@ -184,6 +187,8 @@ impl Store {
             return Err(StoreError::ReadOnly { root });
         }
         let db_dir = root.join(super::layout::DB_DIR);
+        // `rm -rf db` is what a user may have done: the rebuild starts from nothing.
+        fs_err::create_dir_all(&db_dir)?;
         let _open = lock::exclusive(&db_dir.join("open.lock"))?;
         let _gc = lock::exclusive(&root.join(super::layout::GC_LOCK))?;
         let db_path = db_dir.join("db.sqlite");
@@ -257,6 +262,8 @@ impl Store {
                 ),
             ));
         }
+        let mut rooted: HashSet<String> = HashSet::new();
+        fs_err::create_dir_all(root.join(super::layout::ROOTS))?;
         for entry in fs::read_dir(root.join(super::layout::ROOTS))
             .into_iter()
             .flatten()
@@ -270,8 +277,32 @@ impl Store {
             };
             if registered.contains(&meta.path) {
                 db::add_root(&conn, &meta.name, &meta.path, &meta.kind).map_err(db_err)?;
+                rooted.insert(meta.path);
                 report.roots += 1;
             }
+        }
+        // Manifests no recovered root keeps (`roots/` lost too): a live home's generation is
+        // among them, so each is pinned until the user says otherwise (`store unpin`); a home's
+        // next command registers its own roots again.
+        for name in &report.registered {
+            if rooted.contains(name) || !is_manifest(&root, name) {
+                continue;
+            }
+            let pin = format!("recovered-{name}");
+            let key = format!("pin:{pin}");
+            let meta = RootMeta {
+                name: key.clone(),
+                path: name.clone(),
+                kind: "pin".into(),
+            };
+            write_json(
+                &root
+                    .join(super::layout::ROOTS)
+                    .join(format!("{}.json", root_key(&key))),
+                &meta,
+            )?;
+            db::add_root(&conn, &key, name, "pin").map_err(db_err)?;
+            report.recovered_pins.push(pin);
         }
         drop(conn);
         crate::fault::pause_point("rebuild-written");
@@ -290,8 +321,33 @@ impl Store {
         fs_err::rename(&new_path, &db_path)?;
         fs_err::File::open(&db_dir)?.sync_all()?;
         report.unrecovered.sort();
+        // What could not be recovered stays until the user decides: the collector refuses to
+        // delete it while this list names entries still on disk.
+        let marker = root.join(super::layout::UNRECOVERED);
+        if report.unrecovered.is_empty() {
+            let _ = fs::remove_file(&marker);
+        } else {
+            let names: Vec<&String> = report.unrecovered.iter().map(|(n, _)| n).collect();
+            write_json(&marker, &names)?;
+        }
         Ok(report)
     }
+}
+
+/// Whether the registered `paths/<name>` is a manifest: a home's generation (`-home-<id>`) or a
+/// pinned version (`-pin-<id>`), a lock by its contents.
+fn is_manifest(root: &Path, name: &str) -> bool {
+    let Some((_, rest)) = name.split_once('-') else {
+        return false;
+    };
+    if !(rest.starts_with("home-") || rest.starts_with("pin-")) {
+        return false;
+    }
+    let path = root.join(super::layout::PATHS).join(name);
+    fs::read(&path)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<crate::lock::Lock>(&text).ok())
+        .is_some()
 }
 
 /// The record and references of `paths/<name>` if its bytes prove them: the tree hash matches

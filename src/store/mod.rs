@@ -89,6 +89,8 @@ pub enum StoreError {
     DbIsReadable { path: PathBuf },
     #[error("Store `{}` is read-only, and this command writes to it", .root.display())]
     ReadOnly { root: PathBuf },
+    #[error("The last `store rebuild-db` could not recover {} entries of `paths/` ({}{}); a collection would delete them", .names.len(), crate::hint::code_list(&.names[..names.len().min(3)]), if .names.len() > 3 { ", …" } else { "" })]
+    Unrecovered { names: Vec<String> },
     #[error("Cannot read store `{}`: permission denied (it belongs to another user, and its group is not yours)", .root.display())]
     NoAccess { root: PathBuf },
     #[error("`{name}`: its {what} is `{actual}`, but its metadata says `{expected}`")]
@@ -125,6 +127,9 @@ impl Hint for StoreError {
             StoreError::ReadOnly { .. } => Some(
                 "nothing was changed. Reading works on a read-only store (`store ls/path-info/verify/du`, `roots`, `status`, and `realize` of a version the store holds); run this where the store is writable".into(),
             ),
+            StoreError::Unrecovered { .. } => Some(
+                "they may be what a live home uses (their metadata was lost with the database): realize your homes again (each registers what it uses), then `comfix gc`; `comfix gc --delete-unrecovered` deletes them".into(),
+            ),
             StoreError::Missing { .. } => Some(
                 "check `--store` / `COMFIX_STORE`; a store is created by the commands that write to it (`resolve`, `realize`, `store add`)".into(),
             ),
@@ -155,6 +160,7 @@ impl Hint for StoreError {
                 | StoreError::DbIsReadable { .. }
                 | StoreError::ReadOnly { .. }
                 | StoreError::NoAccess { .. }
+                | StoreError::Unrecovered { .. }
         )
     }
 }

@@ -119,9 +119,80 @@ fn a_damaged_database_is_moved_aside_and_damaged_paths_are_not_registered() {
     let now = w.env.ok(&["store", "ls"]);
     assert!(!now.contains(model_name));
     w.env.ok(&["store", "verify"]);
-    // The damaged leftovers go with the next gc; what is registered is whole.
+    // A collection would delete what could not be recovered: it refuses until told to.
+    let out = w.env.run(&["gc"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    says(&out, "could not recover");
+    says(&out, "--delete-unrecovered");
+    assert!(Path::new(&model).exists());
+    w.env.ok(&["gc", "--delete-unrecovered"]);
+    assert!(!Path::new(&model).exists());
     w.env.ok(&["gc"]);
     w.env.ok(&["store", "verify", "--check-contents"]);
+}
+
+/// The database lost a second time with more of its metadata: with `roots/` gone too, the
+/// rebuild pins the manifests it finds (every generation, every pinned version) so the next
+/// collection deletes nothing a home uses, and says so; with `meta/` gone too, what cannot be
+/// proved is not registered and the collection refuses; `rebuild-db` works with `db/` removed
+/// whole.
+#[test]
+fn a_second_metadata_loss_loses_nothing_a_home_uses() {
+    let w = World::new();
+    let home = realized(&w);
+    let listed = w.env.ok(&["store", "ls"]);
+    let before = path_count(&w.env.store);
+    let store = &w.env.store;
+    let copy = w.env.path("store-copy");
+    assert!(std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(store)
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+
+    fs::remove_dir_all(store.join("db")).unwrap();
+    fs::remove_dir_all(store.join("roots")).unwrap();
+    let out = w.env.run(&["store", "rebuild-db"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    says(&out, "pinned as `recovered-");
+    assert_eq!(w.env.ok(&["store", "ls"]), listed);
+    w.env.ok(&["gc"]);
+    assert_eq!(
+        w.env.ok(&["store", "ls"]),
+        listed,
+        "gc deleted a home's paths"
+    );
+    assert_eq!(path_count(store), before);
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    w.env.ok(&["store", "verify", "--check-contents"]);
+
+    // The same store, its db and its sidecars lost.
+    let env_copy = |args: &[&str]| {
+        w.env
+            .cmd_without_store()
+            .arg("--store")
+            .arg(&copy)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    fs::remove_dir_all(copy.join("db")).unwrap();
+    let meta = copy.join("meta");
+    for entry in fs::read_dir(&meta).unwrap().flatten() {
+        fs::remove_file(entry.path()).unwrap();
+    }
+    let out = env_copy(&["store", "rebuild-db"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    says(&out, "could not be recovered");
+    let out = env_copy(&["gc"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    says(&out, "could not recover");
+    assert_eq!(path_count(&copy), before, "gc deleted unrecovered paths");
 }
 
 #[test]
