@@ -208,8 +208,27 @@ fn git_spec(location: &str) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    let spec = copy.join(&path);
-    if !spec.is_file() {
+    // The path is read as the commit has it: plain names, no symlink anywhere along it (a link
+    // committed in the repository could point out of it, and the lock is written beside the
+    // spec), a regular file at its end.
+    let mut spec = copy.clone();
+    for part in std::path::Path::new(&path).components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(super::UserInput(format!(
+                "`{path}` must be a plain path inside the repository `{url}` (no `..`, not absolute)"
+            ))
+            .into());
+        };
+        spec.push(name);
+        if std::fs::symlink_metadata(&spec).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(super::UserInput(format!(
+                "`{path}` at commit {commit} of `{url}` goes through the symlink `{}`: a spec is read from the repository's own files only",
+                spec.strip_prefix(&copy).unwrap_or(&spec).display()
+            ))
+            .into());
+        }
+    }
+    if !std::fs::symlink_metadata(&spec).is_ok_and(|m| m.is_file()) {
         return Err(super::UserInput(format!(
             "`{path}` is not a file at commit {commit} of `{url}`"
         ))

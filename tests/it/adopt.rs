@@ -797,6 +797,34 @@ fn specs_are_read_from_a_git_repository() {
     fs::rename(w.env.path("repos/versions.git"), w.env.path("gone.git")).unwrap();
     let held = check(&at("#versions/v1.json"));
     assert_eq!(held["spec"]["models"].as_array().unwrap().len(), 3);
+
+    // Symlinks committed in the repository are not followed: not a directory link out of it
+    // (the spec read from there, its lock written there), not a spec file that is a link.
+    let outside = w.env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("team.json"), &text).unwrap();
+    let mut linked = TestRepo::new(&w.env.path("repos/linked.git"));
+    let out_dir = outside.to_str().unwrap().to_string();
+    let out_file = outside.join("team.json").to_str().unwrap().to_string();
+    linked.commit(
+        "main",
+        &[
+            ("d", Entry::Link(&out_dir)),
+            ("team.json", Entry::Link(&out_file)),
+        ],
+    );
+    for (path, link) in [("d/team.json", "`d`"), ("team.json", "`team.json`")] {
+        let location = format!("git+{}#{path}", linked.url());
+        let out = w
+            .cmd(&w.env.store)
+            .args(["resolve", "--spec", &location])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", stderr(&out));
+        let err = fails_with(&out, "goes through the symlink");
+        assert!(err.contains(link), "{err}");
+    }
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "written outside");
 }
 
 /// A development node (`"path"`): realized as a link to its directory (edits show at once, no
