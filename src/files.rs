@@ -36,6 +36,54 @@ pub fn umask() -> u32 {
     })
 }
 
+/// Open `path` for reading only if it is a regular file: opened without blocking (a FIFO or a
+/// device planted where a file belongs would block `open` or never end) and checked on the
+/// descriptor, so nothing can be swapped in between the check and the read.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    // Reads of a regular file do not block anyway; the flag is cleared for what follows.
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())?;
+    Ok(file)
+}
+
+/// The bytes of the regular file `path`, refused beyond `limit` bytes (never read whole into
+/// memory first).
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {}, more than such a file holds",
+                crate::units::format_bytes(limit)
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path, limit)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+/// The most a workflow file may hold: ComfyUI's own workflows are kilobytes to a few megabytes.
+pub const WORKFLOW_LIMIT: u64 = 64 << 20;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +97,26 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask());
         assert_ne!(mode, 0o600);
+    }
+
+    /// A FIFO is refused without blocking; a device is refused; a regular file is read, up to
+    /// its limit.
+    #[test]
+    fn only_regular_files_are_read_and_never_past_their_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a plain mkfifo on a path in a fresh directory.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = read_regular(&fifo, 10).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = read_regular(Path::new("/dev/zero"), 10).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"0123456789").unwrap();
+        assert_eq!(read_regular(&file, 10).unwrap(), b"0123456789");
+        let err = read_regular(&file, 9).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 }
 

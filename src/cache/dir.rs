@@ -9,6 +9,9 @@ use std::time::SystemTime;
 use super::Backend;
 use crate::closure::{io, ClosureError};
 
+/// The most a metadata file of a cache holds (a path's entry, the cache's description).
+const METADATA_LIMIT: u64 = 16 << 20;
+
 pub struct DirBackend {
     root: PathBuf,
 }
@@ -38,7 +41,8 @@ impl Backend for DirBackend {
 
     fn read(&self, key: &str) -> Result<Option<Vec<u8>>, ClosureError> {
         let path = self.root.join(key);
-        match fs::read(&path) {
+        // Metadata: small files. A FIFO or a device planted in the cache is refused, not waited on.
+        match crate::files::read_regular(&path, METADATA_LIMIT) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
@@ -113,7 +117,7 @@ impl Backend for DirBackend {
 
     fn open(&self, key: &str) -> Result<Option<Box<dyn Read + Send + '_>>, ClosureError> {
         let path = self.root.join(key);
-        match fs::File::open(&path) {
+        match crate::files::open_regular(&path) {
             Ok(file) => Ok(Some(Box::new(std::io::BufReader::new(file)))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),

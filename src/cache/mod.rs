@@ -93,6 +93,10 @@ pub struct Cache {
     fetching: (Mutex<usize>, Condvar),
     /// Its format was read and is ours.
     checked: AtomicBool,
+    /// Why it cannot be read at all (it stalled, is not a cache, cannot be reached): a
+    /// substituter that failed so is passed over for the rest of the process, not asked again
+    /// for every derivation.
+    unusable: std::sync::OnceLock<String>,
     progress: ProgressBar,
     show_progress: bool,
 }
@@ -144,6 +148,7 @@ impl Cache {
             jobs: 1,
             fetching: (Mutex::new(0), Condvar::new()),
             checked: AtomicBool::new(false),
+            unusable: std::sync::OnceLock::new(),
             progress,
             show_progress: false,
         })
@@ -552,6 +557,15 @@ impl Substituter for Cache {
         let Some(output) = &derivation.output else {
             return Ok(false);
         };
+        if self.unusable.get().is_some() {
+            return Ok(false);
+        }
+        if let Err(err) = self.check() {
+            let reason = err.to_string();
+            tracing::warn!("passing over the substituter {}: {reason}", self.location());
+            let _ = self.unusable.set(reason);
+            return Ok(false);
+        }
         self.fetch(store, output)
             .map_err(|e| BuildError::Substituter {
                 what: derivation.describe(),

@@ -35,6 +35,32 @@ pub struct S3Backend {
     bucket: String,
     prefix: String,
     endpoint: Option<String>,
+    /// How long a request may go without an answer (or a transfer without a byte) before the
+    /// bucket counts as stalled: [`stall_timeout`].
+    stall: Duration,
+}
+
+/// `COMFIX_STALL_TIMEOUT` (`30s`, `2min`; default 60 s), like Nix's `stalled-download-timeout`:
+/// an S3 endpoint that accepts connections and never answers — or stops sending mid-transfer —
+/// is given up on after this long, and a substituter that stalls is passed over.
+pub fn stall_timeout() -> Duration {
+    std::env::var("COMFIX_STALL_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// What a stalled request reports: no answer within `limit`.
+fn stalled(limit: Duration) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "S3",
+        source: format!(
+            "no answer within {} (COMFIX_STALL_TIMEOUT): the endpoint accepts connections but does not respond",
+            humantime::format_duration(limit)
+        )
+        .into(),
+    }
 }
 
 /// Where to reach the bucket and as whom, resolved from the location, the environment and the
@@ -135,6 +161,7 @@ impl S3Backend {
             bucket,
             prefix,
             endpoint: settings.endpoint,
+            stall: stall_timeout(),
         })
     }
 
@@ -153,8 +180,33 @@ impl S3Backend {
         }
     }
 
-    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime.block_on(f)
+    /// Run a request, bounded: no answer within the stall timeout is an error.
+    fn block_on<T>(
+        &self,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        self.block_on_within(self.stall, f)
+    }
+
+    /// Run a request that sends a part's bytes: bounded by how long the part may take at a
+    /// crawl, never forever.
+    fn block_on_sending<T>(
+        &self,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        self.block_on_within(self.stall.max(Duration::from_secs(60)) * 10, f)
+    }
+
+    fn block_on_within<T>(
+        &self,
+        limit: Duration,
+        f: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
+        self.runtime.block_on(async {
+            tokio::time::timeout(limit, f)
+                .await
+                .unwrap_or_else(|_| Err(stalled(limit)))
+        })
     }
 
     fn head(&self, key: &str) -> Result<Option<object_store::ObjectMeta>, ClosureError> {
@@ -442,7 +494,7 @@ impl PartWriter<'_> {
             journal.parts.truncate(index);
         }
         let upload_id = journal.upload_id.clone();
-        let part = backend.block_on(backend.client.put_part(
+        let part = backend.block_on_sending(backend.client.put_part(
             &self.path,
             &upload_id,
             index,
@@ -475,7 +527,7 @@ impl PartWriter<'_> {
         if self.journal.is_none() && self.parts.is_empty() {
             let bytes = std::mem::take(&mut self.buffer);
             backend
-                .block_on(backend.client.put(&self.path, PutPayload::from(bytes)))
+                .block_on_sending(backend.client.put(&self.path, PutPayload::from(bytes)))
                 .map_err(|e| backend.remote(e))?;
             return Ok(self.total);
         }
@@ -576,7 +628,13 @@ impl ObjectReader<'_> {
                 }
             }
             let stream = self.stream.as_mut().expect("opened above");
-            match backend.block_on(stream.recv()) {
+            // A transfer that stops sending is given up on after the stall timeout.
+            let received = backend.runtime.block_on(async {
+                tokio::time::timeout(backend.stall, stream.recv())
+                    .await
+                    .unwrap_or_else(|_| Some(Err(stalled(backend.stall))))
+            });
+            match received {
                 Some(Ok(bytes)) => {
                     self.chunk = bytes;
                     return Ok(());

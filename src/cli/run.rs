@@ -305,7 +305,8 @@ fn inputs(
         .into_iter()
         .map(|(name, file)| Input {
             name,
-            text: std::fs::read_to_string(&file).map_err(|e| e.to_string()),
+            text: crate::files::read_regular_text(&file, crate::files::WORKFLOW_LIMIT)
+                .map_err(|e| e.to_string()),
         })
         .collect())
 }
@@ -501,9 +502,11 @@ pub fn check_workflow(args: CheckWorkflowArgs, context: &Context) -> anyhow::Res
     home.keep_object_info(&info);
     let reports: Vec<WorkflowReport> = positional
         .iter()
-        .map(|file| match std::fs::read_to_string(file) {
-            Ok(text) => test::check(&home, file, &text, &info),
-            Err(e) => test::unreadable(file, &e),
+        .map(|file| {
+            match crate::files::read_regular_text(file.as_ref(), crate::files::WORKFLOW_LIMIT) {
+                Ok(text) => test::check(&home, file, &text, &info),
+                Err(e) => test::unreadable(file, &e),
+            }
         })
         .collect();
     if context.json {

@@ -177,7 +177,7 @@ pub fn parse(name: &str, text: &str, info: Option<&ObjectInfo>) -> Result<Workfl
 
 /// Read a workflow file from disk.
 pub fn load(path: &Path, info: Option<&ObjectInfo>) -> Result<Workflow, WorkflowError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::files::read_regular_text(path, crate::files::WORKFLOW_LIMIT)
         .map_err(|e| WorkflowError::NotAWorkflow(format!("cannot be read: {e}")))?;
     parse(&path.display().to_string(), &text, info)
 }

@@ -824,7 +824,11 @@ fn specs_are_read_from_a_git_repository() {
         let err = fails_with(&out, "goes through the symlink");
         assert!(err.contains(link), "{err}");
     }
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "written outside");
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        1,
+        "written outside"
+    );
 }
 
 /// A development node (`"path"`): realized as a link to its directory (edits show at once, no

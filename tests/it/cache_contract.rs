@@ -212,6 +212,7 @@ macro_rules! contract {
 }
 
 contract!(
+    a_cache_that_hangs_is_passed_over_within_the_stall_timeout,
     a_version_is_realized_from_the_cache_alone,
     a_corrupted_archive_is_refused_and_nothing_registered,
     unsigned_paths_are_refused_unless_signatures_are_waived,
@@ -393,4 +394,68 @@ fn two_stores_push_to_one_cache_at_once(kind: &str) {
             .args(["store", "verify", "--check-contents"])
             .ok();
     }
+}
+
+/// A cache that hangs — a bucket whose endpoint accepts connections and never answers, a FIFO
+/// where a directory cache's metadata belongs — is passed over within the stall timeout, with a
+/// warning, and the version comes from upstream; `store copy --from` it fails naming why.
+fn a_cache_that_hangs_is_passed_over_within_the_stall_timeout(kind: &str) {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let hole = BlackHole::start();
+    let url = match kind {
+        "directory" => {
+            let dir = w.env.path("caches/hung");
+            fs::create_dir_all(dir.join("paths")).unwrap();
+            let fifo =
+                std::ffi::CString::new(dir.join("comfix-cache.json").to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo on a path in the test's own directory.
+            assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+            format!("file://{}", dir.display())
+        }
+        _ => format!("s3://bucket/x?endpoint=http://127.0.0.1:{}", hole.port),
+    };
+    let started = std::time::Instant::now();
+    let out = w
+        .cmd(&w.env.path("store-b"))
+        .env("COMFIX_STALL_TIMEOUT", "2s")
+        .env("AWS_ACCESS_KEY_ID", "AKIA")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .args([
+            "realize",
+            "v1",
+            "--no-check-sigs",
+            "--substituter",
+            &url,
+            "--target",
+        ])
+        .arg(w.env.path("home"))
+        .ok();
+    let took = started.elapsed();
+    says(&out, "passing over the substituter");
+    assert!(took < std::time::Duration::from_secs(45), "took {took:?}");
+    assert_eq!(
+        fs::read(w.env.path("home/models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    if kind == "bucket" {
+        assert!(hole.connections() > 0, "the endpoint was never asked");
+    }
+    let started = std::time::Instant::now();
+    let out = w
+        .cmd(&w.env.path("store-c"))
+        .env("COMFIX_STALL_TIMEOUT", "2s")
+        .env("AWS_ACCESS_KEY_ID", "AKIA")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .args(["store", "copy", "--no-check-sigs", "--from", &url, "v1"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let expected = match kind {
+        "directory" => "not a regular file",
+        _ => "no answer within 2s",
+    };
+    fails_with(&out, expected);
+    assert!(took < std::time::Duration::from_secs(45), "took {took:?}");
 }

@@ -196,6 +196,20 @@ fn broken_workflows_are_refused_without_starting_or_submitting() {
         rig.logs().is_empty(),
         "ComfyUI started for a file that is not JSON"
     );
+    // Not a file at all: refused at once, never read into memory without end.
+    for device in ["/dev/zero", "/dev/urandom"] {
+        let out = rig.test(&["--workflow", device]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        says(&out, "not a regular file");
+    }
+    let out = rig
+        .cmd()
+        .args(["check-workflow", "--target"])
+        .arg(&rig.home)
+        .arg("/dev/zero")
+        .output()
+        .unwrap();
+    fails_with(&out, "not a regular file");
 
     let mut cycle = empty_then("InvertImage", json!({}));
     cycle["1"] = json!({"class_type": "InvertImage", "inputs": {"images": ["2", 0]}});

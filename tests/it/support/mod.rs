@@ -289,6 +289,33 @@ impl ClosedPort {
     }
 }
 
+/// A TCP server on 127.0.0.1 that accepts every connection and never answers: what a hung
+/// endpoint looks like to a client (the connection succeeds, no byte ever comes back).
+pub struct BlackHole {
+    pub port: u16,
+    held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl BlackHole {
+    pub fn start() -> BlackHole {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                keep.lock().unwrap().push(stream);
+            }
+        });
+        BlackHole { port, held }
+    }
+
+    /// How many connections it has taken.
+    pub fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
 /// The environment a user's fresh shell has, not the developer's: nothing but an allow-list
 /// (`PATH`, `TMPDIR`, the locale) reaches the program, so no `PYTHONDONTWRITEBYTECODE`,
 /// `COMFY_HOME`, `MODELS_DIR`, `HF_*`, `AWS_*`, `UV_*` or `COMFIX_*` of the shell changes what a
