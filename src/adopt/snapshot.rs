@@ -504,6 +504,8 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
     for (folder, dir) in model_folders(core, &mut report.warnings) {
         let root = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
         let mut aliases = Vec::new();
+        let mut kernel = Vec::new();
+        let mut elsewhere = Vec::new();
         // Linked folders are followed (models on another disk), but not a link back into the
         // folder being read or above it: that is a loop, or the same files again.
         let walk = walkdir::WalkDir::new(&dir)
@@ -520,9 +522,23 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
                     return true;
                 }
                 let target = fs::canonicalize(e.path()).unwrap_or_default();
+                // The kernel's and the devices' trees are never model folders.
+                if let Some(through) = crate::spec::local::through_kernel(e.path()) {
+                    kernel.push((e.path().to_path_buf(), through));
+                    return false;
+                }
+                if e.depth() == 0 {
+                    // The model folder itself is a link (models on another disk).
+                    if !target.starts_with(core) {
+                        elsewhere.push((e.path().to_path_buf(), target));
+                    }
+                    return true;
+                }
                 let inside = target.starts_with(&root) || root.starts_with(&target);
                 if inside {
                     aliases.push(e.path().to_path_buf());
+                } else if !target.starts_with(core) {
+                    elsewhere.push((e.path().to_path_buf(), target));
                 }
                 !inside
             });
@@ -540,7 +556,18 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             }
             let path = entry.path().to_path_buf();
             let name = entry.file_name().to_string_lossy().to_string();
-            if !read.insert(fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+            let real = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if let Some(through) = crate::spec::local::through_kernel(&path) {
+                report.unreadable.push(problem(
+                    &path,
+                    format!(
+                        "a link to `{}`: the kernel's or a device's file, not a model; not followed",
+                        through.display()
+                    ),
+                ));
+                continue;
+            }
+            if !read.insert(real) {
                 continue; // the same file through another link
             }
             let rel_to_core = path.strip_prefix(core).ok().map(|p| p.to_path_buf());
@@ -601,6 +628,22 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             report.unreadable.push(problem(
                 &alias,
                 "a link back into a model folder (a loop, or the same files again): not followed",
+            ));
+        }
+        for (link, target) in kernel {
+            report.unreadable.push(problem(
+                &link,
+                format!(
+                    "a link to `{}`: the kernel's or the devices' files, not models; not followed",
+                    target.display()
+                ),
+            ));
+        }
+        for (link, target) in elsewhere {
+            report.warnings.push(format!(
+                "followed the folder link `{}` to `{}`, outside the install: its files are taken as models",
+                link.display(),
+                target.display()
             ));
         }
     }

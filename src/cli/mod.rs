@@ -225,6 +225,7 @@ pub fn main() -> i32 {
     };
     // Specs named as `git+URL#PATH` are fetched through this store's mirrors.
     let _ = spec::STORE_DIR.set(context.store_dir.clone());
+    let _ = crate::spec::local::STORE_ROOT.set(context.store_dir.clone());
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(args, &context),
         Command::Realize(args) => realize::realize(args, &context),

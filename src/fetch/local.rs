@@ -121,6 +121,17 @@ pub fn stage(
     if let Some(reason) = refused_by_name(path) {
         return Err(refuse(what, path, reason, None));
     }
+    if let Some(through) = crate::spec::local::through_kernel(path) {
+        return Err(refuse(
+            what,
+            path,
+            format!(
+                "it leads through `{}`: the kernel's or a device's file, not a model",
+                through.display()
+            ),
+            None,
+        ));
+    }
     let real: PathBuf = std::fs::canonicalize(path).map_err(FetchError::io(path))?;
     if let Some(reason) = refused_by_name(&real) {
         return Err(refuse(
@@ -137,7 +148,9 @@ pub fn stage(
         .open(&real)
         .map_err(FetchError::io(path))?;
     let meta = file.metadata().map_err(FetchError::io(path))?;
-    if let Some((reason, hint)) = refused_by_kind(&meta) {
+    if let Some((reason, hint)) =
+        refused_by_kind(&meta).or_else(|| crate::spec::local::would_publish(&real, &meta))
+    {
         return Err(refuse(what, path, reason, hint));
     }
     if on_pseudo_fs(&file) {

@@ -472,7 +472,9 @@ pub(super) fn on_disk(spec: &Spec, dir: &Path) -> Vec<Issue> {
             continue;
         }
         if let Ok(meta) = std::fs::metadata(path) {
-            if let Some((reason, hint)) = super::local::refused_by_kind(&meta) {
+            let refused = super::local::refused_by_kind(&meta)
+                .or_else(|| super::local::would_publish(path, &meta));
+            if let Some((reason, hint)) = refused {
                 match hint {
                     Some(hint) => issues.add_hint(format!("models[{i}].source"), reason, &hint),
                     None => issues.add(format!("models[{i}].source"), reason),

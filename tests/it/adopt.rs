@@ -1242,6 +1242,39 @@ version = "1.0"
     assert_eq!(names, ["alpha", "beta"]);
 }
 
+/// A snapshot follows no link into the kernel's or the devices' files (a folder link to
+/// `/proc/self`, a model that is a link to `/proc/self/exe`): each is named and left out. A
+/// folder link elsewhere (models on another disk) is followed, and said so.
+#[test]
+fn a_snapshot_follows_no_link_into_the_kernel_and_names_links_elsewhere() {
+    let i = Install::new();
+    let models = i.root.join("ComfyUI/models");
+    std::os::unix::fs::symlink("/proc/self", models.join("checkpoints/proc")).unwrap();
+    fs::create_dir_all(models.join("loras")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/exe", models.join("loras/exe.safetensors")).unwrap();
+    let other_disk = i.w.env.path("other-disk");
+    fs::create_dir_all(&other_disk).unwrap();
+    fs::write(other_disk.join("far.safetensors"), b"far away").unwrap();
+    std::os::unix::fs::symlink(&other_disk, models.join("vae")).unwrap();
+    let out = i
+        .cmd()
+        .arg("--json")
+        .args(["snapshot", "--no-lock", "--name", "k", "--comfy-path"])
+        .arg(&i.root)
+        .arg("-o")
+        .arg(i.w.env.path("k.json"))
+        .ok();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let unreadable = doc["report"]["unreadable"].to_string();
+    assert!(unreadable.contains("checkpoints/proc"), "{unreadable}");
+    assert!(unreadable.contains("exe.safetensors"), "{unreadable}");
+    let spec = fs::read_to_string(i.w.env.path("k.json")).unwrap();
+    assert!(!spec.contains("/proc"), "{spec}");
+    assert!(!spec.contains("exe.safetensors"), "{spec}");
+    assert!(spec.contains("far.safetensors"), "{spec}");
+    says(&out, "outside the install");
+}
+
 /// A venv outside the install is named, not silently ignored: without `--venv` the snapshot says
 /// its Python is left out; with it, its packages are in the spec.
 #[test]

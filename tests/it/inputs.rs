@@ -206,13 +206,39 @@ fn file_sources_take_only_readable_regular_files() {
     assert_eq!(out.status.code(), Some(1));
     says(&out, "FIFO");
 
-    // A private file: refused with a hint, not published into a world-readable store.
+    // Private files are not published into a store every user can read: the test's folder is
+    // opened (0755, as a machine's shared store would sit), so its store is reachable.
+    fs::set_permissions(w.env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let private = w.env.path("private.safetensors");
     fs::write(&private, b"secret weights").unwrap();
     fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
     let out = check(&format!("file://{}", private.display()));
     assert_eq!(out.status.code(), Some(1));
+    says(&out, "other users cannot read it");
     says(&out, "chmod o+r");
+    // A readable file in a folder closed to others is as private.
+    let closed = w.env.path("closed");
+    fs::create_dir_all(&closed).unwrap();
+    let hidden = closed.join("hidden.safetensors");
+    fs::write(&hidden, b"hidden weights").unwrap();
+    fs::set_permissions(&hidden, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&closed, fs::Permissions::from_mode(0o700)).unwrap();
+    let source = format!("file://{}", hidden.display());
+    let out = check(&source);
+    assert_eq!(out.status.code(), Some(1));
+    says(&out, &format!("`{}` is closed to them", closed.display()));
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": source, "filename": "m.safetensors" }]),
+    ));
+    let out = w.resolve(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    says(&out, "is closed to them");
+    // A store only this user can reach publishes nothing: it takes both.
+    let mine = w.env.path("mine");
+    fs::create_dir_all(&mine).unwrap();
+    fs::set_permissions(&mine, fs::Permissions::from_mode(0o700)).unwrap();
+    ok(w.resolve_in(&mine.join("store"), &[]));
 
     // A symlink into /proc passes the name check and is caught when resolved; the environment
     // (with its tokens) never reaches the store.
