@@ -343,11 +343,13 @@ fn is_manifest(root: &Path, name: &str) -> bool {
     if !(rest.starts_with("home-") || rest.starts_with("pin-")) {
         return false;
     }
+    // A lock, by its shape (the store knows no lock type): an object naming its version and
+    // its core.
     let path = root.join(super::layout::PATHS).join(name);
     fs::read(&path)
         .ok()
-        .and_then(|text| serde_json::from_slice::<crate::lock::Lock>(&text).ok())
-        .is_some()
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .is_some_and(|v| v["version_id"].is_string() && v["comfy"].is_object())
 }
 
 /// The record and references of `paths/<name>` if its bytes prove them: the tree hash matches

@@ -416,12 +416,16 @@ fn a_cache_that_hangs_is_passed_over_within_the_stall_timeout(kind: &str) {
         }
         _ => format!("s3://bucket/x?endpoint=http://127.0.0.1:{}", hole.port),
     };
+    // A short stall timeout, and credentials so the client asks the endpoint at all.
+    let hung = |store: &str| {
+        let mut cmd = w.cmd(&w.env.path(store));
+        cmd.env("COMFIX_STALL_TIMEOUT", "2s")
+            .env("AWS_ACCESS_KEY_ID", "AKIA")
+            .env("AWS_SECRET_ACCESS_KEY", "secret");
+        cmd
+    };
     let started = std::time::Instant::now();
-    let out = w
-        .cmd(&w.env.path("store-b"))
-        .env("COMFIX_STALL_TIMEOUT", "2s")
-        .env("AWS_ACCESS_KEY_ID", "AKIA")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
+    let out = hung("store-b")
         .args([
             "realize",
             "v1",
@@ -443,11 +447,7 @@ fn a_cache_that_hangs_is_passed_over_within_the_stall_timeout(kind: &str) {
         assert!(hole.connections() > 0, "the endpoint was never asked");
     }
     let started = std::time::Instant::now();
-    let out = w
-        .cmd(&w.env.path("store-c"))
-        .env("COMFIX_STALL_TIMEOUT", "2s")
-        .env("AWS_ACCESS_KEY_ID", "AKIA")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
+    let out = hung("store-c")
         .args(["store", "copy", "--no-check-sigs", "--from", &url, "v1"])
         .output()
         .unwrap();

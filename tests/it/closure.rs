@@ -179,7 +179,9 @@ fn raw_entry(
     builder.append(&header, data).unwrap();
 }
 
-type Entries<'a> = [(&'a str, tar::EntryType, &'a [u8], Option<&'a str>)];
+/// A crafted entry: its name, type, bytes and link target.
+type Entry<'a> = (&'a str, tar::EntryType, &'a [u8], Option<&'a str>);
+type Entries<'a> = [Entry<'a>];
 
 fn crafted(w: &World, name: &str, paths: &[&str], entries: &Entries) -> PathBuf {
     let manifest = json!({
@@ -622,18 +624,13 @@ fn imports_are_bounded_by_their_manifest() {
     let spec = |id: &str| json!({ "version_id": id, "spec": format!("versions/{id}.json"), "lock": format!("versions/{id}.lock.json") });
     let ids: Vec<String> = (0..24).map(|i| format!("v{i}")).collect();
     let spec_names: Vec<String> = ids.iter().map(|id| format!("versions/{id}.json")).collect();
-    let many_texts: Vec<(&str, tar::EntryType, &[u8], Option<&str>)> = spec_names
+    let many_texts: Vec<Entry> = spec_names
         .iter()
         .map(|n| (n.as_str(), Regular, &zeros[..], None))
         .collect();
     let long = format!("{}-{}", "c".repeat(32), "x".repeat(300));
     let at_a = format!("paths/{a}");
-    let cases: Vec<(
-        &str,
-        Value,
-        Vec<(&str, tar::EntryType, &[u8], Option<&str>)>,
-        &str,
-    )> = vec![
+    let cases: Vec<(&str, Value, Vec<Entry>, &str)> = vec![
         (
             "larger than declared",
             json!({ "format": 1, "versions": [], "paths": [path_meta(&a, 16)] }),

@@ -432,14 +432,7 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         requests,
         "offline touched the index"
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let venv = report["derivations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "build-venv")
-        .unwrap()
-        .clone();
+    let venv = derivation_of(&out, "build-venv");
     assert_eq!(venv["outcome"], "valid", "{venv}");
     assert_eq!(
         world.venv_of("home-b").file_name(),
@@ -474,14 +467,7 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         .args(["--json", "realize", "v1", "--offline", "--target"])
         .arg(world.env.path("home-c"))
         .ok();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let venv = report["derivations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "build-venv")
-        .unwrap()
-        .clone();
+    let venv = derivation_of(&out, "build-venv");
     assert_eq!(venv["outcome"], "built", "{venv}");
     assert_eq!(
         world.venv_of("home-c").file_name().unwrap(),

@@ -183,21 +183,10 @@ impl Shared {
 
     /// comfix as the second user, on `store`.
     fn peer_on(&self, store: &Path, args: &[&str]) -> Output {
-        let mut cmd = Command::new("setpriv");
-        users_world(&mut cmd)
-            .env("PATH", self.path())
-            .env("HOME", &self.peer_home)
+        let mut cmd = self.as_peer(&self.bin.join("comfix"));
+        cmd.env("PATH", self.path())
             .env("TMPDIR", &self.peer_home)
             .current_dir(&self.env.work)
-            .args([
-                "--reuid",
-                &self.uid.to_string(),
-                "--regid",
-                &self.gid.to_string(),
-                "--init-groups",
-                "--",
-            ])
-            .arg(self.bin.join("comfix"))
             .arg("--store")
             .arg(store)
             .args(args);
@@ -206,6 +195,11 @@ impl Shared {
 
     /// A program as the second user.
     fn peer_runs(&self, program: &Path, args: &[&str]) -> Output {
+        self.as_peer(program).args(args).output().unwrap()
+    }
+
+    /// `program` to be run as the second user (`setpriv`), in a user's empty environment.
+    fn as_peer(&self, program: &Path) -> Command {
         let mut cmd = Command::new("setpriv");
         users_world(&mut cmd)
             .env("HOME", &self.peer_home)
@@ -217,9 +211,8 @@ impl Shared {
                 "--init-groups",
                 "--",
             ])
-            .arg(program)
-            .args(args);
-        cmd.output().unwrap()
+            .arg(program);
+        cmd
     }
 }
 

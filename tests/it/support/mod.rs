@@ -210,6 +210,16 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// The derivation of kind `kind` in the report of a `realize --json`.
+pub fn derivation_of(out: &Output, kind: &str) -> serde_json::Value {
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    report["derivations"]
+        .as_array()
+        .and_then(|all| all.iter().find(|d| d["kind"] == kind))
+        .unwrap_or_else(|| panic!("no `{kind}` derivation in {report}"))
+        .clone()
+}
+
 /// [`ok`] and [`fails_with`] for a command not yet run.
 pub trait Expect {
     fn ok(&mut self) -> Output;
