@@ -23,10 +23,11 @@ if [ "$(cat "$tools/stamp" 2>/dev/null)" != "$stamp" ]; then
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
     --target "$tools/uv" "uv==$uv_version" >&2
   ln -s "$tools/uv/bin/uv" "$tools/bin/uv"
-  # moto and PyYAML in a venv of their own, made by that uv, with the machine's python3.
-  UV_CACHE_DIR="$tools/uv-cache" "$tools/bin/uv" venv --quiet --no-project \
+  # moto and PyYAML in a venv of their own, made by that uv, with the machine's python3; uv
+  # trusts the machine's certificates (a proxy's CA in the system store), as pip and comfix do.
+  UV_NATIVE_TLS=1 UV_CACHE_DIR="$tools/uv-cache" "$tools/bin/uv" venv --quiet --no-project \
     --python "$(command -v python3)" "$tools/venv" >&2
-  UV_CACHE_DIR="$tools/uv-cache" "$tools/bin/uv" pip install --quiet --python "$tools/venv/bin/python" \
+  UV_NATIVE_TLS=1 UV_CACHE_DIR="$tools/uv-cache" "$tools/bin/uv" pip install --quiet --python "$tools/venv/bin/python" \
     "moto[server]==$moto_version" "pyyaml==$yaml_version" >&2
   ln -s "$tools/venv/bin/moto_server" "$tools/bin/moto_server"
   rm -rf "$tools/uv-cache"

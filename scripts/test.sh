@@ -8,7 +8,9 @@
 # slowest are printed after the run (all of them with COMFIX_TEST_TIMES_ALL=1, as CI does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/test-tools.sh)"
+# Assigned first: a failed install stops the run here (`eval "$(…)"` alone would hide it).
+tools_env="$(scripts/test-tools.sh)"
+eval "$tools_env"
 mkdir -p target
 export COMFIX_TEST_TIMES="$PWD/target/test-times.tsv"
 # Most tests wait on the processes they start (comfix, git, uv, servers): four at a time keep two

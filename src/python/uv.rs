@@ -95,6 +95,12 @@ impl Uv {
             .env_remove("VIRTUAL_ENV")
             .env_remove("UV_PYTHON")
             .env_remove("UV_SYSTEM_PYTHON");
+        // Trust the machine's certificates, as comfix's own downloads do: behind a proxy with a
+        // private CA (installed in the system's store, or named by `SSL_CERT_FILE`) uv's bundled
+        // roots refuse every index. The user's own setting wins.
+        if std::env::var_os("UV_NATIVE_TLS").is_none() {
+            command.env("UV_NATIVE_TLS", "true");
+        }
         command
     }
 
