@@ -90,7 +90,9 @@ fn install(store: &Store, uv: &Uv, version: &str) -> Result<Interpreter, PythonE
     let staging = store.staging()?;
     let dir = staging.path().join("install");
     uv.run(
-        uv.command(["python", "install", "--quiet", "--no-bin"])
+        // Not `--quiet`: it silences uv's own error too (a refused archive failed with nothing
+        // but "exit status 1").
+        uv.command(["python", "install", "--no-bin"])
             .arg(version)
             .arg("--install-dir")
             .arg(&dir)

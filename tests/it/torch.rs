@@ -503,7 +503,8 @@ fn a_universal_lock_serves_each_platform_its_own_wheels() {
 #[test]
 fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
     let env = TestEnv::new();
-    // This machine's Python as a python-build-standalone style archive (`python/…`).
+    // This machine's Python as a python-build-standalone style archive (`python/…`); links
+    // followed (Debian's `sitecustomize.py` links to `/etc`, which an archive must not).
     let info = Command::new("python3")
         .args([
             "-c",
@@ -520,7 +521,7 @@ fn a_python_the_machine_lacks_is_installed_managed_and_stored() {
         "set -e; mkdir -p {b}/python/bin {b}/python/lib; cp -L {exe} {b}/python/bin/python{minor}; \
          ln -s python{minor} {b}/python/bin/python3; ln -s python{minor} {b}/python/bin/python; \
          cp -a {p}/lib/libpython{minor}*.so* {b}/python/lib/ 2>/dev/null || true; \
-         (cd {p}/lib && tar cf - --exclude=site-packages --exclude=dist-packages --exclude=test \
+         (cd {p}/lib && tar chf - --exclude=site-packages --exclude=dist-packages --exclude=test \
            --exclude=__pycache__ --exclude=idlelib --exclude=tkinter --exclude=ensurepip \
            --exclude=lib2to3 python{minor}) | (cd {b}/python/lib && tar xf -); \
          mkdir -p {b}/python/lib/python{minor}/site-packages; \
