@@ -165,10 +165,12 @@ comfix store du
 echo "== the second home goes; comfix gc frees what only it used (no grace period for the demo)"
 rm -rf "$work/home-lite"
 comfix gc --home-grace 0s
-echo "== comfix export demo, then import and realize --offline into a second, empty store"
-comfix export --spec "$work/versions/demo.json" -o "$work/demo.tar.zst"
+echo "== comfix export demo, signed; then import (trusting the key) and realize --offline into a second, empty store"
+public="$(comfix key generate --name demo-team --dir "$work/keys")"
+comfix export --spec "$work/versions/demo.json" --sign-key "$work/keys/demo-team.secret" \
+  -o "$work/demo.tar.zst"
 mkdir -p "$work/elsewhere"
-(cd "$work/elsewhere" && "$bin" --store "$work/store-2" import --no-check-sigs "$work/demo.tar.zst")
+(cd "$work/elsewhere" && "$bin" --store "$work/store-2" import --trusted-key "$public" "$work/demo.tar.zst")
 (cd "$work/elsewhere" && "$bin" --store "$work/store-2" realize demo --offline --target "$work/home-2")
 "$bin" --store "$work/store-2" status --target "$work/home-2"
 echo "demo home: $work/home  store: $work/store  imported: $work/home-2 from $work/store-2"

@@ -218,7 +218,7 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
         .arg(&spec)
         .ok();
     assert_eq!(fingerprint(&i.root), before, "snapshot changed the install");
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = json_of(&out);
     let report = &doc["report"];
     let err = stderr(&out);
     // The dirty node's files and the unidentifiable one are named; the loop is reported.
@@ -335,7 +335,7 @@ fn link_models_swaps_verified_files_for_store_links() {
         .arg("-o")
         .arg(i.w.env.work.join("versions/snap.json"))
         .ok();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = json_of(&out);
     let models = doc["report"]["models"].as_array().unwrap();
     let base = models
         .iter()
@@ -560,7 +560,7 @@ fn verify_models_names_missing_wrong_and_extra_files_and_fixes_them() {
             cmd.arg("--fix");
         }
         let out = cmd.output().unwrap();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let doc: Value = json_of(&out);
         (out.status.code(), doc)
     };
     let (code, doc) = verify(false);
@@ -681,28 +681,30 @@ fn manager_snapshots_round_trip_through_a_spec() {
         .arg(w.env.work.join("versions/v2.json"))
         .arg(&yaml)
         .ok();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = json_of(&out);
     assert_eq!(doc["spec"]["custom_nodes"][0]["commit"], a.to_string());
     assert_eq!(doc["spec"]["custom_nodes"][1]["cnr"], "impact");
+}
+
+/// A ComfyGit environment `my-env/`: its `pyproject.toml` (these dependencies, and `tool` after
+/// `[tool.comfygit]`'s `comfyui_version`) and its `uv.lock`.
+fn comfygit_project(w: &World, dependencies: &str, tool: &str, uv_lock: &str) -> PathBuf {
+    let env_dir = w.env.path("my-env");
+    fs::create_dir_all(&env_dir).unwrap();
+    let pyproject = format!(
+        "[project]\nname = \"comfygit-env-my-env\"\nversion = \"0.1.0\"\ndependencies = {dependencies}\n\n[tool.comfygit]\ncomfyui_version = \"main\"\n{tool}"
+    );
+    fs::write(env_dir.join("pyproject.toml"), pyproject).unwrap();
+    fs::write(env_dir.join("uv.lock"), uv_lock).unwrap();
+    env_dir
 }
 
 /// A ComfyGit-style environment (nodes, models with sources, `uv.lock`) → spec → realize.
 #[test]
 fn a_comfygit_environment_becomes_a_spec_that_realizes() {
     let w = World::new();
-    let env_dir = w.env.path("my-env");
-    fs::create_dir_all(&env_dir).unwrap();
-    fs::write(
-        env_dir.join("pyproject.toml"),
-        format!(
-            r#"[project]
-name = "comfygit-env-my-env"
-version = "0.1.0"
-dependencies = []
-
-[tool.comfygit]
-comfyui_version = "main"
-
+    let tool = format!(
+        r#"
 [tool.comfygit.nodes.impact]
 name = "impact"
 registry_id = "impact"
@@ -718,13 +720,11 @@ source = "git"
 [tool.comfygit.models]
 aa11 = {{ filename = "mirror.safetensors", relative_path = "diffusion_models/mirror.safetensors", category = "diffusion_models", sources = ["{}"] }}
 "#,
-            w.node_a.url(),
-            w.node_a.head("main"),
-            w.cdn.url("/mirror/unet.safetensors")
-        ),
-    )
-    .unwrap();
-    fs::write(env_dir.join("uv.lock"), "version = 1\n").unwrap();
+        w.node_a.url(),
+        w.node_a.head("main"),
+        w.cdn.url("/mirror/unet.safetensors")
+    );
+    let env_dir = comfygit_project(&w, "[]", &tool, "version = 1\n");
     ok(import_as_v1(&w, &env_dir.join("pyproject.toml")));
     let home = w.env.path("home");
     ok(realize_v1(&w, &home));
@@ -777,7 +777,7 @@ fn specs_are_read_from_a_git_repository() {
             .cmd(&w.env.store)
             .args(["--json", "spec", "check", "--spec", location])
             .ok();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        json_of(&out)
     };
     let tagged = check(&at("@old#versions/v1.json"));
     assert_eq!(tagged["spec"]["models"], serde_json::json!([]));
@@ -1174,26 +1174,15 @@ fn real_manager_snapshot_files_are_imported_and_yaml_is_exported() {
 #[test]
 fn a_comfygit_project_with_markers_and_extras_resolves_on_linux() {
     let w = World::new();
-    let env_dir = w.env.path("my-env");
-    fs::create_dir_all(&env_dir).unwrap();
-    fs::write(
-        env_dir.join("pyproject.toml"),
-        format!(
-            r#"[project]
-name = "comfygit-env-my-env"
-version = "0.1.0"
-dependencies = ["beta[fast]>=1", "winonly==1.0 ; sys_platform == 'win32'"]
-
-[tool.comfygit]
-comfyui_version = "main"
-python_version = "{}"
+    let tool = format!(
+        r#"python_version = "{}"
 "#,
-            crate::python::python_version()
-        ),
-    )
-    .unwrap();
-    fs::write(
-        env_dir.join("uv.lock"),
+        crate::python::python_version()
+    );
+    let env_dir = comfygit_project(
+        &w,
+        r#"["beta[fast]>=1", "winonly==1.0 ; sys_platform == 'win32'"]"#,
+        &tool,
         r#"version = 1
 [[package]]
 name = "comfygit-env-my-env"
@@ -1214,8 +1203,7 @@ version = "1.0"
 name = "winonly"
 version = "1.0"
 "#,
-    )
-    .unwrap();
+    );
     ok(import_as_v1(&w, &env_dir.join("pyproject.toml")));
     let spec: Value = read_json(&w.env.work.join("versions/v1.json"));
     assert_eq!(
@@ -1264,7 +1252,7 @@ fn a_snapshot_follows_no_link_into_the_kernel_and_names_links_elsewhere() {
         .arg("-o")
         .arg(i.w.env.path("k.json"))
         .ok();
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = json_of(&out);
     let unreadable = doc["report"]["unreadable"].to_string();
     assert!(unreadable.contains("checkpoints/proc"), "{unreadable}");
     assert!(unreadable.contains("exe.safetensors"), "{unreadable}");

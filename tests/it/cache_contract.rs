@@ -240,7 +240,7 @@ fn a_version_is_realized_from_the_cache_alone(kind: &str) {
         &home,
         &["--substituter", &url, "--trusted-key", &public],
     ));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     let derivations = report["derivations"].as_array().unwrap();
     assert!(
         derivations.iter().any(|d| d["kind"] == "build-venv"),

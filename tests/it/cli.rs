@@ -123,9 +123,7 @@ fn many_processes_can_create_one_store_at_once() {
                 .unwrap()
         })
         .collect();
-    for child in children {
-        ok(child.wait_with_output().unwrap());
-    }
+    all_ok(children);
 }
 
 /// A reader that goes away (`comfix store ls | head -1`) ends comfix quietly: no panic, no
@@ -195,6 +193,6 @@ fn user_input_errors_exit_1_and_json_errors_parse() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: serde_json::Value = json_of(&out);
     assert_eq!(doc["exit"].as_i64(), out.status.code().map(i64::from));
 }

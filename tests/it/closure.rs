@@ -17,7 +17,7 @@ fn realize_json(w: &World, store: &Path, home: &Path, args: &[&str]) -> Value {
         .arg(home)
         .args(args)
         .ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 /// Import taking unsigned paths (digests are checked either way).
@@ -65,7 +65,7 @@ fn an_exported_closure_realizes_offline_on_another_store() {
         .args(["--json", "import", "--no-check-sigs"])
         .arg(&archive)
         .ok();
-    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    let report: Value = json_of(&again);
     assert_eq!(report["imported"].as_array().unwrap().len(), 0);
     assert!(report["present"].as_u64().unwrap() > 5);
 

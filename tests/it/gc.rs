@@ -20,9 +20,9 @@ fn two_versions(w: &World) {
     w.write_spec_as("v2", &v2);
 }
 
-fn json_of(w: &World, args: &[&str]) -> Value {
+fn comfix_json(w: &World, args: &[&str]) -> Value {
     let out = w.cmd(&w.env.store).arg("--json").args(args).ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    crate::support::json_of(&out)
 }
 
 fn realize(w: &World, id: &str, home: &Path) {
@@ -54,7 +54,7 @@ fn lock_paths(w: &World, id: &str) -> BTreeSet<String> {
 }
 
 fn valid_paths(w: &World) -> BTreeSet<String> {
-    json_of(w, &["store", "ls"])
+    comfix_json(w, &["store", "ls"])
         .as_array()
         .unwrap()
         .iter()
@@ -69,7 +69,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
     let (home1, home2) = (w.env.path("home1"), w.env.path("home2"));
     realize(&w, "v1", &home1);
     realize(&w, "v2", &home2);
-    let roots = json_of(&w, &["roots"]);
+    let roots = comfix_json(&w, &["roots"]);
     let homes: Vec<&Value> = roots
         .as_array()
         .unwrap()
@@ -82,7 +82,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .all(|r| r["live"] == true && r["closure_paths"].as_u64() > Some(5)));
 
     // Nothing is garbage while both homes exist.
-    let dry = json_of(&w, &["gc", "--dry-run"]);
+    let dry = comfix_json(&w, &["gc", "--dry-run"]);
     assert_eq!(dry["report"]["deleted_paths"], json!([]));
 
     let only_v1: BTreeSet<String> = lock_paths(&w, "v1")
@@ -91,17 +91,17 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .collect();
     assert_eq!(only_v1.len(), 1, "node-b: {only_v1:?}");
     // What `store du` says only home1 holds is what gc frees once home1 is gone.
-    let du = json_of(&w, &["store", "du"]);
+    let du = comfix_json(&w, &["store", "du"]);
     let home1_group = format!("home:{}", home1.display());
     // (A submodule's mirror is a cache no lock names: garbage, but no path.)
-    let dry = json_of(&w, &["gc", "--dry-run"]);
+    let dry = comfix_json(&w, &["gc", "--dry-run"]);
     assert_eq!(
         du["garbage"]["disk"], dry["report"]["freed_bytes"],
         "{du}\n{dry}"
     );
     assert_eq!(dry["report"]["deleted_paths"], json!([]));
-    json_of(&w, &["gc"]);
-    let du = json_of(&w, &["store", "du"]);
+    comfix_json(&w, &["gc"]);
+    let du = comfix_json(&w, &["store", "du"]);
     let unique = du["groups"]
         .as_array()
         .unwrap()
@@ -111,7 +111,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .clone();
     assert_eq!(du["garbage"]["disk"], 0, "{du}");
     fs::remove_dir_all(&home1).unwrap();
-    let stale = json_of(&w, &["roots"]);
+    let stale = comfix_json(&w, &["roots"]);
     assert!(stale
         .as_array()
         .unwrap()
@@ -136,10 +136,10 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         before_paths,
         "the grace period keeps the home's paths"
     );
-    assert_eq!(json_of(&w, &["store", "du"])["garbage"]["disk"], 0);
+    assert_eq!(comfix_json(&w, &["store", "du"])["garbage"]["disk"], 0);
     // Past it (here: no grace), exactly what only that home used goes.
-    let du = json_of(&w, &["store", "du", "--home-grace", "0s"]);
-    let dry = json_of(&w, &["gc", "--dry-run", "--home-grace", "0s"]);
+    let du = comfix_json(&w, &["store", "du", "--home-grace", "0s"]);
+    let dry = comfix_json(&w, &["gc", "--dry-run", "--home-grace", "0s"]);
     assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"], "{du}");
     assert_eq!(
         du["garbage"]["content"],
@@ -162,7 +162,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
     assert_eq!(valid_paths(&w), before_paths, "--dry-run deletes nothing");
     assert_eq!(w.env.content_bytes(), before_bytes);
 
-    let done = json_of(&w, &["gc", "--home-grace", "0s"]);
+    let done = comfix_json(&w, &["gc", "--home-grace", "0s"]);
     let deleted: BTreeSet<String> = done["report"]["deleted_paths"]
         .as_array()
         .unwrap()
@@ -183,7 +183,7 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
     );
     assert!(before_bytes > w.env.content_bytes());
     assert!(done["report"]["freed_bytes"].as_u64().unwrap() > 0);
-    let after = json_of(&w, &["store", "du"]);
+    let after = comfix_json(&w, &["store", "du"]);
     assert_eq!(after["garbage"]["disk"], 0, "{after}");
     // No lock file nobody holds survives a collection.
     let locks: Vec<_> = ["locks", "tmp/downloads", "git"]
@@ -207,11 +207,14 @@ fn deleting_a_home_frees_exactly_what_only_it_used() {
         .then_some(())
         .unwrap();
     assert_eq!(
-        json_of(&w, &["status", "--target", home2.to_str().unwrap()])["missing"],
+        comfix_json(&w, &["status", "--target", home2.to_str().unwrap()])["missing"],
         json!([])
     );
     // A second collection finds nothing more.
-    assert_eq!(json_of(&w, &["gc"])["report"]["deleted_paths"], json!([]));
+    assert_eq!(
+        comfix_json(&w, &["gc"])["report"]["deleted_paths"],
+        json!([])
+    );
 }
 
 #[test]
@@ -241,7 +244,7 @@ fn gc_during_a_realize_leaves_it_intact() {
         wait_for(&faults.join("realize-resolved"), &mut child);
         // The collector runs while the realize holds its fetched paths only by temporary roots.
         let out = w.cmd(&store).arg("--json").arg("gc").ok();
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report: Value = json_of(&out);
         let deleted = report["report"]["deleted_paths"].as_array().unwrap();
         assert!(
             deleted.is_empty(),
@@ -256,7 +259,7 @@ fn gc_during_a_realize_leaves_it_intact() {
             .arg(&home)
             .output()
             .unwrap();
-        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        let status: Value = json_of(&status);
         assert_eq!(
             (status["changed"].clone(), status["missing"].clone()),
             (json!([]), json!([])),
@@ -295,7 +298,7 @@ fn gc_killed_mid_sweep_leaves_a_verifiable_store() {
     w.cmd(&w.env.store)
         .args(["store", "verify", "--check-contents"])
         .ok();
-    let report = json_of(&w, &["gc", "--home-grace", "0s"]);
+    let report = comfix_json(&w, &["gc", "--home-grace", "0s"]);
     assert!(report["report"]["errors"].as_array().unwrap().is_empty());
     assert_eq!(
         valid_paths(&w),
@@ -338,7 +341,7 @@ fn pins_max_freed_old_generations_and_introspection() {
         .into_iter()
         .find(|p| p.ends_with("-home-v1"))
         .unwrap();
-    let chain = json_of(&w, &["store", "why-depends", &manifest, &node_b]);
+    let chain = comfix_json(&w, &["store", "why-depends", &manifest, &node_b]);
     assert_eq!(chain.as_array().unwrap().len(), 2);
     let out = w
         .cmd(&w.env.store)
@@ -348,7 +351,7 @@ fn pins_max_freed_old_generations_and_introspection() {
     assert_eq!(out.status.code(), Some(1));
 
     // du: v1 and v2 share everything but node-b.
-    let du = json_of(&w, &["store", "du"]);
+    let du = comfix_json(&w, &["store", "du"]);
     let group = |name: &str| {
         du["groups"]
             .as_array()
@@ -358,11 +361,11 @@ fn pins_max_freed_old_generations_and_introspection() {
             .cloned()
             .unwrap()
     };
-    let node_b_size = json_of(&w, &["store", "path-info", &node_b])["size"]
+    let node_b_size = comfix_json(&w, &["store", "path-info", &node_b])["size"]
         .as_u64()
         .unwrap();
     let v1 = group("version:v1");
-    let manifest_size = json_of(&w, &["store", "path-info", &manifest])["size"]
+    let manifest_size = comfix_json(&w, &["store", "path-info", &manifest])["size"]
         .as_u64()
         .unwrap();
     // v1's unique files are node-b's and the manifest's, plus node-b's mirror and the sidecars
@@ -376,7 +379,7 @@ fn pins_max_freed_old_generations_and_introspection() {
     let gen1_disk = w.env.disk_bytes(&[&gen1]) - w.env.disk_bytes(&[]);
 
     // Old generations go first, never the current one.
-    let dry = json_of(&w, &["gc", "--delete-older-than", "0s", "--dry-run"]);
+    let dry = comfix_json(&w, &["gc", "--delete-older-than", "0s", "--dry-run"]);
     assert_eq!(dry["removed_generations"].as_array().unwrap().len(), 1);
     assert!(
         home.join(".comfix/generations/1").is_dir(),
@@ -389,7 +392,7 @@ fn pins_max_freed_old_generations_and_introspection() {
         "{dry}"
     );
     let before_disk = w.env.disk_bytes(&[&home]);
-    let out = json_of(&w, &["gc", "--delete-older-than", "0s"]);
+    let out = comfix_json(&w, &["gc", "--delete-older-than", "0s"]);
     assert_eq!(out["removed_generations"].as_array().unwrap().len(), 1);
     assert_eq!(out["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
     assert_eq!(
@@ -423,20 +426,20 @@ fn pins_max_freed_old_generations_and_introspection() {
         "--name",
         "keep",
     ]);
-    let limited = json_of(&w, &["gc", "--max-freed", "1"]);
+    let limited = comfix_json(&w, &["gc", "--max-freed", "1"]);
     assert_eq!(
         limited["report"]["deleted_paths"].as_array().unwrap().len(),
         1,
         "{limited}"
     );
-    let rest = json_of(&w, &["gc"]);
+    let rest = comfix_json(&w, &["gc"]);
     assert_eq!(rest["report"]["deleted_paths"].as_array().unwrap().len(), 2);
     assert!(valid_paths(&w).contains(&spare_name), "pinned");
     w.env.ok(&["store", "unpin", "keep"]);
     let sidecar = fs::metadata(w.env.store.join(format!("meta/{spare_name}.json")))
         .unwrap()
         .len();
-    let freed = json_of(&w, &["gc"]);
+    let freed = comfix_json(&w, &["gc"]);
     assert_eq!(freed["report"]["deleted_paths"], json!([spare_name]));
     assert_eq!(freed["report"]["freed_content_bytes"], 12000 + sidecar);
 }
@@ -509,7 +512,7 @@ fn a_moved_home_is_kept_then_registered_again_where_it_is() {
     let moved = w.env.path("moved");
     fs::rename(&home, &moved).unwrap();
 
-    let roots = json_of(&w, &["roots"]);
+    let roots = comfix_json(&w, &["roots"]);
     assert!(
         roots
             .as_array()
@@ -533,7 +536,7 @@ fn a_moved_home_is_kept_then_registered_again_where_it_is() {
         .current_dir(&moved)
         .ok();
     says(&status, "registered its 1 generation(s) as GC roots again");
-    let roots = json_of(&w, &["roots"]);
+    let roots = comfix_json(&w, &["roots"]);
     let name = format!("home:{}#1", moved.display());
     assert!(
         roots
@@ -544,12 +547,12 @@ fn a_moved_home_is_kept_then_registered_again_where_it_is() {
         "{roots}"
     );
     // With no grace at all, the old roots go and nothing the moved home uses does.
-    json_of(&w, &["gc", "--home-grace", "0s"]);
+    comfix_json(&w, &["gc", "--home-grace", "0s"]);
     assert!(used.is_subset(&valid_paths(&w)));
     assert!(moved.join("ComfyUI").exists());
 
     // From elsewhere: the one home the store knows.
-    let status = json_of(&w, &["status"]);
+    let status = comfix_json(&w, &["status"]);
     assert_eq!(status["target"], moved.display().to_string());
     // Two homes: named, and the command says where it looked.
     realize(&w, "v2", &w.env.path("second"));

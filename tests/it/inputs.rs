@@ -378,9 +378,7 @@ fn concurrent_resolves_download_a_model_once() {
                 .unwrap()
         })
         .collect();
-    for child in children {
-        ok(child.wait_with_output().unwrap());
-    }
+    all_ok(children);
     assert_eq!(
         w.cdn.bytes_served("/big/model.safetensors"),
         data.len() as u64,
@@ -405,7 +403,7 @@ fn an_optional_model_that_fails_is_left_out_and_shown_missing() {
         .arg(&home)
         .output()
         .unwrap();
-    let plan: Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let plan: Value = json_of(&dry);
     let states: Vec<&str> = plan["plan"]["steps"]
         .as_array()
         .unwrap()

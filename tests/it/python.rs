@@ -268,7 +268,7 @@ fn a_realized_venv_imports_every_package_and_runs_console_scripts() {
         .args(["--json", "realize", "v1", "--dry-run", "--target"])
         .arg(&home)
         .ok();
-    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let plan: Value = json_of(&plan);
     let steps = plan["plan"]["steps"].as_array().unwrap();
     let kinds: Vec<(&str, &str)> = steps
         .iter()
@@ -344,7 +344,7 @@ fn damaged_wheels_and_venvs_are_repaired_by_their_derivations() {
             .args(["realize", "v1", "--target"])
             .arg(world.env.path(home))
             .ok();
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(&out)
     };
     let outcome_of = |report: &Value, kind: &str| -> Vec<String> {
         report["derivations"]
@@ -456,7 +456,7 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         .unwrap()
         .to_string_lossy()
         .to_string();
-    let report: Value = serde_json::from_slice(&imported.stdout).unwrap();
+    let report: Value = json_of(&imported);
     assert_eq!(
         report["left_out"],
         serde_json::json!([venv_name]),
@@ -702,7 +702,7 @@ fn adding_one_package_adds_only_that_packages_bytes() {
     assert_ne!(new_venv, old_venv);
     // `diff` names the added wheel and nothing else.
     let diff = world.cmd().args(["--json", "diff", "v1", "v2"]).ok();
-    let diff: Value = serde_json::from_slice(&diff.stdout).unwrap();
+    let diff: Value = json_of(&diff);
     let text = diff.to_string();
     assert!(
         text.contains("\"wheel\"") && text.contains("\"delta\""),
@@ -937,20 +937,20 @@ fn gc_frees_a_dead_venv_even_though_the_uv_cache_shared_its_files() {
         .args(["--json", "store", "du", "--home-grace", "0s"])
         .output()
         .unwrap();
-    let du: serde_json::Value = serde_json::from_slice(&du.stdout).unwrap();
+    let du: serde_json::Value = json_of(&du);
     let dry = world
         .cmd()
         .args(["--json", "gc", "--dry-run", "--home-grace", "0s"])
         .output()
         .unwrap();
-    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    let dry: serde_json::Value = json_of(&dry);
     assert_eq!(du["garbage"]["disk"], dry["report"]["freed_bytes"]);
     let before = world.env.disk_bytes(&[]);
     let report = world
         .cmd()
         .args(["--json", "gc", "--home-grace", "0s"])
         .ok();
-    let done: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let done: serde_json::Value = json_of(&report);
     assert_eq!(done["report"]["freed_bytes"], dry["report"]["freed_bytes"]);
     assert_eq!(
         before - world.env.disk_bytes(&[]),

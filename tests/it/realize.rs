@@ -47,7 +47,7 @@ fn realize_ok(w: &World, id: &str, target: &Path, args: &[&str]) -> Value {
         "realize {id} failed:\n{}",
         stderr(&out)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -67,7 +67,7 @@ fn home_json(w: &World, cmd: &str, home: &Path) -> Value {
         .arg("--target")
         .arg(home)
         .ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 #[test]
@@ -157,7 +157,7 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
         ])
         .arg(comfy.join("extra_model_paths.yaml"))
         .ok();
-    let yaml: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let yaml: Value = json_of(&out);
     assert_eq!(
         yaml,
         // (This core has no loader that knows `is_default`: see
@@ -199,7 +199,7 @@ fn status_with(w: &World, home: &Path, args: &[&str]) -> Value {
         .arg(home)
         .args(args)
         .ok();
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 /// Edits, deletions and a same-size edit with its mtime put back are all drift; `realize
@@ -249,7 +249,7 @@ fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
     // --check: exit 1, the drift listed, nothing touched.
     let out = realize_check(&w, &home);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     assert_eq!(report["up_to_date"], false);
     assert_eq!(report["drift"].as_array().unwrap().len(), 4, "{report}");
     assert_eq!(
@@ -264,7 +264,7 @@ fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
         .args(["--json", "realize", "v1", "--target"])
         .arg(&home)
         .ok();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     assert_eq!(report["up_to_date"], false);
     assert_eq!(report["generation"], 2);
     says(&out, "kept your edit of `ComfyUI/main.py`");
@@ -508,7 +508,7 @@ fn the_dry_run_plan_is_what_realize_runs() {
         .args(["realize", "v1", "--dry-run", "--target"])
         .arg(&home)
         .ok();
-    let plan: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()["plan"].clone();
+    let plan: Value = json_of(&out)["plan"].clone();
     assert_eq!(plan["lock"], "current");
     let report = realize_ok(&w, "v1", &home, &[]);
     let planned = ids(&plan["steps"]);
@@ -554,7 +554,7 @@ fn dry_run_changes_nothing() {
         .args(["realize", "v1", "--dry-run", "--target"])
         .arg(&home)
         .ok();
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan: Value = json_of(&out);
     assert_eq!(plan["plan"]["lock"], "missing");
     assert_eq!(
         plan["plan"]["totals"]["to_resolve"], 9,
@@ -575,7 +575,7 @@ fn dry_run_changes_nothing() {
             .arg(&home)
             .output()
             .unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["plan"].clone()
+        json_of(&out)["plan"].clone()
     };
     assert_eq!(plan["lock"], "current");
     let steps = plan["steps"].as_array().unwrap();
@@ -814,7 +814,7 @@ fn reflink_mode_on_a_loop_mounted_xfs() {
         .args(["realize", "v1", "--link-mode", "reflink", "--target"])
         .arg(&home)
         .ok();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     assert_eq!(report["link_modes"]["core"], "reflink");
     assert_eq!(report["link_modes"]["node"], "reflink");
     // Auto picks reflink here too, and writing into the reflinked copy leaves the store intact.
@@ -824,7 +824,7 @@ fn reflink_mode_on_a_loop_mounted_xfs() {
         .args(["realize", "v1", "--target"])
         .arg(mount.join("home2"))
         .ok();
-    let auto: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let auto: Value = json_of(&out);
     assert_eq!(auto["link_modes"]["core"], "reflink");
     fs::write(home.join("ComfyUI/main.py"), b"edited").unwrap();
     w.cmd(&store)
@@ -981,7 +981,7 @@ fn skip_models_needs_no_models_in_the_store() {
         .arg(&home2)
         .output()
         .unwrap();
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: Value = json_of(&out);
     assert_eq!(status["missing"], json!([]), "{status}");
 }
 
@@ -1049,7 +1049,7 @@ fn diff_compares_ids_spec_files_and_homes() {
             .arg("diff")
             .args(args)
             .ok();
-        serde_json::from_slice(&out.stdout).unwrap()
+        json_of(&out)
     };
     let by_id = diff(&["v1", "v2"])["changes"].clone();
     assert!(

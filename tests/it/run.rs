@@ -87,7 +87,7 @@ fn lost_websocket_events_do_not_hang_a_run() {
             .unwrap();
         rig.assert_no_comfyui_left();
         assert!(out.status.success(), "{mode}: {}", stderr(&out));
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report: Value = json_of(&out);
         assert_eq!(
             report["workflows"][0]["status"], "passed",
             "{mode}: {report}"
@@ -106,7 +106,7 @@ fn missing_nodes_and_models_are_named_before_anything_is_submitted() {
     let file = rig.write("needs.json", &workflow);
     let out = rig.test(&["--json", "--workflow", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     let w = &report["workflows"][0];
     assert_eq!(w["status"], "missing");
     assert_eq!(w["missing"]["nodes"][0]["class_type"], "UnetLoaderGGUF");
@@ -154,7 +154,7 @@ fn a_node_error_is_reported_verbatim_and_fails_the_run() {
         junit.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     let failed = &report["workflows"][0];
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["errors"][0]["node"], "2");
@@ -177,7 +177,7 @@ fn a_node_error_is_reported_verbatim_and_fails_the_run() {
     let file = rig.write("invalid.json", &bad);
     let out = rig.test(&["--json", "--workflow", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     let w = &report["workflows"][0];
     assert_eq!(w["status"], "failed", "{w}");
     assert_eq!(w["errors"][0]["message"], "Required input is missing");
@@ -271,7 +271,7 @@ fn a_workflow_that_never_finishes_times_out_and_comfyui_is_stopped() {
         started.elapsed()
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     assert_eq!(report["workflows"][0]["status"], "timed_out");
 }
 
@@ -317,7 +317,7 @@ fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports: Value = json_of(&out);
     assert_eq!(reports[0]["status"], "missing");
     assert_eq!(reports[1]["status"], "passed");
     assert!(rig.logs().contains("Starting server"));
@@ -761,7 +761,7 @@ fn jobs_run_workflows_on_servers_side_by_side() {
         failing.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = json_of(&out);
     let statuses: Vec<&str> = report["workflows"]
         .as_array()
         .unwrap()

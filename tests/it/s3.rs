@@ -180,7 +180,7 @@ fn cache_prune_keeps_what_is_named_and_removes_the_rest() {
             ])
             .args(extra)
             .ok();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        json_of(&out)
     };
     let before = moto.keys(BUCKET, "p/");
     let dry = prune(&["--dry-run", "--grace", "2s"]);

@@ -300,7 +300,7 @@ fn two_users_realize_run_collect_and_verify_one_shared_store() {
         s.peer(&["--json", "gc", "--home-grace", "0s"]),
         "peer collects",
     );
-    let report: Value = serde_json::from_slice(&collected.stdout).unwrap();
+    let report: Value = json_of(&collected);
     assert!(
         !report["report"]["deleted_paths"]
             .as_array()

@@ -101,7 +101,7 @@ fn a_damaged_database_is_moved_aside_and_damaged_paths_are_not_registered() {
     overwrite(Path::new(&model), b"not the model");
     let out = w.env.run(&["--json", "store", "rebuild-db"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: serde_json::Value = json_of(&out);
     let unrecovered: Vec<&str> = report["unrecovered"]
         .as_array()
         .unwrap()

@@ -135,7 +135,7 @@ impl TorchWorld {
 
 fn ok_json(out: Output) -> Value {
     assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 /// Two machines (two stores, two backends) share one lock and get different overlays; the shared

@@ -210,6 +210,12 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// A command's stdout, parsed as the one JSON document `--json` prints.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(out)))
+}
+
 /// The derivation of kind `kind` in the report of a `realize --json`.
 pub fn derivation_of(out: &Output, kind: &str) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
@@ -218,6 +224,13 @@ pub fn derivation_of(out: &Output, kind: &str) -> serde_json::Value {
         .and_then(|all| all.iter().find(|d| d["kind"] == kind))
         .unwrap_or_else(|| panic!("no `{kind}` derivation in {report}"))
         .clone()
+}
+
+/// Wait for every spawned command; each must exit 0.
+pub fn all_ok(children: Vec<std::process::Child>) {
+    for child in children {
+        ok(child.wait_with_output().expect("wait for a command"));
+    }
 }
 
 /// [`ok`] and [`fails_with`] for a command not yet run.
