@@ -265,6 +265,15 @@ impl Store {
         let trash = tempfile::Builder::new()
             .prefix("trash-")
             .tempdir_in(self.root.join(super::layout::TMP))?;
+        use std::os::unix::fs::PermissionsExt;
+        // A directory moved to another parent has its `..` rewritten, which needs write
+        // permission on the directory itself: a store path's is read-only (root never noticed).
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.is_dir() {
+                let mode = meta.permissions().mode();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode | 0o200))?;
+            }
+        }
         std::fs::rename(&path, trash.path().join("old"))?;
         super::add::remove_tree(&trash.path().join("old"))?;
         Ok(())

@@ -341,21 +341,28 @@ fn export_to_stdout_pipes_into_import_from_stdin() {
     }
 }
 
+/// The world's version realized and exported without models, signed by `team-1`: the archive
+/// and the public key to trust.
+fn signed_export(w: &World) -> (PathBuf, String) {
+    w.write_spec(&w.default_spec());
+    realize_json(w, &w.env.store, &w.env.path("home"), &[]);
+    let (secret, public) = key(w, "team-1");
+    let signed = w.env.path("signed.tar.zst");
+    w.cmd(&w.env.store)
+        .args(["export", "v1", "--models", "none", "--sign-key"])
+        .arg(&secret)
+        .arg("-o")
+        .arg(&signed)
+        .ok();
+    (signed, public)
+}
+
 /// An archive is imported only when a trusted key signed its paths, unless `--no-check-sigs`.
 #[test]
 fn imports_require_a_trusted_signature() {
     let w = World::new();
-    w.write_spec(&w.default_spec());
-    realize_json(&w, &w.env.store, &w.env.path("home"), &[]);
-    let (secret, public) = key(&w, "team-1");
+    let (signed, public) = signed_export(&w);
     let (_, other_public) = key(&w, "team-2");
-    let signed = w.env.path("signed.tar.zst");
-    w.cmd(&w.env.store)
-        .args(["export", "v1", "--models", "none", "-o"])
-        .arg(&signed)
-        .arg("--sign-key")
-        .arg(&secret)
-        .ok();
     let unsigned = w.env.path("unsigned.tar.zst");
     w.cmd(&w.env.store)
         .args(["export", "v1", "--models", "none", "-o"])
@@ -546,16 +553,7 @@ fn rewrite(archive: &Path, out: &Path, entry: &str, edit: impl Fn(&[u8]) -> Vec<
 #[test]
 fn a_spec_or_lock_edited_after_signing_is_refused() {
     let w = World::new();
-    w.write_spec(&w.default_spec());
-    realize_json(&w, &w.env.store, &w.env.path("home"), &[]);
-    let (secret, public) = key(&w, "team-1");
-    let signed = w.env.path("signed.tar.zst");
-    w.cmd(&w.env.store)
-        .args(["export", "v1", "--models", "none", "--sign-key"])
-        .arg(&secret)
-        .arg("-o")
-        .arg(&signed)
-        .ok();
+    let (signed, public) = signed_export(&w);
     let other = w.node_b.url();
     let node_a = w.node_a.url();
     let edited_spec = w.env.path("edited-spec.tar.zst");
