@@ -332,6 +332,29 @@ fn two_users_realize_run_collect_and_verify_one_shared_store() {
     // The peer's home still works after both collections.
     ok(s.peer(&["test", "--target", target]), "peer tests v2 again");
 
+    // The peer repairs a damaged file of the venv it built: the damaged tree is moved aside
+    // first, which a store path's read-only directory forbids anyone but root until it is made
+    // writable.
+    let damaged = walkdir::WalkDir::new(&venv)
+        .into_iter()
+        .flatten()
+        .find(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "py"))
+        .expect("a module in the venv")
+        .into_path();
+    overwrite(&damaged, b"damaged = True\n");
+    ok(
+        s.peer(&["store", "verify", "--repair"]),
+        "peer repairs its venv",
+    );
+    ok(
+        s.peer(&["store", "verify", "--check-contents"]),
+        "the store is whole again",
+    );
+    ok(
+        s.peer(&["test", "--target", target]),
+        "peer tests v2 after the repair",
+    );
+
     // The venv the peer built is the one a private store builds, byte for byte.
     let private = s.env.path("private-store");
     let mut cmd = Command::new(s.bin.join("comfix"));
