@@ -357,7 +357,12 @@ pub fn append_path<W: Write>(
     let mut bytes = 0;
     for entry in &entries {
         let source = tree::join_rel(&root, &entry.rel);
-        let at = Path::new("paths").join(name).join(&entry.rel);
+        // A path that is one file is the entry `paths/<name>` itself: joining the empty relative
+        // path would write `paths/<name>/`, a file named like a directory that GNU tar refuses.
+        let mut at = Path::new("paths").join(name);
+        if !entry.rel.as_os_str().is_empty() {
+            at.push(&entry.rel);
+        }
         match &entry.kind {
             EntryKind::Directory => {
                 let mut header = tar::Header::new_gnu();

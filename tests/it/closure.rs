@@ -90,6 +90,43 @@ fn an_exported_closure_realizes_offline_on_another_store() {
     w.cmd(&store_b).args(["store", "verify"]).ok();
 }
 
+/// An archive is a plain zstd-compressed tar: GNU tar unpacks it (a one-file path is the file
+/// `paths/<name>`, not `paths/<name>/`, which tar skips), and what it unpacks is the store's.
+#[test]
+fn an_archive_unpacks_with_standard_tar() {
+    let (w, _home, archive) = world_with_home();
+    let tar = decompress(&archive);
+    let out = w.env.path("unpacked");
+    fs::create_dir_all(&out).unwrap();
+    let mut child = std::process::Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &tar).unwrap();
+    drop(child.stdin.take());
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(
+        stderr(&done).is_empty(),
+        "tar complained: {}",
+        stderr(&done)
+    );
+    let model = w.lock()["models"][0]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(fs::read(out.join("paths").join(&model)).unwrap(), w.model);
+    let manifest = read_json(&out.join("comfix-closure.json"));
+    for path in manifest["paths"].as_array().unwrap() {
+        let name = path["name"].as_str().unwrap();
+        assert!(out.join("paths").join(name).exists(), "{name} not unpacked");
+    }
+}
+
 /// A byte of a model changed inside the archive: the import names both tree hashes, and the
 /// model is not registered (what came before it is, whole).
 #[test]
