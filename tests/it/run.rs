@@ -202,14 +202,7 @@ fn broken_workflows_are_refused_without_starting_or_submitting() {
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
         says(&out, "not a regular file");
     }
-    let out = rig
-        .cmd()
-        .args(["check-workflow", "--target"])
-        .arg(&rig.home)
-        .arg("/dev/zero")
-        .output()
-        .unwrap();
-    fails_with(&out, "not a regular file");
+    fails_with(&rig.check_workflow(&["/dev/zero"]), "not a regular file");
 
     let mut cycle = empty_then("InvertImage", json!({}));
     cycle["1"] = json!({"class_type": "InvertImage", "inputs": {"images": ["2", 0]}});
@@ -336,13 +329,7 @@ fn check_workflow_names_what_is_missing_from_the_kept_object_info() {
     assert_eq!(out.status.code(), Some(1));
     says(&out, "absent.safetensors");
     assert!(rig.logs().is_empty(), "started ComfyUI again");
-    let out = rig
-        .cmd()
-        .args(["check-workflow", "--target"])
-        .arg(&rig.home)
-        .arg("nowhere.json")
-        .output()
-        .unwrap();
+    let out = rig.check_workflow(&["nowhere.json"]);
     assert_eq!(out.status.code(), Some(1));
     says(&out, "nowhere.json: cannot be read");
     // A model put into the home's model folders since is found.

@@ -39,6 +39,31 @@ fn assert_no_secret(dirs: &[&Path], outputs: &[&Output]) {
     }
 }
 
+/// A test's world: a server with the bucket, and a store of plain paths (`big` bytes in one, and
+/// `small` little ones) at `store`.
+struct Bucket {
+    env: TestEnv,
+    moto: Moto,
+    store: std::path::PathBuf,
+    names: Vec<String>,
+}
+
+impl Bucket {
+    fn new(store: &str, big: usize, small: usize) -> Bucket {
+        let env = TestEnv::new();
+        let moto = Moto::start();
+        moto.create_bucket(BUCKET);
+        let store = env.path(store);
+        let names = plain_store(&env, &store, big, small);
+        Bucket {
+            env,
+            moto,
+            store,
+            names,
+        }
+    }
+}
+
 fn s3_cmd(env: &TestEnv, moto: &Moto, store: &Path) -> Command {
     let mut cmd = env.cmd_without_store();
     cmd.arg("--store").arg(store);
@@ -64,12 +89,13 @@ fn assert_no_dangling_metadata(moto: &Moto, prefix: &str, context: &str) {
 /// again the parts the killed push sent, and another store pulls every path, verified.
 #[test]
 fn a_push_killed_at_every_step_leaves_no_dangling_metadata_and_resumes() {
-    let env = TestEnv::new();
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
-    let store = env.path("store-a");
     // 40 MiB of incompressible bytes: three parts of 16 MiB, 16 MiB and 8 MiB.
-    let names = plain_store(&env, &store, 40 << 20, 3);
+    let Bucket {
+        env,
+        moto,
+        store,
+        names,
+    } = Bucket::new("store-a", 40 << 20, 3);
     let faults = env.path("faults");
     fs::create_dir_all(&faults).unwrap();
     let mut round = 0;
@@ -154,11 +180,12 @@ fn part_uploads(moto: &Moto, prefix: &str) -> [usize; 3] {
 /// names (a push in progress) stay.
 #[test]
 fn cache_prune_keeps_what_is_named_and_removes_the_rest() {
-    let env = TestEnv::new();
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
-    let store = env.path("store");
-    let names = plain_store(&env, &store, 1 << 20, 3);
+    let Bucket {
+        env,
+        moto,
+        store,
+        names,
+    } = Bucket::new("store", 1 << 20, 3);
     let url = format!("s3://{BUCKET}/p");
     s3_cmd(&env, &moto, &store)
         .args(["store", "copy", "--to", &url])
@@ -253,11 +280,12 @@ fn an_unreachable_bucket_is_named_without_its_credentials() {
 /// another store pulls every path from it, verified, and no secret is written anywhere.
 #[test]
 fn a_directory_cache_synced_into_a_bucket_is_a_cache() {
-    let env = TestEnv::new();
-    let moto = Moto::start();
-    moto.create_bucket(BUCKET);
-    let store = env.path("store-a");
-    let names = plain_store(&env, &store, 1 << 20, 3);
+    let Bucket {
+        env,
+        moto,
+        store,
+        names,
+    } = Bucket::new("store-a", 1 << 20, 3);
     let dir = env.path("dir-cache");
     let push = s3_cmd(&env, &moto, &store)
         .args(["store", "copy", "--to"])

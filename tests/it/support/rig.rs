@@ -147,6 +147,16 @@ impl Rig {
         out
     }
 
+    /// `comfix check-workflow --target <home> <files…>`, whatever its exit code.
+    pub fn check_workflow(&self, files: &[&str]) -> Output {
+        self.cmd()
+            .args(["check-workflow", "--target"])
+            .arg(&self.home)
+            .args(files)
+            .output()
+            .unwrap()
+    }
+
     /// Every process whose working directory is in the home (ComfyUI runs in `ComfyUI/`).
     pub fn comfyui_processes(&self) -> Vec<u32> {
         let home = fs::canonicalize(&self.home).unwrap();
