@@ -269,9 +269,18 @@ fn init_logging(verbose: u8, quiet: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colours_wanted(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .without_time()
         .try_init();
+}
+
+/// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty string
+/// (no-color.org); `with_ansi` would otherwise override the subscriber's own check.
+fn colours_wanted(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Find the library error in `err`'s chain that knows its hint and whether it is the user's.
@@ -393,6 +402,14 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "comfix", &mut missing);
         assert!(missing.is_empty(), "no examples: {missing:?}");
+    }
+
+    #[test]
+    fn no_color_turns_colours_off() {
+        assert!(colours_wanted(true, None));
+        assert!(colours_wanted(true, Some("".into())));
+        assert!(!colours_wanted(true, Some("1".into())));
+        assert!(!colours_wanted(false, None));
     }
 
     #[test]

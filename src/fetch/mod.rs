@@ -116,7 +116,8 @@ impl FetchConfig {
             hf_endpoint: base("HF_ENDPOINT", "https://huggingface.co")?,
             hf_token: token("HF_TOKEN"),
             civitai_api: base("COMFIX_CIVITAI_URL", "https://civitai.com/api/v1")?,
-            civitai_token: token("CIVITAI_TOKEN"),
+            // comfy-cli and others read `CIVITAI_API_TOKEN`: either works.
+            civitai_token: token("CIVITAI_TOKEN").or_else(|| token("CIVITAI_API_TOKEN")),
             registry: base("COMFIX_REGISTRY_URL", "https://api.comfy.org")?,
             offline,
             jobs: jobs.max(1),

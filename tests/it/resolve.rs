@@ -481,6 +481,26 @@ fn missing_token_is_a_clear_error() {
     assert!(err.contains("hint: set `HF_TOKEN`"), "{err}");
 }
 
+/// CivitAI's token is read as `CIVITAI_TOKEN` or, as comfy-cli names it, `CIVITAI_API_TOKEN`.
+#[test]
+fn civitai_s_token_is_read_under_either_name() {
+    let w = World::new();
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": "civitai://123", "name": "detail", "filename": "detail.safetensors" }]),
+    ));
+    let resolve = |name: Option<&str>| {
+        let mut cmd = w.cmd(&w.env.store);
+        cmd.env_remove("CIVITAI_TOKEN").args(["resolve", "v1"]);
+        if let Some(name) = name {
+            cmd.env(name, CIVITAI_TOKEN);
+        }
+        cmd.output().unwrap()
+    };
+    fails_with(&resolve(None), "answered 401");
+    ok(resolve(Some("CIVITAI_API_TOKEN")));
+}
+
 #[test]
 fn malicious_zips_write_nothing_outside() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
