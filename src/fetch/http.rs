@@ -150,7 +150,13 @@ pub struct Client {
     next_id: AtomicU64,
 }
 
-fn status_error(what: &str, url: &Url, status: StatusCode, auth: Option<&Auth>) -> FetchError {
+fn status_error(
+    what: &str,
+    url: &Url,
+    status: StatusCode,
+    headers: &HeaderMap,
+    auth: Option<&Auth>,
+) -> FetchError {
     let hint = match status.as_u16() {
         401 | 403 => Some(match auth {
             Some(auth) if auth.header.is_some() => format!(
@@ -170,11 +176,18 @@ fn status_error(what: &str, url: &Url, status: StatusCode, auth: Option<&Auth>) 
         )),
         _ => None,
     };
+    // `Retry-After` in seconds (an HTTP date is left to the backoff).
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
     FetchError::Status {
         what: what.to_string(),
         url: url.to_string(),
         status: status.as_u16(),
         hint,
+        retry_after,
     }
 }
 
@@ -358,8 +371,9 @@ impl Client {
         loop {
             match attempt().await {
                 Err(err) if err.is_transient() && tries < self.config.attempts => {
-                    tracing::warn!("{err}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
+                    let wait = super::retry_wait(&err, delay);
+                    tracing::warn!("{err}; retrying in {wait:.1?}");
+                    tokio::time::sleep(wait).await;
                     delay *= 2;
                     tries += 1;
                 }
@@ -378,7 +392,8 @@ impl Client {
         self.retrying(|| async {
             let (response, at) = self.send(what, Method::GET, url, auth, &[], true).await?;
             if !response.status().is_success() {
-                return Err(status_error(what, &at, response.status(), auth));
+                let status = response.status();
+                return Err(status_error(what, &at, status, response.headers(), auth));
             }
             let text = response
                 .text()
@@ -405,7 +420,7 @@ impl Client {
             if status.is_success() || status.is_redirection() {
                 Ok((status, response.headers().clone()))
             } else {
-                Err(status_error(what, &at, status, auth))
+                Err(status_error(what, &at, status, response.headers(), auth))
             }
         })
         .await
@@ -459,8 +474,9 @@ impl Client {
             sink = back;
             match result {
                 Err(err) if err.is_transient() && tries < self.config.attempts => {
-                    tracing::warn!("{err}; retrying in {delay:?} from byte {}", sink.written);
-                    tokio::time::sleep(delay).await;
+                    let wait = super::retry_wait(&err, delay);
+                    tracing::warn!("{err}; retrying in {wait:.1?} from byte {}", sink.written);
+                    tokio::time::sleep(wait).await;
                     delay *= 2;
                     tries += 1;
                 }
@@ -618,7 +634,13 @@ impl Client {
         }
         if !status.is_success() {
             return (
-                Err(status_error(&d.what, &at, status, d.auth.as_ref())),
+                Err(status_error(
+                    &d.what,
+                    &at,
+                    status,
+                    response.headers(),
+                    d.auth.as_ref(),
+                )),
                 sink,
             );
         }

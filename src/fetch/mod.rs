@@ -219,6 +219,8 @@ pub enum FetchError {
         url: String,
         status: u16,
         hint: Option<String>,
+        /// How long the server asked to wait before asking again (`Retry-After`, in seconds).
+        retry_after: Option<Duration>,
     },
     #[error("{what}: {algorithm} mismatch for `{url}`: expected `{expected}` (from {from}), got `{actual}`")]
     HashMismatch {
@@ -296,6 +298,15 @@ impl FetchError {
         move |source| FetchError::Io { path, source }
     }
 
+    /// How long the server asked to wait before the next try, when it said (a 429 or 503 with
+    /// `Retry-After`), at most [`MAX_RETRY_AFTER`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => retry_after.map(|d| d.min(MAX_RETRY_AFTER)),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same request may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -304,6 +315,24 @@ impl FetchError {
             _ => false,
         }
     }
+}
+
+/// The longest `Retry-After` honoured: a server asking for more is waited on this long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
+
+/// The wait before try number `tries + 1`: what the server asked for, else `delay` (which
+/// doubles per try) spread by ±50 % so that many clients refused at once do not return at once.
+pub fn retry_wait(err: &FetchError, delay: Duration) -> Duration {
+    if let Some(asked) = err.retry_after() {
+        return asked;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    // A random number from the standard library: `RandomState` is seeded per process and per
+    // instance.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(delay.as_nanos() as u64);
+    let spread = (hasher.finish() % 1000) as f64 / 1000.0; // [0, 1)
+    delay.mul_f64(0.5 + spread)
 }
 
 impl Hint for FetchError {
@@ -369,5 +398,36 @@ pub fn name_offline(err: FetchError, what: &str) -> FetchError {
                 .collect(),
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's `Retry-After` is waited on (at most two minutes); else the backoff's delay is
+    /// spread by ±50 %, differently from one try to the next.
+    #[test]
+    fn retry_waits_follow_the_server_or_spread_the_backoff() {
+        let asked = |secs: u64| FetchError::Status {
+            what: "x".into(),
+            url: "http://h/".into(),
+            status: 429,
+            hint: None,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        let delay = Duration::from_millis(1000);
+        assert_eq!(retry_wait(&asked(7), delay), Duration::from_secs(7));
+        assert_eq!(retry_wait(&asked(3600), delay), MAX_RETRY_AFTER);
+        let plain = FetchError::Status {
+            what: "x".into(),
+            url: "http://h/".into(),
+            status: 503,
+            hint: None,
+            retry_after: None,
+        };
+        let waits: Vec<Duration> = (0..50).map(|_| retry_wait(&plain, delay)).collect();
+        assert!(waits.iter().all(|w| *w >= delay / 2 && *w < delay * 3 / 2));
+        assert!(waits.iter().any(|w| *w != waits[0]), "no spread: {waits:?}");
     }
 }

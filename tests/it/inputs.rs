@@ -73,6 +73,39 @@ fn https_trusts_ssl_cert_file_and_goes_through_a_proxy() {
     );
 }
 
+/// A server that answers 429 with `Retry-After` is waited on as long as it asked, not hit again
+/// at the backoff's pace (10 ms here).
+#[test]
+fn retry_after_is_honoured() {
+    let w = World::new();
+    w.cdn.route(
+        "/busy.safetensors",
+        Route {
+            status: 429,
+            ..Route::default()
+        }
+        .header("Retry-After", "1"),
+    );
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": w.cdn.url("/busy.safetensors") }]),
+    ));
+    let started = std::time::Instant::now();
+    let out = w
+        .cmd(&w.env.store)
+        .env("COMFIX_RETRIES", "3")
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    fails_with(&out, "answered 429");
+    assert_eq!(w.cdn.requests_to("/busy.safetensors").len(), 3);
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "two waits of 1 s asked for, took {took:?}"
+    );
+}
+
 #[test]
 fn network_errors_name_the_cause_and_the_host() {
     let w = World::new();
