@@ -36,15 +36,21 @@ pub fn umask() -> u32 {
     })
 }
 
+/// Open `path` for reading without waiting on it: `O_NONBLOCK` (a FIFO does not wait for a
+/// writer), `O_NOCTTY` (a terminal does not become ours). The caller checks what it opened.
+pub fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+}
+
 /// Open `path` for reading only if it is a regular file: opened without blocking (a FIFO or a
 /// device planted where a file belongs would block `open` or never end) and checked on the
 /// descriptor, so nothing can be swapped in between the check and the read.
 pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    let file = open_without_blocking(path)?;
     if !file.metadata()?.file_type().is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -556,7 +556,6 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
             }
             let path = entry.path().to_path_buf();
             let name = entry.file_name().to_string_lossy().to_string();
-            let real = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
             if let Some(through) = crate::spec::local::through_kernel(&path) {
                 report.unreadable.push(problem(
                     &path,
@@ -567,7 +566,7 @@ fn models(core: &Path, known: &BTreeMap<String, String>, report: &mut Report) {
                 ));
                 continue;
             }
-            if !read.insert(real) {
+            if !read.insert(fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
                 continue; // the same file through another link
             }
             let rel_to_core = path.strip_prefix(core).ok().map(|p| p.to_path_buf());

@@ -629,11 +629,9 @@ impl ObjectReader<'_> {
             }
             let stream = self.stream.as_mut().expect("opened above");
             // A transfer that stops sending is given up on after the stall timeout.
-            let received = backend.runtime.block_on(async {
-                tokio::time::timeout(backend.stall, stream.recv())
-                    .await
-                    .unwrap_or_else(|_| Some(Err(stalled(backend.stall))))
-            });
+            let received = backend
+                .block_on(async { Ok(stream.recv().await) })
+                .unwrap_or_else(|stalled| Some(Err(stalled)));
             match received {
                 Some(Ok(bytes)) => {
                     self.chunk = bytes;

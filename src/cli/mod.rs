@@ -223,9 +223,7 @@ pub fn main() -> i32 {
             .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok())),
         progress: !cli.no_progress && cli.quiet == 0 && std::io::stderr().is_terminal(),
     };
-    // Specs named as `git+URL#PATH` are fetched through this store's mirrors.
-    let _ = spec::STORE_DIR.set(context.store_dir.clone());
-    let _ = crate::spec::local::STORE_ROOT.set(context.store_dir.clone());
+    let _ = crate::spec::STORE_DIR.set(context.store_dir.clone());
     let result = match cli.command {
         Command::Resolve(args) => resolve::run(args, &context),
         Command::Realize(args) => realize::realize(args, &context),

@@ -139,9 +139,6 @@ pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
     }
 }
 
-/// The store a `git+URL#PATH` spec is fetched through (`--store`), set once by `cli::main`.
-pub static STORE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-
 /// `git+URL[@REF]#PATH`: the URL, the ref (after the last `@` of the URL's last segment) and the
 /// file's path in the repository.
 pub fn parse_git_spec(location: &str) -> anyhow::Result<(String, Option<String>, String)> {
@@ -178,7 +175,7 @@ pub fn parse_git_spec(location: &str) -> anyhow::Result<(String, Option<String>,
 fn git_spec(location: &str) -> anyhow::Result<PathBuf> {
     use crate::fetch::git;
     let (url, git_ref, path) = parse_git_spec(location)?;
-    let dir = STORE_DIR
+    let dir = crate::spec::STORE_DIR
         .get()
         .cloned()
         .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok()));

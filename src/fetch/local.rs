@@ -141,12 +141,7 @@ pub fn stage(
             None,
         ));
     }
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: a terminal stays ours.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_flags())
-        .open(&real)
-        .map_err(FetchError::io(path))?;
+    let mut file = crate::files::open_without_blocking(&real).map_err(FetchError::io(path))?;
     let meta = file.metadata().map_err(FetchError::io(path))?;
     if let Some((reason, hint)) =
         refused_by_kind(&meta).or_else(|| crate::spec::local::would_publish(&real, &meta))
@@ -279,10 +274,6 @@ fn copy_and_hash(
     out.sync_data().map_err(FetchError::io(staged))?;
     let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));
     Ok((size, *b3.finalize().as_bytes(), sha256_hex))
-}
-
-fn libc_flags() -> i32 {
-    (rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32
 }
 
 #[cfg(test)]

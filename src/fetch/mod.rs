@@ -320,7 +320,7 @@ impl FetchError {
 /// The longest `Retry-After` honoured: a server asking for more is waited on this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
-/// The wait before try number `tries + 1`: what the server asked for, else `delay` (which
+/// The wait before the next try after `err`: what the server asked for, else `delay` (which
 /// doubles per try) spread by ±50 % so that many clients refused at once do not return at once.
 pub fn retry_wait(err: &FetchError, delay: Duration) -> Duration {
     if let Some(asked) = err.retry_after() {

@@ -8,10 +8,6 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
 
-/// The store this process adds to (`--store`), set once by the command line; unset, a store is
-/// taken to be reachable by every user (the strict judgement).
-pub static STORE_ROOT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-
 /// Top-level directories whose files are the kernel's or devices, never model files.
 const REFUSED_ROOTS: [&str; 3] = ["proc", "sys", "dev"];
 
@@ -120,7 +116,11 @@ pub fn would_publish(path: &Path, meta: &std::fs::Metadata) -> Option<(String, O
             closed.display()
         )
     };
-    if STORE_ROOT.get().is_some_and(|root| !store_is_open(root)) {
+    // No store set (a library caller): taken to be reachable by every user, the strict judgement.
+    if super::STORE_DIR
+        .get()
+        .is_some_and(|root| !store_is_open(root))
+    {
         return None;
     }
     Some((

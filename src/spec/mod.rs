@@ -6,6 +6,11 @@
 
 mod env;
 pub mod local;
+
+/// The store this process works with (`--store`), set once by the command line: a `git+URL#PATH`
+/// spec is fetched through its mirrors, and a private `file://` source is judged by whether
+/// other users can reach it.
+pub static STORE_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 mod source;
 mod validate;
 
