@@ -140,7 +140,7 @@ fn main() {
     sync();
     let t = Instant::now();
     let report = store
-        .gc(&GcOptions::default(), &comfix::build::keep::LiveLocks)
+        .gc(&GcOptions::default(), &comfix::derive::keep::LiveLocks)
         .unwrap();
     let gc = t.elapsed();
     assert_eq!(

@@ -8,7 +8,7 @@
 //! - [`lock`]: the lock, `<id>.lock.json`, with every moving part pinned.
 //! - [`fetch`]: git mirrors and checkouts, registry packages, model downloads.
 //! - [`resolve`]: spec + existing lock → complete lock, fetching what it pins.
-//! - [`build`]: derivations (one store path each) and the executor that runs their DAG.
+//! - [`derive`]: derivations (one store path each) and the executor that runs their DAG.
 //! - [`plan`]: spec + lock → the DAG of derivations a realization runs.
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`adopt`]: an existing install snapshotted into a spec; models verified against a lock.
@@ -23,7 +23,7 @@
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod adopt;
-pub mod build;
+pub mod derive;
 pub mod cache;
 pub mod cli;
 pub mod closure;
@@ -57,7 +57,7 @@ mod layers {
         &["lock", "sign"],
         &["fetch"],
         &["python"],
-        &["build"],
+        &["derive"],
         &["closure"],
         &["cache"],
         &["resolve", "plan", "repair", "realize"],

@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::build::Action;
+use crate::derive::Action;
 use crate::lock::Lock;
 use crate::spec::Spec;
 use crate::store::Store;
@@ -54,7 +54,7 @@ pub struct Plan {
 }
 
 /// Plan the realization of `spec` with `lock` against what `store` holds (`None`: an empty store):
-/// the derivations [`crate::build::derivations`] gives — the ones the executor runs — each with
+/// the derivations [`crate::derive::derivations`] gives — the ones the executor runs — each with
 /// whether the store already has its output.
 ///
 /// `venv` is the venv's input-addressed store path name when the caller could compute it (it
@@ -67,7 +67,7 @@ pub fn plan(
     skip_models: bool,
 ) -> Plan {
     let valid = |path: &str| store.is_some_and(|s| s.query(path).ok().flatten().is_some());
-    let steps: Vec<Step> = crate::build::derivations(spec, lock, venv, skip_models)
+    let steps: Vec<Step> = crate::derive::derivations(spec, lock, venv, skip_models)
         .into_iter()
         .map(|d| {
             let state = match (&d.action, &d.output) {

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::build::exec::Executor;
-use crate::build::{derivations_of_lock, Derivation};
+use crate::derive::exec::Executor;
+use crate::derive::{derivations_of_lock, Derivation};
 use crate::store::{Store, VerifyReport};
 
 #[derive(Debug, Clone, Default, Serialize)]

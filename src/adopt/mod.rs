@@ -3,7 +3,7 @@
 
 pub mod neighbours;
 pub mod snapshot;
-pub mod verify;
+pub mod verify_models;
 
 use std::path::{Path, PathBuf};
 

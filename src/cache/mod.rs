@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::build::exec::Substituter;
-use crate::build::{BuildError, Derivation};
+use crate::derive::exec::Substituter;
+use crate::derive::{BuildError, Derivation};
 use crate::closure::{self, ClosureError};
 use crate::store::{PathMeta, Store};
 

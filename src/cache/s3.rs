@@ -383,7 +383,7 @@ impl Backend for S3Backend {
         // One process at a time per object on this machine; another machine's push of the same
         // object writes the same bytes, and whichever completes last wins.
         let lock_path = dir.join(format!("{}.lock", &id[..32]));
-        let _lock = crate::store::lock::exclusive(&lock_path).map_err(io(&lock_path))?;
+        let _lock = crate::store::flock::exclusive(&lock_path).map_err(io(&lock_path))?;
         if let Some(size) = self.size(key)? {
             return Ok(size);
         }

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::resolve::{resolve_with, ResolveRun};
 use super::{Context, Outcome};
-use crate::adopt::{snapshot, verify};
+use crate::adopt::{snapshot, verify_models as verify};
 use crate::resolve::Update;
 
 #[derive(Debug, Args)]
@@ -276,17 +276,17 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
                 })
             })
             .collect();
-        let derivations: Vec<crate::build::Derivation> = wrong
+        let derivations: Vec<crate::derive::Derivation> = wrong
             .iter()
             .map(|m| {
                 let name = m.name.clone().unwrap_or_else(|| m.filename.clone());
-                crate::build::Derivation::model(name, m)
+                crate::derive::Derivation::model(name, m)
             })
             .collect();
         let env = |k: &str| std::env::var(k).ok();
         let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
         let client = Arc::new(crate::fetch::http::Client::new(Arc::new(config))?);
-        let executor = Arc::new(crate::build::exec::Executor::new(
+        let executor = Arc::new(crate::derive::exec::Executor::new(
             store.clone(),
             client,
             context.reporter().into(),
@@ -364,7 +364,7 @@ fn registry_unreachable() -> Option<(String, String)> {
 }
 
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub struct SpecImportArgs {
     /// The Manager snapshot (`.json`, `.yaml`) or ComfyGit `pyproject.toml`
     file: PathBuf,
     /// The version id to give it
@@ -383,7 +383,7 @@ pub struct ImportArgs {
     comfy_path: Option<PathBuf>,
 }
 
-pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
+pub fn import_spec(args: SpecImportArgs, context: &Context) -> anyhow::Result<Outcome> {
     use crate::adopt::neighbours;
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| super::UserInput(format!("cannot read `{}`: {e}", args.file.display())))?;

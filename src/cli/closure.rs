@@ -34,7 +34,7 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub struct ClosureImportArgs {
     /// The archive `comfix export` wrote; `-` reads stdin
     pub file: PathBuf,
     /// Where the versions' specs and locks are written (files there already are kept)
@@ -164,7 +164,7 @@ pub fn venv_of(store: &crate::store::Store, lock: &crate::lock::Lock) -> Option<
     store.query(&name).ok().flatten().map(|_| name)
 }
 
-pub fn import(args: ImportArgs, context: &Context) -> anyhow::Result<Outcome> {
+pub fn import(args: ClosureImportArgs, context: &Context) -> anyhow::Result<Outcome> {
     let trust = args.trust.trust(&super::trust::Config::load()?)?;
     let store = context.open_store()?;
     let dir = &args.versions_dir;

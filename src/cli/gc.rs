@@ -64,7 +64,7 @@ pub fn gc(args: GcArgs, context: &Context) -> anyhow::Result<Outcome> {
             home_grace: args.home_grace.as_secs() as i64,
             delete_unrecovered: args.delete_unrecovered,
         },
-        &crate::build::keep::LiveLocks,
+        &crate::derive::keep::LiveLocks,
     )?;
     if context.json {
         context.print_json(&serde_json::json!({

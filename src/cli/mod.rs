@@ -100,7 +100,7 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  comfix import wan22.tar.zst && comfix realize wan22 --offline\n  comfix import - < wan22.tar.zst"
     )]
-    Import(closure::ImportArgs),
+    Import(closure::ClosureImportArgs),
     /// Maintain a binary cache (its owner's commands)
     #[command(subcommand)]
     #[command(
@@ -306,7 +306,7 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::python::PythonError,
             crate::sign::SignError,
             crate::closure::ClosureError,
-            crate::build::BuildError,
+            crate::derive::BuildError,
             crate::resolve::ResolveError,
             crate::run::RunError
         );

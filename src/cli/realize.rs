@@ -8,7 +8,7 @@ use clap::Args;
 use super::resolve::{resolve_with, ResolveRun};
 use super::spec::SpecArg;
 use super::{format_bytes, Context, Outcome};
-use crate::build::exec::How;
+use crate::derive::exec::How;
 use crate::lock::{lock_path_for, Lock};
 use crate::realize::{self, LinkMode, RealizeOptions};
 use crate::resolve::Update;
@@ -423,7 +423,7 @@ fn run_plan(
     spec: &Spec,
     lock: &mut Lock,
     skip_models: bool,
-) -> anyhow::Result<(Vec<crate::build::Derivation>, Option<String>)> {
+) -> anyhow::Result<(Vec<crate::derive::Derivation>, Option<String>)> {
     let venv_name = match &lock.python {
         Some(python) => {
             let executor = &session.executor;
@@ -435,12 +435,12 @@ fn run_plan(
         }
         None => None,
     };
-    let plan = crate::build::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
+    let plan = crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
     session.runtime.block_on(session.executor.run(&plan))?;
     let outcomes = session.executor.outcomes(&plan);
-    let outcome_of = |d: &crate::build::Derivation| outcomes.iter().find(|o| o.id == d.id);
+    let outcome_of = |d: &crate::derive::Derivation| outcomes.iter().find(|o| o.id == d.id);
     for d in &plan {
-        if let (Some(o), crate::build::Action::Model { locked }) = (outcome_of(d), &d.action) {
+        if let (Some(o), crate::derive::Action::Model { locked }) = (outcome_of(d), &d.action) {
             if o.outcome == How::Missing {
                 lock.models.retain(|m| m != locked);
             }
@@ -448,7 +448,7 @@ fn run_plan(
     }
     let venv = plan
         .iter()
-        .find(|d| d.kind == crate::build::Kind::BuildVenv)
+        .find(|d| d.kind == crate::derive::Kind::BuildVenv)
         .and_then(outcome_of)
         .and_then(|o| o.output.clone());
     Ok((plan, venv))

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::spec::SpecArg;
 use super::{Context, Outcome};
-use crate::build::exec::Executor;
+use crate::derive::exec::Executor;
 use crate::fetch::http::Client;
 use crate::fetch::FetchConfig;
 use crate::lock::Lock;

@@ -20,7 +20,7 @@ pub enum SpecCommand {
     #[command(
         after_help = "Examples:\n  comfix spec import ~/ComfyUI/user/default/ComfyUI-Manager/snapshots/2025-01-01.json --name mine\n  comfix spec import my-env/pyproject.toml --name from-comfygit -o versions/from-comfygit.json"
     )]
-    Import(super::adopt::ImportArgs),
+    Import(super::adopt::SpecImportArgs),
 }
 
 /// Which spec: a version id (looked up in `versions/<id>.json`, then `specs/<id>.json`) or a file.
@@ -74,7 +74,7 @@ impl SpecArg {
 
 pub fn run(command: SpecCommand, context: &Context) -> anyhow::Result<Outcome> {
     match command {
-        SpecCommand::Import(args) => super::adopt::import(args, context),
+        SpecCommand::Import(args) => super::adopt::import_spec(args, context),
         SpecCommand::Check(arg) => {
             let loaded = Spec::load(&arg.path()?)?;
             let spec = &loaded.spec;

@@ -190,7 +190,7 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
             }
         }
         StoreCommand::Du { home_grace } => {
-            let usage = store.du(&crate::build::keep::LiveLocks, home_grace.as_secs() as i64)?;
+            let usage = store.du(&crate::derive::keep::LiveLocks, home_grace.as_secs() as i64)?;
             if context.json {
                 context.print_json(&usage)?;
             } else {
@@ -422,7 +422,7 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let executor = std::sync::Arc::new(crate::build::exec::Executor::new(
+    let executor = std::sync::Arc::new(crate::derive::exec::Executor::new(
         store.clone(),
         client,
         context.reporter().into(),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::{FetchOptions, ObjectType, Oid, Repository};
 
 use super::FetchError;
-use crate::store::{lock, AddOptions, Added, Store};
+use crate::store::{flock, AddOptions, Added, Store};
 
 /// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.
 pub fn mirror_path(store: &Store, url: &str) -> PathBuf {
@@ -288,12 +288,12 @@ pub fn seed_mirror(
 }
 
 /// The mirror of `url` (created if needed) under its update lock `git/<key>-<name>.lock`.
-fn locked_mirror(store: &Store, url: &str) -> Result<(lock::LockGuard, Repository), FetchError> {
+fn locked_mirror(store: &Store, url: &str) -> Result<(flock::LockGuard, Repository), FetchError> {
     let path = mirror_path(store, url);
     let lock_path = path.with_extension("lock");
     std::fs::create_dir_all(path.parent().expect("mirrors live under git/"))
         .map_err(FetchError::io(&path))?;
-    let guard = lock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
+    let guard = flock::exclusive(&lock_path).map_err(FetchError::io(&lock_path))?;
     remove_stale_git_locks(&path);
     Ok((guard, open_mirror(store, url)?))
 }

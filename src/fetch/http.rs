@@ -20,7 +20,7 @@ use url::Url;
 use super::{Expected, FetchConfig, FetchError};
 use crate::reporter::Reporter;
 use crate::spec::Secret;
-use crate::store::{lock, Staging, Store};
+use crate::store::{flock, Staging, Store};
 
 /// A credential for one host: sent only to `host` (host and port), never to a redirect target.
 #[derive(Debug, Clone)]
@@ -117,7 +117,7 @@ pub struct Fetched {
 pub struct Receipt {
     done: PathBuf,
     record: StoredDownload,
-    _lock: lock::LockGuard,
+    _lock: flock::LockGuard,
 }
 
 impl Receipt {
@@ -446,7 +446,7 @@ impl Client {
         let held = {
             let lock_path = lock_path.clone();
             let shown = lock_path.clone();
-            tokio::task::spawn_blocking(move || lock::exclusive(&lock_path))
+            tokio::task::spawn_blocking(move || flock::exclusive(&lock_path))
                 .await
                 .expect("the lock task does not panic")
                 .map_err(FetchError::io(shown))?

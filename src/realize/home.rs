@@ -252,10 +252,10 @@ impl Home {
             .unwrap_or_default()
     }
 
-    pub(super) fn lock(&self) -> Result<crate::store::lock::LockGuard, RealizeError> {
+    pub(super) fn lock(&self) -> Result<crate::store::flock::LockGuard, RealizeError> {
         fs::create_dir_all(self.generations()).map_err(io(&self.generations()))?;
         let path = self.meta().join("lock");
-        crate::store::lock::exclusive(&path).map_err(io(&path))
+        crate::store::flock::exclusive(&path).map_err(io(&path))
     }
 
     /// The name of the GC root of generation `n`.

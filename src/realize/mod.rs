@@ -229,7 +229,7 @@ pub struct RealizeReport {
     /// What became of each derivation of the plan, under the plan's ids (filled in by the caller
     /// that ran them).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub derivations: Vec<crate::build::exec::Outcome>,
+    pub derivations: Vec<crate::derive::exec::Outcome>,
 }
 
 /// The key of a realization: the lock and the options that shape the home.

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::build::exec::{Executor, How};
-use crate::build::{combine, BuildError};
-use crate::build::{Derivation, Kind};
+use crate::derive::exec::{Executor, How};
+use crate::derive::{combine, BuildError};
+use crate::derive::{Derivation, Kind};
 use crate::fetch::model;
 use crate::fetch::{git, registry, Expected, FetchError, Origin};
 use crate::lock::{
@@ -155,7 +155,7 @@ impl Resolver {
     ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         let (mut lock, mut items) = self.pin(spec, old, update).await?;
         let fetches: Vec<Derivation> =
-            crate::build::derivations(spec, Some(&lock), None, self.skip_models)
+            crate::derive::derivations(spec, Some(&lock), None, self.skip_models)
                 .into_iter()
                 .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
                 .collect();
@@ -173,7 +173,7 @@ impl Resolver {
             let Some(d) = fetches.iter().find(|d| d.id == missing.id) else {
                 continue;
             };
-            let crate::build::Action::Model { locked } = &d.action else {
+            let crate::derive::Action::Model { locked } = &d.action else {
                 continue;
             };
             lock.models.retain(|m| m != locked);
@@ -522,7 +522,7 @@ impl Resolver {
                     commit,
                     store_path: String::new(),
                 };
-                locked.store_path = crate::build::exec::checkout(store, &locked, &what, online)?;
+                locked.store_path = crate::derive::exec::checkout(store, &locked, &what, online)?;
                 executor.fetched(&Derivation::git(kind, label.clone(), &locked));
                 let item = report(kind, &label, "resolved", &locked.commit, &locked.store_path);
                 Ok((locked, item))

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{ItemReport, Resolver, Update};
-use crate::build::BuildError;
+use crate::derive::BuildError;
 use crate::lock::{LockedGit, LockedNode, LockedPython, LockedWheel};
 use crate::python::{
     fetch_wheel, find_uv, groups, pinned_of, Compile, PinnedWheel, PythonError, WheelSource,
@@ -126,7 +126,7 @@ impl Resolver {
             }
         }
         if !errors.is_empty() {
-            return Err(crate::build::combine(errors));
+            return Err(crate::derive::combine(errors));
         }
         Ok(Some((
             LockedPython {
@@ -185,7 +185,7 @@ impl Resolver {
             let got =
                 fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
             let (locked, report) = done(got);
-            executor.fetched(&crate::build::Derivation::wheel(&locked));
+            executor.fetched(&crate::derive::Derivation::wheel(&locked));
             Ok((locked, report))
         })
     }

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use super::db::{self, PathRecord, Registered};
 use super::tree::{self, Digest, EntryKind};
-use super::{check_name, lock, sanitize_name, Result, Store, StoreError};
+use super::{check_name, flock, sanitize_name, Result, Store, StoreError};
 use crate::fault::pause_point;
 use crate::reporter::Reporter;
 
@@ -96,7 +96,7 @@ fn mode(executable: bool) -> u32 {
 /// shared, so the garbage collector leaves it alone. Dropping it removes what is left.
 pub struct Staging {
     dir: tempfile::TempDir,
-    _gc: lock::LockGuard,
+    _gc: flock::LockGuard,
 }
 
 impl Staging {
@@ -110,7 +110,7 @@ impl Store {
     /// A fresh staging directory (see [`Staging`]).
     pub fn staging(&self) -> Result<Staging> {
         self.writable()?;
-        let gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let dir = tempfile::Builder::new()
             .prefix("stage-")
             .tempdir_in(self.root.join(super::layout::TMP))?;
@@ -194,7 +194,7 @@ impl Store {
             return Ok(added);
         }
         let staging = self.staging()?;
-        let build_lock = lock::exclusive(
+        let build_lock = flock::exclusive(
             &self
                 .root
                 .join(super::layout::LOCKS)
@@ -338,7 +338,7 @@ impl Store {
                 }),
             };
         }
-        let gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
         if let Some(added) = self.existing(&expected.name)? {
             return Ok(added);
@@ -519,8 +519,8 @@ impl Store {
     }
 
     /// The lock of one path's build or add (`locks/<name>.lock`), held until it is registered.
-    fn build_lock(&self, name: &str) -> Result<lock::LockGuard> {
-        Ok(lock::exclusive(
+    fn build_lock(&self, name: &str) -> Result<flock::LockGuard> {
+        Ok(flock::exclusive(
             &self
                 .root
                 .join(super::layout::LOCKS)

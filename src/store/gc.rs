@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::account::DiskIndex;
 use super::roots::{home_generation, Graph, Root};
-use super::{db, lock, Result, Store, StoreError};
+use super::{db, flock, Result, Store, StoreError};
 
 /// What the layers above the store keep beside `paths/` for the live roots. The store knows
 /// no lock format: the caller reads its roots (home manifests, pins) and names what they need.
@@ -94,7 +94,7 @@ impl Store {
     // Long on purpose: the collector's protocol of store-layout.md, in order, under one lock.
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
-        let gc_lock = lock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
+        let gc_lock = flock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
         let unrecovered = self.unrecovered()?;
         if !unrecovered.is_empty() && !options.delete_unrecovered && !options.dry_run {
             return Err(StoreError::Unrecovered { names: unrecovered });
@@ -384,9 +384,9 @@ impl Store {
     // Long on purpose: downloads and mirrors are planned the same way, each with its lock taken.
     fn plan_caches(&self, needed: &Kept, take: bool, plan: &mut Plan) -> Result<()> {
         // Whether the lock at `path` is free; with `take`, it is kept in `held`.
-        let free = |path: &Path, held: &mut Vec<lock::LockGuard>| -> Result<bool> {
+        let free = |path: &Path, held: &mut Vec<flock::LockGuard>| -> Result<bool> {
             if take {
-                match lock::try_exclusive(path)? {
+                match flock::try_exclusive(path)? {
                     Some(guard) => {
                         held.push(guard);
                         Ok(true)
@@ -394,7 +394,7 @@ impl Store {
                     None => Ok(false),
                 }
             } else {
-                Ok(!lock::held_elsewhere(path)?)
+                Ok(!flock::held_elsewhere(path)?)
             }
         };
         let keys = &needed.download_keys;
@@ -411,7 +411,7 @@ impl Store {
             if keys.contains(&key) {
                 // Kept for resuming; only a lock nobody holds goes.
                 if take && lock_path.exists() {
-                    if let Some(guard) = lock::try_exclusive_existing(&lock_path)? {
+                    if let Some(guard) = flock::try_exclusive_existing(&lock_path)? {
                         plan.stale_locks.push(guard);
                     }
                 }
@@ -450,7 +450,7 @@ impl Store {
                 && path.extension().is_some_and(|e| e == "lock")
                 && !path.with_extension("git").exists()
             {
-                if let Some(guard) = lock::try_exclusive_existing(&path)? {
+                if let Some(guard) = flock::try_exclusive_existing(&path)? {
                     plan.stale_locks.push(guard);
                 }
             }
@@ -462,7 +462,7 @@ impl Store {
                 .flatten()
                 .flatten()
             {
-                if let Some(guard) = lock::try_exclusive_existing(&entry.path())? {
+                if let Some(guard) = flock::try_exclusive_existing(&entry.path())? {
                     plan.stale_locks.push(guard);
                 }
             }
@@ -496,12 +496,12 @@ impl Store {
             // Never create anything in a home (it may be being deleted): only an existing lock.
             let lock_path = meta.join("lock");
             match input.probe {
-                Probe::Take => match lock::try_exclusive_existing(&lock_path) {
+                Probe::Take => match flock::try_exclusive_existing(&lock_path) {
                     Ok(Some(guard)) => plan.guards.push(guard),
                     _ => continue,
                 },
                 Probe::Look => {
-                    if !lock_path.exists() || lock::held_elsewhere(&lock_path).unwrap_or(true) {
+                    if !lock_path.exists() || flock::held_elsewhere(&lock_path).unwrap_or(true) {
                         continue;
                     }
                 }
@@ -532,9 +532,9 @@ pub(super) struct Plan {
     /// Homes that are gone, kept for the grace period: home → since when.
     kept_gone: BTreeMap<String, i64>,
     /// Locks held until the collector is done (homes whose half-built generations go).
-    guards: Vec<lock::LockGuard>,
+    guards: Vec<flock::LockGuard>,
     /// Locks held on what is removed; their files are removed last.
-    stale_locks: Vec<lock::LockGuard>,
+    stale_locks: Vec<flock::LockGuard>,
 }
 
 impl Plan {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::db::{self, Journal, PathRecord};
-use super::{lock, tree, Result, Store, StoreError};
+use super::{flock, tree, Result, Store, StoreError};
 
 /// The sidecar of a store path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +154,7 @@ impl Store {
         if done.exists() {
             return Ok(());
         }
-        let _open = lock::exclusive(&self.root.join(super::layout::DB_OPEN_LOCK))?;
+        let _open = flock::exclusive(&self.root.join(super::layout::DB_OPEN_LOCK))?;
         if done.exists() {
             return Ok(());
         }
@@ -189,8 +189,8 @@ impl Store {
         let db_dir = root.join(super::layout::DB_DIR);
         // `rm -rf db` is what a user may have done: the rebuild starts from nothing.
         fs_err::create_dir_all(&db_dir)?;
-        let _open = lock::exclusive(&db_dir.join("open.lock"))?;
-        let _gc = lock::exclusive(&root.join(super::layout::GC_LOCK))?;
+        let _open = flock::exclusive(&db_dir.join("open.lock"))?;
+        let _gc = flock::exclusive(&root.join(super::layout::GC_LOCK))?;
         let db_path = db_dir.join("db.sqlite");
         let mut report = RebuildReport::default();
         if fs::metadata(&db_path).is_ok_and(|m| m.len() > 0) {

@@ -21,7 +21,7 @@ pub mod db;
 mod du;
 mod gc;
 pub mod layout;
-pub mod lock;
+pub mod flock;
 mod meta;
 mod roots;
 pub mod tree;
@@ -216,7 +216,7 @@ pub struct Store {
     root: PathBuf,
     db: Mutex<Connection>,
     journal: Journal,
-    temp_roots: lock::TempRoots,
+    temp_roots: flock::TempRoots,
     /// This process cannot write the store (a read-only mount, or no write permission).
     read_only: bool,
     /// A store a group of users shares (its root is setgid and group-writable).
@@ -367,9 +367,9 @@ impl Store {
         // answers "locked" there without waiting: processes opening the store take turns.
         let open_lock = if read_only {
             // Waits for a writer that is migrating it; a read-only mount has no writer.
-            lock::shared(&root.join(layout::DB_OPEN_LOCK)).ok()
+            flock::shared(&root.join(layout::DB_OPEN_LOCK)).ok()
         } else {
-            Some(lock::exclusive(&root.join(layout::DB_OPEN_LOCK))?)
+            Some(flock::exclusive(&root.join(layout::DB_OPEN_LOCK))?)
         };
         // A missing or emptied database is never taken for an empty store: that is how a gc
         // would come to delete everything.
@@ -401,7 +401,7 @@ impl Store {
             // Its migrations cannot be applied here.
             return Err(StoreError::ReadOnly { root });
         }
-        let temp_roots = lock::TempRoots::new(root.join(layout::TEMPROOTS));
+        let temp_roots = flock::TempRoots::new(root.join(layout::TEMPROOTS));
         let store = Store {
             root,
             db: Mutex::new(conn),

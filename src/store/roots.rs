@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{db, lock, Result, Store};
+use super::{db, flock, Result, Store};
 
 /// Why a path is alive.
 #[derive(Debug, Clone, Serialize)]
@@ -104,7 +104,7 @@ impl Store {
         if self.read_only {
             return Ok(()); // no collector can run on it
         }
-        let _gc = lock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let _gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         for name in names {
             self.temp_roots.add(name)?;
         }
@@ -179,7 +179,7 @@ impl Store {
             if pid != own && !path.exists() {
                 continue;
             }
-            let alive = pid == own || lock::try_exclusive_existing(&path)?.is_none();
+            let alive = pid == own || flock::try_exclusive_existing(&path)?.is_none();
             if alive && path.exists() {
                 let text = fs::read_to_string(&path).unwrap_or_default();
                 out.push((pid, text.lines().map(str::to_string).collect()));

@@ -189,7 +189,7 @@ impl Store {
     pub fn repair_in_place(&self, report: &VerifyReport) -> Result<Vec<String>> {
         use std::os::unix::fs::PermissionsExt;
         self.writable()?;
-        let _gc = super::lock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let _gc = super::flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let mut fixed = Vec::new();
         for at in &report.bad_modes {
             let at = Path::new(at);
@@ -220,7 +220,7 @@ impl Store {
     /// bytes no longer match it (a corrupted object is shared by every path that links it), so the
     /// add protocol can put verified content back. The registration stays.
     pub fn discard_damaged(&self, name: &str) -> Result<()> {
-        let _gc = super::lock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let _gc = super::flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let path = self.path_of(name);
         if std::fs::symlink_metadata(&path).is_err() {
             return Ok(());
