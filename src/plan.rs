@@ -71,8 +71,9 @@ pub fn plan(
         .into_iter()
         .map(|d| {
             let state = match (&d.action, &d.output) {
-                (Action::Unpinned { optional: true }, _) => "optional",
-                (Action::Unpinned { optional: false }, _) => "resolve",
+                (a, _) if a.is_pin() && a.is_optional() => "optional",
+                (a, _) if a.is_pin() => "resolve",
+                (Action::Unpinned, _) => "resolve",
                 (Action::Home, _) => "build",
                 (Action::Venv { .. }, Some(out)) if valid(out) => "valid",
                 (Action::Venv { .. }, _) => "build",

@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{Action, BuildError, Derivation, Kind};
+use super::{Action, BuildError, Derivation, Kind, Pinned};
 use crate::fetch::http::Client;
 use crate::fetch::{git, model, registry, Expected, FetchError, Origin};
+use crate::lock::{LockedGit, LockedModel, LockedRegistry};
 use crate::reporter::Reporter;
 use crate::spec::{ModelSource, SourceKind};
 use crate::store::{sanitize_name, Store};
@@ -50,6 +51,9 @@ pub struct Outcome {
     /// The substituter it came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// A pin's lock entry.
+    #[serde(skip)]
+    pub pinned: Option<Pinned>,
 }
 
 /// A source of store paths asked before anything is fetched or built (a binary cache). It puts
@@ -97,15 +101,16 @@ impl Executor {
 
     /// Record what became of `derivation` (the first record of an id stays).
     pub fn record(&self, derivation: &Derivation, output: Option<String>, how: How) {
-        self.record_from(derivation, output, how, None)
+        self.record_outcome(derivation, output, how, None, None)
     }
 
-    fn record_from(
+    fn record_outcome(
         &self,
         derivation: &Derivation,
         output: Option<String>,
         how: How,
         from: Option<String>,
+        pinned: Option<Pinned>,
     ) {
         self.outcomes
             .lock()
@@ -118,12 +123,13 @@ impl Executor {
                 output,
                 outcome: how,
                 from,
+                pinned,
             });
     }
 
-    /// Record a derivation that was produced while pinning (resolve fetches what it pins).
-    pub fn fetched(&self, derivation: &Derivation) {
-        self.record(derivation, derivation.output.clone(), How::Fetched);
+    /// What a pin that ran gave (`None`: it did not run, failed, or was left out).
+    pub fn pinned(&self, pin: &Derivation) -> Option<Pinned> {
+        self.recorded(&pin.id).and_then(|o| o.pinned)
     }
 
     fn recorded(&self, id: &str) -> Option<Outcome> {
@@ -234,11 +240,18 @@ impl Executor {
             return Ok(());
         }
         match self.produce(d).await {
-            Ok((output, how)) => {
+            Ok(Produced::Output(output, how)) => {
                 self.record(d, output, how);
                 Ok(())
             }
-            Err(err) if matches!(d.action, Action::Model { ref locked } if !locked.required) => {
+            Ok(Produced::Pinned(pinned, how)) => {
+                // The pinned derivation, which a plan of the new lock names, is done too.
+                let fixed = pinned.derivation(d);
+                self.record(&fixed, fixed.output.clone(), how);
+                self.record_outcome(d, fixed.output.clone(), how, None, Some(*pinned));
+                Ok(())
+            }
+            Err(err) if d.action.is_optional() => {
                 tracing::warn!("optional {} left out: {err}", d.describe());
                 self.record(d, None, How::Missing);
                 Ok(())
@@ -247,14 +260,20 @@ impl Executor {
         }
     }
 
-    async fn produce(&self, d: &Derivation) -> Result<(Option<String>, How), BuildError> {
+    async fn produce(&self, d: &Derivation) -> Result<Produced, BuildError> {
         let store = &self.store;
         match &d.action {
-            Action::Unpinned { optional: true } => return Ok((None, How::Missing)),
-            Action::Unpinned { optional: false } => {
-                return Err(BuildError::NotPinned { what: d.describe() })
+            Action::Unpinned => return Err(BuildError::NotPinned { what: d.describe() }),
+            Action::Home => return Ok(Produced::Output(None, How::Built)),
+            _ if d.action.is_pin() => {
+                if let Some(missing) = self.offline().then(|| self.needs_network(d)).flatten() {
+                    return Err(BuildError::Offline {
+                        missing: vec![missing],
+                    });
+                }
+                let (pinned, how) = self.pin(d).await?;
+                return Ok(Produced::Pinned(Box::new(pinned), how));
             }
-            Action::Home => return Ok((None, How::Built)),
             Action::Git { locked, .. } => {
                 tokio::task::block_in_place(|| git::protect_mirror(store, &locked.repo))?
             }
@@ -267,7 +286,7 @@ impl Executor {
             if store.query(output)?.is_some()
                 && std::fs::symlink_metadata(store.path_of(output)).is_ok()
             {
-                return Ok((Some(output.clone()), How::Valid));
+                return Ok(Produced::Output(Some(output.clone()), How::Valid));
             }
         }
         // A substituter that fails (a damaged cache, say) is passed over: what it put in the store
@@ -276,8 +295,8 @@ impl Executor {
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
                 Ok(true) => {
                     let from = Some(substituter.location());
-                    self.record_from(d, d.output.clone(), How::Substituted, from);
-                    return Ok((d.output.clone(), How::Substituted));
+                    self.record_outcome(d, d.output.clone(), How::Substituted, from, None);
+                    return Ok(Produced::Output(d.output.clone(), How::Substituted));
                 }
                 Ok(false) => {}
                 Err(err) => tracing::warn!("{err}"),
@@ -298,7 +317,7 @@ impl Executor {
                 got: output,
             });
         }
-        Ok((Some(output), how))
+        Ok(Produced::Output(Some(output), how))
     }
 
     /// Offline: what the store lacks for `d`, when producing it needs the network.
@@ -314,7 +333,9 @@ impl Executor {
                     )
                 })
             }
-            Action::Archive { .. } => Some(d.describe()),
+            Action::Archive { .. } | Action::PinArchive { .. } => Some(d.describe()),
+            // The mirror may resolve the ref; the model or wheel may be in the store already.
+            Action::PinGit { .. } | Action::PinModel { .. } | Action::PinWheel { .. } => None,
             Action::Model { locked } => (!matches!(
                 ModelSource::parse(&locked.source).kind(),
                 Ok(SourceKind::File(_))
@@ -324,7 +345,7 @@ impl Executor {
                 .wheel_source()
                 .needs_network(locked.url.as_deref())
                 .then(|| d.describe()),
-            Action::Venv { .. } | Action::Home | Action::Unpinned { .. } => None,
+            Action::Venv { .. } | Action::Home | Action::Unpinned => None,
         }
     }
 
@@ -402,8 +423,134 @@ impl Executor {
                     Ok((venv.name, how))
                 })
             }
-            Action::Home | Action::Unpinned { .. } => unreachable!("handled before"),
+            _ => unreachable!("handled before: {}", d.describe()),
         }
+    }
+
+    /// Run a pin: the source asked, its content made valid in the store, the lock entry.
+    async fn pin(&self, d: &Derivation) -> Result<(Pinned, How), BuildError> {
+        let store = &self.store;
+        let online = !self.offline();
+        let what = d.describe();
+        match &d.action {
+            Action::PinGit {
+                repo,
+                git_ref,
+                commit,
+                ..
+            } => {
+                let _permit = self.jobs.acquire().await.expect("never closed");
+                tokio::task::block_in_place(|| {
+                    git::protect_mirror(store, repo)?;
+                    let commit =
+                        git::resolve(store, repo, git_ref.as_deref(), commit.as_deref(), online)
+                            .map_err(|e| {
+                                crate::fetch::name_offline(e, &format!("{what} ({repo})"))
+                            })?;
+                    let mut locked = LockedGit {
+                        repo: repo.clone(),
+                        git_ref: git_ref.clone(),
+                        commit,
+                        store_path: String::new(),
+                    };
+                    locked.store_path = checkout(store, &locked, &what, online)?;
+                    Ok((Pinned::Git(locked), How::Fetched))
+                })
+            }
+            Action::PinArchive { id, version } => {
+                let _permit = self.jobs.acquire().await.expect("never closed");
+                let pinned = registry::pin(&self.client, id, version.as_deref()).await?;
+                let (version, url) = (pinned.version, pinned.download_url);
+                let reporter = self.reporter.as_ref();
+                let (blake3, added) =
+                    registry::fetch(&self.client, store, reporter, id, &version, &url, None)
+                        .await?;
+                let locked = LockedRegistry {
+                    id: id.clone(),
+                    version,
+                    download_url: url,
+                    blake3,
+                    store_path: added.record.name,
+                };
+                Ok((Pinned::Registry(locked), How::Fetched))
+            }
+            Action::PinModel { index, model } => {
+                let request = pin_request(*index, model, &what);
+                let _permit = match model.source.kind() {
+                    Ok(SourceKind::File(_)) => None,
+                    _ if !online => None,
+                    _ => Some(self.jobs.acquire().await.expect("never closed")),
+                };
+                let fetched =
+                    model::fetch(&self.client, store, self.reporter.as_ref(), &request).await?;
+                let locked = LockedModel {
+                    source: model.source.to_string(),
+                    name: model.name.clone(),
+                    target_subdir: model.target_subdir.clone(),
+                    filename: fetched.file_name,
+                    required: model.is_required(),
+                    url: fetched.url,
+                    revision: fetched.revision,
+                    size: fetched.size,
+                    sha256: fetched.sha256,
+                    blake3: fetched.blake3,
+                    store_path: fetched.store_path,
+                };
+                Ok((Pinned::Model(locked), How::Fetched))
+            }
+            Action::PinWheel { wheel, from_lock } => {
+                let source = crate::python::WheelSource {
+                    wheels_dir: self.wheels_dir.as_deref(),
+                    from_lock: *from_lock,
+                };
+                let reporter = self.reporter.as_ref();
+                let store_path = crate::python::fetch_wheel(
+                    store,
+                    &self.client,
+                    reporter,
+                    &source,
+                    wheel,
+                    &self.jobs,
+                )
+                .await?;
+                Ok((
+                    Pinned::Wheel(crate::python::locked_of(wheel, store_path)),
+                    How::Fetched,
+                ))
+            }
+            _ => unreachable!("not a pin: {what}"),
+        }
+    }
+}
+
+/// What producing a derivation gave.
+enum Produced {
+    /// Its output (none for the home or a model left out).
+    Output(Option<String>, How),
+    /// A pin's lock entry.
+    Pinned(Box<Pinned>, How),
+}
+
+/// What to fetch to pin the spec's `models[index]`: its source asked, the spec's digests checked.
+fn pin_request(index: usize, model: &crate::spec::Model, what: &str) -> model::ModelRequest {
+    let spec_digest = |value: &Option<String>, field: &str| {
+        value.as_ref().map(|hex| {
+            Expected::new(
+                hex,
+                Origin::Spec {
+                    field: format!("models[{index}].{field}"),
+                },
+            )
+        })
+    };
+    model::ModelRequest {
+        what: what.to_string(),
+        source: model.source.clone(),
+        file_name: model.filename.clone(),
+        derived_name: model.file_name(),
+        pinned: None,
+        sha256: spec_digest(&model.sha256, "sha256"),
+        blake3: spec_digest(&model.blake3, "blake3"),
     }
 }
 

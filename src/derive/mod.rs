@@ -19,7 +19,8 @@ use serde::Serialize;
 pub use error::{combine, BuildError};
 
 use crate::lock::{Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel};
-use crate::spec::{NodeSource, Spec};
+use crate::python::PinnedWheel;
+use crate::spec::{Model, NodeSource, Spec};
 
 /// What kind of store path a derivation produces, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,9 +71,68 @@ pub enum Action {
     Venv { python: LockedPython },
     /// The home: done by `realize` once every input is valid.
     Home,
-    /// Not pinned yet: `resolve` pins it (and then it has another id). An optional model the lock
-    /// left out stays here and is reported missing.
-    Unpinned { optional: bool },
+    /// Pin a git source: its ref (or commit) resolved in the mirror, the commit checked out.
+    PinGit {
+        role: &'static str,
+        repo: String,
+        git_ref: Option<String>,
+        commit: Option<String>,
+    },
+    /// Pin a registry node: its version (the latest when none) asked, the archive fetched.
+    PinArchive { id: String, version: Option<String> },
+    /// Pin a model source (`models[index]` of the spec): asked, downloaded and checked against
+    /// the spec's digests.
+    PinModel { index: usize, model: Box<Model> },
+    /// Fetch a wheel uv pinned by its SHA-256 (its store path is its content's).
+    PinWheel { wheel: PinnedWheel, from_lock: bool },
+    /// Not pinned, and nothing pins it alone: the Python set, which `resolve` locks with uv.
+    Unpinned,
+}
+
+impl Action {
+    /// A pin: its output is known once it has run (like Nix's fixed-output derivations).
+    pub fn is_pin(&self) -> bool {
+        matches!(
+            self,
+            Action::PinGit { .. }
+                | Action::PinArchive { .. }
+                | Action::PinModel { .. }
+                | Action::PinWheel { .. }
+        )
+    }
+
+    /// A model that may be left out when it cannot be had.
+    pub fn is_optional(&self) -> bool {
+        match self {
+            Action::Model { locked } => !locked.required,
+            Action::PinModel { model, .. } => !model.is_required(),
+            _ => false,
+        }
+    }
+}
+
+/// What a pin gave: the lock entry, store path included.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pinned {
+    Git(LockedGit),
+    Registry(LockedRegistry),
+    Model(LockedModel),
+    Wheel(LockedWheel),
+}
+
+impl Pinned {
+    /// The derivation of what was pinned: the one a plan of the new lock names.
+    pub fn derivation(&self, pin: &Derivation) -> Derivation {
+        match (self, &pin.action) {
+            (Pinned::Git(locked), Action::PinGit { role, .. }) => {
+                Derivation::git(role, pin.name.clone(), locked)
+            }
+            (Pinned::Git(locked), _) => Derivation::git("node", pin.name.clone(), locked),
+            (Pinned::Registry(locked), _) => Derivation::archive(pin.name.clone(), locked),
+            (Pinned::Model(locked), _) => Derivation::model(pin.name.clone(), locked),
+            (Pinned::Wheel(locked), _) => Derivation::wheel(locked),
+        }
+    }
 }
 
 /// One node of the DAG.
@@ -178,8 +238,50 @@ impl Derivation {
         }
     }
 
-    fn unpinned(kind: Kind, name: String, source: &str, optional: bool) -> Derivation {
-        Derivation::new(kind, name, source, None, Action::Unpinned { optional })
+    /// The pin of a git source (the core, `role` `core`, or a node).
+    pub fn pin_git(
+        role: &'static str,
+        name: String,
+        repo: &str,
+        git_ref: Option<&str>,
+        commit: Option<&str>,
+    ) -> Derivation {
+        let action = Action::PinGit {
+            role,
+            repo: repo.to_string(),
+            git_ref: git_ref.map(str::to_string),
+            commit: commit.map(str::to_string),
+        };
+        Derivation::new(Kind::FetchGit, name, repo, None, action)
+    }
+
+    pub fn pin_archive(name: String, id: &str, version: Option<&str>) -> Derivation {
+        let action = Action::PinArchive {
+            id: id.to_string(),
+            version: version.map(str::to_string),
+        };
+        Derivation::new(Kind::FetchArchive, name, id, None, action)
+    }
+
+    /// The pin of the spec's `models[index]`, named `name` in messages.
+    pub fn pin_model(index: usize, model: &Model, name: String) -> Derivation {
+        let action = Action::PinModel {
+            index,
+            model: Box::new(model.clone()),
+        };
+        Derivation::new(Kind::FetchModel, name, model.source.as_str(), None, action)
+    }
+
+    /// A wheel uv pinned: `from_lock` when the lock (not the index) gave its hash.
+    pub fn pin_wheel(wheel: &PinnedWheel, from_lock: bool) -> Derivation {
+        let action = Action::PinWheel {
+            wheel: wheel.clone(),
+            from_lock,
+        };
+        let name = wheel.filename.clone();
+        let mut d = Derivation::new(Kind::FetchWheel, name, &wheel.sha256, None, action);
+        d.download_bytes = wheel.size;
+        d
     }
 
     /// What the messages call it: `core `comfy``, `node `x``, `model `y``, `wheel `z``.
@@ -199,7 +301,15 @@ impl Derivation {
             },
             Action::Venv { .. } => format!("venv `{}`", self.name),
             Action::Home => format!("home `{}`", self.name),
-            Action::Unpinned { .. } => format!("`{}` (not pinned)", self.name),
+            Action::PinGit { role, .. } => format!("{role} `{}`", self.name),
+            Action::PinArchive { id, version } => format!(
+                "registry node `{}` ({id} {})",
+                self.name,
+                version.as_deref().unwrap_or("latest")
+            ),
+            Action::PinModel { .. } => format!("model `{}`", self.name),
+            Action::PinWheel { wheel, .. } => format!("wheel `{}`", wheel.filename),
+            Action::Unpinned => format!("`{}` (not pinned)", self.name),
         }
     }
 }
@@ -227,7 +337,13 @@ pub fn derivations(
     let mut out = Vec::new();
     out.push(match lock.and_then(|l| locked_core(spec, l)) {
         Some(core) => Derivation::git("core", "comfy".into(), core),
-        None => Derivation::unpinned(Kind::FetchGit, "comfy".into(), &spec.comfy.repo, false),
+        None => Derivation::pin_git(
+            "core",
+            "comfy".into(),
+            &spec.comfy.repo,
+            spec.comfy.git_ref.as_deref(),
+            spec.comfy.commit.as_deref(),
+        ),
     });
     for node in &spec.custom_nodes {
         let locked = lock.and_then(|l| locked_node(node, l));
@@ -242,26 +358,23 @@ pub fn derivations(
             (NodeSource::Registry { .. }, Some(n)) if n.registry.is_some() => {
                 Derivation::archive(name, n.registry.as_ref().expect("checked"))
             }
-            (NodeSource::Git { repo }, _) => {
-                Derivation::unpinned(Kind::FetchGit, name, repo, false)
-            }
-            (NodeSource::Registry { id, .. }, _) => {
-                Derivation::unpinned(Kind::FetchArchive, name, id, false)
-            }
+            (NodeSource::Git { repo }, _) => Derivation::pin_git(
+                "node",
+                name,
+                repo,
+                node.git_ref.as_deref(),
+                node.commit.as_deref(),
+            ),
+            (NodeSource::Registry { id, version }, _) => Derivation::pin_archive(name, id, version),
             (NodeSource::Local { .. }, _) => unreachable!("skipped above"),
         });
     }
     if !skip_models {
-        for model in &spec.models {
+        for (index, model) in spec.models.iter().enumerate() {
             let name = model.name.clone().unwrap_or_else(|| model.file_name());
             out.push(match lock.and_then(|l| locked_model(model, l)) {
                 Some(locked) => Derivation::model(name, locked),
-                None => Derivation::unpinned(
-                    Kind::FetchModel,
-                    name,
-                    model.source.as_str(),
-                    !model.is_required(),
-                ),
+                None => Derivation::pin_model(index, model, name),
             });
         }
     }
@@ -273,11 +386,12 @@ pub fn derivations(
             out.push(venv);
         }
         // Not locked yet: whether there is a Python environment is known after resolving.
-        None if spec.python.is_some() => out.push(Derivation::unpinned(
+        None if spec.python.is_some() => out.push(Derivation::new(
             Kind::FetchWheel,
             "python".into(),
             "python",
-            false,
+            None,
+            Action::Unpinned,
         )),
         None => {}
     }

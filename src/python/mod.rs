@@ -29,7 +29,7 @@ use crate::store::StoreError;
 pub use requirements::Group;
 pub use uv::{Interpreter, Uv, UV_VERSION};
 pub use venv::{build_venv, venv_name, VenvBuild};
-pub use wheels::{fetch_wheel, find_uv, groups, pinned_of, WheelSource};
+pub use wheels::{fetch_wheel, find_uv, groups, locked_of, pinned_of, WheelSource};
 
 /// Machine-local choices of a resolve; none of them is written to the shared lock.
 #[derive(Debug, Clone, Default)]

@@ -173,6 +173,18 @@ pub fn pinned_of(wheel: &LockedWheel) -> PinnedWheel {
     }
 }
 
+/// The lock entry of `wheel`, stored at `store_path` (empty while not fetched).
+pub fn locked_of(wheel: &PinnedWheel, store_path: String) -> LockedWheel {
+    LockedWheel {
+        name: wheel.name.clone(),
+        version: wheel.version.clone(),
+        filename: wheel.filename.clone(),
+        url: (!wheel.url.is_empty()).then(|| wheel.url.clone()),
+        sha256: wheel.sha256.clone(),
+        store_path,
+    }
+}
+
 /// A valid store path holding exactly this wheel (same file name and SHA-256), protected.
 pub(super) fn stored_wheel(
     store: &Store,

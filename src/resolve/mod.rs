@@ -13,14 +13,13 @@ use serde::Serialize;
 
 use crate::derive::exec::{Executor, How};
 use crate::derive::{combine, BuildError};
-use crate::derive::{Derivation, Kind};
-use crate::fetch::model;
-use crate::fetch::{git, registry, Expected, FetchError, Origin};
+use crate::derive::{Derivation, Kind, Pinned};
+use crate::fetch::FetchError;
 use crate::lock::{
-    core_matches, locked_core, locked_model, locked_node, Lock, LockedGit, LockedModel, LockedNode,
-    LockedRegistry, LockedWorkflow, LOCK_VERSION,
+    locked_core, locked_model, locked_node, Lock, LockedGit, LockedModel, LockedNode,
+    LockedWorkflow, LOCK_VERSION,
 };
-use crate::spec::{CustomNode, Model, NodeSource, SourceKind, Spec};
+use crate::spec::{CustomNode, NodeSource, Spec};
 use crate::store::sanitize_name;
 
 mod partial;
@@ -128,8 +127,6 @@ pub struct Resolver {
     pub executor: Arc<Executor>,
 }
 
-type Task<T> = tokio::task::JoinHandle<Result<(T, ItemReport), BuildError>>;
-
 impl Resolver {
     pub fn new(
         executor: Arc<Executor>,
@@ -191,11 +188,11 @@ impl Resolver {
     }
 
     /// Pin `spec` against `old`: entries that still match are kept as they are; the others are
-    /// resolved, which fetches what is content-addressed (a checkout, an archive, a model, a
-    /// wheel) since its store path is its content's hash. The Python requirements are read from
-    /// the core's and nodes' trees, which the executor makes valid first. Everything runs
-    /// concurrently; every failure is collected, and what did resolve is kept for the next run.
-    // Long on purpose: every task is spawned before any is awaited, so they run concurrently; the order of the awaits is the order of the lock.
+    /// pinned by the executor (a pin fetches what is content-addressed — a checkout, an archive, a
+    /// model, a wheel — since its store path is its content's hash). The Python requirements are
+    /// read from the core's and nodes' trees, which are pinned (and made valid) first, while the
+    /// models' pins go on. Every failure is collected, and what did resolve is kept for the next
+    /// run.
     pub async fn pin(
         &self,
         spec: &Spec,
@@ -203,9 +200,6 @@ impl Resolver {
         update: &Update,
     ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         check_update_names(spec, update)?;
-        let jobs = Arc::new(tokio::sync::Semaphore::new(
-            self.executor.client.config().jobs,
-        ));
         let merged =
             Partial::load(&self.executor.store, &spec.version_id).and_then(|p| p.over(spec, old));
         if merged.is_some() {
@@ -217,27 +211,43 @@ impl Resolver {
         let old = merged.as_ref().or(old);
 
         let core_name = sanitize_name(crate::spec::repo_basename(&spec.comfy.repo));
-        let keep_core = old
+        let core = match old
             .and_then(|l| locked_core(spec, l))
             .filter(|_| !update.covers(&["comfy", &core_name]))
-            .cloned();
-        let core = self.git_task(
-            "core",
-            "comfy".into(),
-            spec.comfy.repo.clone(),
-            spec.comfy.git_ref.clone(),
-            spec.comfy.commit.clone(),
-            keep_core,
-            jobs.clone(),
-        );
-        let nodes = self.node_tasks(spec, old, update, &jobs);
-        let (models, skipped_models) = self.model_tasks(spec, old, update, &jobs);
+        {
+            Some(kept) => Entry::Kept(Pinned::Git(kept.clone())),
+            None => Entry::Pin(Derivation::pin_git(
+                "core",
+                "comfy".into(),
+                &spec.comfy.repo,
+                spec.comfy.git_ref.as_deref(),
+                spec.comfy.commit.as_deref(),
+            )),
+        };
+        let nodes = self.node_entries(spec, old, update);
+        let (models, skipped_models) = self.model_entries(spec, old, update);
 
+        // The models' pins run while the trees are pinned and Python is locked.
+        let model_pins: Vec<Derivation> = models.iter().filter_map(Entry::pin).cloned().collect();
+        let executor = self.executor.clone();
+        let models_run = tokio::spawn(async move { executor.run(&model_pins).await });
+        let mut trees: Vec<Derivation> = core.pin().cloned().into_iter().collect();
+        trees.extend(
+            nodes
+                .iter()
+                .filter_map(|(_, _, e)| e.as_ref().ok()?.pin())
+                .cloned(),
+        );
         let mut tally = Tally::default();
-        let comfy = tally.collect(core).await;
-        let locked_nodes = tally.nodes(nodes).await;
-        // Python next: its requirements come from the core and node trees just resolved (the
-        // model tasks go on meanwhile).
+        if let Err(err) = self.executor.run(&trees).await {
+            tally.errors.push(err);
+        }
+        let comfy = match tally.entry(&self.executor, "core", "comfy", &core) {
+            Some(Pinned::Git(git)) => Some(git),
+            _ => None,
+        };
+        let locked_nodes = tally.nodes(&self.executor, nodes);
+        // Python next: its requirements come from the core and node trees just resolved.
         let mut python_progress = None;
         let locked_python = match &comfy {
             Some(core) if tally.errors.is_empty() => {
@@ -266,8 +276,11 @@ impl Resolver {
             }
             _ => None,
         };
+        if let Err(err) = models_run.await.expect("the executor does not panic") {
+            tally.errors.push(err);
+        }
         let mut locked_models = skipped_models;
-        locked_models.extend(tally.models(models).await);
+        locked_models.extend(tally.models(&self.executor, models));
         if !tally.errors.is_empty() {
             // The kept models are run too, so every failure (every offline miss) is listed.
             let kept: Vec<Derivation> = locked_models
@@ -302,55 +315,50 @@ impl Resolver {
         Ok((lock, tally.reports))
     }
 
-    /// A task per spec node: kept from `old` when it still matches and is not updated.
-    fn node_tasks(
+    /// Per spec node: its name, whether it is enabled, and its entry (kept from `old` when it
+    /// still matches and is not updated, else pinned; a development node hashed now).
+    #[allow(clippy::type_complexity)]
+    fn node_entries(
         &self,
         spec: &Spec,
         old: Option<&Lock>,
         update: &Update,
-        jobs: &Arc<tokio::sync::Semaphore>,
-    ) -> Vec<(String, bool, NodeTask)> {
+    ) -> Vec<(String, bool, Result<Entry, BuildError>)> {
         let mut nodes = Vec::new();
         for node in &spec.custom_nodes {
             let name = node.dir_name();
             let previous = old.and_then(|l| locked_node(node, l));
             let updating = update.covers(&[&name]);
-            let task = match node.source() {
-                NodeSource::Git { repo } => {
-                    let keep = previous.and_then(|p| p.git.clone()).filter(|_| !updating);
-                    NodeTask::Git(self.git_task(
-                        "node",
-                        name.clone(),
-                        repo.to_string(),
-                        node.git_ref.clone(),
-                        node.commit.clone(),
-                        keep,
-                        jobs.clone(),
-                    ))
-                }
-                NodeSource::Local { path } => NodeTask::Local(self.local_node(
-                    &name,
-                    path,
-                    previous.and_then(|p| p.local.as_ref()),
-                )),
-                NodeSource::Registry { id, version } => {
-                    let keep = previous
+            let entry = match node.source() {
+                NodeSource::Git { repo } => Ok(
+                    match previous.and_then(|p| p.git.clone()).filter(|_| !updating) {
+                        Some(kept) => Entry::Kept(Pinned::Git(kept)),
+                        None => Entry::Pin(Derivation::pin_git(
+                            "node",
+                            name.clone(),
+                            repo,
+                            node.git_ref.as_deref(),
+                            node.commit.as_deref(),
+                        )),
+                    },
+                ),
+                NodeSource::Local { path } => self
+                    .local_node(&name, path, previous.and_then(|p| p.local.as_ref()))
+                    .map(Entry::Local),
+                NodeSource::Registry { id, version } => Ok(
+                    match previous
                         .and_then(|p| p.registry.clone())
-                        .filter(|_| !updating);
-                    NodeTask::Registry(self.registry_task(
-                        name.clone(),
-                        id.to_string(),
-                        version.map(str::to_string),
-                        keep,
-                        jobs.clone(),
-                    ))
-                }
+                        .filter(|_| !updating)
+                    {
+                        Some(kept) => Entry::Kept(Pinned::Registry(kept)),
+                        None => Entry::Pin(Derivation::pin_archive(name.clone(), id, version)),
+                    },
+                ),
             };
-            nodes.push((name, node.is_enabled(), task));
+            nodes.push((name, node.is_enabled(), entry));
         }
         nodes
     }
-
     /// A development node: its directory (relative to the spec) and what its contents hash to
     /// now; a warning when they changed since the lock.
     fn local_node(
@@ -392,16 +400,14 @@ impl Resolver {
         Ok(local)
     }
 
-    /// A task per spec model (whether it is required, its label), and with `skip_models` the
-    /// lock's entries kept untouched instead.
-    #[allow(clippy::type_complexity)]
-    fn model_tasks(
+    /// Per spec model, its entry (kept or pinned); with `skip_models` the lock's entries kept
+    /// untouched instead (the second list).
+    fn model_entries(
         &self,
         spec: &Spec,
         old: Option<&Lock>,
         update: &Update,
-        jobs: &Arc<tokio::sync::Semaphore>,
-    ) -> (Vec<(bool, String, Task<LockedModel>)>, Vec<LockedModel>) {
+    ) -> (Vec<Entry>, Vec<LockedModel>) {
         let mut models = Vec::new();
         let mut skipped = Vec::new();
         for (index, model) in spec.models.iter().enumerate() {
@@ -415,8 +421,10 @@ impl Resolver {
                 skipped.extend(keep);
                 continue;
             }
-            let task = self.model_task(index, model.clone(), label.clone(), keep, jobs.clone());
-            models.push((model.is_required(), label, task));
+            models.push(match keep {
+                Some(kept) => Entry::KeptModel(label, kept),
+                None => Entry::Pin(Derivation::pin_model(index, model, label)),
+            });
         }
         (models, skipped)
     }
@@ -486,183 +494,23 @@ impl Resolver {
         }
         Ok(out)
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn git_task(
-        &self,
-        kind: &'static str,
-        label: String,
-        repo: String,
-        git_ref: Option<String>,
-        commit: Option<String>,
-        keep: Option<LockedGit>,
-        jobs: Arc<tokio::sync::Semaphore>,
-    ) -> Task<LockedGit> {
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            if let Some(kept) = keep {
-                let item = report(kind, &label, "kept", &kept.commit, &kept.store_path);
-                return Ok((kept, item));
-            }
-            let _permit = jobs
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let store = &executor.store;
-            let online = !executor.offline();
-            let what = format!("{kind} `{label}`");
-            tokio::task::block_in_place(|| {
-                git::protect_mirror(store, &repo)?;
-                let commit =
-                    git::resolve(store, &repo, git_ref.as_deref(), commit.as_deref(), online)
-                        .map_err(|e| crate::fetch::name_offline(e, &format!("{what} ({repo})")))?;
-                let mut locked = LockedGit {
-                    repo,
-                    git_ref,
-                    commit,
-                    store_path: String::new(),
-                };
-                locked.store_path = crate::derive::exec::checkout(store, &locked, &what, online)?;
-                executor.fetched(&Derivation::git(kind, label.clone(), &locked));
-                let item = report(kind, &label, "resolved", &locked.commit, &locked.store_path);
-                Ok((locked, item))
-            })
-        })
-    }
-
-    fn registry_task(
-        &self,
-        label: String,
-        id: String,
-        version: Option<String>,
-        keep: Option<LockedRegistry>,
-        jobs: Arc<tokio::sync::Semaphore>,
-    ) -> Task<LockedRegistry> {
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            if let Some(kept) = keep {
-                let item = report("node", &label, "kept", &kept.version, &kept.store_path);
-                return Ok((kept, item));
-            }
-            if executor.offline() {
-                return Err(BuildError::Offline {
-                    missing: vec![format!(
-                        "registry node `{label}` ({id} {})",
-                        version.as_deref().unwrap_or("latest")
-                    )],
-                });
-            }
-            let _permit = jobs
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            let pinned = registry::pin(&executor.client, &id, version.as_deref()).await?;
-            let (version, url) = (pinned.version, pinned.download_url);
-            let (blake3, added) = registry::fetch(
-                &executor.client,
-                &executor.store,
-                executor.reporter.as_ref(),
-                &id,
-                &version,
-                &url,
-                None,
-            )
-            .await?;
-            let locked = LockedRegistry {
-                id,
-                version,
-                download_url: url,
-                blake3,
-                store_path: added.record.name,
-            };
-            executor.fetched(&Derivation::archive(label.clone(), &locked));
-            let item = report(
-                "node",
-                &label,
-                "resolved",
-                &locked.version,
-                &locked.store_path,
-            );
-            Ok((locked, item))
-        })
-    }
-
-    fn model_task(
-        &self,
-        index: usize,
-        model: Model,
-        label: String,
-        keep: Option<LockedModel>,
-        jobs: Arc<tokio::sync::Semaphore>,
-    ) -> Task<LockedModel> {
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            let pin_text =
-                |m: &LockedModel| format!("{} bytes, blake3:{}", m.size, &m.blake3[..16]);
-            if let Some(kept) = keep {
-                let item = report("model", &label, "kept", &pin_text(&kept), &kept.store_path);
-                return Ok((kept, item));
-            }
-            let spec_digest = |value: &Option<String>, field: &str| {
-                value.as_ref().map(|hex| {
-                    Expected::new(
-                        hex,
-                        Origin::Spec {
-                            field: format!("models[{index}].{field}"),
-                        },
-                    )
-                })
-            };
-            let request = model::ModelRequest {
-                what: format!("model `{label}`"),
-                source: model.source.clone(),
-                file_name: model.filename.clone(),
-                derived_name: model.file_name(),
-                pinned: None,
-                sha256: spec_digest(&model.sha256, "sha256"),
-                blake3: spec_digest(&model.blake3, "blake3"),
-            };
-            let _permit = match model.source.kind() {
-                Ok(SourceKind::File(_)) => None,
-                _ if executor.offline() => None,
-                _ => Some(
-                    jobs.acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed"),
-                ),
-            };
-            let fetched = model::fetch(
-                &executor.client,
-                &executor.store,
-                executor.reporter.as_ref(),
-                &request,
-            )
-            .await?;
-            let locked = LockedModel {
-                source: model.source.to_string(),
-                name: model.name.clone(),
-                target_subdir: model.target_subdir.clone(),
-                filename: fetched.file_name,
-                required: model.is_required(),
-                url: fetched.url,
-                revision: fetched.revision,
-                size: fetched.size,
-                sha256: fetched.sha256,
-                blake3: fetched.blake3,
-                store_path: fetched.store_path,
-            };
-            executor.fetched(&Derivation::model(label.clone(), &locked));
-            let pin = pin_text(&locked);
-            let item = report("model", &label, "resolved", &pin, &locked.store_path);
-            Ok((locked, item))
-        })
-    }
 }
 
-enum NodeTask {
-    Git(Task<LockedGit>),
-    Registry(Task<LockedRegistry>),
-    Local(Result<crate::lock::LockedLocal, BuildError>),
+/// One lock entry of a resolve: kept from the old lock, or pinned by a derivation.
+enum Entry {
+    Kept(Pinned),
+    KeptModel(String, LockedModel),
+    Local(crate::lock::LockedLocal),
+    Pin(Derivation),
+}
+
+impl Entry {
+    fn pin(&self) -> Option<&Derivation> {
+        match self {
+            Entry::Pin(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 fn report(
@@ -681,7 +529,28 @@ fn report(
     }
 }
 
-/// What the tasks of a pin gave: every failure, and a report per entry.
+/// The report of one pinned entry (`kept` or `resolved`).
+fn report_of(kind: &'static str, name: &str, action: &'static str, pinned: &Pinned) -> ItemReport {
+    let (pin, store_path) = match pinned {
+        Pinned::Git(g) => (g.commit.clone(), &g.store_path),
+        Pinned::Registry(r) => (r.version.clone(), &r.store_path),
+        Pinned::Model(m) => (
+            format!("{} bytes, blake3:{}", m.size, &m.blake3[..16]),
+            &m.store_path,
+        ),
+        Pinned::Wheel(w) => (
+            format!(
+                "{} sha256:{}",
+                w.version,
+                &w.sha256[..16.min(w.sha256.len())]
+            ),
+            &w.store_path,
+        ),
+    };
+    report(kind, name, action, &pin, store_path)
+}
+
+/// What the pins of a resolve gave: every failure, and a report per entry.
 #[derive(Default)]
 struct Tally {
     errors: Vec<BuildError>,
@@ -689,31 +558,41 @@ struct Tally {
 }
 
 impl Tally {
-    async fn collect<T>(&mut self, task: Task<T>) -> Option<T> {
-        match task.await.expect("resolve tasks do not panic") {
-            Ok((value, item)) => {
-                self.reports.push(item);
-                Some(value)
-            }
-            Err(err) => {
-                self.errors.push(err);
-                None
-            }
-        }
+    /// The entry's lock entry: kept, or what its pin gave (`None`: it failed, and the failure is
+    /// in the executor's error).
+    fn entry(
+        &mut self,
+        executor: &Executor,
+        kind: &'static str,
+        name: &str,
+        entry: &Entry,
+    ) -> Option<Pinned> {
+        let (pinned, action) = match entry {
+            Entry::Kept(kept) => (kept.clone(), "kept"),
+            Entry::Pin(d) => (executor.pinned(d)?, "resolved"),
+            Entry::KeptModel(..) | Entry::Local(_) => return None,
+        };
+        self.reports.push(report_of(kind, name, action, &pinned));
+        Some(pinned)
     }
 
-    async fn nodes(&mut self, tasks: Vec<(String, bool, NodeTask)>) -> Vec<LockedNode> {
+    fn nodes(
+        &mut self,
+        executor: &Executor,
+        entries: Vec<(String, bool, Result<Entry, BuildError>)>,
+    ) -> Vec<LockedNode> {
         let mut out = Vec::new();
-        for (name, enabled, task) in tasks {
-            let (git, registry, local) = match task {
-                NodeTask::Git(t) => (self.collect(t).await, None, None),
-                NodeTask::Registry(t) => (None, self.collect(t).await, None),
-                NodeTask::Local(Ok(local)) => (None, None, Some(local)),
-                NodeTask::Local(Err(err)) => {
-                    self.errors.push(err);
-                    (None, None, None)
-                }
-            };
+        for (name, enabled, entry) in entries {
+            let (mut git, mut registry, mut local) = (None, None, None);
+            match entry {
+                Ok(Entry::Local(l)) => local = Some(l),
+                Ok(entry) => match self.entry(executor, "node", &name, &entry) {
+                    Some(Pinned::Git(g)) => git = Some(g),
+                    Some(Pinned::Registry(r)) => registry = Some(r),
+                    _ => {}
+                },
+                Err(err) => self.errors.push(err),
+            }
             if git.is_some() || registry.is_some() || local.is_some() {
                 out.push(LockedNode {
                     name,
@@ -727,29 +606,38 @@ impl Tally {
         out
     }
 
-    /// The models; an optional model that cannot be fetched is left out: a warning, not a failure.
-    async fn models(&mut self, tasks: Vec<(bool, String, Task<LockedModel>)>) -> Vec<LockedModel> {
+    /// The models; an optional model that could not be fetched is left out (the executor warned).
+    fn models(&mut self, executor: &Executor, entries: Vec<Entry>) -> Vec<LockedModel> {
         let mut out = Vec::new();
-        for (required, label, task) in tasks {
-            if required {
-                out.extend(self.collect(task).await);
-                continue;
-            }
-            match task.await.expect("resolve tasks do not panic") {
-                Ok((locked, item)) => {
-                    self.reports.push(item);
-                    out.push(locked);
-                }
-                Err(err) => {
-                    tracing::warn!("optional model `{label}` left out: {err}");
-                    self.reports.push(report(
+        for entry in entries {
+            match entry {
+                Entry::KeptModel(label, kept) => {
+                    self.reports.push(report_of(
                         "model",
                         &label,
+                        "kept",
+                        &Pinned::Model(kept.clone()),
+                    ));
+                    out.push(kept);
+                }
+                Entry::Pin(d) => match executor.pinned(&d) {
+                    Some(pinned @ Pinned::Model(_)) => {
+                        self.reports
+                            .push(report_of("model", &d.name, "resolved", &pinned));
+                        if let Pinned::Model(m) = pinned {
+                            out.push(m);
+                        }
+                    }
+                    _ if d.action.is_optional() => self.reports.push(report(
+                        "model",
+                        &d.name,
                         "missing",
                         "optional; not fetched",
                         "",
-                    ));
-                }
+                    )),
+                    _ => {}
+                },
+                Entry::Kept(_) | Entry::Local(_) => {}
             }
         }
         out

@@ -1,6 +1,7 @@
 //! What a failed resolve did resolve, so the next one continues from it.
 
-use super::{core_matches, Lock, LockedGit, LockedModel, LockedNode, Spec, LOCK_VERSION};
+use super::{Lock, LockedGit, LockedModel, LockedNode, Spec, LOCK_VERSION};
+use crate::lock::core_matches;
 use crate::store::{sanitize_name, Store};
 
 /// What a failed resolve did resolve, kept in `cache/resolutions/<version_id>.json` so the next

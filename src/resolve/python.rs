@@ -2,14 +2,10 @@
 //! executor makes valid first) → a locked wheel set, kept when the groups did not change, else
 //! resolved by uv; each new wheel fetched (its store path is its content's).
 
-use std::sync::Arc;
-
 use super::{ItemReport, Resolver, Update};
-use crate::derive::BuildError;
-use crate::lock::{LockedGit, LockedNode, LockedPython, LockedWheel};
-use crate::python::{
-    fetch_wheel, find_uv, groups, pinned_of, Compile, PinnedWheel, PythonError, WheelSource,
-};
+use crate::derive::{BuildError, Derivation, Pinned};
+use crate::lock::{LockedGit, LockedNode, LockedPython};
+use crate::python::{find_uv, groups, locked_of, pinned_of, Compile, PinnedWheel, PythonError};
 use crate::spec::Spec;
 
 impl Resolver {
@@ -90,44 +86,48 @@ impl Resolver {
         *progress = Some(LockedPython {
             version: version.clone(),
             requirements: groups.clone(),
+            // An interrupted resolve keeps wheels it had not fetched yet unnamed.
             wheels: pinned
                 .iter()
-                .map(|(w, kept)| LockedWheel {
-                    name: w.name.clone(),
-                    version: w.version.clone(),
-                    filename: w.filename.clone(),
-                    url: (!w.url.is_empty()).then(|| w.url.clone()),
-                    sha256: w.sha256.clone(),
-                    store_path: kept.clone().unwrap_or_default(),
-                })
+                .map(|(w, kept)| locked_of(w, kept.clone().unwrap_or_default()))
                 .collect(),
             universal: packages.clone(),
         });
-        let mut tasks = Vec::new();
-        let jobs = Arc::new(tokio::sync::Semaphore::new(
-            self.executor.client.config().jobs,
-        ));
-        for (wheel, kept) in pinned {
-            tasks.push(self.wheel_task(wheel, kept, action, jobs.clone()));
-        }
+        // Kept wheels are pinned already (the executor makes them valid with the rest of the
+        // lock); the others are pinned by the executor, all at once.
+        let pins: Vec<Option<Derivation>> = pinned
+            .iter()
+            .map(|(wheel, kept)| {
+                kept.is_none()
+                    .then(|| Derivation::pin_wheel(wheel, action == "kept"))
+            })
+            .collect();
+        let to_run: Vec<Derivation> = pins.iter().flatten().cloned().collect();
+        let run = self.executor.run(&to_run).await;
         let mut wheels = Vec::new();
         let mut reports = Vec::new();
-        let mut errors = Vec::new();
-        for (i, task) in tasks.into_iter().enumerate() {
-            match task.await.expect("wheel tasks do not panic") {
-                Ok((wheel, report)) => {
-                    if let Some(p) = progress.as_mut() {
-                        p.wheels[i].store_path = wheel.store_path.clone();
-                    }
-                    wheels.push(wheel);
-                    reports.push(report);
-                }
-                Err(err) => errors.push(err),
+        for (i, ((wheel, kept), pin)) in pinned.iter().zip(&pins).enumerate() {
+            let store_path = match (kept, pin) {
+                (Some(path), _) => path.clone(),
+                (None, Some(pin)) => match self.executor.pinned(pin) {
+                    Some(Pinned::Wheel(locked)) => locked.store_path,
+                    _ => continue,
+                },
+                (None, None) => continue,
+            };
+            if let Some(p) = progress.as_mut() {
+                p.wheels[i].store_path = store_path.clone();
             }
+            let locked = locked_of(wheel, store_path);
+            reports.push(super::report_of(
+                "wheel",
+                &wheel.filename,
+                action,
+                &Pinned::Wheel(locked.clone()),
+            ));
+            wheels.push(locked);
         }
-        if !errors.is_empty() {
-            return Err(crate::derive::combine(errors));
-        }
+        run?;
         Ok(Some((
             LockedPython {
                 version,
@@ -137,57 +137,6 @@ impl Resolver {
             },
             reports,
         )))
-    }
-
-    fn wheel_task(
-        &self,
-        wheel: PinnedWheel,
-        kept: Option<String>,
-        action: &'static str,
-        jobs: Arc<tokio::sync::Semaphore>,
-    ) -> tokio::task::JoinHandle<Result<(LockedWheel, ItemReport), BuildError>> {
-        let store = self.executor.store.clone();
-        let client = self.executor.client.clone();
-        let reporter = self.executor.reporter.clone();
-        let wheels_dir = self.python.wheels_dir.clone();
-        let executor = self.executor.clone();
-        tokio::spawn(async move {
-            let done = |store_path: String| {
-                let report = ItemReport {
-                    kind: "wheel",
-                    name: wheel.filename.clone(),
-                    action,
-                    pin: format!(
-                        "{} sha256:{}",
-                        wheel.version,
-                        &wheel.sha256[..16.min(wheel.sha256.len())]
-                    ),
-                    store_path: store_path.clone(),
-                };
-                let locked = LockedWheel {
-                    name: wheel.name.clone(),
-                    version: wheel.version.clone(),
-                    filename: wheel.filename.clone(),
-                    url: (!wheel.url.is_empty()).then(|| wheel.url.clone()),
-                    sha256: wheel.sha256.clone(),
-                    store_path,
-                };
-                (locked, report)
-            };
-            // A kept wheel is pinned: the executor makes it valid with the rest of the lock.
-            if let Some(path) = kept {
-                return Ok(done(path));
-            }
-            let source = WheelSource {
-                wheels_dir: wheels_dir.as_deref(),
-                from_lock: action == "kept",
-            };
-            let got =
-                fetch_wheel(&store, &client, reporter.as_ref(), &source, &wheel, &jobs).await?;
-            let (locked, report) = done(got);
-            executor.fetched(&crate::derive::Derivation::wheel(&locked));
-            Ok((locked, report))
-        })
     }
 
     /// Lock the groups with uv for the wanted Python version (else the machine's): the pinned
