@@ -13,6 +13,7 @@
 //! - [`realize`]: a lock's store paths materialized as a `COMFY_HOME`, in generations.
 //! - [`adopt`]: an existing install snapshotted into a spec; models verified against a lock.
 //! - [`run`]: ComfyUI started from a home; workflows checked, run and their outputs collected.
+//! - [`session`]: one command's settings, resolved once, and its executor: `resolve`, `realize`.
 //! - [`repair`]: `store verify --repair`, from the sources live locks name.
 //! - [`closure`]: a version's closure as one archive (`export`, `import`).
 //! - [`cache`]: a binary cache (a directory or an S3 bucket) shared by many stores, and a
@@ -23,10 +24,10 @@
 //! - [`cli`]: the command-line interface, a thin layer that maps errors to exit codes.
 
 pub mod adopt;
-pub mod derive;
 pub mod cache;
 pub mod cli;
 pub mod closure;
+pub mod derive;
 pub mod fault;
 pub mod fetch;
 pub mod files;
@@ -39,6 +40,7 @@ pub mod repair;
 pub mod reporter;
 pub mod resolve;
 pub mod run;
+pub mod session;
 pub mod sign;
 pub mod spec;
 pub mod store;
@@ -61,6 +63,7 @@ mod layers {
         &["closure"],
         &["cache"],
         &["resolve", "plan", "repair", "realize"],
+        &["session"],
         &["run", "adopt"],
         &["cli"],
     ];

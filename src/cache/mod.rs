@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::closure::{self, ClosureError};
 use crate::derive::exec::Substituter;
 use crate::derive::{BuildError, Derivation};
-use crate::closure::{self, ClosureError};
 use crate::store::{PathMeta, Store};
 
 /// The cache format this comfix writes and reads.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::resolve::{resolve_with, ResolveRun};
+use super::resolve::open_session;
 use super::{Context, Outcome};
 use crate::adopt::{snapshot, verify_models as verify};
 use crate::resolve::Update;
@@ -141,27 +141,14 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
     let store = store.filter(|_| unreachable.is_none());
     if let Some(store) = store {
         crate::adopt::seed_mirrors(&store, &report)?;
-        let (lock, _items, _session) = resolve_with(
-            context,
-            store.clone(),
-            ResolveRun {
-                spec: &loaded.spec,
-                old: None,
-                update: Update::Nothing,
-                offline: false,
-                jobs: args.jobs,
-                skip_models: false,
-                python: crate::python::PythonSettings { wheels_dir: None },
-                spec_dir: loaded.dir(),
-                substitute: super::trust::SubstituteArgs {
-                    substituters: Vec::new(),
-                    trust: super::trust::TrustArgs {
-                        trusted_keys: Vec::new(),
-                        no_check_sigs: false,
-                    },
-                },
-            },
-        )?;
+        let settings = crate::session::Settings {
+            jobs: args.jobs,
+            show_progress: context.progress,
+            ..Default::default()
+        };
+        let session = open_session(context, store.clone(), &loaded.spec, settings)?;
+        let (lock, _items) =
+            session.resolve(&loaded.spec, None, &Update::Nothing, false, loaded.dir())?;
         lock.write(&lock_path)?;
         lock_written = Some(lock_path.clone());
         if args.link_models {

@@ -138,8 +138,8 @@ pub fn machine_paths(
     torch: &super::realize::TorchArgs,
 ) -> anyhow::Result<(Option<String>, Vec<String>)> {
     let mut machine = lock.clone();
-    super::realize::this_machine(store, &mut machine)?;
-    let used = super::realize::apply_stored_torch(store, &mut machine, torch)?;
+    crate::session::this_machine(store, &mut machine)?;
+    let used = crate::session::apply_stored_torch(store, &mut machine, torch.choice()?.as_ref())?;
     let mut extra = Vec::new();
     if let Some(python) = machine.python.as_ref().filter(|p| p.universal.is_some()) {
         extra.extend(

@@ -308,6 +308,7 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::closure::ClosureError,
             crate::derive::BuildError,
             crate::resolve::ResolveError,
+            crate::session::SessionError,
             crate::run::RunError
         );
         if cause.downcast_ref::<UserInput>().is_some() {
@@ -321,15 +322,6 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
                 true,
                 Some(
                     "run `comfix resolve <ID>` (or `comfix resolve --spec FILE`) for it first"
-                        .into(),
-                ),
-            );
-        }
-        if cause.downcast_ref::<realize::FrozenError>().is_some() {
-            return (
-                true,
-                Some(
-                    "run `comfix resolve` (or realize without `--frozen`) and commit the lock"
                         .into(),
                 ),
             );

@@ -5,13 +5,12 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::resolve::{resolve_with, ResolveRun};
+use super::resolve::{open_session, settings};
 use super::spec::SpecArg;
 use super::{format_bytes, Context, Outcome};
-use crate::derive::exec::How;
 use crate::lock::{lock_path_for, Lock};
 use crate::realize::{self, LinkMode, RealizeOptions};
-use crate::resolve::Update;
+use crate::session::{self, Realization};
 use crate::spec::Spec;
 use crate::store::Store;
 
@@ -99,104 +98,6 @@ impl TorchArgs {
     }
 }
 
-/// Put the machine's torch backend over `lock` (in memory only; the shared lock on disk is never
-/// changed): its Python wheel set becomes the overlay's, found in the store or resolved.
-fn apply_torch(
-    session: &super::resolve::Session,
-    store: &Store,
-    lock: &mut Lock,
-    args: &TorchArgs,
-) -> anyhow::Result<Option<realize::TorchUsed>> {
-    let executor = &session.executor;
-    let reporter = executor.reporter.as_ref();
-    overlay_with(lock, args, |python, backend, index| {
-        let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
-        session.runtime.block_on(ensure)?;
-        let overlay = crate::python::torch::overlay(
-            store,
-            &executor.client,
-            reporter,
-            python,
-            backend,
-            index,
-        );
-        Ok(session.runtime.block_on(overlay)?)
-    })
-}
-
-/// `apply_torch` from the store alone (`--check`, `--dry-run`, `export`): `Err` names a backend
-/// whose overlay this store does not hold.
-pub(super) fn apply_stored_torch(
-    store: &Store,
-    lock: &mut Lock,
-    args: &TorchArgs,
-) -> anyhow::Result<Option<realize::TorchUsed>> {
-    overlay_with(lock, args, |python, backend, index| {
-        let (name, overlay) = crate::python::torch::stored(store, python, backend, index)?;
-        let overlay = overlay.ok_or_else(|| crate::python::PythonError::NoOverlay {
-            backend: backend.tag(),
-        })?;
-        Ok((name, overlay))
-    })
-}
-
-/// The backend `args` ask for, put over `lock`'s Python set with the overlay `get` gives; a set
-/// without torch is left as it is.
-fn overlay_with(
-    lock: &mut Lock,
-    args: &TorchArgs,
-    get: impl FnOnce(
-        &crate::lock::LockedPython,
-        &crate::python::torch::Backend,
-        &str,
-    ) -> anyhow::Result<(String, crate::python::torch::Overlay)>,
-) -> anyhow::Result<Option<realize::TorchUsed>> {
-    let Some((backend, index)) = args.choice()? else {
-        return Ok(None);
-    };
-    let Some(python) = lock
-        .python
-        .as_mut()
-        .filter(|p| p.wheels.iter().any(|w| w.name == "torch"))
-    else {
-        tracing::info!(
-            "torch backend `{}`: the version's Python set has no torch; nothing to change",
-            backend.tag()
-        );
-        return Ok(None);
-    };
-    let (name, overlay) = get(python, &backend, &index)?;
-    tracing::info!("torch backend `{}` (overlay `{name}`)", backend.tag());
-    python.wheels = overlay.wheels;
-    Ok(Some(realize::TorchUsed {
-        backend: backend.tag(),
-        overlay: name,
-    }))
-}
-
-impl RealizeArgs {
-    fn options(
-        &self,
-        target: PathBuf,
-        skip_models: bool,
-        venv: Option<String>,
-        not_fetched: Vec<String>,
-        check: bool,
-        torch: Option<realize::TorchUsed>,
-    ) -> RealizeOptions {
-        RealizeOptions {
-            target,
-            models_dir: self.models_dir.clone(),
-            skip_models,
-            link_mode: self.link_mode,
-            venv,
-            not_fetched,
-            check,
-            torch,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct HomeArgs {
     /// The home [default: $COMFY_HOME, else the current directory when it is a home, else the
@@ -227,14 +128,6 @@ impl HomeArgs {
         }
         Ok(target)
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum FrozenError {
-    #[error("`--frozen`, but there is no lock `{}`", .0.display())]
-    Missing(PathBuf),
-    #[error("`--frozen`, but the lock does not match the spec:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
-    Stale(Vec<String>),
 }
 
 pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> {
@@ -286,7 +179,6 @@ pub fn realize_home(
     realize_loaded(args, context, &loaded, &lock_path, old.as_ref(), target)
 }
 
-// Long on purpose: the command's sequence (resolve, write the lock, run the plan, assemble), each step a call.
 fn realize_loaded(
     args: &RealizeArgs,
     context: &Context,
@@ -296,72 +188,31 @@ fn realize_loaded(
     target: PathBuf,
 ) -> anyhow::Result<realize::RealizeReport> {
     let spec = &loaded.spec;
-    let skip_models = args.skip_models || spec.options.skip_models;
     if args.frozen {
-        frozen_lock(spec, old, lock_path)?;
+        session::frozen_lock(spec, old, lock_path)?;
     }
-
     // Before anything is fetched or written: homes and stores never contain each other.
     realize::check_apart(&context.store_dir, &target, args.models_dir.as_deref())?;
     let store = Arc::new(context.open_store()?);
-    // A home moved or copied here keeps its earlier generations alive.
-    realize::reroot(&store, &target)?;
-    let (mut lock, _items, session) = resolve_with(
+    let settings = settings(
         context,
-        store.clone(),
-        ResolveRun {
-            spec,
-            old,
-            update: Update::Nothing,
-            offline: args.offline,
-            jobs: args.jobs,
-            skip_models,
-            python: crate::python::PythonSettings {
-                wheels_dir: super::resolve::absolute(args.wheels_dir.as_deref())?,
-            },
-            spec_dir: loaded.dir(),
-            substitute: args.substitute.clone(),
-        },
+        args.offline,
+        args.jobs,
+        args.wheels_dir.as_deref(),
+        &args.substitute,
+        Some(&args.torch),
     )?;
-    if !old.is_some_and(|o| o.same_as(&lock)) {
-        if args.frozen {
-            return Err(FrozenError::Stale(vec!["the resolved lock differs".into()]).into());
-        }
-        if !(skip_models && lock.models.len() < spec.models.len()) {
-            lock.write(lock_path)?;
-            tracing::info!("wrote `{}`", lock_path.display());
-        }
-    }
-    crate::fault::pause_point("realize-resolved");
-    // The machine's backend, over the lock in memory: what is written above stays shared.
-    let torch = apply_torch(&session, &store, &mut lock, &args.torch)?;
-    let (plan, venv) = run_plan(&session, &store, spec, &mut lock, skip_models)?;
-    let not_fetched: Vec<String> = if skip_models {
-        Vec::new()
-    } else {
-        spec.models
-            .iter()
-            .filter(|m| !m.is_required() && crate::lock::locked_model(m, &lock).is_none())
-            .map(|m| match &m.target_subdir {
-                Some(dir) => format!("{dir}/{}", m.file_name()),
-                None => m.file_name(),
-            })
-            .collect()
-    };
-    let mut report = realize::realize(
-        &store,
-        &lock,
-        &args.options(target, skip_models, venv, not_fetched, false, torch),
-    )?;
-    let home = plan.last().expect("a plan ends with its home");
-    let how = if report.up_to_date {
-        How::Valid
-    } else {
-        How::Built
-    };
-    session.executor.record(home, None, how);
-    report.derivations = session.executor.outcomes(&plan);
-    Ok(report)
+    let session = open_session(context, store, spec, settings)?;
+    Ok(session.realize(&Realization {
+        loaded,
+        lock_path,
+        old,
+        target,
+        models_dir: args.models_dir.clone(),
+        link_mode: args.link_mode,
+        skip_models: args.skip_models || spec.options.skip_models,
+        frozen: args.frozen,
+    })?)
 }
 
 /// `realize --dry-run`: the plan against what the store holds; nothing is created.
@@ -378,14 +229,17 @@ fn dry_run(
     // when the store has it.
     let mut overlaid = old.cloned();
     if let (Some(store), Some(lock)) = (&store, overlaid.as_mut()) {
-        if let Err(e) = this_machine(store, lock) {
+        if let Err(e) = session::this_machine(store, lock) {
             tracing::warn!("cannot tell this machine's wheels of the universal lock: {e:#}");
         }
     }
     let machine = overlaid.clone();
-    if let Some((backend, _)) = args.torch.choice()? {
+    let choice = args.torch.choice()?;
+    if let Some((backend, _)) = &choice {
         let applied = match (&store, overlaid.as_mut()) {
-            (Some(store), Some(lock)) => apply_stored_torch(store, lock, &args.torch).ok(),
+            (Some(store), Some(lock)) => {
+                session::apply_stored_torch(store, lock, choice.as_ref()).ok()
+            }
             _ => None,
         };
         match applied.flatten() {
@@ -406,52 +260,12 @@ fn dry_run(
     let old = overlaid.as_ref();
     // The venv's name needs uv and the interpreter; without them the step is just "build".
     let venv = match (&store, old.and_then(|l| l.python.as_ref())) {
-        (Some(store), Some(python)) => venv_name_of(store, python, false).ok(),
+        (Some(store), Some(python)) => session::venv_name_of(store, python, false).ok(),
         _ => None,
     };
     let plan = crate::plan::plan(store.as_ref(), spec, old, venv.as_deref(), skip_models);
     print_plan(context, &plan, target)?;
     Ok(Outcome::Success)
-}
-
-/// Run the plan of `lock` (every pin known: what `--dry-run` shows now is what runs; what
-/// resolve already made valid is not run again, the executor remembers it). Optional models that
-/// could not be fetched leave the lock; returns the plan and the venv's store path.
-fn run_plan(
-    session: &super::resolve::Session,
-    store: &Store,
-    spec: &Spec,
-    lock: &mut Lock,
-    skip_models: bool,
-) -> anyhow::Result<(Vec<crate::derive::Derivation>, Option<String>)> {
-    let venv_name = match &lock.python {
-        Some(python) => {
-            let executor = &session.executor;
-            let reporter = executor.reporter.as_ref();
-            let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
-            session.runtime.block_on(ensure)?;
-            let may_install = !executor.client.config().offline;
-            Some(venv_name_of(store, python, may_install)?)
-        }
-        None => None,
-    };
-    let plan = crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
-    session.runtime.block_on(session.executor.run(&plan))?;
-    let outcomes = session.executor.outcomes(&plan);
-    let outcome_of = |d: &crate::derive::Derivation| outcomes.iter().find(|o| o.id == d.id);
-    for d in &plan {
-        if let (Some(o), crate::derive::Action::Model { locked }) = (outcome_of(d), &d.action) {
-            if o.outcome == How::Missing {
-                lock.models.retain(|m| m != locked);
-            }
-        }
-    }
-    let venv = plan
-        .iter()
-        .find(|d| d.kind == crate::derive::Kind::BuildVenv)
-        .and_then(outcome_of)
-        .and_then(|o| o.output.clone());
-    Ok((plan, venv))
 }
 
 fn print_report(context: &Context, report: &realize::RealizeReport) -> anyhow::Result<()> {
@@ -501,19 +315,25 @@ fn check(
     target: PathBuf,
     skip_models: bool,
 ) -> anyhow::Result<Outcome> {
-    let mut lock = frozen_lock(spec, old, lock_path)?.clone();
+    let mut lock = session::frozen_lock(spec, old, lock_path)?.clone();
     let store = context.open_existing_store()?;
-    this_machine(&store, &mut lock)?;
-    let torch = apply_stored_torch(&store, &mut lock, &args.torch)?;
+    session::this_machine(&store, &mut lock)?;
+    let torch = session::apply_stored_torch(&store, &mut lock, args.torch.choice()?.as_ref())?;
     let venv = match &lock.python {
-        Some(python) => Some(venv_name_of(&store, python, false)?),
+        Some(python) => Some(session::venv_name_of(&store, python, false)?),
         None => None,
     };
-    let report = realize::realize(
-        &store,
-        &lock,
-        &args.options(target, skip_models, venv, Vec::new(), true, torch),
-    )?;
+    let options = RealizeOptions {
+        target,
+        models_dir: args.models_dir.clone(),
+        skip_models,
+        link_mode: args.link_mode,
+        venv,
+        not_fetched: Vec::new(),
+        check: true,
+        torch,
+    };
+    let report = realize::realize(&store, &lock, &options)?;
     if context.json {
         context.print_json(&report)?;
     } else {
@@ -552,45 +372,6 @@ fn check(
 fn overlay_of(store: &Store, name: &str) -> Option<crate::python::torch::Overlay> {
     let text = std::fs::read_to_string(store.path_of(name)).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-/// The lock beside the spec, which must exist and match the spec (`--frozen`, `--check`).
-fn frozen_lock<'a>(
-    spec: &Spec,
-    old: Option<&'a Lock>,
-    lock_path: &std::path::Path,
-) -> anyhow::Result<&'a Lock> {
-    let lock = old.ok_or_else(|| FrozenError::Missing(lock_path.to_path_buf()))?;
-    let stale = crate::lock::stale_entries(spec, lock);
-    if !stale.is_empty() {
-        return Err(FrozenError::Stale(stale).into());
-    }
-    Ok(lock)
-}
-
-/// The name the venv of `python` has (or would have) in the store on this machine.
-/// A universal lock's wheels for this machine, from the store alone (nothing fetched).
-pub(super) fn this_machine(store: &Store, lock: &mut Lock) -> anyhow::Result<()> {
-    let Some(python) = lock.python.as_mut().filter(|p| p.universal.is_some()) else {
-        return Ok(());
-    };
-    let uv = crate::python::find_uv(store)?;
-    let interpreter = crate::python::managed::interpreter(store, &uv, &python.version, false).ok();
-    crate::python::universal::fill_from_store(store, python, interpreter.as_ref())?;
-    Ok(())
-}
-
-/// The name the venv of `python` has (or would have) in the store on this machine; with
-/// `may_install`, a managed interpreter is installed when the machine has none of its version.
-fn venv_name_of(
-    store: &Store,
-    python: &crate::lock::LockedPython,
-    may_install: bool,
-) -> anyhow::Result<String> {
-    let uv = crate::python::find_uv(store)?;
-    let interpreter =
-        crate::python::managed::interpreter(store, &uv, &python.version, may_install)?;
-    Ok(crate::python::venv_name(&uv, &interpreter, python))
 }
 
 fn print_plan(

@@ -6,11 +6,8 @@ use clap::Args;
 
 use super::spec::SpecArg;
 use super::{Context, Outcome};
-use crate::derive::exec::Executor;
-use crate::fetch::http::Client;
-use crate::fetch::FetchConfig;
-use crate::lock::Lock;
-use crate::resolve::{ItemReport, Resolver, Update};
+use crate::resolve::{ItemReport, Update};
+use crate::session::{Session, Settings};
 use crate::spec::Spec;
 use crate::store::Store;
 
@@ -35,82 +32,46 @@ pub struct ResolveArgs {
     pub substitute: super::trust::SubstituteArgs,
 }
 
-/// Settings of one resolve, shared by `resolve` and `realize`.
-pub struct ResolveRun<'a> {
-    pub spec: &'a Spec,
-    pub old: Option<&'a Lock>,
-    pub update: Update,
-    pub offline: bool,
-    pub jobs: usize,
-    pub skip_models: bool,
-    pub python: crate::python::PythonSettings,
-    /// The spec's directory (its `workflows` are relative to it).
-    pub spec_dir: std::path::PathBuf,
-    /// Binary caches asked before fetching, and which keys what they give must be signed by.
-    pub substitute: super::trust::SubstituteArgs,
+/// A session's settings from a command's arguments and the config file, with the precedence
+/// `session::Settings` documents: the argument (or its variable, through clap), then the config.
+pub fn settings(
+    context: &Context,
+    offline: bool,
+    jobs: usize,
+    wheels_dir: Option<&std::path::Path>,
+    substitute: &super::trust::SubstituteArgs,
+    torch: Option<&super::realize::TorchArgs>,
+) -> anyhow::Result<Settings> {
+    let config = super::trust::Config::load()?;
+    let mut substituters = substitute.substituters.clone();
+    substituters.extend(config.substituters.iter().cloned());
+    Ok(Settings {
+        offline,
+        jobs,
+        wheels_dir: absolute(wheels_dir)?,
+        substituters,
+        trust: substitute.trust.trust(&config)?,
+        show_progress: context.progress,
+        torch: match torch {
+            Some(torch) => torch.choice()?,
+            None => None,
+        },
+    })
 }
 
-/// One command's executor and the runtime it runs on: `realize` resolves and then runs the rest
-/// of the plan with the same executor, so each derivation runs once and is reported once.
-pub struct Session {
-    pub runtime: tokio::runtime::Runtime,
-    pub executor: Arc<Executor>,
-}
-
-impl Session {
-    pub fn new(
-        context: &Context,
-        store: Arc<Store>,
-        run: &ResolveRun<'_>,
-    ) -> anyhow::Result<Session> {
-        let spec = run.spec;
-        let env = |k: &str| std::env::var(k).ok();
-        let offline = run.offline || spec.options.offline;
-        let config =
-            FetchConfig::from_env(env, &spec.expand_env_available(env), offline, run.jobs)?;
-        let client = Arc::new(Client::new(Arc::new(config))?);
-        let wheels_dir = run.python.wheels_dir.clone();
-        let mut executor = Executor::new(store, client, context.reporter().into(), wheels_dir);
-        let config = super::trust::Config::load()?;
-        let trust = run.substitute.trust.trust(&config)?;
-        let locations = run
-            .substitute
-            .substituters
-            .iter()
-            .chain(&config.substituters);
-        for location in locations.filter(|s| !s.is_empty()) {
-            let mut cache = crate::cache::Cache::open(location)?;
-            cache.trust = trust.clone();
-            cache.show_progress(context.progress);
-            cache.jobs = run.jobs;
-            executor.substituters.push(Arc::new(cache));
-        }
-        let executor = Arc::new(executor);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        Ok(Session { runtime, executor })
-    }
-}
-
-/// Resolve and fetch; returns the new lock and what happened to each entry.
-pub fn resolve_with(
+/// A session for `spec` over `store`, reporting as the command's context says.
+pub fn open_session(
     context: &Context,
     store: Arc<Store>,
-    run: ResolveRun<'_>,
-) -> anyhow::Result<(Lock, Vec<ItemReport>, Session)> {
-    let session = Session::new(context, store, &run)?;
-    let resolver = Resolver::new(
-        session.executor.clone(),
-        run.skip_models,
-        run.python.clone(),
-        run.spec_dir.clone(),
-    );
-    let (lock, items) =
-        session
-            .runtime
-            .block_on(resolver.resolve(run.spec, run.old, &run.update))?;
-    Ok((lock, items, session))
+    spec: &Spec,
+    settings: Settings,
+) -> anyhow::Result<Session> {
+    Ok(Session::open(
+        store,
+        spec,
+        settings,
+        context.reporter().into(),
+    )?)
 }
 
 /// A directory given on the command line, made absolute: uv runs in another directory.
@@ -142,23 +103,16 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     };
     let store = Arc::new(context.open_store()?);
     let store_root = store.root().to_path_buf();
-    let (lock, items, _session) = resolve_with(
+    let settings = settings(
         context,
-        store,
-        ResolveRun {
-            spec,
-            old: old.as_ref(),
-            update,
-            offline: args.offline,
-            jobs: args.jobs,
-            skip_models: false,
-            python: crate::python::PythonSettings {
-                wheels_dir: absolute(args.wheels_dir.as_deref())?,
-            },
-            spec_dir: loaded.dir(),
-            substitute: args.substitute.clone(),
-        },
+        args.offline,
+        args.jobs,
+        args.wheels_dir.as_deref(),
+        &args.substitute,
+        None,
     )?;
+    let session = open_session(context, store, spec, settings)?;
+    let (lock, items) = session.resolve(spec, old.as_ref(), &update, false, loaded.dir())?;
     let changed = !old.as_ref().is_some_and(|o| o.same_as(&lock));
     if changed {
         lock.write(lock_path)?;
