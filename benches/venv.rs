@@ -138,8 +138,9 @@ fn uv_install(f: &Fixture, venv: &Path) {
 fn uv_install_with(f: &Fixture, venv: &Path, extra: &[&str]) {
     run(f
         .uv
-        .command(["pip", "install", "--quiet", "--python"])
+        .command(["pip", "install", "--quiet"])
         .args(extra)
+        .arg("--python")
         .arg(venv.join("bin/python"))
         .args(["--offline", "--link-mode", "hardlink", "--no-index"])
         .args(["--require-hashes", "--no-deps", "--find-links"])

@@ -245,6 +245,7 @@ fn visit(
 }
 
 /// Write the closure of `versions` to `out` as a zstd-compressed tar, streamed.
+#[tracing::instrument(level = "debug", name = "export", skip_all)]
 pub fn export(
     store: &Store,
     versions: &[Version<'_>],
@@ -486,6 +487,7 @@ impl Current {
 /// versions' specs and locks (each lock matching its spec, both signed by a trusted key unless
 /// signatures are waived) before any path is registered; each path's entries no larger than the
 /// manifest says; `versions/` written only once every path is in (all or nothing).
+#[tracing::instrument(level = "debug", name = "import", skip_all)]
 pub fn import(
     store: &Store,
     input: impl Read,
@@ -607,7 +609,7 @@ pub fn import(
                 }
             }
             let meta = &manifest.paths[next];
-            let slot = if store.query(name)?.is_some() && store.path_of(name).exists() {
+            let slot = if store.valid(name)?.is_some() {
                 Slot::Present
             } else {
                 let signatures = manifest

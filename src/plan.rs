@@ -2,8 +2,9 @@
 //! output store path when the lock pins it. `realize --dry-run` shows it without changing anything.
 //!
 //! Kinds: `fetch-git` (core and git nodes), `fetch-archive` (registry nodes), `fetch-model`,
-//! `fetch-wheel` (one per locked wheel), `build-venv` (whose inputs are the wheels), and
-//! `assemble-home`, whose inputs are all the others.
+//! `fetch-uv` and `fetch-python` (the tools a venv is built with: the machine's, or fetched into
+//! the store), `fetch-wheel` (one per locked wheel), `build-venv` (whose inputs are the wheels),
+//! and `assemble-home`, whose inputs are all the others.
 
 use serde::Serialize;
 
@@ -53,6 +54,16 @@ pub struct Plan {
     pub totals: Totals,
 }
 
+/// Whether the interpreter of Python `version` is here, nothing installed.
+fn has_interpreter(store: Option<&Store>, version: &str) -> bool {
+    let Some(store) = store else {
+        return false;
+    };
+    crate::python::find_uv(store)
+        .and_then(|uv| crate::python::managed::interpreter(store, &uv, version, false))
+        .is_ok()
+}
+
 /// Plan the realization of `spec` with `lock` against what `store` holds (`None`: an empty store):
 /// the derivations [`crate::derive::derivations`] gives — the ones the executor runs — each with
 /// whether the store already has its output.
@@ -66,17 +77,44 @@ pub fn plan(
     venv: Option<&str>,
     skip_models: bool,
 ) -> Plan {
+    let derivations = crate::derive::derivations(spec, lock, venv, skip_models);
+    plan_of(store, spec, lock, derivations)
+}
+
+/// The plan of `derivations` (those of `spec` and `lock`, with any this machine adds: its torch
+/// backend's overlay) against what `store` holds.
+pub fn plan_of(
+    store: Option<&Store>,
+    spec: &Spec,
+    lock: Option<&Lock>,
+    derivations: Vec<crate::derive::Derivation>,
+) -> Plan {
     let valid = |path: &str| store.is_some_and(|s| s.query(path).ok().flatten().is_some());
-    let steps: Vec<Step> = crate::derive::derivations(spec, lock, venv, skip_models)
+    let steps: Vec<Step> = derivations
         .into_iter()
         .map(|d| {
             let state = match (&d.action, &d.output) {
                 (a, _) if a.is_pin() && a.is_optional() => "optional",
                 (a, _) if a.is_pin() => "resolve",
                 (Action::Unpinned, _) => "resolve",
-                (Action::Home, _) => "build",
+                (Action::Home(_), _) => "build",
                 (Action::Venv { .. }, Some(out)) if valid(out) => "valid",
                 (Action::Venv { .. }, _) => "build",
+                (Action::Uv, _) if store.is_some_and(|s| crate::python::find_uv(s).is_ok()) => {
+                    "valid"
+                }
+                (Action::Interpreter { version }, _) if has_interpreter(store, version) => "valid",
+                (
+                    Action::Overlay {
+                        python,
+                        backend,
+                        index,
+                    },
+                    _,
+                ) => match store.map(|s| crate::python::torch::stored(s, python, backend, index)) {
+                    Some(Ok((_, Some(_)))) => "valid",
+                    _ => "build",
+                },
                 (_, Some(out)) if valid(out) => "valid",
                 _ => "fetch",
             };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::derive::exec::{Executor, How};
-use crate::derive::{Action, BuildError, Derivation, Kind};
+use crate::derive::{Action, BuildError, Derivation, HomeBuild, Kind};
 use crate::fetch::http::Client;
 use crate::fetch::{FetchConfig, FetchError};
 use crate::hint::Hint;
@@ -134,6 +134,16 @@ pub struct Session {
     pub settings: Settings,
 }
 
+/// A realized home: the realization's report, and what became of each derivation of its plan
+/// under the plan's ids (pins included).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Realized {
+    #[serde(flatten)]
+    pub report: RealizeReport,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub derivations: Vec<crate::derive::exec::Outcome>,
+}
+
 /// A version to realize into a home.
 pub struct Realization<'a> {
     pub loaded: &'a LoadedSpec,
@@ -209,7 +219,7 @@ impl Session {
     }
 
     /// Resolve the version (writing its lock when it changed), run its plan, assemble the home.
-    pub fn realize(&self, r: &Realization<'_>) -> Result<RealizeReport> {
+    pub fn realize(&self, r: &Realization<'_>) -> Result<Realized> {
         let spec = &r.loaded.spec;
         if r.frozen {
             frozen_lock(spec, r.old, r.lock_path)?;
@@ -256,16 +266,19 @@ impl Session {
             check: false,
             torch,
         };
-        let mut report = crate::realize::realize(store, &lock, &options)?;
-        let home = plan.last().expect("a plan ends with its home");
-        let how = if report.up_to_date {
-            How::Valid
-        } else {
-            How::Built
-        };
-        self.executor.record(home, None, how);
-        report.derivations = self.executor.outcomes(&plan);
-        Ok(report)
+        // The home, last: a derivation like the others, now that what to assemble is known.
+        let mut home = plan.last().expect("a plan ends with its home").clone();
+        home.action = Action::Home(Some(Box::new(HomeBuild { lock, options })));
+        self.runtime
+            .block_on(self.executor.run(std::slice::from_ref(&home)))?;
+        let report = self
+            .executor
+            .home(&home)
+            .expect("a home that ran has its report");
+        Ok(Realized {
+            report,
+            derivations: self.executor.outcomes(&plan),
+        })
     }
 
     /// Put the machine's torch backend over `lock` (in memory only; the shared lock on disk is
@@ -273,22 +286,18 @@ impl Session {
     fn apply_torch(&self, lock: &mut Lock) -> Result<Option<TorchUsed>> {
         let executor = &self.executor;
         let store = &executor.store;
-        let reporter = executor.reporter.as_ref();
         overlay_with(
             lock,
             self.settings.torch.as_ref(),
             |python, backend, index| {
-                let ensure = crate::python::stored_uv::ensure(store, &executor.client, reporter);
-                self.runtime.block_on(ensure)?;
-                let overlay = crate::python::torch::overlay(
-                    store,
-                    &executor.client,
-                    reporter,
-                    python,
-                    backend,
-                    index,
-                );
-                Ok(self.runtime.block_on(overlay)?)
+                let mut steps = Derivation::tools(python);
+                steps.push(Derivation::overlay(python, backend, index));
+                self.runtime.block_on(executor.run(&steps))?;
+                let (name, overlay) = crate::python::torch::stored(store, python, backend, index)?;
+                let overlay = overlay.ok_or_else(|| PythonError::NoOverlay {
+                    backend: backend.tag(),
+                })?;
+                Ok((name, overlay))
             },
         )
     }
@@ -303,17 +312,12 @@ impl Session {
         skip_models: bool,
     ) -> Result<(Vec<Derivation>, Option<String>)> {
         let executor = &self.executor;
+        // The venv's name depends on uv and the interpreter: they come first.
         let venv_name = match &lock.python {
             Some(python) => {
-                let reporter = executor.reporter.as_ref();
-                let ensure =
-                    crate::python::stored_uv::ensure(&executor.store, &executor.client, reporter);
-                self.runtime.block_on(ensure)?;
-                Some(venv_name_of(
-                    &executor.store,
-                    python,
-                    !self.settings.offline,
-                )?)
+                self.runtime
+                    .block_on(executor.run(&Derivation::tools(python)))?;
+                Some(venv_name_of(&executor.store, python, false)?)
             }
             None => None,
         };

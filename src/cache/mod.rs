@@ -363,17 +363,20 @@ impl Cache {
     /// Put `name` and what it references into `store` from the cache; `false` when the cache
     /// lacks one of them. Each path is verified before it is registered.
     pub fn fetch(&self, store: &Store, name: &str) -> Result<bool, ClosureError> {
-        self.fetch_within(store, name, &mut Vec::new())
+        self.fetch_within(store, name, &mut Vec::new(), &mut Vec::new())
     }
 
-    /// `fetch`, with the chain of paths whose references are being fetched (a cycle is refused).
+    /// `fetch`, with the chain of paths whose references are being fetched (a cycle is refused);
+    /// what it put in the store is added to `fetched`, references before what names them.
     fn fetch_within(
         &self,
         store: &Store,
         name: &str,
         chain: &mut Vec<String>,
+        fetched: &mut Vec<String>,
     ) -> Result<bool, ClosureError> {
-        if store.query(name)?.is_some() && store.path_of(name).exists() {
+        // Protected before it is trusted: a reference is kept from the moment it is seen.
+        if store.valid(name)?.is_some() {
             return Ok(true);
         }
         if chain.iter().any(|c| c == name) {
@@ -387,7 +390,7 @@ impl Cache {
         };
         chain.push(name.to_string());
         for reference in &entry.meta.references {
-            if !self.fetch_within(store, reference, chain)? {
+            if !self.fetch_within(store, reference, chain, fetched)? {
                 return Ok(false);
             }
         }
@@ -428,6 +431,7 @@ impl Cache {
         let imported = closure::import_path(store, &entry.meta, progress.wrap_read(input));
         progress.finish_and_clear();
         imported?;
+        fetched.push(name.to_string());
         Ok(true)
     }
 
@@ -553,24 +557,32 @@ impl Substituter for Cache {
         Cache::location(self)
     }
 
-    fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, BuildError> {
+    fn substitute(
+        &self,
+        store: &Store,
+        derivation: &Derivation,
+    ) -> Result<Option<Vec<String>>, BuildError> {
         let Some(output) = &derivation.output else {
-            return Ok(false);
+            return Ok(None);
         };
         if self.unusable.get().is_some() {
-            return Ok(false);
+            return Ok(None);
         }
         if let Err(err) = self.check() {
             let reason = err.to_string();
             tracing::warn!("passing over the substituter {}: {reason}", self.location());
             let _ = self.unusable.set(reason);
-            return Ok(false);
+            return Ok(None);
         }
-        self.fetch(store, output)
+        let mut fetched = Vec::new();
+        let found = self
+            .fetch_within(store, output, &mut Vec::new(), &mut fetched)
             .map_err(|e| BuildError::Substituter {
                 what: derivation.describe(),
                 from: self.location(),
                 message: e.to_string(),
-            })
+            })?;
+        fetched.retain(|name| name != output);
+        Ok(found.then_some(fetched))
     }
 }

@@ -267,6 +267,13 @@ fn init_logging(verbose: u8, quiet: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // With `-v`, each step's span (a derivation, a download, an import, a gc phase) says
+        // how long it took when it closes.
+        .with_span_events(if verbose > 0 {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .with_ansi(colours_wanted(
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
@@ -366,6 +373,62 @@ pub use crate::units::format_bytes;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every library error type is classified (the user's or ours, with its hint): named in
+    /// `classify`, or only ever carried inside a classified one (listed here with its carrier,
+    /// which must name it), or turned into another error where it is met (listed with where).
+    #[test]
+    fn every_error_type_is_classified() {
+        const CARRIED: &[(&str, &str)] = &[
+            ("RegisterError", "store/mod.rs"),
+            ("WalkError", "store/mod.rs"),
+            ("WorkflowError", "run/mod.rs"),
+            ("BeneathError", "fetch/registry.rs"),
+        ];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let this = std::fs::read_to_string(src.join("cli/mod.rs")).unwrap();
+        let classify = &this[this.find("fn classify").unwrap()..];
+        let classify = &classify[..classify.find("\n}\n").unwrap()];
+        let mut unclassified = Vec::new();
+        for entry in walkdir::WalkDir::new(&src).into_iter().flatten() {
+            if entry.path().extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            for (at, _) in text.match_indices("thiserror::Error") {
+                let after = &text[at..];
+                let Some(decl) = after
+                    .find("pub enum ")
+                    .or_else(|| after.find("pub struct "))
+                else {
+                    continue;
+                };
+                let name: String = after[decl..]
+                    .split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                if classify.contains(&format!("{name},"))
+                    || classify.contains(&format!("{name}\n"))
+                    || classify.contains(&format!("{name}>"))
+                {
+                    continue;
+                }
+                match CARRIED.iter().find(|(t, _)| *t == name) {
+                    Some((_, carrier)) => {
+                        let carrier = std::fs::read_to_string(src.join(carrier)).unwrap();
+                        assert!(carrier.contains(&name), "{name} is not in its carrier");
+                    }
+                    None => unclassified.push(format!("{name} ({})", entry.path().display())),
+                }
+            }
+        }
+        unclassified.sort();
+        unclassified.dedup();
+        assert!(unclassified.is_empty(), "unclassified: {unclassified:?}");
+    }
 
     #[test]
     fn cli_definition_is_valid() {

@@ -157,8 +157,12 @@ pub fn realize(args: RealizeArgs, context: &Context) -> anyhow::Result<Outcome> 
             skip_models,
         );
     }
-    let report = realize_loaded(&args, context, &loaded, &lock_path, old.as_ref(), target)?;
-    print_report(context, &report)?;
+    let realized = realize_loaded(&args, context, &loaded, &lock_path, old.as_ref(), target)?;
+    if context.json {
+        context.print_json(&realized)?;
+    } else {
+        print_report(&realized.report);
+    }
     Ok(Outcome::Success)
 }
 
@@ -176,7 +180,7 @@ pub fn realize_home(
     let target = args.target.clone().unwrap_or_else(|| {
         realize::default_target(&loaded.spec.version_id, |k| std::env::var(k).ok())
     });
-    realize_loaded(args, context, &loaded, &lock_path, old.as_ref(), target)
+    Ok(realize_loaded(args, context, &loaded, &lock_path, old.as_ref(), target)?.report)
 }
 
 fn realize_loaded(
@@ -186,7 +190,7 @@ fn realize_loaded(
     lock_path: &std::path::Path,
     old: Option<&Lock>,
     target: PathBuf,
-) -> anyhow::Result<realize::RealizeReport> {
+) -> anyhow::Result<session::Realized> {
     let spec = &loaded.spec;
     if args.frozen {
         session::frozen_lock(spec, old, lock_path)?;
@@ -235,6 +239,15 @@ fn dry_run(
     }
     let machine = overlaid.clone();
     let choice = args.torch.choice()?;
+    // The overlay's step, over the lock's own Python set (as realize runs it).
+    let overlay_step = match (&choice, machine.as_ref().and_then(|l| l.python.as_ref())) {
+        (Some((backend, index)), Some(python))
+            if python.wheels.iter().any(|w| w.name == "torch") =>
+        {
+            Some(crate::derive::Derivation::overlay(python, backend, index))
+        }
+        _ => None,
+    };
     if let Some((backend, _)) = &choice {
         let applied = match (&store, overlaid.as_mut()) {
             (Some(store), Some(lock)) => {
@@ -263,45 +276,48 @@ fn dry_run(
         (Some(store), Some(python)) => session::venv_name_of(store, python, false).ok(),
         _ => None,
     };
-    let plan = crate::plan::plan(store.as_ref(), spec, old, venv.as_deref(), skip_models);
+    let mut derivations = crate::derive::derivations(spec, old, venv.as_deref(), skip_models);
+    if let Some(step) = overlay_step {
+        let at = derivations
+            .iter()
+            .position(|d| d.kind == crate::derive::Kind::FetchWheel)
+            .unwrap_or(derivations.len() - 1);
+        derivations.insert(at, step);
+    }
+    let plan = crate::plan::plan_of(store.as_ref(), spec, old, derivations);
     print_plan(context, &plan, target)?;
     Ok(Outcome::Success)
 }
 
-fn print_report(context: &Context, report: &realize::RealizeReport) -> anyhow::Result<()> {
-    if context.json {
-        context.print_json(report)?;
+fn print_report(report: &realize::RealizeReport) {
+    println!("{}", report.target.display());
+    let modes: Vec<String> = report
+        .link_modes
+        .iter()
+        .map(|(kind, mode)| format!("{kind}: {mode}"))
+        .collect();
+    if report.up_to_date {
+        tracing::info!(
+            "`{}` is up to date at generation {} ({})",
+            report.version_id,
+            report.generation,
+            modes.join(", ")
+        );
     } else {
-        println!("{}", report.target.display());
-        let modes: Vec<String> = report
-            .link_modes
-            .iter()
-            .map(|(kind, mode)| format!("{kind}: {mode}"))
-            .collect();
-        if report.up_to_date {
-            tracing::info!(
-                "`{}` is up to date at generation {} ({})",
-                report.version_id,
-                report.generation,
-                modes.join(", ")
-            );
-        } else {
-            for drifted in &report.drift {
-                tracing::info!("restored {}", drifted.replacen(':', " ", 1));
-            }
-            tracing::info!(
-                "realized `{}` as generation {}{} ({})",
-                report.version_id,
-                report.generation,
-                report
-                    .previous
-                    .map(|p| format!(", previous {p}"))
-                    .unwrap_or_default(),
-                modes.join(", ")
-            );
+        for drifted in &report.drift {
+            tracing::info!("restored {}", drifted.replacen(':', " ", 1));
         }
+        tracing::info!(
+            "realized `{}` as generation {}{} ({})",
+            report.version_id,
+            report.generation,
+            report
+                .previous
+                .map(|p| format!(", previous {p}"))
+                .unwrap_or_default(),
+            modes.join(", ")
+        );
     }
-    Ok(())
 }
 
 /// `realize --check`: is the home at the spec's lock, undrifted? Fetches, builds and writes

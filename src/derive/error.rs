@@ -14,6 +14,9 @@ pub enum BuildError {
     Python(PythonError),
     #[error(transparent)]
     Store(StoreError),
+    /// Assembling a home.
+    #[error(transparent)]
+    Realize(Box<crate::realize::RealizeError>),
     #[error("Offline, and the store lacks:\n{}", .missing.iter().map(|m| format!("  {m}")).collect::<Vec<_>>().join("\n"))]
     Offline { missing: Vec<String> },
     #[error("{what} is not pinned in the lock")]
@@ -60,6 +63,12 @@ impl From<PythonError> for BuildError {
     }
 }
 
+impl From<crate::realize::RealizeError> for BuildError {
+    fn from(err: crate::realize::RealizeError) -> BuildError {
+        BuildError::Realize(Box::new(err))
+    }
+}
+
 impl From<StoreError> for BuildError {
     fn from(err: StoreError) -> BuildError {
         BuildError::Store(err)
@@ -93,6 +102,7 @@ impl Hint for BuildError {
             BuildError::Fetch(e) => e.hint(),
             BuildError::Python(e) => e.hint(),
             BuildError::Store(e) => e.hint(),
+            BuildError::Realize(e) => e.hint(),
             BuildError::Offline { .. } => Some(
                 "run once with network access (without `--offline`) to fill the store".into(),
             ),
@@ -117,6 +127,7 @@ impl Hint for BuildError {
             BuildError::Fetch(e) => e.is_user_error(),
             BuildError::Python(e) => e.is_user_error(),
             BuildError::Store(e) => e.is_user_error(),
+            BuildError::Realize(e) => e.is_user_error(),
             BuildError::Many { errors } => errors.iter().all(|e| e.is_user_error()),
             BuildError::Substituter { .. } => false,
             BuildError::Offline { .. }

@@ -54,14 +54,23 @@ pub struct Outcome {
     /// A pin's lock entry.
     #[serde(skip)]
     pub pinned: Option<Pinned>,
+    /// An assembled home's report.
+    #[serde(skip)]
+    pub home: Option<Box<crate::realize::RealizeReport>>,
 }
 
 /// A source of store paths asked before anything is fetched or built (a binary cache). It puts
-/// the derivation's output into the store, verified, and says whether it did.
+/// the derivation's output into the store, verified, with what it references.
 pub trait Substituter: Send + Sync {
     /// Where it is, for reports (never a credential).
     fn location(&self) -> String;
-    fn substitute(&self, store: &Store, derivation: &Derivation) -> Result<bool, BuildError>;
+    /// `None` when it lacks the output; else the references it put in the store besides (each
+    /// protected and verified), which the executor reports as derivations of their own.
+    fn substitute(
+        &self,
+        store: &Store,
+        derivation: &Derivation,
+    ) -> Result<Option<Vec<String>>, BuildError>;
 }
 
 /// The shared state of one process's execution.
@@ -124,7 +133,13 @@ impl Executor {
                 outcome: how,
                 from,
                 pinned,
+                home: None,
             });
+    }
+
+    /// The report of a home this executor assembled.
+    pub fn home(&self, home: &Derivation) -> Option<crate::realize::RealizeReport> {
+        self.recorded(&home.id).and_then(|o| o.home).map(|h| *h)
     }
 
     /// What a pin that ran gave (`None`: it did not run, failed, or was left out).
@@ -155,7 +170,7 @@ impl Executor {
         out
     }
 
-    /// Run `derivations` (their inputs first), except the home, which the caller assembles.
+    /// Run `derivations` (their inputs first), except a home with nothing to assemble (a plan's).
     /// Returns the outcomes of those that ran; every failure is in the error.
     pub async fn run(
         self: &Arc<Self>,
@@ -166,7 +181,7 @@ impl Executor {
         let mut errors = Vec::new();
         let pending: Vec<&Derivation> = derivations
             .iter()
-            .filter(|d| d.kind != Kind::AssembleHome)
+            .filter(|d| !matches!(d.action, Action::Home(None)))
             .collect();
         loop {
             let ready: Vec<&Derivation> = pending
@@ -239,9 +254,28 @@ impl Executor {
         if self.recorded(&d.id).is_some() {
             return Ok(());
         }
-        match self.produce(d).await {
+        let span =
+            tracing::debug_span!("derive", kind = d.kind.as_str(), name = %d.name, id = %d.id);
+        match tracing::Instrument::instrument(self.produce(d), span).await {
             Ok(Produced::Output(output, how)) => {
                 self.record(d, output, how);
+                Ok(())
+            }
+            Ok(Produced::Home(report)) => {
+                let how = if report.up_to_date {
+                    How::Valid
+                } else {
+                    How::Built
+                };
+                self.record(d, None, how);
+                if let Some(outcome) = self
+                    .outcomes
+                    .lock()
+                    .expect("outcomes are never poisoned")
+                    .get_mut(&d.id)
+                {
+                    outcome.home = Some(report);
+                }
                 Ok(())
             }
             Ok(Produced::Pinned(pinned, how)) => {
@@ -264,7 +298,13 @@ impl Executor {
         let store = &self.store;
         match &d.action {
             Action::Unpinned => return Err(BuildError::NotPinned { what: d.describe() }),
-            Action::Home => return Ok(Produced::Output(None, How::Built)),
+            Action::Home(None) => return Ok(Produced::Output(None, How::Built)),
+            Action::Home(Some(build)) => {
+                let report = tokio::task::block_in_place(|| {
+                    crate::realize::realize(store, &build.lock, &build.options)
+                })?;
+                return Ok(Produced::Home(Box::new(report)));
+            }
             _ if d.action.is_pin() => {
                 if let Some(missing) = self.offline().then(|| self.needs_network(d)).flatten() {
                     return Err(BuildError::Offline {
@@ -281,11 +321,7 @@ impl Executor {
         }
         // Protected first: a collector starting now keeps it; one that ran before is over.
         if let Some(output) = &d.output {
-            store.protect(&[output])?;
-            // Registered and on disk (a repair moved a damaged copy away, keeping the record).
-            if store.query(output)?.is_some()
-                && std::fs::symlink_metadata(store.path_of(output)).is_ok()
-            {
+            if store.valid(output)?.is_some() {
                 return Ok(Produced::Output(Some(output.clone()), How::Valid));
             }
         }
@@ -293,12 +329,22 @@ impl Executor {
         // was verified, and nothing unverified was registered.
         for substituter in &self.substituters {
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
-                Ok(true) => {
+                Ok(Some(references)) => {
                     let from = Some(substituter.location());
+                    for reference in references {
+                        let r = Derivation::reference(reference);
+                        self.record_outcome(
+                            &r,
+                            r.output.clone(),
+                            How::Substituted,
+                            from.clone(),
+                            None,
+                        );
+                    }
                     self.record_outcome(d, d.output.clone(), How::Substituted, from, None);
                     return Ok(Produced::Output(d.output.clone(), How::Substituted));
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(err) => tracing::warn!("{err}"),
             }
         }
@@ -310,14 +356,16 @@ impl Executor {
             }
         }
         let (output, how) = self.run_action(d).await?;
-        if let Some(wanted) = d.output.as_ref().filter(|w| **w != output) {
-            return Err(BuildError::Changed {
-                what: d.describe(),
-                wanted: wanted.clone(),
-                got: output,
-            });
+        if let (Some(wanted), Some(got)) = (&d.output, &output) {
+            if wanted != got {
+                return Err(BuildError::Changed {
+                    what: d.describe(),
+                    wanted: wanted.clone(),
+                    got: got.clone(),
+                });
+            }
         }
-        Ok(Produced::Output(Some(output), how))
+        Ok(Produced::Output(output, how))
     }
 
     /// Offline: what the store lacks for `d`, when producing it needs the network.
@@ -333,7 +381,9 @@ impl Executor {
                     )
                 })
             }
-            Action::Archive { .. } | Action::PinArchive { .. } => Some(d.describe()),
+            Action::Archive { .. } | Action::PinArchive { .. } | Action::Reference => {
+                Some(d.describe())
+            }
             // The mirror may resolve the ref; the model or wheel may be in the store already.
             Action::PinGit { .. } | Action::PinModel { .. } | Action::PinWheel { .. } => None,
             Action::Model { locked } => (!matches!(
@@ -345,7 +395,13 @@ impl Executor {
                 .wheel_source()
                 .needs_network(locked.url.as_deref())
                 .then(|| d.describe()),
-            Action::Venv { .. } | Action::Home | Action::Unpinned => None,
+            // uv says itself what it lacks offline (no uv, no interpreter of the version).
+            Action::Venv { .. }
+            | Action::Overlay { .. }
+            | Action::Uv
+            | Action::Interpreter { .. }
+            | Action::Home(_)
+            | Action::Unpinned => None,
         }
     }
 
@@ -356,7 +412,7 @@ impl Executor {
         }
     }
 
-    async fn run_action(&self, d: &Derivation) -> Result<(String, How), BuildError> {
+    async fn run_action(&self, d: &Derivation) -> Result<(Option<String>, How), BuildError> {
         let store = &self.store;
         let online = !self.offline();
         match &d.action {
@@ -364,7 +420,7 @@ impl Executor {
                 let _permit = self.jobs.acquire().await.expect("never closed");
                 let what = d.describe();
                 let name = tokio::task::block_in_place(|| checkout(store, locked, &what, online))?;
-                Ok((name, How::Fetched))
+                Ok((Some(name), How::Fetched))
             }
             Action::Archive { locked } => {
                 let _permit = self.jobs.acquire().await.expect("never closed");
@@ -378,7 +434,7 @@ impl Executor {
                     Some(&locked.blake3),
                 )
                 .await?;
-                Ok((added.record.name, How::Fetched))
+                Ok((Some(added.record.name), How::Fetched))
             }
             Action::Model { locked } => {
                 let request = model_request(&d.name, locked)?;
@@ -388,7 +444,7 @@ impl Executor {
                 };
                 let fetched =
                     model::fetch(&self.client, store, self.reporter.as_ref(), &request).await?;
-                Ok((fetched.store_path, How::Fetched))
+                Ok((Some(fetched.store_path), How::Fetched))
             }
             Action::Wheel { locked } => {
                 let pinned = crate::python::pinned_of(locked);
@@ -401,26 +457,48 @@ impl Executor {
                     &self.jobs,
                 )
                 .await?;
-                Ok((name, How::Fetched))
+                Ok((Some(name), How::Fetched))
+            }
+            Action::Uv => {
+                let reporter = self.reporter.as_ref();
+                let fetched =
+                    crate::python::stored_uv::ensure(store, &self.client, reporter, online).await?;
+                let output = crate::python::stored_uv::stored_path(store);
+                Ok((output, if fetched { How::Fetched } else { How::Valid }))
+            }
+            Action::Interpreter { version } => tokio::task::block_in_place(|| {
+                let uv = crate::python::find_uv(store)?;
+                let (found, installed) =
+                    crate::python::managed::ensure(store, &uv, version, online)?;
+                let output = store_path_of(store, &found.path);
+                Ok((output, if installed { How::Fetched } else { How::Valid }))
+            }),
+            Action::Overlay {
+                python,
+                backend,
+                index,
+            } => {
+                let reporter = self.reporter.as_ref();
+                let client = &self.client;
+                let (name, resolved) = crate::python::torch::overlay(
+                    store, client, reporter, python, backend, index, online, &self.jobs,
+                )
+                .await?;
+                Ok((Some(name), if resolved { How::Built } else { How::Valid }))
             }
             Action::Venv { python } => {
                 let reporter = self.reporter.as_ref();
-                crate::python::stored_uv::ensure(store, &self.client, reporter).await?;
+                crate::python::stored_uv::ensure(store, &self.client, reporter, online).await?;
                 tokio::task::block_in_place(|| -> Result<_, BuildError> {
                     let uv = crate::python::find_uv(store)?;
-                    let may_install = !self.client.config().offline;
-                    let interpreter = crate::python::managed::interpreter(
-                        store,
-                        &uv,
-                        &python.version,
-                        may_install,
-                    )?;
+                    let interpreter =
+                        crate::python::managed::interpreter(store, &uv, &python.version, online)?;
                     let venv = crate::python::build_venv(store, &uv, &interpreter, python)?;
                     if venv.built {
                         tracing::info!("built venv `{}`", venv.name);
                     }
                     let how = if venv.built { How::Built } else { How::Valid };
-                    Ok((venv.name, how))
+                    Ok((Some(venv.name), how))
                 })
             }
             _ => unreachable!("handled before: {}", d.describe()),
@@ -523,12 +601,22 @@ impl Executor {
     }
 }
 
+/// The store path `file` lies in, if it is in `store`.
+fn store_path_of(store: &Store, file: &std::path::Path) -> Option<String> {
+    let paths = store.path_of("");
+    let rest = file.strip_prefix(&paths).ok()?;
+    let first = rest.components().next()?;
+    Some(first.as_os_str().to_string_lossy().into_owned())
+}
+
 /// What producing a derivation gave.
 enum Produced {
     /// Its output (none for the home or a model left out).
     Output(Option<String>, How),
     /// A pin's lock entry.
     Pinned(Box<Pinned>, How),
+    /// An assembled home.
+    Home(Box<crate::realize::RealizeReport>),
 }
 
 /// What to fetch to pin the spec's `models[index]`: its source asked, the spec's digests checked.
@@ -629,6 +717,8 @@ mod tests {
         location: &'static str,
         held: BTreeMap<String, Vec<u8>>,
         broken: bool,
+        /// References it says it put in the store with an output.
+        brings: Vec<String>,
         asked: Mutex<Vec<String>>,
         log: Arc<Mutex<Vec<String>>>,
     }
@@ -642,6 +732,7 @@ mod tests {
                     .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
                     .collect(),
                 broken: false,
+                brings: Vec::new(),
                 asked: Mutex::new(Vec::new()),
                 log: Arc::new(Mutex::new(Vec::new())),
             }
@@ -657,7 +748,11 @@ mod tests {
             self.location.into()
         }
 
-        fn substitute(&self, store: &Store, d: &Derivation) -> Result<bool, BuildError> {
+        fn substitute(
+            &self,
+            store: &Store,
+            d: &Derivation,
+        ) -> Result<Option<Vec<String>>, BuildError> {
             self.asked.lock().unwrap().push(d.id.clone());
             self.log.lock().unwrap().push(d.name.clone());
             if self.broken {
@@ -668,11 +763,11 @@ mod tests {
                 });
             }
             let Some(bytes) = d.output.as_ref().and_then(|o| self.held.get(o)) else {
-                return Ok(false);
+                return Ok(None);
             };
             let file = d.output.as_ref().unwrap().split_once('-').unwrap().1;
             store.add_bytes(file, bytes, &[])?;
-            Ok(true)
+            Ok(Some(self.brings.clone()))
         }
     }
 
@@ -761,6 +856,28 @@ mod tests {
         let missing_list = missing_of(&err);
         assert!(missing_list[0].contains("model `other`"), "{err}");
         assert_eq!(cache.asked(), [wanted.id.clone(), missing.id.clone()]);
+    }
+
+    /// The references a substituter put in the store with an output are reported, each a
+    /// `fetch-reference` derivation substituted from it (protected and verified by the cache).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn references_a_substituter_brings_are_reported() {
+        let scratch = tempfile::tempdir().unwrap();
+        let out = name_of(scratch.path(), "out.bin", b"out");
+        let reference = format!("{}-lib.bin", "4".repeat(32));
+        let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
+        let mut cache = Cache::holding("the cache", &[(&out, b"out")]);
+        cache.brings = vec![reference.clone()];
+        executor.substituters.push(Arc::new(cache));
+        let executor = Arc::new(executor);
+        let plan = [model_derivation("out", &out, b"out")];
+        let outcomes = executor.run(&plan).await.unwrap();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        let brought = &outcomes[1];
+        assert_eq!(brought.kind, Kind::FetchReference);
+        assert_eq!(brought.output.as_deref(), Some(reference.as_str()));
+        assert_eq!(brought.outcome, How::Substituted);
+        assert_eq!(brought.from.as_deref(), Some("the cache"));
     }
 
     /// Inputs run before what needs them, whatever order the plan lists them in; a derivation

@@ -33,6 +33,14 @@ pub enum Kind {
     FetchModel,
     #[serde(rename = "fetch-wheel")]
     FetchWheel,
+    #[serde(rename = "fetch-uv")]
+    FetchUv,
+    #[serde(rename = "fetch-python")]
+    FetchPython,
+    #[serde(rename = "build-overlay")]
+    BuildOverlay,
+    #[serde(rename = "fetch-reference")]
+    FetchReference,
     #[serde(rename = "build-venv")]
     BuildVenv,
     #[serde(rename = "assemble-home")]
@@ -46,6 +54,10 @@ impl Kind {
             Kind::FetchArchive => "fetch-archive",
             Kind::FetchModel => "fetch-model",
             Kind::FetchWheel => "fetch-wheel",
+            Kind::FetchUv => "fetch-uv",
+            Kind::FetchPython => "fetch-python",
+            Kind::BuildOverlay => "build-overlay",
+            Kind::FetchReference => "fetch-reference",
             Kind::BuildVenv => "build-venv",
             Kind::AssembleHome => "assemble-home",
         }
@@ -67,10 +79,25 @@ pub enum Action {
     Model { locked: LockedModel },
     /// A wheel from its URL, a `--wheels-dir` or a `file://` URL, checked against its SHA-256.
     Wheel { locked: LockedWheel },
+    /// uv: the machine's, or comfix's pinned uv fetched into the store.
+    Uv,
+    /// A reference of a substituted path, taken with it (only a substituter produces one).
+    Reference,
+    /// The interpreter of a Python version: the machine's, or a managed one installed into the
+    /// store by uv.
+    Interpreter { version: String },
+    /// This machine's torch backend over a Python set: its wheel set resolved from the backend's
+    /// index, fetched, and stored as an overlay (a file naming the wheels).
+    Overlay {
+        python: Box<LockedPython>,
+        backend: crate::python::torch::Backend,
+        index: String,
+    },
     /// The venv built by uv from the stored wheels (the inputs), at an input-addressed path.
     Venv { python: LockedPython },
-    /// The home: done by `realize` once every input is valid.
-    Home,
+    /// The home, assembled once every input is valid; what to assemble is set by the session
+    /// before it runs the home (`None`: a plan's home, shown and not run).
+    Home(Option<Box<HomeBuild>>),
     /// Pin a git source: its ref (or commit) resolved in the mirror, the commit checked out.
     PinGit {
         role: &'static str,
@@ -109,6 +136,13 @@ impl Action {
             _ => false,
         }
     }
+}
+
+/// A home to assemble: the lock (the machine's wheels over it) and where and how.
+#[derive(Debug, Clone)]
+pub struct HomeBuild {
+    pub lock: Lock,
+    pub options: crate::realize::RealizeOptions,
 }
 
 /// What a pin gave: the lock entry, store path included.
@@ -238,6 +272,68 @@ impl Derivation {
         }
     }
 
+    /// The tools a venv of `python` is built with: uv, then the interpreter (their outputs are
+    /// the store paths when they come from the store; the machine's own have none).
+    pub fn tools(python: &LockedPython) -> Vec<Derivation> {
+        Derivation::tools_for(&python.version)
+    }
+
+    /// uv and the interpreter of Python `version`.
+    pub fn tools_for(version: &str) -> Vec<Derivation> {
+        let uv = Derivation::uv();
+        let mut interpreter = Derivation::new(
+            Kind::FetchPython,
+            format!("python{version}"),
+            version,
+            None,
+            Action::Interpreter {
+                version: version.to_string(),
+            },
+        );
+        interpreter.inputs = vec![uv.id.clone()];
+        vec![uv, interpreter]
+    }
+
+    /// The torch overlay of `python` for `backend` (from `index`); its inputs are the tools.
+    pub fn overlay(
+        python: &LockedPython,
+        backend: &crate::python::torch::Backend,
+        index: &str,
+    ) -> Derivation {
+        let tools = Derivation::tools(python);
+        let wheels: Vec<&str> = python.wheels.iter().map(|w| w.sha256.as_str()).collect();
+        let identity = format!("{index}\n{}", wheels.join(","));
+        let mut d = Derivation::new(
+            Kind::BuildOverlay,
+            format!("torch-{}", backend.tag()),
+            &identity,
+            None,
+            Action::Overlay {
+                python: Box::new(python.clone()),
+                backend: backend.clone(),
+                index: index.to_string(),
+            },
+        );
+        d.inputs = tools.into_iter().map(|t| t.id).collect();
+        d
+    }
+
+    /// A store path a substituter put in the store as a reference of another one's output.
+    pub fn reference(name: String) -> Derivation {
+        Derivation::new(
+            Kind::FetchReference,
+            name.clone(),
+            &name,
+            Some(name.clone()),
+            Action::Reference,
+        )
+    }
+
+    /// uv: the machine's, else comfix's pinned uv in the store.
+    pub fn uv() -> Derivation {
+        Derivation::new(Kind::FetchUv, "uv".into(), "uv", None, Action::Uv)
+    }
+
     /// The pin of a git source (the core, `role` `core`, or a node).
     pub fn pin_git(
         role: &'static str,
@@ -300,7 +396,11 @@ impl Derivation {
                 None => format!("wheel `{}`", locked.filename),
             },
             Action::Venv { .. } => format!("venv `{}`", self.name),
-            Action::Home => format!("home `{}`", self.name),
+            Action::Uv => "uv".to_string(),
+            Action::Reference => format!("`{}` (a reference)", self.name),
+            Action::Overlay { backend, .. } => format!("torch backend `{}`", backend.tag()),
+            Action::Interpreter { version } => format!("Python {version}"),
+            Action::Home(_) => format!("home `{}`", self.name),
             Action::PinGit { role, .. } => format!("{role} `{}`", self.name),
             Action::PinArchive { id, version } => format!(
                 "registry node `{}` ({id} {})",
@@ -382,6 +482,7 @@ pub fn derivations(
         Some(python) => {
             let wheels: Vec<Derivation> = python.wheels.iter().map(Derivation::wheel).collect();
             let venv = Derivation::venv(python, &wheels, venv.map(str::to_string));
+            out.extend(Derivation::tools(python));
             out.extend(wheels);
             out.push(venv);
         }
@@ -433,6 +534,6 @@ fn home(version_id: &str, inputs: &[Derivation]) -> Derivation {
         inputs,
         output: None,
         download_bytes: None,
-        action: Action::Home,
+        action: Action::Home(None),
     }
 }

@@ -430,6 +430,7 @@ impl Client {
     /// another process holds the same URL's download, this waits for it and then uses what it
     /// stored (one download per URL across processes).
     // Long on purpose: the retry loop and the download lock around one attempt; the attempt is `download_once`.
+    #[tracing::instrument(level = "debug", name = "download", skip_all, fields(what = %d.what))]
     pub async fn download(
         &self,
         store: &Store,
@@ -573,12 +574,7 @@ impl Client {
         if !fits {
             return Ok(None);
         }
-        store.protect(&[&record.store_path])?;
-        let on_disk = std::fs::symlink_metadata(store.path_of(&record.store_path)).is_ok();
-        Ok(store
-            .query(&record.store_path)?
-            .filter(|_| on_disk)
-            .map(|_| record))
+        Ok(store.valid(&record.store_path)?.map(|_| record))
     }
 
     /// One attempt: request from `sink.written` on, stream the body into the sink. Always hands

@@ -21,25 +21,37 @@ pub fn interpreter(
     version: &str,
     may_install: bool,
 ) -> Result<Interpreter, PythonError> {
+    ensure(store, uv, version, may_install).map(|(found, _)| found)
+}
+
+/// [`interpreter`], and whether it was installed now.
+pub fn ensure(
+    store: &Store,
+    uv: &Uv,
+    version: &str,
+    may_install: bool,
+) -> Result<(Interpreter, bool), PythonError> {
     let missing = match uv.interpreter(Some(version)) {
         Err(missing @ PythonError::NoInterpreter { .. }) => missing,
-        other => return other,
+        other => return other.map(|found| (found, false)),
     };
     if let Some(found) = stored(store, uv, version)? {
-        return Ok(found);
+        return Ok((found, false));
     }
     if !may_install || store.is_read_only() {
         return Err(missing);
     }
-    install(store, uv, version).map_err(|e| match e {
-        PythonError::Uv { stderr, .. } => PythonError::NoInterpreter {
-            version: version.to_string(),
-            detail: format!(
-                "not on this machine, and `uv python install {version}` failed:\n{stderr}"
-            ),
-        },
-        other => other,
-    })
+    install(store, uv, version)
+        .map(|found| (found, true))
+        .map_err(|e| match e {
+            PythonError::Uv { stderr, .. } => PythonError::NoInterpreter {
+                version: version.to_string(),
+                detail: format!(
+                    "not on this machine, and `uv python install {version}` failed:\n{stderr}"
+                ),
+            },
+            other => other,
+        })
 }
 
 /// The pin that keeps the managed interpreter of `version` (as the lock names it).
@@ -75,9 +87,8 @@ fn stored(store: &Store, uv: &Uv, version: &str) -> Result<Option<Interpreter>, 
     let Some(path) = found.pop() else {
         return Ok(None);
     };
-    // Protected, then checked again (a collector may have run since the listing).
-    store.protect(&[&path])?;
-    if store.query(&path)?.is_none() {
+    // Checked again once protected (a collector may have run since the listing).
+    if store.valid(&path)?.is_none() {
         return Ok(None);
     }
     let python = store.path_of(&path).join("bin/python3");

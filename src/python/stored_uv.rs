@@ -71,8 +71,7 @@ pub fn stored_path(store: &Store) -> Option<String> {
                 .path
         }
     };
-    let record = store.query(&name).ok()??;
-    store.protect(&[&record.name]).ok()?;
+    let record = store.valid(&name).ok()??;
     store
         .path_of(&record.name)
         .join("bin/uv")
@@ -119,19 +118,22 @@ pub fn stored(store: &Store) -> Option<PathBuf> {
 
 /// Make sure uv can be found: on this machine, in the store, or fetched into the store from its
 /// pinned wheel (not offline).
+///
+/// Returns whether it was fetched now. `online` is the executor's word on connectivity.
 pub async fn ensure(
     store: &Store,
     client: &Client,
     reporter: &dyn Reporter,
-) -> Result<(), PythonError> {
+    online: bool,
+) -> Result<bool, PythonError> {
     if super::find_uv(store).is_ok() {
-        return Ok(());
+        return Ok(false);
     }
     let env = |k: &str| std::env::var(k).ok();
     let Some((url, file, sha256)) = wheel(env) else {
         return Err(PythonError::NoUv);
     };
-    if client.config().offline {
+    if !online {
         return Err(PythonError::NoUv);
     }
     tracing::info!("uv is not on this machine; fetching uv {UV_VERSION} into the store");
@@ -171,7 +173,7 @@ pub async fn ensure(
     let added =
         tokio::task::block_in_place(|| store.add_staged(fetched.staging, "uv", &options, None))?;
     store.pin(PIN, &added.record.name)?;
-    Ok(())
+    Ok(true)
 }
 
 /// `bin/uv` out of the wheel's `uv-<version>.data/scripts/uv`.

@@ -308,7 +308,9 @@ pub fn compile(
 }
 
 /// The overlay of `python` for `backend` on this machine: found in the store, else resolved from
-/// `index`, its wheels fetched, and stored (offline: only found). Returns its store path name.
+/// `index`, its wheels fetched (at most as many at once as `jobs` allows), and stored (not
+/// `online`: only found). Returns its store path name and whether it was resolved now.
+#[allow(clippy::too_many_arguments)]
 pub async fn overlay(
     store: &crate::store::Store,
     client: &crate::fetch::http::Client,
@@ -316,12 +318,14 @@ pub async fn overlay(
     python: &LockedPython,
     backend: &Backend,
     index: &str,
-) -> Result<(String, Overlay), PythonError> {
-    let offline = client.config().offline;
+    online: bool,
+    jobs: &tokio::sync::Semaphore,
+) -> Result<(String, bool), PythonError> {
+    let offline = !online;
     let (name, found, uv, interpreter) =
-        tokio::task::block_in_place(|| find(store, python, backend, index, !offline))?;
-    if let Some(found) = found {
-        return Ok((name, found));
+        tokio::task::block_in_place(|| find(store, python, backend, index, online))?;
+    if found.is_some() {
+        return Ok((name, false));
     }
     let platform = platform(&interpreter);
     if offline {
@@ -339,17 +343,16 @@ pub async fn overlay(
             &interpreter,
             backend,
             index,
-            offline,
+            false,
         )
     })?;
-    let jobs = tokio::sync::Semaphore::new(client.config().jobs);
     let source = super::WheelSource {
         wheels_dir: None,
         from_lock: false,
     };
     let fetches = pinned
         .iter()
-        .map(|w| super::fetch_wheel(store, client, reporter, &source, w, &jobs));
+        .map(|w| super::fetch_wheel(store, client, reporter, &source, w, jobs));
     let paths = futures_util::future::try_join_all(fetches).await?;
     let wheels: Vec<LockedWheel> = pinned
         .iter()
@@ -381,7 +384,7 @@ pub async fn overlay(
             std::fs::write(&file, &text).map_err(PythonError::io(&file))
         })
     })?;
-    Ok((name, overlay))
+    Ok((name, true))
 }
 
 /// The overlay of `python` for `backend` that this store holds for this machine (its name either
@@ -407,8 +410,10 @@ fn find(
     let uv = super::find_uv(store)?;
     let interpreter = super::managed::interpreter(store, &uv, &python.version, may_install)?;
     let name = overlay_name(python, backend, index, &platform(&interpreter), &uv);
-    store.protect(&[&name])?;
-    let found = read_overlay(store, &name)?;
+    let found = match store.valid(&name)? {
+        Some(_) => read_overlay(store, &name)?,
+        None => None,
+    };
     Ok((name, found, uv, interpreter))
 }
 

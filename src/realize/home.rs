@@ -42,8 +42,7 @@ pub fn reroot(store: &crate::store::Store, target: &Path) -> Result<Vec<u32>, Re
         };
         // Protected, then checked (a collector may be deleting it right now; a root added to a
         // path it is deleting would fail its transaction).
-        store.protect(&[&generation.manifest])?;
-        if !matches!(store.query(&generation.manifest), Ok(Some(_))) {
+        if !matches!(store.valid(&generation.manifest), Ok(Some(_))) {
             tracing::warn!(
                 "generation {n} of `{}` uses `{}`, which this store does not hold: it cannot be protected",
                 home.root.display(),

@@ -226,10 +226,6 @@ pub struct RealizeReport {
     pub drift: Vec<String>,
     /// Where the user's edits of managed files were kept (`.comfix/saved/<N>/<path>`).
     pub saved: Vec<PathBuf>,
-    /// What became of each derivation of the plan, under the plan's ids (filled in by the caller
-    /// that ran them).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub derivations: Vec<crate::derive::exec::Outcome>,
 }
 
 /// The key of a realization: the lock and the options that shape the home.
@@ -393,7 +389,6 @@ pub fn realize(
         carried_user_files: carried,
         drift: drifted,
         saved,
-        derivations: Vec::new(),
     })
 }
 
@@ -501,7 +496,6 @@ fn current_state(
             carried_user_files: 0,
             drift: drifted,
             saved: Vec::new(),
-            derivations: Vec::new(),
         })));
     }
     if !found.changed.is_empty() {

@@ -38,16 +38,11 @@ impl Resolver {
             // Universal: this machine's wheels chosen again from the kept set.
             Some(kept) if kept.universal.is_some() && kept.wheels.is_empty() => {
                 let packages = kept.universal.clone().expect("checked");
+                self.interpreter(&kept.version).await;
                 let pinned = tokio::task::block_in_place(|| {
                     let uv = find_uv(&store)?;
-                    let may_install = !self.executor.client.config().offline;
-                    let interpreter = crate::python::managed::interpreter(
-                        &store,
-                        &uv,
-                        &kept.version,
-                        may_install,
-                    )
-                    .ok();
+                    let interpreter =
+                        crate::python::managed::interpreter(&store, &uv, &kept.version, false).ok();
                     crate::python::universal::select(&packages, interpreter.as_ref())
                 })?;
                 let pinned = pinned.into_iter().map(|p| (p, None)).collect();
@@ -68,13 +63,10 @@ impl Resolver {
                 (kept.version.clone(), pinned, "kept", kept.universal.clone())
             }
             None => {
-                let reporter = self.executor.reporter.as_ref();
-                crate::python::stored_uv::ensure(
-                    &self.executor.store,
-                    &self.executor.client,
-                    reporter,
-                )
-                .await?;
+                self.executor.run(&[Derivation::uv()]).await?;
+                if let Some(version) = &wanted {
+                    self.interpreter(version).await;
+                }
                 let (version, pinned, packages) =
                     self.compile(&groups, wanted.as_deref(), universal)?;
                 (version, pinned, "resolved", packages)
@@ -139,6 +131,14 @@ impl Resolver {
         )))
     }
 
+    /// Make the interpreter of `version` valid (installed into the store when the machine lacks
+    /// it), through the executor; without one, uv resolves for the version alone.
+    async fn interpreter(&self, version: &str) {
+        if let Err(err) = self.executor.run(&Derivation::tools_for(version)).await {
+            tracing::debug!("no interpreter for Python {version}: {err}");
+        }
+    }
+
     /// Lock the groups with uv for the wanted Python version (else the machine's): the pinned
     /// wheels, none stored yet (from a `--wheels-dir`, without URLs).
     #[allow(clippy::type_complexity)]
@@ -149,11 +149,11 @@ impl Resolver {
         universal: bool,
     ) -> Result<Compiled, BuildError> {
         let store = &self.executor.store;
-        let offline = self.executor.client.config().offline;
+        let offline = self.executor.offline();
         let (version, pinned, packages) = tokio::task::block_in_place(|| {
             let uv = find_uv(store)?;
             let interpreter = match wanted {
-                Some(v) => crate::python::managed::interpreter(store, &uv, v, !offline)
+                Some(v) => crate::python::managed::interpreter(store, &uv, v, false)
                     .inspect_err(|e| tracing::debug!("no interpreter for Python {v}: {e}"))
                     .ok(),
                 None => Some(uv.interpreter(None)?),

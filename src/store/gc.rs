@@ -90,8 +90,9 @@ pub struct GcReport {
 
 impl Store {
     /// Collect garbage (see the module docs). The dry run decides exactly as the real run does
-    /// and reports the same bytes; the real run then does what was decided.
-    // Long on purpose: the collector's protocol of store-layout.md, in order, under one lock.
+    /// and reports the same bytes; the real run then does what was decided. Its phases, each a
+    /// `tracing` span (`gc.roots`, `gc.plan`, `gc.account`, then the sweep's `gc.generations`,
+    /// `gc.unregister`, `gc.files`, `gc.objects`, `gc.locks`), run in that order under one lock.
     pub fn gc(&self, options: &GcOptions, keep: &dyn Keep) -> Result<GcReport> {
         self.writable()?;
         let gc_lock = flock::exclusive(&self.root.join(super::layout::GC_LOCK))?;
@@ -100,8 +101,41 @@ impl Store {
             return Err(StoreError::Unrecovered { names: unrecovered });
         }
         let now = super::db::now();
-        // A home found gone now starts its grace period (the dry run records nothing and counts
-        // from now).
+        let roots = tracing::debug_span!("gc.roots").in_scope(|| self.gc_roots(options, now))?;
+        let mut index = DiskIndex::default();
+        let plan = tracing::debug_span!("gc.plan").in_scope(|| {
+            let graph = self.graph()?;
+            self.plan(
+                &PlanInput {
+                    roots: &roots,
+                    without: &HashSet::new(),
+                    older_than: options.older_than,
+                    max_freed: options.max_freed,
+                    grace_cutoff: now - options.home_grace,
+                    probe: Probe::Take,
+                    keep,
+                },
+                &graph,
+                &mut index,
+            )
+        })?;
+        let mut report = tracing::debug_span!("gc.account")
+            .in_scope(|| self.gc_report(options, &plan, &mut index));
+        if options.dry_run {
+            return Ok(report);
+        }
+        self.sweep(plan, &mut report)?;
+        if !unrecovered.is_empty() {
+            // Deleted with the user's word (`--delete-unrecovered`): nothing left to refuse for.
+            let _ = fs::remove_file(self.root.join(super::layout::UNRECOVERED));
+        }
+        drop(gc_lock);
+        Ok(report)
+    }
+
+    /// The roots now; a home found gone starts its grace period (the dry run records nothing and
+    /// counts from now).
+    fn gc_roots(&self, options: &GcOptions, now: i64) -> Result<Vec<Root>> {
         let roots = self.roots_at(now)?;
         if !options.dry_run {
             let gone: Vec<&str> = roots
@@ -111,26 +145,16 @@ impl Store {
                 .collect();
             super::db::mark_gone(&self.db(), &gone, now).map_err(|e| self.db_err(e))?;
         }
-        let graph = self.graph()?;
-        let mut index = DiskIndex::default();
-        let plan = self.plan(
-            &PlanInput {
-                roots: &roots,
-                without: &HashSet::new(),
-                older_than: options.older_than,
-                max_freed: options.max_freed,
-                grace_cutoff: now - options.home_grace,
-                probe: Probe::Take,
-                keep,
-            },
-            &graph,
-            &mut index,
-        )?;
+        Ok(roots)
+    }
+
+    /// What `plan` frees, counted per inode, as the report says it (before anything is done).
+    fn gc_report(&self, options: &GcOptions, plan: &Plan, index: &mut DiskIndex) -> GcReport {
         let (freed, objects) = index.freed(
             &plan.removal_paths(),
             &self.root.join(super::layout::OBJECTS),
         );
-        let mut report = GcReport {
+        GcReport {
             dry_run: options.dry_run,
             roots: plan.roots,
             live_paths: plan.live_paths,
@@ -154,65 +178,77 @@ impl Store {
                 .map(|(home, since)| (home.clone(), since + options.home_grace))
                 .collect(),
             errors: Vec::new(),
-        };
-        if options.dry_run {
-            return Ok(report);
         }
+    }
 
-        // Old generations first (a crash leaves their roots, which are then stale), then the
-        // roots, then registrations (one transaction per batch), then files.
-        for dir in &plan.old_generations {
-            if let Err(err) = super::add::remove_tree(dir) {
-                report.errors.push(format!("{}: {err}", dir.display()));
+    /// Do what `plan` decided: old generations first (a crash leaves their roots, which are then
+    /// stale), then the roots, then registrations (one transaction per batch), then files, then
+    /// the objects nothing links, then stale locks. An item that fails is reported; the rest goes
+    /// on.
+    fn sweep(&self, plan: Plan, report: &mut GcReport) -> Result<()> {
+        tracing::debug_span!("gc.generations").in_scope(|| {
+            for dir in &plan.old_generations {
+                if let Err(err) = super::add::remove_tree(dir) {
+                    report.errors.push(format!("{}: {err}", dir.display()));
+                }
             }
-        }
-        for name in &plan.drop_roots {
-            self.remove_root(name)?;
-        }
-        for batch in plan.deleted.chunks(1000) {
-            let names: Vec<&str> = batch.iter().map(String::as_str).collect();
-            let mut conn = self.db();
-            db::unregister_all(&mut conn, &names).map_err(|e| self.db_err(e))?;
-        }
+        });
+        tracing::debug_span!("gc.unregister").in_scope(|| -> Result<()> {
+            for name in &plan.drop_roots {
+                self.remove_root(name)?;
+            }
+            for batch in plan.deleted.chunks(1000) {
+                let names: Vec<&str> = batch.iter().map(String::as_str).collect();
+                let mut conn = self.db();
+                db::unregister_all(&mut conn, &names).map_err(|e| self.db_err(e))?;
+            }
+            Ok(())
+        })?;
         crate::fault::pause_point("gc-unregistered");
-        for (path, label) in &plan.removals {
-            if let Err(err) = super::add::remove_tree(path) {
-                let shown = label.clone().unwrap_or_else(|| path.display().to_string());
-                report.errors.push(format!("{shown}: {err}"));
+        tracing::debug_span!("gc.files").in_scope(|| {
+            for (path, label) in &plan.removals {
+                if let Err(err) = super::add::remove_tree(path) {
+                    let shown = label.clone().unwrap_or_else(|| path.display().to_string());
+                    report.errors.push(format!("{shown}: {err}"));
+                }
             }
-        }
-        // Objects nothing links any more — still under the exclusive lock: a writer links
-        // existing objects into what it stages.
+        });
+        // Still under the exclusive lock: a writer links existing objects into what it stages.
+        tracing::debug_span!("gc.objects").in_scope(|| self.sweep_objects(report))?;
+        tracing::debug_span!("gc.locks").in_scope(|| {
+            for guard in plan.stale_locks {
+                let shown = guard.path().display().to_string();
+                if let Err(err) = guard.remove() {
+                    report.errors.push(format!("{shown}: {err}"));
+                }
+            }
+        });
+        drop(plan.guards);
+        Ok(())
+    }
+
+    /// Remove the objects nothing links any more (a link count of one: the object itself).
+    fn sweep_objects(&self, report: &mut GcReport) -> Result<()> {
         report.removed_objects = 0;
         for shard in fs::read_dir(self.root.join(super::layout::OBJECTS))?.flatten() {
             for object in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
                 use std::os::unix::fs::MetadataExt;
-                if let Ok(meta) = fs::symlink_metadata(object.path()) {
-                    if meta.is_file() && meta.nlink() == 1 {
-                        match fs::remove_file(object.path()) {
-                            Ok(()) => report.removed_objects += 1,
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(err) => report
-                                .errors
-                                .push(format!("{}: {err}", object.path().display())),
-                        }
-                    }
+                let Ok(meta) = fs::symlink_metadata(object.path()) else {
+                    continue;
+                };
+                if !(meta.is_file() && meta.nlink() == 1) {
+                    continue;
+                }
+                match fs::remove_file(object.path()) {
+                    Ok(()) => report.removed_objects += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => report
+                        .errors
+                        .push(format!("{}: {err}", object.path().display())),
                 }
             }
         }
-        for guard in plan.stale_locks {
-            let shown = guard.path().display().to_string();
-            if let Err(err) = guard.remove() {
-                report.errors.push(format!("{shown}: {err}"));
-            }
-        }
-        drop(plan.guards);
-        if !unrecovered.is_empty() {
-            // Deleted with the user's word (`--delete-unrecovered`): nothing left to refuse for.
-            let _ = fs::remove_file(self.root.join(super::layout::UNRECOVERED));
-        }
-        drop(gc_lock);
-        Ok(report)
+        Ok(())
     }
 
     /// The entries the last `store rebuild-db` could not recover that are still on disk,

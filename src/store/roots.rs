@@ -111,6 +111,20 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `name` is valid — registered and on disk — once protected (a temporary root, so a
+    /// collector starting now keeps it; one that ran before is over): protect-then-check, the
+    /// only way to trust that a path stays. Its record, when it is.
+    pub fn valid(&self, name: &str) -> Result<Option<super::PathRecord>> {
+        self.protect(&[name])?;
+        let Some(record) = self.query(name)? else {
+            return Ok(None);
+        };
+        // Registered but not on disk: a repair moved a damaged copy away, keeping the record.
+        Ok(std::fs::symlink_metadata(self.path_of(name))
+            .is_ok()
+            .then_some(record))
+    }
+
     /// Pin a valid path as root `pin:<name>`.
     pub fn pin(&self, name: &str, path: &str) -> Result<()> {
         self.add_root(&format!("pin:{name}"), path, "pin")

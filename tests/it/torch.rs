@@ -151,7 +151,30 @@ fn two_machines_share_one_lock_with_their_own_torch_backends() {
     assert!(shared.contains("torch-2.5.1-py3-none-any.whl"), "{shared}");
     assert_eq!(w.version_in("plain", "torch"), "2.5.1");
 
-    ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    // The overlay is a step of the plan and a derivation the executor runs and reports.
+    let overlay_step = |report: &Value, key: &str| -> Value {
+        report["plan"][key]
+            .as_array()
+            .or(report[key].as_array())
+            .unwrap()
+            .iter()
+            .find(|d| d["kind"] == "build-overlay")
+            .cloned()
+            .unwrap_or_else(|| panic!("no overlay step: {report}"))
+    };
+    let dry = ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu", "--dry-run"]));
+    let planned = overlay_step(&dry, "steps");
+    assert_eq!(planned["state"], "build", "{planned}");
+    let first = ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu"]));
+    let ran = overlay_step(&first, "derivations");
+    assert_eq!(ran["id"], planned["id"], "{ran}");
+    assert_eq!(ran["outcome"], "built", "{ran}");
+    assert!(
+        ran["output"].as_str().unwrap().ends_with("-torch-cpu"),
+        "{ran}"
+    );
+    let dry = ok_json(w.realize(&a, "home-cpu", &["--torch-backend", "cpu", "--dry-run"]));
+    assert_eq!(overlay_step(&dry, "steps")["state"], "valid");
     assert_eq!(w.version_in("home-cpu", "torch"), "2.5.1+cpu");
     assert_eq!(w.version_in("home-cpu", "torchvision"), "0.20.1+cpu");
     let gamma = Command::new(w.env.path("home-cpu/.venv/bin/python"))
