@@ -384,6 +384,8 @@ impl Executor {
             Action::Archive { .. } | Action::PinArchive { .. } | Action::Reference => {
                 Some(d.describe())
             }
+            // A local file: read again from the spec's directory.
+            Action::Workflow { .. } | Action::PinWorkflow { .. } => None,
             // The mirror may resolve the ref; the model or wheel may be in the store already.
             Action::PinGit { .. } | Action::PinModel { .. } | Action::PinWheel { .. } => None,
             Action::Model { locked } => (!matches!(
@@ -437,7 +439,7 @@ impl Executor {
                 Ok((Some(added.record.name), How::Fetched))
             }
             Action::Model { locked } => {
-                let request = model_request(&d.name, locked)?;
+                let request = model_request(&d.name, locked, online)?;
                 let _permit = match request.source.kind() {
                     Ok(SourceKind::File(_)) => None,
                     _ => Some(self.jobs.acquire().await.expect("never closed")),
@@ -473,6 +475,8 @@ impl Executor {
                 let output = store_path_of(store, &found.path);
                 Ok((output, if installed { How::Fetched } else { How::Valid }))
             }),
+            // Not in the store although the lock pins it: `resolve` adds it again from the file.
+            Action::Workflow { .. } => Err(BuildError::NotPinned { what: d.describe() }),
             Action::Overlay {
                 python,
                 backend,
@@ -553,7 +557,7 @@ impl Executor {
                 Ok((Pinned::Registry(locked), How::Fetched))
             }
             Action::PinModel { index, model } => {
-                let request = pin_request(*index, model, &what);
+                let request = pin_request(*index, model, &what, online);
                 let _permit = match model.source.kind() {
                     Ok(SourceKind::File(_)) => None,
                     _ if !online => None,
@@ -596,9 +600,48 @@ impl Executor {
                     How::Fetched,
                 ))
             }
+            Action::PinWorkflow { index, rel, file } => {
+                let locked =
+                    tokio::task::block_in_place(|| add_workflow(store, *index, rel, file))?;
+                Ok((Pinned::Workflow(locked), How::Fetched))
+            }
             _ => unreachable!("not a pin: {what}"),
         }
     }
+}
+
+/// Add the workflow `file` (the spec's `workflows[index]`, `rel`) to the store, checked to be
+/// JSON first: it is part of the version's closure.
+fn add_workflow(
+    store: &Store,
+    index: usize,
+    rel: &str,
+    file: &std::path::Path,
+) -> Result<crate::lock::LockedWorkflow, BuildError> {
+    let text = std::fs::read(file).map_err(FetchError::io(file))?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
+        return Err(BuildError::from(FetchError::LocalSource {
+            what: format!("workflows[{index}]"),
+            file: file.display().to_string(),
+            reason: format!("it is not JSON: {e}"),
+            hint: None,
+        }));
+    }
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "workflow.json".into());
+    let options = crate::store::AddOptions {
+        name: Some(sanitize_name(&format!("workflow-{name}"))),
+        references: Vec::new(),
+    };
+    let added = store.add_path(file, &options, &crate::reporter::NoReporter)?;
+    store.protect(&[&added.record.name])?;
+    Ok(crate::lock::LockedWorkflow {
+        path: rel.to_string(),
+        blake3: blake3::hash(&text).to_hex().to_string(),
+        store_path: added.record.name,
+    })
 }
 
 /// The store path `file` lies in, if it is in `store`.
@@ -620,7 +663,12 @@ enum Produced {
 }
 
 /// What to fetch to pin the spec's `models[index]`: its source asked, the spec's digests checked.
-fn pin_request(index: usize, model: &crate::spec::Model, what: &str) -> model::ModelRequest {
+fn pin_request(
+    index: usize,
+    model: &crate::spec::Model,
+    what: &str,
+    online: bool,
+) -> model::ModelRequest {
     let spec_digest = |value: &Option<String>, field: &str| {
         value.as_ref().map(|hex| {
             Expected::new(
@@ -639,6 +687,7 @@ fn pin_request(index: usize, model: &crate::spec::Model, what: &str) -> model::M
         pinned: None,
         sha256: spec_digest(&model.sha256, "sha256"),
         blake3: spec_digest(&model.blake3, "blake3"),
+        online,
     }
 }
 
@@ -675,6 +724,7 @@ pub(crate) fn checkout(
 fn model_request(
     name: &str,
     locked: &crate::lock::LockedModel,
+    online: bool,
 ) -> Result<model::ModelRequest, BuildError> {
     let source = ModelSource::parse(&locked.source);
     let local = matches!(source.kind(), Ok(SourceKind::File(_)));
@@ -703,6 +753,7 @@ fn model_request(
         pinned,
         sha256: locked.sha256.as_ref().map(lock),
         blake3: Some(lock(&locked.blake3)),
+        online,
     })
 }
 

@@ -18,7 +18,9 @@ use serde::Serialize;
 
 pub use error::{combine, BuildError};
 
-use crate::lock::{Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel};
+use crate::lock::{
+    Lock, LockedGit, LockedModel, LockedPython, LockedRegistry, LockedWheel, LockedWorkflow,
+};
 use crate::python::PinnedWheel;
 use crate::spec::{Model, NodeSource, Spec};
 
@@ -41,6 +43,8 @@ pub enum Kind {
     BuildOverlay,
     #[serde(rename = "fetch-reference")]
     FetchReference,
+    #[serde(rename = "add-workflow")]
+    AddWorkflow,
     #[serde(rename = "build-venv")]
     BuildVenv,
     #[serde(rename = "assemble-home")]
@@ -58,6 +62,7 @@ impl Kind {
             Kind::FetchPython => "fetch-python",
             Kind::BuildOverlay => "build-overlay",
             Kind::FetchReference => "fetch-reference",
+            Kind::AddWorkflow => "add-workflow",
             Kind::BuildVenv => "build-venv",
             Kind::AssembleHome => "assemble-home",
         }
@@ -83,6 +88,14 @@ pub enum Action {
     Uv,
     /// A reference of a substituted path, taken with it (only a substituter produces one).
     Reference,
+    /// A workflow file of the version, in the store as the lock pins it.
+    Workflow { locked: LockedWorkflow },
+    /// Add the spec's `workflows[index]` (`file`, the path `rel` of the spec names) to the store.
+    PinWorkflow {
+        index: usize,
+        rel: String,
+        file: std::path::PathBuf,
+    },
     /// The interpreter of a Python version: the machine's, or a managed one installed into the
     /// store by uv.
     Interpreter { version: String },
@@ -125,6 +138,7 @@ impl Action {
                 | Action::PinArchive { .. }
                 | Action::PinModel { .. }
                 | Action::PinWheel { .. }
+                | Action::PinWorkflow { .. }
         )
     }
 
@@ -152,6 +166,7 @@ pub enum Pinned {
     Registry(LockedRegistry),
     Model(LockedModel),
     Wheel(LockedWheel),
+    Workflow(LockedWorkflow),
 }
 
 impl Pinned {
@@ -165,6 +180,7 @@ impl Pinned {
             (Pinned::Registry(locked), _) => Derivation::archive(pin.name.clone(), locked),
             (Pinned::Model(locked), _) => Derivation::model(pin.name.clone(), locked),
             (Pinned::Wheel(locked), _) => Derivation::wheel(locked),
+            (Pinned::Workflow(locked), _) => Derivation::workflow(locked),
         }
     }
 }
@@ -318,6 +334,29 @@ impl Derivation {
         d
     }
 
+    /// A workflow file the lock pins.
+    pub fn workflow(locked: &LockedWorkflow) -> Derivation {
+        Derivation::new(
+            Kind::AddWorkflow,
+            locked.path.clone(),
+            &locked.path,
+            Some(locked.store_path.clone()),
+            Action::Workflow {
+                locked: locked.clone(),
+            },
+        )
+    }
+
+    /// The pin of the spec's `workflows[index]`: `rel` as the spec says it, read from `file`.
+    pub fn pin_workflow(index: usize, rel: &str, file: std::path::PathBuf) -> Derivation {
+        let action = Action::PinWorkflow {
+            index,
+            rel: rel.to_string(),
+            file,
+        };
+        Derivation::new(Kind::AddWorkflow, rel.to_string(), rel, None, action)
+    }
+
     /// A store path a substituter put in the store as a reference of another one's output.
     pub fn reference(name: String) -> Derivation {
         Derivation::new(
@@ -398,6 +437,9 @@ impl Derivation {
             Action::Venv { .. } => format!("venv `{}`", self.name),
             Action::Uv => "uv".to_string(),
             Action::Reference => format!("`{}` (a reference)", self.name),
+            Action::Workflow { .. } | Action::PinWorkflow { .. } => {
+                format!("workflow `{}`", self.name)
+            }
             Action::Overlay { backend, .. } => format!("torch backend `{}`", backend.tag()),
             Action::Interpreter { version } => format!("Python {version}"),
             Action::Home(_) => format!("home `{}`", self.name),
@@ -477,6 +519,14 @@ pub fn derivations(
                 None => Derivation::pin_model(index, model, name),
             });
         }
+    }
+    for (index, rel) in spec.workflows.iter().enumerate() {
+        let locked = lock.and_then(|l| l.workflows.iter().find(|w| w.path == *rel));
+        out.push(match locked {
+            Some(locked) => Derivation::workflow(locked),
+            // The spec's directory is the resolver's: the plan shows the pin, resolve runs it.
+            None => Derivation::pin_workflow(index, rel, rel.into()),
+        });
     }
     match lock.and_then(|l| l.python.as_ref()) {
         Some(python) => {

@@ -181,6 +181,9 @@ pub struct ModelRequest {
     pub pinned: Option<Pinned>,
     pub sha256: Option<Expected>,
     pub blake3: Option<Expected>,
+    /// Whether the network may be used: the executor's word (offline, only the store and local
+    /// files serve).
+    pub online: bool,
 }
 
 /// A model in the store, with what the lock records of it: only digests computed from the bytes.
@@ -401,7 +404,7 @@ pub async fn fetch(
     // empty one: a lock is a function of the spec and the sources, never of the store.
     let asking_adds_nothing = request.pinned.is_some()
         || matches!(kind, SourceKind::Url(_) | SourceKind::File(_))
-        || client.config().offline;
+        || !request.online;
     let unasked = || {
         already_in_store(
             store,
@@ -420,7 +423,7 @@ pub async fn fetch(
     if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
     }
-    if client.config().offline {
+    if !request.online {
         return Err(FetchError::Offline {
             missing: vec![format!("{what} ({})", request.source)],
         });

@@ -301,7 +301,7 @@ impl Resolver {
             partial.save(&self.executor.store);
             return Err(combine(tally.errors).into());
         }
-        let workflows = self.store_workflows(spec)?;
+        let workflows = self.workflows(spec, old).await?;
         Partial::clear(&self.executor.store, &spec.version_id);
         let lock = Lock {
             lock_version: LOCK_VERSION,
@@ -458,41 +458,40 @@ impl Resolver {
         self.executor.run(&trees).await.map(|_| ())
     }
 
-    /// Add the spec's workflow files to the store (they are part of the version's closure).
-    fn store_workflows(&self, spec: &Spec) -> Result<Vec<LockedWorkflow>, ResolveError> {
-        let mut out = Vec::new();
-        for (i, rel) in spec.workflows.iter().enumerate() {
-            let path = self.spec_dir.join(rel);
-            let text = std::fs::read(&path).map_err(FetchError::io(&path))?;
-            if let Err(e) = serde_json::from_slice::<serde_json::Value>(&text) {
-                return Err(ResolveError::from(FetchError::LocalSource {
-                    what: format!("workflows[{i}]"),
-                    file: path.display().to_string(),
-                    reason: format!("it is not JSON: {e}"),
-                    hint: None,
-                }));
-            }
-            let name = std::path::Path::new(rel)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "workflow.json".into());
-            let options = crate::store::AddOptions {
-                name: Some(sanitize_name(&format!("workflow-{name}"))),
-                references: Vec::new(),
+    /// The spec's workflow files, each pinned by the executor (added to the store: they are
+    /// part of the version's closure) unless the lock pins the same bytes, still in the store.
+    async fn workflows(
+        &self,
+        spec: &Spec,
+        old: Option<&Lock>,
+    ) -> Result<Vec<LockedWorkflow>, ResolveError> {
+        let store = &self.executor.store;
+        let mut entries = Vec::new();
+        for (index, rel) in spec.workflows.iter().enumerate() {
+            let file = self.spec_dir.join(rel);
+            let same = |kept: &&LockedWorkflow| -> bool {
+                std::fs::read(&file)
+                    .is_ok_and(|text| blake3::hash(&text).to_hex().as_str() == kept.blake3)
+                    && store.valid(&kept.store_path).ok().flatten().is_some()
             };
-            let added = tokio::task::block_in_place(|| {
-                self.executor
-                    .store
-                    .add_path(&path, &options, &crate::reporter::NoReporter)
-            })?;
-            self.executor.store.protect(&[&added.record.name])?;
-            out.push(LockedWorkflow {
-                path: rel.clone(),
-                blake3: blake3::hash(&text).to_hex().to_string(),
-                store_path: added.record.name,
+            let kept = old.and_then(|l| l.workflows.iter().find(|w| w.path == *rel));
+            entries.push(match kept.filter(same) {
+                Some(kept) => Ok(kept.clone()),
+                None => Err(Derivation::pin_workflow(index, rel, file)),
             });
         }
-        Ok(out)
+        let pins: Vec<Derivation> = entries.iter().filter_map(|e| e.clone().err()).collect();
+        self.executor.run(&pins).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Ok(kept) => Some(kept),
+                Err(pin) => match self.executor.pinned(&pin) {
+                    Some(Pinned::Workflow(locked)) => Some(locked),
+                    _ => None,
+                },
+            })
+            .collect())
     }
 }
 
@@ -546,6 +545,7 @@ fn report_of(kind: &'static str, name: &str, action: &'static str, pinned: &Pinn
             ),
             &w.store_path,
         ),
+        Pinned::Workflow(w) => (format!("blake3:{}", &w.blake3[..16]), &w.store_path),
     };
     report(kind, name, action, &pin, store_path)
 }

@@ -542,6 +542,94 @@ fn the_dry_run_plan_is_what_realize_runs() {
     }
 }
 
+/// Pins are derivations the dry run shows and realize reports under the same ids: a spec without
+/// a lock plans the pins of its core, nodes, models and workflow (`resolve`), and realize reports
+/// each of them with the derivation of what it pinned; an unchanged workflow is then the lock's
+/// derivation (not added again), a changed one is pinned anew.
+#[test]
+fn pins_are_planned_and_reported_workflows_too() {
+    let w = World::new();
+    let mut spec = w.default_spec();
+    spec["workflows"] = json!(["workflows/w.json"]);
+    w.write_spec(&spec);
+    let dir = w.env.work.join("versions/workflows");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("w.json"), b"{\"1\": {}}").unwrap();
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "realize", "v1", "--dry-run", "--target"])
+        .arg(&home)
+        .ok();
+    let plan = json_of(&out)["plan"]["steps"].clone();
+    let pins: Vec<&Value> = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "resolve")
+        .collect();
+    assert!(pins.iter().any(|s| s["kind"] == "add-workflow"), "{plan}");
+    assert!(pins.iter().any(|s| s["kind"] == "fetch-git"), "{plan}");
+    let report = realize_ok(&w, "v1", &home, &[]);
+    let reported = ids(&report["derivations"]);
+    for pin in &pins {
+        let id = pin["id"].as_str().unwrap();
+        assert_eq!(
+            reported.get(id),
+            Some(&pin["kind"].as_str().unwrap().to_string()),
+            "{pin}"
+        );
+    }
+    let lock = w.lock();
+    let stored = lock["workflows"][0]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let workflow_outcomes = |report: &Value| -> Vec<(String, String)> {
+        report["derivations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"] == "add-workflow")
+            .map(|d| {
+                (
+                    d["outcome"].as_str().unwrap().to_string(),
+                    d["output"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert!(
+        workflow_outcomes(&report).contains(&("fetched".into(), stored.clone())),
+        "{report}"
+    );
+    // Unchanged: the lock's derivation, valid; the plan and the report are the same set.
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "realize", "v1", "--dry-run", "--target"])
+        .arg(&home)
+        .ok();
+    let plan = json_of(&out)["plan"]["steps"].clone();
+    let again = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(ids(&again["derivations"]), ids(&plan));
+    assert_eq!(
+        workflow_outcomes(&again),
+        [("valid".to_string(), stored.clone())]
+    );
+    // Changed: pinned again, to another store path.
+    fs::write(dir.join("w.json"), b"{\"2\": {}}").unwrap();
+    let changed = realize_ok(&w, "v1", &home, &[]);
+    let now = w.lock()["workflows"][0]["store_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(now, stored);
+    assert!(
+        workflow_outcomes(&changed).contains(&("fetched".into(), now)),
+        "{changed}"
+    );
+}
+
 #[test]
 fn dry_run_changes_nothing() {
     let w = World::new();
