@@ -284,22 +284,18 @@ impl Session {
     /// Put the machine's torch backend over `lock` (in memory only; the shared lock on disk is
     /// never changed): its Python wheel set becomes the overlay's, found in the store or resolved.
     fn apply_torch(&self, lock: &mut Lock) -> Result<Option<TorchUsed>> {
-        let executor = &self.executor;
-        let store = &executor.store;
-        overlay_with(
-            lock,
-            self.settings.torch.as_ref(),
-            |python, backend, index| {
-                let mut steps = Derivation::tools(python);
-                steps.push(Derivation::overlay(python, backend, index));
-                self.runtime.block_on(executor.run(&steps))?;
-                let (name, overlay) = crate::python::torch::stored(store, python, backend, index)?;
-                let overlay = overlay.ok_or_else(|| PythonError::NoOverlay {
-                    backend: backend.tag(),
-                })?;
-                Ok((name, overlay))
-            },
-        )
+        let torch = self.settings.torch.as_ref();
+        let with_torch = lock
+            .python
+            .as_ref()
+            .filter(|p| p.wheels.iter().any(|w| w.name == "torch"));
+        if let (Some((backend, index)), Some(python)) = (torch, with_torch) {
+            // The overlay and what it is built with, by the executor; then it is in the store.
+            let mut steps = Derivation::tools(python);
+            steps.push(Derivation::overlay(python, backend, index));
+            self.runtime.block_on(self.executor.run(&steps))?;
+        }
+        apply_stored_torch(self.store(), lock, torch)
     }
 
     /// Run the plan of `lock` (every pin known: what `--dry-run` shows now is what runs; what

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 
-use super::resolve::{open_session, settings};
+use super::resolve::open_session;
 use super::spec::SpecArg;
 use super::{format_bytes, Context, Outcome};
 use crate::lock::{lock_path_for, Lock};
@@ -28,9 +28,6 @@ pub struct RealizeArgs {
     /// Show the plan (steps, what is in the store, what would be downloaded) and change nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Use only what the store already holds
-    #[arg(long)]
-    pub offline: bool,
     /// Do not fetch or place models
     #[arg(long)]
     pub skip_models: bool,
@@ -38,17 +35,11 @@ pub struct RealizeArgs {
     /// models and the venv
     #[arg(long, value_enum, default_value_t = LinkMode::Auto)]
     pub link_mode: LinkMode,
-    /// Concurrent downloads
-    #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
-    pub jobs: usize,
     /// Fail instead of writing or changing the lock
     #[arg(long)]
     pub frozen: bool,
-    /// Resolve and install Python wheels from this directory only (no package index)
-    #[arg(long, value_name = "DIR")]
-    pub wheels_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub substitute: super::trust::SubstituteArgs,
+    pub session: super::resolve::SessionArgs,
     /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
     /// (exit 1 when it is not: for CI)
     #[arg(long, conflicts_with = "dry_run")]
@@ -198,14 +189,7 @@ fn realize_loaded(
     // Before anything is fetched or written: homes and stores never contain each other.
     realize::check_apart(&context.store_dir, &target, args.models_dir.as_deref())?;
     let store = Arc::new(context.open_store()?);
-    let settings = settings(
-        context,
-        args.offline,
-        args.jobs,
-        args.wheels_dir.as_deref(),
-        &args.substitute,
-        Some(&args.torch),
-    )?;
+    let settings = args.session.settings(context, Some(&args.torch))?;
     let session = open_session(context, store, spec, settings)?;
     Ok(session.realize(&Realization {
         loaded,

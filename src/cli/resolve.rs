@@ -15,48 +15,54 @@ use crate::store::Store;
 pub struct ResolveArgs {
     #[command(flatten)]
     pub spec: SpecArg,
-    /// Use only what the store already holds; fail listing everything that is missing
-    #[arg(long)]
-    pub offline: bool,
     /// Re-resolve the named entries (node names, model names or file names, `comfy`, `python`), or all
     /// when no name is given; other entries of an existing lock are kept as they are
     #[arg(long, value_name = "NAME", num_args = 0..)]
     pub update: Option<Vec<String>>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+/// What a command that resolves or realizes decides for its session (`session::Settings`).
+#[derive(Debug, Clone, Args)]
+pub struct SessionArgs {
+    /// Use only what the store already holds; fail listing everything that is missing
+    #[arg(long)]
+    pub offline: bool,
     /// Concurrent downloads
     #[arg(long, short = 'j', value_name = "N", default_value_t = 4)]
     pub jobs: usize,
-    /// Resolve Python wheels from this directory only (no package index)
+    /// Resolve and install Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub substitute: super::trust::SubstituteArgs,
 }
 
-/// A session's settings from a command's arguments and the config file, with the precedence
-/// `session::Settings` documents: the argument (or its variable, through clap), then the config.
-pub fn settings(
-    context: &Context,
-    offline: bool,
-    jobs: usize,
-    wheels_dir: Option<&std::path::Path>,
-    substitute: &super::trust::SubstituteArgs,
-    torch: Option<&super::realize::TorchArgs>,
-) -> anyhow::Result<Settings> {
-    let config = super::trust::Config::load()?;
-    let mut substituters = substitute.substituters.clone();
-    substituters.extend(config.substituters.iter().cloned());
-    Ok(Settings {
-        offline,
-        jobs,
-        wheels_dir: absolute(wheels_dir)?,
-        substituters,
-        trust: substitute.trust.trust(&config)?,
-        show_progress: context.progress,
-        torch: match torch {
-            Some(torch) => torch.choice()?,
-            None => None,
-        },
-    })
+impl SessionArgs {
+    /// The session's settings, with the precedence `session::Settings` documents: the argument
+    /// (or its variable, through clap), then the config file.
+    pub fn settings(
+        &self,
+        context: &Context,
+        torch: Option<&super::realize::TorchArgs>,
+    ) -> anyhow::Result<Settings> {
+        let config = super::trust::Config::load()?;
+        let mut substituters = self.substitute.substituters.clone();
+        substituters.extend(config.substituters.iter().cloned());
+        Ok(Settings {
+            offline: self.offline,
+            jobs: self.jobs,
+            wheels_dir: absolute(self.wheels_dir.as_deref())?,
+            substituters,
+            trust: self.substitute.trust.trust(&config)?,
+            show_progress: context.progress,
+            torch: match torch {
+                Some(torch) => torch.choice()?,
+                None => None,
+            },
+        })
+    }
 }
 
 /// A session for `spec` over `store`, reporting as the command's context says.
@@ -103,14 +109,7 @@ pub fn run(args: ResolveArgs, context: &Context) -> anyhow::Result<Outcome> {
     };
     let store = Arc::new(context.open_store()?);
     let store_root = store.root().to_path_buf();
-    let settings = settings(
-        context,
-        args.offline,
-        args.jobs,
-        args.wheels_dir.as_deref(),
-        &args.substitute,
-        None,
-    )?;
+    let settings = args.session.settings(context, None)?;
     let session = open_session(context, store, spec, settings)?;
     let (lock, items) = session.resolve(spec, old.as_ref(), &update, false, loaded.dir())?;
     let changed = !old.as_ref().is_some_and(|o| o.same_as(&lock));
@@ -144,7 +143,10 @@ pub fn print_items(items: &[ItemReport], store_root: &std::path::Path) {
             item.name,
             item.action,
             item.pin,
-            store_root.join("paths").join(&item.store_path).display()
+            store_root
+                .join(crate::store::layout::PATHS)
+                .join(&item.store_path)
+                .display()
         );
     }
 }

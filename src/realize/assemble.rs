@@ -221,7 +221,7 @@ impl<'a> Assembly<'a> {
             if fs::symlink_metadata(&at).is_ok() {
                 let ours = fs::read_link(&at)
                     .ok()
-                    .is_some_and(|t| t.starts_with(self.store.root().join("paths")));
+                    .is_some_and(|t| t.starts_with(self.store.path_of("")));
                 if local_models {
                     return Err(RealizeError::Conflict { at: rel });
                 }

@@ -198,12 +198,7 @@ impl Stamp {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
-    move |source| RealizeError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use super::io;
 
 pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;

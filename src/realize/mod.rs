@@ -141,7 +141,7 @@ impl Hint for RealizeError {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RealizeError + '_ {
     move |source| RealizeError::Io {
         path: path.to_path_buf(),
         source,

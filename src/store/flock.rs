@@ -80,9 +80,15 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
 
 /// Take a shared lock on `path`, waiting for it.
 pub fn shared(path: &Path) -> std::io::Result<LockGuard> {
+    wait_for(path, File::lock_shared)
+}
+
+/// Lock `path` with `lock`, waiting for it; again when the file was replaced meanwhile (a
+/// collector removed a stale lock file and another process made a new one).
+fn wait_for(path: &Path, lock: fn(&File) -> std::io::Result<()>) -> std::io::Result<LockGuard> {
     loop {
         let file = open_lock_file(path)?;
-        file.lock_shared()?;
+        lock(&file)?;
         if still_there(&file, path)? {
             return Ok(LockGuard {
                 file,
@@ -125,16 +131,7 @@ pub fn held_elsewhere(path: &Path) -> std::io::Result<bool> {
 
 /// Take an exclusive lock on `path`, waiting for it.
 pub fn exclusive(path: &Path) -> std::io::Result<LockGuard> {
-    loop {
-        let file = open_lock_file(path)?;
-        file.lock()?;
-        if still_there(&file, path)? {
-            return Ok(LockGuard {
-                file,
-                path: path.to_path_buf(),
-            });
-        }
-    }
+    wait_for(path, File::lock)
 }
 
 /// Try an exclusive lock on `path` without waiting; `None` if someone holds it.
