@@ -35,7 +35,7 @@ pub struct Cli {
     /// Print one JSON document on stdout instead of human-readable output
     #[arg(long, global = true)]
     pub json: bool,
-    /// More log output on stderr (repeat for more)
+    /// More log output on stderr, with how long each step took (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
     /// Less output on stderr: warnings and errors only (repeat for errors only)
