@@ -263,23 +263,24 @@ fn init_logging(verbose: u8, quiet: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("COMFIX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("comfix={level}")));
-    let _ = tracing_subscriber::fmt()
+    let ansi = colours_wanted(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        // With `-v`, each step's span (a derivation, a download, an import, a gc phase) says
-        // how long it took when it closes.
-        .with_span_events(if verbose > 0 {
-            tracing_subscriber::fmt::format::FmtSpan::CLOSE
-        } else {
-            tracing_subscriber::fmt::format::FmtSpan::NONE
-        })
-        .with_ansi(colours_wanted(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR"),
-        ))
-        .without_time()
-        .try_init();
+        .with_ansi(ansi);
+    let _ = if verbose > 0 {
+        // Each step's span (a derivation, a download, an import, a gc phase) says how long it
+        // took when it closes; times need the timer on.
+        builder
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }
 
 /// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty string
