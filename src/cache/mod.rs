@@ -580,7 +580,7 @@ impl Substituter for Cache {
             .map_err(|e| BuildError::Substituter {
                 what: derivation.describe(),
                 from: self.location(),
-                message: e.to_string(),
+                source: Box::new(e),
             })?;
         fetched.retain(|name| name != output);
         Ok(found.then_some(fetched))

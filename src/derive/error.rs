@@ -33,11 +33,13 @@ pub enum BuildError {
         url: String,
         reason: String,
     },
-    #[error("{what}: the substituter `{from}` failed: {message}")]
+    #[error("{what}: the substituter `{from}` failed: {source}")]
     Substituter {
         what: String,
         from: String,
-        message: String,
+        /// What went wrong there, kept whole.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{} items failed:\n{}", .errors.len(), .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Many { errors: Vec<BuildError> },

@@ -810,7 +810,7 @@ mod tests {
                 return Err(BuildError::Substituter {
                     what: d.describe(),
                     from: self.location(),
-                    message: "the cache is damaged".into(),
+                    source: "the cache is damaged".into(),
                 });
             }
             let Some(bytes) = d.output.as_ref().and_then(|o| self.held.get(o)) else {

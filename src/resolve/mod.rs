@@ -262,17 +262,7 @@ impl Resolver {
                         &mut python_progress,
                     )
                     .await;
-                match pinned {
-                    Ok(Some((python, items))) => {
-                        tally.reports.extend(items);
-                        Some(python)
-                    }
-                    Ok(None) => None,
-                    Err(err) => {
-                        tally.errors.push(err);
-                        None
-                    }
-                }
+                tally.python(pinned)
             }
             _ => None,
         };
@@ -604,6 +594,24 @@ impl Tally {
             }
         }
         out
+    }
+
+    /// The Python set, when the spec has one and it was pinned.
+    fn python(
+        &mut self,
+        pinned: Result<Option<(crate::lock::LockedPython, Vec<ItemReport>)>, BuildError>,
+    ) -> Option<crate::lock::LockedPython> {
+        match pinned {
+            Ok(Some((python, items))) => {
+                self.reports.extend(items);
+                Some(python)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                self.errors.push(err);
+                None
+            }
+        }
     }
 
     /// The models; an optional model that could not be fetched is left out (the executor warned).
