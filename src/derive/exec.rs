@@ -328,6 +328,8 @@ impl Executor {
         // A substituter that fails (a damaged cache, say) is passed over: what it put in the store
         // was verified, and nothing unverified was registered.
         for substituter in &self.substituters {
+            // A transfer like any other: under the one limit of `--jobs`.
+            let _permit = self.jobs.acquire().await.expect("never closed");
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
                 Ok(Some(references)) => {
                     let from = Some(substituter.location());
