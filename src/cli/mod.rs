@@ -208,11 +208,7 @@ pub fn main() -> i32 {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let code = if err.use_stderr() { 1 } else { 0 };
-            let _ = err.print();
-            return code;
-        }
+        Err(err) => return usage_error(&err, std::env::args().any(|a| a == "--json")),
     };
     init_logging(cli.verbose, cli.quiet);
     let context = Context {
@@ -266,6 +262,7 @@ fn init_logging(verbose: u8, quiet: u8) {
     let ansi = colours_wanted(
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR"),
+        std::env::var_os("CLICOLOR_FORCE"),
     );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -283,10 +280,19 @@ fn init_logging(verbose: u8, quiet: u8) {
     };
 }
 
-/// Colours on a terminal, unless `NO_COLOR` is set to anything but the empty string
-/// (no-color.org); `with_ansi` would otherwise override the subscriber's own check.
-fn colours_wanted(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
-    terminal && no_color.is_none_or(|v| v.is_empty())
+/// Colours on a terminal or with `CLICOLOR_FORCE`, never with `NO_COLOR` set to anything but the
+/// empty string (no-color.org); `with_ansi` would otherwise override the subscriber's own check.
+fn colours_wanted(
+    terminal: bool,
+    no_color: Option<std::ffi::OsString>,
+    force: Option<std::ffi::OsString>,
+) -> bool {
+    let set = |v: &Option<std::ffi::OsString>| v.as_ref().is_some_and(|v| !v.is_empty());
+    if set(&no_color) {
+        return false;
+    }
+    // `CLICOLOR_FORCE` (bixense.com/clicolors): colours even into a pipe, unless it is `0`.
+    terminal || (set(&force) && force.as_deref() != Some(std::ffi::OsStr::new("0")))
 }
 
 /// Find the library error in `err`'s chain that knows its hint and whether it is the user's.
@@ -336,6 +342,31 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
         }
     }
     (false, None)
+}
+
+/// A command line clap could not take (or `--help`, `--version`): printed as clap prints it and,
+/// for an error under `--json`, also as one JSON document on stdout shaped like every other error
+/// (`error`, `causes`, `hint`, `exit`). Exit 1 for an error, 0 for help and version.
+fn usage_error(err: &clap::Error, json: bool) -> i32 {
+    let _ = err.print();
+    if !err.use_stderr() {
+        return 0;
+    }
+    if json {
+        let text = err.render().to_string();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let first = lines.next().unwrap_or_default();
+        let error = first.strip_prefix("error: ").unwrap_or(first);
+        let rest: Vec<&str> = lines.collect();
+        let document = serde_json::json!({
+            "error": error,
+            "causes": [],
+            "hint": (!rest.is_empty()).then(|| rest.join("\n")),
+            "exit": 1,
+        });
+        println!("{document}");
+    }
+    1
 }
 
 /// Print `err` (with `--json`, also as one JSON document on stdout: `error`, `causes`, `hint`,
@@ -459,11 +490,15 @@ mod tests {
     }
 
     #[test]
-    fn no_color_turns_colours_off() {
-        assert!(colours_wanted(true, None));
-        assert!(colours_wanted(true, Some("".into())));
-        assert!(!colours_wanted(true, Some("1".into())));
-        assert!(!colours_wanted(false, None));
+    fn no_color_turns_colours_off_and_clicolor_force_on() {
+        assert!(colours_wanted(true, None, None));
+        assert!(colours_wanted(true, Some("".into()), None));
+        assert!(!colours_wanted(true, Some("1".into()), None));
+        assert!(!colours_wanted(false, None, None));
+        assert!(colours_wanted(false, None, Some("1".into())));
+        assert!(!colours_wanted(false, None, Some("0".into())));
+        assert!(!colours_wanted(false, None, Some("".into())));
+        assert!(!colours_wanted(true, Some("1".into()), Some("1".into())));
     }
 
     #[test]

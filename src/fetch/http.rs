@@ -165,9 +165,14 @@ fn status_error(
                 auth.var
             ),
             Some(auth) => format!(
-                "set `{}` to a token with access (it is sent only to `{}`)",
+                "set `{}` to a token with access (it is sent only to `{}`){}",
                 auth.var,
-                auth.host()
+                auth.host(),
+                if auth.var == "HF_TOKEN" {
+                    ", or log in with `hf auth login`"
+                } else {
+                    ""
+                }
             ),
             None => "the server requires authentication for this URL".to_string(),
         }),

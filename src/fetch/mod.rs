@@ -77,9 +77,24 @@ fn parse_base(value: &str, var: &str) -> Result<Url, FetchError> {
     })
 }
 
+/// The token `hf auth login` saved, where huggingface_hub reads it: `HF_TOKEN_PATH`, else
+/// `$HF_HOME/token`, `HF_HOME` being `$XDG_CACHE_HOME/huggingface` or `~/.cache/huggingface` by
+/// default. `None` when there is no such file or it is empty.
+fn hf_token_file(env: &impl Fn(&str) -> Option<String>) -> Option<Secret> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let path = var("HF_TOKEN_PATH")
+        .or_else(|| var("HF_HOME").map(|home| home.join("token")))
+        .or_else(|| var("XDG_CACHE_HOME").map(|cache| cache.join("huggingface/token")))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/huggingface/token")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| Secret::new(token.to_string()))
+}
+
 impl FetchConfig {
     /// Build the configuration from the process environment; a spec's expanded `env` overrides it
-    /// for the tokens (`HF_TOKEN`, `CIVITAI_TOKEN`).
+    /// for the tokens (`HF_TOKEN`, else the file `hf auth login` wrote; `CIVITAI_TOKEN` or
+    /// `CIVITAI_API_TOKEN`).
     pub fn from_env(
         env: impl Fn(&str) -> Option<String>,
         spec_env: &ExpandedEnv,
@@ -114,7 +129,8 @@ impl FetchConfig {
         };
         Ok(FetchConfig {
             hf_endpoint: base("HF_ENDPOINT", "https://huggingface.co")?,
-            hf_token: token("HF_TOKEN"),
+            // `hf auth login` saves it in a file huggingface_hub reads when `HF_TOKEN` is unset.
+            hf_token: token("HF_TOKEN").or_else(|| hf_token_file(&env)),
             civitai_api: base("COMFIX_CIVITAI_URL", "https://civitai.com/api/v1")?,
             // comfy-cli and others read `CIVITAI_API_TOKEN`: either works.
             civitai_token: token("CIVITAI_TOKEN").or_else(|| token("CIVITAI_API_TOKEN")),

@@ -18,6 +18,57 @@ fn usage_errors_exit_1_and_help_exits_0() {
     }
 }
 
+/// Under `--json`, a command line that cannot be parsed is one JSON document on stdout too,
+/// shaped like every other error (`error`, `causes`, `hint`, `exit`), exit 1; clap's own text
+/// stays on stderr.
+#[test]
+fn usage_errors_under_json_are_one_document() {
+    let env = TestEnv::new();
+    for args in [
+        &["--json", "store", "frobnicate"][..],
+        &["--json", "realize", "--link-mode", "teleport"][..],
+        &["realize", "--json", "--no-such-flag"][..],
+    ] {
+        let out = env.run(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let doc: serde_json::Value = json_of(&out);
+        assert_eq!(doc["exit"], 1, "{doc}");
+        let error = doc["error"].as_str().unwrap();
+        assert!(!error.is_empty() && !error.starts_with("error:"), "{doc}");
+        assert!(doc["causes"].as_array().unwrap().is_empty(), "{doc}");
+        assert!(stderr(&out).contains("error:"), "{}", stderr(&out));
+    }
+    let out = env.run(&["--json", "store", "frobnicate"]);
+    assert!(stdout(&out).contains("frobnicate"), "{}", stdout(&out));
+    // Help is not an error: no document.
+    let out = env.run(&["--json", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
+}
+
+/// `NO_COLOR` keeps every escape sequence out, `CLICOLOR_FORCE` puts colours into a pipe.
+#[test]
+fn no_color_and_clicolor_force_are_honoured() {
+    let env = TestEnv::new();
+    let file = env.path("f.txt");
+    fs::write(&file, b"data").unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = env.cmd();
+        cmd.args(["-v", "store", "add", file.to_str().unwrap()]);
+        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(!run(&[]).contains('\x1b'), "a pipe gets no colours");
+    assert!(run(&[("CLICOLOR_FORCE", "1")]).contains('\x1b'));
+    let both = run(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]);
+    assert!(!both.contains('\x1b'), "{both}");
+}
+
 #[test]
 fn stdout_is_data_and_json_is_one_document() {
     let env = TestEnv::new();

@@ -466,9 +466,11 @@ fn missing_token_is_a_clear_error() {
         &w,
         json!([{ "source": "hf://org/wan/split/unet.safetensors", "name": "wan-unet" }]),
     ));
+    let no_login = w.env.path("no-hf-login");
     let out = w
         .cmd(&w.env.store)
         .env_remove("HF_TOKEN")
+        .env("HF_HOME", &no_login)
         .args(["resolve", "v1"])
         .output()
         .unwrap();
@@ -479,6 +481,36 @@ fn missing_token_is_a_clear_error() {
         "{err}"
     );
     assert!(err.contains("hint: set `HF_TOKEN`"), "{err}");
+    assert!(err.contains("hf auth login"), "{err}");
+}
+
+/// Without `HF_TOKEN`, the token `hf auth login` saved is used, where huggingface_hub reads it:
+/// `HF_TOKEN_PATH`, else `$HF_HOME/token`; it never reaches the lock.
+#[test]
+fn the_hugging_face_login_token_file_is_used() {
+    let w = World::new();
+    w.write_spec(&models_only(
+        &w,
+        json!([{ "source": "hf://org/wan/split/unet.safetensors", "name": "wan-unet" }]),
+    ));
+    let home = w.env.path("hf-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("token"), format!("{HF_TOKEN}\n")).unwrap();
+    let elsewhere = w.env.path("token-elsewhere");
+    std::fs::write(&elsewhere, HF_TOKEN).unwrap();
+    let lock_file = w.env.work.join("versions/v1.lock.json");
+    for (var, value) in [("HF_HOME", &home), ("HF_TOKEN_PATH", &elsewhere)] {
+        let _ = std::fs::remove_file(&lock_file);
+        let store = w.env.path(&format!("store-{var}"));
+        w.cmd(&store)
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HOME")
+            .env(var, value)
+            .args(["resolve", "v1"])
+            .ok();
+        let lock = std::fs::read_to_string(&lock_file).unwrap();
+        assert!(!lock.contains(HF_TOKEN), "{lock}");
+    }
 }
 
 /// CivitAI's token is read as `CIVITAI_TOKEN` or, as comfy-cli names it, `CIVITAI_API_TOKEN`.
