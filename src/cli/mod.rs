@@ -13,6 +13,7 @@ mod progress;
 mod realize;
 mod resolve;
 mod run;
+mod shell;
 mod spec;
 mod store;
 mod trust;
@@ -26,7 +27,12 @@ use crate::hint::Hint;
 
 /// A Nix-style content-addressed store and builder for ComfyUI environments.
 #[derive(Debug, Parser)]
-#[command(name = "comfix", version, about, max_term_width = 100)]
+#[command(
+    name = "comfix",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("COMFIX_COMMIT"), ")"),
+    about,
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Store directory [default: $COMFIX_STORE, else /runpod-volume/comfix-store when
     /// /runpod-volume exists, else $XDG_DATA_HOME/comfix/store]
@@ -146,6 +152,16 @@ pub enum Command {
         after_help = "Examples:\n  comfix spec check wan22\n  comfix spec check --spec versions/wan22.json --json"
     )]
     Spec(spec::SpecCommand),
+    /// Print a shell's completion script (bash's also completes version ids from `versions/`)
+    #[command(
+        after_help = "Examples:\n  comfix completions bash > ~/.local/share/bash-completion/completions/comfix\n  comfix completions zsh > ~/.zfunc/_comfix\n  comfix completions fish > ~/.config/fish/completions/comfix.fish"
+    )]
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page, or write one per command into a directory
+    #[command(
+        after_help = "Examples:\n  comfix man | man -l -\n  comfix man --dir ~/.local/share/man/man1"
+    )]
+    Man(shell::ManArgs),
 }
 
 /// How a command ended when it did not fail outright.
@@ -240,6 +256,8 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(args, &context),
         Command::Test(args) => run::test(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),
+        Command::Completions(args) => shell::completions(args),
+        Command::Man(args) => shell::man(args, &context),
     };
     match result {
         Ok(Outcome::Success) => 0,

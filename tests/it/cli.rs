@@ -46,6 +46,81 @@ fn usage_errors_under_json_are_one_document() {
     assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
 }
 
+/// Bash's completion script parses and completes version ids from `versions/` after a command
+/// that takes one (not after `store`, whose next word is a subcommand); the man pages are
+/// generated, one per command; `--version` names the commit.
+#[test]
+fn completions_man_pages_and_version() {
+    let env = TestEnv::new();
+    let script = env.path("comfix.bash");
+    let out = ok(env.run(&["completions", "bash"]));
+    fs::write(&script, &out.stdout).unwrap();
+    let parsed = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", stderr(&parsed));
+    let dir = env.path("work");
+    fs::create_dir_all(dir.join("versions")).unwrap();
+    for file in ["wan22.json", "wan22.lock.json", "flux.json"] {
+        fs::write(dir.join("versions").join(file), b"{}").unwrap();
+    }
+    let complete = |words: &str| -> String {
+        let program = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); \
+             COMPREPLY=(); _comfix_with_ids comfix \"${{COMP_WORDS[COMP_CWORD]}}\" \
+             \"${{COMP_WORDS[COMP_CWORD-1]}}\"; echo \"${{COMPREPLY[*]}}\"",
+            script.display()
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_string()
+    };
+    assert_eq!(complete("comfix realize ''"), "flux wan22");
+    assert_eq!(complete("comfix realize w"), "wan22");
+    assert_eq!(complete("comfix spec check f"), "flux");
+    assert!(complete("comfix realize --dry").contains("--dry-run"));
+    let store = complete("comfix store ''");
+    assert!(
+        store.contains("why-depends") && !store.contains("wan22"),
+        "{store}"
+    );
+    for shell in ["zsh", "fish", "powershell"] {
+        let out = ok(env.run(&["completions", shell]));
+        assert!(stdout(&out).contains("realize"), "{shell}");
+    }
+
+    let page = stdout(&ok(env.run(&["man"])));
+    assert!(page.contains(".TH comfix 1"), "{page}");
+    let pages = env.path("man1");
+    ok(env.run(&["man", "--dir", pages.to_str().unwrap()]));
+    for name in ["comfix.1", "comfix-realize.1", "comfix-store-add.1"] {
+        let text = fs::read_to_string(pages.join(name)).unwrap();
+        assert!(text.contains(".SH SYNOPSIS"), "{name}");
+    }
+
+    let version = stdout(&ok(env.run(&["--version"])));
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let commit = match String::from_utf8_lossy(&commit.stdout).trim() {
+        "" => "unknown".to_string(), // built outside a git checkout
+        commit => commit.to_string(),
+    };
+    assert!(
+        version.starts_with("comfix ") && version.contains(&format!("({commit})")),
+        "{version} vs {commit}"
+    );
+}
+
 /// `NO_COLOR` keeps every escape sequence out, `CLICOLOR_FORCE` puts colours into a pipe.
 #[test]
 fn no_color_and_clicolor_force_are_honoured() {
