@@ -50,6 +50,17 @@ impl Auth {
         }
     }
 
+    /// A user and password for the host of `url` (HTTP Basic), from `origin` (for hints).
+    pub fn basic(url: &Url, user: &str, password: &str, origin: &'static str) -> Auth {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Auth {
+            host: host_key(url),
+            header: Some(Secret::new(format!("Basic {pair}"))),
+            var: origin,
+        }
+    }
+
     fn applies(&self, url: &Url) -> bool {
         host_key(url) == self.host
     }

@@ -5,6 +5,7 @@
 //! error names both hashes. Tokens are sent only to their own hosts, never across a redirect to
 //! another host, and never logged.
 
+pub mod credentials;
 pub mod git;
 pub mod http;
 pub mod local;

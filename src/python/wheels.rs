@@ -137,9 +137,12 @@ pub async fn fetch_wheel(
             who: "the package index".into(),
         }
     };
+    // A private index's credentials, as uv finds them (an index URL's, `.netrc`): sent to its
+    // host only, never written into the lock.
+    let auth = crate::fetch::credentials::for_host(&url, &|k| std::env::var(k).ok());
     let download = Download {
         what,
-        auth: None,
+        auth,
         url,
         size: wheel.size,
         sha256: Some(Expected::new(&wheel.sha256, from)),

@@ -162,6 +162,82 @@ impl PyWorld {
     }
 }
 
+/// A private index: its credentials — in the index URL, as uv takes them, or in `.netrc` — go
+/// with the wheel downloads comfix makes itself (to that host only), and never into the lock;
+/// without them the download fails naming the refusal.
+#[test]
+fn a_private_index_s_credentials_reach_the_wheel_downloads_not_the_lock() {
+    let world = PyWorld::new();
+    let private = TestServer::start();
+    let authorization = {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+        format!("Basic {pair}")
+    };
+    let plain_url = wheels::serve_private_index(&private, &packages(), &authorization);
+    let with_credentials = plain_url.replace("http://", "http://alice:s3cret@");
+    world.write_spec(&json!({
+        "schema_version": 2,
+        "version_id": "v1",
+        "comfy": { "repo": world.core.url(), "ref": "main" },
+        "python": { "version": python_version(), "requirements": ["gamma"] }
+    }));
+    let no_netrc = world.env.path("no-netrc");
+    world
+        .cmd()
+        .env("UV_DEFAULT_INDEX", &with_credentials)
+        .env("NETRC", &no_netrc)
+        .args(["resolve", "v1"])
+        .ok();
+    let lock = fs::read_to_string(world.env.work.join("versions/v1.lock.json")).unwrap();
+    assert!(
+        !lock.contains("s3cret") && !lock.contains("alice"),
+        "{lock}"
+    );
+    assert!(lock.contains(&private.url("/files/")), "{lock}");
+    let files = |server: &TestServer| {
+        server
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.starts_with("/files/"))
+            .count()
+    };
+    let served = files(&private);
+    assert!(served > 0);
+
+    // From the lock into other stores: `.netrc` serves; nothing at all is refused.
+    let netrc = world.env.path("netrc");
+    let host = url::Url::parse(&plain_url)
+        .unwrap()
+        .host_str()
+        .unwrap()
+        .to_string();
+    fs::write(
+        &netrc,
+        format!("machine {host}\n  login alice\n  password s3cret\n"),
+    )
+    .unwrap();
+    world
+        .cmd_in(&world.env.path("store-netrc"))
+        .env("UV_DEFAULT_INDEX", &plain_url)
+        .env("NETRC", &netrc)
+        .args(["resolve", "v1"])
+        .ok();
+    assert!(
+        files(&private) > served,
+        "the wheels came from the private index"
+    );
+    let out = world
+        .cmd_in(&world.env.path("store-none"))
+        .env("UV_DEFAULT_INDEX", &plain_url)
+        .env("NETRC", &no_netrc)
+        .args(["resolve", "v1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("401"), "{}", stderr(&out));
+}
+
 /// The machine's Python as `3.X`.
 pub(crate) fn python_version() -> String {
     let out = Command::new("python3")

@@ -139,13 +139,31 @@ pub fn serve_index(server: &TestServer, wheels: &[Wheel]) -> String {
 /// `serve_index` under a path prefix (`/cpu`: the index at `<server>/cpu/simple/`), so one server
 /// holds several indexes, as the PyTorch index holds one per backend.
 pub fn serve_index_under(server: &TestServer, prefix: &str, wheels: &[Wheel]) -> String {
+    serve_index_with(server, prefix, wheels, None)
+}
+
+/// `serve_index` whose pages and files all require this `Authorization` header (a private index).
+pub fn serve_private_index(server: &TestServer, wheels: &[Wheel], authorization: &str) -> String {
+    serve_index_with(server, "", wheels, Some(authorization))
+}
+
+fn serve_index_with(
+    server: &TestServer,
+    prefix: &str,
+    wheels: &[Wheel],
+    authorization: Option<&str>,
+) -> String {
+    let guarded = |route: Route| Route {
+        require_auth: authorization.map(str::to_string),
+        ..route
+    };
     let mut by_project: std::collections::BTreeMap<String, Vec<(String, Vec<u8>)>> =
         Default::default();
     for wheel in wheels {
         let bytes = wheel.build();
         server.route(
             &format!("{prefix}/files/{}", wheel.filename().replace('+', "%2B")),
-            Route::file(bytes.clone()),
+            guarded(Route::file(bytes.clone())),
         );
         by_project
             .entry(wheel.name.replace('_', "-").to_lowercase())
@@ -168,13 +186,13 @@ pub fn serve_index_under(server: &TestServer, prefix: &str, wheels: &[Wheel]) ->
         page.push_str("</body></html>\n");
         server.route(
             &format!("{prefix}/simple/{project}/"),
-            Route::file(page.into_bytes()).header("Content-Type", "text/html"),
+            guarded(Route::file(page.into_bytes()).header("Content-Type", "text/html")),
         );
     }
     root.push_str("</body></html>\n");
     server.route(
         &format!("{prefix}/simple/"),
-        Route::file(root.into_bytes()).header("Content-Type", "text/html"),
+        guarded(Route::file(root.into_bytes()).header("Content-Type", "text/html")),
     );
     server.url(&format!("{prefix}/simple/"))
 }
