@@ -8,6 +8,7 @@ mod adopt;
 mod cache;
 mod closure;
 mod diff;
+mod edit;
 mod gc;
 mod progress;
 mod realize;
@@ -162,6 +163,27 @@ pub enum Command {
         after_help = "Examples:\n  comfix man | man -l -\n  comfix man --dir ~/.local/share/man/man1"
     )]
     Man(shell::ManArgs),
+    /// Start a new version: `versions/<ID>.json` with the core (resolved on first realize)
+    #[command(
+        after_help = "Examples:\n  comfix init wan22\n  comfix init mine --core https://github.com/comfyanonymous/ComfyUI --ref v0.3.40"
+    )]
+    Init(edit::InitArgs),
+    /// Add to a version; what is added is resolved (with the rest of the lock kept) before the
+    /// spec and lock are written together
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix add python wan22 einops 'opencv-python-headless>=4.8'"
+    )]
+    Add(edit::AddCommand),
+    /// Remove nodes, models or Python requirements from a version (spec and lock together)
+    #[command(after_help = "Examples:\n  comfix remove wan22 ComfyUI-GGUF einops")]
+    Remove(edit::RemoveArgs),
+    /// What a version holds, with its pins and sizes
+    #[command(after_help = "Examples:\n  comfix list wan22\n  comfix --json list wan22")]
+    List(edit::ListArgs),
+    /// Pin entries of a version again (`resolve --update`)
+    #[command(after_help = "Examples:\n  comfix update wan22\n  comfix update wan22 ComfyUI-GGUF")]
+    Update(edit::UpdateArgs),
 }
 
 /// How a command ended when it did not fail outright.
@@ -256,6 +278,11 @@ pub fn main() -> i32 {
         Command::Run(args) => run::run(args, &context),
         Command::Test(args) => run::test(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),
+        Command::Init(args) => edit::init(args, &context),
+        Command::Add(command) => edit::add(command, &context),
+        Command::Remove(args) => edit::remove(args, &context),
+        Command::List(args) => edit::list(args, &context),
+        Command::Update(args) => edit::update(args, &context),
         Command::Completions(args) => shell::completions(args),
         Command::Man(args) => shell::man(args, &context),
     };

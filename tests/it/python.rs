@@ -162,6 +162,113 @@ impl PyWorld {
     }
 }
 
+/// A version edited from the command line: `init`, `add python`, `list`, `remove`, `update`;
+/// each edit resolves before anything is written (a conflicting requirement leaves spec and lock
+/// byte-identical and names both sides), and `realize` makes it a generation `rollback` undoes.
+#[test]
+fn a_version_is_edited_from_the_command_line() {
+    let world = PyWorld::new();
+    let spec_path = world.env.work.join("versions/v1.json");
+    let lock_path = world.env.work.join("versions/v1.lock.json");
+    world
+        .cmd()
+        .args(["init", "v1", "--core", &world.core.url(), "--ref", "main"])
+        .ok();
+    assert!(spec_path.is_file());
+    let out = world.cmd().args(["init", "v1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "init twice: {}", stderr(&out));
+
+    world
+        .cmd()
+        .args(["add", "python", "v1", "gamma", "shared==1.0"])
+        .ok();
+    let spec: Value = serde_json::from_str(&fs::read_to_string(&spec_path).unwrap()).unwrap();
+    assert_eq!(
+        spec["python"]["requirements"],
+        json!(["gamma", "shared==1.0"])
+    );
+    let keys: Vec<&String> = spec.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys[..3],
+        ["schema_version", "version_id", "comfy"],
+        "key order kept"
+    );
+    let wheels = |lock: &Value| -> Vec<String> {
+        lock["python"]["wheels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(wheels(&world.lock("v1")).contains(&"gamma".to_string()));
+    let core_before = world.lock("v1")["comfy"].clone();
+
+    // A conflict: nothing written, both sides named.
+    let (spec_before, lock_before) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+    let out = world
+        .cmd()
+        .args(["add", "python", "v1", "shared==2.0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("shared==1.0") && err.contains("shared==2.0"),
+        "{err}"
+    );
+    assert_eq!(fs::read(&spec_path).unwrap(), spec_before);
+    assert_eq!(fs::read(&lock_path).unwrap(), lock_before);
+
+    let listed = world.env.json(&["list", "v1"]);
+    let entries = listed["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "core" && e["size"].is_u64()),
+        "{listed}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "wheel" && e["name"] == "gamma"),
+        "{listed}"
+    );
+
+    world.realize_ok("v1", "home", &[]);
+    let python = world.env.path("home/.venv/bin/python");
+    run(&python, &["-c", "import gamma"])
+        .status
+        .success()
+        .then_some(())
+        .unwrap();
+
+    world.cmd().args(["remove", "v1", "gamma"]).ok();
+    assert!(!wheels(&world.lock("v1")).contains(&"gamma".to_string()));
+    assert_eq!(
+        world.lock("v1")["comfy"],
+        core_before,
+        "the rest of the lock is kept"
+    );
+    let out = world
+        .cmd()
+        .args(["remove", "v1", "nothing-like-it"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    says(&out, "`nothing-like-it` not in the version");
+    world.realize_ok("v1", "home", &[]);
+    assert!(!run(&python, &["-c", "import gamma"]).status.success());
+    world
+        .cmd()
+        .args(["rollback", "--target"])
+        .arg(world.env.path("home"))
+        .ok();
+    assert!(run(&python, &["-c", "import gamma"]).status.success());
+
+    world.cmd().args(["update", "v1", "python"]).ok();
+}
+
 /// A private index: its credentials — in the index URL, as uv takes them, or in `.netrc` — go
 /// with the wheel downloads comfix makes itself (to that host only), and never into the lock;
 /// without them the download fails naming the refusal.

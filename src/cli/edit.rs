@@ -1,0 +1,377 @@
+//! Editing a version from the command line: `init`, `add python`, `remove`, `list`, `update`.
+//!
+//! An edit changes the spec in memory (its key order kept), checks it as `spec check` does,
+//! resolves it against the existing lock — only what changed is pinned, the rest of the lock is
+//! kept — and only then writes the spec and the lock, each atomically; a failure (a Python
+//! conflict, an unknown name, a source that cannot be reached) leaves both files as they were.
+//! Nothing is installed: `realize` makes the edit a new generation, which `rollback` undoes. Two
+//! edits of one version take turns (a lock file beside the spec).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::resolve::{open_session, SessionArgs};
+use super::{Context, Outcome, UserInput};
+use crate::lock::Lock;
+use crate::resolve::Update;
+use crate::spec::Spec;
+
+/// The core a new version starts from.
+const DEFAULT_CORE: &str = "https://github.com/comfyanonymous/ComfyUI";
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The new version's id (its spec is `versions/<ID>.json`)
+    pub id: String,
+    /// The core's repository
+    #[arg(long, value_name = "URL", default_value = DEFAULT_CORE)]
+    pub core: String,
+    /// The core's branch or tag
+    #[arg(long = "ref", value_name = "REF", default_value = "master")]
+    pub git_ref: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddCommand {
+    /// Add Python requirements (PEP 508) to a version; uv resolves them with the rest first
+    #[command(
+        after_help = "Examples:\n  comfix add python wan22 'opencv-python-headless>=4.8' einops"
+    )]
+    Python {
+        /// The version
+        id: String,
+        /// Requirements, as pip and uv take them
+        #[arg(required = true, value_name = "REQUIREMENT")]
+        requirements: Vec<String>,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The version
+    pub id: String,
+    /// Node names, model names or file names, or Python requirements (as written, or by package)
+    #[arg(required = true, value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// The version
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The version
+    pub id: String,
+    /// Entries to pin again (node names, model names or file names, `comfy`, `python`); all
+    /// when none is given
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+/// `comfix init`: a new spec with the core, checked, not resolved (`realize` resolves it).
+pub fn init(args: InitArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let dir = std::env::current_dir()?.join("versions");
+    let path = dir.join(format!("{}.json", args.id));
+    if path.exists() {
+        return Err(UserInput(format!(
+            "`{}` exists already: edit it with `comfix add` and `comfix remove`",
+            path.display()
+        ))
+        .into());
+    }
+    let spec = serde_json::json!({
+        "schema_version": 2,
+        "version_id": args.id,
+        "comfy": { "repo": args.core, "ref": args.git_ref },
+        "custom_nodes": [],
+        "models": [],
+    });
+    let text = serde_json::to_string_pretty(&spec)? + "\n";
+    Spec::parse(&text, &path)?;
+    std::fs::create_dir_all(&dir)?;
+    let _turn = turn(&path)?;
+    write_file(&path, text.as_bytes())?;
+    if context.json {
+        context.print_json(&serde_json::json!({ "spec_path": path }))?;
+    } else {
+        println!("{}", path.display());
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
+    let AddCommand::Python {
+        id,
+        requirements,
+        session,
+    } = command;
+    edit(&id, &session, context, |spec| {
+        let python = spec
+            .as_object_mut()
+            .ok_or_else(|| UserInput("the spec is not a JSON object".into()))?
+            .entry("python")
+            .or_insert_with(|| serde_json::json!({}));
+        let list = python
+            .as_object_mut()
+            .ok_or_else(|| UserInput("`python` is not an object".into()))?
+            .entry("requirements")
+            .or_insert_with(|| Value::Array(Vec::new()))
+            .as_array_mut()
+            .ok_or_else(|| UserInput("`python.requirements` is not a list".into()))?;
+        for requirement in &requirements {
+            if list.iter().any(|r| r.as_str() == Some(requirement)) {
+                return Err(UserInput(format!("`{requirement}` is in the spec already")).into());
+            }
+            list.push(Value::String(requirement.clone()));
+        }
+        Ok(())
+    })
+}
+
+pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
+    edit(&args.id, &args.session, context, |spec| {
+        let current: Spec = serde_json::from_value(spec.clone())?;
+        let mut unknown = Vec::new();
+        for name in &args.names {
+            let removed = remove_node(spec, &current, name)
+                | remove_model(spec, &current, name)
+                | remove_requirement(spec, name);
+            if !removed {
+                unknown.push(format!("`{name}`"));
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(UserInput(format!(
+                "{} not in the version (names are nodes' names, models' names or file names, and Python requirements)",
+                unknown.join(", ")
+            ))
+            .into());
+        }
+        Ok(())
+    })
+}
+
+fn remove_node(spec: &mut Value, current: &Spec, name: &str) -> bool {
+    let Some(index) = current
+        .custom_nodes
+        .iter()
+        .position(|n| n.dir_name() == name)
+    else {
+        return false;
+    };
+    spec["custom_nodes"]
+        .as_array_mut()
+        .map(|nodes| nodes.remove(index))
+        .is_some()
+}
+
+fn remove_model(spec: &mut Value, current: &Spec, name: &str) -> bool {
+    let Some(index) = current
+        .models
+        .iter()
+        .position(|m| m.name.as_deref() == Some(name) || m.file_name() == name)
+    else {
+        return false;
+    };
+    spec["models"]
+        .as_array_mut()
+        .map(|models| models.remove(index))
+        .is_some()
+}
+
+/// A requirement as written, or every requirement of the package `name`.
+fn remove_requirement(spec: &mut Value, name: &str) -> bool {
+    let Some(list) = spec
+        .get_mut("python")
+        .and_then(|p| p.get_mut("requirements"))
+        .and_then(Value::as_array_mut)
+    else {
+        return false;
+    };
+    let package = |text: &str| -> String {
+        text.split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .next()
+            .unwrap_or_default()
+            .to_lowercase()
+            .replace('_', "-")
+    };
+    let before = list.len();
+    list.retain(|r| {
+        let text = r.as_str().unwrap_or_default();
+        text != name && package(text) != package(name)
+    });
+    list.len() != before
+}
+
+/// Edit `id`'s spec with `change`, then resolve it against its lock and write both — or neither.
+fn edit(
+    id: &str,
+    session_args: &SessionArgs,
+    context: &Context,
+    change: impl FnOnce(&mut Value) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    let path = Spec::find(&std::env::current_dir()?, id)?;
+    let _turn = turn(&path)?;
+    let before = std::fs::read_to_string(&path)?;
+    let mut value: Value = serde_json::from_str(&before)?;
+    change(&mut value)?;
+    let text = serde_json::to_string_pretty(&value)? + "\n";
+    let spec = Spec::parse(&text, &path)?;
+    let lock_path = crate::lock::lock_path_for(&path, &spec.version_id);
+    let old = Lock::read(&lock_path)?;
+    let store = Arc::new(context.open_store()?);
+    let settings = session_args.settings(context, None)?;
+    let session = open_session(context, store, &spec, settings)?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let (lock, items) = session.resolve(&spec, old.as_ref(), &Update::Nothing, false, dir)?;
+    // Checked and resolved: now the spec, then the lock (each atomic). Should the lock's write
+    // fail, the spec goes back to what it was.
+    write_file(&path, text.as_bytes())?;
+    if let Err(err) = lock.write(&lock_path) {
+        write_file(&path, before.as_bytes())?;
+        return Err(err.into());
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "spec_path": path,
+            "lock_path": lock_path,
+            "items": items,
+        }))?;
+    } else {
+        super::resolve::print_items(&items, context.store_dir.as_path());
+        tracing::info!("wrote `{}` and `{}`", path.display(), lock_path.display());
+    }
+    Ok(Outcome::Success)
+}
+
+/// `comfix list`: what a version holds, as its lock pins it.
+pub fn list(args: ListArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let path = Spec::find(&std::env::current_dir()?, &args.id)?;
+    let loaded = Spec::load(&path)?;
+    let lock_path = crate::lock::lock_path_for(&path, &loaded.spec.version_id);
+    let lock = Lock::read(&lock_path)?;
+    let store = crate::store::Store::open_existing(&context.store_dir)?;
+    let size = |name: &str| -> Option<u64> {
+        store
+            .as_ref()
+            .and_then(|s| s.query(name).ok().flatten())
+            .map(|r| r.size)
+    };
+    let mut rows = Vec::new();
+    let mut row = |kind: &str, name: &str, pin: String, path: &str| {
+        rows.push(serde_json::json!({
+            "kind": kind, "name": name, "pin": pin,
+            "store_path": (!path.is_empty()).then_some(path), "size": size(path),
+        }));
+    };
+    match &lock {
+        None => {
+            row("core", "comfy", "not pinned".into(), "");
+            for node in &loaded.spec.custom_nodes {
+                row("node", &node.dir_name(), "not pinned".into(), "");
+            }
+            for model in &loaded.spec.models {
+                let name = model.name.clone().unwrap_or_else(|| model.file_name());
+                row("model", &name, "not pinned".into(), "");
+            }
+        }
+        Some(lock) => {
+            row(
+                "core",
+                "comfy",
+                lock.comfy.commit.clone(),
+                &lock.comfy.store_path,
+            );
+            for node in &lock.custom_nodes {
+                let (pin, path) = match (&node.git, &node.registry, &node.local) {
+                    (Some(g), _, _) => (g.commit.clone(), g.store_path.as_str()),
+                    (_, Some(r), _) => (r.version.clone(), r.store_path.as_str()),
+                    (_, _, Some(l)) => (format!("local {}", l.path), ""),
+                    _ => (String::new(), ""),
+                };
+                row("node", &node.name, pin, path);
+            }
+            for model in &lock.models {
+                let name = model.name.clone().unwrap_or_else(|| model.filename.clone());
+                let pin = format!("blake3:{}", &model.blake3[..16]);
+                row("model", &name, pin, &model.store_path);
+            }
+            for wheel in lock.python.iter().flat_map(|p| &p.wheels) {
+                row(
+                    "wheel",
+                    &wheel.name,
+                    wheel.version.clone(),
+                    &wheel.store_path,
+                );
+            }
+        }
+    }
+    if context.json {
+        context.print_json(&serde_json::json!({
+            "version_id": loaded.spec.version_id,
+            "locked": lock.is_some(),
+            "entries": rows,
+        }))?;
+        return Ok(Outcome::Success);
+    }
+    for r in &rows {
+        let size = r["size"]
+            .as_u64()
+            .map(super::format_bytes)
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{}\t{}\t{}\t{}",
+            r["kind"].as_str().unwrap_or_default(),
+            r["name"].as_str().unwrap_or_default(),
+            r["pin"].as_str().unwrap_or_default(),
+            size
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// `comfix update`: `resolve --update` under the name people expect.
+pub fn update(args: UpdateArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let resolve = super::resolve::ResolveArgs {
+        spec: super::spec::SpecArg {
+            id: Some(args.id),
+            spec: None,
+        },
+        update: Some(args.names),
+        session: args.session,
+    };
+    super::resolve::run(resolve, context)
+}
+
+/// Take the version's edit lock (beside its spec): two edits of one version take turns.
+fn turn(spec: &Path) -> anyhow::Result<crate::store::flock::LockGuard> {
+    let name = spec
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let lock: PathBuf = spec.with_file_name(format!(".{name}.edit-lock"));
+    crate::store::flock::exclusive(&lock)
+        .map_err(|e| anyhow::anyhow!("cannot lock `{}`: {e}", lock.display()))
+}
+
+/// Write `path` atomically (a temporary file beside it, synced, renamed over it).
+fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = crate::files::temp_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
