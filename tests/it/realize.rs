@@ -556,12 +556,15 @@ fn pins_are_planned_and_reported_workflows_too() {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("w.json"), b"{\"1\": {}}").unwrap();
     let home = w.env.path("home");
-    let out = w
-        .cmd(&w.env.store)
-        .args(["--json", "realize", "v1", "--dry-run", "--target"])
-        .arg(&home)
-        .ok();
-    let plan = json_of(&out)["plan"]["steps"].clone();
+    let planned = || -> Value {
+        let out = w
+            .cmd(&w.env.store)
+            .args(["--json", "realize", "v1", "--dry-run", "--target"])
+            .arg(&home)
+            .ok();
+        json_of(&out)["plan"]["steps"].clone()
+    };
+    let plan = planned();
     let pins: Vec<&Value> = plan
         .as_array()
         .unwrap()
@@ -604,12 +607,7 @@ fn pins_are_planned_and_reported_workflows_too() {
         "{report}"
     );
     // Unchanged: the lock's derivation, valid; the plan and the report are the same set.
-    let out = w
-        .cmd(&w.env.store)
-        .args(["--json", "realize", "v1", "--dry-run", "--target"])
-        .arg(&home)
-        .ok();
-    let plan = json_of(&out)["plan"]["steps"].clone();
+    let plan = planned();
     let again = realize_ok(&w, "v1", &home, &[]);
     assert_eq!(ids(&again["derivations"]), ids(&plan));
     assert_eq!(
