@@ -36,6 +36,47 @@ pub struct InitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AddCommand {
+    /// Add a custom node: a git repository (`URL[@REF]`) or a Comfy Node Registry id
+    /// (`ID[@VERSION]`); it is pinned (fetched) before anything is written
+    #[command(
+        after_help = "Examples:\n  comfix add node wan22 https://github.com/city96/ComfyUI-GGUF@main\n  comfix add node wan22 comfyui-impact-pack@8.8.1"
+    )]
+    Node {
+        /// The version
+        id: String,
+        /// `https://…/repo[@ref]` (also `git@…`, `file://…`, a local path), or a registry id
+        /// `name[@version]`
+        #[arg(value_name = "SOURCE")]
+        source: String,
+        /// The node's directory name [default: the repository's or the id]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Add a model (`hf://…`, `civitai://…`, an `https://` URL or `file://…`): downloaded and
+    /// verified by digest before anything is written
+    #[command(
+        after_help = "Examples:\n  comfix add model wan22 hf://Comfy-Org/Wan_2.2/vae/wan_2.2_vae.safetensors --folder vae"
+    )]
+    Model {
+        /// The version
+        id: String,
+        /// The model's source
+        #[arg(value_name = "SOURCE")]
+        source: String,
+        /// The folder under `models/` (`checkpoints`, `vae`, `loras`, …)
+        #[arg(long, value_name = "FOLDER")]
+        folder: Option<String>,
+        /// The name other commands use for it [default: its file name]
+        #[arg(long)]
+        name: Option<String>,
+        /// Its SHA-256, checked against what is downloaded (and what the source reports)
+        #[arg(long, value_name = "HEX")]
+        sha256: Option<String>,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
     /// Add Python requirements (PEP 508) to a version; uv resolves them with the rest first
     #[command(
         after_help = "Examples:\n  comfix add python wan22 'opencv-python-headless>=4.8' einops"
@@ -112,12 +153,137 @@ pub fn init(args: InitArgs, context: &Context) -> anyhow::Result<Outcome> {
 }
 
 pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
-    let AddCommand::Python {
-        id,
-        requirements,
-        session,
-    } = command;
-    edit(&id, &session, context, |spec| {
+    match command {
+        AddCommand::Python {
+            id,
+            requirements,
+            session,
+        } => add_python(&id, &requirements, &session, context),
+        AddCommand::Node {
+            id,
+            source,
+            name,
+            session,
+        } => {
+            let entry = node_entry(&source, name)?;
+            edit(&id, &session, context, |spec| {
+                push(spec, "custom_nodes", entry)
+            })
+        }
+        AddCommand::Model {
+            id,
+            source,
+            folder,
+            name,
+            sha256,
+            session,
+        } => {
+            let mut entry = serde_json::Map::new();
+            entry.insert("source".into(), Value::String(source));
+            for (key, value) in [
+                ("name", name),
+                ("target_subdir", folder),
+                ("sha256", sha256),
+            ] {
+                if let Some(value) = value {
+                    entry.insert(key.into(), Value::String(value));
+                }
+            }
+            edit(&id, &session, context, |spec| {
+                push(spec, "models", Value::Object(entry))
+            })
+        }
+    }
+}
+
+/// The spec entry of a node source: a git URL with an optional `@ref`, or a registry id with an
+/// optional `@version`.
+fn node_entry(source: &str, name: Option<String>) -> anyhow::Result<Value> {
+    // A URL, an SSH address, or a repository on this machine (a path) is git.
+    let git = source.contains("://")
+        || source.starts_with("git@")
+        || source.starts_with('/')
+        || source.starts_with("./")
+        || source.starts_with("../");
+    // An `@` after the last `/` separates a ref (`git@host:org/repo`'s comes before it).
+    let split = source
+        .rfind('@')
+        .filter(|at| *at > source.rfind('/').unwrap_or(0));
+    let (base, pin) = match split {
+        Some(at) => (&source[..at], Some(&source[at + 1..])),
+        None => (source, None),
+    };
+    let mut entry = serde_json::Map::new();
+    if git {
+        entry.insert("repo".into(), Value::String(base.into()));
+        entry.insert("ref".into(), Value::String(pin.unwrap_or("main").into()));
+    } else {
+        if base.is_empty() || base.contains('/') {
+            return Err(UserInput(format!(
+                "`{source}` is neither a git URL nor a registry id (`name[@version]`)"
+            ))
+            .into());
+        }
+        entry.insert("cnr".into(), Value::String(base.into()));
+        if let Some(version) = pin {
+            entry.insert("version".into(), Value::String(version.into()));
+        }
+    }
+    if let Some(name) = name {
+        entry.insert("name".into(), Value::String(name));
+    }
+    Ok(Value::Object(entry))
+}
+
+/// Append `entry` to the spec's list `key`, refusing a second entry of the same node or model.
+fn push(spec: &mut Value, key: &str, entry: Value) -> anyhow::Result<()> {
+    let current: Spec = serde_json::from_value(spec.clone())?;
+    match key {
+        "custom_nodes" => {
+            let node: crate::spec::CustomNode = serde_json::from_value(entry.clone())?;
+            if let Some(same) = current
+                .custom_nodes
+                .iter()
+                .find(|n| n.dir_name() == node.dir_name())
+            {
+                return Err(UserInput(format!(
+                    "the version has a node `{}` already (remove it first, or pass `--name`)",
+                    same.dir_name()
+                ))
+                .into());
+            }
+        }
+        _ => {
+            let model: crate::spec::Model = serde_json::from_value(entry.clone())?;
+            let label = |m: &crate::spec::Model| m.name.clone().unwrap_or_else(|| m.file_name());
+            if current.models.iter().any(|m| label(m) == label(&model)) {
+                return Err(UserInput(format!(
+                    "the version has a model `{}` already (remove it first, or pass `--name`)",
+                    label(&model)
+                ))
+                .into());
+            }
+        }
+    }
+    let object = spec
+        .as_object_mut()
+        .ok_or_else(|| UserInput("the spec is not a JSON object".into()))?;
+    object
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+        .ok_or_else(|| UserInput(format!("`{key}` is not a list")))?
+        .push(entry);
+    Ok(())
+}
+
+fn add_python(
+    id: &str,
+    requirements: &[String],
+    session: &SessionArgs,
+    context: &Context,
+) -> anyhow::Result<Outcome> {
+    edit(id, session, context, |spec| {
         let python = spec
             .as_object_mut()
             .ok_or_else(|| UserInput("the spec is not a JSON object".into()))?
@@ -130,7 +296,7 @@ pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
             .or_insert_with(|| Value::Array(Vec::new()))
             .as_array_mut()
             .ok_or_else(|| UserInput("`python.requirements` is not a list".into()))?;
-        for requirement in &requirements {
+        for requirement in requirements {
             if list.iter().any(|r| r.as_str() == Some(requirement)) {
                 return Err(UserInput(format!("`{requirement}` is in the spec already")).into());
             }

@@ -1,6 +1,7 @@
 //! `comfix resolve`: git refs, registry packages and models pinned into a lock and fetched into
 //! the store, hermetically (local git repos, loopback servers).
 
+use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -689,4 +690,79 @@ fn the_lock_is_the_same_on_empty_warm_and_collected_stores() {
         empty,
         "a store holding the files gives another lock"
     );
+}
+
+/// `add node` (git and registry) and `add model` pin what they add — fetched, a model verified
+/// by digest — against the existing lock (the rest kept) before spec and lock are written; a
+/// duplicate, a ref that does not exist or a digest that does not match writes nothing.
+#[test]
+fn add_node_and_add_model_pin_before_they_write() {
+    let w = World::new();
+    w.write_spec(&models_only(&w, json!([])));
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
+    let spec_path = w.env.work.join("versions/v1.json");
+    let lock_path = w.env.work.join("versions/v1.lock.json");
+    let core = w.lock()["comfy"].clone();
+    let add = |args: &[&str]| w.cmd(&w.env.store).arg("add").args(args).output().unwrap();
+
+    ok(add(&[
+        "node",
+        "v1",
+        &format!("{}@v1", w.node_a.url()),
+        "--name",
+        "node-a",
+    ]));
+    ok(add(&["node", "v1", "impact@1.0.0"]));
+    let lock = w.lock();
+    let nodes = lock["custom_nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{lock}");
+    assert!(nodes[0]["git"]["commit"].is_string(), "{lock}");
+    assert_eq!(nodes[1]["registry"]["version"], "1.0.0", "{lock}");
+    assert_eq!(lock["comfy"], core, "the rest of the lock is kept");
+
+    let asked = w.hub.requests().len();
+    ok(add(&[
+        "model",
+        "v1",
+        "hf://org/wan/split/unet.safetensors",
+        "--folder",
+        "unet",
+        "--name",
+        "wan-unet",
+    ]));
+    assert!(w.hub.requests().len() > asked, "pinned at `add` time");
+    let model = &w.lock()["models"][0];
+    assert!(
+        model["sha256"].is_string() && model["store_path"].is_string(),
+        "{model}"
+    );
+
+    // Refused, and nothing written.
+    let (spec_before, lock_before) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+    let wrong = "0".repeat(64);
+    let mirror = w.cdn.url("/mirror/unet.safetensors");
+    for (args, says_what) in [
+        (vec!["node", "v1", "impact"], "already"),
+        (
+            vec![
+                "node",
+                "v1",
+                &format!("{}@no-such-ref", w.node_b.url()),
+                "--name",
+                "b",
+            ],
+            "no-such-ref",
+        ),
+        (
+            vec!["model", "v1", &mirror, "--name", "m", "--sha256", &wrong],
+            wrong.as_str(),
+        ),
+        (vec!["node", "v1", "not/a/registry/id"], "neither a git URL"),
+    ] {
+        let out = add(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        says(&out, says_what);
+        assert_eq!(fs::read(&spec_path).unwrap(), spec_before, "{args:?}");
+        assert_eq!(fs::read(&lock_path).unwrap(), lock_before, "{args:?}");
+    }
 }
