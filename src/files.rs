@@ -15,6 +15,15 @@ pub fn temp_in(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     Ok(file)
 }
 
+/// Write `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut temp = temp_in(path.parent().unwrap_or(Path::new(".")))?;
+    std::io::Write::write_all(&mut temp, bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// The process's umask: read from `/proc/self/status` (Linux ≥ 4.7), which changes nothing;
 /// elsewhere set and set back at once.
 pub fn umask() -> u32 {

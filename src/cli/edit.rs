@@ -143,7 +143,7 @@ pub fn init(args: InitArgs, context: &Context) -> anyhow::Result<Outcome> {
     Spec::parse(&text, &path)?;
     std::fs::create_dir_all(&dir)?;
     let _turn = turn(&path)?;
-    write_file(&path, text.as_bytes())?;
+    crate::files::write_atomic(&path, text.as_bytes())?;
     if context.json {
         context.print_json(&serde_json::json!({ "spec_path": path }))?;
     } else {
@@ -308,11 +308,21 @@ fn add_python(
 
 pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
     edit(&args.id, &args.session, context, |spec| {
-        let current: Spec = serde_json::from_value(spec.clone())?;
         let mut unknown = Vec::new();
         for name in &args.names {
-            let removed = remove_node(spec, &current, name)
-                | remove_model(spec, &current, name)
+            // Read again for each name: an earlier one may have moved the entries.
+            let current: Spec = serde_json::from_value(spec.clone())?;
+            let node = current
+                .custom_nodes
+                .iter()
+                .position(|n| n.dir_name() == *name);
+            let model = current
+                .models
+                .iter()
+                .position(|m| m.name.as_deref() == Some(name) || m.file_name() == *name);
+            // A name may be a node's and a requirement's package both: each goes.
+            let removed = remove_entry(spec, "custom_nodes", node)
+                | remove_entry(spec, "models", model)
                 | remove_requirement(spec, name);
             if !removed {
                 unknown.push(format!("`{name}`"));
@@ -329,31 +339,14 @@ pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
     })
 }
 
-fn remove_node(spec: &mut Value, current: &Spec, name: &str) -> bool {
-    let Some(index) = current
-        .custom_nodes
-        .iter()
-        .position(|n| n.dir_name() == name)
-    else {
+/// Remove entry `index` (when there is one) of the spec's list `key`.
+fn remove_entry(spec: &mut Value, key: &str, index: Option<usize>) -> bool {
+    let Some(index) = index else {
         return false;
     };
-    spec["custom_nodes"]
+    spec[key]
         .as_array_mut()
-        .map(|nodes| nodes.remove(index))
-        .is_some()
-}
-
-fn remove_model(spec: &mut Value, current: &Spec, name: &str) -> bool {
-    let Some(index) = current
-        .models
-        .iter()
-        .position(|m| m.name.as_deref() == Some(name) || m.file_name() == name)
-    else {
-        return false;
-    };
-    spec["models"]
-        .as_array_mut()
-        .map(|models| models.remove(index))
+        .map(|list| list.remove(index))
         .is_some()
 }
 
@@ -404,9 +397,9 @@ fn edit(
     let (lock, items) = session.resolve(&spec, old.as_ref(), &Update::Nothing, false, dir)?;
     // Checked and resolved: now the spec, then the lock (each atomic). Should the lock's write
     // fail, the spec goes back to what it was.
-    write_file(&path, text.as_bytes())?;
+    crate::files::write_atomic(&path, text.as_bytes())?;
     if let Err(err) = lock.write(&lock_path) {
-        write_file(&path, before.as_bytes())?;
+        crate::files::write_atomic(&path, before.as_bytes())?;
         return Err(err.into());
     }
     if context.json {
@@ -530,14 +523,4 @@ fn turn(spec: &Path) -> anyhow::Result<crate::store::flock::LockGuard> {
     let lock: PathBuf = spec.with_file_name(format!(".{name}.edit-lock"));
     crate::store::flock::exclusive(&lock)
         .map_err(|e| anyhow::anyhow!("cannot lock `{}`: {e}", lock.display()))
-}
-
-/// Write `path` atomically (a temporary file beside it, synced, renamed over it).
-fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = crate::files::temp_in(dir)?;
-    std::io::Write::write_all(&mut tmp, bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }

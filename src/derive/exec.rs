@@ -59,6 +59,21 @@ pub struct Outcome {
     pub home: Option<Box<crate::realize::RealizeReport>>,
 }
 
+impl Outcome {
+    fn new(derivation: &Derivation, output: Option<String>, how: How) -> Outcome {
+        Outcome {
+            id: derivation.id.clone(),
+            kind: derivation.kind,
+            name: derivation.name.clone(),
+            output,
+            outcome: how,
+            from: None,
+            pinned: None,
+            home: None,
+        }
+    }
+}
+
 /// A source of store paths asked before anything is fetched or built (a binary cache). It puts
 /// the derivation's output into the store, verified, with what it references.
 pub trait Substituter: Send + Sync {
@@ -110,31 +125,16 @@ impl Executor {
 
     /// Record what became of `derivation` (the first record of an id stays).
     pub fn record(&self, derivation: &Derivation, output: Option<String>, how: How) {
-        self.record_outcome(derivation, output, how, None, None)
+        self.insert(Outcome::new(derivation, output, how));
     }
 
-    fn record_outcome(
-        &self,
-        derivation: &Derivation,
-        output: Option<String>,
-        how: How,
-        from: Option<String>,
-        pinned: Option<Pinned>,
-    ) {
+    /// Keep `outcome` unless its id has one already.
+    fn insert(&self, outcome: Outcome) {
         self.outcomes
             .lock()
             .expect("outcomes are never poisoned")
-            .entry(derivation.id.clone())
-            .or_insert_with(|| Outcome {
-                id: derivation.id.clone(),
-                kind: derivation.kind,
-                name: derivation.name.clone(),
-                output,
-                outcome: how,
-                from,
-                pinned,
-                home: None,
-            });
+            .entry(outcome.id.clone())
+            .or_insert(outcome);
     }
 
     /// The report of a home this executor assembled.
@@ -267,22 +267,20 @@ impl Executor {
                 } else {
                     How::Built
                 };
-                self.record(d, None, how);
-                if let Some(outcome) = self
-                    .outcomes
-                    .lock()
-                    .expect("outcomes are never poisoned")
-                    .get_mut(&d.id)
-                {
-                    outcome.home = Some(report);
-                }
+                self.insert(Outcome {
+                    home: Some(report),
+                    ..Outcome::new(d, None, how)
+                });
                 Ok(())
             }
             Ok(Produced::Pinned(pinned, how)) => {
                 // The pinned derivation, which a plan of the new lock names, is done too.
                 let fixed = pinned.derivation(d);
                 self.record(&fixed, fixed.output.clone(), how);
-                self.record_outcome(d, fixed.output.clone(), how, None, Some(*pinned));
+                self.insert(Outcome {
+                    pinned: Some(*pinned),
+                    ..Outcome::new(d, fixed.output.clone(), how)
+                });
                 Ok(())
             }
             Err(err) if d.action.is_optional() => {
@@ -333,17 +331,14 @@ impl Executor {
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
                 Ok(Some(references)) => {
                     let from = Some(substituter.location());
+                    let substituted = |d: &Derivation| Outcome {
+                        from: from.clone(),
+                        ..Outcome::new(d, d.output.clone(), How::Substituted)
+                    };
                     for reference in references {
-                        let r = Derivation::reference(reference);
-                        self.record_outcome(
-                            &r,
-                            r.output.clone(),
-                            How::Substituted,
-                            from.clone(),
-                            None,
-                        );
+                        self.insert(substituted(&Derivation::reference(reference)));
                     }
-                    self.record_outcome(d, d.output.clone(), How::Substituted, from, None);
+                    self.insert(substituted(d));
                     return Ok(Produced::Output(d.output.clone(), How::Substituted));
                 }
                 Ok(None) => {}
@@ -467,7 +462,9 @@ impl Executor {
                 let reporter = self.reporter.as_ref();
                 let fetched =
                     crate::python::stored_uv::ensure(store, &self.client, reporter, online).await?;
-                let output = crate::python::stored_uv::stored_path(store);
+                // A store path only when the uv in use is the store's (the machine's is none).
+                let uv = tokio::task::block_in_place(|| crate::python::find_uv(store))?;
+                let output = store_path_of(store, &uv.exe);
                 Ok((output, if fetched { How::Fetched } else { How::Valid }))
             }
             Action::Interpreter { version } => tokio::task::block_in_place(|| {

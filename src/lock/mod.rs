@@ -301,12 +301,7 @@ impl Lock {
             path: path.to_path_buf(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let mut tmp = crate::files::temp_in(dir).map_err(err)?;
-        std::io::Write::write_all(&mut tmp, self.to_text().as_bytes()).map_err(err)?;
-        tmp.as_file().sync_all().map_err(err)?;
-        tmp.persist(path).map_err(|e| err(e.error))?;
-        Ok(())
+        crate::files::write_atomic(path, self.to_text().as_bytes()).map_err(err)
     }
 
     /// Every store path the lock names.

@@ -765,4 +765,12 @@ fn add_node_and_add_model_pin_before_they_write() {
         assert_eq!(fs::read(&spec_path).unwrap(), spec_before, "{args:?}");
         assert_eq!(fs::read(&lock_path).unwrap(), lock_before, "{args:?}");
     }
+    // Several names at once: each found where the earlier removals left the entries.
+    ok(w.cmd(&w.env.store)
+        .args(["remove", "v1", "node-a", "impact", "wan-unet"])
+        .output()
+        .unwrap());
+    let lock = w.lock();
+    assert_eq!(lock["custom_nodes"], json!([]), "{lock}");
+    assert_eq!(lock["models"], json!([]), "{lock}");
 }
