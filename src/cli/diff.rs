@@ -131,7 +131,6 @@ fn entries(lock: &Lock) -> BTreeMap<(&'static str, String), (String, String)> {
     out
 }
 
-// Long on purpose: one arm per kind of operand pair, then the printing.
 pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
     let (a_name, b_name, a, b) = match (&args.target, &args.b) {
         (Some(home), None) => (
@@ -154,13 +153,27 @@ pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
         )),
     };
     let store = crate::store::Store::open_existing(&context.store_dir)?;
+    let changes = changes(Some(&a), &b, store.as_ref());
+    if context.json {
+        context.print_json(&serde_json::json!({ "a": a_name, "b": b_name, "changes": changes }))?;
+        return Ok(Outcome::Success);
+    }
+    if changes.is_empty() {
+        tracing::info!("`{a_name}` and `{b_name}` have the same closure");
+    }
+    print_changes(&changes);
+    Ok(Outcome::Success)
+}
+
+/// What differs between lock `a` (none: an empty closure) and lock `b`, entry by entry, with
+/// size differences from `store` where it holds both paths.
+pub fn changes(a: Option<&Lock>, b: &Lock, store: Option<&crate::store::Store>) -> Vec<Change> {
     let size = |path: &str| -> Option<i64> {
         store
-            .as_ref()
             .and_then(|s| s.query(path).ok().flatten())
             .map(|r| r.size as i64)
     };
-    let (ea, eb) = (entries(&a), entries(&b));
+    let (ea, eb) = (a.map(entries).unwrap_or_default(), entries(b));
     let mut keys: Vec<_> = ea.keys().chain(eb.keys()).cloned().collect();
     keys.sort();
     keys.dedup();
@@ -184,13 +197,11 @@ pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
             size_delta,
         });
     }
-    if context.json {
-        context.print_json(&serde_json::json!({ "a": a_name, "b": b_name, "changes": changes }))?;
-        return Ok(Outcome::Success);
-    }
-    if changes.is_empty() {
-        tracing::info!("`{a_name}` and `{b_name}` have the same closure");
-    }
+    changes
+}
+
+/// One line per change: `kind name: old → new, ±size`.
+pub fn print_changes(changes: &[Change]) {
     let short = |s: &Option<String>| {
         s.as_deref()
             .map(|v| {
@@ -202,7 +213,7 @@ pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
             })
             .unwrap_or_else(|| "∅".into())
     };
-    for c in &changes {
+    for c in changes {
         let delta = match c.size_delta {
             Some(d) if d >= 0 => format!(", +{}", format_bytes(d as u64)),
             Some(d) => format!(", -{}", format_bytes(d.unsigned_abs())),
@@ -216,5 +227,4 @@ pub fn run(args: DiffArgs, context: &Context) -> anyhow::Result<Outcome> {
             short(&c.b)
         );
     }
-    Ok(Outcome::Success)
 }

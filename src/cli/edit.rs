@@ -1,11 +1,13 @@
-//! Editing a version from the command line: `init`, `add python`, `remove`, `list`, `update`.
+//! Editing a version from the command line: `init`, `add node|model|python`,
+//! `add --from-workflow`, `remove`, `list`, `update`.
 //!
 //! An edit changes the spec in memory (its key order kept), checks it as `spec check` does,
 //! resolves it against the existing lock — only what changed is pinned, the rest of the lock is
 //! kept — and only then writes the spec and the lock, each atomically; a failure (a Python
 //! conflict, an unknown name, a source that cannot be reached) leaves both files as they were.
 //! Nothing is installed: `realize` makes the edit a new generation, which `rollback` undoes. Two
-//! edits of one version take turns (a lock file beside the spec).
+//! edits of one version take turns (a lock file beside the spec). `--dry-run` resolves and shows
+//! what the lock would change, writing neither file.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +36,33 @@ pub struct InitArgs {
     pub git_ref: String,
 }
 
+/// What every edit takes: the resolving session's settings, and `--dry-run`.
+#[derive(Debug, Args)]
+pub struct EditOptions {
+    /// Resolve the edit and show what would change in the lock; write neither the spec nor the
+    /// lock (what was fetched stays in the store until `gc`)
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AddArgs {
+    #[command(subcommand)]
+    pub command: Option<AddCommand>,
+    /// The version (with `--from-workflow`)
+    #[arg(required = true)]
+    pub id: Option<String>,
+    /// Add the node packs (`cnr_id`, `aux_id`) and models (`properties.models`) a workflow saved
+    /// by ComfyUI's editor names; what it cannot identify is listed
+    #[arg(long, value_name = "FILE", required = true)]
+    pub from_workflow: Option<PathBuf>,
+    #[command(flatten)]
+    pub edit: EditOptions,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AddCommand {
     /// Add a custom node: a git repository (`URL[@REF]`) or a Comfy Node Registry id
@@ -52,7 +81,7 @@ pub enum AddCommand {
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
-        session: SessionArgs,
+        edit: EditOptions,
     },
     /// Add a model (`hf://…`, `civitai://…`, an `https://` URL or `file://…`): downloaded and
     /// verified by digest before anything is written
@@ -75,7 +104,7 @@ pub enum AddCommand {
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
         #[command(flatten)]
-        session: SessionArgs,
+        edit: EditOptions,
     },
     /// Add Python requirements (PEP 508) to a version; uv resolves them with the rest first
     #[command(
@@ -88,7 +117,7 @@ pub enum AddCommand {
         #[arg(required = true, value_name = "REQUIREMENT")]
         requirements: Vec<String>,
         #[command(flatten)]
-        session: SessionArgs,
+        edit: EditOptions,
     },
 }
 
@@ -99,8 +128,11 @@ pub struct RemoveArgs {
     /// Node names, model names or file names, or Python requirements (as written, or by package)
     #[arg(required = true, value_name = "NAME")]
     pub names: Vec<String>,
+    /// Remove even what one of the version's `workflows` uses
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
-    pub session: SessionArgs,
+    pub edit: EditOptions,
 }
 
 #[derive(Debug, Args)]
@@ -152,22 +184,33 @@ pub fn init(args: InitArgs, context: &Context) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
+pub fn add(args: AddArgs, context: &Context) -> anyhow::Result<Outcome> {
+    let Some(command) = args.command else {
+        // clap requires both when there is no subcommand.
+        let (Some(id), Some(file)) = (args.id, args.from_workflow) else {
+            return Err(UserInput(
+                "give `node`, `model`, `python`, or `<ID> --from-workflow FILE`".into(),
+            )
+            .into());
+        };
+        return from_workflow(&id, &file, &args.edit, context);
+    };
     match command {
         AddCommand::Python {
             id,
             requirements,
-            session,
-        } => add_python(&id, &requirements, &session, context),
+            edit,
+        } => add_python(&id, &requirements, &edit, context),
         AddCommand::Node {
             id,
             source,
             name,
-            session,
+            edit: options,
         } => {
             let entry = node_entry(&source, name)?;
-            edit(&id, &session, context, |spec| {
-                push(spec, "custom_nodes", entry)
+            edit(&id, &options, context, |spec| {
+                push(spec, "custom_nodes", entry)?;
+                Ok(Report::default())
             })
         }
         AddCommand::Model {
@@ -176,7 +219,7 @@ pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
             folder,
             name,
             sha256,
-            session,
+            edit: options,
         } => {
             let mut entry = serde_json::Map::new();
             entry.insert("source".into(), Value::String(source));
@@ -189,9 +232,151 @@ pub fn add(command: AddCommand, context: &Context) -> anyhow::Result<Outcome> {
                     entry.insert(key.into(), Value::String(value));
                 }
             }
-            edit(&id, &session, context, |spec| {
-                push(spec, "models", Value::Object(entry))
+            edit(&id, &options, context, |spec| {
+                push(spec, "models", Value::Object(entry))?;
+                Ok(Report::default())
             })
+        }
+    }
+}
+
+/// `comfix add <ID> --from-workflow FILE`: the packs and models the workflow names that the
+/// version lacks, each with the workflow's nodes that need it; what it cannot identify is listed.
+fn from_workflow(
+    id: &str,
+    file: &Path,
+    options: &EditOptions,
+    context: &Context,
+) -> anyhow::Result<Outcome> {
+    let text = crate::files::read_regular_text(file, crate::files::WORKFLOW_LIMIT)
+        .map_err(|e| UserInput(format!("workflow `{}` cannot be read: {e}", file.display())))?;
+    let needs = crate::run::needs::needs(&text)
+        .map_err(|e| UserInput(format!("workflow `{}` {e}", file.display())))?;
+    let shown = file.display().to_string();
+    edit(id, options, context, |spec| {
+        let current: Spec = serde_json::from_value(spec.clone())?;
+        let mut report = Report::default();
+        let mut added = Vec::new();
+        let mut present = Vec::new();
+        for need in &needs.packs {
+            let (entry, label) = pack_entry(&need.pack);
+            let from = format!("for {} of `{shown}`", need.used_by.join(", "));
+            if current
+                .custom_nodes
+                .iter()
+                .any(|n| same_pack(n, &need.pack))
+            {
+                present.push(serde_json::json!({ "node": label, "used_by": need.used_by }));
+                report
+                    .lines
+                    .push(format!("node {label}: in the version already ({from})"));
+                continue;
+            }
+            push(spec, "custom_nodes", entry)?;
+            added.push(serde_json::json!({ "node": label, "used_by": need.used_by }));
+            report.lines.push(format!("node {label}: added ({from})"));
+        }
+        for model in &needs.models {
+            let label = match &model.directory {
+                Some(dir) => format!("{dir}/{}", model.name),
+                None => model.name.clone(),
+            };
+            let from = format!("for {} of `{shown}`", model.used_by);
+            let same = |m: &crate::spec::Model| {
+                m.file_name() == model.name && m.target_subdir == model.directory
+            };
+            if current.models.iter().any(same) {
+                present.push(serde_json::json!({ "model": label, "used_by": [model.used_by] }));
+                report
+                    .lines
+                    .push(format!("model {label}: in the version already ({from})"));
+                continue;
+            }
+            let mut entry = serde_json::Map::new();
+            let source = crate::run::needs::model_source(&model.url);
+            entry.insert("source".into(), Value::String(source.clone()));
+            if let Some(dir) = &model.directory {
+                entry.insert("target_subdir".into(), Value::String(dir.clone()));
+            }
+            if crate::spec::ModelSource::parse(&source).derived_file_name() != model.name {
+                entry.insert("filename".into(), Value::String(model.name.clone()));
+            }
+            if let Some(sha256) = &model.sha256 {
+                entry.insert("sha256".into(), Value::String(sha256.clone()));
+            }
+            push(spec, "models", Value::Object(entry))?;
+            added.push(
+                serde_json::json!({ "model": label, "source": source, "used_by": [model.used_by] }),
+            );
+            report
+                .lines
+                .push(format!("model {label}: added from {} ({from})", model.url));
+        }
+        for line in &needs.unidentified {
+            report.lines.push(format!(
+                "not identified: {line} in `{shown}`; add it by hand"
+            ));
+        }
+        report.json.insert("added".into(), Value::Array(added));
+        report.json.insert("present".into(), Value::Array(present));
+        report.json.insert(
+            "unidentified".into(),
+            serde_json::to_value(&needs.unidentified)?,
+        );
+        Ok(report)
+    })
+}
+
+/// A pack's spec entry and how it is shown.
+fn pack_entry(pack: &crate::run::needs::Pack) -> (Value, String) {
+    use crate::run::needs::Pack;
+    match pack {
+        Pack::Registry { id, version } => {
+            let mut entry = serde_json::json!({ "cnr": id });
+            if let Some(version) = version {
+                entry["version"] = Value::String(version.clone());
+            }
+            let label = match version {
+                Some(v) => format!("`{id}` (registry {v})"),
+                None => format!("`{id}` (registry, latest)"),
+            };
+            (entry, label)
+        }
+        Pack::Github { repo, commit } => {
+            let entry = match commit {
+                Some(commit) => serde_json::json!({ "repo": repo, "commit": commit }),
+                None => serde_json::json!({ "repo": repo, "ref": "main" }),
+            };
+            let at = commit
+                .as_deref()
+                .map(|c| &c[..c.len().min(12)])
+                .unwrap_or("main");
+            (entry, format!("`{repo}` ({at})"))
+        }
+    }
+}
+
+/// Whether the spec's node `node` is the pack `pack` (by registry id, repository, or the
+/// directory name the pack would get, which is how ComfyUI finds it).
+fn same_pack(node: &crate::spec::CustomNode, pack: &crate::run::needs::Pack) -> bool {
+    use crate::run::needs::Pack;
+    let normal = |url: &str| {
+        url.trim_end_matches('/')
+            .trim_end_matches(".git")
+            .to_lowercase()
+    };
+    let dir = node.dir_name().to_lowercase();
+    match pack {
+        Pack::Registry { id, .. } => {
+            node.cnr
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case(id))
+                || dir == id.to_lowercase()
+        }
+        Pack::Github { repo, .. } => {
+            let repo = normal(repo);
+            node.repo.as_deref().is_some_and(|r| normal(r) == repo)
+                || repo.rsplit('/').next() == Some(dir.as_str())
         }
     }
 }
@@ -280,10 +465,10 @@ fn push(spec: &mut Value, key: &str, entry: Value) -> anyhow::Result<()> {
 fn add_python(
     id: &str,
     requirements: &[String],
-    session: &SessionArgs,
+    options: &EditOptions,
     context: &Context,
 ) -> anyhow::Result<Outcome> {
-    edit(id, session, context, |spec| {
+    edit(id, options, context, |spec| {
         let python = spec
             .as_object_mut()
             .ok_or_else(|| UserInput("the spec is not a JSON object".into()))?
@@ -302,13 +487,15 @@ fn add_python(
             }
             list.push(Value::String(requirement.clone()));
         }
-        Ok(())
+        Ok(Report::default())
     })
 }
 
 pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
-    edit(&args.id, &args.session, context, |spec| {
+    let dir = crate::spec::spec_dir(&Spec::find(&std::env::current_dir()?, &args.id)?);
+    edit(&args.id, &args.edit, context, |spec| {
         let mut unknown = Vec::new();
+        let mut needed = Vec::new();
         for name in &args.names {
             // Read again for each name: an earlier one may have moved the entries.
             let current: Spec = serde_json::from_value(spec.clone())?;
@@ -320,6 +507,11 @@ pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
                 .models
                 .iter()
                 .position(|m| m.name.as_deref() == Some(name) || m.file_name() == *name);
+            if !args.force {
+                let node = node.map(|i| &current.custom_nodes[i]);
+                let model = model.map(|i| &current.models[i]);
+                needed.extend(used_by_workflows(&current, &dir, name, node, model));
+            }
             // A name may be a node's and a requirement's package both: each goes.
             let removed = remove_entry(spec, "custom_nodes", node)
                 | remove_entry(spec, "models", model)
@@ -335,8 +527,59 @@ pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
             ))
             .into());
         }
-        Ok(())
+        if !needed.is_empty() {
+            return Err(UserInput(format!(
+                "the version's workflows use what would be removed:\n  {}\nremove those workflows from `workflows` first, or pass `--force`",
+                needed.join("\n  ")
+            ))
+            .into());
+        }
+        Ok(Report::default())
     })
+}
+
+/// Which of the version's workflows use `node` or `model` (both entries named `name`): a node by
+/// its pack (`cnr_id`/`aux_id` as the editor records them), a model by its file name as a
+/// node's value. Workflows that cannot be read are not asked (`spec check` reports them).
+fn used_by_workflows(
+    spec: &Spec,
+    dir: &Path,
+    name: &str,
+    node: Option<&crate::spec::CustomNode>,
+    model: Option<&crate::spec::Model>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for workflow in &spec.workflows {
+        let path = dir.join(workflow);
+        let Ok(text) = crate::files::read_regular_text(&path, crate::files::WORKFLOW_LIMIT) else {
+            continue;
+        };
+        if let (Some(node), Ok(needs)) = (node, crate::run::needs::needs(&text)) {
+            for pack in needs.packs.iter().filter(|p| same_pack(node, &p.pack)) {
+                out.push(format!(
+                    "node `{name}`: {} of `{workflow}`",
+                    pack.used_by.join(", ")
+                ));
+            }
+        }
+        if let (Some(model), Ok(value)) = (model, serde_json::from_str::<Value>(&text)) {
+            let file = model.file_name();
+            if names_file(&value, &file) {
+                out.push(format!("model `{name}`: `{file}` is named in `{workflow}`"));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a string value anywhere in `value` is `file` (or ends in `/file`, a subfolder's).
+fn names_file(value: &Value, file: &str) -> bool {
+    match value {
+        Value::String(s) => s == file || s.ends_with(&format!("/{file}")),
+        Value::Array(items) => items.iter().any(|v| names_file(v, file)),
+        Value::Object(map) => map.values().any(|v| names_file(v, file)),
+        _ => false,
+    }
 }
 
 /// Remove entry `index` (when there is one) of the spec's list `key`.
@@ -374,43 +617,118 @@ fn remove_requirement(spec: &mut Value, name: &str) -> bool {
     list.len() != before
 }
 
-/// Edit `id`'s spec with `change`, then resolve it against its lock and write both — or neither.
+/// What an edit says beyond the lock's changes (`add --from-workflow`: what it added, found,
+/// or could not identify).
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    json: serde_json::Map<String, Value>,
+}
+
+/// Edit `id`'s spec with `change`, then resolve it against its lock and write both — or neither
+/// (always neither under `--dry-run`).
 fn edit(
     id: &str,
-    session_args: &SessionArgs,
+    options: &EditOptions,
     context: &Context,
-    change: impl FnOnce(&mut Value) -> anyhow::Result<()>,
+    change: impl FnOnce(&mut Value) -> anyhow::Result<Report>,
 ) -> anyhow::Result<Outcome> {
     let path = Spec::find(&std::env::current_dir()?, id)?;
     let _turn = turn(&path)?;
     let before = std::fs::read_to_string(&path)?;
-    let mut value: Value = serde_json::from_str(&before)?;
-    change(&mut value)?;
+    let original: Value = serde_json::from_str(&before)?;
+    let mut value = original.clone();
+    let report = change(&mut value)?;
+    if value == original {
+        // Nothing to add (all of it was there): no resolve, nothing written.
+        let version_id = Spec::parse(&before, &path)?.version_id;
+        let lock_path = crate::lock::lock_path_for(&path, &version_id);
+        let none: [(); 0] = [];
+        return finish(
+            context,
+            (&path, &lock_path),
+            report,
+            Vec::new(),
+            none,
+            Written::Nothing,
+        );
+    }
     let text = serde_json::to_string_pretty(&value)? + "\n";
     let spec = Spec::parse(&text, &path)?;
     let lock_path = crate::lock::lock_path_for(&path, &spec.version_id);
     let old = Lock::read(&lock_path)?;
     let store = Arc::new(context.open_store()?);
-    let settings = session_args.settings(context, None)?;
-    let session = open_session(context, store, &spec, settings)?;
+    let settings = options.session.settings(context, None)?;
+    let session = open_session(context, store.clone(), &spec, settings)?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let (lock, items) = session.resolve(&spec, old.as_ref(), &Update::Nothing, false, dir)?;
-    // Checked and resolved: now the spec, then the lock (each atomic). Should the lock's write
-    // fail, the spec goes back to what it was.
-    crate::files::write_atomic(&path, text.as_bytes())?;
-    if let Err(err) = lock.write(&lock_path) {
-        crate::files::write_atomic(&path, before.as_bytes())?;
-        return Err(err.into());
+    let changes = super::diff::changes(old.as_ref(), &lock, Some(&store));
+    if !options.dry_run {
+        // Checked and resolved: now the spec, then the lock (each atomic). Should the lock's
+        // write fail, the spec goes back to what it was.
+        crate::files::write_atomic(&path, text.as_bytes())?;
+        if let Err(err) = lock.write(&lock_path) {
+            crate::files::write_atomic(&path, before.as_bytes())?;
+            return Err(err.into());
+        }
     }
-    if context.json {
-        context.print_json(&serde_json::json!({
-            "spec_path": path,
-            "lock_path": lock_path,
-            "items": items,
-        }))?;
+    let written = if options.dry_run {
+        Written::DryRun
     } else {
-        super::resolve::print_items(&items, context.store_dir.as_path());
-        tracing::info!("wrote `{}` and `{}`", path.display(), lock_path.display());
+        Written::Both
+    };
+    finish(
+        context,
+        (&path, &lock_path),
+        report,
+        changes,
+        items,
+        written,
+    )
+}
+
+/// What an edit wrote.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// The spec and the lock.
+    Both,
+    /// Nothing: the spec had what the edit asked for.
+    Nothing,
+    /// Nothing: `--dry-run`.
+    DryRun,
+}
+
+/// Report an edit: what it said, what changed in the lock, what was written.
+fn finish(
+    context: &Context,
+    (spec_path, lock_path): (&Path, &Path),
+    report: Report,
+    changes: Vec<super::diff::Change>,
+    items: impl serde::Serialize,
+    written: Written,
+) -> anyhow::Result<Outcome> {
+    if context.json {
+        let mut out = report.json;
+        out.insert("spec_path".into(), serde_json::to_value(spec_path)?);
+        out.insert("lock_path".into(), serde_json::to_value(lock_path)?);
+        out.insert("dry_run".into(), Value::Bool(written == Written::DryRun));
+        out.insert("written".into(), Value::Bool(written == Written::Both));
+        out.insert("changes".into(), serde_json::to_value(&changes)?);
+        out.insert("items".into(), serde_json::to_value(items)?);
+        context.print_json(&Value::Object(out))?;
+        return Ok(Outcome::Success);
+    }
+    for line in &report.lines {
+        eprintln!("{line}");
+    }
+    super::diff::print_changes(&changes);
+    let (spec_shown, lock_shown) = (spec_path.display(), lock_path.display());
+    match written {
+        Written::Both => tracing::info!("wrote `{spec_shown}` and `{lock_shown}`"),
+        Written::Nothing => tracing::info!("nothing to change: `{spec_shown}` has it all"),
+        Written::DryRun => {
+            tracing::info!("dry run: `{spec_shown}` and `{lock_shown}` are unchanged")
+        }
     }
     Ok(Outcome::Success)
 }

@@ -170,11 +170,10 @@ pub enum Command {
     Init(edit::InitArgs),
     /// Add to a version; what is added is resolved (with the rest of the lock kept) before the
     /// spec and lock are written together
-    #[command(subcommand)]
     #[command(
-        after_help = "Examples:\n  comfix add python wan22 einops 'opencv-python-headless>=4.8'"
+        after_help = "Examples:\n  comfix add python wan22 einops 'opencv-python-headless>=4.8'\n  comfix add wan22 --from-workflow wan22_t2v.json --dry-run"
     )]
-    Add(edit::AddCommand),
+    Add(edit::AddArgs),
     /// Remove nodes, models or Python requirements from a version (spec and lock together)
     #[command(after_help = "Examples:\n  comfix remove wan22 ComfyUI-GGUF einops")]
     Remove(edit::RemoveArgs),
@@ -279,7 +278,7 @@ pub fn main() -> i32 {
         Command::Test(args) => run::test(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),
         Command::Init(args) => edit::init(args, &context),
-        Command::Add(command) => edit::add(command, &context),
+        Command::Add(args) => edit::add(args, &context),
         Command::Remove(args) => edit::remove(args, &context),
         Command::List(args) => edit::list(args, &context),
         Command::Update(args) => edit::update(args, &context),

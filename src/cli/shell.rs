@@ -56,7 +56,12 @@ _comfix_with_ids() {
         path="${path:+$path:}${COMP_WORDS[i]}"
         case " $_comfix_id_commands " in
             *" $path "*)
-                COMPREPLY=($(compgen -W "$(_comfix_version_ids)" -- "$cur"))
+                # Keep the subcommands clap offered (`add node`), not its options' placeholders.
+                local words=() word
+                for word in "${COMPREPLY[@]}"; do
+                    [[ "$word" == [a-z]* ]] && words+=("$word")
+                done
+                COMPREPLY=("${words[@]}" $(compgen -W "$(_comfix_version_ids)" -- "$cur"))
                 return 0
                 ;;
         esac
@@ -82,14 +87,70 @@ fn id_commands(command: &clap::Command, prefix: &str, out: &mut Vec<String>) {
                 || matches!(arg.get_id().as_str(), "id" | "ids")
                 || help.is_some_and(|h| h.contains("version id"))
         });
-        if takes_id {
+        // `init`'s id is a new one: nothing to complete.
+        if takes_id && path != "init" {
             out.push(path.clone());
         }
         id_commands(sub, &format!("{path}:"), out);
     }
 }
 
-/// Print the completion script of `args.shell` (bash's completes version ids too).
+/// Version ids for zsh: the spec files under `versions/` and `specs/` (not the locks).
+const ZSH_IDS: &str = r#"
+_comfix_version_ids() {
+    local -a ids
+    ids=(versions/*.json(N:t:r) specs/*.json(N:t:r))
+    ids=(${ids:#*.lock})
+    _describe -t version-ids 'version id' ids
+}
+"#;
+
+/// zsh's script with every positional `id`/`ids` argument completed by `_comfix_version_ids`
+/// (clap's script gives them `_default`, file names).
+fn zsh_with_ids(script: &str) -> String {
+    let mut out = String::with_capacity(script.len() + ZSH_IDS.len());
+    for (i, line) in script.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let positional_id = ["':id -- ", "'::id -- ", "'*::ids -- ", "'*:ids -- "]
+            .iter()
+            .any(|p| trimmed.starts_with(p));
+        match line.rfind(":_default'") {
+            Some(at) if positional_id => {
+                out.push_str(&line[..at]);
+                out.push_str(":_comfix_version_ids'");
+                out.push_str(&line[at + ":_default'".len()..]);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+        if i == 0 {
+            // After `#compdef comfix`: defined before the script runs `_comfix`.
+            out.push_str(ZSH_IDS);
+        }
+    }
+    out
+}
+
+/// Version ids for fish: after each command that takes one (`spec:check` is `spec check`).
+fn fish_ids(commands: &[String]) -> String {
+    let mut out = String::from(
+        "\nfunction __comfix_version_ids\n    for f in versions/*.json specs/*.json\n        set -l id (path change-extension '' (path basename $f))\n        string match -q -- '*.lock' $id; or echo $id\n    end\nend\n",
+    );
+    for path in commands {
+        let mut words = path.split(':');
+        let first = words.next().unwrap_or_default();
+        let mut condition = format!("__fish_comfix_using_subcommand {first}");
+        for word in words {
+            condition.push_str(&format!("; and __fish_seen_subcommand_from {word}"));
+        }
+        out.push_str(&format!(
+            "complete -c comfix -n \"{condition}\" -f -a \"(__comfix_version_ids)\" -d 'version id'\n"
+        ));
+    }
+    out
+}
+
+/// Print the completion script of `args.shell` (bash's, zsh's and fish's complete version ids).
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<Outcome> {
     let mut command = Cli::command();
     let mut out = Vec::new();
@@ -103,10 +164,14 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<Outcome> {
             out.extend_from_slice(BASH_IDS.as_bytes());
         }
         Shell::Zsh => {
-            clap_complete::generate(clap_complete::Shell::Zsh, &mut command, "comfix", &mut out)
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut command, "comfix", &mut out);
+            out = zsh_with_ids(&String::from_utf8_lossy(&out)).into_bytes();
         }
         Shell::Fish => {
-            clap_complete::generate(clap_complete::Shell::Fish, &mut command, "comfix", &mut out)
+            clap_complete::generate(clap_complete::Shell::Fish, &mut command, "comfix", &mut out);
+            let mut commands = Vec::new();
+            id_commands(&command, "", &mut commands);
+            out.extend_from_slice(fish_ids(&commands).as_bytes());
         }
         Shell::Powershell => clap_complete::generate(
             clap_complete::Shell::PowerShell,

@@ -32,8 +32,111 @@ pub struct Pinned {
     pub download_url: String,
 }
 
-/// Ask the registry for `id` at `version` (or the latest version).
+/// Ask the registry for `id` at `version` (or the latest version). An id the registry does not
+/// know is answered with the ids it knows that are closest (`did you mean`).
 pub async fn pin(client: &Client, id: &str, version: Option<&str>) -> Result<Pinned, FetchError> {
+    match ask(client, id, version).await {
+        Err(FetchError::Status {
+            what,
+            url,
+            status: 404,
+            hint,
+            retry_after,
+        }) => {
+            // A missing version of a known node keeps its message; an unknown node gets names.
+            let known = match version {
+                Some(_) => ask(client, id, None).await.is_ok(),
+                None => false,
+            };
+            let near = if known {
+                Vec::new()
+            } else {
+                similar(client, id).await
+            };
+            let hint = match near.as_slice() {
+                [] => hint,
+                near => Some(format!(
+                    "the registry has no node `{id}`; did you mean {}?",
+                    near.iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            };
+            Err(FetchError::Status {
+                what,
+                url,
+                status: 404,
+                hint,
+                retry_after,
+            })
+        }
+        other => other,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchAnswer {
+    #[serde(default)]
+    nodes: Vec<SearchNode>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchNode {
+    id: String,
+}
+
+/// Words of a node id that say nothing about which node it is.
+const GENERIC_WORDS: &[&str] = &[
+    "comfyui", "comfy", "node", "nodes", "pack", "suite", "custom",
+];
+
+/// Up to three ids the registry's search finds for `id` (or, when it finds none, for its two
+/// longest telling words), closest first; none when the search fails (it only improves a
+/// message).
+async fn similar(client: &Client, id: &str) -> Vec<String> {
+    let base = &client.config().registry;
+    let mut words: Vec<&str> = id
+        .split(['-', '_', '.'])
+        .filter(|w| w.len() >= 3 && !GENERIC_WORDS.contains(&w.to_lowercase().as_str()))
+        .collect();
+    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+    let mut found: Vec<String> = Vec::new();
+    for query in std::iter::once(id).chain(words.into_iter().take(2)) {
+        let Ok(mut url) = base.join("nodes/search") else {
+            return Vec::new();
+        };
+        url.query_pairs_mut()
+            .append_pair("search", query)
+            .append_pair("limit", "20");
+        if let Ok(answer) = client
+            .get_json::<SearchAnswer>("the registry's search", &url, None)
+            .await
+        {
+            found.extend(answer.nodes.into_iter().map(|n| n.id));
+        }
+        if !found.is_empty() {
+            break;
+        }
+    }
+    found.sort();
+    found.dedup();
+    let wanted = id.to_lowercase();
+    let mut scored: Vec<(f64, String)> = found
+        .into_iter()
+        .map(|n| {
+            (
+                strsim::normalized_levenshtein(&wanted, &n.to_lowercase()),
+                n,
+            )
+        })
+        .filter(|(score, _)| *score >= 0.5)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    scored.into_iter().take(3).map(|(_, n)| n).collect()
+}
+
+async fn ask(client: &Client, id: &str, version: Option<&str>) -> Result<Pinned, FetchError> {
     let base = &client.config().registry;
     let what = format!("registry node `{id}`");
     let join = |path: &str| {

@@ -1,11 +1,13 @@
 //! Running a realized home: start ComfyUI from it, wait until it answers, drive workflows
 //! through its API (check what they need, submit, follow, collect outputs), stop it for certain.
 //!
-//! `server` is the process, `client` the API, `workflow` the graph and its needs, `test` the
+//! `server` is the process, `client` the API, `workflow` the graph and what a home lacks for it,
+//! `needs` what a workflow file says it needs (packs, models; read without a server), `test` the
 //! per-workflow pipeline of `comfix test`, `junit` its report for CI systems.
 
 pub mod client;
 pub mod junit;
+pub mod needs;
 pub mod server;
 pub mod test;
 pub mod workflow;

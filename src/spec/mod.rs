@@ -331,7 +331,7 @@ impl LoadedSpec {
 }
 
 /// The directory a spec's relative paths are relative to.
-fn spec_dir(path: &Path) -> PathBuf {
+pub fn spec_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

@@ -91,9 +91,66 @@ fn completions_man_pages_and_version() {
         store.contains("why-depends") && !store.contains("wan22"),
         "{store}"
     );
+    let init = complete("comfix init ''");
+    assert!(
+        !init.contains("wan22"),
+        "a new id, not an existing one: {init}"
+    );
+    let add = complete("comfix add ''");
+    assert!(add.contains("node") && add.contains("wan22"), "{add}");
     for shell in ["zsh", "fish", "powershell"] {
         let out = ok(env.run(&["completions", shell]));
         assert!(stdout(&out).contains("realize"), "{shell}");
+    }
+    // zsh and fish complete version ids too: the functions, and the ids they give where the shell
+    // is installed (CI installs both).
+    let zsh = stdout(&ok(env.run(&["completions", "zsh"])));
+    assert!(
+        zsh.contains("_comfix_version_ids() {")
+            && zsh.contains("`specs/<ID>.json`:_comfix_version_ids'"),
+        "zsh"
+    );
+    let fish = stdout(&ok(env.run(&["completions", "fish"])));
+    assert!(
+        fish.contains("__fish_comfix_using_subcommand spec; and __fish_seen_subcommand_from check\" -f -a \"(__comfix_version_ids)\""),
+        "fish"
+    );
+    fs::write(dir.join("_comfix"), &zsh).unwrap();
+    fs::write(dir.join("comfix.fish"), &fish).unwrap();
+    let shell_says = |shell: &str, program: &str| -> Option<String> {
+        let out = std::process::Command::new(shell)
+            .args(["-c", program])
+            .current_dir(&dir)
+            .output();
+        match out {
+            Ok(out) => {
+                assert!(out.status.success(), "{shell}: {}", stderr(&out));
+                Some(
+                    stdout(&out)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            }
+            Err(_) => {
+                eprintln!(
+                    "{shell} is not installed: its completion script is checked as text only"
+                );
+                None
+            }
+        }
+    };
+    if let Some(ids) = shell_says(
+        "zsh",
+        "compdef() { : }; source ./_comfix; _describe() { print -l -- ${(P)4} }; _comfix_version_ids",
+    ) {
+        assert_eq!(ids, "flux wan22");
+    }
+    if let Some(ids) = shell_says(
+        "fish",
+        "source comfix.fish; complete -C 'comfix spec check '; complete -C 'comfix realize w'",
+    ) {
+        assert_eq!(ids, "flux version id wan22 version id wan22 version id");
     }
 
     let page = stdout(&ok(env.run(&["man"])));

@@ -720,6 +720,21 @@ fn add_node_and_add_model_pin_before_they_write() {
     assert_eq!(nodes[1]["registry"]["version"], "1.0.0", "{lock}");
     assert_eq!(lock["comfy"], core, "the rest of the lock is kept");
 
+    // A dry run resolves and shows the lock's change, and writes neither file.
+    let (spec_before, lock_before) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+    let out = ok(w
+        .cmd(&w.env.store)
+        .args(["--json", "add", "node", "v1", "--dry-run"])
+        .arg(format!("{}@main", w.node_b.url()))
+        .output()
+        .unwrap());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(report["changes"][0]["name"], "ComfyUI-B", "{report}");
+    assert_eq!(report["changes"][0]["a"], Value::Null, "{report}");
+    assert_eq!(fs::read(&spec_path).unwrap(), spec_before);
+    assert_eq!(fs::read(&lock_path).unwrap(), lock_before);
+
     let asked = w.hub.requests().len();
     ok(add(&[
         "model",
@@ -758,6 +773,7 @@ fn add_node_and_add_model_pin_before_they_write() {
             wrong.as_str(),
         ),
         (vec!["node", "v1", "not/a/registry/id"], "neither a git URL"),
+        (vec!["node", "v1", "impakt"], "did you mean `impact`?"),
     ] {
         let out = add(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
@@ -773,4 +789,242 @@ fn add_node_and_add_model_pin_before_they_write() {
     let lock = w.lock();
     assert_eq!(lock["custom_nodes"], json!([]), "{lock}");
     assert_eq!(lock["models"], json!([]), "{lock}");
+}
+
+/// A workflow as ComfyUI's editor saves it: core loaders with `properties.models` (Hugging Face,
+/// CivitAI and a plain URL, one with its SHA-256), a registry node, a GitHub node the version has
+/// already, a node with no pack recorded and a model with no URL.
+fn editor_workflow(w: &World) -> Value {
+    let node = |id: u64, kind: &str, properties: Value, widgets: Value| {
+        json!({ "id": id, "type": kind, "pos": [100 * id, 80], "size": [315, 82], "flags": {},
+                "order": id - 1, "mode": 0, "inputs": [], "outputs": [],
+                "properties": properties, "widgets_values": widgets })
+    };
+    json!({
+        "id": "5f0c5b7e-0c7a-4a4e-9d7e-3c2a1b0f9e11",
+        "revision": 0,
+        "last_node_id": 7,
+        "last_link_id": 0,
+        "nodes": [
+            node(1, "UNETLoader", json!({ "cnr_id": "comfy-core", "ver": "0.3.40",
+                "Node name for S&R": "UNETLoader",
+                "models": [{ "name": "unet.safetensors",
+                    "url": "https://huggingface.co/org/wan/resolve/main/split/unet.safetensors?download=true",
+                    "hash": sha256_hex(&w.model), "hash_type": "SHA256",
+                    "directory": "diffusion_models" }] }), json!(["unet.safetensors", "default"])),
+            node(2, "LoraLoaderModelOnly", json!({ "cnr_id": "comfy-core", "ver": "0.3.40",
+                "models": [{ "name": "detail.safetensors",
+                    "url": "https://civitai.com/api/download/models/123", "directory": "loras" }] }),
+                json!(["detail.safetensors", 1.0])),
+            node(3, "UpscaleModelLoader", json!({ "cnr_id": "comfy-core",
+                "models": [{ "name": "up.safetensors",
+                    "url": w.cdn.url("/mirror/unet.safetensors"), "directory": "upscale_models" }] }),
+                json!(["up.safetensors"])),
+            node(4, "ImpactWildcardProcessor", json!({ "cnr_id": "impact", "ver": "1.0.0" }), json!([])),
+            node(5, "ANode", json!({ "aux_id": "someone/ComfyUI-A", "ver": "0123456789abcdef0123456789abcdef01234567" }), json!([])),
+            node(6, "MysteryNode", json!({ "Node name for S&R": "MysteryNode" }), json!([])),
+            node(7, "CLIPLoader", json!({ "cnr_id": "comfy-core",
+                "models": [{ "name": "clip.safetensors", "directory": "text_encoders" }] }),
+                json!(["clip.safetensors"])),
+        ],
+        "links": [],
+        "groups": [],
+        "config": {},
+        "extra": { "ds": { "scale": 1.0, "offset": [0, 0] }, "frontendVersion": "1.23.4" },
+        "version": 0.4
+    })
+}
+
+#[test]
+fn a_workflow_s_packs_and_models_are_added_with_where_they_came_from() {
+    let w = World::new();
+    let mut spec = models_only(&w, json!([]));
+    spec["custom_nodes"] = json!([{ "repo": w.node_a.url(), "name": "ComfyUI-A", "ref": "v1" }]);
+    w.write_spec(&spec);
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
+    let spec_path = w.env.work.join("versions/v1.json");
+    let lock_path = w.env.work.join("versions/v1.lock.json");
+    let file = w.env.work.join("versions/workflows/wan_t2v.json");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    fs::write(
+        &file,
+        serde_json::to_string_pretty(&editor_workflow(&w)).unwrap(),
+    )
+    .unwrap();
+    let add = |file: &Path, after: &[&str]| {
+        w.cmd(&w.env.store)
+            .args(["--json", "add", "v1", "--from-workflow"])
+            .arg(file)
+            .args(after)
+            .output()
+            .unwrap()
+    };
+    let unchanged = |what: &str, spec: &[u8], lock: &[u8]| {
+        assert_eq!(fs::read(&spec_path).unwrap(), spec, "{what}: spec");
+        assert_eq!(fs::read(&lock_path).unwrap(), lock, "{what}: lock");
+    };
+    let (spec_before, lock_before) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+
+    // A dry run: the lock's difference, nothing written.
+    let out = ok(add(&file, &["--dry-run"]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dry_run"], true, "{report}");
+    let mut changed: Vec<&str> = report["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    changed.sort();
+    assert_eq!(
+        changed,
+        [
+            "diffusion_models/unet.safetensors",
+            "impact",
+            "loras/detail.safetensors",
+            "upscale_models/up.safetensors"
+        ],
+        "{report}"
+    );
+    unchanged("a dry run", &spec_before, &lock_before);
+
+    // The edit: each entry named with the nodes that need it; the rest listed.
+    let out = ok(add(&file, &[]));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["written"], true, "{report}");
+    let added = report["added"].to_string();
+    assert!(
+        added.contains("node 4 (ImpactWildcardProcessor)")
+            && added.contains("node 2 (LoraLoaderModelOnly)"),
+        "{report}"
+    );
+    assert!(
+        report["present"].to_string().contains("node 5 (ANode)"),
+        "{report}"
+    );
+    assert_eq!(
+        report["unidentified"],
+        json!([
+            "node 6 (MysteryNode): no node pack recorded (`cnr_id` or `aux_id`)",
+            "node 7 (CLIPLoader): model `clip.safetensors` has no URL"
+        ]),
+        "{report}"
+    );
+    let spec: Value = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
+    assert_eq!(
+        spec["custom_nodes"][1],
+        json!({ "cnr": "impact", "version": "1.0.0" })
+    );
+    assert_eq!(
+        spec["models"][0],
+        json!({ "source": "hf://org/wan/split/unet.safetensors", "target_subdir": "diffusion_models",
+                "sha256": sha256_hex(&w.model) }),
+        "a Hugging Face URL is a hf:// source (the token and endpoint apply)"
+    );
+    assert_eq!(spec["models"][2]["filename"], "up.safetensors", "{spec}");
+    let lock = w.lock();
+    assert_eq!(
+        lock["custom_nodes"][1]["registry"]["version"], "1.0.0",
+        "{lock}"
+    );
+    let blake3s: Vec<&str> = lock["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["blake3"].as_str().unwrap())
+        .collect();
+    assert_eq!(blake3s.len(), 3, "{lock}");
+    assert!(blake3s.contains(&blake3_hex(&w.lora).as_str()), "{lock}");
+
+    // Again: all there, nothing resolved or written.
+    let (spec_now, lock_now) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+    let asked = w.total_requests();
+    let report: Value = serde_json::from_slice(&ok(add(&file, &[])).stdout).unwrap();
+    assert_eq!(report["written"], false, "{report}");
+    assert_eq!(report["added"], json!([]), "{report}");
+    assert_eq!(w.total_requests(), asked, "nothing asked of the network");
+    unchanged("a second add", &spec_now, &lock_now);
+
+    // What the version's own workflows use is not removed unless forced.
+    let mut spec: Value = serde_json::from_slice(&fs::read(&spec_path).unwrap()).unwrap();
+    spec["workflows"] = json!(["workflows/wan_t2v.json"]);
+    w.write_spec(&spec);
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
+    let (spec_now, lock_now) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+    let remove = |args: &[&str]| {
+        w.cmd(&w.env.store)
+            .args(["remove", "v1"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (name, says_what) in [
+        (
+            "impact",
+            "node 4 (ImpactWildcardProcessor) of `workflows/wan_t2v.json`",
+        ),
+        (
+            "up.safetensors",
+            "`up.safetensors` is named in `workflows/wan_t2v.json`",
+        ),
+    ] {
+        let out = remove(&[name]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        says(&out, says_what);
+        says(&out, "--force");
+        unchanged(name, &spec_now, &lock_now);
+    }
+    ok(remove(&["impact", "--force"]));
+    assert_eq!(w.lock()["custom_nodes"].as_array().unwrap().len(), 1);
+    let (spec_now, lock_now) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
+
+    // A workflow without the editor's metadata, or not JSON: refused, nothing written.
+    let api = w.env.work.join("api.json");
+    fs::write(&api, r#"{"3": {"class_type": "KSampler", "inputs": {}}}"#).unwrap();
+    let broken = w.env.work.join("broken.json");
+    fs::write(&broken, "{\"nodes\": [").unwrap();
+    for (file, says_what) in [(&api, "no metadata"), (&broken, "is not JSON")] {
+        let out = add(file, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stdout(&out).contains(says_what), "{}", stdout(&out));
+        unchanged(says_what, &spec_now, &lock_now);
+    }
+}
+
+#[test]
+fn concurrent_edits_take_turns_and_lose_nothing() {
+    let w = World::new();
+    w.write_spec(&models_only(&w, json!([])));
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
+    for round in 0..3 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        let spawn = |source: String, name: &str| {
+            w.cmd(&w.env.store)
+                .args(["add", "node", "v1", &source, "--name", name])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let first = spawn(format!("{}@v1", w.node_a.url()), &a);
+        let second = spawn(format!("{}@main", w.node_b.url()), &b);
+        for child in [first, second] {
+            ok(child.wait_with_output().unwrap());
+        }
+        let names: Vec<String> = w.lock()["custom_nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2 * (round + 1),
+            "round {round}: an edit was lost: {names:?}"
+        );
+        assert!(
+            names.contains(&a) && names.contains(&b),
+            "round {round}: {names:?}"
+        );
+    }
 }

@@ -165,6 +165,11 @@ impl World {
             Route::json(json!({ "latest_version": { "version": "1.0.0", "downloadUrl": registry.url("/dl/impact-1.0.0.zip") } })),
         );
         registry.route("/dl/impact-1.0.0.zip", Route::file(zip.clone()));
+        // The registry's search, for "did you mean".
+        registry.route(
+            "/nodes/search",
+            Route::json(json!({ "nodes": [{ "id": "impact" }, { "id": "unrelated-words" }] })),
+        );
 
         World {
             env,
