@@ -250,8 +250,9 @@ fn from_workflow(
 ) -> anyhow::Result<Outcome> {
     let text = crate::files::read_regular_text(file, crate::files::WORKFLOW_LIMIT)
         .map_err(|e| UserInput(format!("workflow `{}` cannot be read: {e}", file.display())))?;
-    let needs = crate::run::needs::needs(&text)
-        .map_err(|e| UserInput(format!("workflow `{}` {e}", file.display())))?;
+    let needs = crate::run::needs::needs(&text).map_err(|e| {
+        anyhow::Error::new(e).context(format!("Workflow `{}` cannot be used", file.display()))
+    })?;
     let shown = file.display().to_string();
     edit(id, options, context, |spec| {
         let current: Spec = serde_json::from_value(spec.clone())?;

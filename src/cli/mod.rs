@@ -369,7 +369,11 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::session::SessionError,
             crate::run::RunError
         );
-        if cause.downcast_ref::<UserInput>().is_some() {
+        if cause.downcast_ref::<UserInput>().is_some()
+            || cause
+                .downcast_ref::<crate::run::needs::NeedsError>()
+                .is_some()
+        {
             return (true, None);
         }
         if cause.downcast_ref::<diff::DiffUsage>().is_some() {

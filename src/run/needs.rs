@@ -57,9 +57,9 @@ pub struct Needs {
 /// Why a workflow's needs cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NeedsError {
-    #[error("is not JSON: {0}")]
+    #[error("it is not JSON: {0}")]
     NotJson(String),
-    #[error("has no metadata to read (no `nodes` with `properties`): an API-format workflow does not say which packs and models it needs; use the file ComfyUI's editor saves (Workflow → Save)")]
+    #[error("it has no metadata to read (no `nodes` with `properties`): an API-format workflow does not say which packs and models it needs; use the file ComfyUI's editor saves (Workflow → Save)")]
     NoMetadata,
 }
 
