@@ -204,7 +204,7 @@ fn node_commit(install: &Path, url: &str) -> Option<String> {
         let origin = repo
             .find_remote("origin")
             .ok()
-            .and_then(|r| r.url().map(String::from));
+            .and_then(|r| r.url().ok().map(String::from));
         if origin.is_some_and(|o| same(&o, url)) {
             return head_commit(&dir);
         }

@@ -267,10 +267,10 @@ fn git_state_except(
     .ok()?;
     let remote = repo.find_remote("origin").ok().or_else(|| {
         let names = repo.remotes().ok()?;
-        let first = names.iter().flatten().next()?.to_string();
+        let first = names.iter().flatten().flatten().next()?.to_string();
         repo.find_remote(&first).ok()
     })?;
-    let url = without_credentials(remote.url()?, dir, warnings);
+    let url = without_credentials(remote.url().ok()?, dir, warnings);
     let head = repo.head().ok()?.peel_to_commit().ok()?.id();
     let mut options = git2::StatusOptions::new();
     options
@@ -280,7 +280,7 @@ fn git_state_except(
     if let Ok(statuses) = repo.statuses(Some(&mut options)) {
         let dirty: Vec<String> = statuses
             .iter()
-            .filter_map(|s| s.path().map(String::from))
+            .filter_map(|s| s.path().ok().map(String::from))
             .filter(|p| !p.contains("__pycache__") && !p.ends_with(".pyc"))
             .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
             .collect();

@@ -567,7 +567,11 @@ fn read_gitmodules(
         .map_err(git_err(url))?;
     while let Some(entry) = entries.next() {
         let entry = entry.map_err(git_err(url))?;
-        let (Some(key), Some(value)) = (entry.name(), entry.value()) else {
+        // A key without a value (a bare `key` line) is no path or URL: skipped (`value` would panic).
+        if !entry.has_value() {
+            continue;
+        }
+        let (Ok(key), Ok(value)) = (entry.name(), entry.value()) else {
             continue;
         };
         let rest = key.trim_start_matches("submodule.");
@@ -621,7 +625,7 @@ fn write_tree(
 ) -> Result<(), FetchError> {
     use std::os::unix::fs::PermissionsExt;
     for entry in tree.iter() {
-        let Some(name) = entry.name() else {
+        let Ok(name) = entry.name() else {
             continue;
         };
         if name == ".git" || name.contains('/') || name == ".." || name == "." {
