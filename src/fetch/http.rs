@@ -825,12 +825,7 @@ impl Sink {
 
     fn finish(self) -> std::io::Result<(u64, Option<String>, crate::store::tree::Digest)> {
         self.file.sync_data()?;
-        let sha256 = self.sha256.map(|s| {
-            s.finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        });
+        let sha256 = self.sha256.map(|s| crate::files::hex(&s.finalize()));
         Ok((self.written, sha256, *self.blake3.finalize().as_bytes()))
     }
 }

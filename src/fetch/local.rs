@@ -227,9 +227,7 @@ fn hash_in_place(
     }
     let digest = crate::store::tree::hash_file(at, cloned)?;
     let sha = if want_sha256 {
-        let mut sha = sha2::Sha256::new();
-        std::io::copy(&mut std::io::BufReader::new(&clone), &mut sha)?;
-        Some(format!("{:x}", sha.finalize()))
+        Some(crate::files::sha256_hex_of(&clone)?)
     } else {
         None
     };
@@ -272,7 +270,7 @@ fn copy_and_hash(
         progress(n as u64);
     }
     out.sync_data().map_err(FetchError::io(staged))?;
-    let sha256_hex = sha.map(|s| format!("{:x}", s.finalize()));
+    let sha256_hex = sha.map(|s| crate::files::hex(&s.finalize()));
     Ok((size, *b3.finalize().as_bytes(), sha256_hex))
 }
 

@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest as _, Sha256};
-
 use super::{requirements, Group, PinnedWheel, PythonError, Uv};
 use crate::fetch::http::{Download, Got};
 use crate::fetch::{Expected, Origin};
@@ -231,7 +229,5 @@ fn add_local_wheel(
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()))
+    crate::files::sha256_hex_of(std::fs::File::open(path)?)
 }

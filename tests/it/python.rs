@@ -790,10 +790,7 @@ fn without_uv_on_the_machine_the_stored_uv_is_used() {
     )
     .unwrap();
     let wheel = zip.finish().unwrap().into_inner();
-    let sha = {
-        use sha2::Digest as _;
-        format!("{:x}", sha2::Sha256::digest(&wheel))
-    };
+    let sha = sha256_hex(&wheel);
     let mirror = TestServer::start();
     mirror.route("/uv-0.13.8-py3-none-any.whl", Route::file(wheel));
     // A PATH with the interpreter and nothing else.

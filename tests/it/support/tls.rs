@@ -38,7 +38,8 @@ impl TestCa {
         leaf_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "localhost");
-        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         let certs = vec![
             CertificateDer::from(leaf.der().to_vec()),
             CertificateDer::from(ca.der().to_vec()),
