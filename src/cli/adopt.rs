@@ -147,8 +147,22 @@ pub fn snapshot(args: SnapshotArgs, context: &Context) -> anyhow::Result<Outcome
             ..Default::default()
         };
         let session = open_session(context, store.clone(), &loaded.spec, settings)?;
-        let (lock, _items) =
-            session.resolve(&loaded.spec, None, &Update::Nothing, false, loaded.dir())?;
+        // A snapshot taken again keeps what it pinned before where the install did not change
+        // (the Python set is not resolved again when the venv holds the same distributions).
+        let previous = match crate::lock::Lock::read(&lock_path) {
+            Ok(previous) => previous,
+            Err(err) => {
+                tracing::warn!("the previous lock is not used: {err}");
+                None
+            }
+        };
+        let (lock, _items) = session.resolve(
+            &loaded.spec,
+            previous.as_ref(),
+            &Update::Nothing,
+            false,
+            loaded.dir(),
+        )?;
         lock.write(&lock_path)?;
         lock_written = Some(lock_path.clone());
         if args.link_models {

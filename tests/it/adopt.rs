@@ -96,7 +96,7 @@ struct Install {
     w: World,
     root: PathBuf,
     core: PathBuf,
-    _index: TestServer,
+    index: TestServer,
     index_url: String,
     ckpt: Vec<u8>,
     lora: Vec<u8>,
@@ -186,7 +186,7 @@ impl Install {
             w,
             root,
             core,
-            _index: index,
+            index,
             index_url,
             ckpt,
             lora,
@@ -237,6 +237,22 @@ fn a_snapshot_of_an_install_realizes_an_equivalent_home() {
     }
     let lock: Value = read_json(&i.w.env.work.join("versions/snap.lock.json"));
     assert_eq!(lock["comfy"]["commit"], head(&i.core));
+
+    // Taken again from the unchanged install: the same lock, and the index is not asked (the
+    // Python set is not resolved again).
+    let lock_text = fs::read(i.w.env.work.join("versions/snap.lock.json")).unwrap();
+    let asked = i.index.requests().len();
+    i.cmd()
+        .current_dir(&i.w.env.work)
+        .args(["snapshot", "--name", "snap", "--comfy-path", "../install"])
+        .arg("-o")
+        .arg(&spec)
+        .ok();
+    assert_eq!(i.index.requests().len(), asked, "the index was asked again");
+    assert_eq!(
+        fs::read(i.w.env.work.join("versions/snap.lock.json")).unwrap(),
+        lock_text
+    );
 
     // Upstream git is gone: the snapshot's commits come from the install's own repositories.
     fs::rename(i.w.env.path("repos"), i.w.env.path("repos-gone")).unwrap();
