@@ -155,33 +155,158 @@ fn tree_objects(src: &Repository, commit: Oid) -> Result<Vec<Oid>, git2::Error> 
     Ok(ids)
 }
 
-/// [`copy_commit`] into a fresh repository at `dst_dir`, the objects written by several threads
-/// (each with its own handles): a working tree's `.git` for a core of thousands of files is
-/// otherwise one zlib stream after another.
-pub fn copy_commit_parallel(
-    src_dir: &Path,
-    dst_dir: &Path,
-    commit: Oid,
-) -> Result<(), git2::Error> {
+/// [`copy_commit`] into a fresh repository at `dst_dir` as one pack and its index, both written
+/// here: the objects read and zlib-compressed (fast level, no deltas) by several threads, each
+/// with its own handles, in batches (memory holds one batch). The mirror's object ids are the
+/// index's (the mirror was checked when fetched), so nothing is inflated or hashed again. A
+/// working tree's `.git` for a core of thousands of files is two files, not one per object; git
+/// sees the pack only once its index is renamed into place, last.
+pub fn copy_commit_packed(src_dir: &Path, dst_dir: &Path, commit: Oid) -> Result<(), git2::Error> {
     use rayon::prelude::*;
+    use sha1::Digest as _;
+    use std::io::Write as _;
+    let io = |e: std::io::Error| git2::Error::from_str(&e.to_string());
     let src = Repository::open_bare(src_dir)?;
-    let ids = tree_objects(&src, commit)?;
-    ids.par_chunks(128)
-        .try_for_each(|chunk| -> Result<(), git2::Error> {
-            let (src, dst) = (Repository::open_bare(src_dir)?, Repository::open(dst_dir)?);
-            let (from, to) = (src.odb()?, dst.odb()?);
-            for id in chunk {
-                let object = from.read(*id)?;
-                to.write(object.kind(), object.data())?;
-            }
-            Ok(())
-        })?;
-    // Last: a repository that has the commit has all it needs.
-    let from = src.odb()?;
-    let object = from.read(commit)?;
-    let dst = Repository::open(dst_dir)?;
-    dst.odb()?.write(object.kind(), object.data())?;
+    let mut ids = tree_objects(&src, commit)?;
+    ids.push(commit);
+    let pack_dir = Repository::open(dst_dir)?.path().join("objects/pack");
+    std::fs::create_dir_all(&pack_dir).map_err(io)?;
+    let mut pack = tempfile::Builder::new()
+        .prefix("tmp_pack_")
+        .tempfile_in(&pack_dir)
+        .map_err(io)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, pack.as_file_mut());
+    let mut sum = sha1::Sha1::new();
+    let count = u32::try_from(ids.len()).map_err(|_| git2::Error::from_str("too many objects"))?;
+    let mut head = b"PACK".to_vec();
+    head.extend_from_slice(&2u32.to_be_bytes());
+    head.extend_from_slice(&count.to_be_bytes());
+    sum.update(&head);
+    out.write_all(&head).map_err(io)?;
+    // (object id, CRC-32 of its entry, offset of its entry)
+    let mut index: Vec<(Oid, u32, u64)> = Vec::with_capacity(ids.len());
+    let mut offset = head.len() as u64;
+    for batch in ids.chunks(4096) {
+        let entries: Vec<Vec<(Oid, Vec<u8>)>> = batch
+            .par_chunks(128)
+            .map(|chunk| -> Result<Vec<(Oid, Vec<u8>)>, git2::Error> {
+                let repo = Repository::open_bare(src_dir)?;
+                let from = repo.odb()?;
+                chunk
+                    .iter()
+                    .map(|id| {
+                        let object = from.read(*id)?;
+                        Ok((*id, pack_entry(object.kind(), object.data()).map_err(io)?))
+                    })
+                    .collect()
+            })
+            .collect::<Result<_, _>>()?;
+        for (id, entry) in entries.iter().flatten() {
+            let mut crc = flate2::Crc::new();
+            crc.update(entry);
+            index.push((*id, crc.sum(), offset));
+            offset += entry.len() as u64;
+            sum.update(entry);
+            out.write_all(entry).map_err(io)?;
+        }
+    }
+    let checksum: [u8; 20] = sum.finalize().into();
+    out.write_all(&checksum).map_err(io)?;
+    out.flush().map_err(io)?;
+    drop(out);
+    let name = format!("pack-{}", crate::files::hex(&checksum));
+    let idx = pack_index(index, &checksum);
+    let mut idx_file = tempfile::Builder::new()
+        .prefix("tmp_idx_")
+        .tempfile_in(&pack_dir)
+        .map_err(io)?;
+    idx_file.write_all(&idx).map_err(io)?;
+    // Read-only, as git leaves its packs.
+    use std::os::unix::fs::PermissionsExt as _;
+    for file in [pack.as_file(), idx_file.as_file()] {
+        file.set_permissions(std::fs::Permissions::from_mode(0o444))
+            .map_err(io)?;
+    }
+    pack.persist(pack_dir.join(format!("{name}.pack")))
+        .map_err(|e| io(e.error))?;
+    idx_file
+        .persist(pack_dir.join(format!("{name}.idx")))
+        .map_err(|e| io(e.error))?;
     Ok(())
+}
+
+/// A version-2 pack index: a fan-out table by first byte, the ids in order, their entries'
+/// CRC-32s and offsets (those past 2 GiB in a table of their own), the pack's checksum, and the
+/// index's own.
+fn pack_index(mut objects: Vec<(Oid, u32, u64)>, pack_checksum: &[u8; 20]) -> Vec<u8> {
+    use sha1::Digest as _;
+    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut idx = Vec::with_capacity(8 + 1024 + objects.len() * 28 + 40);
+    idx.extend_from_slice(&[0xff, b't', b'O', b'c']);
+    idx.extend_from_slice(&2u32.to_be_bytes());
+    let mut fanout = [0u32; 256];
+    for (id, _, _) in &objects {
+        fanout[id.as_bytes()[0] as usize] += 1;
+    }
+    let mut total = 0u32;
+    for count in fanout {
+        total += count;
+        idx.extend_from_slice(&total.to_be_bytes());
+    }
+    for (id, _, _) in &objects {
+        idx.extend_from_slice(id.as_bytes());
+    }
+    for (_, crc, _) in &objects {
+        idx.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut large = Vec::new();
+    for (_, _, offset) in &objects {
+        match u32::try_from(*offset) {
+            Ok(small) if small < 0x8000_0000 => idx.extend_from_slice(&small.to_be_bytes()),
+            _ => {
+                let at = 0x8000_0000u32 | large.len() as u32;
+                idx.extend_from_slice(&at.to_be_bytes());
+                large.push(*offset);
+            }
+        }
+    }
+    for offset in large {
+        idx.extend_from_slice(&offset.to_be_bytes());
+    }
+    idx.extend_from_slice(pack_checksum);
+    let own: [u8; 20] = sha1::Sha1::digest(&idx).into();
+    idx.extend_from_slice(&own);
+    idx
+}
+
+/// One undeltified object of a pack: its type and size (the size in 4 bits, then 7 per byte),
+/// then its bytes as a zlib stream.
+fn pack_entry(kind: ObjectType, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let code: u8 = match kind {
+        ObjectType::Commit => 1,
+        ObjectType::Tree => 2,
+        ObjectType::Blob => 3,
+        ObjectType::Tag => 4,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "a {other} object cannot be packed"
+            )))
+        }
+    };
+    let mut head = Vec::with_capacity(data.len() / 2 + 16);
+    let mut size = data.len();
+    let mut byte = (code << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        head.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    head.push(byte);
+    let mut zlib = flate2::write::ZlibEncoder::new(head, flate2::Compression::fast());
+    zlib.write_all(data)?;
+    zlib.finish()
 }
 
 /// The local repository directory of `url`, if it names one (`/srv/x.git`, `file:///srv/x.git`).

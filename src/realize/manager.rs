@@ -43,7 +43,7 @@ pub fn make_worktree(
     let repo = Repository::init(dir).map_err(git_err(dir))?;
     repo.remote("origin", repo_url).map_err(git_err(dir))?;
     let oid = Oid::from_str(commit).map_err(git_err(dir))?;
-    crate::fetch::git::copy_commit_parallel(&path, dir, oid).map_err(git_err(dir))?;
+    crate::fetch::git::copy_commit_packed(&path, dir, oid).map_err(git_err(dir))?;
     // The parents are not here: tell git so (a shallow clone of depth 1).
     let shallow = dir.join(".git/shallow");
     std::fs::write(&shallow, format!("{commit}\n")).map_err(|source| RealizeError::Io {

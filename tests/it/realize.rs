@@ -114,6 +114,13 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
         );
         assert_eq!(git(&dir, &["remote", "get-url", "origin"]), repo.url());
         assert_eq!(git(&dir, &["status", "--porcelain"]), "", "{node} is clean");
+        // The objects are one pack that git itself checks, not a file per object.
+        git(&dir, &["fsck", "--strict", "--no-dangling"]);
+        let count = git(&dir, &["count-objects", "-v"]);
+        assert!(
+            count.contains("count: 0") && count.contains("packs: 1"),
+            "{node}: {count}"
+        );
     }
     assert_eq!(
         git(
