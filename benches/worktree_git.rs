@@ -65,7 +65,10 @@ fn loose(mirror: &Path, dst: &Path, commit: Oid) {
     let odb = src.odb().unwrap();
     let object = odb.read(commit).unwrap();
     let to = Repository::open(dst).unwrap();
-    to.odb().unwrap().write(object.kind(), object.data()).unwrap();
+    to.odb()
+        .unwrap()
+        .write(object.kind(), object.data())
+        .unwrap();
 }
 
 fn best(runs: usize, mut once: impl FnMut(usize) -> Duration) -> Duration {
@@ -129,9 +132,16 @@ fn main() {
         .args(["fsck", "--strict", "--no-dangling", &commit.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("worktree_git/files             {files}");
-    println!("worktree_git/packed            {:.3}s", packed.as_secs_f64());
+    println!(
+        "worktree_git/packed            {:.3}s",
+        packed.as_secs_f64()
+    );
     println!(
         "worktree_git/loose             {:.3}s  ({:.2}× packed)",
         loose.as_secs_f64(),

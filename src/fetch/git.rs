@@ -240,7 +240,7 @@ pub fn copy_commit_packed(src_dir: &Path, dst_dir: &Path, commit: Oid) -> Result
 /// index's own.
 fn pack_index(mut objects: Vec<(Oid, u32, u64)>, pack_checksum: &[u8; 20]) -> Vec<u8> {
     use sha1::Digest as _;
-    objects.sort_by(|a, b| a.0.cmp(&b.0));
+    objects.sort_by_key(|o| o.0);
     let mut idx = Vec::with_capacity(8 + 1024 + objects.len() * 28 + 40);
     idx.extend_from_slice(&[0xff, b't', b'O', b'c']);
     idx.extend_from_slice(&2u32.to_be_bytes());
