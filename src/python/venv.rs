@@ -143,6 +143,7 @@ fn build_into(
     let venv = staging.join("venv");
     link_tree(&empty_venv(store, uv, interpreter)?, &venv)?;
     if !python.wheels.is_empty() {
+        let _span = tracing::debug_span!("uv-install").entered();
         uv.run(
             uv.command(["pip", "install", "--quiet", "--python"])
                 .arg(venv.join("bin/python"))
@@ -187,6 +188,7 @@ fn build_into(
         fs::rename(&temp, &record).map_err(PythonError::io(&record))?;
     }
     // Bytecode for every module, so that nothing that runs from the venv writes into the store.
+    let _span = tracing::debug_span!("bytecode").entered();
     super::bytecode::compile(&interpreter.path, &venv.join("lib"), &venv)?;
     Ok(())
 }

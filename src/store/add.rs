@@ -265,6 +265,7 @@ impl Store {
         known_digest: Option<Digest>,
         naming: Naming<'_>,
     ) -> Result<Added> {
+        let _span = tracing::debug_span!("hash-staged", name).entered();
         let staged = staging.path().join(rel);
         let entries = tree::walk(&staged)?;
         let files: Vec<(PathBuf, u64, bool)> = file_list(&staged, &entries);
@@ -290,6 +291,7 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        drop(_span);
         let Staging { dir, _gc } = staging;
         self.commit(&dir, &staged, &entries, ingested, name, references, naming)
     }

@@ -625,6 +625,7 @@ impl Store {
 
     /// Flush everything written to the store's filesystem to disk.
     fn sync(&self) -> Result<()> {
+        let _span = tracing::debug_span!("syncfs").entered();
         let dir = fs_err::File::open(&self.root)?;
         rustix::fs::syncfs(&dir).map_err(|err| {
             std::io::Error::new(
