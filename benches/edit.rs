@@ -13,10 +13,10 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::{env_usize, git, read_head, sync, work_dir};
+use common::{env_usize, git, read_head, timed, work_dir};
 
 const NODES: usize = 20;
 
@@ -93,24 +93,16 @@ fn serve(count: usize, asked: Arc<AtomicUsize>, downloads: Arc<AtomicUsize>) -> 
 }
 
 fn comfix(work: &Path, store: &Path, registry: &str, args: &[&str]) -> Duration {
-    sync();
-    let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_comfix"))
-        .current_dir(work)
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .env_remove("COMFIX_SUBSTITUTERS")
-        .env("COMFIX_REGISTRY_URL", registry)
-        .env("HOME", work)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "comfix {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    started.elapsed()
+    timed(
+        Command::new(env!("CARGO_BIN_EXE_comfix"))
+            .current_dir(work)
+            .arg("--store")
+            .arg(store)
+            .args(args)
+            .env_remove("COMFIX_SUBSTITUTERS")
+            .env("COMFIX_REGISTRY_URL", registry)
+            .env("HOME", work),
+    )
 }
 
 fn spec(core: &Path, nodes: usize) -> serde_json::Value {

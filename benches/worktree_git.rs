@@ -9,7 +9,6 @@
 //! Run: `cargo bench --bench worktree_git`. Data under `COMFIX_BENCH_DIR`; best of 5.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use git2::{ObjectType, Oid, Repository};
@@ -126,16 +125,9 @@ fn main() {
     });
     // The packed copy is whole: git itself checks every object, the pack and its index.
     std::fs::write(work.join("packed-0/.git/shallow"), format!("{commit}\n")).unwrap();
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(work.join("packed-0"))
-        .args(["fsck", "--strict", "--no-dangling", &commit.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    git(
+        &work.join("packed-0"),
+        &["fsck", "--strict", "--no-dangling", &commit.to_string()],
     );
     println!("worktree_git/files             {files}");
     println!(

@@ -35,44 +35,25 @@ pub struct Pinned {
 /// Ask the registry for `id` at `version` (or the latest version). An id the registry does not
 /// know is answered with the ids it knows that are closest (`did you mean`).
 pub async fn pin(client: &Client, id: &str, version: Option<&str>) -> Result<Pinned, FetchError> {
-    match ask(client, id, version).await {
-        Err(FetchError::Status {
-            what,
-            url,
-            status: 404,
-            hint,
-            retry_after,
-        }) => {
-            // A missing version of a known node keeps its message; an unknown node gets names.
-            let known = match version {
-                Some(_) => ask(client, id, None).await.is_ok(),
-                None => false,
-            };
-            let near = if known {
-                Vec::new()
-            } else {
-                similar(client, id).await
-            };
-            let hint = match near.as_slice() {
-                [] => hint,
-                near => Some(format!(
-                    "the registry has no node `{id}`; did you mean {}?",
-                    near.iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
-            };
-            Err(FetchError::Status {
-                what,
-                url,
-                status: 404,
-                hint,
-                retry_after,
-            })
-        }
-        other => other,
+    let mut result = ask(client, id, version).await;
+    if !matches!(result, Err(FetchError::Status { status: 404, .. })) {
+        return result;
     }
+    // A missing version of a known node keeps its message; an unknown node gets names.
+    let known = version.is_some() && ask(client, id, None).await.is_ok();
+    let near = if known {
+        Vec::new()
+    } else {
+        similar(client, id).await
+    };
+    if let (Err(FetchError::Status { hint, .. }), false) = (&mut result, near.is_empty()) {
+        let names: Vec<String> = near.iter().map(|n| format!("`{n}`")).collect();
+        *hint = Some(format!(
+            "the registry has no node `{id}`; did you mean {}?",
+            names.join(", ")
+        ));
+    }
+    result
 }
 
 #[derive(Debug, Deserialize)]
