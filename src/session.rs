@@ -78,6 +78,8 @@ pub enum SessionError {
     Closure(#[from] crate::closure::ClosureError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("{0} gave no store path")]
+    NoOutput(String),
     #[error("`--frozen`, but there is no lock `{}`", .0.display())]
     FrozenMissing(PathBuf),
     #[error("`--frozen`, but the lock does not match the spec:\n{}", .0.iter().map(|s| format!("  {s}")).collect::<Vec<_>>().join("\n"))]
@@ -95,7 +97,7 @@ impl Hint for SessionError {
             SessionError::Realize(e) => e.hint(),
             SessionError::Lock(e) => e.hint(),
             SessionError::Closure(e) => e.hint(),
-            SessionError::Runtime(_) => None,
+            SessionError::Runtime(_) | SessionError::NoOutput(_) => None,
             SessionError::FrozenMissing(_) | SessionError::FrozenStale(_) => Some(
                 "run `comfix resolve` (or realize without `--frozen`) and commit the lock".into(),
             ),
@@ -112,7 +114,7 @@ impl Hint for SessionError {
             SessionError::Realize(e) => e.is_user_error(),
             SessionError::Lock(e) => e.is_user_error(),
             SessionError::Closure(e) => e.is_user_error(),
-            SessionError::Runtime(_) => false,
+            SessionError::Runtime(_) | SessionError::NoOutput(_) => false,
             SessionError::FrozenMissing(_) | SessionError::FrozenStale(_) => true,
         }
     }
@@ -216,6 +218,31 @@ impl Session {
         };
         let resolver = Resolver::new(self.executor.clone(), skip_models, python, spec_dir);
         Ok(self.runtime.block_on(resolver.resolve(spec, old, update))?)
+    }
+
+    /// The uv a closure of a Python version carries, kept in the store by the executor (a
+    /// `fetch-uv` derivation); the store path's name.
+    pub fn carry_uv(&self) -> Result<String> {
+        self.output_of(crate::derive::Derivation::carry_uv())
+    }
+
+    /// Run `derivation` alone (its inputs must be valid) and return its output.
+    fn output_of(&self, derivation: crate::derive::Derivation) -> Result<String> {
+        let outcomes = self
+            .runtime
+            .block_on(self.executor.run(std::slice::from_ref(&derivation)))?;
+        outcomes
+            .into_iter()
+            .find(|o| o.id == derivation.id)
+            .and_then(|o| o.output)
+            .ok_or_else(|| SessionError::NoOutput(derivation.describe()))
+    }
+
+    /// `lock`'s manifest, named `name`, written by the executor (a `write-manifest` derivation:
+    /// what `store pin <ID>` roots); the store path's name. Every path the lock names must be in
+    /// the store.
+    pub fn manifest(&self, lock: &Lock, name: &str) -> Result<String> {
+        self.output_of(crate::derive::Derivation::manifest(lock, name))
     }
 
     /// Resolve the version (writing its lock when it changed), run its plan, assemble the home.

@@ -232,6 +232,19 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
     }
 }
 
+/// `lock`'s manifest, written as `name` by a session's executor (a `write-manifest` derivation).
+fn manifest_of(
+    context: &Context,
+    spec: &crate::spec::Spec,
+    lock: &crate::lock::Lock,
+    name: &str,
+) -> anyhow::Result<String> {
+    let store = std::sync::Arc::new(context.open_store()?);
+    let settings = crate::session::Settings::default();
+    let session = super::resolve::open_session(context, store, spec, settings)?;
+    Ok(session.manifest(lock, name)?)
+}
+
 fn pin(
     store: &Store,
     context: &Context,
@@ -249,8 +262,7 @@ fn pin(
         let lock = crate::lock::Lock::read(&lock_path)?.ok_or_else(|| {
             anyhow::anyhow!("version `{target}` has no lock `{}`", lock_path.display())
         })?;
-        let manifest =
-            crate::lock::manifest::write(store, &format!("pin-{target}"), &lock, false, &[])?;
+        let manifest = manifest_of(context, &loaded.spec, &lock, &format!("pin-{target}"))?;
         (name.unwrap_or_else(|| target.to_string()), manifest)
     };
     store.pin(&pin_name, &path)?;

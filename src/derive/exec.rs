@@ -400,6 +400,8 @@ impl Executor {
             | Action::Uv
             | Action::Interpreter { .. }
             | Action::Home(_)
+            | Action::Manifest { .. }
+            | Action::CarryUv
             | Action::Unpinned => None,
         }
     }
@@ -467,6 +469,16 @@ impl Executor {
                 let output = store_path_of(store, &uv.exe);
                 Ok((output, if fetched { How::Fetched } else { How::Valid }))
             }
+            Action::CarryUv => tokio::task::block_in_place(|| {
+                let uv = crate::python::find_uv(store)?;
+                let stored = crate::python::stored_uv::store_machine_uv(store, &uv)?;
+                Ok((Some(stored), How::Built))
+            }),
+            // What the lock names must be in the store already: a manifest only refers to it.
+            Action::Manifest { lock, name } => tokio::task::block_in_place(|| {
+                let written = crate::lock::manifest::write(store, name, lock, false, &[])?;
+                Ok((Some(written), How::Built))
+            }),
             Action::Interpreter { version } => tokio::task::block_in_place(|| {
                 let uv = crate::python::find_uv(store)?;
                 let (found, installed) =

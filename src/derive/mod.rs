@@ -49,6 +49,8 @@ pub enum Kind {
     BuildVenv,
     #[serde(rename = "assemble-home")]
     AssembleHome,
+    #[serde(rename = "write-manifest")]
+    WriteManifest,
 }
 
 impl Kind {
@@ -65,6 +67,7 @@ impl Kind {
             Kind::AddWorkflow => "add-workflow",
             Kind::BuildVenv => "build-venv",
             Kind::AssembleHome => "assemble-home",
+            Kind::WriteManifest => "write-manifest",
         }
     }
 }
@@ -111,6 +114,12 @@ pub enum Action {
     /// The home, assembled once every input is valid; what to assemble is set by the session
     /// before it runs the home (`None`: a plan's home, shown and not run).
     Home(Option<Box<HomeBuild>>),
+    /// The uv in use kept in the store (the machine's copied in when the store has none), for a
+    /// closure to carry: a machine without uv realizes its Python offline.
+    CarryUv,
+    /// A lock's manifest (`lock.json`, referencing every path of its closure), named `name`: what
+    /// a pinned version's root holds.
+    Manifest { lock: Box<Lock>, name: String },
     /// Pin a git source: its ref (or commit) resolved in the mirror, the commit checked out.
     PinGit {
         role: &'static str,
@@ -368,6 +377,20 @@ impl Derivation {
         )
     }
 
+    /// The manifest of `lock`, as the store path `<digest>-<name>`.
+    pub fn manifest(lock: &Lock, name: &str) -> Derivation {
+        let action = Action::Manifest {
+            lock: Box::new(lock.clone()),
+            name: name.to_string(),
+        };
+        Derivation::new(Kind::WriteManifest, name.to_string(), name, None, action)
+    }
+
+    /// The uv a closure carries (see [`Action::CarryUv`]).
+    pub fn carry_uv() -> Derivation {
+        Derivation::new(Kind::FetchUv, "uv".into(), "carry", None, Action::CarryUv)
+    }
+
     /// uv: the machine's, else comfix's pinned uv in the store.
     pub fn uv() -> Derivation {
         Derivation::new(Kind::FetchUv, "uv".into(), "uv", None, Action::Uv)
@@ -436,6 +459,7 @@ impl Derivation {
             },
             Action::Venv { .. } => format!("venv `{}`", self.name),
             Action::Uv => "uv".to_string(),
+            Action::CarryUv => "uv for the closure".to_string(),
             Action::Reference => format!("`{}` (a reference)", self.name),
             Action::Workflow { .. } | Action::PinWorkflow { .. } => {
                 format!("workflow `{}`", self.name)
@@ -443,6 +467,7 @@ impl Derivation {
             Action::Overlay { backend, .. } => format!("torch backend `{}`", backend.tag()),
             Action::Interpreter { version } => format!("Python {version}"),
             Action::Home(_) => format!("home `{}`", self.name),
+            Action::Manifest { lock, .. } => format!("manifest of `{}`", lock.version_id),
             Action::PinGit { role, .. } => format!("{role} `{}`", self.name),
             Action::PinArchive { id, version } => format!(
                 "registry node `{}` ({id} {})",

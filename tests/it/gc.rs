@@ -567,3 +567,43 @@ fn a_moved_home_is_kept_then_registered_again_where_it_is() {
         .env("COMFY_HOME", &moved)
         .ok();
 }
+
+/// `store pin <ID>` roots a version's locked closure through a manifest the executor writes (a
+/// `write-manifest` derivation, reported with `-v`); gc keeps all of it until it is unpinned.
+#[test]
+fn a_pinned_version_keeps_its_closure_until_unpinned() {
+    let w = World::new();
+    two_versions(&w);
+    w.cmd(&w.env.store).args(["resolve", "v1"]).ok();
+    let closure = lock_paths(&w, "v1");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "-v", "store", "pin", "v1"])
+        .ok();
+    let pinned: Value = crate::support::json_of(&out);
+    assert_eq!(pinned["root"], "pin:v1", "{pinned}");
+    let manifest = pinned["path"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(manifest.ends_with("-pin-v1"), "{manifest}");
+    assert!(
+        crate::support::stderr(&out).contains("derive{kind=\"write-manifest\""),
+        "the manifest is a derivation the executor ran"
+    );
+    comfix_json(&w, &["gc"]);
+    let kept = valid_paths(&w);
+    for path in closure.iter().chain([&manifest]) {
+        assert!(kept.contains(path), "{path} was collected while pinned");
+    }
+    w.cmd(&w.env.store).args(["store", "unpin", "v1"]).ok();
+    comfix_json(&w, &["gc"]);
+    let left = valid_paths(&w);
+    assert!(
+        closure.iter().all(|p| !left.contains(p)) && !left.contains(&manifest),
+        "{left:?}"
+    );
+}

@@ -604,6 +604,9 @@ fn an_exported_python_version_realizes_offline_elsewhere() {
         .args(["import", "--trusted-key", &public])
         .arg(&archive)
         .ok();
+    // The uv the venv was built with came along (kept in the store by the executor at export).
+    let listed = stdout(&world.cmd_in(&store_b).args(["--json", "store", "ls"]).ok());
+    assert!(listed.contains("-uv-"), "{listed}");
     let requests = world.index.requests().len();
     let out = world
         .cmd_in(&store_b)
