@@ -34,6 +34,30 @@ fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
     }
 }
 
+/// A failed connection to or fetch from `url`: a repository that is not there (a path that does
+/// not exist, a server's 404, or the credentials a host like GitHub asks for a repository it does
+/// not show) is the user's input; anything else is the network's.
+fn remote_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
+    move |e| {
+        let message = e.message();
+        let missing = e.code() == git2::ErrorCode::NotFound
+            || e.code() == git2::ErrorCode::Auth
+            || message.contains("no credentials for this remote")
+            || message.contains("status code: 404")
+            || message.contains("failed to resolve path")
+            || message.contains("does not appear to be a git repository")
+            || message.contains("could not find repository");
+        if missing {
+            FetchError::GitRepoNotFound {
+                url: url.to_string(),
+                message: message.to_string(),
+            }
+        } else {
+            git_err(url)(e)
+        }
+    }
+}
+
 /// In a store a group shares, its git mirrors belong to whichever member made them: libgit2's
 /// check that a repository is owned by the current user (git's `safe.directory`) would refuse
 /// every other member. The group is trusted with the store as a whole, so the check is off for
@@ -464,7 +488,7 @@ pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, Fet
         tracing::debug!("fetching `{refspec}` from `{url}`");
         remote
             .fetch(&[refspec.as_str()], Some(&mut fetch_options()), None)
-            .map_err(git_err(url))?;
+            .map_err(remote_err(url))?;
     }
     Ok(repo)
 }
@@ -475,7 +499,7 @@ fn remote_ref(remote: &mut git2::Remote<'_>, url: &str, name: &str) -> Result<St
     proxy.auto();
     remote
         .connect_auth(git2::Direction::Fetch, None, Some(proxy))
-        .map_err(git_err(url))?;
+        .map_err(remote_err(url))?;
     let names: Vec<String> = remote
         .list()
         .map_err(git_err(url))?
@@ -540,7 +564,7 @@ pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError>
                 Some(&mut options),
                 None,
             )
-            .map_err(git_err(url))?;
+            .map_err(remote_err(url))?;
     }
     Ok(repo)
 }

@@ -220,6 +220,8 @@ pub enum FetchError {
     Config { message: String },
     #[error("Git operation on `{url}` failed: {message}")]
     Git { url: String, message: String },
+    #[error("Repository `{url}` does not exist, or is private and needs credentials ({message})")]
+    GitRepoNotFound { url: String, message: String },
     #[error("Ref `{reference}` not found in `{url}`")]
     GitRefNotFound { url: String, reference: String },
     #[error("Commit `{commit}` not found in `{url}`")]
@@ -376,6 +378,9 @@ impl Hint for FetchError {
                 "free at least {} there (`comfix gc` reclaims what no version uses), or use a store on a larger filesystem (`--store`); no partial file was left behind",
                 crate::units::format_bytes(needed.saturating_sub(*available))
             )),
+            FetchError::GitRepoNotFound { .. } => Some(
+                "check the repository's URL; a private one needs credentials (`GIT_TOKEN` or `GITHUB_TOKEN`, or git's credential helper)".into(),
+            ),
             FetchError::GitRefNotFound { .. } => {
                 Some("check the spec's `ref`; branches and tags are looked up by name".into())
             }

@@ -756,6 +756,8 @@ fn add_node_and_add_model_pin_before_they_write() {
     let (spec_before, lock_before) = (fs::read(&spec_path).unwrap(), fs::read(&lock_path).unwrap());
     let wrong = "0".repeat(64);
     let mirror = w.cdn.url("/mirror/unet.safetensors");
+    let missing_repo = format!("file://{}", w.env.path("no-such-repo.git").display());
+    let missing_file = w.cdn.url("/no/such/file.safetensors");
     for (args, says_what) in [
         (vec!["node", "v1", "impact"], "already"),
         (
@@ -774,6 +776,8 @@ fn add_node_and_add_model_pin_before_they_write() {
         ),
         (vec!["node", "v1", "not/a/registry/id"], "neither a git URL"),
         (vec!["node", "v1", "impakt"], "did you mean `impact`?"),
+        (vec!["node", "v1", &missing_repo], "no-such-repo"),
+        (vec!["model", "v1", &missing_file, "--name", "n"], "404"),
     ] {
         let out = add(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
