@@ -13,10 +13,11 @@
 //! the file it locked is still the one at the path, and starts again when it is not — so two
 //! processes never both hold "the" lock of a path, one on a removed file and one on a new one.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A held lock; released on drop.
 #[derive(Debug)]
@@ -164,11 +165,20 @@ fn try_lock(file: File, path: &Path) -> std::io::Result<Locked> {
     }
 }
 
-/// This process's temporary roots file, created on first use.
+/// This process's temporary roots file, created on first use and shared by every `Store` of the
+/// same root in the process: a second open of the file would wait on the first's `flock` forever
+/// (locks belong to the open file, not the process), and its truncation would drop the first's
+/// roots.
 #[derive(Debug)]
 pub struct TempRoots {
     dir: PathBuf,
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<Arc<Mutex<File>>>>,
+}
+
+/// The temporary roots files this process has open, by path.
+fn open_temp_roots() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<File>>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<File>>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
 }
 
 impl TempRoots {
@@ -179,22 +189,36 @@ impl TempRoots {
         }
     }
 
+    fn path(&self) -> PathBuf {
+        self.dir.join(std::process::id().to_string())
+    }
+
     /// Record `name` as in use by this process until it exits.
     pub fn add(&self, name: &str) -> std::io::Result<()> {
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            let path = self.dir.join(std::process::id().to_string());
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .truncate(false)
-                .open(&path)?;
-            // A stale file of a dead process with our pid is ours to reuse.
-            file.lock()?;
-            file.set_len(0)?;
-            *guard = Some(file);
+            let path = self.path();
+            let mut open = open_temp_roots().lock().unwrap_or_else(|e| e.into_inner());
+            let shared = match open.get(&path) {
+                Some(shared) => shared.clone(),
+                None => {
+                    let file = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .truncate(false)
+                        .open(&path)?;
+                    // A stale file of a dead process with our pid is ours to reuse.
+                    file.lock()?;
+                    file.set_len(0)?;
+                    let shared = Arc::new(Mutex::new(file));
+                    open.insert(path, shared.clone());
+                    shared
+                }
+            };
+            *guard = Some(shared);
         }
-        let file = guard.as_mut().expect("opened above");
+        let shared = guard.as_ref().expect("opened above");
+        let mut file = shared.lock().unwrap_or_else(|e| e.into_inner());
         writeln!(file, "{name}")?;
         file.flush()
     }
@@ -202,9 +226,16 @@ impl TempRoots {
 
 impl Drop for TempRoots {
     fn drop(&mut self) {
-        let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_some() {
-            let _ = std::fs::remove_file(self.dir.join(std::process::id().to_string()));
+        let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(shared) = guard.take() else {
+            return;
+        };
+        let path = self.path();
+        let mut open = open_temp_roots().lock().unwrap_or_else(|e| e.into_inner());
+        // The last handle of the process (the map holds the other reference) removes the file.
+        if Arc::strong_count(&shared) == 2 {
+            open.remove(&path);
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -213,6 +244,37 @@ impl Drop for TempRoots {
 mod tests {
     use super::*;
     use std::sync::{Arc, Barrier};
+
+    /// Two stores of one root in one process share the process's temporary roots file: neither
+    /// waits on the other's lock (it did: an export that opened a session deadlocked), neither
+    /// truncates the other's roots, and the file goes with the last of them.
+    #[test]
+    fn two_handles_in_one_process_share_the_temp_roots_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = TempRoots::new(dir.path().to_path_buf());
+        first.add("a-first").unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let second = TempRoots::new(path);
+            let added = second.add("b-second");
+            sender.send((second, added)).unwrap();
+        });
+        let (second, added) = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the second handle waited on the first's lock");
+        added.unwrap();
+        let file = dir.path().join(std::process::id().to_string());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text, "a-first\nb-second\n");
+        drop(first);
+        assert!(
+            file.exists(),
+            "the second handle's roots went with the first"
+        );
+        drop(second);
+        assert!(!file.exists());
+    }
 
     /// A lock file removed by its holder while others wait for it is never held twice: the
     /// waiter that gets the removed file starts again on the new one. Looped, with the removal
