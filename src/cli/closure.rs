@@ -70,14 +70,14 @@ pub fn export(args: ExportArgs, context: &Context) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let spec = std::fs::read(&input.loaded.path)?;
-    let store = context.open_existing_store()?;
+    let store = std::sync::Arc::new(context.open_existing_store()?);
     let (venv, mut extra) = machine_paths(&store, lock, &args.torch)?;
     if lock.python.is_some() {
         // The uv the venv was built with goes along: a machine without uv realizes it offline.
-        let stored = std::sync::Arc::new(context.open_existing_store()?);
         let settings = crate::session::Settings::default();
-        let stored = super::resolve::open_session(context, stored, &input.loaded.spec, settings)
-            .and_then(|session| Ok(session.carry_uv()?));
+        let stored =
+            super::resolve::open_session(context, store.clone(), &input.loaded.spec, settings)
+                .and_then(|session| Ok(session.carry_uv()?));
         match stored {
             Ok(path) => extra.push(path),
             Err(e) => tracing::warn!("the closure carries no uv ({e}): a machine without uv cannot realize its Python offline"),

@@ -495,6 +495,17 @@ fn add_python(
 pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
     let dir = crate::spec::spec_dir(&Spec::find(&std::env::current_dir()?, &args.id)?);
     edit(&args.id, &args.edit, context, |spec| {
+        // The version's workflows, each read once (unreadable ones are `spec check`'s to report).
+        let mut workflows: Vec<(String, Value)> = Vec::new();
+        if !args.force {
+            for name in serde_json::from_value::<Spec>(spec.clone())?.workflows {
+                let path = dir.join(&name);
+                let text = crate::files::read_regular_text(&path, crate::files::WORKFLOW_LIMIT);
+                if let Some(value) = text.ok().and_then(|t| serde_json::from_str(&t).ok()) {
+                    workflows.push((name, value));
+                }
+            }
+        }
         let mut unknown = Vec::new();
         let mut needed = Vec::new();
         for name in &args.names {
@@ -511,7 +522,7 @@ pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
             if !args.force {
                 let node = node.map(|i| &current.custom_nodes[i]);
                 let model = model.map(|i| &current.models[i]);
-                needed.extend(used_by_workflows(&current, &dir, name, node, model));
+                needed.extend(used_by_workflows(&workflows, name, node, model));
             }
             // A name may be a node's and a requirement's package both: each goes.
             let removed = remove_entry(spec, "custom_nodes", node)
@@ -539,23 +550,18 @@ pub fn remove(args: RemoveArgs, context: &Context) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Which of the version's workflows use `node` or `model` (both entries named `name`): a node by
+/// Which of `workflows` (name, JSON) use `node` or `model` (both entries named `name`): a node by
 /// its pack (`cnr_id`/`aux_id` as the editor records them), a model by its file name as a
-/// node's value. Workflows that cannot be read are not asked (`spec check` reports them).
+/// node's value.
 fn used_by_workflows(
-    spec: &Spec,
-    dir: &Path,
+    workflows: &[(String, Value)],
     name: &str,
     node: Option<&crate::spec::CustomNode>,
     model: Option<&crate::spec::Model>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    for workflow in &spec.workflows {
-        let path = dir.join(workflow);
-        let Ok(text) = crate::files::read_regular_text(&path, crate::files::WORKFLOW_LIMIT) else {
-            continue;
-        };
-        if let (Some(node), Ok(needs)) = (node, crate::run::needs::needs(&text)) {
+    for (workflow, value) in workflows {
+        if let (Some(node), Ok(needs)) = (node, crate::run::needs::needs_of(value)) {
             for pack in needs.packs.iter().filter(|p| same_pack(node, &p.pack)) {
                 out.push(format!(
                     "node `{name}`: {} of `{workflow}`",
@@ -563,9 +569,9 @@ fn used_by_workflows(
                 ));
             }
         }
-        if let (Some(model), Ok(value)) = (model, serde_json::from_str::<Value>(&text)) {
+        if let Some(model) = model {
             let file = model.file_name();
-            if names_file(&value, &file) {
+            if names_file(value, &file) {
                 out.push(format!("model `{name}`: `{file}` is named in `{workflow}`"));
             }
         }
@@ -644,13 +650,13 @@ fn edit(
         // Nothing to add (all of it was there): no resolve, nothing written.
         let version_id = Spec::parse(&before, &path)?.version_id;
         let lock_path = crate::lock::lock_path_for(&path, &version_id);
-        let none: [(); 0] = [];
+        let items = Value::Array(Vec::new());
         return finish(
             context,
             (&path, &lock_path),
             report,
             Vec::new(),
-            none,
+            items,
             Written::Nothing,
         );
     }
@@ -661,7 +667,7 @@ fn edit(
     let store = Arc::new(context.open_store()?);
     let settings = options.session.settings(context, None)?;
     let session = open_session(context, store.clone(), &spec, settings)?;
-    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let dir = crate::spec::spec_dir(&path);
     let (lock, items) = session.resolve(&spec, old.as_ref(), &Update::Nothing, false, dir)?;
     let changes = super::diff::changes(old.as_ref(), &lock, Some(&store));
     if !options.dry_run {
@@ -678,6 +684,7 @@ fn edit(
     } else {
         Written::Both
     };
+    let items = serde_json::to_value(&items)?;
     finish(
         context,
         (&path, &lock_path),
@@ -705,7 +712,7 @@ fn finish(
     (spec_path, lock_path): (&Path, &Path),
     report: Report,
     changes: Vec<super::diff::Change>,
-    items: impl serde::Serialize,
+    items: Value,
     written: Written,
 ) -> anyhow::Result<Outcome> {
     if context.json {
@@ -715,7 +722,7 @@ fn finish(
         out.insert("dry_run".into(), Value::Bool(written == Written::DryRun));
         out.insert("written".into(), Value::Bool(written == Written::Both));
         out.insert("changes".into(), serde_json::to_value(&changes)?);
-        out.insert("items".into(), serde_json::to_value(items)?);
+        out.insert("items".into(), items);
         context.print_json(&Value::Object(out))?;
         return Ok(Outcome::Success);
     }

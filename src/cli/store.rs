@@ -119,11 +119,11 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
     if let StoreCommand::RebuildDb = command {
         return rebuild_db(context);
     }
-    let store = match command {
+    let store = std::sync::Arc::new(match command {
         StoreCommand::Add { .. } | StoreCommand::Pin { .. } => context.open_store()?,
         StoreCommand::Copy { from: Some(_), .. } => context.open_store()?,
         _ => context.open_existing_store()?,
-    };
+    });
     match command {
         StoreCommand::RebuildDb => unreachable!("handled above, without opening the store"),
         StoreCommand::Add {
@@ -235,18 +235,19 @@ pub fn run(command: StoreCommand, context: &Context) -> anyhow::Result<Outcome> 
 /// `lock`'s manifest, written as `name` by a session's executor (a `write-manifest` derivation).
 fn manifest_of(
     context: &Context,
+    store: &std::sync::Arc<Store>,
     spec: &crate::spec::Spec,
     lock: &crate::lock::Lock,
     name: &str,
 ) -> anyhow::Result<String> {
-    let store = std::sync::Arc::new(context.open_store()?);
+    let store = store.clone();
     let settings = crate::session::Settings::default();
     let session = super::resolve::open_session(context, store, spec, settings)?;
     Ok(session.manifest(lock, name)?)
 }
 
 fn pin(
-    store: &Store,
+    store: &std::sync::Arc<Store>,
     context: &Context,
     target: &str,
     name: Option<String>,
@@ -262,7 +263,13 @@ fn pin(
         let lock = crate::lock::Lock::read(&lock_path)?.ok_or_else(|| {
             anyhow::anyhow!("version `{target}` has no lock `{}`", lock_path.display())
         })?;
-        let manifest = manifest_of(context, &loaded.spec, &lock, &format!("pin-{target}"))?;
+        let manifest = manifest_of(
+            context,
+            store,
+            &loaded.spec,
+            &lock,
+            &format!("pin-{target}"),
+        )?;
         (name.unwrap_or_else(|| target.to_string()), manifest)
     };
     store.pin(&pin_name, &path)?;
@@ -414,7 +421,7 @@ fn path_info(
     Ok(Outcome::Success)
 }
 
-fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
+fn repair_store(store: std::sync::Arc<Store>, context: &Context) -> anyhow::Result<Outcome> {
     let mut report = store.verify(true)?;
     if report.ok() {
         return verify(&store, context, true);
@@ -430,7 +437,6 @@ fn repair_store(store: Store, context: &Context) -> anyhow::Result<Outcome> {
     let client = std::sync::Arc::new(crate::fetch::http::Client::new(std::sync::Arc::new(
         config,
     ))?);
-    let store = std::sync::Arc::new(store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

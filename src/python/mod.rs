@@ -507,9 +507,22 @@ fn select_wheels(
 
 /// `scratch/links.html`: a flat page (as `--find-links` reads one) linking every wheel of `dir`
 /// by its `file://` URL with its SHA-256 in the fragment, the files hashed in parallel; returns
-/// the page's URL.
+/// the page's URL. Written once per scratch directory: narrowing down a conflict compiles again
+/// and again from the same directory.
 fn links_page(dir: &Path, scratch: &Path) -> Result<String, PythonError> {
     use rayon::prelude::*;
+    let page = scratch.join("links.html");
+    let url_of = |page: &Path| {
+        url::Url::from_file_path(page)
+            .map(|u| u.to_string())
+            .map_err(|()| PythonError::BadWheelUrl {
+                filename: page.display().to_string(),
+                url: String::new(),
+            })
+    };
+    if page.is_file() {
+        return url_of(&page);
+    }
     let dir = std::fs::canonicalize(dir).map_err(PythonError::io(dir))?;
     let mut wheels: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(PythonError::io(&dir))?
@@ -534,18 +547,13 @@ fn links_page(dir: &Path, scratch: &Path) -> Result<String, PythonError> {
             ))
         })
         .collect::<Result<_, _>>()?;
-    let page = scratch.join("links.html");
     let html = format!(
         "<!DOCTYPE html>\n<html><body>\n{}</body></html>\n",
         links.concat()
     );
-    std::fs::write(&page, html).map_err(PythonError::io(&page))?;
-    url::Url::from_file_path(&page)
-        .map(|u| u.to_string())
-        .map_err(|()| PythonError::BadWheelUrl {
-            filename: page.display().to_string(),
-            url: String::new(),
-        })
+    // Whole or not at all: a page cut short by a failure would hide wheels from the next compile.
+    crate::files::write_atomic(&page, html.as_bytes()).map_err(PythonError::io(&page))?;
+    url_of(&page)
 }
 
 /// A package uv locked with no wheel: comfix installs wheels only.

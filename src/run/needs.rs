@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 /// The pack the editor's core nodes carry: nothing to install.
 const CORE_PACK: &str = "comfy-core";
 
-/// Node types of the editor itself, which no pack provides.
-const EDITOR_TYPES: &[&str] = &["Note", "MarkdownNote", "PrimitiveNode", "Reroute"];
+use super::workflow::EDITOR_ONLY;
+use crate::spec::is_hex;
 
 /// Where a node pack comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,6 +67,11 @@ pub enum NeedsError {
 pub fn needs(text: &str) -> Result<Needs, NeedsError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| NeedsError::NotJson(e.to_string()))?;
+    needs_of(&value)
+}
+
+/// What a workflow already read as JSON needs.
+pub fn needs_of(value: &Value) -> Result<Needs, NeedsError> {
     let Some(nodes) = value.get("nodes").and_then(Value::as_array) else {
         return Err(NeedsError::NoMetadata);
     };
@@ -116,7 +121,7 @@ impl Reader {
             })
             .unwrap_or_default();
         let label = format!("node {id} ({class})");
-        if EDITOR_TYPES.contains(&class) || subgraph_ids.contains(&class) {
+        if EDITOR_ONLY.contains(&class) || subgraph_ids.contains(&class) {
             return;
         }
         let empty = Map::new();
@@ -137,7 +142,7 @@ impl Reader {
             (Some(cnr), _) => Some(Pack::Registry {
                 id: cnr.to_string(),
                 // A registry version is a number; a commit there means an unpublished build.
-                version: version.filter(|v| v.contains('.') && !is_hex(v)),
+                version: version.filter(|v| v.contains('.')),
             }),
             (None, Some(aux)) if aux.split('/').count() == 2 => Some(Pack::Github {
                 repo: format!("https://github.com/{aux}"),
@@ -220,10 +225,6 @@ impl Reader {
             unidentified: self.unidentified,
         }
     }
-}
-
-fn is_hex(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A model URL as a spec source: Hugging Face's `resolve` URLs become `hf://` (so the token and

@@ -24,8 +24,8 @@ const MODEL_EXTENSIONS: &[&str] = &[
     ".pt2",
 ];
 
-/// Nodes of the editor that never reach the server.
-const EDITOR_ONLY: &[&str] = &["Note", "MarkdownNote", "PrimitiveNode", "Reroute"];
+/// Nodes of the editor that never reach the server (and that no node pack provides).
+pub(crate) const EDITOR_ONLY: &[&str] = &["Note", "MarkdownNote", "PrimitiveNode", "Reroute"];
 
 /// A workflow read from a file, in API format.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use env::{ExpandedEnv, Secret};
 pub use source::{ModelSource, SourceKind};
-pub use validate::check_path_component;
+pub use validate::{check_path_component, is_hex};
 
 use crate::hint::Hint;
 

@@ -46,7 +46,8 @@ fn is_invisible(c: char) -> bool {
         | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
 }
 
-fn is_hex(value: &str) -> bool {
+/// Whether `value` is hexadecimal digits only (lengths are the caller's to check).
+pub fn is_hex(value: &str) -> bool {
     value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
