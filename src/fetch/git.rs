@@ -467,9 +467,38 @@ fn remove_stale_git_locks(path: &Path) {
     }
 }
 
-/// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref). Damage or size
-/// elsewhere in the remote does not matter: only the wanted ref's objects are transferred.
+/// How much of a wanted commit's history a fetch brings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// The commit and its tree only (`git fetch --depth 1`): what a pin or a checkout needs.
+    Tip,
+    /// Its whole history, deepening a shallow mirror: to find an older commit a ref reaches.
+    Whole,
+}
+
+impl Depth {
+    /// libgit2's depth: 1, or `GIT_FETCH_DEPTH_UNSHALLOW` (deepens what an earlier fetch cut).
+    fn libgit2(self) -> i32 {
+        match self {
+            Depth::Tip => 1,
+            Depth::Whole => i32::MAX,
+        }
+    }
+}
+
+/// Fetch exactly `want` from `url` into its mirror (force-updating a moved ref), to `depth`.
+/// Damage or size elsewhere in the remote does not matter: only the wanted ref's objects are
+/// transferred.
 pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, FetchError> {
+    fetch_to(store, url, want, Depth::Tip)
+}
+
+fn fetch_to(
+    store: &Store,
+    url: &str,
+    want: Want<'_>,
+    depth: Depth,
+) -> Result<Repository, FetchError> {
     let (_lock, repo) = locked_mirror(store, url)?;
     if let Some(source) = local_repo(url) {
         fetch_local(&repo, &source, url, want)?;
@@ -485,9 +514,11 @@ pub fn fetch(store: &Store, url: &str, want: Want<'_>) -> Result<Repository, Fet
                 format!("+{full}:{full}")
             }
         };
-        tracing::debug!("fetching `{refspec}` from `{url}`");
+        tracing::debug!("fetching `{refspec}` from `{url}` ({depth:?})");
+        let mut options = fetch_options();
+        options.depth(depth.libgit2());
         remote
-            .fetch(&[refspec.as_str()], Some(&mut fetch_options()), None)
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
             .map_err(remote_err(url))?;
     }
     Ok(repo)
@@ -520,8 +551,10 @@ fn remote_ref(remote: &mut git2::Remote<'_>, url: &str, name: &str) -> Result<St
     })
 }
 
-/// Make the mirror of `url` hold `commit`: by its id when the server allows, else through
-/// `git_ref` (or the default branch), and only as a last resort every branch and tag.
+/// Make the mirror of `url` hold `commit`, fetching as little as the server allows: the commit
+/// alone by its id (depth 1; GitHub and servers with `uploadpack.allowReachableSHA1InWant`
+/// allow it), else `git_ref` (or the default branch) at depth 1 when the commit is its tip, else
+/// that ref's whole history, and only as a last resort every branch and tag.
 pub fn fetch_commit(
     store: &Store,
     url: &str,
@@ -537,8 +570,10 @@ pub fn fetch_commit(
         }
     }
     let via = git_ref.map_or(Want::Head, Want::Ref);
-    if fetch(store, url, via).is_ok() && (!full || has_commit(store, url, commit)) {
-        return Ok(());
+    for depth in [Depth::Tip, Depth::Whole] {
+        if fetch_to(store, url, via, depth).is_ok() && (!full || has_commit(store, url, commit)) {
+            return Ok(());
+        }
     }
     tracing::info!(
         "`{url}`: commit `{commit}` is not on the wanted ref; fetching every branch and tag"
@@ -553,7 +588,9 @@ pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError>
     {
         let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
         let mut options = fetch_options();
-        options.download_tags(git2::AutotagOption::All);
+        options
+            .download_tags(git2::AutotagOption::All)
+            .depth(Depth::Whole.libgit2());
         remote
             .fetch(
                 &[

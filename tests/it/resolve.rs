@@ -281,6 +281,90 @@ fn force_pushed_refs_and_pinned_commits() {
     says(&out, "Ref `no-such-branch` not found");
 }
 
+/// The commits of `ids` the store's mirror of the repository `name` holds.
+fn mirrored(store: &Path, name: &str, ids: &[String]) -> Vec<String> {
+    let mirror = fs::read_dir(store.join("git"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let file = p.file_name().unwrap().to_string_lossy();
+            file.contains(name) && file.ends_with(".git")
+        })
+        .expect("a mirror of the repository");
+    let repo = git2::Repository::open_bare(mirror).unwrap();
+    ids.iter()
+        .filter(|id| repo.find_commit(git2::Oid::from_str(id).unwrap()).is_ok())
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn pinned_commits_are_fetched_alone_over_smart_http() {
+    use crate::support::git_http::{long_history, GitHttpServer};
+    let w = World::new();
+    let served = w.env.path("served");
+    let ids = long_history(&served, "long.git", 300);
+    let (by_id, refs_only) = (
+        GitHttpServer::start(&served, true),
+        GitHttpServer::start(&served, false),
+    );
+    let pinned = ids[ids.len() - 3].clone();
+    let mut spec = w.default_spec();
+    spec["models"] = json!([]);
+    let mut node = |url: String, commit: Option<&str>| {
+        let mut node = json!({ "repo": url, "name": "long", "ref": "main" });
+        if let Some(commit) = commit {
+            node["commit"] = json!(commit);
+        }
+        spec["custom_nodes"] = json!([node]);
+        spec.clone()
+    };
+
+    // A server that gives a commit by its id: that commit alone, at depth 1.
+    w.write_spec(&node(by_id.url("long.git"), Some(&pinned)));
+    w.resolve_ok(&[]);
+    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+    let held = mirrored(&w.env.store, "long", &ids);
+    assert!(
+        held == [pinned.clone()],
+        "the mirror holds {} of {} commits",
+        held.len(),
+        ids.len()
+    );
+    let alone = by_id.bytes_sent();
+
+    // One that gives only what its refs name: the branch at depth 1 is not enough (the pin is
+    // two commits behind), so the branch's history is fetched, and nothing else.
+    let store = w.env.path("store-refs-only");
+    w.write_spec(&node(refs_only.url("long.git"), Some(&pinned)));
+    std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
+    let out = w.resolve_in(&store, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+    assert_eq!(mirrored(&store, "long", &ids).len(), ids.len());
+    let whole = refs_only.bytes_sent();
+    assert!(
+        alone * 5 < whole,
+        "the commit alone took {alone} bytes, the history {whole}"
+    );
+
+    // A mirror made shallow by a branch's tip is deepened when an older pin needs it.
+    let store = w.env.path("store-deepened");
+    w.write_spec(&node(refs_only.url("long.git"), None));
+    std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
+    let out = w.resolve_in(&store, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        mirrored(&store, "long", &ids),
+        vec![ids.last().unwrap().clone()]
+    );
+    w.write_spec(&node(refs_only.url("long.git"), Some(&pinned)));
+    let out = w.resolve_in(&store, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+}
+
 fn models_only(w: &World, models: Value) -> Value {
     let mut spec = w.default_spec();
     spec["custom_nodes"] = json!([]);

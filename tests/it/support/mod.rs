@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod git;
+pub mod git_http;
 pub mod http;
 pub mod rig;
 pub mod s3;
