@@ -1,8 +1,8 @@
 //! Resolving a pinned commit of a repository with a long history (10,000 commits,
 //! `COMFIX_BENCH_GIT_COMMITS`) over git's smart HTTP on 127.0.0.1 (`git http-backend`, as GitHub
-//! serves it), into an empty store, then writing its tree as a store path — against git's own
+//! serves it), into an empty (opened) store, then writing its tree as a store path — against git's own
 //! `git fetch --depth 1 <url> <commit>` + `git checkout`, in the same run. Best of 5 each,
-//! interleaved. The pinned commit is the tip's grandparent, so a fetch of the branch alone would
+//! interleaved; and the same from a `file://` URL. The pinned commit is the tip's grandparent, so a fetch of the branch alone would
 //! not be enough.
 //!
 //! Run: `cargo bench --bench git_fetch`. Data under `COMFIX_BENCH_DIR`.
@@ -28,14 +28,16 @@ fn main() {
     let server = git_http::GitHttpServer::start(&served, true);
     let url = server.url("big.git");
 
+    let local = format!("file://{}", served.join("big.git").display());
     let mut comfix_times = Vec::new();
     let mut git_times = Vec::new();
+    let (mut local_times, mut git_local_times) = (Vec::new(), Vec::new());
     let mut mirror_bytes = 0;
     for round in 0..5 {
         sync();
         let store_dir = work.join(format!("store-{round}"));
-        let started = Instant::now();
         let store = comfix::store::Store::open(&store_dir).unwrap();
+        let started = Instant::now();
         let commit =
             comfix::fetch::git::resolve(&store, &url, None, Some(pinned.as_str()), true).unwrap();
         comfix::fetch::git::checkout(&store, &url, &commit, "big", false).unwrap();
@@ -51,6 +53,24 @@ fn main() {
         git(&clone, &["fetch", "-q", "--depth", "1", &url, &pinned]);
         git(&clone, &["checkout", "-q", "FETCH_HEAD"]);
         git_times.push(started.elapsed());
+
+        // The same from a repository on this machine (`file://`, as a Manager snapshot's
+        // repositories are often given).
+        sync();
+        let store = comfix::store::Store::open(&work.join(format!("store-local-{round}"))).unwrap();
+        let started = Instant::now();
+        let commit =
+            comfix::fetch::git::resolve(&store, &local, None, Some(pinned.as_str()), true).unwrap();
+        comfix::fetch::git::checkout(&store, &local, &commit, "big", false).unwrap();
+        local_times.push(started.elapsed());
+        sync();
+        let clone = work.join(format!("clone-local-{round}"));
+        std::fs::create_dir(&clone).unwrap();
+        let started = Instant::now();
+        git(&clone, &["init", "-q"]);
+        git(&clone, &["fetch", "-q", "--depth", "1", &local, &pinned]);
+        git(&clone, &["checkout", "-q", "FETCH_HEAD"]);
+        git_local_times.push(started.elapsed());
     }
     let best = |times: &[Duration]| times.iter().min().copied().unwrap();
     let (ours, theirs) = (best(&comfix_times), best(&git_times));
@@ -68,6 +88,13 @@ fn main() {
     );
     println!(
         "git_fetch/ratio                 {:.2}× git",
+        ours.as_secs_f64() / theirs.as_secs_f64()
+    );
+    let (ours, theirs) = (best(&local_times), best(&git_local_times));
+    println!(
+        "git_fetch/file_comfix          {:.3}s\ngit_fetch/file_git_depth1      {:.3}s  ({:.2}× git)",
+        ours.as_secs_f64(),
+        theirs.as_secs_f64(),
         ours.as_secs_f64() / theirs.as_secs_f64()
     );
 }

@@ -141,21 +141,6 @@ fn credentials<'a>() -> git2::RemoteCallbacks<'a> {
     callbacks
 }
 
-/// Copy `commit` and everything its tree needs (not its parents, not submodules) from `src` to
-/// `dst`: a depth-1 copy.
-pub fn copy_commit(src: &Repository, dst: &Repository, commit: Oid) -> Result<(), git2::Error> {
-    let (from, to) = (src.odb()?, dst.odb()?);
-    for id in tree_objects(src, commit)? {
-        if !to.exists(id) {
-            let object = from.read(id)?;
-            to.write(object.kind(), object.data())?;
-        }
-    }
-    let object = from.read(commit)?;
-    to.write(object.kind(), object.data())?; // last: a mirror that has the commit has all it needs
-    Ok(())
-}
-
 /// The trees and blobs of `commit`'s tree, each once (submodule links point into other
 /// repositories and are left out).
 fn tree_objects(src: &Repository, commit: Oid) -> Result<Vec<Oid>, git2::Error> {
@@ -186,14 +171,34 @@ fn tree_objects(src: &Repository, commit: Oid) -> Result<Vec<Oid>, git2::Error> 
 /// working tree's `.git` for a core of thousands of files is two files, not one per object; git
 /// sees the pack only once its index is renamed into place, last.
 pub fn copy_commit_packed(src_dir: &Path, dst_dir: &Path, commit: Oid) -> Result<(), git2::Error> {
+    let src = Repository::open_bare(src_dir)?;
+    let mut ids = tree_objects(&src, commit)?;
+    ids.push(commit);
+    write_pack(src_dir, &Repository::open(dst_dir)?, &ids)
+}
+
+/// Copy `commit` and everything its tree needs (not its parents, not submodules) that `dst` lacks
+/// from the repository `src` into one new pack of `dst`: a depth-1 copy. The objects appear
+/// together, when the pack's index is renamed into place.
+pub fn copy_commit(src: &Repository, dst: &Repository, commit: Oid) -> Result<(), git2::Error> {
+    let have = dst.odb()?;
+    let mut ids = tree_objects(src, commit)?;
+    ids.push(commit);
+    ids.retain(|id| !have.exists(*id));
+    if ids.is_empty() {
+        return Ok(());
+    }
+    write_pack(src.path(), dst, &ids)
+}
+
+/// The objects `ids` of the repository whose git directory is `src_dir`, as one pack (and its
+/// index) in `dst`.
+fn write_pack(src_dir: &Path, dst: &Repository, ids: &[Oid]) -> Result<(), git2::Error> {
     use rayon::prelude::*;
     use sha1::Digest as _;
     use std::io::Write as _;
     let io = |e: std::io::Error| git2::Error::from_str(&e.to_string());
-    let src = Repository::open_bare(src_dir)?;
-    let mut ids = tree_objects(&src, commit)?;
-    ids.push(commit);
-    let pack_dir = Repository::open(dst_dir)?.path().join("objects/pack");
+    let pack_dir = dst.path().join("objects/pack");
     std::fs::create_dir_all(&pack_dir).map_err(io)?;
     let mut pack = tempfile::Builder::new()
         .prefix("tmp_pack_")
@@ -379,13 +384,7 @@ fn fetch_local(
         Want::Commit(hex) => {
             let oid = Oid::from_str(hex).map_err(git_err(url))?;
             // As a git server does by default: only commits some ref reaches are served.
-            let reachable = src
-                .references()
-                .map_err(git_err(url))?
-                .flatten()
-                .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
-                .any(|tip| tip == oid || src.graph_descendant_of(tip, oid).unwrap_or(false));
-            if !reachable {
+            if !reachable(&src, oid).map_err(git_err(url))? {
                 return Err(FetchError::GitCommitNotFound {
                     url: url.to_string(),
                     commit: hex.to_string(),
@@ -395,6 +394,38 @@ fn fetch_local(
         }
     };
     copy_in(repo, &src, url, commit, &refname)
+}
+
+/// Whether some ref of `repo` reaches `commit`. Pins are usually recent, so the commits nearest
+/// the tips are looked at first (a pin a few commits behind a tip is found at once, without
+/// loading the history); only past those is each tip asked whether it descends from `commit`,
+/// which walks the whole history.
+fn reachable(repo: &Repository, commit: Oid) -> Result<bool, git2::Error> {
+    const NEAR: usize = 1_000;
+    let tips: Vec<Oid> = repo
+        .references()?
+        .flatten()
+        .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut queue: std::collections::VecDeque<Oid> = tips.iter().copied().collect();
+    while let Some(id) = queue.pop_front() {
+        if id == commit {
+            return Ok(true);
+        }
+        if seen.len() >= NEAR {
+            break;
+        }
+        if seen.insert(id) {
+            // A shallow source ends where its parents are missing.
+            if let Ok(found) = repo.find_commit(id) {
+                queue.extend(found.parent_ids());
+            }
+        }
+    }
+    Ok(tips
+        .iter()
+        .any(|&tip| repo.graph_descendant_of(tip, commit).unwrap_or(false)))
 }
 
 /// Copy `commit` (depth 1) from `src` into the mirror `repo` of `url`, as `refname`.
@@ -588,9 +619,11 @@ pub fn update_mirror(store: &Store, url: &str) -> Result<Repository, FetchError>
     {
         let mut remote = repo.remote_anonymous(url).map_err(git_err(url))?;
         let mut options = fetch_options();
-        options
-            .download_tags(git2::AutotagOption::All)
-            .depth(Depth::Whole.libgit2());
+        options.download_tags(git2::AutotagOption::All);
+        if local_repo(url).is_none() {
+            // Deepens what depth-1 fetches cut (libgit2's local transport has no depth).
+            options.depth(Depth::Whole.libgit2());
+        }
         remote
             .fetch(
                 &[

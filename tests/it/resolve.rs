@@ -363,6 +363,13 @@ fn pinned_commits_are_fetched_alone_over_smart_http() {
     let out = w.resolve_in(&store, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+
+    // A commit the server does not have, after every narrower way failed: the user's error.
+    let missing = "0123456789abcdef0123456789abcdef01234567";
+    w.write_spec(&node(by_id.url("long.git"), Some(missing)));
+    let out = w.resolve_in(&store, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    says(&out, &format!("Commit `{missing}` not found"));
 }
 
 fn models_only(w: &World, models: Value) -> Value {
