@@ -1,6 +1,6 @@
 //! Realization benchmark, with everything already in the store (warm):
 //!
-//! - `warm_realize`: a version with a core of 2,400 files, 20 nodes (60 files each) and 10 models,
+//! - `warm_realize`: a version with a core of 2,400 files (`COMFIX_BENCH_CORE_FILES`), 20 nodes (60 files each) and 10 models,
 //!   realized into a fresh home, next to `minimal_copy_and_link`: a plain sequential program that
 //!   creates the same directories, copies the same files and symlinks the same models.
 //! - `noop_realize`: realizing the same lock into the same home again (library call), and
@@ -64,7 +64,11 @@ fn fixture() -> Fixture {
     let src = dir.path().join("src");
     let store = Store::open(&dir.path().join("store")).unwrap();
 
-    write_tree(&src.join("ComfyUI"), 2400, "core");
+    let core_files = std::env::var("COMFIX_BENCH_CORE_FILES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2400);
+    write_tree(&src.join("ComfyUI"), core_files, "core");
     let core = add(&store, &src.join("ComfyUI"), "ComfyUI");
     let mut nodes = Vec::new();
     let mut spec_nodes = Vec::new();

@@ -2,6 +2,8 @@
 //!
 //! - `cheap`: the default check (size, mtime, inode and change time of every managed file), next
 //!   to `find -printf` of the same metadata (one `fstatat` per file, single-threaded);
+//! - `noop_realize`: realizing the same lock into that home again (library call: the drift check
+//!   and nothing else);
 //! - `check_contents`: hashing every managed file, next to `b3sum --num-threads 2` of the same
 //!   files (when `b3sum` is installed: `cargo install b3sum`) in the same run.
 //!
@@ -72,21 +74,17 @@ fn bench(c: &mut Criterion) {
         workflows: Vec::new(),
     };
     let home = dir.path().join("home");
-    realize::realize(
-        &store,
-        &lock,
-        &RealizeOptions {
-            target: home.clone(),
-            models_dir: None,
-            skip_models: false,
-            link_mode: LinkMode::Copy,
-            venv: None,
-            not_fetched: Vec::new(),
-            check: false,
-            torch: None,
-        },
-    )
-    .unwrap();
+    let options = RealizeOptions {
+        target: home.clone(),
+        models_dir: None,
+        skip_models: false,
+        link_mode: LinkMode::Copy,
+        venv: None,
+        not_fetched: Vec::new(),
+        check: false,
+        torch: None,
+    };
+    realize::realize(&store, &lock, &options).unwrap();
     let core_dir = home.join("ComfyUI/");
     let status = realize::status(&store, &home, true).unwrap();
     assert!(status.changed.is_empty() && status.missing.is_empty());
@@ -97,6 +95,9 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     group.bench_function("cheap", |b| {
         b.iter(|| realize::status(&store, &home, false).unwrap())
+    });
+    group.bench_function("noop_realize", |b| {
+        b.iter(|| assert!(realize::realize(&store, &lock, &options).unwrap().up_to_date))
     });
     group.bench_function("find_printf_stat", |b| {
         b.iter(|| {
