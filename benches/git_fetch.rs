@@ -10,9 +10,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
 #[path = "../tests/it/support/git_http.rs"]
 mod git_http;
-mod common;
 use common::{env_usize, git, sync, work_dir};
 
 fn main() {

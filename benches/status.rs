@@ -97,7 +97,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| realize::status(&store, &home, false).unwrap())
     });
     group.bench_function("noop_realize", |b| {
-        b.iter(|| assert!(realize::realize(&store, &lock, &options).unwrap().up_to_date))
+        b.iter(|| {
+            assert!(
+                realize::realize(&store, &lock, &options)
+                    .unwrap()
+                    .up_to_date
+            )
+        })
     });
     group.bench_function("find_printf_stat", |b| {
         b.iter(|| {

@@ -490,14 +490,93 @@ impl Current {
 #[tracing::instrument(level = "debug", name = "import", skip_all)]
 pub fn import(
     store: &Store,
-    input: impl Read,
+    input: impl Read + Send,
     versions_dir: &Path,
     trust: &crate::sign::Trust,
 ) -> Result<ImportReport, ClosureError> {
     let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| ClosureError::Foreign {
         reason: e.to_string(),
     })?;
-    let mut archive = tar::Archive::new(decoder);
+    // Decompressed on a thread of its own, as `zstd -d | tar -x` runs on two cores: this one
+    // parses, writes and hashes while the next chunks are decoded.
+    std::thread::scope(|scope| {
+        let (chunks, received) = std::sync::mpsc::sync_channel(8);
+        scope.spawn(move || decode(decoder, &chunks));
+        import_decoded(
+            store,
+            Received {
+                chunks: received,
+                chunk: Vec::new(),
+                at: 0,
+            },
+            versions_dir,
+            trust,
+        )
+    })
+}
+
+/// Read `decoder` to its end in chunks of 1 MiB into `chunks` (an error ends it); stops early
+/// when the receiver is gone.
+fn decode(mut decoder: impl Read, chunks: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) {
+    const CHUNK: usize = 1 << 20;
+    loop {
+        let mut chunk = vec![0; CHUNK];
+        let mut filled = 0;
+        let result = loop {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == CHUNK {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        chunk.truncate(filled);
+        let end = filled < CHUNK || result.is_err();
+        let sent = match result {
+            Ok(()) if filled > 0 => chunks.send(Ok(chunk)),
+            Ok(()) => Ok(()),
+            Err(e) => chunks.send(Err(e)),
+        };
+        if end || sent.is_err() {
+            return;
+        }
+    }
+}
+
+/// The chunks [`decode`] sends, read as one stream (it ends when the sender is gone).
+struct Received {
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Received {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => (self.chunk, self.at) = (chunk?, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn import_decoded(
+    store: &Store,
+    decoded: Received,
+    versions_dir: &Path,
+    trust: &crate::sign::Trust,
+) -> Result<ImportReport, ClosureError> {
+    let mut archive = tar::Archive::new(decoded);
     let mut entries = archive.entries().map_err(damaged)?;
     let manifest = read_manifest(&mut entries)?;
     check_manifest(&manifest)?;

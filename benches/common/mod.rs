@@ -19,8 +19,14 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Flush dirty pages before a timed step; with `COMFIX_BENCH_COLD=1` (root only) also drop the
+/// page cache, so that the step reads from the disk as on a machine that just booted.
 pub fn sync() {
     let _ = Command::new("sync").status();
+    if std::env::var_os("COMFIX_BENCH_COLD").is_some_and(|v| v == "1") {
+        std::fs::write("/proc/sys/vm/drop_caches", "3")
+            .expect("COMFIX_BENCH_COLD=1 drops the page cache, which needs root");
+    }
 }
 
 /// The number in `$name`, else `default`.

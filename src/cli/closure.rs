@@ -171,7 +171,7 @@ pub fn import(args: ClosureImportArgs, context: &Context) -> anyhow::Result<Outc
     let store = context.open_store()?;
     let dir = &args.versions_dir;
     let report = if args.file.as_os_str() == "-" {
-        closure::import(&store, std::io::stdin().lock(), dir, &trust)?
+        closure::import(&store, std::io::stdin(), dir, &trust)?
     } else {
         let file = std::fs::File::open(&args.file)?;
         closure::import(&store, std::io::BufReader::new(file), dir, &trust)?

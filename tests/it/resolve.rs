@@ -324,7 +324,10 @@ fn pinned_commits_are_fetched_alone_over_smart_http() {
     // A server that gives a commit by its id: that commit alone, at depth 1.
     w.write_spec(&node(by_id.url("long.git"), Some(&pinned)));
     w.resolve_ok(&[]);
-    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+    assert_eq!(
+        w.lock()["custom_nodes"][0]["git"]["commit"],
+        pinned.as_str()
+    );
     let held = mirrored(&w.env.store, "long", &ids);
     assert!(
         held == [pinned.clone()],
@@ -341,7 +344,10 @@ fn pinned_commits_are_fetched_alone_over_smart_http() {
     std::fs::remove_file(w.env.work.join("versions/v1.lock.json")).unwrap();
     let out = w.resolve_in(&store, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+    assert_eq!(
+        w.lock()["custom_nodes"][0]["git"]["commit"],
+        pinned.as_str()
+    );
     assert_eq!(mirrored(&store, "long", &ids).len(), ids.len());
     let whole = refs_only.bytes_sent();
     assert!(
@@ -362,7 +368,10 @@ fn pinned_commits_are_fetched_alone_over_smart_http() {
     w.write_spec(&node(refs_only.url("long.git"), Some(&pinned)));
     let out = w.resolve_in(&store, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(w.lock()["custom_nodes"][0]["git"]["commit"], pinned.as_str());
+    assert_eq!(
+        w.lock()["custom_nodes"][0]["git"]["commit"],
+        pinned.as_str()
+    );
 
     // A commit the server does not have, after every narrower way failed: the user's error.
     let missing = "0123456789abcdef0123456789abcdef01234567";
