@@ -30,7 +30,8 @@ pub fn seed_mirrors(store: &Store, report: &snapshot::Report) -> Result<(), Fetc
 
 /// Put every model of the report into the store, each file read once, and record its BLAKE3 in
 /// the report. A model the store holds already (same name, size and bytes: a second snapshot of
-/// the same install) is hashed, not copied again. A file the local-file policy refuses or that
+/// the same install) is hashed, not copied again — and not even read when its stat tuple is the
+/// one it had when it was last hashed (the store's db remembers, as git's index does). A file the local-file policy refuses or that
 /// cannot be read moves to `unreadable`; the install is never changed, but with `link_models`
 /// (the install's directory): then a file of the install itself — a regular file under that
 /// directory, not a link to one elsewhere (a Hugging Face cache's blob, a folder on another disk)
@@ -92,6 +93,21 @@ fn ingest(
 ) -> Result<(String, Option<PathBuf>), FetchError> {
     let name = sanitize_name(&model.filename);
     let what = format!("model `{}`", model.file);
+    let path = std::path::absolute(&model.path).map_err(FetchError::io(&model.path))?;
+    // Unchanged since a snapshot hashed it, and still in the store: not read at all.
+    if let Some(digest) = store.known_digest(&path)? {
+        if let Some(record) = store.find_file(&name, &digest)? {
+            tracing::info!(
+                "{what}: unchanged since it was hashed, in the store as `{}`",
+                record.name
+            );
+            reporter.advance(model.size);
+            return Ok((blake3::Hash::from(digest).to_hex().to_string(), None));
+        }
+    }
+    let before = std::fs::metadata(&path)
+        .map(|m| crate::store::db::FileStamp::of(&m))
+        .map_err(FetchError::io(&model.path))?;
     let stored_same_size = store
         .named(&name)?
         .iter()
@@ -104,6 +120,7 @@ fn ingest(
                 "{what}: already in the store as `{}` (hashed, not copied)",
                 record.name
             );
+            store.remember_digest(&path, &before, &digest)?;
             reporter.advance(model.size);
             return Ok((blake3::Hash::from(digest).to_hex().to_string(), None));
         }
@@ -122,12 +139,21 @@ fn ingest(
     )?;
     let hex = blake3::Hash::from(added.blake3).to_hex().to_string();
     if !added.linked {
+        store.remember_digest(&path, &before, &added.blake3)?;
         return Ok((hex, None));
     }
     // The install's file is the store's object now: make it a link into the store at once.
     store.add_link_root(&model.path, &added.store_path)?;
     link_into_store(&model.path, &store.path_of(&added.store_path))
         .map_err(FetchError::io(&model.path))?;
+    // What the link leads to now is the store's (immutable) object.
+    if let Ok(meta) = std::fs::metadata(&path) {
+        store.remember_digest(
+            &path,
+            &crate::store::db::FileStamp::of(&meta),
+            &added.blake3,
+        )?;
+    }
     Ok((hex, Some(model.path.clone())))
 }
 

@@ -40,7 +40,91 @@ CREATE TABLE roots (
     r#"
 ALTER TABLE roots ADD COLUMN gone_since INTEGER;
 "#,
+    // Files outside the store whose contents were hashed (a snapshot's models), by absolute path:
+    // their digest is known again while the file's stat tuple is unchanged, as git's index
+    // trusts (device, inode, size, mtime, ctime).
+    r#"
+CREATE TABLE file_digests (
+    path     TEXT    PRIMARY KEY,
+    dev      INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    blake3   TEXT    NOT NULL,
+    seen_at  INTEGER NOT NULL
+);
+"#,
 ];
+
+/// A file's stat tuple: while it is unchanged, so are its contents (barring a clock set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStamp {
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// The BLAKE3 (hex) recorded for `path` when its stamp was `stamp`.
+pub fn known_digest(
+    conn: &Connection,
+    path: &str,
+    stamp: &FileStamp,
+) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT blake3 FROM file_digests WHERE path = ?1 AND dev = ?2 AND ino = ?3 AND size = ?4
+         AND mtime_ns = ?5 AND ctime_ns = ?6",
+        params![
+            path,
+            stamp.dev as i64,
+            stamp.ino as i64,
+            stamp.size as i64,
+            stamp.mtime_ns,
+            stamp.ctime_ns
+        ],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Record that `path`, stamped `stamp`, has the BLAKE3 `blake3` (hex).
+pub fn remember_digest(
+    conn: &Connection,
+    path: &str,
+    stamp: &FileStamp,
+    blake3: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO file_digests (path, dev, ino, size, mtime_ns, ctime_ns, blake3, seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            path,
+            stamp.dev as i64,
+            stamp.ino as i64,
+            stamp.size as i64,
+            stamp.mtime_ns,
+            stamp.ctime_ns,
+            blake3,
+            now()
+        ],
+    )
+    .map(|_| ())
+}
 
 /// A registered store path as the db records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

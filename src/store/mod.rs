@@ -591,6 +591,35 @@ impl Store {
         }))
     }
 
+    /// The BLAKE3 of the file at `path` (outside the store) as last hashed, when its stat tuple
+    /// (device, inode, size, mtime, ctime; the link followed) is what it was then.
+    pub fn known_digest(&self, path: &Path) -> Result<Option<tree::Digest>> {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(None);
+        };
+        let key = path.to_string_lossy();
+        let hex = db::known_digest(&self.db(), &key, &db::FileStamp::of(&meta))
+            .map_err(|e| self.db_err(e))?;
+        Ok(hex.and_then(|h| blake3::Hash::from_hex(h).ok().map(|d| *d.as_bytes())))
+    }
+
+    /// Remember that the file at `path`, stamped `before` when it was read, has `digest` — only
+    /// when it is stamped so still (a file written meanwhile is hashed again next time).
+    pub fn remember_digest(
+        &self,
+        path: &Path,
+        before: &db::FileStamp,
+        digest: &tree::Digest,
+    ) -> Result<()> {
+        let still = std::fs::metadata(path).is_ok_and(|m| db::FileStamp::of(&m) == *before);
+        if !still {
+            return Ok(());
+        }
+        let hex = blake3::Hash::from(*digest).to_hex();
+        db::remember_digest(&self.db(), &path.to_string_lossy(), before, hex.as_str())
+            .map_err(|e| self.db_err(e))
+    }
+
     /// The direct references of a valid path.
     pub fn references(&self, record: &PathRecord) -> Result<Vec<String>> {
         db::references(&self.db(), record.id).map_err(|e| self.db_err(e))

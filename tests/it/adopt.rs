@@ -507,13 +507,47 @@ fn a_snapshot_names_known_sources_and_travels_to_another_store() {
     assert_eq!(w.cdn.bytes_served(&format!("/lfs/{sha}")), 0);
     assert_eq!(w.cdn.bytes_served("/civitai/123"), 0);
 
-    // Again: every model is found in the store by its bytes, none copied again.
+    // Again: every model is known unchanged by its stat tuple (not read) and in the store.
+    let models = spec["models"].as_array().unwrap().len();
     let second = snapshot();
     assert_eq!(
-        second.matches("hashed, not copied").count(),
-        spec["models"].as_array().unwrap().len(),
+        second.matches("unchanged since it was hashed").count(),
+        models,
         "{second}"
     );
+    // Same size, other bytes, mtime put back: the change time gives it away — read and hashed
+    // again, and the spec has the new bytes' digest; then the old bytes back, hashed again.
+    let base = i.core.join("models/checkpoints/sdxl/base.safetensors");
+    let reference = w.env.path("base.mtime");
+    run(Command::new("cp").arg("-p").arg(&base).arg(&reference));
+    let other_bytes = pseudo_random(i.ckpt.len(), 99);
+    fs::write(&base, &other_bytes).unwrap();
+    run(Command::new("touch").arg("-r").arg(&reference).arg(&base));
+    let third = snapshot();
+    assert_eq!(
+        third.matches("unchanged since it was hashed").count(),
+        models - 1,
+        "{third}"
+    );
+    let spec: Value = read_json(&spec_path);
+    let digest_of_base = |spec: &Value| {
+        spec["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["filename"] == "base.safetensors")
+            .unwrap()["blake3"]
+            .clone()
+    };
+    assert_eq!(digest_of_base(&spec), blake3_hex(&other_bytes));
+    fs::write(&base, &i.ckpt).unwrap();
+    run(Command::new("touch").arg("-r").arg(&reference).arg(&base));
+    let fourth = snapshot();
+    assert!(
+        fourth.contains("model `checkpoints/sdxl/base.safetensors`: already in the store"),
+        "{fourth}"
+    );
+    assert_eq!(digest_of_base(&read_json(&spec_path)), blake3_hex(&i.ckpt));
 
     // Another store, the install's known-source files gone: fetched from their sources (node
     // B's local commit pushed first, as it must be before anyone else can have it).
