@@ -2,7 +2,8 @@
 //! `COMFIX_BENCH_SNAPSHOT_MODEL_MIB` MiB (default 1024) vs `b3sum` of the same three files, in the
 //! same run. The snapshot hashes every model and ingests it into a fresh store (one read, one
 //! write, made durable); `b3sum` only reads. A second snapshot into the same store (the models
-//! there already: read and hashed, not written) is timed too, and a snapshot with `--link-models`
+//! there already and unchanged since they were hashed: known by their stat tuples, neither read
+//! nor written) is timed too, and a snapshot with `--link-models`
 //! into a fresh store (on the store's filesystem the store takes each file as a hard link and
 //! the install gets a link back: read and hashed, nothing written).
 //!
