@@ -20,7 +20,7 @@ use comfix::sign::Trust;
 use comfix::store::{AddOptions, Store};
 
 mod common;
-use common::{env_usize, pseudo_random, sync, work_dir};
+use common::{env_usize, pseudo_random, remove_tree, sync, work_dir};
 
 fn shell(script: &str) -> Duration {
     sync();
@@ -28,12 +28,6 @@ fn shell(script: &str) -> Duration {
     let status = Command::new("sh").args(["-c", script]).status().unwrap();
     assert!(status.success(), "{script}");
     started.elapsed()
-}
-
-/// Remove what a round wrote (store paths are read-only), so that a 5 GiB run fits on the disk.
-fn remove(dir: &Path) {
-    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
-    fs::remove_dir_all(dir).unwrap();
 }
 
 fn main() {
@@ -167,7 +161,7 @@ fn main() {
         let elapsed = started.elapsed();
         assert_eq!(report.imported.len(), names.len());
         drop(target);
-        remove(&work.path().join(format!("store-import-{round}")));
+        remove_tree(&work.path().join(format!("store-import-{round}")));
         elapsed
     };
     // `then` runs after the unpacking, inside the timing (`sync`: as durable as an import).
@@ -179,7 +173,7 @@ fn main() {
             baseline.display(),
             dir.display()
         ));
-        remove(&dir);
+        remove_tree(&dir);
         took
     };
     import(0);

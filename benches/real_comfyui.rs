@@ -15,7 +15,8 @@
 //!   verify afterwards.
 //!
 //! Needs the fixture core (`../shared/fixtures/comfyui-a125cd84.tar.gz`) and the wheels:
-//! `pip download -d DIR -r ComfyUI/requirements.txt --only-binary=:all:`, then
+//! `pip download -d DIR -r ComfyUI/requirements.txt requests --only-binary=:all:` (the spec adds
+//! `requests`, which the core imports without listing it), then
 //! `COMFIX_REAL_WHEELS=DIR cargo bench --bench real_comfyui` (uv on PATH; runs `COMFIX_BENCH_RUNS`
 //! starts of each, default 5). Without `COMFIX_REAL_WHEELS` it says so and does nothing.
 
@@ -164,6 +165,12 @@ fn main() {
             );
         }
         theirs.push(started.elapsed());
+        // Round 0's home and venv are started below; the others only take the disk.
+        if i > 0 {
+            for dir in [&store, &home, &venv, &cache] {
+                common::remove_tree(dir);
+            }
+        }
     }
     let (ours_m, theirs_m) = (median(ours.clone()), median(theirs.clone()));
     println!(
@@ -198,6 +205,8 @@ fn main() {
                 home.to_str().unwrap(),
             ],
         )));
+        common::remove_tree(&store);
+        common::remove_tree(&home);
     }
     let built_m = median(built.clone());
     println!(

@@ -29,6 +29,13 @@ pub fn sync() {
     }
 }
 
+/// Remove what a bench round wrote (store paths and venvs are read-only), so that real-size runs
+/// fit on the disk.
+pub fn remove_tree(dir: &std::path::Path) {
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The number in `$name`, else `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -219,7 +219,8 @@ fn write_pack(src_dir: &Path, dst: &Repository, ids: &[Oid]) -> Result<(), git2:
         let entries: Vec<Vec<(Oid, Vec<u8>)>> = batch
             .par_chunks(128)
             .map(|chunk| -> Result<Vec<(Oid, Vec<u8>)>, git2::Error> {
-                let repo = Repository::open_bare(src_dir)?;
+                // `open`, not `open_bare`: a source may be a linked worktree's git directory.
+                let repo = Repository::open(src_dir)?;
                 let from = repo.odb()?;
                 chunk
                     .iter()
@@ -500,7 +501,7 @@ fn remove_stale_git_locks(path: &Path) {
 
 /// How much of a wanted commit's history a fetch brings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Depth {
+enum Depth {
     /// The commit and its tree only (`git fetch --depth 1`): what a pin or a checkout needs.
     Tip,
     /// Its whole history, deepening a shallow mirror: to find an older commit a ref reaches.

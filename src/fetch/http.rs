@@ -156,7 +156,9 @@ pub fn download_key(url: &str) -> String {
 
 /// The HTTP client of a fetch session.
 pub struct Client {
-    http: reqwest::Client,
+    /// Built on the first request: loading the machine's certificates costs milliseconds that a
+    /// command which downloads nothing (a no-op realize, `status`) should not pay.
+    http: std::sync::OnceLock<reqwest::Client>,
     config: Arc<FetchConfig>,
     next_id: AtomicU64,
 }
@@ -308,20 +310,28 @@ pub fn safe_file_name(name: &str) -> Option<String> {
 
 impl Client {
     pub fn new(config: Arc<FetchConfig>) -> Result<Client, FetchError> {
-        let http = reqwest::Client::builder()
+        Ok(Client {
+            http: std::sync::OnceLock::new(),
+            config,
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// The HTTP client, built the first time it is needed.
+    fn http(&self) -> Result<&reqwest::Client, FetchError> {
+        if let Some(http) = self.http.get() {
+            return Ok(http);
+        }
+        let built = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(config.connect_timeout)
-            .read_timeout(config.read_timeout)
+            .connect_timeout(self.config.connect_timeout)
+            .read_timeout(self.config.read_timeout)
             .build()
             .map_err(|e| FetchError::Config {
                 message: format!("cannot create the HTTP client: {e}"),
             })?;
-        Ok(Client {
-            http,
-            config,
-            next_id: AtomicU64::new(0),
-        })
+        Ok(self.http.get_or_init(|| built))
     }
 
     pub fn config(&self) -> &FetchConfig {
@@ -346,7 +356,7 @@ impl Client {
         }
         let mut current = url.clone();
         for _ in 0..10 {
-            let mut request = self.http.request(method.clone(), current.clone());
+            let mut request = self.http()?.request(method.clone(), current.clone());
             for (name, value) in headers {
                 request = request.header(name, value);
             }
