@@ -173,12 +173,28 @@ impl Session {
         let mut settings = settings;
         settings.offline |= spec.options.offline;
         let env = |k: &str| std::env::var(k).ok();
-        let config = FetchConfig::from_env(
-            env,
-            &spec.expand_env_available(env),
-            settings.offline,
-            settings.jobs,
-        )?;
+        let spec_env = spec.expand_env_available(env);
+        Session::with_env(store, &spec_env, settings, reporter)
+    }
+
+    /// A session over `store` before there is a spec (the spec's own repository is what it
+    /// fetches): only the environment's credentials count.
+    pub fn open_bare(
+        store: Arc<Store>,
+        settings: Settings,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Session> {
+        Session::with_env(store, &Default::default(), settings, reporter)
+    }
+
+    fn with_env(
+        store: Arc<Store>,
+        spec_env: &crate::spec::ExpandedEnv,
+        settings: Settings,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Session> {
+        let env = |k: &str| std::env::var(k).ok();
+        let config = FetchConfig::from_env(env, spec_env, settings.offline, settings.jobs)?;
         let client = Arc::new(Client::new(Arc::new(config))?);
         let mut executor = Executor::new(store, client, reporter, settings.wheels_dir.clone());
         for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
@@ -236,6 +252,29 @@ impl Session {
             .find(|o| o.id == derivation.id)
             .and_then(|o| o.output)
             .ok_or_else(|| SessionError::NoOutput(derivation.describe()))
+    }
+
+    /// Pin `repo` at `git_ref` (its default branch when `None`) and check that commit out into the
+    /// store (a `fetch-git` pin derivation, as a spec's core or node): the lock entry.
+    pub fn pin_git(
+        &self,
+        role: &'static str,
+        name: &str,
+        repo: &str,
+        git_ref: Option<&str>,
+    ) -> Result<crate::lock::LockedGit> {
+        let pin = Derivation::pin_git(role, name.to_string(), repo, git_ref, None);
+        let outcomes = self
+            .runtime
+            .block_on(self.executor.run(std::slice::from_ref(&pin)))?;
+        outcomes
+            .into_iter()
+            .find(|o| o.id == pin.id)
+            .and_then(|o| match o.pinned {
+                Some(crate::derive::Pinned::Git(locked)) => Some(locked),
+                _ => None,
+            })
+            .ok_or_else(|| SessionError::NoOutput(pin.describe()))
     }
 
     /// `lock`'s manifest, named `name`, written by the executor (a `write-manifest` derivation:

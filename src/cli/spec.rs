@@ -179,25 +179,42 @@ fn git_spec(location: &str) -> anyhow::Result<PathBuf> {
         .get()
         .cloned()
         .unwrap_or_else(|| crate::store::default_dir(|k| std::env::var(k).ok()));
-    let store = crate::store::Store::open(&dir)?;
-    let commit = match git::resolve(&store, &url, git_ref.as_deref(), None, true) {
-        Ok(commit) => commit,
+    let store = std::sync::Arc::new(crate::store::Store::open(&dir)?);
+    // Pinned and checked out by the executor, as a version's core is: online, else (offline, or
+    // the server gone) from what the store's mirror holds.
+    let pin = |offline: bool| {
+        let settings = crate::session::Settings {
+            offline,
+            ..Default::default()
+        };
+        let reporter = std::sync::Arc::new(crate::reporter::NoReporter);
+        crate::session::Session::open_bare(store.clone(), settings, reporter)?.pin_git(
+            "spec repository",
+            "spec-repository",
+            &url,
+            git_ref.as_deref(),
+        )
+    };
+    let locked = match pin(false) {
+        Ok(locked) => locked,
         Err(err) => {
-            // Offline, or the server is gone: what the mirror holds serves.
-            let held = git::resolve(&store, &url, git_ref.as_deref(), None, false);
-            let commit = held.map_err(|_| err)?;
-            tracing::warn!("`{url}` cannot be fetched; using {commit} from the store's mirror");
-            commit
+            let held = pin(true).map_err(|_| err)?;
+            tracing::warn!(
+                "`{url}` cannot be fetched; using {} from the store's mirror",
+                held.commit
+            );
+            held
         }
     };
+    let commit = locked.commit;
     let copy = store
         .cache_dir(crate::store::layout::Cache::Specs)
         .join(git::mirror_name(&url))
         .join(&commit);
     if !copy.is_dir() {
-        let tree = git::checkout(&store, &url, &commit, "spec-repository", false)?;
+        let tree = store.path_of(&locked.store_path);
         let partial = copy.with_extension(format!("tmp-{}", std::process::id()));
-        copy_tree(&tree.path, &partial)?;
+        copy_tree(&tree, &partial)?;
         if let Err(e) = std::fs::rename(&partial, &copy) {
             let _ = std::fs::remove_dir_all(&partial);
             if !copy.is_dir() {
