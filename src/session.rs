@@ -242,15 +242,21 @@ impl Session {
         self.output_of(crate::derive::Derivation::carry_uv())
     }
 
-    /// Run `derivation` alone (its inputs must be valid) and return its output.
-    fn output_of(&self, derivation: crate::derive::Derivation) -> Result<String> {
+    /// Run `derivation` alone (its inputs must be valid) and return what became of it.
+    fn outcome_of(&self, derivation: &Derivation) -> Result<crate::derive::exec::Outcome> {
         let outcomes = self
             .runtime
-            .block_on(self.executor.run(std::slice::from_ref(&derivation)))?;
+            .block_on(self.executor.run(std::slice::from_ref(derivation)))?;
         outcomes
             .into_iter()
             .find(|o| o.id == derivation.id)
-            .and_then(|o| o.output)
+            .ok_or_else(|| SessionError::NoOutput(derivation.describe()))
+    }
+
+    /// Run `derivation` alone (its inputs must be valid) and return its output.
+    fn output_of(&self, derivation: Derivation) -> Result<String> {
+        self.outcome_of(&derivation)?
+            .output
             .ok_or_else(|| SessionError::NoOutput(derivation.describe()))
     }
 
@@ -264,17 +270,10 @@ impl Session {
         git_ref: Option<&str>,
     ) -> Result<crate::lock::LockedGit> {
         let pin = Derivation::pin_git(role, name.to_string(), repo, git_ref, None);
-        let outcomes = self
-            .runtime
-            .block_on(self.executor.run(std::slice::from_ref(&pin)))?;
-        outcomes
-            .into_iter()
-            .find(|o| o.id == pin.id)
-            .and_then(|o| match o.pinned {
-                Some(crate::derive::Pinned::Git(locked)) => Some(locked),
-                _ => None,
-            })
-            .ok_or_else(|| SessionError::NoOutput(pin.describe()))
+        match self.outcome_of(&pin)?.pinned {
+            Some(crate::derive::Pinned::Git(locked)) => Ok(locked),
+            _ => Err(SessionError::NoOutput(pin.describe())),
+        }
     }
 
     /// `lock`'s manifest, named `name`, written by the executor (a `write-manifest` derivation:

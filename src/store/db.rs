@@ -86,20 +86,23 @@ pub fn known_digest(
     path: &str,
     stamp: &FileStamp,
 ) -> rusqlite::Result<Option<String>> {
-    conn.query_row(
-        "SELECT blake3 FROM file_digests WHERE path = ?1 AND dev = ?2 AND ino = ?3 AND size = ?4
-         AND mtime_ns = ?5 AND ctime_ns = ?6",
-        params![
-            path,
-            stamp.dev as i64,
-            stamp.ino as i64,
-            stamp.size as i64,
-            stamp.mtime_ns,
-            stamp.ctime_ns
-        ],
-        |r| r.get(0),
-    )
-    .optional()
+    let row = conn
+        .query_row(
+            "SELECT dev, ino, size, mtime_ns, ctime_ns, blake3 FROM file_digests WHERE path = ?1",
+            params![path],
+            |r| {
+                let recorded = FileStamp {
+                    dev: r.get::<_, i64>(0)? as u64,
+                    ino: r.get::<_, i64>(1)? as u64,
+                    size: r.get::<_, i64>(2)? as u64,
+                    mtime_ns: r.get(3)?,
+                    ctime_ns: r.get(4)?,
+                };
+                Ok((recorded, r.get::<_, String>(5)?))
+            },
+        )
+        .optional()?;
+    Ok(row.and_then(|(recorded, blake3)| (recorded == *stamp).then_some(blake3)))
 }
 
 /// Record that `path`, stamped `stamp`, has the BLAKE3 `blake3` (hex).
