@@ -188,11 +188,12 @@ pub fn copy_commit(src: &Repository, dst: &Repository, commit: Oid) -> Result<()
     if ids.is_empty() {
         return Ok(());
     }
-    write_pack(src.path(), dst, &ids)
+    // The common directory holds the objects (a linked worktree's git directory does not).
+    write_pack(src.commondir(), dst, &ids)
 }
 
-/// The objects `ids` of the repository whose git directory is `src_dir`, as one pack (and its
-/// index) in `dst`.
+/// The objects `ids` of the repository whose (common) git directory is `src_dir`, as one pack
+/// (and its index) in `dst`.
 fn write_pack(src_dir: &Path, dst: &Repository, ids: &[Oid]) -> Result<(), git2::Error> {
     use rayon::prelude::*;
     use sha1::Digest as _;
@@ -219,8 +220,8 @@ fn write_pack(src_dir: &Path, dst: &Repository, ids: &[Oid]) -> Result<(), git2:
         let entries: Vec<Vec<(Oid, Vec<u8>)>> = batch
             .par_chunks(128)
             .map(|chunk| -> Result<Vec<(Oid, Vec<u8>)>, git2::Error> {
-                // `open`, not `open_bare`: a source may be a linked worktree's git directory.
-                let repo = Repository::open(src_dir)?;
+                // Bare: no owner check, so a home is written from a store another user owns.
+                let repo = Repository::open_bare(src_dir)?;
                 let from = repo.odb()?;
                 chunk
                     .iter()
