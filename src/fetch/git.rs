@@ -30,7 +30,7 @@ pub fn protect_mirror(store: &Store, url: &str) -> Result<(), FetchError> {
 fn git_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
     move |e| FetchError::Git {
         url: url.to_string(),
-        message: e.message().to_string(),
+        source: super::GitCause(e),
     }
 }
 
@@ -50,7 +50,7 @@ fn remote_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
         if missing {
             FetchError::GitRepoNotFound {
                 url: url.to_string(),
-                message: message.to_string(),
+                source: super::GitCause(e),
             }
         } else {
             git_err(url)(e)
@@ -888,9 +888,9 @@ fn write_tree(
                 // A submodule: its commit id is pinned here, its URL in .gitmodules.
                 let rel_str = rel.to_string_lossy().into_owned();
                 let Some((_, sub_url)) = submodules.iter().find(|(p, _)| *p == rel_str) else {
-                    return Err(FetchError::Git {
+                    return Err(FetchError::GitSubmoduleUndeclared {
                         url: url.to_string(),
-                        message: format!("submodule `{rel_str}` is not declared in .gitmodules"),
+                        path: rel_str,
                     });
                 };
                 let commit = entry.id().to_string();

@@ -213,15 +213,35 @@ impl Expected {
     }
 }
 
+/// libgit2's error under a git [`FetchError`], kept whole (its class and code tell a network
+/// failure from a refused credential). Its message is the fetch error's own text, so it shows only
+/// what it adds.
+#[derive(Debug, thiserror::Error)]
+#[error("libgit2: class {:?}, code {:?}", .0.class(), .0.code())]
+pub struct GitCause(pub git2::Error);
+
 /// Errors from fetching.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("{message}")]
     Config { message: String },
-    #[error("Git operation on `{url}` failed: {message}")]
-    Git { url: String, message: String },
-    #[error("Repository `{url}` does not exist, or is private and needs credentials ({message})")]
-    GitRepoNotFound { url: String, message: String },
+    #[error("Git operation on `{url}` failed: {}", .source.0.message())]
+    Git {
+        url: String,
+        #[source]
+        source: GitCause,
+    },
+    #[error("Submodule `{path}` of `{url}` is not declared in .gitmodules")]
+    GitSubmoduleUndeclared { url: String, path: String },
+    #[error(
+        "Repository `{url}` does not exist, or is private and needs credentials ({})",
+        .source.0.message()
+    )]
+    GitRepoNotFound {
+        url: String,
+        #[source]
+        source: GitCause,
+    },
     #[error("Ref `{reference}` not found in `{url}`")]
     GitRefNotFound { url: String, reference: String },
     #[error("Commit `{commit}` not found in `{url}`")]
