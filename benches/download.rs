@@ -118,7 +118,7 @@ fn download(c: &mut Criterion) {
     std::env::set_var("SSL_CERT_FILE", &ca_file);
     let env = |_: &str| None;
     let config = FetchConfig::from_env(env, &ExpandedEnv::default(), false, 1).unwrap();
-    let client = Client::new(Arc::new(config)).unwrap();
+    let client = Client::new(Arc::new(config));
     let parsed = url::Url::parse(&url).unwrap();
     group.bench_function("comfix_download_into_store", |b| {
         b.iter_batched(

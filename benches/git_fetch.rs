@@ -29,48 +29,41 @@ fn main() {
     let url = server.url("big.git");
 
     let local = format!("file://{}", served.join("big.git").display());
+    // comfix: resolve the pin into an empty (opened) store and check it out; the mirror's size.
+    let ours = |url: &str, store_dir: std::path::PathBuf| {
+        let store = comfix::store::Store::open(&store_dir).unwrap();
+        sync();
+        let started = Instant::now();
+        let commit =
+            comfix::fetch::git::resolve(&store, url, None, Some(pinned.as_str()), true).unwrap();
+        comfix::fetch::git::checkout(&store, url, &commit, "big", false).unwrap();
+        let took = started.elapsed();
+        assert_eq!(commit, pinned);
+        (took, du(&comfix::fetch::git::mirror_path(&store, url)))
+    };
+    // git: the same commit alone into a new repository, checked out.
+    let theirs = |url: &str, clone: std::path::PathBuf| {
+        std::fs::create_dir(&clone).unwrap();
+        sync();
+        let started = Instant::now();
+        git(&clone, &["init", "-q"]);
+        git(&clone, &["fetch", "-q", "--depth", "1", url, &pinned]);
+        git(&clone, &["checkout", "-q", "FETCH_HEAD"]);
+        started.elapsed()
+    };
     let mut comfix_times = Vec::new();
     let mut git_times = Vec::new();
     let (mut local_times, mut git_local_times) = (Vec::new(), Vec::new());
     let mut mirror_bytes = 0;
     for round in 0..5 {
-        sync();
-        let store_dir = work.join(format!("store-{round}"));
-        let store = comfix::store::Store::open(&store_dir).unwrap();
-        let started = Instant::now();
-        let commit =
-            comfix::fetch::git::resolve(&store, &url, None, Some(pinned.as_str()), true).unwrap();
-        comfix::fetch::git::checkout(&store, &url, &commit, "big", false).unwrap();
-        comfix_times.push(started.elapsed());
-        assert_eq!(commit, pinned);
-        mirror_bytes = du(&comfix::fetch::git::mirror_path(&store, &url));
-
-        sync();
-        let clone = work.join(format!("clone-{round}"));
-        std::fs::create_dir(&clone).unwrap();
-        let started = Instant::now();
-        git(&clone, &["init", "-q"]);
-        git(&clone, &["fetch", "-q", "--depth", "1", &url, &pinned]);
-        git(&clone, &["checkout", "-q", "FETCH_HEAD"]);
-        git_times.push(started.elapsed());
-
+        let (took, bytes) = ours(&url, work.join(format!("store-{round}")));
+        comfix_times.push(took);
+        mirror_bytes = bytes;
+        git_times.push(theirs(&url, work.join(format!("clone-{round}"))));
         // The same from a repository on this machine (`file://`, as a Manager snapshot's
         // repositories are often given).
-        sync();
-        let store = comfix::store::Store::open(&work.join(format!("store-local-{round}"))).unwrap();
-        let started = Instant::now();
-        let commit =
-            comfix::fetch::git::resolve(&store, &local, None, Some(pinned.as_str()), true).unwrap();
-        comfix::fetch::git::checkout(&store, &local, &commit, "big", false).unwrap();
-        local_times.push(started.elapsed());
-        sync();
-        let clone = work.join(format!("clone-local-{round}"));
-        std::fs::create_dir(&clone).unwrap();
-        let started = Instant::now();
-        git(&clone, &["init", "-q"]);
-        git(&clone, &["fetch", "-q", "--depth", "1", &local, &pinned]);
-        git(&clone, &["checkout", "-q", "FETCH_HEAD"]);
-        git_local_times.push(started.elapsed());
+        local_times.push(ours(&local, work.join(format!("store-local-{round}"))).0);
+        git_local_times.push(theirs(&local, work.join(format!("clone-local-{round}"))));
     }
     let best = |times: &[Duration]| times.iter().min().copied().unwrap();
     let (ours, theirs) = (best(&comfix_times), best(&git_times));

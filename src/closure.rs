@@ -518,32 +518,20 @@ pub fn import(
 /// Read `decoder` to its end in chunks of 1 MiB into `chunks` (an error ends it); stops early
 /// when the receiver is gone.
 fn decode(mut decoder: impl Read, chunks: &std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>) {
-    const CHUNK: usize = 1 << 20;
+    const CHUNK: u64 = 1 << 20;
     loop {
-        let mut chunk = vec![0; CHUNK];
-        let mut filled = 0;
-        let result = loop {
-            match decoder.read(&mut chunk[filled..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    filled += n;
-                    if filled == CHUNK {
-                        break Ok(());
-                    }
+        let mut chunk = Vec::with_capacity(CHUNK as usize);
+        match (&mut decoder).take(CHUNK).read_to_end(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => {
+                if chunks.send(Ok(chunk)).is_err() || (n as u64) < CHUNK {
+                    return;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
             }
-        };
-        chunk.truncate(filled);
-        let end = filled < CHUNK || result.is_err();
-        let sent = match result {
-            Ok(()) if filled > 0 => chunks.send(Ok(chunk)),
-            Ok(()) => Ok(()),
-            Err(e) => chunks.send(Err(e)),
-        };
-        if end || sent.is_err() {
-            return;
+            Err(e) => {
+                let _ = chunks.send(Err(e));
+                return;
+            }
         }
     }
 }

@@ -195,7 +195,7 @@ impl Session {
     ) -> Result<Session> {
         let env = |k: &str| std::env::var(k).ok();
         let config = FetchConfig::from_env(env, spec_env, settings.offline, settings.jobs)?;
-        let client = Arc::new(Client::new(Arc::new(config))?);
+        let client = Arc::new(Client::new(Arc::new(config)));
         let mut executor = Executor::new(store, client, reporter, settings.wheels_dir.clone());
         for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
             let mut cache = crate::cache::Cache::open(location)?;

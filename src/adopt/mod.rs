@@ -31,8 +31,8 @@ pub fn seed_mirrors(store: &Store, report: &snapshot::Report) -> Result<(), Fetc
 /// Put every model of the report into the store, each file read once, and record its BLAKE3 in
 /// the report. A model the store holds already (same name, size and bytes: a second snapshot of
 /// the same install) is hashed, not copied again — and not even read when its stat tuple is the
-/// one it had when it was last hashed (the store's db remembers, as git's index does). A file the local-file policy refuses or that
-/// cannot be read moves to `unreadable`; the install is never changed, but with `link_models`
+/// one it had when it was last hashed (the store's db remembers, as git's index does). A file the
+/// local-file policy refuses or that cannot be read moves to `unreadable`; the install is never changed, but with `link_models`
 /// (the install's directory): then a file of the install itself — a regular file under that
 /// directory, not a link to one elsewhere (a Hugging Face cache's blob, a folder on another disk)
 /// — that the store could take as a hard link (same filesystem, no other link) is taken so (no

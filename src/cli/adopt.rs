@@ -286,7 +286,7 @@ pub fn verify_models(args: VerifyModelsArgs, context: &Context) -> anyhow::Resul
             .collect();
         let env = |k: &str| std::env::var(k).ok();
         let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
-        let client = Arc::new(crate::fetch::http::Client::new(Arc::new(config))?);
+        let client = Arc::new(crate::fetch::http::Client::new(Arc::new(config)));
         let executor = Arc::new(crate::derive::exec::Executor::new(
             store.clone(),
             client,

@@ -434,9 +434,7 @@ fn repair_store(store: std::sync::Arc<Store>, context: &Context) -> anyhow::Resu
     report.missing_objects.clear();
     let env = |k: &str| std::env::var(k).ok();
     let config = crate::fetch::FetchConfig::from_env(env, &Default::default(), false, 4)?;
-    let client = std::sync::Arc::new(crate::fetch::http::Client::new(std::sync::Arc::new(
-        config,
-    ))?);
+    let client = std::sync::Arc::new(crate::fetch::http::Client::new(std::sync::Arc::new(config)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -857,7 +857,7 @@ mod tests {
             2,
         )
         .unwrap();
-        let client = Arc::new(Client::new(Arc::new(config)).unwrap());
+        let client = Arc::new(Client::new(Arc::new(config)));
         Executor::new(
             Arc::new(store),
             client,

@@ -603,7 +603,12 @@ pub fn fetch_commit(
         }
     }
     let via = git_ref.map_or(Want::Head, Want::Ref);
-    for depth in [Depth::Tip, Depth::Whole] {
+    // A repository on this machine is copied from at depth 1 whatever the depth: once is enough.
+    let depths: &[Depth] = match local_repo(url) {
+        Some(_) => &[Depth::Tip],
+        None => &[Depth::Tip, Depth::Whole],
+    };
+    for &depth in depths {
         if fetch_to(store, url, via, depth).is_ok() && (!full || has_commit(store, url, commit)) {
             return Ok(());
         }

@@ -309,12 +309,12 @@ pub fn safe_file_name(name: &str) -> Option<String> {
 }
 
 impl Client {
-    pub fn new(config: Arc<FetchConfig>) -> Result<Client, FetchError> {
-        Ok(Client {
+    pub fn new(config: Arc<FetchConfig>) -> Client {
+        Client {
             http: std::sync::OnceLock::new(),
             config,
             next_id: AtomicU64::new(0),
-        })
+        }
     }
 
     /// The HTTP client, built the first time it is needed.
