@@ -135,6 +135,7 @@ fn ingest(
             blake3: None,
             progress: &|n| reporter.advance(n),
             hard_link: link_models,
+            asked_by_digest: false,
         },
     )?;
     let hex = blake3::Hash::from(added.blake3).to_hex().to_string();

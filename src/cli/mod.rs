@@ -10,6 +10,7 @@ mod closure;
 mod diff;
 mod edit;
 mod gc;
+mod models;
 mod progress;
 mod realize;
 mod resolve;
@@ -147,6 +148,13 @@ pub enum Command {
         after_help = "Examples:\n  comfix verify-models --lock versions/wan22.lock.json --models-dir ~/comfy-wan22/models\n  comfix verify-models --lock versions/wan22.lock.json --models-dir /data/models --fix"
     )]
     VerifyModels(adopt::VerifyModelsArgs),
+    /// The models index: model folders this machine has, taken from (verified) instead of
+    /// downloaded
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix models index ~/ComfyUI/models\n  comfix models ls"
+    )]
+    Models(models::ModelsCommand),
     /// Check version specs
     #[command(subcommand)]
     #[command(
@@ -268,6 +276,7 @@ pub fn main() -> i32 {
         Command::Roots => gc::roots(&context),
         Command::Store(command) => store::run(command, &context),
         Command::Spec(command) => spec::run(command, &context),
+        Command::Models(command) => models::run(command, &context),
         Command::Export(args) => closure::export(args, &context),
         Command::Import(args) => closure::import(args, &context),
         Command::Key(command) => trust::key(command, &context),

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{Action, BuildError, Derivation, Kind, Pinned};
 use crate::fetch::http::Client;
-use crate::fetch::{git, model, registry, Expected, FetchError, Origin};
+use crate::fetch::{git, indexed, model, registry, Expected, FetchError, Origin};
 use crate::lock::{LockedGit, LockedModel, LockedRegistry};
 use crate::reporter::Reporter;
 use crate::spec::{ModelSource, SourceKind};
@@ -98,6 +98,9 @@ pub struct Executor {
     pub substituters: Vec<Arc<dyn Substituter>>,
     jobs: Arc<tokio::sync::Semaphore>,
     outcomes: Mutex<BTreeMap<String, Outcome>>,
+    /// Models taken from a file of this machine (the models index, the hub cache), by
+    /// derivation id: the file, reported as where the substituted output came from.
+    taken: Mutex<BTreeMap<String, String>>,
 }
 
 impl Executor {
@@ -116,6 +119,7 @@ impl Executor {
             substituters: Vec::new(),
             jobs,
             outcomes: Mutex::new(BTreeMap::new()),
+            taken: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -126,6 +130,24 @@ impl Executor {
     /// Record what became of `derivation` (the first record of an id stays).
     pub fn record(&self, derivation: &Derivation, output: Option<String>, how: How) {
         self.insert(Outcome::new(derivation, output, how));
+    }
+
+    /// The file of this machine `id`'s model was taken from, as a `file://` URL.
+    fn taken_from(&self, id: &str) -> Option<String> {
+        self.taken.lock().expect("never poisoned").remove(id)
+    }
+
+    /// How a model fetch went: substituted from a file of this machine, or fetched.
+    fn fetched_model(&self, d: &Derivation, fetched: &model::FetchedModel) -> How {
+        let Some(from) = &fetched.taken_from else {
+            return How::Fetched;
+        };
+        let url = format!("file://{}", from.display());
+        self.taken
+            .lock()
+            .expect("never poisoned")
+            .insert(d.id.clone(), url);
+        How::Substituted
     }
 
     /// Keep `outcome` unless its id has one already.
@@ -258,7 +280,10 @@ impl Executor {
             tracing::debug_span!("derive", kind = d.kind.as_str(), name = %d.name, id = %d.id);
         match tracing::Instrument::instrument(self.produce(d), span).await {
             Ok(Produced::Output(output, how)) => {
-                self.record(d, output, how);
+                self.insert(Outcome {
+                    from: self.taken_from(&d.id),
+                    ..Outcome::new(d, output, how)
+                });
                 Ok(())
             }
             Ok(Produced::Home(report)) => {
@@ -276,9 +301,14 @@ impl Executor {
             Ok(Produced::Pinned(pinned, how)) => {
                 // The pinned derivation, which a plan of the new lock names, is done too.
                 let fixed = pinned.derivation(d);
-                self.record(&fixed, fixed.output.clone(), how);
+                let from = self.taken_from(&d.id);
+                self.insert(Outcome {
+                    from: from.clone(),
+                    ..Outcome::new(&fixed, fixed.output.clone(), how)
+                });
                 self.insert(Outcome {
                     pinned: Some(*pinned),
+                    from,
                     ..Outcome::new(d, fixed.output.clone(), how)
                 });
                 Ok(())
@@ -385,11 +415,28 @@ impl Executor {
             Action::Workflow { .. } | Action::PinWorkflow { .. } => None,
             // The mirror may resolve the ref; the model or wheel may be in the store already.
             Action::PinGit { .. } | Action::PinModel { .. } | Action::PinWheel { .. } => None,
-            Action::Model { locked } => (!matches!(
-                ModelSource::parse(&locked.source).kind(),
-                Ok(SourceKind::File(_))
-            ))
-            .then(|| d.describe()),
+            // A local file, or the bytes a file of this machine holds (the models index, the hub
+            // cache), need no network.
+            Action::Model { locked } => {
+                let local = matches!(
+                    ModelSource::parse(&locked.source).kind(),
+                    Ok(SourceKind::File(_))
+                );
+                let (blake3, sha256) = (
+                    Expected::new(&locked.blake3, Origin::Lock),
+                    locked
+                        .sha256
+                        .as_ref()
+                        .map(|h| Expected::new(h, Origin::Lock)),
+                );
+                let wanted = indexed::Wanted {
+                    blake3: Some(&blake3),
+                    sha256: sha256.as_ref(),
+                    size: Some(locked.size),
+                };
+                let on_this_machine = || indexed::has(&self.store, self.client.config(), &wanted);
+                (!local && !on_this_machine()).then(|| d.describe())
+            }
             Action::Wheel { locked } => self
                 .wheel_source()
                 .needs_network(locked.url.as_deref())
@@ -445,7 +492,8 @@ impl Executor {
                 };
                 let fetched =
                     model::fetch(&self.client, store, self.reporter.as_ref(), &request).await?;
-                Ok((Some(fetched.store_path), How::Fetched))
+                let how = self.fetched_model(d, &fetched);
+                Ok((Some(fetched.store_path), how))
             }
             Action::Wheel { locked } => {
                 let pinned = crate::python::pinned_of(locked);
@@ -576,6 +624,7 @@ impl Executor {
                 };
                 let fetched =
                     model::fetch(&self.client, store, self.reporter.as_ref(), &request).await?;
+                let how = self.fetched_model(d, &fetched);
                 let locked = LockedModel {
                     source: model.source.to_string(),
                     name: model.name.clone(),
@@ -589,7 +638,7 @@ impl Executor {
                     blake3: fetched.blake3,
                     store_path: fetched.store_path,
                 };
-                Ok((Pinned::Model(locked), How::Fetched))
+                Ok((Pinned::Model(locked), how))
             }
             Action::PinWheel { wheel, from_lock } => {
                 let source = crate::python::WheelSource {

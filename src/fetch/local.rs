@@ -52,6 +52,10 @@ pub struct How<'a> {
     pub progress: &'a dyn Fn(u64),
     /// Stage a file with no other link as a hard link where the filesystem allows (no copy).
     pub hard_link: bool,
+    /// The bytes are taken only as those a lock or source names by digest (checked before they
+    /// are registered): the store holds them whoever reads the file, so a file closed to other
+    /// users publishes nothing by being taken.
+    pub asked_by_digest: bool,
 }
 
 /// A local file added to the store as a model: its store path and what staging found.
@@ -117,6 +121,7 @@ pub fn stage(
         blake3,
         progress,
         hard_link,
+        asked_by_digest,
     } = *how;
     if let Some(reason) = refused_by_name(path) {
         return Err(refuse(what, path, reason, None));
@@ -143,9 +148,11 @@ pub fn stage(
     }
     let mut file = crate::files::open_without_blocking(&real).map_err(FetchError::io(path))?;
     let meta = file.metadata().map_err(FetchError::io(path))?;
-    if let Some((reason, hint)) =
-        refused_by_kind(&meta).or_else(|| crate::spec::local::would_publish(&real, &meta))
-    {
+    let publishes = || match asked_by_digest {
+        true => None,
+        false => crate::spec::local::would_publish(&real, &meta),
+    };
+    if let Some((reason, hint)) = refused_by_kind(&meta).or_else(publishes) {
         return Err(refuse(what, path, reason, hint));
     }
     if on_pseudo_fs(&file) {

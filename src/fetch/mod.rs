@@ -8,6 +8,7 @@
 pub mod credentials;
 pub mod git;
 pub mod http;
+pub mod indexed;
 pub mod local;
 pub mod model;
 pub mod registry;
@@ -65,6 +66,23 @@ pub struct FetchConfig {
     pub read_timeout: Duration,
     /// Warning about a transfer that sends nothing (`COMFIX_STALL_WARNING`, seconds, default 30).
     pub stall_warning: Duration,
+    /// The Hugging Face hub cache, whose blobs are named by their SHA-256: models found there are
+    /// taken, verified, instead of downloaded (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `$XDG_CACHE_HOME/huggingface/hub` or `~/.cache/huggingface/hub`, as huggingface_hub reads
+    /// them; `HF_HUB_CACHE=` set empty: none).
+    pub hf_hub_cache: Option<PathBuf>,
+}
+
+/// Where huggingface_hub keeps its cache, as it finds it.
+fn hf_hub_cache(env: &impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    if let Some(dir) = env("HF_HUB_CACHE") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("HF_HOME")
+        .or_else(|| var("XDG_CACHE_HOME").map(|cache| cache.join("huggingface")))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/huggingface")))
+        .map(|home| home.join("hub"))
 }
 
 fn parse_base(value: &str, var: &str) -> Result<Url, FetchError> {
@@ -150,6 +168,7 @@ impl FetchConfig {
             connect_timeout: seconds("COMFIX_CONNECT_TIMEOUT", 30.0)?,
             read_timeout: seconds("COMFIX_READ_TIMEOUT", 120.0)?,
             stall_warning: seconds("COMFIX_STALL_WARNING", 30.0)?,
+            hf_hub_cache: hf_hub_cache(&env),
         })
     }
 }

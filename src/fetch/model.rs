@@ -5,7 +5,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http::{safe_file_name, Auth, Client, Download, Got};
-use super::{local, Expected, FetchConfig, FetchError, Origin};
+use super::{indexed, local, Expected, FetchConfig, FetchError, Origin};
 use crate::reporter::Reporter;
 use crate::spec::{ModelSource, SourceKind};
 use crate::store::{sanitize_name, AddOptions, Store};
@@ -196,6 +196,9 @@ pub struct FetchedModel {
     pub sha256: Option<String>,
     pub blake3: String,
     pub store_path: String,
+    /// The file of this machine it was taken from (the models index, the hub cache), not
+    /// downloaded.
+    pub taken_from: Option<std::path::PathBuf>,
 }
 
 /// The file name of a model whose spec gives none and whose source reports none: the server's
@@ -273,6 +276,7 @@ fn fetch_local(
             blake3: request.blake3.as_ref(),
             progress: &|_| {},
             hard_link: false,
+            asked_by_digest: false,
         },
     )?;
     Ok(FetchedModel {
@@ -283,7 +287,45 @@ fn fetch_local(
         sha256: added.sha256,
         blake3: blake3::Hash::from(added.blake3).to_hex().to_string(),
         store_path: added.store_path,
+        taken_from: None,
     })
+}
+
+/// The model taken from a file of this machine that holds its digests (`indexed`), verified;
+/// recorded as if downloaded from `url`, which has the same bytes.
+fn from_this_machine(
+    config: &FetchConfig,
+    store: &Store,
+    request: &ModelRequest,
+    wanted: &indexed::Wanted<'_>,
+    file_name: Option<&str>,
+    url: impl FnOnce() -> Option<(String, Option<String>)>,
+) -> Result<Option<FetchedModel>, FetchError> {
+    let Some(file_name) = file_name else {
+        return Ok(None);
+    };
+    if wanted.blake3.is_none() && wanted.sha256.is_none() {
+        return Ok(None);
+    }
+    let Some((url, revision)) = url() else {
+        return Ok(None);
+    };
+    let what = &request.what;
+    let Some(taken) =
+        tokio::task::block_in_place(|| indexed::take(store, config, what, file_name, wanted))?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(FetchedModel {
+        url,
+        revision,
+        file_name: file_name.to_string(),
+        size: taken.added.size,
+        sha256: taken.added.sha256,
+        blake3: blake3::Hash::from(taken.added.blake3).to_hex().to_string(),
+        store_path: taken.added.store_path,
+        taken_from: Some(taken.from),
+    }))
 }
 
 /// The model the store already holds with the expected BLAKE3 under `file_name`: it is not
@@ -341,6 +383,7 @@ fn already_in_store(
         sha256: sha256.map(|e| e.hex.clone()),
         blake3: expected.hex.clone(),
         store_path: record.name,
+        taken_from: None,
     }))
 }
 
@@ -419,6 +462,24 @@ pub async fn fetch(
         if let Some(stored) = unasked()? {
             return Ok(stored);
         }
+        // The lock's digests (or the spec's) found in a file of this machine: offline too.
+        let wanted = indexed::Wanted {
+            blake3: request.blake3.as_ref(),
+            sha256: request.sha256.as_ref(),
+            size: request.pinned.as_ref().and_then(|p| p.size),
+        };
+        if !matches!(kind, SourceKind::File(_)) {
+            if let Some(taken) = from_this_machine(
+                client.config(),
+                store,
+                request,
+                &wanted,
+                known_name.as_deref(),
+                || unasked_url(client.config(), request, kind),
+            )? {
+                return Ok(taken);
+            }
+        }
     }
     if let SourceKind::File(path) = kind {
         return tokio::task::block_in_place(|| fetch_local(store, request, path));
@@ -464,9 +525,25 @@ pub async fn fetch(
         blake3.as_ref(),
         sha256.as_ref(),
         fixed_name.as_deref(),
-        || Some(pinned_url),
+        || Some(pinned_url.clone()),
     )? {
         return Ok(stored);
+    }
+    // What the source reports (Hugging Face: the SHA-256 and size) found in a file of this machine.
+    let wanted = indexed::Wanted {
+        blake3: blake3.as_ref(),
+        sha256: sha256.as_ref(),
+        size: pinned.size,
+    };
+    if let Some(taken) = from_this_machine(
+        client.config(),
+        store,
+        request,
+        &wanted,
+        fixed_name.as_deref(),
+        || Some(pinned_url),
+    )? {
+        return Ok(taken);
     }
     let download = Download {
         what: what.clone(),
@@ -518,6 +595,7 @@ pub async fn fetch(
         sha256,
         blake3: digest,
         store_path,
+        taken_from: None,
     })
 }
 

@@ -55,6 +55,19 @@ CREATE TABLE file_digests (
     seen_at  INTEGER NOT NULL
 );
 "#,
+    // The models index: folders the user indexed (`comfix models index`), whose files' rows in
+    // `file_digests` make them a substituter; a file's SHA-256, computed when a source asked for
+    // one; files found by BLAKE3 and by size.
+    r#"
+ALTER TABLE file_digests ADD COLUMN sha256 TEXT;
+CREATE INDEX file_digests_blake3 ON file_digests(blake3);
+CREATE INDEX file_digests_sha256 ON file_digests(sha256);
+CREATE INDEX file_digests_size ON file_digests(size);
+CREATE TABLE model_folders (
+    path     TEXT    PRIMARY KEY,
+    added_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// A file's stat tuple: while it is unchanged, so are its contents (barring a clock set back).
@@ -125,6 +138,128 @@ pub fn remember_digest(
             blake3,
             now()
         ],
+    )
+    .map(|_| ())
+}
+
+/// A file outside the store whose digests are recorded.
+#[derive(Debug, Clone)]
+pub struct KnownFile {
+    pub path: String,
+    pub stamp: FileStamp,
+    /// Hex.
+    pub blake3: String,
+    /// Hex, when a source asked for one.
+    pub sha256: Option<String>,
+}
+
+const KNOWN_FILE: &str =
+    "SELECT path, dev, ino, size, mtime_ns, ctime_ns, blake3, sha256 FROM file_digests";
+
+fn known_file(r: &rusqlite::Row<'_>) -> rusqlite::Result<KnownFile> {
+    Ok(KnownFile {
+        path: r.get(0)?,
+        stamp: FileStamp {
+            dev: r.get::<_, i64>(1)? as u64,
+            ino: r.get::<_, i64>(2)? as u64,
+            size: r.get::<_, i64>(3)? as u64,
+            mtime_ns: r.get(4)?,
+            ctime_ns: r.get(5)?,
+        },
+        blake3: r.get(6)?,
+        sha256: r.get(7)?,
+    })
+}
+
+/// The files recorded with BLAKE3 `blake3`, or with SHA-256 `sha256`, or of `size` bytes with no
+/// SHA-256 computed yet (each a candidate for a SHA-256 asked for).
+pub fn files_with(
+    conn: &Connection,
+    blake3: Option<&str>,
+    sha256: Option<&str>,
+    size: Option<u64>,
+) -> rusqlite::Result<Vec<KnownFile>> {
+    let mut out = Vec::new();
+    if let Some(hex) = blake3 {
+        let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE blake3 = ?1"))?;
+        out.extend(
+            statement
+                .query_map(params![hex], known_file)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+    }
+    if let Some(hex) = sha256 {
+        let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE sha256 = ?1"))?;
+        out.extend(
+            statement
+                .query_map(params![hex], known_file)?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+        );
+        if let Some(size) = size {
+            let mut statement =
+                conn.prepare_cached(&format!("{KNOWN_FILE} WHERE size = ?1 AND sha256 IS NULL"))?;
+            out.extend(
+                statement
+                    .query_map(params![size as i64], known_file)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    out.retain(|f| seen.insert(f.path.clone()));
+    Ok(out)
+}
+
+/// The files recorded under the directory `dir` (an absolute path without a trailing slash).
+pub fn files_under(conn: &Connection, dir: &str) -> rusqlite::Result<Vec<KnownFile>> {
+    let mut statement = conn.prepare_cached(&format!(
+        "{KNOWN_FILE} WHERE substr(path, 1, length(?1) + 1) = ?1 || '/' ORDER BY path"
+    ))?;
+    let rows = statement.query_map(params![dir], known_file)?;
+    rows.collect()
+}
+
+/// Record the SHA-256 of `path`, when its row still has the stamp `stamp`.
+pub fn remember_sha256(
+    conn: &Connection,
+    path: &str,
+    stamp: &FileStamp,
+    sha256: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE file_digests SET sha256 = ?2 WHERE path = ?1 AND dev = ?3 AND ino = ?4
+         AND size = ?5 AND mtime_ns = ?6 AND ctime_ns = ?7",
+        params![
+            path,
+            sha256,
+            stamp.dev as i64,
+            stamp.ino as i64,
+            stamp.size as i64,
+            stamp.mtime_ns,
+            stamp.ctime_ns
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Forget the digests of `path`.
+pub fn forget_file(conn: &Connection, path: &str) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM file_digests WHERE path = ?1", params![path])
+        .map(|_| ())
+}
+
+/// The folders of the models index.
+pub fn model_folders(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare_cached("SELECT path FROM model_folders ORDER BY path")?;
+    let rows = statement.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Add `dir` to the models index's folders.
+pub fn add_model_folder(conn: &Connection, dir: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO model_folders (path, added_at) VALUES (?1, ?2)",
+        params![dir, now()],
     )
     .map(|_| ())
 }
@@ -373,6 +508,15 @@ pub fn named(conn: &Connection, name: &str) -> rusqlite::Result<Vec<PathRecord>>
         "SELECT {COLUMNS} FROM valid_paths WHERE substr(name, instr(name, '-') + 1) = ?1 ORDER BY name"
     ))?;
     let rows = stmt.query_map([name], row_to_record)?;
+    rows.collect()
+}
+
+/// The valid paths whose tree hash is `tree_hash`, sorted.
+pub fn with_tree_hash(conn: &Connection, tree_hash: &str) -> rusqlite::Result<Vec<PathRecord>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM valid_paths WHERE tree_hash = ?1 ORDER BY name"
+    ))?;
+    let rows = stmt.query_map([tree_hash], row_to_record)?;
     rows.collect()
 }
 

@@ -576,6 +576,17 @@ impl Store {
         db::named(&self.db(), name).map_err(|e| self.db_err(e))
     }
 
+    /// The valid single-file paths (any name) whose bytes have BLAKE3 `digest`.
+    pub fn files_with_digest(&self, size: u64, digest: &tree::Digest) -> Result<Vec<PathRecord>> {
+        let node = tree::Node::File {
+            size,
+            executable: false,
+            digest: *digest,
+        };
+        let hash = blake3::Hash::from(node.tree_hash()).to_hex();
+        db::with_tree_hash(&self.db(), hash.as_str()).map_err(|e| self.db_err(e))
+    }
+
     /// The valid single-file path named `name` whose bytes have BLAKE3 `digest` (a model stored
     /// once, found again by what it is rather than by where it came from).
     pub fn find_file(&self, name: &str, digest: &tree::Digest) -> Result<Option<PathRecord>> {
@@ -618,6 +629,45 @@ impl Store {
         let hex = blake3::Hash::from(*digest).to_hex();
         db::remember_digest(&self.db(), &path.to_string_lossy(), before, hex.as_str())
             .map_err(|e| self.db_err(e))
+    }
+
+    /// The files outside the store recorded with one of these digests (see [`db::files_with`]).
+    pub fn known_files(
+        &self,
+        blake3: Option<&str>,
+        sha256: Option<&str>,
+        size: Option<u64>,
+    ) -> Result<Vec<db::KnownFile>> {
+        db::files_with(&self.db(), blake3, sha256, size).map_err(|e| self.db_err(e))
+    }
+
+    /// The files recorded under the directory `dir`.
+    pub fn known_files_under(&self, dir: &Path) -> Result<Vec<db::KnownFile>> {
+        let dir = dir.to_string_lossy();
+        db::files_under(&self.db(), dir.trim_end_matches('/')).map_err(|e| self.db_err(e))
+    }
+
+    /// Record the SHA-256 (hex) of a known file, while it is stamped as recorded.
+    pub fn remember_sha256(&self, path: &Path, stamp: &db::FileStamp, sha256: &str) -> Result<()> {
+        db::remember_sha256(&self.db(), &path.to_string_lossy(), stamp, sha256)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Forget what was recorded of the file at `path` (it changed, or is gone).
+    pub fn forget_file(&self, path: &Path) -> Result<()> {
+        db::forget_file(&self.db(), &path.to_string_lossy()).map_err(|e| self.db_err(e))
+    }
+
+    /// The folders of the models index.
+    pub fn model_folders(&self) -> Result<Vec<PathBuf>> {
+        let folders = db::model_folders(&self.db()).map_err(|e| self.db_err(e))?;
+        Ok(folders.into_iter().map(PathBuf::from).collect())
+    }
+
+    /// Add a folder (absolute) to the models index.
+    pub fn add_model_folder(&self, dir: &Path) -> Result<()> {
+        self.writable()?;
+        db::add_model_folder(&self.db(), &dir.to_string_lossy()).map_err(|e| self.db_err(e))
     }
 
     /// The direct references of a valid path.

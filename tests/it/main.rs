@@ -10,6 +10,7 @@ mod closure;
 mod gc;
 mod gc_stress;
 mod inputs;
+mod models_index;
 mod python;
 mod realize;
 mod resolve;

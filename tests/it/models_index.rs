@@ -1,0 +1,253 @@
+//! The models index (`comfix models index`) and the Hugging Face hub cache: models a version
+//! needs that already sit on this machine are taken, verified, instead of downloaded; the user's
+//! files are only read; a file changed since it was indexed, or a blob with the wrong bytes, is
+//! never used.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::world::*;
+use crate::support::*;
+
+/// The model files a user already has: the CivitAI LoRA in a ComfyUI models folder (under another
+/// name, closed to other users), the Hugging Face unet in the hub cache where huggingface_hub
+/// puts it (`XDG_CACHE_HOME/huggingface/hub`, which the tests' environment sets).
+struct Have {
+    folder: PathBuf,
+    lora: PathBuf,
+    blob: PathBuf,
+}
+
+fn have(w: &World) -> Have {
+    let folder = w.env.path("ComfyUI/models");
+    let lora = folder.join("loras/my-detail.safetensors");
+    fs::create_dir_all(lora.parent().unwrap()).unwrap();
+    fs::write(&lora, &w.lora).unwrap();
+    fs::set_permissions(&lora, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(folder.join("loras/notes.txt"), b"my loras\n").unwrap();
+    let repo = w.env.path("xdg-cache/huggingface/hub/models--org--wan");
+    let blob = repo.join("blobs").join(sha256_hex(&w.model));
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    fs::write(&blob, &w.model).unwrap();
+    let snapshot = repo.join(format!("snapshots/{HF_COMMIT}/split"));
+    fs::create_dir_all(&snapshot).unwrap();
+    std::os::unix::fs::symlink(&blob, snapshot.join("unet.safetensors")).unwrap();
+    Have { folder, lora, blob }
+}
+
+/// The bytes served of each model file, by every fake upstream.
+fn model_bytes_served(w: &World) -> u64 {
+    let sha = sha256_hex(&w.model);
+    w.cdn.bytes_served(&format!("/lfs/{sha}"))
+        + w.cdn.bytes_served("/civitai/123")
+        + w.cdn.bytes_served("/mirror/unet.safetensors")
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn index(w: &World, store: &Path, dirs: &[&Path]) -> Value {
+    let mut cmd = w.cmd(store);
+    cmd.args(["--json", "models", "index"]).args(dirs);
+    json_of(&cmd.ok())
+}
+
+/// A version pinned on an empty store downloads none of its models when they are in an indexed
+/// folder and the hub cache (the sources are only asked for their digests, a URL's is the
+/// spec's); a second empty store
+/// takes them for the locked version (offline, they are not what it lacks); the user's files keep their bytes and
+/// modes, and the store verifies.
+#[test]
+fn models_this_machine_has_are_taken_not_downloaded() {
+    let w = World::new();
+    // A plain URL reports no digest: the spec's SHA-256 is what finds it on this machine.
+    let mut spec = w.default_spec();
+    spec["models"][2]["sha256"] = sha256_hex(&w.model).into();
+    w.write_spec(&spec);
+    let have = have(&w);
+    let store = w.env.store.clone();
+    let report = index(&w, &store, &[&have.folder]);
+    assert_eq!(report["files"], 2, "{report}");
+    assert_eq!(report["hashed"], 2, "{report}");
+
+    let out = w.resolve_ok(&[]);
+    assert!(!out.is_empty());
+    assert_eq!(model_bytes_served(&w), 0, "a model was downloaded");
+    let lock = w.lock();
+    let models = lock["models"].as_array().unwrap();
+    let detail = models.iter().find(|m| m["name"] == "detail").unwrap();
+    assert_eq!(detail["blake3"], blake3_hex(&w.lora));
+    let unet = models.iter().find(|m| m["name"] == "wan-unet").unwrap();
+    assert_eq!(unet["sha256"], sha256_hex(&w.model));
+    assert_eq!(unet["revision"], HF_COMMIT, "the lock is the source's pin");
+    for m in models {
+        let stored = fs::read(w.store_path(m["store_path"].as_str().unwrap())).unwrap();
+        assert_eq!(blake3_hex(&stored), m["blake3"].as_str().unwrap(), "{m}");
+    }
+    assert_eq!(fs::read(&have.lora).unwrap(), w.lora);
+    assert_eq!(mode(&have.lora), 0o640);
+    assert_eq!(fs::read(&have.blob).unwrap(), w.model);
+    assert_eq!(
+        mode(&have.blob) & 0o200,
+        0o200,
+        "the blob was made read-only"
+    );
+    w.cmd(&store).args(["store", "verify"]).ok();
+
+    // A second empty store with the lock: every model from this machine.
+    let store_b = w.env.path("store-b");
+    index(&w, &store_b, &[&have.folder]);
+    let home = w.env.path("home-b");
+    let out = w
+        .cmd(&store_b)
+        .args(["--json", "realize", "v1", "--target"])
+        .arg(&home)
+        .ok();
+    let report = json_of(&out);
+    let models: Vec<&Value> = report["derivations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "fetch-model")
+        .collect();
+    assert!(!models.is_empty(), "{report}");
+    for d in &models {
+        assert!(
+            d["outcome"] == "substituted" || d["outcome"] == "valid",
+            "{d}"
+        );
+    }
+    let froms: Vec<&str> = models.iter().filter_map(|d| d["from"].as_str()).collect();
+    assert!(
+        froms.contains(&format!("file://{}", have.lora.display()).as_str()),
+        "{froms:?}"
+    );
+    assert!(
+        froms.contains(&format!("file://{}", have.blob.display()).as_str()),
+        "{froms:?}"
+    );
+    assert_eq!(model_bytes_served(&w), 0);
+    assert_eq!(
+        fs::read(home.join("models/loras/detail.safetensors")).unwrap(),
+        w.lora
+    );
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    w.cmd(&store_b).args(["store", "verify"]).ok();
+
+    // Offline on a third empty store, the models are not what it lacks (the code is).
+    let store_c = w.env.path("store-c");
+    index(&w, &store_c, &[&have.folder]);
+    let lacks = w
+        .cmd(&store_c)
+        .args(["realize", "v1", "--offline", "--target"])
+        .arg(w.env.path("home-c"))
+        .fails_with("Offline, and the store lacks");
+    let lacks = &lacks[lacks.find("error:").unwrap()..];
+    assert!(lacks.contains("core `comfy`"), "{lacks}");
+    assert!(!lacks.contains("model `"), "{lacks}");
+
+    // What the index holds, and what a file is.
+    let ls = json_of(&w.cmd(&store_b).args(["--json", "models", "ls"]).ok());
+    assert_eq!(ls[0]["files"], 2, "{ls}");
+    let which = json_of(
+        &w.cmd(&store_b)
+            .args(["--json", "models", "which"])
+            .arg(&have.lora)
+            .ok(),
+    );
+    assert_eq!(which["indexed"], true, "{which}");
+    assert_eq!(which["blake3"], blake3_hex(&w.lora));
+    assert_eq!(which["store_paths"].as_array().unwrap().len(), 1, "{which}");
+}
+
+/// A file edited in place after it was indexed (same size, its mtime put back) is never taken:
+/// the model is downloaded, and the index says the file changed. A hub blob whose bytes are not
+/// its name's is not used either. Indexing again hashes only what changed, and forgets what is
+/// gone.
+#[test]
+fn changed_files_and_wrong_blobs_are_never_used() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let downloaded = model_bytes_served(&w);
+    assert!(downloaded > 0);
+    let have = have(&w);
+    let store = w.env.path("store-b");
+    index(&w, &store, &[&have.folder]);
+
+    let mtime = fs::metadata(&have.lora).unwrap().modified().unwrap();
+    let mut edited = w.lora.clone();
+    edited[100] ^= 0xff;
+    fs::write(&have.lora, &edited).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&have.lora)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let mut wrong = w.model.clone();
+    wrong[7] ^= 0xff;
+    fs::set_permissions(&have.blob, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&have.blob, &wrong).unwrap();
+
+    let files = json_of(
+        &w.cmd(&store)
+            .args(["--json", "models", "ls", "--files"])
+            .ok(),
+    );
+    let lora = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == have.lora.to_str().unwrap())
+        .unwrap();
+    assert_eq!(lora["changed"], true, "{files}");
+
+    let home = w.env.path("home");
+    let out = w
+        .cmd(&store)
+        .args(["--json", "realize", "v1", "--target"])
+        .arg(&home)
+        .ok();
+    let detail = json_of(&out)["derivations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["kind"] == "fetch-model" && d["name"] == "detail")
+        .cloned()
+        .unwrap();
+    assert_eq!(detail["outcome"], "fetched", "{detail}");
+    assert!(
+        model_bytes_served(&w) > downloaded,
+        "nothing was downloaded"
+    );
+    assert_eq!(
+        fs::read(home.join("models/loras/detail.safetensors")).unwrap(),
+        w.lora
+    );
+    assert_eq!(
+        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
+        w.model
+    );
+    assert_eq!(
+        fs::read(&have.lora).unwrap(),
+        edited,
+        "the user's file changed"
+    );
+    w.cmd(&store).args(["store", "verify"]).ok();
+
+    // Indexed again: only the edited file is read; a deleted one is forgotten.
+    fs::remove_file(have.folder.join("loras/notes.txt")).unwrap();
+    let report = index(&w, &store, &[]);
+    assert_eq!(report["hashed"], 1, "{report}");
+    assert_eq!(report["forgotten"], 1, "{report}");
+    let again = index(&w, &store, &[]);
+    assert_eq!(again["hashed"], 0, "{again}");
+}
