@@ -120,16 +120,18 @@ fn entry_key(name: &str) -> String {
 }
 
 impl Cache {
-    /// `s3://BUCKET/PREFIX`, `file://DIR` or `DIR`.
+    /// `s3://BUCKET/PREFIX`, `https://HOST/PATH` (read-only), `file://DIR` or `DIR`.
     pub fn open(location: &str) -> Result<Cache, ClosureError> {
         let backend: Box<dyn Backend> = if location.starts_with("s3://") {
-            Box::new(s3::S3Backend::open(location)?)
+            Box::new(s3::ObjectBackend::open(location)?)
+        } else if location.starts_with("https://") || location.starts_with("http://") {
+            Box::new(s3::ObjectBackend::open_http(location)?)
         } else if let Some(path) = location.strip_prefix("file://") {
             Box::new(dir::DirBackend::new(path.into()))
         } else if location.contains("://") {
             return Err(ClosureError::Foreign {
                 reason: format!(
-                    "`{location}` is not a cache (`s3://BUCKET/PREFIX`, `file://DIR` or `DIR`)"
+                    "`{location}` is not a cache (`s3://BUCKET/PREFIX`, `https://HOST/PATH`, `file://DIR` or `DIR`)"
                 ),
             });
         } else {

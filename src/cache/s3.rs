@@ -1,6 +1,8 @@
 //! A cache in S3-compatible object storage (`s3://BUCKET/PREFIX`): AWS S3, Cloudflare R2, MinIO,
 //! Backblaze B2, GCS's interoperability API. The client is `object_store`'s; the endpoint,
-//! region and credentials are taken the way AWS's tools take them (`docs/cache.md`).
+//! region and credentials are taken the way AWS's tools take them (`docs/cache.md`). The same
+//! backend reads a cache any static HTTP(S) server serves (`https://HOST/PATH`: a directory
+//! `store copy --to DIR` wrote, behind nginx, a CDN, GitHub Pages…), read-only.
 //!
 //! Large archives go up as multipart uploads, one part at a time as they are written, and a
 //! push killed midway resumes: the upload's id and each part's digest are journalled under the
@@ -12,11 +14,13 @@
 
 use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::AmazonS3Builder;
+use object_store::http::HttpBuilder;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectStore, PutPayload, RetryConfig};
@@ -28,13 +32,15 @@ use crate::closure::{io, ClosureError};
 /// The size of an upload's parts (S3 wants at least 5 MiB but for the last).
 pub const PART_SIZE: usize = 16 << 20;
 
-/// A bucket, and a prefix in it.
-pub struct S3Backend {
-    client: AmazonS3,
+/// A bucket and a prefix in it, or a static HTTP(S) server's folder.
+pub struct ObjectBackend {
+    client: Arc<dyn ObjectStore>,
+    /// The bucket's multipart uploads; `None` for a read-only HTTP(S) cache.
+    multipart: Option<Arc<dyn MultipartStore>>,
     runtime: tokio::runtime::Runtime,
-    bucket: String,
+    /// Where it is, for messages (never a credential).
+    shown: String,
     prefix: String,
-    endpoint: Option<String>,
     /// How long a request may go without an answer (or a transfer without a byte) before the
     /// bucket counts as stalled: [`stall_timeout`].
     stall: Duration,
@@ -63,6 +69,30 @@ fn stalled(limit: Duration) -> object_store::Error {
     }
 }
 
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(60),
+        ..RetryConfig::default()
+    }
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(10))
+        // A whole request, body included: a large archive takes a while.
+        .with_timeout(Duration::from_secs(6 * 3600))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ClosureError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("comfix-cache")
+        .enable_all()
+        .build()
+        .map_err(io("the cache client's runtime"))
+}
+
 /// Where to reach the bucket and as whom, resolved from the location, the environment and the
 /// AWS profile. `Debug` never shows a secret.
 #[derive(Default)]
@@ -74,9 +104,9 @@ struct Settings {
     token: Option<String>,
 }
 
-impl S3Backend {
+impl ObjectBackend {
     /// `s3://BUCKET[/PREFIX][?endpoint=URL&region=R&profile=P]`.
-    pub fn open(location: &str) -> Result<S3Backend, ClosureError> {
+    pub fn open(location: &str) -> Result<ObjectBackend, ClosureError> {
         let bad = |reason: String| ClosureError::Foreign { reason };
         let url = url::Url::parse(location).map_err(|e| {
             bad(format!(
@@ -109,17 +139,8 @@ impl S3Backend {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .with_region(settings.region.as_deref().unwrap_or("us-east-1"))
-            .with_retry(RetryConfig {
-                max_retries: 4,
-                retry_timeout: Duration::from_secs(60),
-                ..RetryConfig::default()
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(10))
-                    // A whole request, body included: a large archive takes a while.
-                    .with_timeout(Duration::from_secs(6 * 3600)),
-            );
+            .with_retry(retry())
+            .with_client_options(client_options());
         if let Some(endpoint) = &settings.endpoint {
             builder = builder
                 .with_endpoint(endpoint)
@@ -149,20 +170,62 @@ impl S3Backend {
             location: format!("s3://{bucket}/{prefix}"),
             message: e.to_string(),
         })?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("comfix-s3")
-            .enable_all()
-            .build()
-            .map_err(io("the S3 client's runtime"))?;
-        Ok(S3Backend {
-            client,
-            runtime,
-            bucket,
+        let client = Arc::new(client);
+        let mut shown = format!("s3://{bucket}");
+        if !prefix.is_empty() {
+            shown = format!("{shown}/{prefix}");
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            shown = format!("{shown} at {endpoint}");
+        }
+        Ok(ObjectBackend {
+            client: client.clone(),
+            multipart: Some(client),
+            runtime: runtime()?,
+            shown,
             prefix,
-            endpoint: settings.endpoint,
             stall: stall_timeout(),
         })
+    }
+
+    /// `https://HOST/PATH` (or `http://`): a cache a static server serves, read-only. What it
+    /// serves is trusted only as far as its signatures go, as from any cache.
+    pub fn open_http(location: &str) -> Result<ObjectBackend, ClosureError> {
+        let url = url::Url::parse(location).map_err(|e| ClosureError::Foreign {
+            reason: format!("`{location}` is not an `https://HOST/PATH` URL: {e}"),
+        })?;
+        let mut shown = url.clone();
+        let _ = shown.set_password(None);
+        let _ = shown.set_username("");
+        let client = HttpBuilder::new()
+            .with_url(location.trim_end_matches('/'))
+            .with_retry(retry())
+            .with_client_options(client_options().with_allow_http(url.scheme() == "http"))
+            .build()
+            .map_err(|e| ClosureError::Remote {
+                location: shown.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(ObjectBackend {
+            client: Arc::new(client),
+            multipart: None,
+            runtime: runtime()?,
+            shown: shown.to_string().trim_end_matches('/').to_string(),
+            prefix: String::new(),
+            stall: stall_timeout(),
+        })
+    }
+
+    /// The bucket's multipart uploads, or why there are none.
+    fn multipart(&self) -> Result<&dyn MultipartStore, ClosureError> {
+        self.multipart.as_deref().ok_or_else(|| self.read_only())
+    }
+
+    fn read_only(&self) -> ClosureError {
+        self.remote(
+            "an HTTP(S) cache is read-only: write to the directory or bucket it serves \
+             (`comfix store copy --to DIR`), then publish that",
+        )
     }
 
     fn path(&self, key: &str) -> Path {
@@ -308,19 +371,13 @@ fn ini_section(
     Ok(found)
 }
 
-impl Backend for S3Backend {
+impl Backend for ObjectBackend {
     fn location(&self) -> String {
-        let mut at = format!("s3://{}", self.bucket);
-        if !self.prefix.is_empty() {
-            at = format!("{at}/{}", self.prefix);
-        }
-        match &self.endpoint {
-            Some(endpoint) => format!("{at} at {endpoint}"),
-            None => at,
-        }
+        self.shown.clone()
     }
 
     fn prepare(&self) -> Result<(), ClosureError> {
+        self.multipart()?;
         Ok(()) // an object store has no directories
     }
 
@@ -337,6 +394,7 @@ impl Backend for S3Backend {
     }
 
     fn write(&self, key: &str, bytes: Vec<u8>) -> Result<(), ClosureError> {
+        self.multipart()?;
         // One PUT: an object is whole or absent.
         self.block_on(self.client.put(&self.path(key), PutPayload::from(bytes)))
             .map_err(|e| self.remote(e))?;
@@ -364,6 +422,7 @@ impl Backend for S3Backend {
     }
 
     fn delete(&self, key: &str) -> Result<(), ClosureError> {
+        self.multipart()?;
         match self.block_on(self.client.delete(&self.path(key))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.remote(e)),
@@ -376,6 +435,7 @@ impl Backend for S3Backend {
         work: &FsPath,
         produce: &mut dyn FnMut(&mut dyn Write) -> Result<(), ClosureError>,
     ) -> Result<u64, ClosureError> {
+        self.multipart()?;
         let dir = work.join("uploads");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let id = blake3::hash(format!("{}\n{key}", self.location()).as_bytes()).to_hex();
@@ -436,7 +496,7 @@ struct JournalPart {
 /// Writes an object as it is produced: a single PUT when it stays under one part, else a
 /// multipart upload, part by part.
 struct PartWriter<'a> {
-    backend: &'a S3Backend,
+    backend: &'a ObjectBackend,
     path: Path,
     journal_path: PathBuf,
     journal: Option<Journal>,
@@ -472,7 +532,7 @@ impl PartWriter<'_> {
         let digest = blake3::hash(&bytes).to_hex().to_string();
         if self.journal.is_none() {
             let id = backend
-                .block_on(backend.client.create_multipart(&self.path))
+                .block_on(backend.multipart()?.create_multipart(&self.path))
                 .map_err(|e| backend.remote(e))?;
             self.journal = Some(Journal {
                 object: self.path.to_string(),
@@ -494,7 +554,7 @@ impl PartWriter<'_> {
             journal.parts.truncate(index);
         }
         let upload_id = journal.upload_id.clone();
-        let part = backend.block_on_sending(backend.client.put_part(
+        let part = backend.block_on_sending(backend.multipart()?.put_part(
             &self.path,
             &upload_id,
             index,
@@ -536,7 +596,7 @@ impl PartWriter<'_> {
             self.send_part(last)?;
         }
         let journal = self.journal.clone().expect("a multipart upload");
-        let done = backend.block_on(backend.client.complete_multipart(
+        let done = backend.block_on(backend.multipart()?.complete_multipart(
             &self.path,
             &journal.upload_id,
             self.parts.clone(),
@@ -574,7 +634,7 @@ impl Write for PartWriter<'_> {
 /// Reads an object as a stream of ranged GETs of the same version (its ETag), taking up a
 /// broken transfer where it stopped.
 struct ObjectReader<'a> {
-    backend: &'a S3Backend,
+    backend: &'a ObjectBackend,
     path: Path,
     size: u64,
     etag: Option<String>,
@@ -710,10 +770,10 @@ mod tests {
     #[test]
     fn locations_name_a_bucket_and_known_settings() {
         for bad in ["s3:///prefix", "s3://b/p?token=x", "http://b/p"] {
-            assert!(S3Backend::open(bad).is_err(), "{bad}");
+            assert!(ObjectBackend::open(bad).is_err(), "{bad}");
         }
         let backend =
-            S3Backend::open("s3://team-cache/comfix/?endpoint=http://127.0.0.1:9").unwrap();
+            ObjectBackend::open("s3://team-cache/comfix/?endpoint=http://127.0.0.1:9").unwrap();
         assert_eq!(
             backend.location(),
             "s3://team-cache/comfix at http://127.0.0.1:9"

@@ -91,7 +91,7 @@ pub enum StoreCommand {
             required_unless_present = "from"
         )]
         to: Option<String>,
-        /// The cache to read
+        /// The cache to read (as --to, or `https://HOST/PATH`: a cache a static server serves)
         #[arg(long, value_name = "URL")]
         from: Option<String>,
         /// With `--to`: how many archives to send at once

@@ -61,8 +61,8 @@ impl Config {
 /// Binary caches asked before fetching, and the keys what they give must be signed by.
 #[derive(Debug, Clone, Args)]
 pub struct SubstituteArgs {
-    /// A binary cache asked for a path before it is fetched (`s3://BUCKET/PREFIX`, `file://DIR`
-    /// or `DIR`; repeatable; space-separated in the variable; the config file's `substituters`
+    /// A binary cache asked for a path before it is fetched (`s3://BUCKET/PREFIX`,
+    /// `https://HOST/PATH`, `file://DIR` or `DIR`; repeatable; space-separated in the variable; the config file's `substituters`
     /// too)
     #[arg(
         long = "substituter",

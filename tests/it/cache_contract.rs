@@ -463,3 +463,114 @@ fn a_cache_that_hangs_is_passed_over_within_the_stall_timeout(kind: &str) {
     fails_with(&out, expected);
     assert!(took < std::time::Duration::from_secs(45), "took {took:?}");
 }
+
+/// A cache directory served by a plain static HTTPS server (a private CA, as `SSL_CERT_FILE`
+/// names it) realizes a signed version in an empty store with every upstream gone: each path
+/// substituted from the `https://` URL; an archive whose transfer breaks midway is taken up again
+/// at the byte it stopped at (`Range`). A cache signed by a key the store does not trust, or
+/// missing an archive, gives nothing: the realize fails and the store holds nothing unverified.
+#[test]
+fn a_static_https_server_serves_a_cache() {
+    use crate::support::http::Route;
+    use crate::support::tls::TestCa;
+
+    let mut t = Team::new("directory");
+    let (secret, public) = key(&t.w, "team-1");
+    let (_, stranger) = key(&t.w, "stranger");
+    t.push("team", &["--sign-key", secret.to_str().unwrap()]);
+    let ca = TestCa::new();
+    let pem = ca.write_pem(&t.w.env.path("ca.pem"));
+    let server = TestServer::start_tls(ca.server.clone());
+    let model = t.model_path();
+    let entry: Value =
+        serde_json::from_slice(&t.backend.get("team", &format!("paths/{model}.json"))).unwrap();
+    let model_archive = entry["archive"].as_str().unwrap().to_string();
+    let files: Vec<(String, Vec<u8>)> = t
+        .backend
+        .keys("team")
+        .into_iter()
+        .map(|key| {
+            let bytes = t.backend.get("team", &key);
+            (key, bytes)
+        })
+        .collect();
+    let serve = |server: &TestServer, skip: Option<&str>| {
+        for (key, bytes) in &files {
+            let mut route = Route::file(bytes.clone());
+            if *key == model_archive {
+                route.drop_after = Some(bytes.len() as u64 / 2);
+            }
+            if Some(key.as_str()) == skip {
+                route = Route {
+                    status: 404,
+                    ..Route::file(Vec::new())
+                };
+            }
+            server.route(&format!("/team/{key}"), route);
+        }
+    };
+    serve(&server, None);
+    t.cut_upstream();
+    let url = server.url("/team");
+    let realize = |store: &Path, trusted: &str| {
+        t.cmd(store)
+            .env("SSL_CERT_FILE", &pem)
+            .arg("--json")
+            .args(["realize", "v1", "--target"])
+            .arg(
+                t.w.env
+                    .path(&format!("home-{}", store.display().to_string().len())),
+            )
+            .args(["--substituter", &url, "--trusted-key", trusted])
+            .output()
+            .unwrap()
+    };
+
+    // Signed by a key it does not trust: nothing taken.
+    let store = t.w.env.path("store-stranger");
+    let out = realize(&store, &stranger);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        !registered(&t.w, &store).contains(&model),
+        "an untrusted path was registered"
+    );
+
+    let store = t.w.env.path("store-b");
+    let out = ok(realize(&store, &public));
+    let report = json_of(&out);
+    for d in report["derivations"].as_array().unwrap() {
+        if d["kind"] == "fetch-model" {
+            assert_eq!(d["outcome"], "substituted", "{d}");
+            assert!(d["from"].as_str().unwrap().starts_with(&url), "{d}");
+        }
+    }
+    let ranged = server
+        .requests_to(&format!("/team/{model_archive}"))
+        .iter()
+        .any(|r| r.headers.contains_key("range"));
+    assert!(ranged, "the broken transfer was not resumed by range");
+    assert_store_whole(&t.w, &store);
+
+    // An archive the server lacks: that path is not taken, nothing half-registered.
+    let server = TestServer::start_tls(ca.server.clone());
+    serve(&server, Some(&model_archive));
+    let store = t.w.env.path("store-c");
+    let url_c = server.url("/team");
+    let out = t
+        .cmd(&store)
+        .env("SSL_CERT_FILE", &pem)
+        .args(["realize", "v1", "--target"])
+        .arg(t.w.env.path("home-c"))
+        .args(["--substituter", &url_c, "--trusted-key", &public])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(!registered(&t.w, &store).contains(&model));
+    t.cmd(&store).args(["store", "verify"]).ok();
+
+    // Read-only: a push to it is refused, saying so.
+    t.cmd(&t.w.env.store)
+        .env("SSL_CERT_FILE", &pem)
+        .args(["store", "copy", "--to", &url, "v1"])
+        .fails_with("read-only");
+}
