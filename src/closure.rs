@@ -1074,50 +1074,73 @@ fn write_workflows(
     report: &mut ImportReport,
 ) -> Result<(), ClosureError> {
     for lock in &report.locks {
-        for workflow in &lock.workflows {
-            // Its path stays in `dir`: checked with the lock, before any path was registered.
-            let rel = Path::new(&workflow.path);
-            let stored = store.path_of(&workflow.store_path);
-            let source = if stored.is_dir() {
-                fs::read_dir(&stored)
-                    .map_err(io(&stored))?
-                    .flatten()
-                    .map(|e| e.path())
-                    .find(|p| p.is_file())
-                    .ok_or_else(|| {
-                        damaged(format!("`{}` holds no workflow file", workflow.store_path))
-                    })?
-            } else {
-                stored
-            };
-            let bytes = fs::read(&source).map_err(io(&source))?;
-            let path = dir.join(rel);
-            match fs::symlink_metadata(&path) {
-                Ok(_) => {
-                    if fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
-                        tracing::warn!(
-                            "kept `{}`, which differs from the workflow `{}` imported with `{}` (the version's tests use the imported one from the store)",
-                            path.display(),
-                            workflow.path,
-                            lock.version_id
-                        );
-                    }
-                }
-                Err(_) => {
-                    let parent = path.parent().unwrap_or(dir);
-                    fs::create_dir_all(parent).map_err(io(parent))?;
-                    let mut file = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&path)
-                        .map_err(io(&path))?;
-                    file.write_all(&bytes).map_err(io(&path))?;
-                }
-            }
-            report.spec_files.push(path);
-        }
+        let written = write_workflow_files(store, lock, dir)?;
+        report.spec_files.extend(written);
     }
     Ok(())
+}
+
+/// `lock`'s workflow files (their store paths valid), written where its spec names them in
+/// `dir`, the spec's directory; a file already there is kept (warned about when it differs).
+/// The paths written or kept.
+pub fn write_workflow_files(
+    store: &Store,
+    lock: &Lock,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ClosureError> {
+    let mut out = Vec::new();
+    for workflow in &lock.workflows {
+        let rel = Path::new(&workflow.path);
+        if workflow.path.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(ClosureError::Unsafe {
+                entry: lock.version_id.clone(),
+                reason: format!(
+                    "workflow path `{}` leaves the versions directory",
+                    workflow.path
+                ),
+            });
+        }
+        let stored = store.path_of(&workflow.store_path);
+        let source = if stored.is_dir() {
+            fs::read_dir(&stored)
+                .map_err(io(&stored))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.is_file())
+                .ok_or_else(|| {
+                    damaged(format!("`{}` holds no workflow file", workflow.store_path))
+                })?
+        } else {
+            stored
+        };
+        let bytes = fs::read(&source).map_err(io(&source))?;
+        let path = dir.join(rel);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => {
+                if fs::read(&path).ok().as_deref() != Some(&bytes[..]) {
+                    tracing::warn!(
+                        "kept `{}`, which differs from the workflow `{}` imported with `{}` (the version's tests use the imported one from the store)",
+                        path.display(),
+                        workflow.path,
+                        lock.version_id
+                    );
+                }
+            }
+            Err(_) => {
+                let parent = path.parent().unwrap_or(dir);
+                fs::create_dir_all(parent).map_err(io(parent))?;
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(io(&path))?;
+                file.write_all(&bytes).map_err(io(&path))?;
+            }
+        }
+        out.push(path);
+    }
+    Ok(out)
 }
 
 /// Each version's spec and lock (checked by [`check_versions`]), written beside each other

@@ -29,6 +29,11 @@ pub enum SignError {
         version_id: String,
         signed_by: Vec<String>,
     },
+    #[error("The channel `{channel}` is not signed by a trusted key{}", signers(.signed_by))]
+    UntrustedChannel {
+        channel: String,
+        signed_by: Vec<String>,
+    },
     #[error("`{name}` is input-addressed (its name does not come from its bytes) and not signed by a trusted key: unsigned, nothing can vouch for it")]
     UnsignedInputAddressed { name: String },
     #[error("Cannot read random bytes for a key: {0}")]
@@ -46,7 +51,9 @@ fn signers(names: &[String]) -> String {
 impl Hint for SignError {
     fn hint(&self) -> Option<String> {
         match self {
-            SignError::Untrusted { .. } | SignError::UntrustedVersion { .. } => Some(
+            SignError::Untrusted { .. }
+            | SignError::UntrustedVersion { .. }
+            | SignError::UntrustedChannel { .. } => Some(
                 "trust the key that signs the cache (`--trusted-key NAME:KEY`, `COMFIX_TRUSTED_KEYS` or `trusted-keys` in the config file), sign when copying (`--sign-key`), or accept unsigned paths with `--no-check-sigs` (digests are checked either way)".into(),
             ),
             SignError::BadKey { .. } => Some(
@@ -246,6 +253,23 @@ impl Trust {
         }
         Err(SignError::UntrustedVersion {
             version_id: version_id.to_string(),
+            signed_by: key_names(signatures),
+        })
+    }
+
+    /// Whether a channel's pointer (its fingerprint, [`crate::cache::channel`]) may be followed:
+    /// a trusted key signed it, or signatures are waived.
+    pub fn check_channel(
+        &self,
+        channel: &str,
+        fingerprint: &str,
+        signatures: &[String],
+    ) -> Result<(), SignError> {
+        if self.accept_unsigned || self.signed(fingerprint, signatures) {
+            return Ok(());
+        }
+        Err(SignError::UntrustedChannel {
+            channel: channel.to_string(),
             signed_by: key_names(signatures),
         })
     }

@@ -32,7 +32,7 @@ impl Backend for DirBackend {
     }
 
     fn prepare(&self) -> Result<(), ClosureError> {
-        for dir in ["paths", "archives", "tmp"] {
+        for dir in ["paths", "archives", "channels", "tmp"] {
             let at = self.root.join(dir);
             fs::create_dir_all(&at).map_err(io(&at))?;
         }

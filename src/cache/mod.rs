@@ -11,6 +11,7 @@
 //! derivation's output before the executor fetches or builds it; what it gives is verified (tree
 //! hash, name, signatures) before it is registered, its references first.
 
+pub mod channel;
 pub mod dir;
 pub mod s3;
 

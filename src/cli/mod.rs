@@ -6,6 +6,7 @@
 
 mod adopt;
 mod cache;
+mod channel;
 mod closure;
 mod diff;
 mod edit;
@@ -115,6 +116,19 @@ pub enum Command {
         after_help = "Examples:\n  comfix cache prune s3://team-cache/comfix --keep-versions wan22 --dry-run"
     )]
     Cache(cache::CacheCommand),
+    /// Channels: a signed pointer in a cache to a version, which machines follow
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix channel publish s3://team-cache/comfix prod wan22 --sign-key ci.secret"
+    )]
+    Channel(channel::ChannelCommand),
+    /// Realize the version a cache's channel points at into a home; with --test, keep the new
+    /// generation only when its workflows pass (else go back, exit 1). Run it on a timer or at a
+    /// worker's start
+    #[command(
+        after_help = "Examples:\n  comfix follow s3://team-cache/comfix prod --target /workspace/comfy --test -- --cpu\n  comfix follow https://cache.example.com/comfix staging --trusted-key \"$(cat ci.public)\""
+    )]
+    Follow(channel::FollowArgs),
     /// Signing keys for caches and exported closures
     #[command(subcommand)]
     #[command(after_help = "Examples:\n  comfix key generate --name team-cache-1")]
@@ -281,6 +295,8 @@ pub fn main() -> i32 {
         Command::Import(args) => closure::import(args, &context),
         Command::Key(command) => trust::key(command, &context),
         Command::Cache(command) => cache::run(command, &context),
+        Command::Channel(command) => channel::run(command, &context),
+        Command::Follow(args) => channel::follow(args, &context),
         Command::Snapshot(args) => adopt::snapshot(args, &context),
         Command::VerifyModels(args) => adopt::verify_models(args, &context),
         Command::Run(args) => run::run(args, &context),

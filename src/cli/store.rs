@@ -514,17 +514,26 @@ pub(super) fn copy_roots(store: &Store, target: &str) -> anyhow::Result<Vec<Stri
         id: target.to_string(),
         path: lock_path.clone(),
     })?;
+    version_paths(store, &lock)
+}
+
+/// Every path `lock` pins, with the venv (and torch overlay) this store built for it: what a
+/// cache needs to give the version to another machine.
+pub(super) fn version_paths(
+    store: &Store,
+    lock: &crate::lock::Lock,
+) -> anyhow::Result<Vec<String>> {
     let mut names: Vec<String> = lock.store_paths().iter().map(|s| s.to_string()).collect();
     // The machine's configured torch backend, if any (`store copy` takes no flag for it).
     let torch = super::realize::TorchArgs::default();
-    match super::closure::machine_paths(store, &lock, &torch) {
+    match super::closure::machine_paths(store, lock, &torch) {
         Ok((venv, extra)) => {
             names.extend(venv);
             names.extend(extra);
         }
         Err(e) => {
             tracing::warn!("copying the lock's paths and its venv only: {e:#}");
-            names.extend(super::closure::venv_of(store, &lock));
+            names.extend(super::closure::venv_of(store, lock));
         }
     }
     Ok(names)

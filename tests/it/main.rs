@@ -5,6 +5,7 @@ mod support;
 
 mod adopt;
 mod cache_contract;
+mod channels;
 mod cli;
 mod closure;
 mod gc;

@@ -1,0 +1,135 @@
+//! Channels: CI publishes a signed pointer to a version into a cache; a machine follows it,
+//! switching its home only to a version whose workflows pass, and going back when they fail.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn generate_key(rig: &Rig, name: &str) -> (PathBuf, String) {
+    let dir = rig.env.path("keys");
+    let out = rig
+        .cmd()
+        .args(["key", "generate", "--name", name, "--dir"])
+        .arg(&dir)
+        .ok();
+    (
+        dir.join(format!("{name}.secret")),
+        stdout(&out).trim().to_string(),
+    )
+}
+
+fn publish(rig: &Rig, cache: &Path, id: &str, secret: &Path) {
+    rig.cmd()
+        .args(["channel", "publish"])
+        .arg(cache)
+        .args(["prod", id, "--sign-key"])
+        .arg(secret)
+        .ok();
+}
+
+/// A follower: its own store, home and versions folder; the publisher's upstreams still there.
+struct Follower {
+    store: PathBuf,
+    home: PathBuf,
+    versions: PathBuf,
+}
+
+impl Follower {
+    fn cmd(&self, rig: &Rig) -> Command {
+        let mut cmd = rig.env.cmd_without_store();
+        cmd.arg("--store").arg(&self.store).env("TMPDIR", &rig.tmp);
+        cmd
+    }
+
+    fn follow(&self, rig: &Rig, cache: &Path, key: &str, extra: &[&str]) -> Output {
+        self.cmd(rig)
+            .args(["--json", "follow"])
+            .arg(cache)
+            .arg("prod")
+            .arg("--target")
+            .arg(&self.home)
+            .arg("--versions-dir")
+            .arg(&self.versions)
+            .args(["--trusted-key", key])
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    fn version(&self, rig: &Rig) -> String {
+        let out = self
+            .cmd(rig)
+            .args(["--json", "status", "--target"])
+            .arg(&self.home)
+            .ok();
+        json_of(&out)["version_id"].as_str().unwrap().to_string()
+    }
+}
+
+/// `follow --test` realizes the channel's version in a new store and keeps it (its workflows
+/// pass); again, it is up to date. A version whose workflows fail is realized, tested, and gone
+/// back from (exit 1), the home at the version before; without `--test` it is switched to. A
+/// channel signed by a key the follower does not trust is not followed.
+#[test]
+fn follow_switches_to_versions_whose_workflows_pass_and_goes_back_otherwise() {
+    let rig = Rig::new();
+    let (secret, public) = generate_key(&rig, "ci");
+    let (_, stranger) = generate_key(&rig, "stranger");
+    let cache = rig.env.path("cache");
+    publish(&rig, &cache, "v1", &secret);
+    let f = Follower {
+        store: rig.env.path("store-f"),
+        home: rig.env.path("home-f"),
+        versions: rig.env.path("follower-versions"),
+    };
+
+    let out = f.follow(&rig, &cache, &stranger, &["--test"]);
+    fails_with(&out, "is not signed by a trusted key");
+    assert!(!f.home.exists(), "an untrusted channel was followed");
+
+    let out = f.follow(&rig, &cache, &public, &["--test"]);
+    let report = json_of(&ok(out));
+    assert_eq!(report["outcome"], "switched", "{report}");
+    assert_eq!(report["version_id"], "v1");
+    assert_eq!(report["tested"], true);
+    assert_eq!(
+        fs::read(f.home.join("models/checkpoints/tiny.safetensors")).unwrap(),
+        b"model bytes".repeat(100)
+    );
+    assert!(f.versions.join("v1.lock.json").is_file());
+    let first = report["generation"].as_u64().unwrap();
+
+    let again = json_of(&ok(f.follow(&rig, &cache, &public, &["--test"])));
+    assert_eq!(again["outcome"], "up-to-date", "{again}");
+    assert_eq!(again["generation"].as_u64().unwrap(), first);
+
+    // v2: the same version with a workflow that needs a node nobody has.
+    let versions = rig.env.work.join("versions");
+    fs::write(
+        versions.join("workflows/bad.json"),
+        empty_then("NoSuchNode", json!({})).to_string(),
+    )
+    .unwrap();
+    let mut spec: Value = read_json(&versions.join("v1.json"));
+    spec["version_id"] = "v2".into();
+    spec["workflows"] = json!(["workflows/bad.json"]);
+    fs::write(versions.join("v2.json"), spec.to_string()).unwrap();
+    rig.cmd().args(["resolve", "v2"]).ok();
+    publish(&rig, &cache, "v2", &secret);
+
+    let out = f.follow(&rig, &cache, &public, &["--test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = json_of(&out);
+    assert_eq!(report["outcome"], "rolled-back", "{report}");
+    assert_eq!(report["tested"], false);
+    assert_eq!(report["generation"].as_u64().unwrap(), first);
+    assert_eq!(f.version(&rig), "v1");
+
+    let report = json_of(&ok(f.follow(&rig, &cache, &public, &[])));
+    assert_eq!(report["outcome"], "switched", "{report}");
+    assert_eq!(f.version(&rig), "v2");
+}
