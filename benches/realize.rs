@@ -203,6 +203,7 @@ fn bench(c: &mut Criterion) {
         not_fetched: Vec::new(),
         check: false,
         torch: None,
+        in_place: Default::default(),
     };
     let mut group = c.benchmark_group("realize");
     group.sample_size(20);

@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
         not_fetched: Vec::new(),
         check: false,
         torch: None,
+        in_place: Default::default(),
     };
     realize::realize(&store, &lock, &options).unwrap();
     let core_dir = home.join("ComfyUI/");

@@ -3,6 +3,7 @@
 //! this machine). `cli/` parses arguments into [`Settings`], opens a [`Session`] and prints what
 //! it returns; benches and other programs can do the same without the binary.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -160,6 +161,27 @@ pub struct Realization<'a> {
     pub skip_models: bool,
     /// Fail instead of writing or changing the lock.
     pub frozen: bool,
+    /// Link the lock's models that an indexed folder holds where they lie (`--models-in-place`)
+    /// instead of taking them into the store.
+    pub models_in_place: bool,
+}
+
+/// The lock's models that a file of the models index holds, unchanged since it was hashed: what
+/// `--models-in-place` links where they lie (by the model's store path).
+pub fn in_place_models(
+    store: &Store,
+    lock: &Lock,
+) -> Result<BTreeMap<String, crate::realize::InPlaceFile>> {
+    let mut out = BTreeMap::new();
+    for model in &lock.models {
+        if let Some((path, stamp)) =
+            crate::fetch::indexed::holding(store, &model.blake3, model.size)?
+        {
+            let file = crate::realize::InPlaceFile::new(path, model.blake3.clone(), &stamp);
+            out.insert(model.store_path.clone(), file);
+        }
+    }
+    Ok(out)
 }
 
 impl Session {
@@ -229,10 +251,25 @@ impl Session {
         skip_models: bool,
         spec_dir: PathBuf,
     ) -> Result<(Lock, Vec<ItemReport>)> {
+        self.resolve_leaving_out(spec, old, update, skip_models, spec_dir, BTreeSet::new())
+    }
+
+    /// [`Session::resolve`], fetching nothing for the store paths `left_out` (models linked
+    /// where they lie).
+    fn resolve_leaving_out(
+        &self,
+        spec: &Spec,
+        old: Option<&Lock>,
+        update: &Update,
+        skip_models: bool,
+        spec_dir: PathBuf,
+        left_out: BTreeSet<String>,
+    ) -> Result<(Lock, Vec<ItemReport>)> {
         let python = crate::python::PythonSettings {
             wheels_dir: self.settings.wheels_dir.clone(),
         };
-        let resolver = Resolver::new(self.executor.clone(), skip_models, python, spec_dir);
+        let mut resolver = Resolver::new(self.executor.clone(), skip_models, python, spec_dir);
+        resolver.left_out = left_out;
         Ok(self.runtime.block_on(resolver.resolve(spec, old, update))?)
     }
 
@@ -292,8 +329,20 @@ impl Session {
         let store = self.store();
         // A home moved or copied here keeps its earlier generations alive.
         crate::realize::reroot(store, &r.target)?;
-        let (mut lock, _items) =
-            self.resolve(spec, r.old, &Update::Nothing, r.skip_models, r.loaded.dir())?;
+        // Models linked where they lie are not taken into the store: found from the lock as it
+        // is (a model the resolve pins anew is fetched as usual).
+        let in_place = match (r.models_in_place && !r.skip_models, r.old) {
+            (true, Some(old)) => in_place_models(store, old)?,
+            _ => BTreeMap::new(),
+        };
+        let (mut lock, _items) = self.resolve_leaving_out(
+            spec,
+            r.old,
+            &Update::Nothing,
+            r.skip_models,
+            r.loaded.dir(),
+            in_place.keys().cloned().collect(),
+        )?;
         if !r.old.is_some_and(|o| o.same_as(&lock)) {
             if r.frozen {
                 return Err(SessionError::FrozenStale(vec![
@@ -308,7 +357,11 @@ impl Session {
         crate::fault::pause_point("realize-resolved");
         // The machine's backend, over the lock in memory: what is written above stays shared.
         let torch = self.apply_torch(&mut lock)?;
-        let (plan, venv) = self.run_plan(spec, &mut lock, r.skip_models)?;
+        let in_place: BTreeMap<_, _> = in_place
+            .into_iter()
+            .filter(|(path, _)| lock.models.iter().any(|m| m.store_path == *path))
+            .collect();
+        let (plan, venv) = self.run_plan(spec, &mut lock, r.skip_models, &in_place)?;
         let not_fetched: Vec<String> = if r.skip_models {
             Vec::new()
         } else {
@@ -330,6 +383,7 @@ impl Session {
             not_fetched,
             check: false,
             torch,
+            in_place,
         };
         // The home, last: a derivation like the others, now that what to assemble is known.
         let mut home = plan.last().expect("a plan ends with its home").clone();
@@ -371,6 +425,7 @@ impl Session {
         spec: &Spec,
         lock: &mut Lock,
         skip_models: bool,
+        in_place: &BTreeMap<String, crate::realize::InPlaceFile>,
     ) -> Result<(Vec<Derivation>, Option<String>)> {
         let executor = &self.executor;
         // The venv's name depends on uv and the interpreter: they come first.
@@ -382,7 +437,11 @@ impl Session {
             }
             None => None,
         };
-        let plan = crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
+        let plan: Vec<Derivation> =
+            crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models)
+                .into_iter()
+                .filter(|d| !d.output.as_ref().is_some_and(|o| in_place.contains_key(o)))
+                .collect();
         self.runtime.block_on(executor.run(&plan))?;
         let outcomes = executor.outcomes(&plan);
         let outcome_of = |d: &Derivation| outcomes.iter().find(|o| o.id == d.id);

@@ -38,6 +38,10 @@ pub struct RealizeArgs {
     /// Fail instead of writing or changing the lock
     #[arg(long)]
     pub frozen: bool,
+    /// Link the lock's models that an indexed folder holds (`comfix models index`) where they
+    /// lie instead of copying them into the store; re-checked by stat tuple on every realize
+    #[arg(long)]
+    pub models_in_place: bool,
     #[command(flatten)]
     pub session: super::resolve::SessionArgs,
     /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
@@ -200,6 +204,7 @@ fn realize_loaded(
         link_mode: args.link_mode,
         skip_models: args.skip_models || spec.options.skip_models,
         frozen: args.frozen,
+        models_in_place: args.models_in_place,
     })?)
 }
 
@@ -332,6 +337,10 @@ fn check(
         not_fetched: Vec::new(),
         check: true,
         torch,
+        in_place: match args.models_in_place && !skip_models {
+            true => session::in_place_models(&store, &lock)?,
+            false => Default::default(),
+        },
     };
     let report = realize::realize(&store, &lock, &options)?;
     if context.json {

@@ -33,6 +33,9 @@ pub struct VersionHome {
     /// Fail instead of writing or changing the lock when realizing
     #[arg(long)]
     pub frozen: bool,
+    /// Link models an indexed folder holds where they lie when realizing (as `realize`)
+    #[arg(long)]
+    pub models_in_place: bool,
     #[command(flatten)]
     pub substitute: super::trust::SubstituteArgs,
     #[command(flatten)]
@@ -60,6 +63,7 @@ impl VersionHome {
             skip_models: false,
             link_mode: LinkMode::Auto,
             frozen: self.frozen,
+            models_in_place: self.models_in_place,
             session: super::resolve::SessionArgs {
                 offline: self.offline,
                 jobs: 4,

@@ -14,10 +14,23 @@ pub fn write(
     without_models: bool,
     extra: &[String],
 ) -> Result<String, StoreError> {
+    let is_model = |p: &str| without_models && lock.models.iter().any(|m| m.store_path == p);
+    write_leaving_out(store, name, lock, &is_model, extra)
+}
+
+/// [`write`], referencing the lock's paths but those `left_out` says (models the store need not
+/// hold: skipped, or linked where they lie).
+pub fn write_leaving_out(
+    store: &Store,
+    name: &str,
+    lock: &Lock,
+    left_out: &dyn Fn(&str) -> bool,
+    extra: &[String],
+) -> Result<String, StoreError> {
     let mut references: Vec<String> = lock
         .store_paths()
         .into_iter()
-        .filter(|p| !without_models || !lock.models.iter().any(|m| m.store_path == *p))
+        .filter(|p| !left_out(p))
         .map(str::to_string)
         .collect();
     references.extend(extra.iter().cloned());

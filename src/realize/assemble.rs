@@ -75,6 +75,7 @@ impl<'a> Assembly<'a> {
             store_path: store_path.to_string(),
             kind: kind.into(),
             mode,
+            in_place: None,
         });
     }
 
@@ -202,6 +203,7 @@ impl<'a> Assembly<'a> {
         lock: &Lock,
         models_root: &Path,
         local_models: bool,
+        in_place: &BTreeMap<String, super::InPlaceFile>,
     ) -> Result<BTreeSet<String>, RealizeError> {
         fs::create_dir_all(models_root).map_err(io(models_root))?;
         let mut folders = BTreeSet::new();
@@ -230,14 +232,23 @@ impl<'a> Assembly<'a> {
                 }
                 fs::remove_file(&at).map_err(io(&at))?;
             }
-            let mode = link::model(&self.linker, &self.store.path_of(&model.store_path), &at)?;
-            self.digests
-                .extend(verified(self.store, &model.store_path, &at, mode)?);
             let recorded = if local_models {
                 format!("models/{rel}")
             } else {
                 at.display().to_string()
             };
+            // Where it lies, in an indexed folder: a link to the user's file.
+            if let Some(file) = in_place.get(&model.store_path) {
+                std::os::unix::fs::symlink(&file.path, &at).map_err(io(&at))?;
+                self.mount(recorded, &model.store_path, "model", UsedMode::Symlink);
+                if let Some(mount) = self.mounts.last_mut() {
+                    mount.in_place = Some(file.clone());
+                }
+                continue;
+            }
+            let mode = link::model(&self.linker, &self.store.path_of(&model.store_path), &at)?;
+            self.digests
+                .extend(verified(self.store, &model.store_path, &at, mode)?);
             if local_models && matches!(mode, UsedMode::Copy | UsedMode::Reflink) {
                 self.placed
                     .push(Placed::of(recorded.clone(), &at).map_err(io(&at))?);

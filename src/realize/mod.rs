@@ -166,6 +166,45 @@ pub struct RealizeOptions {
     /// The machine's torch backend and its overlay's store path, when one was asked for (the
     /// lock given is then the overlaid one).
     pub torch: Option<TorchUsed>,
+    /// Models placed as links to files of the models index where they lie (`--models-in-place`),
+    /// by the lock's store path of the model (which the store then need not hold).
+    pub in_place: BTreeMap<String, InPlaceFile>,
+}
+
+/// A file of the models index a home links to where it lies, with the stat tuple it had when it
+/// was hashed: while the file keeps it, it holds the digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InPlaceFile {
+    pub path: PathBuf,
+    pub blake3: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl InPlaceFile {
+    pub fn new(path: PathBuf, blake3: String, stamp: &crate::store::db::FileStamp) -> InPlaceFile {
+        InPlaceFile {
+            path,
+            blake3,
+            dev: stamp.dev,
+            ino: stamp.ino,
+            size: stamp.size,
+            mtime_ns: stamp.mtime_ns,
+            ctime_ns: stamp.ctime_ns,
+        }
+    }
+
+    /// Its stat tuple (the link followed) is still the one recorded.
+    pub fn unchanged(&self) -> bool {
+        fs::metadata(&self.path).is_ok_and(|meta| {
+            let now = crate::store::db::FileStamp::of(&meta);
+            (now.dev, now.ino, now.size, now.mtime_ns, now.ctime_ns)
+                == (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
+        })
+    }
 }
 
 /// A torch backend a generation uses.
@@ -185,6 +224,10 @@ pub struct Mount {
     pub store_path: String,
     pub kind: String,
     pub mode: UsedMode,
+    /// A model linked where it lies in an indexed folder (its `store_path` is the lock's, which
+    /// the store need not hold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_place: Option<InPlaceFile>,
 }
 
 /// `generation.json`: what a generation is.
@@ -238,6 +281,15 @@ fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> 
     hasher.update(options.venv.as_deref().unwrap_or("").as_bytes());
     if let Some(torch) = &options.torch {
         hasher.update(torch.overlay.as_bytes());
+    }
+    for (store_path, file) in &options.in_place {
+        let text = format!(
+            "{store_path}\0{}\0{}\0{}",
+            file.path.display(),
+            file.ino,
+            file.ctime_ns
+        );
+        hasher.update(text.as_bytes());
     }
     hasher.finalize().to_hex()[..32].to_string()
 }
@@ -307,7 +359,7 @@ pub fn realize(
         fs::create_dir_all(&models_root).map_err(io(&models_root))?;
         BTreeSet::new()
     } else {
-        assembly.models(lock, &models_root, local_models)?
+        assembly.models(lock, &models_root, local_models, &options.in_place)?
     };
     if let Some(venv) = &options.venv {
         assembly.venv(venv)?;
@@ -346,7 +398,11 @@ pub fn realize(
             .cloned()
             .collect();
         let name = format!("home-{}", lock.version_id);
-        crate::lock::manifest::write(store, &name, lock, options.skip_models, &extra)?
+        let left_out = |path: &str| {
+            options.in_place.contains_key(path)
+                || (options.skip_models && lock.models.iter().any(|m| m.store_path == path))
+        };
+        crate::lock::manifest::write_leaving_out(store, &name, lock, &left_out, &extra)?
     };
     if store.is_read_only() {
         tracing::warn!(
@@ -420,6 +476,7 @@ fn protect_inputs(
         .store_paths()
         .into_iter()
         .filter(|p| !options.skip_models || !lock.models.iter().any(|m| m.store_path == *p))
+        .filter(|p| !options.in_place.contains_key(*p))
         .collect();
     store.protect(&used)?;
     if let Some(venv) = &options.venv {

@@ -279,11 +279,27 @@ pub(super) fn drift(
         }
     }
     for mount in &generation.mounts {
-        if mount.kind == "model"
-            && !mount.at.starts_with('/')
-            && fs::symlink_metadata(dir.join(&mount.at)).is_err()
+        let at = match mount.at.starts_with('/') {
+            true => PathBuf::from(&mount.at),
+            false => dir.join(&mount.at),
+        };
+        if mount.kind == "model" && !mount.at.starts_with('/') && fs::symlink_metadata(&at).is_err()
         {
             missing.push(mount.at.clone());
+            continue;
+        }
+        // A model linked where it lies: the link still leads to the file, the file still has
+        // the stat tuple it was hashed with (and, checking contents, the digest).
+        if let Some(file) = &mount.in_place {
+            let linked = fs::read_link(&at).is_ok_and(|to| to == file.path);
+            let same = linked
+                && file.unchanged()
+                && (!check_contents
+                    || crate::store::tree::hash_file(&file.path, file.size)
+                        .is_ok_and(|d| blake3::Hash::from(d).to_hex().as_str() == file.blake3));
+            if !same {
+                changed.push(mount.at.clone());
+            }
         }
     }
     changed.sort();

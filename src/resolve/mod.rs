@@ -125,6 +125,8 @@ pub struct Resolver {
     pub spec_dir: std::path::PathBuf,
     /// Runs the derivations of what is pinned (and remembers what it ran).
     pub executor: Arc<Executor>,
+    /// Store paths of the lock not to fetch (models a home links where they lie).
+    pub left_out: std::collections::BTreeSet<String>,
 }
 
 impl Resolver {
@@ -139,6 +141,7 @@ impl Resolver {
             python,
             spec_dir,
             executor,
+            left_out: Default::default(),
         }
     }
 
@@ -155,6 +158,7 @@ impl Resolver {
             crate::derive::derivations(spec, Some(&lock), None, self.skip_models)
                 .into_iter()
                 .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
+                .filter(|d| !d.output.as_ref().is_some_and(|o| self.left_out.contains(o)))
                 .collect();
         if let Err(err) = self.executor.run(&fetches).await {
             Partial::of(&lock).save(&self.executor.store);

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::support::world::*;
 use crate::support::*;
@@ -250,4 +250,80 @@ fn changed_files_and_wrong_blobs_are_never_used() {
     assert_eq!(report["forgotten"], 1, "{report}");
     let again = index(&w, &store, &[]);
     assert_eq!(again["hashed"], 0, "{again}");
+}
+
+/// `realize --models-in-place`: the lock's models that indexed folders hold are linked where they
+/// lie — nothing downloaded, nothing copied into the store — and the home survives `gc`; `status`
+/// checks each file by its stat tuple (by its digest with `--check-contents`); a file edited in
+/// place is not used again: the next realize takes the model into the store.
+#[test]
+fn models_in_place_are_linked_where_they_lie() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    w.resolve_ok(&[]);
+    let served = model_bytes_served(&w);
+    let have = have(&w);
+    let hub = w.env.path("xdg-cache/huggingface/hub");
+    let store = w.env.path("store-b");
+    index(&w, &store, &[&have.folder, &hub]);
+    let home = w.env.path("home");
+    let realize = || {
+        w.cmd(&store)
+            .args(["--json", "realize", "v1", "--models-in-place", "--target"])
+            .arg(&home)
+            .ok()
+    };
+    realize();
+    let lora_at = home.join("models/loras/detail.safetensors");
+    assert_eq!(fs::read_link(&lora_at).unwrap(), have.lora);
+    assert_eq!(
+        fs::read_link(home.join("models/unet/unet.safetensors")).unwrap(),
+        have.blob
+    );
+    assert_eq!(model_bytes_served(&w), served, "a model was downloaded");
+    let lock = w.lock();
+    let in_store = registered(&w, &store);
+    for m in lock["models"].as_array().unwrap() {
+        let path = m["store_path"].as_str().unwrap();
+        assert!(!in_store.iter().any(|p| p == path), "{path} was stored");
+    }
+    let status = |args: &[&str]| {
+        json_of(
+            &w.cmd(&store)
+                .args(["--json", "status", "--target"])
+                .arg(&home)
+                .args(args)
+                .ok(),
+        )
+    };
+    w.cmd(&store).arg("gc").ok();
+    let clean = status(&["--check-contents"]);
+    assert_eq!(clean["changed"], json!([]), "{clean}");
+    assert_eq!(clean["missing"], json!([]), "{clean}");
+    assert_eq!(fs::read(&lora_at).unwrap(), w.lora);
+    let again = json_of(&realize());
+    assert_eq!(again["up_to_date"], true, "{again}");
+
+    // Edited in place: status says so; the next realize takes the model into the store.
+    let mut edited = w.lora.clone();
+    edited[0] ^= 0xff;
+    fs::write(&have.lora, &edited).unwrap();
+    let drift = status(&[]);
+    assert_eq!(
+        drift["changed"],
+        json!(["models/loras/detail.safetensors"]),
+        "{drift}"
+    );
+    realize();
+    assert!(
+        model_bytes_served(&w) > served,
+        "the model was not fetched again"
+    );
+    assert_eq!(fs::read(&lora_at).unwrap(), w.lora);
+    assert!(fs::read_link(&lora_at).unwrap().starts_with(&store));
+    assert_eq!(
+        fs::read(&have.lora).unwrap(),
+        edited,
+        "the user's file changed"
+    );
 }
