@@ -257,7 +257,7 @@ impl Trust {
         })
     }
 
-    /// Whether a channel's pointer (its fingerprint, [`crate::cache::channel`]) may be followed:
+    /// Whether a channel's pointer (its fingerprint: `comfix-channel-1;…`) may be followed:
     /// a trusted key signed it, or signatures are waived.
     pub fn check_channel(
         &self,

@@ -46,7 +46,9 @@ fn remote_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
             || message.contains("status code: 404")
             || message.contains("failed to resolve path")
             || message.contains("does not appear to be a git repository")
-            || message.contains("could not find repository");
+            || message.contains("could not find repository")
+            // A path on this machine that is gone: libgit2 calls it an unsupported protocol.
+            || gone_local(url);
         if missing {
             FetchError::GitRepoNotFound {
                 url: url.to_string(),
@@ -56,6 +58,12 @@ fn remote_err(url: &str) -> impl Fn(git2::Error) -> FetchError + '_ {
             git_err(url)(e)
         }
     }
+}
+
+/// Whether `url` names a path on this machine (`/…`, `file://…`) that does not exist.
+fn gone_local(url: &str) -> bool {
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    path.starts_with('/') && std::fs::symlink_metadata(path).is_err()
 }
 
 /// In a store a group shares, its git mirrors belong to whichever member made them: libgit2's

@@ -133,3 +133,31 @@ fn follow_switches_to_versions_whose_workflows_pass_and_goes_back_otherwise() {
     assert_eq!(report["outcome"], "switched", "{report}");
     assert_eq!(f.version(&rig), "v2");
 }
+
+/// A channel that names a version the cache lacks (its core's path pruned from the cache) with
+/// the upstream repository gone: `follow` fails naming the repository it could not get (not an
+/// "unsupported URL protocol", as libgit2 calls a path that is gone), and leaves no home.
+#[test]
+fn a_channel_whose_version_the_cache_lacks_is_not_followed() {
+    let rig = Rig::new();
+    let (secret, public) = generate_key(&rig, "ci");
+    let cache = rig.env.path("cache");
+    publish(&rig, &cache, "v1", &secret);
+    let lock = read_json(&rig.env.work.join("versions/v1.lock.json"));
+    let core = lock["comfy"]["store_path"].as_str().unwrap();
+    fs::remove_file(cache.join(format!("paths/{core}.json"))).unwrap();
+    fs::rename(rig.env.path("repos"), rig.env.path("repos-gone")).unwrap();
+    let f = Follower {
+        store: rig.env.path("store-f"),
+        home: rig.env.path("home-f"),
+        versions: rig.env.path("follower-versions"),
+    };
+    let out = f.follow(&rig, &cache, &public, &[]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    says(&out, "Repository");
+    says(&out, "ComfyUI.git` does not exist");
+    assert!(
+        !f.home.join(".comfix/current").exists(),
+        "a home was switched to a version it could not realize"
+    );
+}
