@@ -101,6 +101,18 @@ pub struct Executor {
     /// Models taken from a file of this machine (the models index, the hub cache), by
     /// derivation id: the file, reported as where the substituted output came from.
     taken: Mutex<BTreeMap<String, String>>,
+    /// Per output path, how its first derivation made it valid: two derivations with one output
+    /// (the same model under two names) run it once and both report what happened.
+    producing: Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<Made>>>>,
+}
+
+/// How an output was made valid, by which derivation, for the others with the same output.
+#[derive(Clone)]
+struct Made {
+    id: String,
+    output: Option<String>,
+    how: How,
+    from: Option<String>,
 }
 
 impl Executor {
@@ -120,6 +132,7 @@ impl Executor {
             jobs,
             outcomes: Mutex::new(BTreeMap::new()),
             taken: Mutex::new(BTreeMap::new()),
+            producing: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -278,7 +291,7 @@ impl Executor {
         }
         let span =
             tracing::debug_span!("derive", kind = d.kind.as_str(), name = %d.name, id = %d.id);
-        match tracing::Instrument::instrument(self.produce(d), span).await {
+        match tracing::Instrument::instrument(self.produce_once(d), span).await {
             Ok(Produced::Output(output, how)) => {
                 self.insert(Outcome {
                     from: self.taken_from(&d.id),
@@ -322,16 +335,59 @@ impl Executor {
         }
     }
 
+    /// [`Executor::produce`], once per output path: a derivation whose output another one (with
+    /// another id) made valid in this process reports how that one did it.
+    async fn produce_once(&self, d: &Derivation) -> Result<Produced, BuildError> {
+        let shared = d.output.clone().filter(|_| {
+            !d.action.is_pin() && !matches!(d.action, Action::Home(_) | Action::Unpinned)
+        });
+        let Some(output) = shared else {
+            return self.produce(d).await;
+        };
+        let cell = self
+            .producing
+            .lock()
+            .expect("never poisoned")
+            .entry(output)
+            .or_default()
+            .clone();
+        let made = cell
+            .get_or_try_init(|| async {
+                let (output, how) = self.produce_output(d).await?;
+                let taken = self
+                    .taken
+                    .lock()
+                    .expect("never poisoned")
+                    .get(&d.id)
+                    .cloned();
+                let from = taken.or_else(|| self.recorded(&d.id).and_then(|o| o.from));
+                Ok::<_, BuildError>(Made {
+                    id: d.id.clone(),
+                    output,
+                    how,
+                    from,
+                })
+            })
+            .await?;
+        if made.id != d.id {
+            if let Some(from) = &made.from {
+                let mut taken = self.taken.lock().expect("never poisoned");
+                taken.insert(d.id.clone(), from.clone());
+            }
+        }
+        Ok(Produced::Output(made.output.clone(), made.how))
+    }
+
     async fn produce(&self, d: &Derivation) -> Result<Produced, BuildError> {
         let store = &self.store;
         match &d.action {
-            Action::Unpinned => return Err(BuildError::NotPinned { what: d.describe() }),
-            Action::Home(None) => return Ok(Produced::Output(None, How::Built)),
+            Action::Unpinned => Err(BuildError::NotPinned { what: d.describe() }),
+            Action::Home(None) => Ok(Produced::Output(None, How::Built)),
             Action::Home(Some(build)) => {
                 let report = tokio::task::block_in_place(|| {
                     crate::realize::realize(store, &build.lock, &build.options)
                 })?;
-                return Ok(Produced::Home(Box::new(report)));
+                Ok(Produced::Home(Box::new(report)))
             }
             _ if d.action.is_pin() => {
                 if let Some(missing) = self.offline().then(|| self.needs_network(d)).flatten() {
@@ -340,17 +396,26 @@ impl Executor {
                     });
                 }
                 let (pinned, how) = self.pin(d).await?;
-                return Ok(Produced::Pinned(Box::new(pinned), how));
+                Ok(Produced::Pinned(Box::new(pinned), how))
             }
-            Action::Git { locked, .. } => {
-                tokio::task::block_in_place(|| git::protect_mirror(store, &locked.repo))?
+            _ => {
+                let (output, how) = self.produce_output(d).await?;
+                Ok(Produced::Output(output, how))
             }
-            _ => {}
+        }
+    }
+
+    /// Make the output of `d` (neither a pin nor the home) valid: the store, the substituters,
+    /// then fetching or building.
+    async fn produce_output(&self, d: &Derivation) -> Result<(Option<String>, How), BuildError> {
+        let store = &self.store;
+        if let Action::Git { locked, .. } = &d.action {
+            tokio::task::block_in_place(|| git::protect_mirror(store, &locked.repo))?
         }
         // Protected first: a collector starting now keeps it; one that ran before is over.
         if let Some(output) = &d.output {
             if store.valid(output)?.is_some() {
-                return Ok(Produced::Output(Some(output.clone()), How::Valid));
+                return Ok((Some(output.clone()), How::Valid));
             }
         }
         // A substituter that fails (a damaged cache, say) is passed over: what it put in the store
@@ -369,7 +434,7 @@ impl Executor {
                         self.insert(substituted(&Derivation::reference(reference)));
                     }
                     self.insert(substituted(d));
-                    return Ok(Produced::Output(d.output.clone(), How::Substituted));
+                    return Ok((d.output.clone(), How::Substituted));
                 }
                 Ok(None) => {}
                 Err(err) => tracing::warn!("{err}"),
@@ -392,7 +457,7 @@ impl Executor {
                 });
             }
         }
-        Ok(Produced::Output(output, how))
+        Ok((output, how))
     }
 
     /// Offline: what the store lacks for `d`, when producing it needs the network.
@@ -967,6 +1032,32 @@ mod tests {
         let missing_list = missing_of(&err);
         assert!(missing_list[0].contains("model `other`"), "{err}");
         assert_eq!(cache.asked(), [wanted.id.clone(), missing.id.clone()]);
+    }
+
+    /// Two derivations with one output (the same model under two names) make it valid once, and
+    /// both report how, whichever ran first: 20 runs, each on an empty store.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_output_of_two_derivations_is_made_once_and_reported_for_both() {
+        for _ in 0..20 {
+            let scratch = tempfile::tempdir().unwrap();
+            let name = name_of(scratch.path(), "unet.safetensors", b"model");
+            let mut executor = executor(Store::open(&scratch.path().join("store")).unwrap());
+            let cache = Arc::new(Cache::holding("a test cache", &[(&name, b"model")]));
+            executor.substituters.push(cache.clone());
+            let executor = Arc::new(executor);
+            let both = [
+                Derivation::model("wan-unet".into(), &model(&name)),
+                Derivation::model("unet-mirror".into(), &model(&name)),
+            ];
+            assert_ne!(both[0].id, both[1].id);
+            let outcomes = executor.run(&both).await.unwrap();
+            assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+            for outcome in &outcomes {
+                assert_eq!(outcome.outcome, How::Substituted, "{outcome:?}");
+                assert_eq!(outcome.from.as_deref(), Some("a test cache"), "{outcome:?}");
+            }
+            assert_eq!(cache.asked().len(), 1, "asked again for what it gave");
+        }
     }
 
     /// The references a substituter put in the store with an output are reported, each a
