@@ -149,14 +149,7 @@ fn publish(args: PublishArgs, context: &Context) -> anyhow::Result<Outcome> {
     let mut channel = Channel::new(&args.name, id, spec_text, lock_text);
     channel.sign(&key);
     cache.publish(&channel)?;
-    if context.json {
-        context.print_json(&channel)?;
-    } else {
-        println!(
-            "{}\t{}\t{}",
-            channel.channel, channel.version_id, channel.lock_blake3
-        );
-    }
+    print_channel(context, &channel)?;
     tracing::info!(
         "`{}` in {} now points at `{id}` ({} paths copied, {} there already)",
         args.name,
@@ -183,15 +176,20 @@ fn show(args: ShowArgs, context: &Context) -> anyhow::Result<Outcome> {
     let mut cache = Cache::open(&args.cache)?;
     cache.trust = args.trust.trust(&super::trust::Config::load()?)?;
     let channel = read_channel(&cache, &args.name)?;
-    if context.json {
-        context.print_json(&channel)?;
-    } else {
-        println!(
-            "{}\t{}\t{}",
-            channel.channel, channel.version_id, channel.lock_blake3
-        );
-    }
+    print_channel(context, &channel)?;
     Ok(Outcome::Success)
+}
+
+/// A channel's pointer: JSON, or its name, version and lock digest.
+fn print_channel(context: &Context, channel: &Channel) -> anyhow::Result<()> {
+    if context.json {
+        return context.print_json(channel);
+    }
+    println!(
+        "{}\t{}\t{}",
+        channel.channel, channel.version_id, channel.lock_blake3
+    );
+    Ok(())
 }
 
 /// Write `text` to `path` whole (a temporary file renamed over it).

@@ -46,6 +46,16 @@ fn model_bytes_served(w: &World) -> u64 {
         + w.cdn.bytes_served("/mirror/unet.safetensors")
 }
 
+/// The home has the version's LoRA and unet, with their bytes.
+fn assert_models(w: &World, home: &Path) {
+    for (rel, bytes) in [
+        ("models/loras/detail.safetensors", &w.lora),
+        ("models/unet/unet.safetensors", &w.model),
+    ] {
+        assert_eq!(&fs::read(home.join(rel)).unwrap(), bytes, "{rel}");
+    }
+}
+
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -131,14 +141,7 @@ fn models_this_machine_has_are_taken_not_downloaded() {
         "{froms:?}"
     );
     assert_eq!(model_bytes_served(&w), 0);
-    assert_eq!(
-        fs::read(home.join("models/loras/detail.safetensors")).unwrap(),
-        w.lora
-    );
-    assert_eq!(
-        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
-        w.model
-    );
+    assert_models(&w, &home);
     w.cmd(&store_b).args(["store", "verify"]).ok();
 
     // Offline on a third empty store, the models are not what it lacks (the code is).
@@ -228,14 +231,7 @@ fn changed_files_and_wrong_blobs_are_never_used() {
         model_bytes_served(&w) > downloaded,
         "nothing was downloaded"
     );
-    assert_eq!(
-        fs::read(home.join("models/loras/detail.safetensors")).unwrap(),
-        w.lora
-    );
-    assert_eq!(
-        fs::read(home.join("models/unet/unet.safetensors")).unwrap(),
-        w.model
-    );
+    assert_models(&w, &home);
     assert_eq!(
         fs::read(&have.lora).unwrap(),
         edited,
