@@ -161,3 +161,53 @@ fn a_channel_whose_version_the_cache_lacks_is_not_followed() {
         "a home was switched to a version it could not realize"
     );
 }
+
+/// The channel moved back and forth between two versions while a machine follows it, 8 times
+/// each: every `follow` realizes one whole version — the one its report names, which the home is
+/// then at — never a mix of two pointers.
+#[test]
+fn a_channel_moved_while_followed_gives_one_version_or_the_other() {
+    let rig = Rig::new();
+    let (secret, public) = generate_key(&rig, "ci");
+    let versions = rig.env.work.join("versions");
+    let mut spec: Value = read_json(&versions.join("v1.json"));
+    spec["version_id"] = "v2".into();
+    fs::write(versions.join("v2.json"), spec.to_string()).unwrap();
+    rig.cmd().args(["resolve", "v2"]).ok();
+    let cache = rig.env.path("cache");
+    publish(&rig, &cache, "v1", &secret);
+    publish(&rig, &cache, "v2", &secret);
+    let f = Follower {
+        store: rig.env.path("store-f"),
+        home: rig.env.path("home-f"),
+        versions: rig.env.path("follower-versions"),
+    };
+    std::thread::scope(|scope| {
+        let publisher = scope.spawn(|| {
+            for _ in 0..8 {
+                for id in ["v1", "v2"] {
+                    publish(&rig, &cache, id, &secret);
+                }
+            }
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        let mut follows = 0;
+        while !publisher.is_finished() || seen.len() < 2 || follows < 10 {
+            follows += 1;
+            let report = json_of(&ok(f.follow(&rig, &cache, &public, &[])));
+            let id = report["version_id"].as_str().unwrap().to_string();
+            assert_eq!(f.version(&rig), id, "{report}");
+            let lock = read_json(&f.versions.join(format!("{id}.lock.json")));
+            assert_eq!(lock["version_id"], id.as_str());
+            seen.insert(id);
+            if publisher.is_finished() && seen.len() < 2 {
+                publish(
+                    &rig,
+                    &cache,
+                    if seen.contains("v1") { "v2" } else { "v1" },
+                    &secret,
+                );
+            }
+        }
+    });
+}
