@@ -3,7 +3,7 @@
 //! this machine). `cli/` parses arguments into [`Settings`], opens a [`Session`] and prints what
 //! it returns; benches and other programs can do the same without the binary.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,6 +42,9 @@ pub struct Settings {
     pub show_progress: bool,
     /// This machine's torch backend and its index; `None`: the lock's own wheel set.
     pub torch: Option<(Backend, String)>,
+    /// `--models-in-place`: models that files of the models index hold are pinned and linked
+    /// where they lie, never taken into the store.
+    pub models_in_place: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +57,7 @@ impl Default for Settings {
             trust: Trust::default(),
             show_progress: false,
             torch: None,
+            models_in_place: false,
         }
     }
 }
@@ -161,27 +165,6 @@ pub struct Realization<'a> {
     pub skip_models: bool,
     /// Fail instead of writing or changing the lock.
     pub frozen: bool,
-    /// Link the lock's models that an indexed folder holds where they lie (`--models-in-place`)
-    /// instead of taking them into the store.
-    pub models_in_place: bool,
-}
-
-/// The lock's models that a file of the models index holds, unchanged since it was hashed: what
-/// `--models-in-place` links where they lie (by the model's store path).
-pub fn in_place_models(
-    store: &Store,
-    lock: &Lock,
-) -> Result<BTreeMap<String, crate::realize::InPlaceFile>> {
-    let mut out = BTreeMap::new();
-    for model in &lock.models {
-        if let Some((path, stamp)) =
-            crate::fetch::indexed::holding(store, &model.blake3, model.size)?
-        {
-            let file = crate::realize::InPlaceFile::new(path, model.blake3.clone(), &stamp);
-            out.insert(model.store_path.clone(), file);
-        }
-    }
-    Ok(out)
 }
 
 impl Session {
@@ -219,6 +202,7 @@ impl Session {
         let config = FetchConfig::from_env(env, spec_env, settings.offline, settings.jobs)?;
         let client = Arc::new(Client::new(Arc::new(config)));
         let mut executor = Executor::new(store, client, reporter, settings.wheels_dir.clone());
+        executor.models_in_place = settings.models_in_place;
         for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
             let mut cache = crate::cache::Cache::open(location)?;
             cache.trust = settings.trust.clone();
@@ -251,25 +235,10 @@ impl Session {
         skip_models: bool,
         spec_dir: PathBuf,
     ) -> Result<(Lock, Vec<ItemReport>)> {
-        self.resolve_leaving_out(spec, old, update, skip_models, spec_dir, BTreeSet::new())
-    }
-
-    /// [`Session::resolve`], fetching nothing for the store paths `left_out` (models linked
-    /// where they lie).
-    fn resolve_leaving_out(
-        &self,
-        spec: &Spec,
-        old: Option<&Lock>,
-        update: &Update,
-        skip_models: bool,
-        spec_dir: PathBuf,
-        left_out: BTreeSet<String>,
-    ) -> Result<(Lock, Vec<ItemReport>)> {
         let python = crate::python::PythonSettings {
             wheels_dir: self.settings.wheels_dir.clone(),
         };
-        let mut resolver = Resolver::new(self.executor.clone(), skip_models, python, spec_dir);
-        resolver.left_out = left_out;
+        let resolver = Resolver::new(self.executor.clone(), skip_models, python, spec_dir);
         Ok(self.runtime.block_on(resolver.resolve(spec, old, update))?)
     }
 
@@ -329,20 +298,8 @@ impl Session {
         let store = self.store();
         // A home moved or copied here keeps its earlier generations alive.
         crate::realize::reroot(store, &r.target)?;
-        // Models linked where they lie are not taken into the store: found from the lock as it
-        // is (a model the resolve pins anew is fetched as usual).
-        let in_place = match (r.models_in_place && !r.skip_models, r.old) {
-            (true, Some(old)) => in_place_models(store, old)?,
-            _ => BTreeMap::new(),
-        };
-        let (mut lock, _items) = self.resolve_leaving_out(
-            spec,
-            r.old,
-            &Update::Nothing,
-            r.skip_models,
-            r.loaded.dir(),
-            in_place.keys().cloned().collect(),
-        )?;
+        let (mut lock, _items) =
+            self.resolve(spec, r.old, &Update::Nothing, r.skip_models, r.loaded.dir())?;
         if !r.old.is_some_and(|o| o.same_as(&lock)) {
             if r.frozen {
                 return Err(SessionError::FrozenStale(vec![
@@ -357,10 +314,11 @@ impl Session {
         crate::fault::pause_point("realize-resolved");
         // The machine's backend, over the lock in memory: what is written above stays shared.
         let torch = self.apply_torch(&mut lock)?;
-        let in_place: BTreeMap<_, _> = in_place
-            .into_iter()
-            .filter(|(path, _)| lock.models.iter().any(|m| m.store_path == *path))
-            .collect();
+        // Models linked where they lie (`--models-in-place`) are not taken into the store.
+        let in_place = match self.settings.models_in_place && !r.skip_models {
+            true => crate::realize::in_place_models(store, &lock)?,
+            false => BTreeMap::new(),
+        };
         let (plan, venv) = self.run_plan(spec, &mut lock, r.skip_models, &in_place)?;
         let not_fetched: Vec<String> = if r.skip_models {
             Vec::new()

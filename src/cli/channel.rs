@@ -85,9 +85,6 @@ pub struct FollowArgs {
     /// As `realize --link-mode`
     #[arg(long, value_enum, default_value_t = LinkMode::Auto)]
     link_mode: LinkMode,
-    /// As `realize --models-in-place`: models an indexed folder holds linked where they lie
-    #[arg(long)]
-    models_in_place: bool,
     #[command(flatten)]
     session: super::resolve::SessionArgs,
     #[command(flatten)]
@@ -268,7 +265,6 @@ pub fn follow(args: FollowArgs, context: &Context) -> anyhow::Result<Outcome> {
         skip_models: args.skip_models,
         link_mode: args.link_mode,
         frozen: true,
-        models_in_place: args.models_in_place,
         session,
         check: false,
         torch: args.torch,

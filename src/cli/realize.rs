@@ -38,10 +38,6 @@ pub struct RealizeArgs {
     /// Fail instead of writing or changing the lock
     #[arg(long)]
     pub frozen: bool,
-    /// Link the lock's models that an indexed folder holds (`comfix models index`) where they
-    /// lie instead of copying them into the store; re-checked by stat tuple on every realize
-    #[arg(long)]
-    pub models_in_place: bool,
     #[command(flatten)]
     pub session: super::resolve::SessionArgs,
     /// Say whether the home is up to date with the spec's lock and undrifted; change nothing
@@ -204,7 +200,6 @@ fn realize_loaded(
         link_mode: args.link_mode,
         skip_models: args.skip_models || spec.options.skip_models,
         frozen: args.frozen,
-        models_in_place: args.models_in_place,
     })?)
 }
 
@@ -337,8 +332,8 @@ fn check(
         not_fetched: Vec::new(),
         check: true,
         torch,
-        in_place: match args.models_in_place && !skip_models {
-            true => session::in_place_models(&store, &lock)?,
+        in_place: match args.session.models_in_place && !skip_models {
+            true => realize::in_place_models(&store, &lock)?,
             false => Default::default(),
         },
     };

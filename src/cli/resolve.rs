@@ -35,6 +35,10 @@ pub struct SessionArgs {
     /// Resolve and install Python wheels from this directory only (no package index)
     #[arg(long, value_name = "DIR")]
     pub wheels_dir: Option<std::path::PathBuf>,
+    /// Models that folders of the models index hold (`comfix models index`) are pinned and
+    /// linked where they lie, never copied into the store; re-checked by stat tuple every time
+    #[arg(long)]
+    pub models_in_place: bool,
     #[command(flatten)]
     pub substitute: super::trust::SubstituteArgs,
 }
@@ -57,6 +61,7 @@ impl SessionArgs {
             substituters,
             trust: self.substitute.trust.trust(&config)?,
             show_progress: context.progress,
+            models_in_place: self.models_in_place,
             torch: match torch {
                 Some(torch) => torch.choice()?,
                 None => None,

@@ -63,8 +63,8 @@ impl VersionHome {
             skip_models: false,
             link_mode: LinkMode::Auto,
             frozen: self.frozen,
-            models_in_place: self.models_in_place,
             session: super::resolve::SessionArgs {
+                models_in_place: self.models_in_place,
                 offline: self.offline,
                 jobs: 4,
                 wheels_dir: None,

@@ -96,6 +96,9 @@ pub struct Executor {
     /// `--wheels-dir`: wheels come from there only.
     pub wheels_dir: Option<PathBuf>,
     pub substituters: Vec<Arc<dyn Substituter>>,
+    /// `--models-in-place`: a model pinned from a file of the models index stays where it lies
+    /// (its store path named, not made).
+    pub models_in_place: bool,
     jobs: Arc<tokio::sync::Semaphore>,
     outcomes: Mutex<BTreeMap<String, Outcome>>,
     /// Models taken from a file of this machine (the models index, the hub cache), by
@@ -129,6 +132,7 @@ impl Executor {
             reporter,
             wheels_dir,
             substituters: Vec::new(),
+            models_in_place: false,
             jobs,
             outcomes: Mutex::new(BTreeMap::new()),
             taken: Mutex::new(BTreeMap::new()),
@@ -681,7 +685,8 @@ impl Executor {
                 Ok((Pinned::Registry(locked), How::Fetched))
             }
             Action::PinModel { index, model } => {
-                let request = pin_request(*index, model, &what, online);
+                let mut request = pin_request(*index, model, &what, online);
+                request.in_place = self.models_in_place;
                 let _permit = match model.source.kind() {
                     Ok(SourceKind::File(_)) => None,
                     _ if !online => None,
@@ -813,6 +818,7 @@ fn pin_request(
         sha256: spec_digest(&model.sha256, "sha256"),
         blake3: spec_digest(&model.blake3, "blake3"),
         online,
+        in_place: false,
     }
 }
 
@@ -879,6 +885,7 @@ fn model_request(
         sha256: locked.sha256.as_ref().map(lock),
         blake3: Some(lock(&locked.blake3)),
         online,
+        in_place: false,
     })
 }
 

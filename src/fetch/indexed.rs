@@ -207,54 +207,66 @@ pub struct Taken {
     pub added: AddedFile,
 }
 
-/// Files of this machine that may hold `wanted`: the index's (unchanged since hashed) and the hub
-/// cache's blobs named by its SHA-256. Files of the right size whose SHA-256 is not known yet are
-/// hashed now, when a SHA-256 is what is asked.
+/// Indexed files that hold `wanted` by their rows (unchanged since hashed). Files of the right
+/// size whose SHA-256 is not known yet are hashed now, when a SHA-256 is what is asked.
+fn indexed_candidates(store: &Store, wanted: &Wanted<'_>) -> Result<Vec<KnownFile>, FetchError> {
+    let blake3 = wanted.blake3.map(|e| e.hex.as_str());
+    let sha256 = wanted.sha256.map(|e| e.hex.as_str());
+    let mut out = Vec::new();
+    if blake3.is_none() && sha256.is_none() {
+        return Ok(out);
+    }
+    for mut file in store.known_files(blake3, sha256, wanted.size)? {
+        let path = PathBuf::from(&file.path);
+        let now = std::fs::metadata(&path).map(|m| FileStamp::of(&m));
+        if now.as_ref().ok() != Some(&file.stamp) {
+            tracing::debug!(
+                "`{}` changed since it was indexed; not taken",
+                path.display()
+            );
+            continue;
+        }
+        if wanted.size.is_some_and(|size| size != file.stamp.size) {
+            continue;
+        }
+        let blake3_ok = blake3.is_none_or(|hex| hex == file.blake3);
+        let sha256_ok = match (sha256, &file.sha256) {
+            (None, _) => true,
+            (Some(hex), Some(known)) => hex == known,
+            // A SHA-256 asked and none known: hashed once, remembered.
+            (Some(hex), None) if blake3_ok => {
+                let known = std::fs::File::open(&path)
+                    .and_then(crate::files::sha256_hex_of)
+                    .map_err(FetchError::io(&path))?;
+                store.remember_sha256(&path, &file.stamp, &known)?;
+                let same = hex == known;
+                file.sha256 = Some(known);
+                same
+            }
+            (Some(_), None) => false,
+        };
+        if blake3_ok && sha256_ok {
+            out.push(file);
+        }
+    }
+    Ok(out)
+}
+
+/// Files of this machine that may hold `wanted`: the index's and the hub cache's blobs named by
+/// its SHA-256.
 fn candidates(
     store: &Store,
     config: &FetchConfig,
     wanted: &Wanted<'_>,
 ) -> Result<Vec<PathBuf>, FetchError> {
-    let blake3 = wanted.blake3.map(|e| e.hex.as_str());
-    let sha256 = wanted.sha256.map(|e| e.hex.as_str());
-    let mut out = Vec::new();
-    if blake3.is_some() || sha256.is_some() {
-        for file in store.known_files(blake3, sha256, wanted.size)? {
-            let path = PathBuf::from(&file.path);
-            let now = std::fs::metadata(&path).map(|m| FileStamp::of(&m));
-            if now.as_ref().ok() != Some(&file.stamp) {
-                tracing::debug!(
-                    "`{}` changed since it was indexed; not taken",
-                    path.display()
-                );
-                continue;
-            }
-            if wanted.size.is_some_and(|size| size != file.stamp.size) {
-                continue;
-            }
-            let blake3_ok = blake3.is_none_or(|hex| hex == file.blake3);
-            let sha256_ok = match (sha256, &file.sha256) {
-                (None, _) => true,
-                (Some(hex), Some(known)) => hex == known,
-                // A SHA-256 asked and none known: hashed once, remembered.
-                (Some(hex), None) if blake3_ok => {
-                    let known = std::fs::File::open(&path)
-                        .and_then(crate::files::sha256_hex_of)
-                        .map_err(FetchError::io(&path))?;
-                    store.remember_sha256(&path, &file.stamp, &known)?;
-                    hex == known
-                }
-                (Some(_), None) => false,
-            };
-            if blake3_ok && sha256_ok {
-                out.push(path);
-            }
-        }
-    }
-    if let (Some(hex), Some(hub)) = (sha256, &config.hf_hub_cache) {
+    let mut out: Vec<PathBuf> = indexed_candidates(store, wanted)?
+        .into_iter()
+        .map(|file| PathBuf::from(file.path))
+        .collect();
+    if let (Some(expected), Some(hub)) = (wanted.sha256, &config.hf_hub_cache) {
         if let Ok(repos) = std::fs::read_dir(hub) {
             for repo in repos.flatten() {
-                let blob = repo.path().join("blobs").join(hex);
+                let blob = repo.path().join("blobs").join(&expected.hex);
                 if blob.is_file() {
                     out.push(blob);
                 }
@@ -262,6 +274,12 @@ fn candidates(
         }
     }
     Ok(out)
+}
+
+/// An indexed file that holds `wanted` (its row's digests, its stat tuple unchanged; nothing is
+/// copied): what `--models-in-place` pins a model to where it lies.
+pub fn in_place(store: &Store, wanted: &Wanted<'_>) -> Result<Option<KnownFile>, FetchError> {
+    Ok(indexed_candidates(store, wanted)?.into_iter().next())
 }
 
 /// Whether a file of this machine may hold `wanted` (nothing is read): offline, a model found so

@@ -184,6 +184,9 @@ pub struct ModelRequest {
     /// Whether the network may be used: the executor's word (offline, only the store and local
     /// files serve).
     pub online: bool,
+    /// `--models-in-place`: an indexed file that holds the model pins it where it lies (its store
+    /// path named, not made).
+    pub in_place: bool,
 }
 
 /// A model in the store, with what the lock records of it: only digests computed from the bytes.
@@ -311,6 +314,29 @@ fn from_this_machine(
         return Ok(None);
     };
     let what = &request.what;
+    if request.in_place {
+        if let Some(file) = tokio::task::block_in_place(|| indexed::in_place(store, wanted))? {
+            tracing::info!("{what}: where it lies, `{}`", file.path);
+            let digest = blake3::Hash::from_hex(&file.blake3).map_err(|e| FetchError::Config {
+                message: format!("the models index's digest of `{}`: {e}", file.path),
+            })?;
+            return Ok(Some(FetchedModel {
+                url,
+                revision,
+                file_name: file_name.to_string(),
+                size: file.stamp.size,
+                // Only what was asked (and checked): a lock never depends on the machine.
+                sha256: wanted.sha256.map(|e| e.hex.clone()),
+                blake3: file.blake3.clone(),
+                store_path: crate::store::tree::file_path_name(
+                    file_name,
+                    file.stamp.size,
+                    digest.as_bytes(),
+                ),
+                taken_from: Some(file.path.into()),
+            }));
+        }
+    }
     let Some(taken) =
         tokio::task::block_in_place(|| indexed::take(store, config, what, file_name, wanted))?
     else {

@@ -171,6 +171,24 @@ pub struct RealizeOptions {
     pub in_place: BTreeMap<String, InPlaceFile>,
 }
 
+/// The lock's models that a file of the models index holds, unchanged since it was hashed: what
+/// `--models-in-place` links where they lie (by the model's store path).
+pub fn in_place_models(
+    store: &Store,
+    lock: &Lock,
+) -> Result<BTreeMap<String, InPlaceFile>, crate::fetch::FetchError> {
+    let mut out = BTreeMap::new();
+    for model in &lock.models {
+        if let Some((path, stamp)) =
+            crate::fetch::indexed::holding(store, &model.blake3, model.size)?
+        {
+            let file = InPlaceFile::new(path, model.blake3.clone(), &stamp);
+            out.insert(model.store_path.clone(), file);
+        }
+    }
+    Ok(out)
+}
+
 /// A file of the models index a home links to where it lies, with the stat tuple it had when it
 /// was hashed: while the file keeps it, it holds the digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,8 +125,6 @@ pub struct Resolver {
     pub spec_dir: std::path::PathBuf,
     /// Runs the derivations of what is pinned (and remembers what it ran).
     pub executor: Arc<Executor>,
-    /// Store paths of the lock not to fetch (models a home links where they lie).
-    pub left_out: std::collections::BTreeSet<String>,
 }
 
 impl Resolver {
@@ -141,7 +139,6 @@ impl Resolver {
             python,
             spec_dir,
             executor,
-            left_out: Default::default(),
         }
     }
 
@@ -154,11 +151,17 @@ impl Resolver {
         update: &Update,
     ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         let (mut lock, mut items) = self.pin(spec, old, update).await?;
+        // Models linked where they lie (`--models-in-place`) are not taken into the store.
+        let left_out = match self.executor.models_in_place && !self.skip_models {
+            true => crate::realize::in_place_models(&self.executor.store, &lock)
+                .map_err(BuildError::from)?,
+            false => Default::default(),
+        };
         let fetches: Vec<Derivation> =
             crate::derive::derivations(spec, Some(&lock), None, self.skip_models)
                 .into_iter()
                 .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
-                .filter(|d| !d.output.as_ref().is_some_and(|o| self.left_out.contains(o)))
+                .filter(|d| !d.output.as_ref().is_some_and(|o| left_out.contains_key(o)))
                 .collect();
         if let Err(err) = self.executor.run(&fetches).await {
             Partial::of(&lock).save(&self.executor.store);

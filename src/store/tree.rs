@@ -126,6 +126,18 @@ pub fn path_digest(name: &str, tree_hash: &Digest, references: &[String]) -> Str
     hasher.finalize().to_hex()[..32].to_string()
 }
 
+/// The store path name a single file of `size` bytes with BLAKE3 `digest` gets when added as
+/// `name` (sanitized, no references): what a model linked where it lies would be named.
+pub fn file_path_name(name: &str, size: u64, digest: &Digest) -> String {
+    let name = super::sanitize_name(name);
+    let node = Node::File {
+        size,
+        executable: false,
+        digest: *digest,
+    };
+    format!("{}-{name}", path_digest(&name, &node.tree_hash(), &[]))
+}
+
 /// Hash a file's contents: whole-file read for small files, mmap on all cores for large ones.
 pub fn hash_file(path: &Path, size: u64) -> std::io::Result<Digest> {
     if size >= LARGE_FILE {
