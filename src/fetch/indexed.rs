@@ -263,15 +263,8 @@ fn candidates(
         .into_iter()
         .map(|file| PathBuf::from(file.path))
         .collect();
-    if let (Some(expected), Some(hub)) = (wanted.sha256, &config.hf_hub_cache) {
-        if let Ok(repos) = std::fs::read_dir(hub) {
-            for repo in repos.flatten() {
-                let blob = repo.path().join("blobs").join(&expected.hex);
-                if blob.is_file() {
-                    out.push(blob);
-                }
-            }
-        }
+    if let Some(expected) = wanted.sha256 {
+        out.extend(hub_blobs(config, &expected.hex));
     }
     Ok(out)
 }
@@ -292,16 +285,19 @@ pub fn has(store: &Store, config: &FetchConfig, wanted: &Wanted<'_>) -> bool {
         .unwrap_or_default()
         .iter()
         .any(|file| std::fs::metadata(&file.path).is_ok_and(|m| FileStamp::of(&m) == file.stamp));
-    indexed
-        || sha256
-            .zip(config.hf_hub_cache.as_ref())
-            .is_some_and(|(hex, hub)| {
-                std::fs::read_dir(hub).is_ok_and(|repos| {
-                    repos
-                        .flatten()
-                        .any(|repo| repo.path().join("blobs").join(hex).is_file())
-                })
-            })
+    indexed || sha256.is_some_and(|hex| !hub_blobs(config, hex).is_empty())
+}
+
+/// The hub cache's blobs named `sha256` (`models--*/blobs/<sha256>`, any repository).
+fn hub_blobs(config: &FetchConfig, sha256: &str) -> Vec<PathBuf> {
+    let Some(Ok(repos)) = config.hf_hub_cache.as_ref().map(std::fs::read_dir) else {
+        return Vec::new();
+    };
+    repos
+        .flatten()
+        .map(|repo| repo.path().join("blobs").join(sha256))
+        .filter(|blob| blob.is_file())
+        .collect()
 }
 
 /// Take the model `wanted` from a file of this machine into the store as `file_name`, verified
