@@ -163,8 +163,7 @@ pub fn files(store: &Store, folder: Option<&Path>) -> Result<Vec<IndexedFile>, F
             if !seen.insert(file.path.clone()) {
                 continue;
             }
-            let changed = std::fs::metadata(&file.path)
-                .map_or(true, |meta| FileStamp::of(&meta) != file.stamp);
+            let changed = !file.stamp.is_current(Path::new(&file.path));
             out.push(IndexedFile {
                 path: file.path,
                 size: file.stamp.size,
@@ -218,8 +217,7 @@ fn indexed_candidates(store: &Store, wanted: &Wanted<'_>) -> Result<Vec<KnownFil
     }
     for mut file in store.known_files(blake3, sha256, wanted.size)? {
         let path = PathBuf::from(&file.path);
-        let now = std::fs::metadata(&path).map(|m| FileStamp::of(&m));
-        if now.as_ref().ok() != Some(&file.stamp) {
+        if !file.stamp.is_current(&path) {
             tracing::debug!(
                 "`{}` changed since it was indexed; not taken",
                 path.display()
@@ -284,7 +282,7 @@ pub fn has(store: &Store, config: &FetchConfig, wanted: &Wanted<'_>) -> bool {
         .known_files(blake3, sha256, None)
         .unwrap_or_default()
         .iter()
-        .any(|file| std::fs::metadata(&file.path).is_ok_and(|m| FileStamp::of(&m) == file.stamp));
+        .any(|file| file.stamp.is_current(Path::new(&file.path)));
     indexed || sha256.is_some_and(|hex| !hub_blobs(config, hex).is_empty())
 }
 

@@ -182,7 +182,11 @@ pub fn in_place_models(
         if let Some((path, stamp)) =
             crate::fetch::indexed::holding(store, &model.blake3, model.size)?
         {
-            let file = InPlaceFile::new(path, model.blake3.clone(), &stamp);
+            let file = InPlaceFile {
+                path,
+                blake3: model.blake3.clone(),
+                stamp,
+            };
             out.insert(model.store_path.clone(), file);
         }
     }
@@ -195,33 +199,14 @@ pub fn in_place_models(
 pub struct InPlaceFile {
     pub path: PathBuf,
     pub blake3: String,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    #[serde(flatten)]
+    pub stamp: crate::store::db::FileStamp,
 }
 
 impl InPlaceFile {
-    pub fn new(path: PathBuf, blake3: String, stamp: &crate::store::db::FileStamp) -> InPlaceFile {
-        InPlaceFile {
-            path,
-            blake3,
-            dev: stamp.dev,
-            ino: stamp.ino,
-            size: stamp.size,
-            mtime_ns: stamp.mtime_ns,
-            ctime_ns: stamp.ctime_ns,
-        }
-    }
-
     /// Its stat tuple (the link followed) is still the one recorded.
     pub fn unchanged(&self) -> bool {
-        fs::metadata(&self.path).is_ok_and(|meta| {
-            let now = crate::store::db::FileStamp::of(&meta);
-            (now.dev, now.ino, now.size, now.mtime_ns, now.ctime_ns)
-                == (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
-        })
+        self.stamp.is_current(&self.path)
     }
 }
 
@@ -304,8 +289,8 @@ fn realization_key(lock: &Lock, options: &RealizeOptions, models_dir: &Path) -> 
         let text = format!(
             "{store_path}\0{}\0{}\0{}",
             file.path.display(),
-            file.ino,
-            file.ctime_ns
+            file.stamp.ino,
+            file.stamp.ctime_ns
         );
         hasher.update(text.as_bytes());
     }

@@ -295,7 +295,7 @@ pub(super) fn drift(
             let same = linked
                 && file.unchanged()
                 && (!check_contents
-                    || crate::store::tree::hash_file(&file.path, file.size)
+                    || crate::store::tree::hash_file(&file.path, file.stamp.size)
                         .is_ok_and(|d| blake3::Hash::from(d).to_hex().as_str() == file.blake3));
             if !same {
                 changed.push(mount.at.clone());

@@ -71,7 +71,7 @@ CREATE TABLE model_folders (
 ];
 
 /// A file's stat tuple: while it is unchanged, so are its contents (barring a clock set back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileStamp {
     pub dev: u64,
     pub ino: u64,
@@ -91,6 +91,11 @@ impl FileStamp {
             ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         }
     }
+
+    /// The file at `path` (the link followed) has this stat tuple still.
+    pub fn is_current(&self, path: &std::path::Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|meta| FileStamp::of(&meta) == *self)
+    }
 }
 
 /// The BLAKE3 (hex) recorded for `path` when its stamp was `stamp`.
@@ -99,23 +104,11 @@ pub fn known_digest(
     path: &str,
     stamp: &FileStamp,
 ) -> rusqlite::Result<Option<String>> {
-    let row = conn
-        .query_row(
-            "SELECT dev, ino, size, mtime_ns, ctime_ns, blake3 FROM file_digests WHERE path = ?1",
-            params![path],
-            |r| {
-                let recorded = FileStamp {
-                    dev: r.get::<_, i64>(0)? as u64,
-                    ino: r.get::<_, i64>(1)? as u64,
-                    size: r.get::<_, i64>(2)? as u64,
-                    mtime_ns: r.get(3)?,
-                    ctime_ns: r.get(4)?,
-                };
-                Ok((recorded, r.get::<_, String>(5)?))
-            },
-        )
-        .optional()?;
-    Ok(row.and_then(|(recorded, blake3)| (recorded == *stamp).then_some(blake3)))
+    let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE path = ?1"))?;
+    let row = statement.query_row(params![path], known_file).optional()?;
+    Ok(row
+        .filter(|file| file.stamp == *stamp)
+        .map(|file| file.blake3))
 }
 
 /// Record that `path`, stamped `stamp`, has the BLAKE3 `blake3` (hex).
@@ -181,28 +174,16 @@ pub fn files_with(
 ) -> rusqlite::Result<Vec<KnownFile>> {
     let mut out = Vec::new();
     if let Some(hex) = blake3 {
-        let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE blake3 = ?1"))?;
-        out.extend(
-            statement
-                .query_map(params![hex], known_file)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+        out.extend(select_files(conn, "blake3 = ?1", &hex)?);
     }
     if let Some(hex) = sha256 {
-        let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE sha256 = ?1"))?;
-        out.extend(
-            statement
-                .query_map(params![hex], known_file)?
-                .collect::<rusqlite::Result<Vec<_>>>()?,
-        );
+        out.extend(select_files(conn, "sha256 = ?1", &hex)?);
         if let Some(size) = size {
-            let mut statement =
-                conn.prepare_cached(&format!("{KNOWN_FILE} WHERE size = ?1 AND sha256 IS NULL"))?;
-            out.extend(
-                statement
-                    .query_map(params![size as i64], known_file)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-            );
+            out.extend(select_files(
+                conn,
+                "size = ?1 AND sha256 IS NULL",
+                &(size as i64),
+            )?);
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -212,10 +193,18 @@ pub fn files_with(
 
 /// The files recorded under the directory `dir` (an absolute path without a trailing slash).
 pub fn files_under(conn: &Connection, dir: &str) -> rusqlite::Result<Vec<KnownFile>> {
-    let mut statement = conn.prepare_cached(&format!(
-        "{KNOWN_FILE} WHERE substr(path, 1, length(?1) + 1) = ?1 || '/' ORDER BY path"
-    ))?;
-    let rows = statement.query_map(params![dir], known_file)?;
+    let condition = "substr(path, 1, length(?1) + 1) = ?1 || '/' ORDER BY path";
+    select_files(conn, condition, &dir)
+}
+
+/// The recorded files `condition` (on the one parameter `value`) selects.
+fn select_files(
+    conn: &Connection,
+    condition: &str,
+    value: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<KnownFile>> {
+    let mut statement = conn.prepare_cached(&format!("{KNOWN_FILE} WHERE {condition}"))?;
+    let rows = statement.query_map([value], known_file)?;
     rows.collect()
 }
 

@@ -578,12 +578,7 @@ impl Store {
 
     /// The valid single-file paths (any name) whose bytes have BLAKE3 `digest`.
     pub fn files_with_digest(&self, size: u64, digest: &tree::Digest) -> Result<Vec<PathRecord>> {
-        let node = tree::Node::File {
-            size,
-            executable: false,
-            digest: *digest,
-        };
-        let hash = blake3::Hash::from(node.tree_hash()).to_hex();
+        let hash = blake3::Hash::from(tree::file_tree_hash(size, digest)).to_hex();
         db::with_tree_hash(&self.db(), hash.as_str()).map_err(|e| self.db_err(e))
     }
 
@@ -591,13 +586,9 @@ impl Store {
     /// once, found again by what it is rather than by where it came from).
     pub fn find_file(&self, name: &str, digest: &tree::Digest) -> Result<Option<PathRecord>> {
         Ok(self.named(name)?.into_iter().find(|record| {
-            let node = tree::Node::File {
-                size: record.size,
-                executable: false,
-                digest: *digest,
-            };
+            let tree_hash = tree::file_tree_hash(record.size, digest);
             record.kind == "file"
-                && record.tree_hash == blake3::Hash::from(node.tree_hash()).to_hex().as_str()
+                && record.tree_hash == blake3::Hash::from(tree_hash).to_hex().as_str()
                 && std::fs::symlink_metadata(self.path_of(&record.name)).is_ok()
         }))
     }
@@ -622,8 +613,7 @@ impl Store {
         before: &db::FileStamp,
         digest: &tree::Digest,
     ) -> Result<()> {
-        let still = std::fs::metadata(path).is_ok_and(|m| db::FileStamp::of(&m) == *before);
-        if !still {
+        if !before.is_current(path) {
             return Ok(());
         }
         let hex = blake3::Hash::from(*digest).to_hex();

@@ -130,12 +130,21 @@ pub fn path_digest(name: &str, tree_hash: &Digest, references: &[String]) -> Str
 /// `name` (sanitized, no references): what a model linked where it lies would be named.
 pub fn file_path_name(name: &str, size: u64, digest: &Digest) -> String {
     let name = super::sanitize_name(name);
-    let node = Node::File {
+    format!(
+        "{}-{name}",
+        path_digest(&name, &file_tree_hash(size, digest), &[])
+    )
+}
+
+/// The tree hash of a single-file store path (not executable) of `size` bytes with BLAKE3
+/// `digest`: how a model in the store is found by its bytes.
+pub fn file_tree_hash(size: u64, digest: &Digest) -> Digest {
+    Node::File {
         size,
         executable: false,
         digest: *digest,
-    };
-    format!("{}-{name}", path_digest(&name, &node.tree_hash(), &[]))
+    }
+    .tree_hash()
 }
 
 /// Hash a file's contents: whole-file read for small files, mmap on all cores for large ones.
