@@ -319,7 +319,7 @@ impl Session {
             true => crate::realize::in_place_models(store, &lock)?,
             false => BTreeMap::new(),
         };
-        let (plan, venv) = self.run_plan(spec, &mut lock, r.skip_models, &in_place)?;
+        let (plan, venv) = self.run_plan(spec, &mut lock, r.skip_models)?;
         let not_fetched: Vec<String> = if r.skip_models {
             Vec::new()
         } else {
@@ -383,7 +383,6 @@ impl Session {
         spec: &Spec,
         lock: &mut Lock,
         skip_models: bool,
-        in_place: &BTreeMap<String, crate::realize::InPlaceFile>,
     ) -> Result<(Vec<Derivation>, Option<String>)> {
         let executor = &self.executor;
         // The venv's name depends on uv and the interpreter: they come first.
@@ -395,11 +394,7 @@ impl Session {
             }
             None => None,
         };
-        let plan: Vec<Derivation> =
-            crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models)
-                .into_iter()
-                .filter(|d| !d.output.as_ref().is_some_and(|o| in_place.contains_key(o)))
-                .collect();
+        let plan = crate::derive::derivations(spec, Some(lock), venv_name.as_deref(), skip_models);
         self.runtime.block_on(executor.run(&plan))?;
         let outcomes = executor.outcomes(&plan);
         let outcome_of = |d: &Derivation| outcomes.iter().find(|o| o.id == d.id);

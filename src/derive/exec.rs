@@ -101,9 +101,9 @@ pub struct Executor {
     pub models_in_place: bool,
     jobs: Arc<tokio::sync::Semaphore>,
     outcomes: Mutex<BTreeMap<String, Outcome>>,
-    /// Models taken from a file of this machine (the models index, the hub cache), by
-    /// derivation id: the file, reported as where the substituted output came from.
-    taken: Mutex<BTreeMap<String, String>>,
+    /// Where a substituted output came from (a cache, a file of this machine as a `file://`
+    /// URL), by derivation id, for its outcome.
+    origins: Mutex<BTreeMap<String, String>>,
     /// Per output path, how its first derivation made it valid: two derivations with one output
     /// (the same model under two names) run it once and both report what happened.
     producing: Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<Made>>>>,
@@ -135,7 +135,7 @@ impl Executor {
             models_in_place: false,
             jobs,
             outcomes: Mutex::new(BTreeMap::new()),
-            taken: Mutex::new(BTreeMap::new()),
+            origins: Mutex::new(BTreeMap::new()),
             producing: Mutex::new(BTreeMap::new()),
         }
     }
@@ -149,22 +149,42 @@ impl Executor {
         self.insert(Outcome::new(derivation, output, how));
     }
 
-    /// The file of this machine `id`'s model was taken from, as a `file://` URL.
+    /// Where `id`'s substituted output came from, taken for its outcome.
     fn taken_from(&self, id: &str) -> Option<String> {
-        self.taken.lock().expect("never poisoned").remove(id)
+        self.origins.lock().expect("never poisoned").remove(id)
+    }
+
+    /// Note where `id`'s output came from: it was substituted.
+    fn substituted_from(&self, id: &str, from: String) -> How {
+        let mut origins = self.origins.lock().expect("never poisoned");
+        origins.insert(id.to_string(), from);
+        How::Substituted
     }
 
     /// How a model fetch went: substituted from a file of this machine, or fetched.
     fn fetched_model(&self, d: &Derivation, fetched: &model::FetchedModel) -> How {
-        let Some(from) = &fetched.taken_from else {
-            return How::Fetched;
+        match &fetched.taken_from {
+            Some(from) => self.substituted_from(&d.id, format!("file://{}", from.display())),
+            None => How::Fetched,
+        }
+    }
+
+    /// With `--models-in-place`, the indexed file (unchanged since hashed) that holds the model
+    /// `d` fetches: its output stays there, never taken into the store.
+    fn in_place(&self, d: &Derivation) -> Result<Option<crate::store::db::KnownFile>, BuildError> {
+        let Action::Model { locked } = &d.action else {
+            return Ok(None);
         };
-        let url = format!("file://{}", from.display());
-        self.taken
-            .lock()
-            .expect("never poisoned")
-            .insert(d.id.clone(), url);
-        How::Substituted
+        if !self.models_in_place {
+            return Ok(None);
+        }
+        let blake3 = Expected::new(&locked.blake3, Origin::Lock);
+        let wanted = indexed::Wanted {
+            blake3: Some(&blake3),
+            sha256: None,
+            size: Some(locked.size),
+        };
+        Ok(indexed::in_place(&self.store, &wanted)?)
     }
 
     /// Keep `outcome` unless its id has one already.
@@ -273,7 +293,7 @@ impl Executor {
         let mut needed = 0u64;
         for d in derivations.iter().filter(|d| d.kind == Kind::FetchModel) {
             if let (Some(output), Some(bytes)) = (&d.output, d.download_bytes) {
-                if self.store.query(output)?.is_none() {
+                if self.store.query(output)?.is_none() && self.in_place(d)?.is_none() {
                     needed += bytes;
                 }
             }
@@ -358,13 +378,8 @@ impl Executor {
         let made = cell
             .get_or_try_init(|| async {
                 let (output, how) = self.produce_output(d).await?;
-                let taken = self
-                    .taken
-                    .lock()
-                    .expect("never poisoned")
-                    .get(&d.id)
-                    .cloned();
-                let from = taken.or_else(|| self.recorded(&d.id).and_then(|o| o.from));
+                let origins = self.origins.lock().expect("never poisoned");
+                let from = origins.get(&d.id).cloned();
                 Ok::<_, BuildError>(Made {
                     id: d.id.clone(),
                     output,
@@ -375,8 +390,7 @@ impl Executor {
             .await?;
         if made.id != d.id {
             if let Some(from) = &made.from {
-                let mut taken = self.taken.lock().expect("never poisoned");
-                taken.insert(d.id.clone(), from.clone());
+                self.substituted_from(&d.id, from.clone());
             }
         }
         Ok(Produced::Output(made.output.clone(), made.how))
@@ -422,6 +436,11 @@ impl Executor {
                 return Ok((Some(output.clone()), How::Valid));
             }
         }
+        // Where it lies (`--models-in-place`): valid as an indexed file, not in the store.
+        if let Some(file) = self.in_place(d)? {
+            let how = self.substituted_from(&d.id, format!("file://{}", file.path));
+            return Ok((d.output.clone(), how));
+        }
         // A substituter that fails (a damaged cache, say) is passed over: what it put in the store
         // was verified, and nothing unverified was registered.
         for substituter in &self.substituters {
@@ -429,16 +448,16 @@ impl Executor {
             let _permit = self.jobs.acquire().await.expect("never closed");
             match tokio::task::block_in_place(|| substituter.substitute(store, d)) {
                 Ok(Some(references)) => {
-                    let from = Some(substituter.location());
-                    let substituted = |d: &Derivation| Outcome {
-                        from: from.clone(),
-                        ..Outcome::new(d, d.output.clone(), How::Substituted)
-                    };
+                    let from = substituter.location();
                     for reference in references {
-                        self.insert(substituted(&Derivation::reference(reference)));
+                        let reference = Derivation::reference(reference);
+                        self.insert(Outcome {
+                            from: Some(from.clone()),
+                            ..Outcome::new(&reference, reference.output.clone(), How::Substituted)
+                        });
                     }
-                    self.insert(substituted(d));
-                    return Ok((d.output.clone(), How::Substituted));
+                    let how = self.substituted_from(&d.id, from);
+                    return Ok((d.output.clone(), how));
                 }
                 Ok(None) => {}
                 Err(err) => tracing::warn!("{err}"),

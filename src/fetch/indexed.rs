@@ -336,23 +336,3 @@ pub fn take(
     }
     Ok(None)
 }
-
-/// An indexed file that holds the model with BLAKE3 `blake3` (hex) of `size` bytes, unchanged
-/// since it was hashed (nothing is read): what a home may link to where it lies.
-pub fn holding(
-    store: &Store,
-    blake3: &str,
-    size: u64,
-) -> Result<Option<(PathBuf, FileStamp)>, FetchError> {
-    for file in store.known_files(Some(blake3), None, None)? {
-        if file.stamp.size != size || file.blake3 != blake3 {
-            continue;
-        }
-        let unchanged =
-            std::fs::metadata(&file.path).is_ok_and(|m| FileStamp::of(&m) == file.stamp);
-        if unchanged {
-            return Ok(Some((PathBuf::from(file.path), file.stamp)));
-        }
-    }
-    Ok(None)
-}

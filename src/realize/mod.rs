@@ -179,13 +179,17 @@ pub fn in_place_models(
 ) -> Result<BTreeMap<String, InPlaceFile>, crate::fetch::FetchError> {
     let mut out = BTreeMap::new();
     for model in &lock.models {
-        if let Some((path, stamp)) =
-            crate::fetch::indexed::holding(store, &model.blake3, model.size)?
-        {
+        let blake3 = crate::fetch::Expected::new(&model.blake3, crate::fetch::Origin::Lock);
+        let wanted = crate::fetch::indexed::Wanted {
+            blake3: Some(&blake3),
+            sha256: None,
+            size: Some(model.size),
+        };
+        if let Some(file) = crate::fetch::indexed::in_place(store, &wanted)? {
             let file = InPlaceFile {
-                path,
-                blake3: model.blake3.clone(),
-                stamp,
+                path: PathBuf::from(file.path),
+                blake3: file.blake3,
+                stamp: file.stamp,
             };
             out.insert(model.store_path.clone(), file);
         }

@@ -151,17 +151,10 @@ impl Resolver {
         update: &Update,
     ) -> Result<(Lock, Vec<ItemReport>), ResolveError> {
         let (mut lock, mut items) = self.pin(spec, old, update).await?;
-        // Models linked where they lie (`--models-in-place`) are not taken into the store.
-        let left_out = match self.executor.models_in_place && !self.skip_models {
-            true => crate::realize::in_place_models(&self.executor.store, &lock)
-                .map_err(BuildError::from)?,
-            false => Default::default(),
-        };
         let fetches: Vec<Derivation> =
             crate::derive::derivations(spec, Some(&lock), None, self.skip_models)
                 .into_iter()
                 .filter(|d| !matches!(d.kind, Kind::BuildVenv | Kind::AssembleHome))
-                .filter(|d| !d.output.as_ref().is_some_and(|o| left_out.contains_key(o)))
                 .collect();
         if let Err(err) = self.executor.run(&fetches).await {
             Partial::of(&lock).save(&self.executor.store);
