@@ -17,15 +17,7 @@ use std::time::Duration;
 mod common;
 use common::{env_usize, git, pseudo_random, remove_tree, work_dir};
 
-static COLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-fn timed(cmd: &mut Command) -> Duration {
-    if COLD.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = Command::new("sync").status();
-        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    }
-    common::timed(cmd)
-}
+use common::timed_cold as timed;
 
 fn comfix(work: &Path, store: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_comfix"));
@@ -92,14 +84,9 @@ fn main() {
     remove_tree(&store);
 
     for cache in ["warm", "cold"] {
-        if cache == "cold" {
-            if std::fs::write("/proc/sys/vm/drop_caches", "3").is_err() {
-                println!(
-                    "models_index/cold       (not measured: dropping the page cache needs root)"
-                );
-                break;
-            }
-            COLD.store(true, std::sync::atomic::Ordering::Relaxed);
+        if cache == "cold" && !common::go_cold() {
+            println!("models_index/cold       (not measured: dropping the page cache needs root)");
+            break;
         }
         measure(work, &files, mib, cache);
     }

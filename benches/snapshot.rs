@@ -17,23 +17,9 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{env_usize, git, pseudo_random, sync, work_dir};
+use common::{env_usize, git, pseudo_random, work_dir};
 
-/// Whether the page cache can be dropped before each timing (root): models of hundreds of GB are
-/// never in it, so cold reads are what a snapshot meets.
-fn cold() -> bool {
-    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
-}
-
-fn timed(cmd: &mut Command) -> Duration {
-    if COLD.load(std::sync::atomic::Ordering::Relaxed) {
-        sync();
-        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-    }
-    common::timed(cmd)
-}
-
-static COLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+use common::timed_cold as timed;
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -67,12 +53,9 @@ fn main() {
         .collect();
 
     for cache in ["warm", "cold"] {
-        if cache == "cold" {
-            if !cold() {
-                println!("snapshot/cold                   (not measured: dropping the page cache needs root)");
-                break;
-            }
-            COLD.store(true, std::sync::atomic::Ordering::Relaxed);
+        if cache == "cold" && !common::go_cold() {
+            println!("snapshot/cold                   (not measured: dropping the page cache needs root)");
+            break;
         }
         measure(work, &install, &files, mib, cache);
     }

@@ -79,6 +79,26 @@ pub fn git(dir: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "git {args:?}");
 }
 
+static COLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, drop the page cache before each [`timed_cold`] timing; false when it cannot be
+/// dropped (not root), and then nothing changes.
+pub fn go_cold() -> bool {
+    let can = std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok();
+    COLD.store(can, std::sync::atomic::Ordering::Relaxed);
+    can
+}
+
+/// [`timed`], with the page cache dropped first once [`go_cold`] said so: a step that reads
+/// models of hundreds of GB, which are never in the cache.
+pub fn timed_cold(cmd: &mut Command) -> std::time::Duration {
+    if COLD.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = Command::new("sync").status();
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    }
+    timed(cmd)
+}
+
 /// How long `cmd` takes, dirty pages flushed first; panics when it fails.
 pub fn timed(cmd: &mut Command) -> std::time::Duration {
     sync();

@@ -308,9 +308,6 @@ pub fn take(
     file_name: &str,
     wanted: &Wanted<'_>,
 ) -> Result<Option<Taken>, FetchError> {
-    if wanted.blake3.is_none() && wanted.sha256.is_none() {
-        return Ok(None);
-    }
     for path in candidates(store, config, wanted)? {
         let how = local::How {
             sha256: wanted.sha256,
