@@ -20,6 +20,7 @@ use comfix::sign::Trust;
 use comfix::store::{AddOptions, Store};
 
 mod common;
+use comfix::store::Add;
 use common::{env_usize, pseudo_random, remove_tree, sync, work_dir};
 
 fn shell(script: &str) -> Duration {

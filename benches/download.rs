@@ -22,6 +22,7 @@ use comfix::fetch::http::{Client, Download, Got};
 use comfix::fetch::FetchConfig;
 use comfix::reporter::NoReporter;
 use comfix::spec::ExpandedEnv;
+use comfix::store::Add;
 use comfix::store::{AddOptions, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 

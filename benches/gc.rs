@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use comfix::reporter::NoReporter;
+use comfix::store::Add;
 use comfix::store::{AddOptions, GcOptions, Store};
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use comfix::reporter::NoReporter;
+use comfix::store::Add;
 use comfix::store::{AddOptions, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 use comfix::lock::{Lock, LockedGit, LOCK_VERSION};
 use comfix::realize::{self, LinkMode, RealizeOptions};
 use comfix::reporter::NoReporter;
+use comfix::store::Add;
 use comfix::store::{AddOptions, Store};
 use criterion::{criterion_group, criterion_main, Criterion};
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 use comfix::lock::{LockedPython, LockedWheel};
 use comfix::python::{self, Group, Interpreter, Uv};
 use comfix::reporter::NoReporter;
+use comfix::store::Add;
 use comfix::store::{AddOptions, Store};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use wheels::Wheel;

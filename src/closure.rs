@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hint::Hint;
 use crate::lock::Lock;
+use crate::store::Add;
 use crate::store::{PathMeta, Staging, Store, StoreError};
 
 /// The archive format this comfix writes and reads.
@@ -478,6 +479,22 @@ impl Current {
         self.entries_left -= 1;
         Ok(())
     }
+}
+
+/// Pin each version an import brought (root `pin:<id>`, on a manifest of its lock), so a
+/// collector keeps what was brought until the user unpins it.
+pub fn pin_versions(store: &Store, report: &ImportReport) -> Result<(), ClosureError> {
+    for lock in &report.locks {
+        let id = &lock.version_id;
+        let models_missing = lock
+            .models
+            .iter()
+            .any(|m| !matches!(store.query(&m.store_path), Ok(Some(_))));
+        let manifest =
+            crate::lock::manifest::write(store, &format!("pin-{id}"), lock, models_missing, &[])?;
+        store.pin(id, &manifest)?;
+    }
+    Ok(())
 }
 
 /// Read a closure archive from `input` into `store`; each version's spec and lock are written

@@ -136,6 +136,51 @@ mod layers {
         out
     }
 
+    /// The modules that may write store paths (`store::Add`): the derivations' steps the
+    /// executor runs (fetchers, Python builds, manifests), the importer — and, by file, `store
+    /// add` (a user's tree taken in, as Nix's `nix store add-path`).
+    const WRITERS: &[&str] = &["store", "derive", "fetch", "python", "lock", "closure"];
+    const WRITER_FILES: &[&str] = &["src/cli/store.rs"];
+
+    /// Whether `text` names the store's write capability, alone or in a group.
+    fn names_add(text: &str) -> bool {
+        let token = |s: &str| !s.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+        text.match_indices("store::").any(|(at, _)| {
+            let rest = &text[at + 7..];
+            if let Some(after) = rest.strip_prefix("Add") {
+                return token(after);
+            }
+            rest.strip_prefix('{').is_some_and(|group| {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                group.split([',', ' ', '\n']).any(|name| name == "Add")
+            })
+        })
+    }
+
+    #[test]
+    fn write_capability_is_read() {
+        assert!(names_add("use crate::store::Add;"));
+        assert!(names_add("use crate::store::{Store,\n    Add, flock};"));
+        assert!(!names_add("use crate::store::{AddOptions, Store};"));
+        assert!(!names_add("use crate::store::Added;"));
+    }
+
+    #[test]
+    fn only_producers_write_store_paths() {
+        let mut wrong = Vec::new();
+        for module in LAYERS.iter().flat_map(|l| l.iter()) {
+            if WRITERS.contains(module) {
+                continue;
+            }
+            for (file, text) in sources(module) {
+                if names_add(&text) && !WRITER_FILES.iter().any(|f| file.ends_with(f)) {
+                    wrong.push(format!("{file}: `{module}` writes store paths"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
     #[test]
     fn grouped_imports_are_read() {
         let text = "use crate::{store::{Store, flock}, spec::Spec,\n    fetch};\nlet x = crate::lock::read();";

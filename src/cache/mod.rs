@@ -338,7 +338,11 @@ impl Cache {
             self.progress.inc(meta.size);
             return Ok(size);
         }
-        let work = store.root().join(crate::store::layout::TMP);
+        // The upload's buffers under the store's `tmp/` (a read-only store: the system's).
+        let scratch = store.scratch().ok();
+        let work = scratch
+            .as_ref()
+            .map_or_else(std::env::temp_dir, |s| s.path().to_path_buf());
         let progress = &self.progress;
         self.backend.upload(&key, &work, &mut |out| {
             let fail = |e: std::io::Error| ClosureError::Remote {

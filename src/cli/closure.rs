@@ -176,17 +176,7 @@ pub fn import(args: ClosureImportArgs, context: &Context) -> anyhow::Result<Outc
         let file = std::fs::File::open(&args.file)?;
         closure::import(&store, std::io::BufReader::new(file), dir, &trust)?
     };
-    // Each version is pinned, so a collector keeps what was brought until the user unpins it.
-    for lock in &report.locks {
-        let id = &lock.version_id;
-        let models_missing = lock
-            .models
-            .iter()
-            .any(|m| !matches!(store.query(&m.store_path), Ok(Some(_))));
-        let manifest =
-            crate::lock::manifest::write(&store, &format!("pin-{id}"), lock, models_missing, &[])?;
-        store.pin(id, &manifest)?;
-    }
+    closure::pin_versions(&store, &report)?;
     if context.json {
         context.print_json(&report)?;
     } else {

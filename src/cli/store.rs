@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{format_bytes, Context, Outcome};
+use crate::store::Add;
 use crate::store::{AddOptions, PathRecord, Store};
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ use crate::fetch::{git, indexed, model, registry, Expected, FetchError, Origin};
 use crate::lock::{LockedGit, LockedModel, LockedRegistry};
 use crate::reporter::Reporter;
 use crate::spec::{ModelSource, SourceKind};
+use crate::store::Add;
 use crate::store::{sanitize_name, Store};
 
 /// How a derivation's output came to be valid.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::{FetchOptions, ObjectType, Oid, Repository};
 
 use super::FetchError;
+use crate::store::Add;
 use crate::store::{flock, AddOptions, Added, Store};
 
 /// The mirror directory of `url`: `<store>/git/<key>-<name>.git`.

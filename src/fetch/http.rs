@@ -20,6 +20,7 @@ use url::Url;
 use super::{Expected, FetchConfig, FetchError};
 use crate::reporter::Reporter;
 use crate::spec::Secret;
+use crate::store::Add;
 use crate::store::{flock, Staging, Store};
 
 /// A credential for one host: sent only to `host` (host and port), never to a redirect target.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use sha2::Digest as _;
 
 use super::{Expected, FetchError};
+use crate::store::Add;
 use crate::store::{Staging, Store};
 
 pub use crate::spec::local::{refused_by_kind, refused_by_name};

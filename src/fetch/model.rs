@@ -8,6 +8,7 @@ use super::http::{safe_file_name, Auth, Client, Download, Got};
 use super::{indexed, local, Expected, FetchConfig, FetchError, Origin};
 use crate::reporter::Reporter;
 use crate::spec::{ModelSource, SourceKind};
+use crate::store::Add;
 use crate::store::{sanitize_name, AddOptions, Store};
 
 /// The credential for `url`, if it belongs to Hugging Face or CivitAI. Tokens are matched by

@@ -11,6 +11,7 @@ use url::Url;
 use super::http::{Client, Download, Got};
 use super::FetchError;
 use crate::reporter::Reporter;
+use crate::store::Add;
 use crate::store::{AddOptions, Added, Store};
 
 #[derive(Debug, Deserialize)]

@@ -3,6 +3,7 @@
 //! inside says what the root keeps alive and where each path came from. One writer, one reader.
 
 use super::Lock;
+use crate::store::Add;
 use crate::store::{Store, StoreError};
 
 /// Store `lock` as the manifest `name` (sanitized), referencing its paths (without the models'

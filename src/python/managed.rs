@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use super::uv::{Interpreter, Uv};
 use super::PythonError;
+use crate::store::Add;
 use crate::store::{AddOptions, Store};
 
 /// The interpreter for `version`: the machine's, else a managed one in the store, else (when

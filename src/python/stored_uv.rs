@@ -12,6 +12,7 @@ use super::PythonError;
 use crate::fetch::http::{Client, Download, Got};
 use crate::fetch::{Expected, Origin};
 use crate::reporter::Reporter;
+use crate::store::Add;
 use crate::store::{sanitize_name, AddOptions, Store};
 
 /// The pinned wheels of [`UV_VERSION`], per machine architecture: path under PyPI's files (as

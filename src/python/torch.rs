@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::uv::{Interpreter, Uv};
 use super::{requirements, Compile, PinnedWheel, PythonError};
 use crate::lock::{LockedPython, LockedWheel};
+use crate::store::Add;
 
 /// Where each backend's wheels come from unless configured: `{backend}` is replaced.
 pub const DEFAULT_INDEX: &str = "https://download.pytorch.org/whl/{backend}";
@@ -335,7 +336,7 @@ pub async fn overlay(
     }
     tracing::info!("resolving torch backend `{}` from `{index}`", backend.tag());
     let pinned = tokio::task::block_in_place(|| {
-        let scratch = store.staging()?;
+        let scratch = store.scratch()?;
         compile(
             &uv,
             scratch.path(),

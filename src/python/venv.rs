@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::uv::{Interpreter, Uv};
 use super::PythonError;
 use crate::lock::LockedPython;
+use crate::store::Add;
 use crate::store::Store;
 
 /// Bumped when the way a venv is built changes, so old builds are not reused.

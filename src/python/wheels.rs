@@ -8,6 +8,7 @@ use crate::fetch::{Expected, Origin};
 use crate::lock::{LockedGit, LockedNode, LockedWheel};
 use crate::spec::Spec;
 use crate::store::layout::Cache;
+use crate::store::Add;
 use crate::store::{sanitize_name, AddOptions, Store};
 
 /// The requirement groups of a version whose core and nodes are in the store: the core, each

@@ -164,7 +164,7 @@ impl Resolver {
                 .expect("an interpreter or a wanted version");
             // A staging directory holds the GC lock shared: the collector, which may clear the
             // uv cache, waits for uv to finish.
-            let scratch = store.staging()?;
+            let scratch = store.scratch()?;
             let compile = Compile {
                 uv: &uv,
                 scratch: scratch.path(),

@@ -107,151 +107,16 @@ impl Staging {
 }
 
 impl Store {
-    /// A fresh staging directory (see [`Staging`]).
-    pub fn staging(&self) -> Result<Staging> {
+    /// A fresh directory under the store's `tmp/` for work that adds no path (uv's resolution,
+    /// an upload's buffers), removed when dropped; like a [`Staging`], it holds `gc.lock` shared,
+    /// so a collector (which may clear the caches that work uses) waits for it.
+    pub fn scratch(&self) -> Result<Staging> {
         self.writable()?;
         let gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
         let dir = tempfile::Builder::new()
             .prefix("stage-")
             .tempdir_in(self.root.join(super::layout::TMP))?;
         Ok(Staging { dir, _gc: gc })
-    }
-
-    /// Add `bytes` as the single-file store path `name` referencing `references` (valid names).
-    /// A path with these exact contents that is already valid is used as it is — on a read-only
-    /// store too, where anything else is [`StoreError::ReadOnly`].
-    pub fn add_bytes(&self, name: &str, bytes: &[u8], references: &[String]) -> Result<Added> {
-        check_name(name).map_err(|reason| StoreError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })?;
-        let node = tree::Node::File {
-            size: bytes.len() as u64,
-            executable: false,
-            digest: *blake3::hash(bytes).as_bytes(),
-        };
-        let expected = self.describe(name, &node, references);
-        if let Some(added) = self.existing(&expected.name)? {
-            return Ok(added);
-        }
-        let staging = self.staging()?;
-        let file = staging.path().join(name);
-        fs::write(&file, bytes).map_err(|e| with_path(e, "write", &file))?;
-        self.add_staged(
-            staging,
-            name,
-            &AddOptions {
-                name: Some(name.to_string()),
-                references: references.to_vec(),
-            },
-            None,
-        )
-    }
-
-    /// Register the file or tree a fetcher wrote at `staging.path()/rel` as a content-addressed
-    /// store path, by rename. Files are made read-only and replaced by links to existing objects
-    /// where their contents are already stored. `known_digest` is the BLAKE3 of a single-file
-    /// root that the caller hashed while writing it (it is not read again).
-    pub fn add_staged(
-        &self,
-        staging: Staging,
-        rel: &str,
-        options: &AddOptions,
-        known_digest: Option<Digest>,
-    ) -> Result<Added> {
-        let name = self.path_name_for(options, &staging.path().join(rel))?;
-        let references = self.resolve_references(options)?;
-        self.ingest_staged(
-            staging,
-            rel,
-            &name,
-            &references,
-            known_digest,
-            Naming::Content(None),
-        )
-    }
-
-    /// Build an input-addressed path: `name` (`<digest>-<name>`) is fixed by the recipe, not by
-    /// the bytes, because what is built must know its final name. Under the path's build lock,
-    /// `build` writes the tree at the staging directory's `rel`; it is then registered like a
-    /// fetched tree (files deduplicated into objects, renamed into place). When the path is
-    /// already valid, `build` is not called.
-    pub fn build_input_addressed<E>(
-        &self,
-        name: &str,
-        rel: &str,
-        references: &[String],
-        build: impl FnOnce(&Path) -> std::result::Result<(), E>,
-    ) -> std::result::Result<Added, E>
-    where
-        E: From<StoreError>,
-    {
-        check_name(name).map_err(|reason| StoreError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })?;
-        if let Some(added) = self.existing(name)? {
-            return Ok(added);
-        }
-        let staging = self.staging()?;
-        let build_lock = flock::exclusive(
-            &self
-                .root
-                .join(super::layout::LOCKS)
-                .join(format!("{name}.lock")),
-        )
-        .map_err(StoreError::from)?;
-        if let Some(added) = self.existing(name)? {
-            return Ok(added);
-        }
-        build(staging.path())?;
-        let short = name.split_once('-').map_or(name, |(_, rest)| rest);
-        let added =
-            self.ingest_staged(staging, rel, short, references, None, Naming::Fixed(name))?;
-        drop(build_lock);
-        Ok(added)
-    }
-
-    /// Register the tree staged at `staging/rel` as exactly `meta.name` with `meta.references`
-    /// (which must be valid), after checking that its bytes hash to `meta.tree_hash` and, for a
-    /// content-addressed path, that the name is the one its tree, name and references give. A
-    /// path that is valid already is used as it is: nothing is written.
-    /// `single`: the BLAKE3 of the staged tree when it is one file, hashed as it was written.
-    pub fn import_staged(
-        &self,
-        staging: Staging,
-        rel: &str,
-        meta: &super::PathMeta,
-        single: Option<Digest>,
-    ) -> Result<Added> {
-        check_name(&meta.name).map_err(|reason| StoreError::InvalidName {
-            name: meta.name.clone(),
-            reason,
-        })?;
-        if let Some(added) = self.existing(&meta.name)? {
-            return Ok(added);
-        }
-        let short = meta
-            .name
-            .split_once('-')
-            .map_or(meta.name.as_str(), |(_, n)| n);
-        // An input-addressed path's name is fixed: its build lock is taken here (a content-addressed
-        // one's when its name is known, in `commit`).
-        let _build = match meta.naming.as_str() {
-            "input" => Some(self.build_lock(&meta.name)?),
-            _ => None,
-        };
-        if let Some(added) = self.existing(&meta.name)? {
-            return Ok(added);
-        }
-        self.ingest_staged(
-            staging,
-            rel,
-            short,
-            &meta.references,
-            single,
-            Naming::Expected(meta),
-        )
     }
 
     /// Hash and make read-only the tree staged at `staging/rel`, then commit it as `name` the way
@@ -294,100 +159,6 @@ impl Store {
         drop(_span);
         let Staging { dir, _gc } = staging;
         self.commit(&dir, &staged, &entries, ingested, name, references, naming)
-    }
-
-    /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
-    // Long on purpose: the add protocol of store-layout.md, step by step.
-    pub fn add_path(
-        &self,
-        src: &Path,
-        options: &AddOptions,
-        reporter: &dyn Reporter,
-    ) -> Result<Added> {
-        if let Err(err) = fs::symlink_metadata(src) {
-            return Err(if err.kind() == ErrorKind::NotFound {
-                StoreError::SourceMissing {
-                    path: src.to_path_buf(),
-                }
-            } else {
-                with_path(err, "read", src).into()
-            });
-        }
-        let name = self.path_name_for(options, src)?;
-        let references = self.resolve_references(options)?;
-        let entries = tree::walk(src)?;
-        let files = file_list(src, &entries);
-        let total: u64 = files.iter().map(|f| f.1).sum();
-
-        // Hash first, read-only: a path that is already valid costs one read of each file and
-        // no write at all.
-        reporter.start(&format!("Hashing {}", src.display()), Some(total));
-        let hashed = files
-            .par_iter()
-            .map(|(from, size, _)| {
-                let digest = tree::hash_file(from, *size).map_err(|e| with_path(e, "read", from));
-                reporter.advance(*size);
-                digest.map(|d| (*size, d))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        reporter.finish();
-        if self.read_only {
-            let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
-            return match self.existing(&expected.name)? {
-                Some(added) => Ok(added),
-                None => Err(StoreError::ReadOnly {
-                    root: self.root.clone(),
-                }),
-            };
-        }
-        let gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
-        let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
-        if let Some(added) = self.existing(&expected.name)? {
-            return Ok(added);
-        }
-
-        let tmp = tempfile::Builder::new()
-            .prefix("add-")
-            .tempdir_in(self.root.join(super::layout::TMP))?;
-        let staged = tmp.path().join("root");
-        for entry in &entries {
-            let at = tree::join_rel(&staged, &entry.rel);
-            match &entry.kind {
-                EntryKind::Directory => {
-                    fs::create_dir(&at).map_err(|e| with_path(e, "create", &at))?
-                }
-                EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at)
-                    .map_err(|e| with_path(e, "create", &at))?,
-                EntryKind::File { .. } => {}
-            }
-        }
-        let staged_files: Vec<PathBuf> = file_list(&staged, &entries)
-            .into_iter()
-            .map(|f| f.0)
-            .collect();
-        reporter.start(&format!("Adding {}", src.display()), Some(total));
-        let ingested = files
-            .par_iter()
-            .zip(staged_files.par_iter())
-            .zip(hashed.par_iter())
-            .map(|(((from, size, executable), to), (_, digest))| {
-                let result = self.ingest_file(from, to, *size, *executable, digest);
-                reporter.advance(*size);
-                result
-            })
-            .collect::<Result<Vec<_>>>()?;
-        reporter.finish();
-        let added = self.commit(
-            &tmp,
-            &staged,
-            &entries,
-            ingested,
-            &name,
-            &references,
-            Naming::Content(Some((&expected.name, src))),
-        );
-        drop(gc);
-        added
     }
 
     fn path_name_for(&self, options: &AddOptions, src: &Path) -> Result<String> {
@@ -546,31 +317,6 @@ impl Store {
             file_count: node.file_count(),
             registered_at: db::now(),
         }
-    }
-
-    /// If `name` is valid and present on disk, protect it with a temporary root and describe it.
-    /// The valid path `name` as an [`Added`] that registered nothing.
-    pub fn existing(&self, name: &str) -> Result<Option<Added>> {
-        let Some(record) = self.query(name)? else {
-            return Ok(None);
-        };
-        let path = self.path_of(name);
-        if fs::symlink_metadata(&path).is_err() {
-            tracing::warn!("valid path `{name}` is missing on disk; adding it again");
-            return Ok(None);
-        }
-        if !self.read_only {
-            self.temp_roots.add(name)?;
-        }
-        let references = self.references(&record)?;
-        Ok(Some(Added {
-            path,
-            record,
-            references,
-            newly_registered: false,
-            new_objects: 0,
-            new_object_bytes: 0,
-        }))
     }
 
     /// Stage one file at `to`: hardlinked from its object when that exists, else written
@@ -861,4 +607,299 @@ fn remove_tree_inner(path: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Writing store paths: what the executor's steps and the importer do (`store add` too). Only the modules the `layers` test lists import it.
+pub trait Add {
+    /// A fresh staging directory (see [`Staging`]).
+    fn staging(&self) -> Result<Staging>;
+
+    /// Add `bytes` as the single-file store path `name` referencing `references` (valid names).
+    /// A path with these exact contents that is already valid is used as it is — on a read-only
+    /// store too, where anything else is [`StoreError::ReadOnly`].
+    fn add_bytes(&self, name: &str, bytes: &[u8], references: &[String]) -> Result<Added>;
+
+    /// Register the file or tree a fetcher wrote at `staging.path()/rel` as a content-addressed
+    /// store path, by rename. Files are made read-only and replaced by links to existing objects
+    /// where their contents are already stored. `known_digest` is the BLAKE3 of a single-file
+    /// root that the caller hashed while writing it (it is not read again).
+    fn add_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        options: &AddOptions,
+        known_digest: Option<Digest>,
+    ) -> Result<Added>;
+
+    /// Build an input-addressed path: `name` (`<digest>-<name>`) is fixed by the recipe, not by
+    /// the bytes, because what is built must know its final name. Under the path's build lock,
+    /// `build` writes the tree at the staging directory's `rel`; it is then registered like a
+    /// fetched tree (files deduplicated into objects, renamed into place). When the path is
+    /// already valid, `build` is not called.
+    fn build_input_addressed<E>(
+        &self,
+        name: &str,
+        rel: &str,
+        references: &[String],
+        build: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Added, E>
+    where
+        E: From<StoreError>;
+
+    /// Register the tree staged at `staging/rel` as exactly `meta.name` with `meta.references`
+    /// (which must be valid), after checking that its bytes hash to `meta.tree_hash` and, for a
+    /// content-addressed path, that the name is the one its tree, name and references give. A
+    /// path that is valid already is used as it is: nothing is written.
+    /// `single`: the BLAKE3 of the staged tree when it is one file, hashed as it was written.
+    fn import_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        meta: &super::PathMeta,
+        single: Option<Digest>,
+    ) -> Result<Added>;
+
+    /// Add the file, directory tree or symlink at `src` as a content-addressed store path.
+    fn add_path(&self, src: &Path, options: &AddOptions, reporter: &dyn Reporter) -> Result<Added>;
+
+    /// If `name` is valid and present on disk, protect it with a temporary root and describe it.
+    /// The valid path `name` as an [`Added`] that registered nothing.
+    fn existing(&self, name: &str) -> Result<Option<Added>>;
+}
+
+impl Add for Store {
+    fn staging(&self) -> Result<Staging> {
+        self.scratch()
+    }
+
+    fn add_bytes(&self, name: &str, bytes: &[u8], references: &[String]) -> Result<Added> {
+        check_name(name).map_err(|reason| StoreError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        let node = tree::Node::File {
+            size: bytes.len() as u64,
+            executable: false,
+            digest: *blake3::hash(bytes).as_bytes(),
+        };
+        let expected = self.describe(name, &node, references);
+        if let Some(added) = self.existing(&expected.name)? {
+            return Ok(added);
+        }
+        let staging = self.staging()?;
+        let file = staging.path().join(name);
+        fs::write(&file, bytes).map_err(|e| with_path(e, "write", &file))?;
+        self.add_staged(
+            staging,
+            name,
+            &AddOptions {
+                name: Some(name.to_string()),
+                references: references.to_vec(),
+            },
+            None,
+        )
+    }
+
+    fn add_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        options: &AddOptions,
+        known_digest: Option<Digest>,
+    ) -> Result<Added> {
+        let name = self.path_name_for(options, &staging.path().join(rel))?;
+        let references = self.resolve_references(options)?;
+        self.ingest_staged(
+            staging,
+            rel,
+            &name,
+            &references,
+            known_digest,
+            Naming::Content(None),
+        )
+    }
+
+    fn build_input_addressed<E>(
+        &self,
+        name: &str,
+        rel: &str,
+        references: &[String],
+        build: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Added, E>
+    where
+        E: From<StoreError>,
+    {
+        check_name(name).map_err(|reason| StoreError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })?;
+        if let Some(added) = self.existing(name)? {
+            return Ok(added);
+        }
+        let staging = self.staging()?;
+        let build_lock = flock::exclusive(
+            &self
+                .root
+                .join(super::layout::LOCKS)
+                .join(format!("{name}.lock")),
+        )
+        .map_err(StoreError::from)?;
+        if let Some(added) = self.existing(name)? {
+            return Ok(added);
+        }
+        build(staging.path())?;
+        let short = name.split_once('-').map_or(name, |(_, rest)| rest);
+        let added =
+            self.ingest_staged(staging, rel, short, references, None, Naming::Fixed(name))?;
+        drop(build_lock);
+        Ok(added)
+    }
+
+    fn import_staged(
+        &self,
+        staging: Staging,
+        rel: &str,
+        meta: &super::PathMeta,
+        single: Option<Digest>,
+    ) -> Result<Added> {
+        check_name(&meta.name).map_err(|reason| StoreError::InvalidName {
+            name: meta.name.clone(),
+            reason,
+        })?;
+        if let Some(added) = self.existing(&meta.name)? {
+            return Ok(added);
+        }
+        let short = meta
+            .name
+            .split_once('-')
+            .map_or(meta.name.as_str(), |(_, n)| n);
+        // An input-addressed path's name is fixed: its build lock is taken here (a content-addressed
+        // one's when its name is known, in `commit`).
+        let _build = match meta.naming.as_str() {
+            "input" => Some(self.build_lock(&meta.name)?),
+            _ => None,
+        };
+        if let Some(added) = self.existing(&meta.name)? {
+            return Ok(added);
+        }
+        self.ingest_staged(
+            staging,
+            rel,
+            short,
+            &meta.references,
+            single,
+            Naming::Expected(meta),
+        )
+    }
+
+    // Long on purpose: the add protocol of store-layout.md, step by step.
+    fn add_path(&self, src: &Path, options: &AddOptions, reporter: &dyn Reporter) -> Result<Added> {
+        if let Err(err) = fs::symlink_metadata(src) {
+            return Err(if err.kind() == ErrorKind::NotFound {
+                StoreError::SourceMissing {
+                    path: src.to_path_buf(),
+                }
+            } else {
+                with_path(err, "read", src).into()
+            });
+        }
+        let name = self.path_name_for(options, src)?;
+        let references = self.resolve_references(options)?;
+        let entries = tree::walk(src)?;
+        let files = file_list(src, &entries);
+        let total: u64 = files.iter().map(|f| f.1).sum();
+
+        // Hash first, read-only: a path that is already valid costs one read of each file and
+        // no write at all.
+        reporter.start(&format!("Hashing {}", src.display()), Some(total));
+        let hashed = files
+            .par_iter()
+            .map(|(from, size, _)| {
+                let digest = tree::hash_file(from, *size).map_err(|e| with_path(e, "read", from));
+                reporter.advance(*size);
+                digest.map(|d| (*size, d))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        reporter.finish();
+        if self.read_only {
+            let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
+            return match self.existing(&expected.name)? {
+                Some(added) => Ok(added),
+                None => Err(StoreError::ReadOnly {
+                    root: self.root.clone(),
+                }),
+            };
+        }
+        let gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
+        let expected = self.describe(&name, &tree::build_node(&entries, &hashed), &references);
+        if let Some(added) = self.existing(&expected.name)? {
+            return Ok(added);
+        }
+
+        let tmp = tempfile::Builder::new()
+            .prefix("add-")
+            .tempdir_in(self.root.join(super::layout::TMP))?;
+        let staged = tmp.path().join("root");
+        for entry in &entries {
+            let at = tree::join_rel(&staged, &entry.rel);
+            match &entry.kind {
+                EntryKind::Directory => {
+                    fs::create_dir(&at).map_err(|e| with_path(e, "create", &at))?
+                }
+                EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &at)
+                    .map_err(|e| with_path(e, "create", &at))?,
+                EntryKind::File { .. } => {}
+            }
+        }
+        let staged_files: Vec<PathBuf> = file_list(&staged, &entries)
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        reporter.start(&format!("Adding {}", src.display()), Some(total));
+        let ingested = files
+            .par_iter()
+            .zip(staged_files.par_iter())
+            .zip(hashed.par_iter())
+            .map(|(((from, size, executable), to), (_, digest))| {
+                let result = self.ingest_file(from, to, *size, *executable, digest);
+                reporter.advance(*size);
+                result
+            })
+            .collect::<Result<Vec<_>>>()?;
+        reporter.finish();
+        let added = self.commit(
+            &tmp,
+            &staged,
+            &entries,
+            ingested,
+            &name,
+            &references,
+            Naming::Content(Some((&expected.name, src))),
+        );
+        drop(gc);
+        added
+    }
+
+    fn existing(&self, name: &str) -> Result<Option<Added>> {
+        let Some(record) = self.query(name)? else {
+            return Ok(None);
+        };
+        let path = self.path_of(name);
+        if fs::symlink_metadata(&path).is_err() {
+            tracing::warn!("valid path `{name}` is missing on disk; adding it again");
+            return Ok(None);
+        }
+        if !self.read_only {
+            self.temp_roots.add(name)?;
+        }
+        let references = self.references(&record)?;
+        Ok(Some(Added {
+            path,
+            record,
+            references,
+            newly_registered: false,
+            new_objects: 0,
+            new_object_bytes: 0,
+        }))
+    }
 }

@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 pub use account::Bytes;
-pub use add::{AddOptions, Added, Staging};
+pub use add::{Add, AddOptions, Added, Staging};
 pub use db::{Journal, PathRecord};
 pub use du::{DiskUse, Part, Usage};
 pub use gc::{GcOptions, GcReport, Keep, KeepNothing, Kept};
