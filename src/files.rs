@@ -93,7 +93,7 @@ pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
 /// [`read_regular`] as UTF-8 text.
 pub fn read_regular_text(path: &Path, limit: u64) -> std::io::Result<String> {
     String::from_utf8(read_regular(path, limit)?)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The most a workflow file may hold: ComfyUI's own workflows are kilobytes to a few megabytes.

@@ -173,7 +173,9 @@ mod layers {
                 continue;
             }
             for (file, text) in sources(module) {
-                if names_add(&text) && !WRITER_FILES.iter().any(|f| file.ends_with(f)) {
+                // Tests set up stores as they need.
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                if names_add(code) && !WRITER_FILES.iter().any(|f| file.ends_with(f)) {
                     wrong.push(format!("{file}: `{module}` writes store paths"));
                 }
             }

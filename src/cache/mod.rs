@@ -338,11 +338,8 @@ impl Cache {
             self.progress.inc(meta.size);
             return Ok(size);
         }
-        // The upload's buffers under the store's `tmp/` (a read-only store: the system's).
-        let scratch = store.scratch().ok();
-        let work = scratch
-            .as_ref()
-            .map_or_else(std::env::temp_dir, |s| s.path().to_path_buf());
+        // Where an upload keeps what lets a killed push resume (a multipart upload's parts).
+        let work = store.tmp_dir();
         let progress = &self.progress;
         self.backend.upload(&key, &work, &mut |out| {
             let fail = |e: std::io::Error| ClosureError::Remote {

@@ -268,7 +268,13 @@ fn dry_run(
             .unwrap_or(derivations.len() - 1);
         derivations.insert(at, step);
     }
-    let plan = crate::plan::plan_of(store.as_ref(), spec, old, derivations);
+    // The substituters realize would ask, asked the same way (what they hold, what it brings).
+    let settings = args.session.settings(context, Some(&args.torch))?;
+    let mut caches = Vec::new();
+    for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
+        caches.push(crate::cache::Cache::open(location)?);
+    }
+    let plan = crate::plan::plan_of(store.as_ref(), spec, old, derivations, &caches);
     print_plan(context, &plan, target)?;
     Ok(Outcome::Success)
 }
@@ -399,6 +405,9 @@ fn print_plan(
     for step in &plan.steps {
         let detail = match (step.state, step.download_bytes, &step.output) {
             ("fetch", Some(bytes), _) if step.kind == "fetch-model" => format_bytes(bytes),
+            ("substitute", Some(bytes), Some(output)) => {
+                format!("{output} ({})", format_bytes(bytes))
+            }
             (_, _, Some(output)) => output.clone(),
             ("resolve", _, None) => "not pinned yet".into(),
             _ => String::new(),
@@ -410,10 +419,11 @@ fn print_plan(
     }
     let t = &plan.totals;
     println!(
-        "{} steps: {} valid, {} to fetch, {} to resolve, {} to build; download {}{}",
+        "{} steps: {} valid, {} to fetch, {} to substitute, {} to resolve, {} to build; download {}{}",
         t.steps,
         t.valid,
         t.to_fetch,
+        t.to_substitute,
         t.to_resolve,
         t.to_build,
         format_bytes(t.download_bytes),

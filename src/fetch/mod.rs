@@ -323,8 +323,15 @@ pub enum FetchError {
         entry: String,
         reason: String,
     },
-    #[error("Archive `{url}` could not be read: {message}")]
-    BadArchive { url: String, message: String },
+    /// An archive that is not what its format says (a broken zip, an entry cut short); `at`,
+    /// the entry it broke at.
+    #[error("Archive `{url}` could not be read{}", at.as_ref().map(|a| format!(" at `{a}`")).unwrap_or_default())]
+    BadArchive {
+        url: String,
+        at: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The source answered, but not with what it should have (no files, no version, bad JSON).
     #[error("{what}: {message}")]
     BadAnswer { what: String, message: String },

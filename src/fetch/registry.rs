@@ -218,9 +218,12 @@ pub async fn fetch(
 /// through the package's other links. Writes `.tracking`.
 pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
     use crate::files::{Beneath, BeneathError};
-    let bad = |message: String| FetchError::BadArchive {
-        url: url.to_string(),
-        message,
+    let bad = |at: Option<&str>, source: Box<dyn std::error::Error + Send + Sync>| {
+        FetchError::BadArchive {
+            url: url.to_string(),
+            at: at.map(str::to_string),
+            source,
+        }
     };
     let unsafe_entry = |entry: &str, reason: &str| FetchError::UnsafeArchive {
         url: url.to_string(),
@@ -228,10 +231,10 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
         reason: reason.to_string(),
     };
     let file = std::fs::File::open(zip).map_err(FetchError::io(zip))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(None, e.into()))?;
     let mut beneath = Beneath::new(dest).map_err(|e| match e {
         BeneathError::Io { path, source } => FetchError::io(path)(source),
-        other => bad(other.to_string()),
+        other => bad(None, other.into()),
     })?;
     let refused = |raw: &str, e: BeneathError| match e {
         BeneathError::Through(_) => {
@@ -243,8 +246,8 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
     };
     let mut names = Vec::with_capacity(archive.len());
     for i in 0..archive.len() {
-        let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
-        let raw = entry.name().map_err(|e| bad(e.to_string()))?.to_string();
+        let mut entry = archive.by_index(i).map_err(|e| bad(None, e.into()))?;
+        let raw = entry.name().map_err(|e| bad(None, e.into()))?.to_string();
         let rel = safe_relative(&raw).ok_or_else(|| {
             unsafe_entry(
                 &raw,
@@ -264,7 +267,7 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
             let mut target = String::new();
             entry
                 .read_to_string(&mut target)
-                .map_err(|e| bad(e.to_string()))?;
+                .map_err(|e| bad(Some(&raw), e.into()))?;
             let resolved = rel.parent().unwrap_or(Path::new("")).join(&target);
             if Path::new(&target).is_absolute() || !stays_inside(&resolved) {
                 return Err(unsafe_entry(
@@ -281,7 +284,7 @@ pub fn unpack(zip: &Path, dest: &Path, url: &str) -> Result<(), FetchError> {
         let mut out = beneath
             .create_file(&rel, perm)
             .map_err(|e| refused(&raw, e))?;
-        std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("`{raw}`: {e}")))?;
+        std::io::copy(&mut entry, &mut out).map_err(|e| bad(Some(&raw), e.into()))?;
     }
     // Each link resolved as the kernel would, through the package's other links.
     let leaving =

@@ -28,7 +28,7 @@ pub fn verify_copy(
     let src = store.path_of(store_path);
     let walk_err = |e: tree::WalkError| RealizeError::Io {
         path: src.clone(),
-        source: std::io::Error::other(e.to_string()),
+        source: std::io::Error::other(e),
     };
     let entries = tree::walk(&src).map_err(walk_err)?;
     let files: Vec<(PathBuf, u64)> = entries

@@ -582,7 +582,7 @@ fn remove_tree_inner(path: &Path) -> Result<()> {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) if e.io_error().is_some_and(gone) => continue,
-                Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
+                Err(e) => return Err(std::io::Error::from(e).into()),
             };
             if entry.file_type().is_dir() {
                 match fs::set_permissions(entry.path(), Permissions::from_mode(0o755)) {

@@ -87,6 +87,12 @@ impl Store {
         self.root.join(cache.dir())
     }
 
+    /// The store's `tmp/`: staging directories, and what outlives a process there (an
+    /// interrupted upload's parts, resumed by the next push).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP)
+    }
+
     /// Where downloads are staged (`<key>.part`), locked and recorded (`<key>.done`).
     pub fn downloads_dir(&self) -> PathBuf {
         self.root.join(DOWNLOADS)
