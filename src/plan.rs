@@ -258,7 +258,9 @@ mod tests {
             .unwrap()
             .record
             .name;
-        let lib = from.add_bytes("lib.bin", b"lib", &[deep.clone()]).unwrap();
+        let lib = from
+            .add_bytes("lib.bin", b"lib", std::slice::from_ref(&deep))
+            .unwrap();
         let lib = lib.record.name;
         let there = from.add_bytes("there.bin", b"there", &[]).unwrap();
         let there = there.record.name;
@@ -270,7 +272,7 @@ mod tests {
             .name;
         let cache =
             crate::cache::Cache::open(&scratch.path().join("cache").display().to_string()).unwrap();
-        cache.push(&from, &[out.clone()], None).unwrap();
+        cache.push(&from, std::slice::from_ref(&out), None).unwrap();
 
         let to = Store::open(&scratch.path().join("to")).unwrap();
         to.add_bytes("there.bin", b"there", &[]).unwrap();
