@@ -346,7 +346,20 @@ pub fn append_path<W: Write>(
     store: &Store,
     name: &str,
 ) -> Result<u64, ClosureError> {
+    append_path_under(tar, store, name, Path::new("paths"), false)
+}
+
+/// [`append_path`] under `dir/<name>`; `read_only`: with the modes the store gives its paths
+/// (files `0444`/`0555`, directories `0555`) rather than writable ones for an importer to take.
+pub fn append_path_under<W: Write>(
+    tar: &mut tar::Builder<W>,
+    store: &Store,
+    name: &str,
+    dir: &Path,
+    read_only: bool,
+) -> Result<u64, ClosureError> {
     use crate::store::tree::{self, EntryKind};
+    let mask = if read_only { 0o555 } else { 0o777 };
     let root = store.path_of(name);
     let record = store.query(name)?.ok_or_else(|| ClosureError::NotInStore {
         name: name.to_string(),
@@ -361,7 +374,7 @@ pub fn append_path<W: Write>(
         let source = tree::join_rel(&root, &entry.rel);
         // A path that is one file is the entry `paths/<name>` itself: joining the empty relative
         // path would write `paths/<name>/`, a file named like a directory that GNU tar refuses.
-        let mut at = Path::new("paths").join(name);
+        let mut at = dir.join(name);
         if !entry.rel.as_os_str().is_empty() {
             at.push(&entry.rel);
         }
@@ -369,7 +382,7 @@ pub fn append_path<W: Write>(
             EntryKind::Directory => {
                 let mut header = tar::Header::new_gnu();
                 header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
+                header.set_mode(0o755 & mask);
                 header.set_size(0);
                 header.set_mtime(0);
                 tar.append_data(&mut header, &at, std::io::empty())
@@ -386,6 +399,7 @@ pub fn append_path<W: Write>(
             }
             EntryKind::File { size, executable } => {
                 let mut header = file_header(*size, *executable);
+                header.set_mode(header.mode().unwrap_or(0o644) & mask);
                 let file = fs::File::open(&source).map_err(io(&source))?;
                 let mut reader = HashingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),

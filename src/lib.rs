@@ -32,6 +32,7 @@ pub mod fault;
 pub mod fetch;
 pub mod files;
 pub mod hint;
+pub mod image;
 pub mod lock;
 pub mod plan;
 pub mod python;
@@ -66,7 +67,7 @@ mod layers {
         &["cache"],
         &["resolve", "plan", "repair"],
         &["session"],
-        &["run", "adopt"],
+        &["run", "adopt", "image"],
         &["cli"],
     ];
 

@@ -11,6 +11,7 @@ mod closure;
 mod diff;
 mod edit;
 mod gc;
+mod image;
 mod models;
 mod progress;
 mod realize;
@@ -110,6 +111,12 @@ pub enum Command {
         after_help = "Examples:\n  comfix import wan22.tar.zst && comfix realize wan22 --offline\n  comfix import - < wan22.tar.zst"
     )]
     Import(closure::ClosureImportArgs),
+    /// Container images of a version, from the store (OCI image layout)
+    #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  comfix image build wan22 -o images/wan22\n  skopeo copy oci:images/wan22 docker://registry.example.com/comfy/wan22:latest"
+    )]
+    Image(image::ImageCommand),
     /// Maintain a binary cache (its owner's commands)
     #[command(subcommand)]
     #[command(
@@ -296,6 +303,7 @@ pub fn main() -> i32 {
         Command::Key(command) => trust::key(command, &context),
         Command::Cache(command) => cache::run(command, &context),
         Command::Channel(command) => channel::run(command, &context),
+        Command::Image(command) => image::run(command, &context),
         Command::Follow(args) => channel::follow(args, &context),
         Command::Snapshot(args) => adopt::snapshot(args, &context),
         Command::VerifyModels(args) => adopt::verify_models(args, &context),
@@ -392,7 +400,8 @@ fn classify(err: &anyhow::Error) -> (bool, Option<String>) {
             crate::derive::BuildError,
             crate::resolve::ResolveError,
             crate::session::SessionError,
-            crate::run::RunError
+            crate::run::RunError,
+            crate::image::ImageError
         );
         if cause.downcast_ref::<UserInput>().is_some()
             || cause

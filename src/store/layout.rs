@@ -38,6 +38,9 @@ pub enum Cache {
     Probes,
     /// Writable copies of the commits `git+URL#PATH` specs were read from.
     Specs,
+    /// The digest and size of each store path's image layer (`<name>`: `sha256:<hex> <size>`),
+    /// computed once: a path never changes.
+    ImageLayers,
 }
 
 impl Cache {
@@ -50,6 +53,7 @@ impl Cache {
             Cache::Resolutions => "cache/resolutions",
             Cache::Probes => "cache/probes",
             Cache::Specs => "cache/specs",
+            Cache::ImageLayers => "cache/image-layers",
         }
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod closure;
 mod gc;
 mod gc_stress;
+mod image;
 mod inputs;
 mod models_index;
 mod python;

@@ -1,0 +1,342 @@
+//! Container images of a version, from the store, without a container daemon: an OCI image layout
+//! (`image build -o DIR`, which `skopeo`, `umoci` and registries' tools read). One layer per store
+//! path of the version's closure — a deterministic tar (sorted entries, uid/gid 0, mtime 0, the
+//! store's read-only modes) of `/comfix/store/paths/<name>` and its sidecar `meta/<name>.json` —
+//! so two versions share every layer of the paths they share, and a one-node change makes one new
+//! layer. A layer's digest is computed once per store path and remembered
+//! (`cache/image-layers/`): a path never changes. The top layer holds the version's spec and lock.
+//! The same version gives the same image digest on any store.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::closure::{self, ClosureError, Models, Version};
+use crate::store::layout::Cache;
+use crate::store::{PathMeta, Store};
+
+/// Where the store is inside an image (never under `/runpod-volume`: a volume mounts over it).
+pub const STORE_DIR: &str = "comfix/store";
+/// Where the version's spec and lock are inside an image.
+pub const VERSIONS_DIR: &str = "comfix/versions";
+
+const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The annotation that tags an image in a layout's `index.json`.
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation naming the store path a layer holds.
+const PATH_ANNOTATION: &str = "org.comfix.store-path";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Closure(#[from] ClosureError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("Cannot write the image at `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl crate::hint::Hint for ImageError {
+    fn is_user_error(&self) -> bool {
+        match self {
+            ImageError::Closure(e) => e.is_user_error(),
+            ImageError::Store(e) => e.is_user_error(),
+            ImageError::Io { .. } => false,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            ImageError::Closure(e) => e.hint(),
+            ImageError::Store(e) => e.hint(),
+            ImageError::Io { .. } => None,
+        }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A blob of the image: its digest (`sha256:<hex>`) and size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Blob {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// One layer of a built image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Layer {
+    /// The store path it holds (`None`: the top layer).
+    pub path: Option<String>,
+    #[serde(flatten)]
+    pub blob: Blob,
+    /// Written by this build (`false`: the layout had it).
+    pub written: bool,
+}
+
+/// What `image build` made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Built {
+    /// The image's digest: its manifest's.
+    pub digest: String,
+    pub config: Blob,
+    pub layers: Vec<Layer>,
+}
+
+/// Writes through, hashing with SHA-256 and counting.
+struct Sha256Writer<W> {
+    inner: W,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Sha256Writer<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An OCI image layout directory being written.
+struct Layout {
+    dir: PathBuf,
+    blobs: PathBuf,
+}
+
+impl Layout {
+    fn create(dir: &Path) -> Result<Layout, ImageError> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+        let marker = dir.join("oci-layout");
+        std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&marker))?;
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            blobs,
+        })
+    }
+
+    fn path_of(&self, digest: &str) -> PathBuf {
+        self.blobs
+            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+    }
+
+    /// Whether the layout holds `blob` (by its file's size; its name is its digest).
+    fn has(&self, blob: &Blob) -> bool {
+        std::fs::metadata(self.path_of(&blob.digest)).is_ok_and(|m| m.len() == blob.size)
+    }
+
+    /// Write a blob by `write`, hashed while written, renamed to its digest once complete.
+    fn write_with(
+        &self,
+        write: impl FnOnce(&mut dyn Write) -> Result<(), ImageError>,
+    ) -> Result<Blob, ImageError> {
+        let part = tempfile::NamedTempFile::new_in(&self.blobs).map_err(io(&self.blobs))?;
+        let blob = {
+            let mut out = Sha256Writer {
+                inner: std::io::BufWriter::with_capacity(1 << 20, part.as_file()),
+                hasher: Sha256::new(),
+                size: 0,
+            };
+            write(&mut out)?;
+            out.flush().map_err(io(&self.blobs))?;
+            Blob {
+                digest: format!("sha256:{}", crate::files::hex(&out.hasher.finalize())),
+                size: out.size,
+            }
+        };
+        let at = self.path_of(&blob.digest);
+        part.persist(&at).map_err(|e| io(&at)(e.error))?;
+        Ok(blob)
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) -> Result<Blob, ImageError> {
+        self.write_with(|out| out.write_all(bytes).map_err(io(&self.blobs)))
+    }
+}
+
+/// The directories above a layer's entries, as entries of their own (mode `0555`, mtime 0).
+fn append_dirs<W: Write>(tar: &mut tar::Builder<W>, dirs: &[&str]) -> std::io::Result<()> {
+    for dir in dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o555);
+        header.set_size(0);
+        header.set_mtime(0);
+        tar.append_data(&mut header, dir, std::io::empty())?;
+    }
+    Ok(())
+}
+
+/// A regular file entry (mode `0444`, mtime 0).
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, at: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o444);
+    header.set_size(bytes.len() as u64);
+    header.set_mtime(0);
+    tar.append_data(&mut header, at, bytes)
+}
+
+/// The layer of store path `meta.name`: remembered, or written (and remembered).
+fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
+    let remembered = store.cache_dir(Cache::ImageLayers).join(&meta.name);
+    let known = std::fs::read_to_string(&remembered).ok().and_then(|text| {
+        let (digest, size) = text.trim().split_once(' ')?;
+        Some(Blob {
+            digest: digest.to_string(),
+            size: size.parse().ok()?,
+        })
+    });
+    if let Some(blob) = known.filter(|b| layout.has(b)) {
+        return Ok(Layer {
+            path: Some(meta.name.clone()),
+            blob,
+            written: false,
+        });
+    }
+    // The sidecar as any store would have it: when it was registered is this store's own.
+    let sidecar = PathMeta {
+        registered_at: 0,
+        ..meta.clone()
+    };
+    let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
+    let blob = layout.write_with(|out| {
+        let mut tar = tar::Builder::new(out);
+        tar.mode(tar::HeaderMode::Deterministic);
+        let dirs = [
+            "comfix",
+            STORE_DIR,
+            "comfix/store/meta",
+            "comfix/store/paths",
+        ];
+        append_dirs(&mut tar, &dirs).map_err(io(&layout.dir))?;
+        let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
+        append_file(&mut tar, &at, &sidecar).map_err(io(&layout.dir))?;
+        let paths = Path::new(STORE_DIR).join("paths");
+        closure::append_path_under(&mut tar, store, &meta.name, &paths, true)?;
+        tar.into_inner().map_err(io(&layout.dir))?;
+        Ok(())
+    })?;
+    // Remembered where the store can keep it (a read-only store computes it again next time).
+    if let Some(dir) = remembered.parent() {
+        let line = format!("{} {}\n", blob.digest, blob.size);
+        let _ = std::fs::create_dir_all(dir)
+            .and_then(|()| crate::files::write_atomic(&remembered, line.as_bytes()));
+    }
+    Ok(Layer {
+        path: Some(meta.name.clone()),
+        blob,
+        written: true,
+    })
+}
+
+/// The machine's architecture as OCI names it.
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Build the image of `version` (its closure, models as `models` says) as an OCI image layout in
+/// `out`, tagged with the version's id. Blobs the layout already has are not written again.
+pub fn build(
+    store: &Store,
+    version: &Version<'_>,
+    models: Models,
+    out: &Path,
+) -> Result<Built, ImageError> {
+    let _span = tracing::debug_span!("image-build").entered();
+    let layout = Layout::create(out)?;
+    let id = &version.lock.version_id;
+    let mut layers = Vec::new();
+    for meta in closure::paths_of(store, std::slice::from_ref(version), models)? {
+        layers.push(path_layer(store, &layout, &meta)?);
+    }
+    let top = layout.write_with(|out| {
+        let mut tar = tar::Builder::new(out);
+        append_dirs(&mut tar, &["comfix", VERSIONS_DIR]).map_err(io(&layout.dir))?;
+        let spec = format!("{VERSIONS_DIR}/{id}.json");
+        append_file(&mut tar, &spec, version.spec).map_err(io(&layout.dir))?;
+        let lock = format!("{VERSIONS_DIR}/{id}.lock.json");
+        let text = version.lock.to_text();
+        append_file(&mut tar, &lock, text.as_bytes()).map_err(io(&layout.dir))?;
+        tar.into_inner().map_err(io(&layout.dir))?;
+        Ok(())
+    })?;
+    layers.push(Layer {
+        path: None,
+        blob: top,
+        written: true,
+    });
+
+    // Uncompressed layers: a layer's digest is its diff id.
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.blob.digest.as_str()).collect();
+    let config = json!({
+        "architecture": architecture(),
+        "os": "linux",
+        "config": {
+            "Env": [
+                format!("COMFIX_STORE=/{STORE_DIR}"),
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ],
+            "Labels": { "org.comfix.version": id },
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    let config = layout.write_bytes(&serde_json::to_vec(&config).expect("json"))?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "config": { "mediaType": CONFIG, "digest": config.digest, "size": config.size },
+        "layers": layers.iter().map(|l| {
+            let mut d = json!({ "mediaType": LAYER, "digest": l.blob.digest, "size": l.blob.size });
+            if let Some(path) = &l.path {
+                d["annotations"] = json!({ PATH_ANNOTATION: path });
+            }
+            d
+        }).collect::<Vec<Value>>(),
+    });
+    let manifest = layout.write_bytes(&serde_json::to_vec(&manifest).expect("json"))?;
+    // The layout's other images stay; this version's tag now names the new manifest.
+    let index_path = out.join("index.json");
+    let mut manifests: Vec<Value> = std::fs::read(&index_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|index| index["manifests"].as_array().cloned())
+        .unwrap_or_default();
+    manifests.retain(|m| m["annotations"][REF_NAME].as_str() != Some(id.as_str()));
+    manifests.push(json!({
+        "mediaType": MANIFEST,
+        "digest": manifest.digest,
+        "size": manifest.size,
+        "annotations": { REF_NAME: id },
+    }));
+    let index = json!({ "schemaVersion": 2, "manifests": manifests });
+    crate::files::write_atomic(&index_path, &serde_json::to_vec(&index).expect("json"))
+        .map_err(io(&index_path))?;
+    Ok(Built {
+        digest: manifest.digest,
+        config,
+        layers,
+    })
+}
