@@ -41,6 +41,7 @@ pub mod repair;
 pub mod reporter;
 pub mod resolve;
 pub mod run;
+pub mod serve;
 pub mod session;
 pub mod sign;
 pub mod spec;
@@ -68,6 +69,7 @@ mod layers {
         &["resolve", "plan", "repair"],
         &["session"],
         &["run", "adopt", "image"],
+        &["serve"],
         &["cli"],
     ];
 

@@ -10,10 +10,10 @@ use crate::closure::{Models, Version};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Write a version's image as an OCI image layout: one layer per store path of its closure,
-    /// the same digest on any store; `skopeo copy oci:DIR docker://…` pushes it
+    /// Build a version's container image: one layer per store path of its closure, the same
+    /// digest on any store; written as an OCI image layout, pushed to a registry, or both
     #[command(
-        after_help = "Examples:\n  comfix image build wan22 -o images/wan22\n  comfix image build --spec versions/wan22.json -o images/wan22 --models none\n  skopeo inspect oci:images/wan22"
+        after_help = "Examples:\n  comfix image build wan22 -o images/wan22\n  comfix image build wan22 -o images/wan22 --push registry.example.com/team/wan22:v3\n  comfix image build --spec versions/wan22.json --models none --docker-archive wan22.tar"
     )]
     Build(BuildArgs),
 }
@@ -28,12 +28,21 @@ pub enum ImageModels {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).multiple(true).args(["output", "push", "docker_archive"])))]
 pub struct BuildArgs {
     #[command(flatten)]
     pub spec: SpecArg,
-    /// The OCI image layout directory to write (blobs it has already are kept)
+    /// The OCI image layout directory to write (blobs it has already are kept; keep it between
+    /// builds and only what changed is written)
     #[arg(short, long, value_name = "DIR")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
+    /// Push the image to a registry, `HOST[:PORT]/REPOSITORY[:TAG]` (blobs it has are not sent;
+    /// the tag is set last)
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// Also write a `docker load` archive
+    #[arg(long, value_name = "FILE")]
+    pub docker_archive: Option<PathBuf>,
     /// Which models the image carries
     #[arg(long, value_enum, default_value_t = ImageModels::Bake)]
     pub models: ImageModels,
@@ -67,20 +76,64 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
         ImageModels::Bake => Models::All,
         ImageModels::None => Models::None,
     };
-    let built = crate::image::build(&store, &version, models, &args.output)?;
+    // Without `-o`, the layout is a scratch directory of the store's, gone afterwards.
+    let reference = args
+        .push
+        .as_deref()
+        .map(crate::image::push::Reference::parse)
+        .transpose()?;
+    let scratch = match &args.output {
+        Some(_) => None,
+        None => Some(store.scratch()?),
+    };
+    let layout = match (&args.output, &scratch) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(scratch)) => scratch.path().join("layout"),
+        (None, None) => unreachable!("a scratch layout when no -o"),
+    };
+    let id = &lock.version_id;
+    let built = crate::image::build(&store, &version, models, &layout)?;
+    let written = built.layers.iter().filter(|l| l.written).count();
+    tracing::info!(
+        "image of `{id}`: {} layers, {written} written, {} there already",
+        built.layers.len(),
+        built.layers.len() - written
+    );
+    if let Some(file) = &args.docker_archive {
+        crate::image::docker_archive(&layout, id, file)?;
+        tracing::info!(
+            "`{}`: `docker load -i` it as `{}`",
+            file.display(),
+            crate::image::docker_tag(id)
+        );
+    }
+    let pushed = match &reference {
+        Some(reference) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let env = |k: &str| std::env::var(k).ok();
+            let report =
+                runtime.block_on(crate::image::push::push(&layout, id, reference, &env))?;
+            tracing::info!(
+                "pushed `{reference}`: {} blobs sent ({}), {} there already",
+                report.uploaded.len(),
+                crate::units::format_bytes(report.uploaded_bytes),
+                report.present
+            );
+            Some(report)
+        }
+        None => None,
+    };
     if context.json {
-        context.print_json(&built)?;
+        context.print_json(&serde_json::json!({
+            "digest": built.digest,
+            "config": built.config,
+            "layers": built.layers,
+            "pushed": pushed,
+        }))?;
     } else {
         println!("{}", built.digest);
-        let written = built.layers.iter().filter(|l| l.written).count();
-        tracing::info!(
-            "image of `{}` at `{}`: {} layers, {} written, {} there already",
-            lock.version_id,
-            args.output.display(),
-            built.layers.len(),
-            written,
-            built.layers.len() - written
-        );
     }
     Ok(Outcome::Success)
 }

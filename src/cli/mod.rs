@@ -151,6 +151,12 @@ pub enum Command {
         after_help = "Examples:\n  comfix test wan22\n  comfix test wan22 --workflow workflows/minimal.json --output base64\n  comfix test --target ~/comfy-wan22 --output out/ --junit report.xml -- --cpu"
     )]
     Test(run::TestArgs),
+    /// Serve a version's workflows as jobs: ComfyUI from the home, kept warm; jobs from RunPod's
+    /// serverless API (--runpod) or a local endpoint, in and out as worker-comfyui's
+    #[command(
+        after_help = "Examples:\n  comfix serve wan22 --runpod\n  comfix serve --target /workspace/comfy --port 8000 -- --cpu\n  curl -s localhost:8000/runsync -d '{\"input\": {\"workflow\": {…}}}'"
+    )]
+    Serve(run::ServeArgs),
     /// Check that a home has every node class and model file workflows need, without running them
     #[command(
         after_help = "Examples:\n  comfix check-workflow wan22 workflows/minimal.json\n  comfix check-workflow --target ~/comfy-wan22 a.json b.json"
@@ -309,6 +315,7 @@ pub fn main() -> i32 {
         Command::VerifyModels(args) => adopt::verify_models(args, &context),
         Command::Run(args) => run::run(args, &context),
         Command::Test(args) => run::test(args, &context),
+        Command::Serve(args) => run::serve(args, &context),
         Command::CheckWorkflow(args) => run::check_workflow(args, &context),
         Command::Init(args) => edit::init(args, &context),
         Command::Add(args) => edit::add(args, &context),

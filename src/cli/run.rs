@@ -530,3 +530,88 @@ pub fn check_workflow(args: CheckWorkflowArgs, context: &Context) -> anyhow::Res
         Outcome::Failure
     })
 }
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Version id, looked up in `versions/<ID>.json`, then `specs/<ID>.json`
+    #[arg(value_name = "ID", conflicts_with = "spec")]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub home: VersionHome,
+    /// Take jobs from RunPod's serverless job API (`RUNPOD_WEBHOOK_GET_JOB`,
+    /// `RUNPOD_WEBHOOK_POST_OUTPUT`, `RUNPOD_WEBHOOK_PING`, `RUNPOD_POD_ID`, `RUNPOD_AI_API_KEY`)
+    #[arg(long, conflicts_with = "port")]
+    pub runpod: bool,
+    /// Without --runpod: serve RunPod's local test API (`POST /runsync`) on this port
+    #[arg(long, value_name = "N", default_value_t = 8000)]
+    pub port: u16,
+    /// The address the local endpoint listens on
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1")]
+    pub listen: String,
+    /// With --runpod: stop after N jobs (a worker that takes one job and is replaced)
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<usize>,
+    /// How long one job may run
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// How long ComfyUI may take to start answering
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub start_timeout: Duration,
+    /// The most one input image may hold (decoded)
+    #[arg(long, value_name = "SIZE", default_value = "25M", value_parser = super::gc::parse_size)]
+    pub max_image_size: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Arguments for ComfyUI's `main.py`, after `--`
+    #[arg(last = true, value_name = "COMFYUI_ARGS")]
+    pub args: Vec<String>,
+}
+
+/// `comfix serve`: ComfyUI from the home, kept warm, running jobs from RunPod or a local endpoint.
+pub fn serve(args: ServeArgs, context: &Context) -> anyhow::Result<Outcome> {
+    use crate::serve::{runpod, Bucket, Worker, WorkerOptions};
+    let env = |k: &str| std::env::var(k).ok();
+    let endpoints = match args.runpod {
+        true => Some(runpod::Endpoints::from_env(&env).map_err(super::UserInput)?),
+        false => None,
+    };
+    let bucket = Bucket::from_env(&env).map_err(super::UserInput)?;
+    let (home, _store) = args.home.open(args.id.clone(), context)?;
+    let options = WorkerOptions {
+        args: args.device.comfy_args(&args.args),
+        start_timeout: args.start_timeout,
+        job_timeout: args.timeout,
+        max_image_bytes: usize::try_from(args.max_image_size).unwrap_or(usize::MAX),
+        log_dir: std::env::temp_dir(),
+        bucket,
+    };
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut worker = Worker::start(home, options).await?;
+        let served = async move {
+            match &endpoints {
+                Some(endpoints) => runpod::serve(&mut worker, endpoints, args.max_jobs)
+                    .await
+                    .map_err(anyhow::Error::msg),
+                None => {
+                    let listener =
+                        tokio::net::TcpListener::bind((args.listen.as_str(), args.port)).await?;
+                    let at = listener.local_addr()?;
+                    // stdout carries the endpoint's URL only, as `run` prints ComfyUI's.
+                    println!("http://{at}");
+                    tracing::info!("POST http://{at}/runsync {{\"input\": {{\"workflow\": …}}}}");
+                    crate::serve::http::serve(worker, listener).await?;
+                    Ok(())
+                }
+            }
+        };
+        tokio::select! {
+            result = served => result.map(|()| Outcome::Success),
+            _ = interrupt.recv() => Ok(Outcome::Exit(130)),
+            _ = terminate.recv() => Ok(Outcome::Exit(143)),
+        }
+    })
+}

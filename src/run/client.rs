@@ -239,7 +239,7 @@ impl Comfy {
         id: &str,
         socket: Option<Socket>,
         deadline: Instant,
-        on_event: &mut dyn FnMut(Event),
+        on_event: &mut (dyn FnMut(Event) + Send),
     ) -> Result<Ended, RunError> {
         if let Some(mut socket) = socket {
             loop {

@@ -213,7 +213,9 @@ async fn run_share(
     (out, None)
 }
 
-async fn start(home: &RunHome, job: usize, options: &TestOptions) -> Result<Server, RunError> {
+/// Start ComfyUI from `home` for server `job` (its log under `options.log_dir`) and wait until it
+/// answers.
+pub async fn start(home: &RunHome, job: usize, options: &TestOptions) -> Result<Server, RunError> {
     let port = server::free_port()?;
     let log = options
         .log_dir
@@ -290,7 +292,9 @@ pub fn prepare(
     Ok(workflow)
 }
 
-async fn execute(
+/// Submit `workflow` and follow it to its end: its report, with its outputs (and their bytes when
+/// `options.fetch_outputs`).
+pub async fn execute(
     comfy: &Comfy,
     workflow: &Workflow,
     options: &TestOptions,

@@ -237,3 +237,199 @@ fn an_image_is_a_layer_per_store_path_the_same_on_any_store() {
 fn make_writable(dir: &Path) {
     let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
 }
+
+/// A CNCF distribution registry (Debian's `docker-registry`) on a loopback port, its log kept.
+struct TestRegistry {
+    child: std::process::Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl TestRegistry {
+    fn start(dir: &Path, read_only: bool) -> TestRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    readonly:\n      enabled: {read_only}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        let config_path = dir.join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(std::fs::File::create(dir.join("registry.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        // Dropped (killed and waited for) on every path, a failed start too.
+        let registry = TestRegistry { child, addr, log };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(&registry.addr).is_ok() {
+                return registry;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "the registry did not start: {}",
+            std::fs::read_to_string(&registry.log).unwrap()
+        );
+    }
+
+    /// How many blob uploads the registry completed (`PUT …/blobs/uploads/…` answered 201).
+    fn uploads(&self) -> usize {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(self.log.with_file_name("registry.out")).unwrap_or_default();
+        log.lines()
+            .filter(|l| {
+                l.contains("\"PUT /v2/") && l.contains("/blobs/uploads/") && l.contains("\" 201 ")
+            })
+            .count()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pushing sends only the blobs the registry lacks and tags last: the first version sends every
+/// layer and its config; the second, one node apart, sends its one new path layer, its top layer
+/// and config — counted in the registry's own log — and skopeo reads both back by tag. A registry
+/// that refuses writes fails the push with its answer and tags nothing. `--docker-archive`
+/// writes what `docker load` (and skopeo) read.
+#[test]
+fn pushing_sends_what_the_registry_lacks_and_tags_last() {
+    if !have("docker-registry") {
+        return;
+    }
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    let mut v2 = w.default_spec();
+    v2["version_id"] = json!("v2");
+    v2["custom_nodes"][0]["ref"] = json!("main");
+    w.write_spec_as("v2", &v2);
+    for id in ["v1", "v2"] {
+        assert!(realize(&w, id, &w.env.path(&format!("home-{id}")), &[])
+            .status
+            .success());
+    }
+    let registry = TestRegistry::start(&w.env.path("registry"), false);
+    let target = |tag: &str| format!("{}/comfy/demo:{tag}", registry.addr);
+
+    // Without -o: the layout is the store's scratch.
+    let first = build(&w, &w.env.store, "v1", &w.env.path("unused"), &[]);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "image", "build", "v1", "--push", &target("v1")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pushed = json_of(&out);
+    assert_eq!(pushed["digest"], first["digest"]);
+    let layers = first["layers"].as_array().unwrap().len();
+    assert_eq!(
+        pushed["pushed"]["uploaded"].as_array().unwrap().len(),
+        layers + 1,
+        "layers and config"
+    );
+    assert_eq!(registry.uploads(), layers + 1);
+
+    let layout = w.env.path("layout");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "image", "build", "v2", "-o"])
+        .arg(&layout)
+        .args(["--push", &target("v2"), "--docker-archive"])
+        .arg(w.env.path("v2.tar"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = json_of(&out);
+    let sent = second["pushed"]["uploaded"].as_array().unwrap();
+    assert_eq!(
+        sent.len(),
+        3,
+        "the new node's layer, the top layer, the config: {sent:?}"
+    );
+    assert_eq!(
+        second["pushed"]["present"].as_u64().unwrap() as usize,
+        layers - 2
+    );
+    let sizes: u64 = second["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| sent.contains(&l["digest"]))
+        .map(|l| l["size"].as_u64().unwrap())
+        .sum::<u64>()
+        + second["config"]["size"].as_u64().unwrap();
+    assert_eq!(second["pushed"]["uploaded_bytes"].as_u64().unwrap(), sizes);
+    assert_eq!(registry.uploads(), layers + 1 + 3);
+
+    if have("skopeo") {
+        for (tag, built) in [("v1", &first), ("v2", &second)] {
+            let out = Command::new("skopeo")
+                .args(["inspect", "--tls-verify=false"])
+                .arg(format!("docker://{}", target(tag)))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(json_of(&out)["Digest"], built["digest"], "{tag}");
+        }
+        let out = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("docker-archive:{}", w.env.path("v2.tar").display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let raw = json_of(&out);
+        let digests: Vec<&Value> = raw["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["digest"])
+            .collect();
+        let built: Vec<&Value> = second["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| &l["digest"])
+            .collect();
+        assert_eq!(digests, built);
+    }
+
+    // A registry that refuses writes: the push fails naming it, and no tag appears.
+    let refusing = TestRegistry::start(&w.env.path("registry-ro"), true);
+    let tag = format!("{}/comfy/demo:v1", refusing.addr);
+    let out = w
+        .cmd(&w.env.store)
+        .args(["image", "build", "v1", "--push", &tag])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("Registry `{}`", refusing.addr)),
+        "{err}"
+    );
+    let url = format!("http://{}/v2/comfy/demo/manifests/v1", refusing.addr);
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-I", &url])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "404",
+        "nothing tagged"
+    );
+}

@@ -18,6 +18,7 @@ mod realize;
 mod resolve;
 mod run;
 mod s3;
+mod serve;
 mod shared;
 mod spec;
 mod store_add;

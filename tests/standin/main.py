@@ -197,6 +197,42 @@ class RaiseError:
         raise RuntimeError(message)
 
 
+class LoadImage:
+    """An input image by name (ComfyUI's `LoadImage`, which lists the input folder's files): a
+    picture made from the file's bytes, so what comes out shows which bytes went in."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        os.makedirs(INPUT_DIR, exist_ok=True)
+        files = sorted(f for f in os.listdir(INPUT_DIR) if not f.startswith("."))
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+    CATEGORY = "image"
+
+    def load_image(self, image):
+        with open(os.path.join(INPUT_DIR, image), "rb") as f:
+            digest = hashlib.sha256(f.read()).digest()
+        return ([Image(4, 4, (digest * 2)[:48])], None)
+
+
+class Crash:
+    """The server process dies while running it (a segfault, the OOM killer)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",)}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "crash"
+    CATEGORY = "utils"
+
+    def crash(self, images):
+        print("Crash: the process dies now", flush=True)
+        os._exit(3)
+
+
 class SaveImage:
     @classmethod
     def INPUT_TYPES(cls):
@@ -228,6 +264,8 @@ NODE_CLASS_MAPPINGS = {
     "Sleep": Sleep,
     "RaiseError": RaiseError,
     "SaveImage": SaveImage,
+    "LoadImage": LoadImage,
+    "Crash": Crash,
 }
 
 
@@ -533,7 +571,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    global OUTPUT_DIR
+    global OUTPUT_DIR, INPUT_DIR
     parser = argparse.ArgumentParser()
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8188)
@@ -541,6 +579,7 @@ def main():
     parser.add_argument("--quick-test-for-ci", action="store_true")
     parser.add_argument("--extra-model-paths-config", action="append", default=[])
     parser.add_argument("--output-directory")
+    parser.add_argument("--input-directory")
     args, _ = parser.parse_known_args()
 
     for folder in ("checkpoints", "loras", "vae", "unet", "clip", "diffusion_models", "text_encoders"):
@@ -549,6 +588,7 @@ def main():
     for config in ([own] if os.path.isfile(own) else []) + args.extra_model_paths_config:
         load_extra_model_paths(config)
     OUTPUT_DIR = os.path.realpath(args.output_directory or os.path.join(HERE, "output"))
+    INPUT_DIR = os.path.realpath(args.input_directory or os.path.join(HERE, "input"))
     load_custom_nodes()
     if args.quick_test_for_ci:
         return 0

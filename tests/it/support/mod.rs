@@ -6,6 +6,7 @@ pub mod git;
 pub mod git_http;
 pub mod http;
 pub mod rig;
+pub mod runpod;
 pub mod s3;
 pub mod tls;
 pub mod wheels;

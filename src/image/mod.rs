@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
+pub mod push;
+
 use crate::closure::{self, ClosureError, Models, Version};
 use crate::store::layout::Cache;
 use crate::store::{PathMeta, Store};
@@ -36,6 +38,16 @@ pub enum ImageError {
     Closure(#[from] ClosureError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("`{reference}` is not an image reference to push to: {reason}")]
+    BadReference { reference: String, reason: String },
+    #[error("Registry `{registry}`, {what}: {reason}")]
+    Registry {
+        registry: String,
+        what: String,
+        reason: String,
+    },
+    #[error("The image layout `{}` has no image tagged `{id}`", dir.display())]
+    NotInLayout { dir: PathBuf, id: String },
     #[error("Cannot write the image at `{}`", path.display())]
     Io {
         path: PathBuf,
@@ -49,7 +61,8 @@ impl crate::hint::Hint for ImageError {
         match self {
             ImageError::Closure(e) => e.is_user_error(),
             ImageError::Store(e) => e.is_user_error(),
-            ImageError::Io { .. } => false,
+            ImageError::BadReference { .. } | ImageError::NotInLayout { .. } => true,
+            ImageError::Registry { .. } | ImageError::Io { .. } => false,
         }
     }
 
@@ -57,7 +70,14 @@ impl crate::hint::Hint for ImageError {
         match self {
             ImageError::Closure(e) => e.hint(),
             ImageError::Store(e) => e.hint(),
-            ImageError::Io { .. } => None,
+            ImageError::BadReference { .. } => {
+                Some("e.g. `registry.example.com/team/wan22:v3`, or `127.0.0.1:5000/wan22`".into())
+            }
+            ImageError::Registry { .. } => Some(
+                "nothing is tagged until every blob is there: run the push again to finish it"
+                    .into(),
+            ),
+            ImageError::NotInLayout { .. } | ImageError::Io { .. } => None,
         }
     }
 }
@@ -134,8 +154,7 @@ impl Layout {
     }
 
     fn path_of(&self, digest: &str) -> PathBuf {
-        self.blobs
-            .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+        blob_path(&self.dir, digest)
     }
 
     /// Whether the layout holds `blob` (by its file's size; its name is its digest).
@@ -339,4 +358,112 @@ pub fn build(
         config,
         layers,
     })
+}
+
+/// An image of a layout: its manifest's digest, bytes and JSON, and its blobs (config first,
+/// then the layers) with their sizes.
+pub(crate) struct Stored {
+    pub digest: String,
+    pub manifest_bytes: Vec<u8>,
+    pub blobs: Vec<(String, u64)>,
+}
+
+/// Read the image tagged `id` in the layout `dir`.
+pub(crate) fn read_image(dir: &Path, id: &str) -> Result<Stored, ImageError> {
+    let json = |path: &Path| -> Result<(Vec<u8>, Value), ImageError> {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+        Ok((bytes, value))
+    };
+    let (_, index) = json(&dir.join("index.json"))?;
+    let entry = index["manifests"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["annotations"][REF_NAME] == id))
+        .ok_or_else(|| ImageError::NotInLayout {
+            dir: dir.to_path_buf(),
+            id: id.to_string(),
+        })?;
+    let digest = entry["digest"].as_str().unwrap_or_default().to_string();
+    let (manifest_bytes, manifest) = json(&blob_path(dir, &digest))?;
+    let blob = |d: &Value| {
+        (
+            d["digest"].as_str().unwrap_or_default().to_string(),
+            d["size"].as_u64().unwrap_or_default(),
+        )
+    };
+    let mut blobs = vec![blob(&manifest["config"])];
+    blobs.extend(
+        manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(blob),
+    );
+    Ok(Stored {
+        digest,
+        manifest_bytes,
+        blobs,
+    })
+}
+
+/// Where a layout keeps blob `digest`.
+pub(crate) fn blob_path(dir: &Path, digest: &str) -> PathBuf {
+    dir.join("blobs/sha256")
+        .join(digest.strip_prefix("sha256:").unwrap_or(digest))
+}
+
+/// The name `docker load` gives the image of version `id`.
+pub fn docker_tag(id: &str) -> String {
+    format!("comfix/{}:latest", id.to_ascii_lowercase())
+}
+
+/// Write the image tagged `id` in the layout `dir` as a `docker load` archive at `out` (written
+/// beside it and renamed: a failed write leaves no half archive): `manifest.json` as `docker
+/// save` writes it, the blobs, and the OCI layout's `index.json` and `oci-layout`, which newer
+/// Dockers and `skopeo` read too.
+pub fn docker_archive(dir: &Path, id: &str, out: &Path) -> Result<(), ImageError> {
+    let image = read_image(dir, id)?;
+    let rel = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let docker = json!([{
+        "Config": rel(&image.blobs[0].0),
+        "RepoTags": [docker_tag(id)],
+        "Layers": image.blobs[1..].iter().map(|(d, _)| rel(d)).collect::<Vec<_>>(),
+    }]);
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": MANIFEST,
+            "digest": image.digest,
+            "size": image.manifest_bytes.len(),
+            "annotations": { REF_NAME: id, "io.containerd.image.name": docker_tag(id) },
+        }],
+    });
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = tempfile::NamedTempFile::new_in(parent).map_err(io(parent))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, temp.as_file()));
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut digests: Vec<&str> = vec![image.digest.as_str()];
+    digests.extend(image.blobs.iter().map(|(d, _)| d.as_str()));
+    digests.sort_unstable();
+    digests.dedup();
+    append_dirs(&mut tar, &["blobs", "blobs/sha256"]).map_err(io(out))?;
+    for digest in digests {
+        let path = blob_path(dir, digest);
+        let mut file = std::fs::File::open(&path).map_err(io(&path))?;
+        tar.append_file(rel(digest), &mut file).map_err(io(&path))?;
+    }
+    let docker = serde_json::to_vec(&docker).expect("json");
+    append_file(&mut tar, "manifest.json", &docker).map_err(io(out))?;
+    let index = serde_json::to_vec(&index).expect("json");
+    append_file(&mut tar, "index.json", &index).map_err(io(out))?;
+    append_file(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(out))?;
+    let mut buffered = tar.into_inner().map_err(io(out))?;
+    buffered.flush().map_err(io(out))?;
+    drop(buffered);
+    temp.persist(out).map_err(|e| io(out)(e.error))?;
+    Ok(())
 }
