@@ -43,6 +43,11 @@ pub struct BuildArgs {
     /// Also write a `docker load` archive
     #[arg(long, value_name = "FILE")]
     pub docker_archive: Option<PathBuf>,
+    /// The image to build on, an OCI image layout `DIR[:TAG]` (its layers are kept as they
+    /// are; it must be for this machine's architecture) [default: none — the store and comfix
+    /// alone, which need a libc and the version's Python from the base to run]
+    #[arg(long, value_name = "DIR[:TAG]")]
+    pub from: Option<String>,
     /// Which models the image carries
     #[arg(long, value_enum, default_value_t = ImageModels::Bake)]
     pub models: ImageModels,
@@ -92,7 +97,17 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
         (None, None) => unreachable!("a scratch layout when no -o"),
     };
     let id = &lock.version_id;
-    let built = crate::image::build(&store, &version, models, &layout)?;
+    let base = args
+        .from
+        .as_deref()
+        .map(crate::image::Base::open)
+        .transpose()?;
+    let options = crate::image::BuildOptions {
+        models,
+        base: base.as_ref(),
+        comfix: std::env::current_exe()?,
+    };
+    let built = crate::image::build(&store, &version, &options, &layout)?;
     let written = built.layers.iter().filter(|l| l.written).count();
     tracing::info!(
         "image of `{id}`: {} layers, {written} written, {} there already",

@@ -46,6 +46,8 @@ pub enum ImageError {
         what: String,
         reason: String,
     },
+    #[error("Base image `{base}`: {reason}")]
+    BadBase { base: String, reason: String },
     #[error("The image layout `{}` has no image tagged `{id}`", dir.display())]
     NotInLayout { dir: PathBuf, id: String },
     #[error("Cannot write the image at `{}`", path.display())]
@@ -61,7 +63,9 @@ impl crate::hint::Hint for ImageError {
         match self {
             ImageError::Closure(e) => e.is_user_error(),
             ImageError::Store(e) => e.is_user_error(),
-            ImageError::BadReference { .. } | ImageError::NotInLayout { .. } => true,
+            ImageError::BadReference { .. }
+            | ImageError::NotInLayout { .. }
+            | ImageError::BadBase { .. } => true,
             ImageError::Registry { .. } | ImageError::Io { .. } => false,
         }
     }
@@ -76,6 +80,9 @@ impl crate::hint::Hint for ImageError {
             ImageError::Registry { .. } => Some(
                 "nothing is tagged until every blob is there: run the push again to finish it"
                     .into(),
+            ),
+            ImageError::BadBase { .. } => Some(
+                "a base is an OCI image layout (`skopeo copy docker://debian:bookworm-slim oci:base:bookworm` makes one), `--from base:bookworm`".into(),
             ),
             ImageError::NotInLayout { .. } | ImageError::Io { .. } => None,
         }
@@ -214,9 +221,15 @@ fn append_file<W: Write>(tar: &mut tar::Builder<W>, at: &str, bytes: &[u8]) -> s
     tar.append_data(&mut header, at, bytes)
 }
 
-/// The layer of store path `meta.name`: remembered, or written (and remembered).
-fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
-    let remembered = store.cache_dir(Cache::ImageLayers).join(&meta.name);
+/// The layer remembered as `key` (`cache/image-layers/<key>`) when the layout has its blob, else
+/// written by `fill` (and remembered).
+fn remembered_layer(
+    store: &Store,
+    layout: &Layout,
+    key: &str,
+    fill: impl FnOnce(&mut tar::Builder<&mut dyn Write>) -> Result<(), ImageError>,
+) -> Result<Layer, ImageError> {
+    let remembered = store.cache_dir(Cache::ImageLayers).join(key);
     let known = std::fs::read_to_string(&remembered).ok().and_then(|text| {
         let (digest, size) = text.trim().split_once(' ')?;
         Some(Blob {
@@ -226,31 +239,15 @@ fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, 
     });
     if let Some(blob) = known.filter(|b| layout.has(b)) {
         return Ok(Layer {
-            path: Some(meta.name.clone()),
+            path: Some(key.to_string()),
             blob,
             written: false,
         });
     }
-    // The sidecar as any store would have it: when it was registered is this store's own.
-    let sidecar = PathMeta {
-        registered_at: 0,
-        ..meta.clone()
-    };
-    let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
     let blob = layout.write_with(|out| {
         let mut tar = tar::Builder::new(out);
         tar.mode(tar::HeaderMode::Deterministic);
-        let dirs = [
-            "comfix",
-            STORE_DIR,
-            "comfix/store/meta",
-            "comfix/store/paths",
-        ];
-        append_dirs(&mut tar, &dirs).map_err(io(&layout.dir))?;
-        let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
-        append_file(&mut tar, &at, &sidecar).map_err(io(&layout.dir))?;
-        let paths = Path::new(STORE_DIR).join("paths");
-        closure::append_path_under(&mut tar, store, &meta.name, &paths, true)?;
+        fill(&mut tar)?;
         tar.into_inner().map_err(io(&layout.dir))?;
         Ok(())
     })?;
@@ -261,9 +258,33 @@ fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, 
             .and_then(|()| crate::files::write_atomic(&remembered, line.as_bytes()));
     }
     Ok(Layer {
-        path: Some(meta.name.clone()),
+        path: Some(key.to_string()),
         blob,
         written: true,
+    })
+}
+
+/// The layer of store path `meta.name`: the path and its sidecar.
+fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
+    // The sidecar as any store would have it: when it was registered is this store's own.
+    let sidecar = PathMeta {
+        registered_at: 0,
+        ..meta.clone()
+    };
+    let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
+    remembered_layer(store, layout, &meta.name, |tar| {
+        let dirs = [
+            "comfix",
+            STORE_DIR,
+            "comfix/store/meta",
+            "comfix/store/paths",
+        ];
+        append_dirs(tar, &dirs).map_err(io(&layout.dir))?;
+        let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
+        append_file(tar, &at, &sidecar).map_err(io(&layout.dir))?;
+        let paths = Path::new(STORE_DIR).join("paths");
+        closure::append_path_under(tar, store, &meta.name, &paths, true)?;
+        Ok(())
     })
 }
 
@@ -276,49 +297,283 @@ fn architecture() -> &'static str {
     }
 }
 
-/// Build the image of `version` (its closure, models as `models` says) as an OCI image layout in
-/// `out`, tagged with the version's id. Blobs the layout already has are not written again.
+/// What goes into an image besides the version's closure.
+pub struct BuildOptions<'a> {
+    pub models: Models,
+    /// The image it is built on (its layers kept as they are, below ours).
+    pub base: Option<&'a Base>,
+    /// The comfix binary the image carries (`/comfix/bin/comfix`, its entrypoint).
+    pub comfix: PathBuf,
+}
+
+/// A base image read from an OCI image layout: its layers' descriptors, diff ids and config.
+pub struct Base {
+    dir: PathBuf,
+    shown: String,
+    layers: Vec<Value>,
+    config: Value,
+}
+
+impl Base {
+    /// `DIR[:TAG]`: the image tagged `TAG` in the OCI image layout `DIR` (`oci:` before it is
+    /// taken, as skopeo writes it); without a tag, the layout's only image.
+    pub fn open(text: &str) -> Result<Base, ImageError> {
+        let plain = text.strip_prefix("oci:").unwrap_or(text);
+        let (dir, tag) = match plain.rsplit_once(':') {
+            Some((dir, tag))
+                if !tag.contains('/') && Path::new(dir).join("index.json").is_file() =>
+            {
+                (dir, Some(tag))
+            }
+            _ => (plain, None),
+        };
+        let dir = PathBuf::from(dir);
+        let index_path = dir.join("index.json");
+        let index = read_json(&index_path)?;
+        let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+        let entry = match tag {
+            Some(tag) => manifests.iter().find(|m| m["annotations"][REF_NAME] == tag),
+            None if manifests.len() == 1 => manifests.first(),
+            None => None,
+        }
+        .ok_or_else(|| ImageError::BadBase {
+            base: text.to_string(),
+            reason: match tag {
+                Some(tag) => format!("its layout has no image tagged `{tag}`"),
+                None => format!(
+                    "its layout holds {} images: name one (`DIR:TAG`)",
+                    manifests.len()
+                ),
+            },
+        })?;
+        let manifest = read_json(&blob_path(
+            &dir,
+            entry["digest"].as_str().unwrap_or_default(),
+        ))?;
+        if manifest["mediaType"]
+            .as_str()
+            .is_some_and(|m| m.contains("index") || m.contains("list"))
+        {
+            return Err(ImageError::BadBase {
+                base: text.to_string(),
+                reason: "it is an index of images for several platforms: name the one for this machine by its manifest".into(),
+            });
+        }
+        let config = read_json(&blob_path(
+            &dir,
+            manifest["config"]["digest"].as_str().unwrap_or_default(),
+        ))?;
+        let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+        if diff_ids != layers.len() {
+            return Err(ImageError::BadBase {
+                base: text.to_string(),
+                reason: format!(
+                    "its config lists {diff_ids} layers, its manifest {}",
+                    layers.len()
+                ),
+            });
+        }
+        let arch = config["architecture"].as_str().unwrap_or_default();
+        if arch != architecture() || config["os"].as_str().is_some_and(|os| os != "linux") {
+            return Err(ImageError::BadBase {
+                base: text.to_string(),
+                reason: format!(
+                    "it is for {}/{arch}; this machine builds linux/{} (its store paths, venv and comfix are this machine's)",
+                    config["os"].as_str().unwrap_or("?"),
+                    architecture()
+                ),
+            });
+        }
+        Ok(Base {
+            dir,
+            shown: text.to_string(),
+            layers,
+            config,
+        })
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, ImageError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
+/// A store database registering exactly `paths` (closure order: references first), as the
+/// store inside the image opens it; registration times are 0, so the bytes depend only on the
+/// paths.
+fn image_db(store: &Store, paths: &[PathMeta], scratch: &Path) -> Result<Vec<u8>, ImageError> {
+    let file = scratch.join("db.sqlite");
+    let failed = |e: String| io(&file)(std::io::Error::other(e));
+    {
+        let mut conn = crate::store::db::open(&file, crate::store::db::Journal::Delete)
+            .map_err(|e| failed(e.to_string()))?;
+        for meta in paths {
+            let mut record = store.query(&meta.name)?.ok_or_else(|| {
+                ImageError::Closure(ClosureError::NotInStore {
+                    name: meta.name.clone(),
+                })
+            })?;
+            record.registered_at = 0;
+            crate::store::db::register(&mut conn, &record, &meta.references)
+                .map_err(|e| failed(e.to_string()))?;
+        }
+        crate::store::db::make_reproducible(&conn).map_err(|e| failed(e.to_string()))?;
+    }
+    std::fs::read(&file).map_err(io(&file))
+}
+
+/// The layer of the comfix binary (`/comfix/bin/comfix`), remembered by the binary's BLAKE3 as
+/// a path's layer is by its name.
+fn comfix_layer(store: &Store, layout: &Layout, binary: &Path) -> Result<Layer, ImageError> {
+    let bytes = std::fs::read(binary).map_err(io(binary))?;
+    let key = format!("comfix-{}", blake3::hash(&bytes).to_hex());
+    remembered_layer(store, layout, &key, |tar| {
+        append_dirs(tar, &["comfix", "comfix/bin"]).map_err(io(&layout.dir))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_mode(0o555);
+        header.set_size(bytes.len() as u64);
+        header.set_mtime(0);
+        tar.append_data(&mut header, "comfix/bin/comfix", bytes.as_slice())
+            .map_err(io(&layout.dir))
+    })
+    .map(|mut layer| {
+        layer.path = None;
+        layer
+    })
+}
+
+/// The image's top layer: the version's spec and lock, and the store's own files (its
+/// layout version, a database of exactly the image's paths, the sidecars' completion mark).
+fn top_layer(layout: &Layout, versions: &Path, db: &[u8]) -> Result<Blob, ImageError> {
+    layout.write_with(|out| {
+        let mut tar = tar::Builder::new(out);
+        let dirs = ["comfix", STORE_DIR, "comfix/store/db", "comfix/store/meta"];
+        append_dirs(&mut tar, &dirs).map_err(io(&layout.dir))?;
+        let version_file = format!("{STORE_DIR}/VERSION");
+        let layout_version = format!("{}\n", crate::store::LAYOUT_VERSION);
+        append_file(&mut tar, &version_file, layout_version.as_bytes()).map_err(io(&layout.dir))?;
+        append_file(&mut tar, &format!("{STORE_DIR}/db/db.sqlite"), db).map_err(io(&layout.dir))?;
+        append_file(&mut tar, &format!("{STORE_DIR}/meta/.complete"), b"")
+            .map_err(io(&layout.dir))?;
+        // The spec, the lock and the workflow files beside them, sorted.
+        for entry in walkdir::WalkDir::new(versions).sort_by_file_name() {
+            let entry = entry.map_err(|e| io(versions)(e.into()))?;
+            let rel = entry.path().strip_prefix(versions).unwrap_or(entry.path());
+            let at = Path::new(VERSIONS_DIR).join(rel);
+            let at = at.to_string_lossy();
+            if entry.file_type().is_dir() {
+                append_dirs(&mut tar, &[at.as_ref()]).map_err(io(&layout.dir))?;
+            } else {
+                let bytes = std::fs::read(entry.path()).map_err(io(entry.path()))?;
+                append_file(&mut tar, &at, &bytes).map_err(io(&layout.dir))?;
+            }
+        }
+        tar.into_inner().map_err(io(&layout.dir))?;
+        Ok(())
+    })
+}
+
+/// Build the image of `version` (its closure, models as `options.models` says) as an OCI image
+/// layout in `out`, tagged with the version's id. Blobs the layout already has are not written
+/// again. Its entrypoint is comfix on the image's store; by default it serves the version's
+/// workflows as RunPod jobs (`serve ID --runpod`), realizing the home `/comfix/home` at start.
 pub fn build(
     store: &Store,
     version: &Version<'_>,
-    models: Models,
+    options: &BuildOptions<'_>,
     out: &Path,
 ) -> Result<Built, ImageError> {
     let _span = tracing::debug_span!("image-build").entered();
     let layout = Layout::create(out)?;
     let id = &version.lock.version_id;
+    let paths = closure::paths_of(store, std::slice::from_ref(version), options.models)?;
     let mut layers = Vec::new();
-    for meta in closure::paths_of(store, std::slice::from_ref(version), models)? {
-        layers.push(path_layer(store, &layout, &meta)?);
+    for meta in &paths {
+        layers.push(path_layer(store, &layout, meta)?);
     }
-    let top = layout.write_with(|out| {
-        let mut tar = tar::Builder::new(out);
-        append_dirs(&mut tar, &["comfix", VERSIONS_DIR]).map_err(io(&layout.dir))?;
-        let spec = format!("{VERSIONS_DIR}/{id}.json");
-        append_file(&mut tar, &spec, version.spec).map_err(io(&layout.dir))?;
-        let lock = format!("{VERSIONS_DIR}/{id}.lock.json");
-        let text = version.lock.to_text();
-        append_file(&mut tar, &lock, text.as_bytes()).map_err(io(&layout.dir))?;
-        tar.into_inner().map_err(io(&layout.dir))?;
-        Ok(())
-    })?;
+    let scratch = tempfile::tempdir_in(&layout.blobs).map_err(io(&layout.blobs))?;
+    let db = image_db(store, &paths, scratch.path())?;
+    layers.push(comfix_layer(store, &layout, &options.comfix)?);
+    let versions = scratch.path().join("versions");
+    std::fs::create_dir_all(&versions).map_err(io(&versions))?;
+    let spec_file = versions.join(format!("{id}.json"));
+    std::fs::write(&spec_file, version.spec).map_err(io(&spec_file))?;
+    let lock_file = versions.join(format!("{id}.lock.json"));
+    std::fs::write(&lock_file, version.lock.to_text()).map_err(io(&lock_file))?;
+    closure::write_workflow_files(store, version.lock, &versions)?;
+    let top = top_layer(&layout, &versions, &db)?;
     layers.push(Layer {
         path: None,
         blob: top,
         written: true,
     });
 
-    // Uncompressed layers: a layer's digest is its diff id.
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.blob.digest.as_str()).collect();
+    // The base's layers first, as they are (copied into this layout when it lacks them).
+    let mut descriptors: Vec<Value> = Vec::new();
+    let mut diff_ids: Vec<Value> = Vec::new();
+    let mut env: Vec<Value> = Vec::new();
+    let mut labels = serde_json::Map::new();
+    if let Some(base) = options.base {
+        for layer in &base.layers {
+            let digest = layer["digest"].as_str().unwrap_or_default();
+            let to = blob_path(out, digest);
+            if !to.exists() {
+                let from = blob_path(&base.dir, digest);
+                std::fs::hard_link(&from, &to)
+                    .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+                    .map_err(io(&from))?;
+            }
+            descriptors.push(layer.clone());
+        }
+        diff_ids.extend(
+            base.config["rootfs"]["diff_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        env.extend(
+            base.config["config"]["Env"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        if let Some(base_labels) = base.config["config"]["Labels"].as_object() {
+            labels.extend(base_labels.clone());
+        }
+        labels.insert("org.comfix.base".into(), json!(base.shown));
+    }
+    if !env
+        .iter()
+        .any(|e| e.as_str().is_some_and(|e| e.starts_with("PATH=")))
+    {
+        env.push(json!(
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        ));
+    }
+    env.push(json!(format!("COMFIX_STORE=/{STORE_DIR}")));
+    labels.insert("org.comfix.version".into(), json!(id));
+    for layer in &layers {
+        let mut d =
+            json!({ "mediaType": LAYER, "digest": layer.blob.digest, "size": layer.blob.size });
+        if let Some(path) = &layer.path {
+            d["annotations"] = json!({ PATH_ANNOTATION: path });
+        }
+        descriptors.push(d);
+        // Uncompressed layers: a layer's digest is its diff id.
+        diff_ids.push(json!(layer.blob.digest));
+    }
     let config = json!({
         "architecture": architecture(),
         "os": "linux",
         "config": {
-            "Env": [
-                format!("COMFIX_STORE=/{STORE_DIR}"),
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            ],
-            "Labels": { "org.comfix.version": id },
+            "Env": env,
+            "Entrypoint": ["/comfix/bin/comfix", "--store", format!("/{STORE_DIR}")],
+            "Cmd": ["serve", id, "--runpod", "--target", "/comfix/home"],
+            "WorkingDir": "/comfix",
+            "Labels": labels,
         },
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
@@ -327,13 +582,7 @@ pub fn build(
         "schemaVersion": 2,
         "mediaType": MANIFEST,
         "config": { "mediaType": CONFIG, "digest": config.digest, "size": config.size },
-        "layers": layers.iter().map(|l| {
-            let mut d = json!({ "mediaType": LAYER, "digest": l.blob.digest, "size": l.blob.size });
-            if let Some(path) = &l.path {
-                d["annotations"] = json!({ PATH_ANNOTATION: path });
-            }
-            d
-        }).collect::<Vec<Value>>(),
+        "layers": descriptors,
     });
     let manifest = layout.write_bytes(&serde_json::to_vec(&manifest).expect("json"))?;
     // The layout's other images stay; this version's tag now names the new manifest.

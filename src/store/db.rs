@@ -363,6 +363,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     conn_tx.commit()
 }
 
+/// Make the database's bytes depend on its paths alone (an image's store, the same on any
+/// machine): every time it recorded set to 0, the file compacted.
+pub fn make_reproducible(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "UPDATE migrations SET applied_at = 0; UPDATE valid_paths SET registered_at = 0; VACUUM;",
+    )
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

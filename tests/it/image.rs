@@ -136,8 +136,10 @@ fn an_image_is_a_layer_per_store_path_the_same_on_any_store() {
     // Again into the same layout: every path layer is there already, nothing written but the top.
     let again = build(&w, &w.env.store, "v1", &a, &[]);
     assert_eq!(again["digest"], built["digest"]);
-    for layer in again["layers"].as_array().unwrap() {
-        assert_eq!(layer["written"], layer["path"].is_null(), "{layer}");
+    let again_layers = again["layers"].as_array().unwrap();
+    for (i, layer) in again_layers.iter().enumerate() {
+        // Only the top layer (the store's database, spec and lock) is written each time.
+        assert_eq!(layer["written"], i + 1 == again_layers.len(), "{layer}");
     }
 
     // Another store realizing the same lock gives the same image, byte for byte.
@@ -432,4 +434,94 @@ fn pushing_sends_what_the_registry_lacks_and_tags_last() {
         "404",
         "nothing tagged"
     );
+}
+
+/// The image runs with nothing from the host: built `--from` a Debian base (a debootstrapped
+/// root filesystem with python3, made into an OCI layout by `umoci`), unpacked by `umoci`, and
+/// run with `chroot` — comfix inside realizes the home from the image's own store (its database
+/// came in the image) and `comfix test` passes the version's workflow on the stand-in ComfyUI.
+/// Opt-in: `COMFIX_TEST_IMAGE_BASE` names the root filesystem (`.ci/run` makes one with
+/// `debootstrap --variant=minbase --include=python3-minimal bookworm`); it needs root (chroot).
+#[test]
+fn the_image_runs_the_version_s_workflows_in_a_chroot() {
+    let Some(base_root) = std::env::var_os("COMFIX_TEST_IMAGE_BASE") else {
+        eprintln!("COMFIX_TEST_IMAGE_BASE is not set: the image was not run (see the test's doc)");
+        return;
+    };
+    if !rustix::process::geteuid().is_root() || !have("umoci") {
+        eprintln!("not root or no umoci: the image was not run");
+        return;
+    }
+    let rig = Rig::new();
+    let base = rig.env.path("base");
+    let umoci = |args: &[&str]| {
+        let out = Command::new("umoci").args(args).output().unwrap();
+        assert!(out.status.success(), "umoci {args:?}: {}", stderr(&out));
+    };
+    let base_s = base.display().to_string();
+    umoci(&["init", "--layout", &base_s]);
+    umoci(&["new", "--image", &format!("{base_s}:bookworm")]);
+    umoci(&[
+        "insert",
+        "--image",
+        &format!("{base_s}:bookworm"),
+        &std::path::Path::new(&base_root).display().to_string(),
+        "/",
+    ]);
+    let out_dir = rig.env.path("image");
+    let out = rig
+        .cmd()
+        .args(["--json", "image", "build", "v1", "--from"])
+        .arg(format!("{base_s}:bookworm"))
+        .arg("-o")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bundle = rig.env.path("bundle");
+    umoci(&[
+        "unpack",
+        "--image",
+        &format!("{}:v1", out_dir.display()),
+        &bundle.display().to_string(),
+    ]);
+    let rootfs = bundle.join("rootfs");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    // What the image runs by default: comfix serving the version's workflows as RunPod jobs.
+    let argv: Vec<&str> = config["process"]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        argv[..3],
+        ["/comfix/bin/comfix", "--store", "/comfix/store"]
+    );
+    assert!(argv.contains(&"--runpod"), "{argv:?}");
+    let out = Command::new("chroot")
+        .arg(&rootfs)
+        .args(["/bin/sh", "-c", "cd /comfix && /comfix/bin/comfix --store /comfix/store test v1 --offline --target /comfix/home -- --cpu"])
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/root")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "comfix test in the image:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("ok      workflows/ok.json")
+            || stdout(&out).contains("ok      workflows/ok.json"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = Command::new("chmod")
+        .args(["-R", "u+w"])
+        .arg(&bundle)
+        .status();
 }
