@@ -88,6 +88,18 @@ impl Server {
             .env("PYTHONUNBUFFERED", "1")
             .stdin(Stdio::null())
             .process_group(0);
+        // Signals comfix was started ignoring (a script's `cmd &`, `nohup`) would be ignored by
+        // ComfyUI too — `exec` keeps ignored signals — and the ones comfix forwards would never
+        // stop it: it starts with the default dispositions.
+        // SAFETY: signal(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         let log = match &options.output {
             Output::Inherit => {
                 // stdout carries comfix's data only (the URL): ComfyUI's output goes to stderr.

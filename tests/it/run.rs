@@ -764,3 +764,51 @@ fn jobs_run_workflows_on_servers_side_by_side() {
         .count();
     assert_eq!(logs, 2, "two servers");
 }
+
+/// Started from a script's `comfix run &` (SIGINT ignored, as a non-interactive shell's
+/// background jobs have it, and `exec` keeps), comfix still stops ComfyUI on SIGINT: ComfyUI
+/// starts with the default dispositions. (CI once hung here, ComfyUI ignoring what comfix
+/// forwarded.)
+#[test]
+fn run_started_ignoring_sigint_still_stops_comfyui_on_it() {
+    use std::os::unix::process::CommandExt;
+    let rig = Rig::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = rig.cmd();
+    cmd.args(["run", "--target"])
+        .arg(&rig.home)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: signal(2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), format!("http://127.0.0.1:{port}"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("comfix run did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    rig.assert_no_comfyui_left();
+}
