@@ -427,9 +427,20 @@ fn image_db(store: &Store, paths: &[PathMeta], scratch: &Path) -> Result<Vec<u8>
 /// The layer of the comfix binary (`/comfix/bin/comfix`), remembered by the binary's BLAKE3 as
 /// a path's layer is by its name.
 fn comfix_layer(store: &Store, layout: &Layout, binary: &Path) -> Result<Layer, ImageError> {
-    let bytes = std::fs::read(binary).map_err(io(binary))?;
-    let key = format!("comfix-{}", blake3::hash(&bytes).to_hex());
+    // Its digest as the store's file index knows it (by its stat tuple): read only when changed.
+    let digest = match store.known_digest(binary).ok().flatten() {
+        Some(digest) => digest,
+        None => {
+            let meta = std::fs::metadata(binary).map_err(io(binary))?;
+            let stamp = crate::store::db::FileStamp::of(&meta);
+            let digest = crate::store::tree::hash_file(binary, meta.len()).map_err(io(binary))?;
+            let _ = store.remember_digest(binary, &stamp, &digest);
+            digest
+        }
+    };
+    let key = format!("comfix-{}", blake3::Hash::from(digest).to_hex());
     remembered_layer(store, layout, &key, |tar| {
+        let bytes = std::fs::read(binary).map_err(io(binary))?;
         append_dirs(tar, &["comfix", "comfix/bin"]).map_err(io(&layout.dir))?;
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
