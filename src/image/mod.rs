@@ -264,6 +264,55 @@ fn remembered_layer(
     })
 }
 
+/// The most layers an image gets (its base's included): overlay filesystems stack at most 128,
+/// and `streamLayeredImage` stops at 100 too.
+pub const MAX_LAYERS: usize = 100;
+
+/// Which paths get a layer of their own when at most `room` layers are left for them: all when
+/// they fit; else the largest `room - 1` (models, the venv, the core: what changes alone and
+/// costs most to push again), the rest — the smallest — in one grouped layer, in closure order.
+fn split_layers(paths: &[PathMeta], room: usize) -> (Vec<&str>, Vec<&PathMeta>) {
+    if paths.len() <= room {
+        return (paths.iter().map(|p| p.name.as_str()).collect(), Vec::new());
+    }
+    let mut by_size: Vec<&PathMeta> = paths.iter().collect();
+    by_size.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.name.cmp(&b.name)));
+    let own: Vec<&str> = by_size
+        .iter()
+        .take(room.saturating_sub(1))
+        .map(|p| p.name.as_str())
+        .collect();
+    let grouped = paths.iter().filter(|p| !own.contains(&p.name.as_str())).collect();
+    (own, grouped)
+}
+
+/// One layer for several small paths (remembered by their names: the same group, the same layer).
+fn group_layer(store: &Store, layout: &Layout, paths: &[&PathMeta]) -> Result<Layer, ImageError> {
+    let mut names: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    let key = format!("group-{}", blake3::hash(names.join("\n").as_bytes()).to_hex());
+    remembered_layer(store, layout, &key, |tar| {
+        let dirs = ["comfix", STORE_DIR, "comfix/store/meta", "comfix/store/paths"];
+        append_dirs(tar, &dirs).map_err(io(&layout.dir))?;
+        for meta in paths {
+            let sidecar = PathMeta {
+                registered_at: 0,
+                ..(*meta).clone()
+            };
+            let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
+            let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
+            append_file(tar, &at, &sidecar).map_err(io(&layout.dir))?;
+            let under = Path::new(STORE_DIR).join("paths");
+            closure::append_path_under(tar, store, &meta.name, &under, true)?;
+        }
+        Ok(())
+    })
+    .map(|mut layer| {
+        layer.path = None;
+        layer
+    })
+}
+
 /// The layer of store path `meta.name`: the path and its sidecar.
 fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
     // The sidecar as any store would have it: when it was registered is this store's own.
@@ -501,9 +550,16 @@ pub fn build(
     let layout = Layout::create(out)?;
     let id = &version.lock.version_id;
     let paths = closure::paths_of(store, std::slice::from_ref(version), options.models)?;
+    let base_layers = options.base.map_or(0, |b| b.layers.len());
+    let (own, grouped) = split_layers(&paths, MAX_LAYERS.saturating_sub(base_layers + 2));
     let mut layers = Vec::new();
     for meta in &paths {
-        layers.push(path_layer(store, &layout, meta)?);
+        if own.contains(&meta.name.as_str()) {
+            layers.push(path_layer(store, &layout, meta)?);
+        }
+    }
+    if !grouped.is_empty() {
+        layers.push(group_layer(store, &layout, &grouped)?);
     }
     let scratch = tempfile::tempdir_in(&layout.blobs).map_err(io(&layout.blobs))?;
     let db = image_db(store, &paths, scratch.path())?;
@@ -726,4 +782,74 @@ pub fn docker_archive(dir: &Path, id: &str, out: &Path) -> Result<(), ImageError
     drop(buffered);
     temp.persist(out).map_err(|e| io(out)(e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Add;
+
+    /// A closure of more paths than an image may have layers: the largest keep their own layers,
+    /// the smallest share one; the image stays under the limit and builds the same way twice.
+    #[test]
+    fn closures_over_the_layer_limit_group_their_smallest_paths() {
+        let scratch = tempfile::tempdir().unwrap();
+        let store = Store::open(&scratch.path().join("store")).unwrap();
+        let mut models = Vec::new();
+        for i in 0..(MAX_LAYERS + 20) {
+            let bytes = vec![b'x'; 100 + i];
+            let added = store.add_bytes(&format!("m{i}.bin"), &bytes, &[]).unwrap();
+            models.push(crate::lock::LockedModel {
+                source: format!("https://example.invalid/m{i}.bin"),
+                name: None,
+                target_subdir: Some("checkpoints".into()),
+                filename: format!("m{i}.bin"),
+                required: true,
+                url: format!("https://example.invalid/m{i}.bin"),
+                revision: None,
+                size: bytes.len() as u64,
+                sha256: None,
+                blake3: blake3::hash(&bytes).to_hex().to_string(),
+                store_path: added.record.name,
+            });
+        }
+        let core = store.add_bytes("main.py", b"print(1)", &[]).unwrap().record.name;
+        let lock = crate::lock::Lock {
+            lock_version: crate::lock::LOCK_VERSION,
+            version_id: "big".into(),
+            comfy: crate::lock::LockedGit {
+                repo: "https://example.invalid/c.git".into(),
+                git_ref: None,
+                commit: "0".repeat(40),
+                store_path: core,
+            },
+            custom_nodes: Vec::new(),
+            models,
+            python: None,
+            workflows: Vec::new(),
+        };
+        let comfix = scratch.path().join("comfix");
+        std::fs::write(&comfix, b"#!/bin/sh\n").unwrap();
+        let version = Version {
+            spec: b"{}",
+            lock: &lock,
+            venv: None,
+            extra: Vec::new(),
+        };
+        let options = BuildOptions {
+            models: Models::All,
+            base: None,
+            comfix,
+        };
+        let out = scratch.path().join("layout");
+        let built = build(&store, &version, &options, &out).unwrap();
+        assert_eq!(built.layers.len(), MAX_LAYERS, "{}", built.layers.len());
+        let own: Vec<&str> = built.layers.iter().filter_map(|l| l.path.as_deref()).collect();
+        assert_eq!(own.len(), MAX_LAYERS - 3, "paths of their own; the group, comfix, the top");
+        // The largest have their own layers (m119 is the largest model), the smallest do not.
+        assert!(own.iter().any(|p| p.ends_with("-m119.bin")));
+        assert!(!own.iter().any(|p| p.ends_with("-m0.bin")));
+        let again = build(&store, &version, &options, &scratch.path().join("again")).unwrap();
+        assert_eq!(again.digest, built.digest);
+    }
 }
