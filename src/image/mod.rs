@@ -282,7 +282,10 @@ fn split_layers(paths: &[PathMeta], room: usize) -> (Vec<&str>, Vec<&PathMeta>) 
         .take(room.saturating_sub(1))
         .map(|p| p.name.as_str())
         .collect();
-    let grouped = paths.iter().filter(|p| !own.contains(&p.name.as_str())).collect();
+    let grouped = paths
+        .iter()
+        .filter(|p| !own.contains(&p.name.as_str()))
+        .collect();
     (own, grouped)
 }
 
@@ -290,9 +293,17 @@ fn split_layers(paths: &[PathMeta], room: usize) -> (Vec<&str>, Vec<&PathMeta>) 
 fn group_layer(store: &Store, layout: &Layout, paths: &[&PathMeta]) -> Result<Layer, ImageError> {
     let mut names: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
     names.sort_unstable();
-    let key = format!("group-{}", blake3::hash(names.join("\n").as_bytes()).to_hex());
+    let key = format!(
+        "group-{}",
+        blake3::hash(names.join("\n").as_bytes()).to_hex()
+    );
     remembered_layer(store, layout, &key, |tar| {
-        let dirs = ["comfix", STORE_DIR, "comfix/store/meta", "comfix/store/paths"];
+        let dirs = [
+            "comfix",
+            STORE_DIR,
+            "comfix/store/meta",
+            "comfix/store/paths",
+        ];
         append_dirs(tar, &dirs).map_err(io(&layout.dir))?;
         for meta in paths {
             let sidecar = PathMeta {
@@ -813,7 +824,11 @@ mod tests {
                 store_path: added.record.name,
             });
         }
-        let core = store.add_bytes("main.py", b"print(1)", &[]).unwrap().record.name;
+        let core = store
+            .add_bytes("main.py", b"print(1)", &[])
+            .unwrap()
+            .record
+            .name;
         let lock = crate::lock::Lock {
             lock_version: crate::lock::LOCK_VERSION,
             version_id: "big".into(),
@@ -844,8 +859,16 @@ mod tests {
         let out = scratch.path().join("layout");
         let built = build(&store, &version, &options, &out).unwrap();
         assert_eq!(built.layers.len(), MAX_LAYERS, "{}", built.layers.len());
-        let own: Vec<&str> = built.layers.iter().filter_map(|l| l.path.as_deref()).collect();
-        assert_eq!(own.len(), MAX_LAYERS - 3, "paths of their own; the group, comfix, the top");
+        let own: Vec<&str> = built
+            .layers
+            .iter()
+            .filter_map(|l| l.path.as_deref())
+            .collect();
+        assert_eq!(
+            own.len(),
+            MAX_LAYERS - 3,
+            "paths of their own; the group, comfix, the top"
+        );
         // The largest have their own layers (m119 is the largest model), the smallest do not.
         assert!(own.iter().any(|p| p.ends_with("-m119.bin")));
         assert!(!own.iter().any(|p| p.ends_with("-m0.bin")));

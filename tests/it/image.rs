@@ -525,3 +525,193 @@ fn the_image_runs_the_version_s_workflows_in_a_chroot() {
         .arg(&bundle)
         .status();
 }
+
+/// A registry's front that asks for a bearer token (its realm hands one out) and answers the
+/// first blob upload `429 Too Many Requests`, forwarding the rest to the real registry behind.
+struct Gatekeeper {
+    port: u16,
+    /// Requests seen: (method, path, status answered).
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>>,
+}
+
+impl Gatekeeper {
+    fn start(upstream: String) -> Gatekeeper {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>> = Default::default();
+        let shared = seen.clone();
+        let throttled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (seen, upstream, throttled) =
+                    (shared.clone(), upstream.clone(), throttled.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut out = stream;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut parts = line.split_whitespace();
+                        let method = parts.next().unwrap_or("").to_string();
+                        let path = parts.next().unwrap_or("").to_string();
+                        let mut head = Vec::new();
+                        let (mut length, mut auth) = (0usize, None);
+                        loop {
+                            let mut h = String::new();
+                            reader.read_line(&mut h).unwrap();
+                            if h.trim_end().is_empty() {
+                                break;
+                            }
+                            let lower = h.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if lower.starts_with("authorization:") {
+                                auth =
+                                    Some(h.trim_end()["authorization:".len()..].trim().to_string());
+                            }
+                            // The client's Host is kept: the registry's upload locations name the gate.
+                            if !lower.starts_with("connection:") {
+                                head.push(h.trim_end().to_string());
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let reply = |out: &mut std::net::TcpStream,
+                                     status: &str,
+                                     extra: &str,
+                                     body: &str| {
+                            let text = format!(
+                                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            out.write_all(text.as_bytes()).unwrap();
+                        };
+                        let code;
+                        // The token is given for the credentials of the test's docker config only.
+                        if path.starts_with("/token")
+                            && auth.as_deref() != Some("Basic Y2k6c2VjcmV0")
+                        {
+                            code = 401;
+                            reply(&mut out, "401 Unauthorized", "", "");
+                        } else if path.starts_with("/token") {
+                            code = 200;
+                            reply(
+                                &mut out,
+                                "200 OK",
+                                "Content-Type: application/json\r\n",
+                                r#"{"token": "t0k3n"}"#,
+                            );
+                        } else if auth.as_deref() != Some("Bearer t0k3n") {
+                            code = 401;
+                            let challenge = format!(
+                                "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\"\r\n"
+                            );
+                            reply(&mut out, "401 Unauthorized", &challenge, "");
+                        } else if method == "PUT"
+                            && path.contains("/blobs/uploads/")
+                            && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst)
+                        {
+                            code = 429;
+                            reply(&mut out, "429 Too Many Requests", "Retry-After: 0\r\n", "");
+                        } else {
+                            // Forward, one connection per request.
+                            let mut up = std::net::TcpStream::connect(&upstream).unwrap();
+                            let mut request =
+                                format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+                            for h in &head {
+                                request.push_str(h);
+                                request.push_str("\r\n");
+                            }
+                            request.push_str("\r\n");
+                            up.write_all(request.as_bytes()).unwrap();
+                            up.write_all(&body).unwrap();
+                            let mut answer = Vec::new();
+                            up.read_to_end(&mut answer).unwrap();
+                            let status_line = String::from_utf8_lossy(
+                                &answer[..answer.iter().position(|b| *b == b'\r').unwrap_or(0)],
+                            )
+                            .to_string();
+                            code = status_line
+                                .split_whitespace()
+                                .nth(1)
+                                .and_then(|c| c.parse().ok())
+                                .unwrap_or(0);
+                            // Relayed as it came, but kept open: drop the upstream's `Connection: close`.
+                            let text = String::from_utf8_lossy(&answer).replacen(
+                                "Connection: close\r\n",
+                                "",
+                                1,
+                            );
+                            let (head_text, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                            let split = answer
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .map_or(answer.len(), |p| p + 4);
+                            out.write_all(head_text.as_bytes()).unwrap();
+                            out.write_all(b"\r\n\r\n").unwrap();
+                            out.write_all(&answer[split..]).unwrap();
+                        }
+                        seen.lock().unwrap().push((method, path, code));
+                    }
+                });
+            }
+        });
+        Gatekeeper { port, seen }
+    }
+}
+
+/// A registry that wants a bearer token and throttles: the push gets a token from the realm the
+/// challenge names (with the credentials of `$DOCKER_CONFIG/config.json`), waits out the `429`,
+/// and the image arrives whole and tagged.
+#[test]
+fn pushes_get_tokens_and_wait_out_throttling() {
+    if !have("docker-registry") {
+        return;
+    }
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    assert!(realize(&w, "v1", &w.env.path("home"), &[]).status.success());
+    let registry = TestRegistry::start(&w.env.path("registry"), false);
+    let gate = Gatekeeper::start(registry.addr.clone());
+    let docker = w.env.path("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:secret");
+    let config = json!({ "auths": { format!("127.0.0.1:{}", gate.port): { "auth": auth } } });
+    std::fs::write(docker.join("config.json"), config.to_string()).unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "image", "build", "v1", "--push"])
+        .arg(format!("127.0.0.1:{}/comfy/demo:v1", gate.port))
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built = json_of(&out);
+    let seen = gate.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(_, p, c)| p.starts_with("/token") && *c == 200),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|(_, _, c)| *c == 429), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(m, p, c)| m == "PUT" && p.contains("/manifests/v1") && *c == 201),
+        "{seen:?}"
+    );
+    // Behind the gate, the registry serves the whole image under its tag.
+    if have("skopeo") {
+        let out = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://{}/comfy/demo:v1", registry.addr))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(json_of(&out)["Digest"], built["digest"]);
+    }
+}
