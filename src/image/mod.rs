@@ -298,23 +298,9 @@ fn group_layer(store: &Store, layout: &Layout, paths: &[&PathMeta]) -> Result<La
         blake3::hash(names.join("\n").as_bytes()).to_hex()
     );
     remembered_layer(store, layout, &key, |tar| {
-        let dirs = [
-            "comfix",
-            STORE_DIR,
-            "comfix/store/meta",
-            "comfix/store/paths",
-        ];
-        append_dirs(tar, &dirs).map_err(io(&layout.dir))?;
+        append_dirs(tar, &STORE_DIRS).map_err(io(&layout.dir))?;
         for meta in paths {
-            let sidecar = PathMeta {
-                registered_at: 0,
-                ..(*meta).clone()
-            };
-            let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
-            let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
-            append_file(tar, &at, &sidecar).map_err(io(&layout.dir))?;
-            let under = Path::new(STORE_DIR).join("paths");
-            closure::append_path_under(tar, store, &meta.name, &under, true)?;
+            append_store_path(tar, store, layout, meta)?;
         }
         Ok(())
     })
@@ -324,27 +310,39 @@ fn group_layer(store: &Store, layout: &Layout, paths: &[&PathMeta]) -> Result<La
     })
 }
 
-/// The layer of store path `meta.name`: the path and its sidecar.
-fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
-    // The sidecar as any store would have it: when it was registered is this store's own.
+/// The directories above a layer's store paths and sidecars.
+const STORE_DIRS: [&str; 4] = [
+    "comfix",
+    STORE_DIR,
+    "comfix/store/meta",
+    "comfix/store/paths",
+];
+
+/// Store path `meta.name` under `/comfix/store/paths/`, with its sidecar as any store would
+/// have it (when it was registered is this store's own: 0).
+fn append_store_path(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    store: &Store,
+    layout: &Layout,
+    meta: &PathMeta,
+) -> Result<(), ImageError> {
     let sidecar = PathMeta {
         registered_at: 0,
         ..meta.clone()
     };
     let sidecar = serde_json::to_vec_pretty(&sidecar).expect("json");
+    let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
+    append_file(tar, &at, &sidecar).map_err(io(&layout.dir))?;
+    let paths = Path::new(STORE_DIR).join("paths");
+    closure::append_path_under(tar, store, &meta.name, &paths, true)?;
+    Ok(())
+}
+
+/// The layer of store path `meta.name`: the path and its sidecar.
+fn path_layer(store: &Store, layout: &Layout, meta: &PathMeta) -> Result<Layer, ImageError> {
     remembered_layer(store, layout, &meta.name, |tar| {
-        let dirs = [
-            "comfix",
-            STORE_DIR,
-            "comfix/store/meta",
-            "comfix/store/paths",
-        ];
-        append_dirs(tar, &dirs).map_err(io(&layout.dir))?;
-        let at = format!("{STORE_DIR}/meta/{}.json", meta.name);
-        append_file(tar, &at, &sidecar).map_err(io(&layout.dir))?;
-        let paths = Path::new(STORE_DIR).join("paths");
-        closure::append_path_under(tar, store, &meta.name, &paths, true)?;
-        Ok(())
+        append_dirs(tar, &STORE_DIRS).map_err(io(&layout.dir))?;
+        append_store_path(tar, store, layout, meta)
     })
 }
 

@@ -81,7 +81,16 @@ impl Reference {
             .map_or(self.registry.as_str(), |(h, _)| h);
         let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
         let scheme = if loopback { "http" } else { "https" };
-        format!("{scheme}://{}/v2/{}", self.registry, self.repository)
+        // Docker Hub's API is not at the name people give it; its official images are `library/`.
+        let (host, repository) = match self.registry.as_str() {
+            "docker.io" | "index.docker.io" if !self.repository.contains('/') => (
+                "registry-1.docker.io",
+                format!("library/{}", self.repository),
+            ),
+            "docker.io" | "index.docker.io" => ("registry-1.docker.io", self.repository.clone()),
+            other => (other, self.repository.clone()),
+        };
+        format!("{scheme}://{host}/v2/{repository}")
     }
 }
 
@@ -421,6 +430,8 @@ mod tests {
             ("127.0.0.1:5000", "comfy/wan22", "v2")
         );
         assert_eq!(r.base(), "http://127.0.0.1:5000/v2/comfy/wan22");
+        let hub = Reference::parse("docker.io/team/comfy:v1").unwrap();
+        assert_eq!(hub.base(), "https://registry-1.docker.io/v2/team/comfy");
         let r = Reference::parse("ghcr.io/team/comfy").unwrap();
         assert_eq!(r.tag, "latest");
         assert!(r.base().starts_with("https://ghcr.io/"));

@@ -172,7 +172,8 @@ pub struct Worker {
     options: WorkerOptions,
     server: Option<Server>,
     info: ObjectInfo,
-    /// The last run's log file (kept for the tail of a crash).
+    /// How a job's workflow runs, as `comfix test` runs one (its timeout, ComfyUI's arguments,
+    /// where ComfyUI's log goes: its tail explains a crash).
     options_for_test: TestOptions,
 }
 
