@@ -133,6 +133,8 @@ fn main() {
         models: Models::All,
         base: None,
         comfix: std::env::current_exe().unwrap(),
+        models_from: Vec::new(),
+        trusted_keys: Vec::new(),
     };
     let layers_cache = store.root().join("cache/image-layers");
     let build = |lock: &'static Lock, out: &Path, fresh: bool| -> Duration {

@@ -25,6 +25,9 @@ pub enum ImageModels {
     Bake,
     /// None: code and venv only
     None,
+    /// Left out, and fetched at start from `--models-from` (a cache on the network volume by
+    /// default), verified, by the image's comfix (offline)
+    Volume,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +54,19 @@ pub struct BuildArgs {
     /// Which models the image carries
     #[arg(long, value_enum, default_value_t = ImageModels::Bake)]
     pub models: ImageModels,
+    /// With `--models volume`: the caches the models come from at start (repeatable; a cache
+    /// directory on the network volume, `s3://BUCKET/PREFIX`, `https://…`)
+    #[arg(
+        long,
+        value_name = "CACHE",
+        default_value = "/runpod-volume/comfix-cache"
+    )]
+    pub models_from: Vec<String>,
+    /// With `--models volume`: a public key (`NAME:BASE64`) the models' cache paths must be
+    /// signed by (repeatable); without one, the image's comfix takes only signed paths of keys its
+    /// environment names (`COMFIX_TRUSTED_KEYS`)
+    #[arg(long, value_name = "KEY")]
+    pub trusted_key: Vec<String>,
     /// Carry this machine's torch backend overlay and its venv (as `realize --torch-backend`)
     #[command(flatten)]
     pub torch: super::realize::TorchArgs,
@@ -79,8 +95,12 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
     };
     let models = match args.models {
         ImageModels::Bake => Models::All,
-        ImageModels::None => Models::None,
+        ImageModels::None | ImageModels::Volume => Models::None,
     };
+    let volume = args.models == ImageModels::Volume;
+    for key in &args.trusted_key {
+        crate::sign::PublicKey::parse(key)?;
+    }
     // Without `-o`, the layout is a scratch directory of the store's, gone afterwards.
     let reference = args
         .push
@@ -106,6 +126,16 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
         models,
         base: base.as_ref(),
         comfix: std::env::current_exe()?,
+        models_from: if volume {
+            args.models_from.clone()
+        } else {
+            Vec::new()
+        },
+        trusted_keys: if volume {
+            args.trusted_key.clone()
+        } else {
+            Vec::new()
+        },
     };
     let built = crate::image::build(&store, &version, &options, &layout)?;
     let written = built.layers.iter().filter(|l| l.written).count();

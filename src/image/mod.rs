@@ -362,6 +362,11 @@ pub struct BuildOptions<'a> {
     pub base: Option<&'a Base>,
     /// The comfix binary the image carries (`/comfix/bin/comfix`, its entrypoint).
     pub comfix: PathBuf,
+    /// Where the models come from at start when the image leaves them out (`--models volume`):
+    /// the substituters the image's comfix asks (a cache on the network volume, a bucket), and
+    /// the keys their paths must be signed by.
+    pub models_from: Vec<String>,
+    pub trusted_keys: Vec<String>,
 }
 
 /// A base image read from an OCI image layout: its layers' descriptors, diff ids and config.
@@ -630,6 +635,18 @@ pub fn build(
         ));
     }
     env.push(json!(format!("COMFIX_STORE=/{STORE_DIR}")));
+    if !options.models_from.is_empty() {
+        env.push(json!(format!(
+            "COMFIX_SUBSTITUTERS={}",
+            options.models_from.join(" ")
+        )));
+    }
+    if !options.trusted_keys.is_empty() {
+        env.push(json!(format!(
+            "COMFIX_TRUSTED_KEYS={}",
+            options.trusted_keys.join(" ")
+        )));
+    }
     labels.insert("org.comfix.version".into(), json!(id));
     for layer in &layers {
         let mut d =
@@ -647,7 +664,8 @@ pub fn build(
         "config": {
             "Env": env,
             "Entrypoint": ["/comfix/bin/comfix", "--store", format!("/{STORE_DIR}")],
-            "Cmd": ["serve", id, "--runpod", "--target", "/comfix/home"],
+            // Offline: what the image lacks (models left out) comes from its substituters alone.
+            "Cmd": ["serve", id, "--runpod", "--offline", "--target", "/comfix/home"],
             "WorkingDir": "/comfix",
             "Labels": labels,
         },
@@ -853,6 +871,8 @@ mod tests {
             models: Models::All,
             base: None,
             comfix,
+            models_from: Vec::new(),
+            trusted_keys: Vec::new(),
         };
         let out = scratch.path().join("layout");
         let built = build(&store, &version, &options, &out).unwrap();

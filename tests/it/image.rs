@@ -438,8 +438,11 @@ fn pushing_sends_what_the_registry_lacks_and_tags_last() {
 
 /// The image runs with nothing from the host: built `--from` a Debian base (a debootstrapped
 /// root filesystem with python3, made into an OCI layout by `umoci`), unpacked by `umoci`, and
-/// run with `chroot` — comfix inside realizes the home from the image's own store (its database
-/// came in the image) and `comfix test` passes the version's workflow on the stand-in ComfyUI.
+/// run with `chroot` in the image's environment — comfix inside realizes the home from the
+/// image's own store (its database came in the image) and `comfix test` passes the version's
+/// workflow on the stand-in ComfyUI. With `--models volume` the model is not in the image: it
+/// comes, offline, from a signed cache on the "network volume", checked against the key the image
+/// names.
 /// Opt-in: `COMFIX_TEST_IMAGE_BASE` names the root filesystem (`.ci/run` makes one with
 /// `debootstrap --variant=minbase --include=python3-minimal bookworm`); it needs root (chroot).
 #[test]
@@ -468,62 +471,111 @@ fn the_image_runs_the_version_s_workflows_in_a_chroot() {
         &std::path::Path::new(&base_root).display().to_string(),
         "/",
     ]);
-    let out_dir = rig.env.path("image");
+    // Models baked in; then left out and fetched at start from a signed cache on the "volume".
+    let key_dir = rig.env.path("keys");
     let out = rig
         .cmd()
-        .args(["--json", "image", "build", "v1", "--from"])
-        .arg(format!("{base_s}:bookworm"))
-        .arg("-o")
-        .arg(&out_dir)
+        .args(["key", "generate", "--name", "ci", "--dir"])
+        .arg(&key_dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let bundle = rig.env.path("bundle");
-    umoci(&[
-        "unpack",
-        "--image",
-        &format!("{}:v1", out_dir.display()),
-        &bundle.display().to_string(),
-    ]);
-    let rootfs = bundle.join("rootfs");
-    let config: Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    // What the image runs by default: comfix serving the version's workflows as RunPod jobs.
-    let argv: Vec<&str> = config["process"]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert_eq!(
-        argv[..3],
-        ["/comfix/bin/comfix", "--store", "/comfix/store"]
-    );
-    assert!(argv.contains(&"--runpod"), "{argv:?}");
-    let out = Command::new("chroot")
-        .arg(&rootfs)
-        .args(["/bin/sh", "-c", "cd /comfix && /comfix/bin/comfix --store /comfix/store test v1 --offline --target /comfix/home -- --cpu"])
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "comfix test in the image:\n{}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("ok      workflows/ok.json")
-            || stdout(&out).contains("ok      workflows/ok.json"),
-        "{}",
-        stderr(&out)
-    );
-    let _ = Command::new("chmod")
-        .args(["-R", "u+w"])
-        .arg(&bundle)
-        .status();
+    let public = stdout(&out).trim().to_string();
+    for (name, extra) in [
+        ("bake", vec![]),
+        (
+            "volume",
+            vec!["--models", "volume", "--trusted-key", public.as_str()],
+        ),
+    ] {
+        let out_dir = rig.env.path(&format!("image-{name}"));
+        let out = rig
+            .cmd()
+            .args(["--json", "image", "build", "v1", "--from"])
+            .arg(format!("{base_s}:bookworm"))
+            .arg("-o")
+            .arg(&out_dir)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let built = json_of(&out);
+        let has_model = built["layers"].as_array().unwrap().iter().any(|l| {
+            l["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("tiny.safetensors"))
+        });
+        assert_eq!(has_model, name == "bake", "{built}");
+        let bundle = rig.env.path(&format!("bundle-{name}"));
+        umoci(&[
+            "unpack",
+            "--image",
+            &format!("{}:v1", out_dir.display()),
+            &bundle.display().to_string(),
+        ]);
+        let rootfs = bundle.join("rootfs");
+        if name == "volume" {
+            // The network volume: a cache the version's closure was copied to, signed.
+            let cache = rootfs.join("runpod-volume/comfix-cache");
+            let out = rig
+                .cmd()
+                .args(["store", "copy", "v1", "--to"])
+                .arg(&cache)
+                .arg("--sign-key")
+                .arg(key_dir.join("ci.secret"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", stderr(&out));
+        }
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+        // What the image runs by default: comfix serving the version's workflows as RunPod jobs.
+        let argv: Vec<&str> = config["process"]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            argv[..3],
+            ["/comfix/bin/comfix", "--store", "/comfix/store"]
+        );
+        assert!(
+            argv.contains(&"--runpod") && argv.contains(&"--offline"),
+            "{argv:?}"
+        );
+        // Run as a container would: the image's environment only, nothing of this machine's.
+        let mut chroot = Command::new("chroot");
+        chroot.arg(&rootfs).env_clear();
+        for pair in config["process"]["env"].as_array().unwrap() {
+            let (k, v) = pair.as_str().unwrap().split_once('=').unwrap();
+            chroot.env(k, v);
+        }
+        let out = chroot
+            .env("HOME", "/root")
+            .args([
+                "/bin/sh",
+                "-c",
+                "cd /comfix && /comfix/bin/comfix test v1 --offline --target /comfix/home -- --cpu",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "comfix test in the {name} image:\n{}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains("ok      workflows/ok.json"),
+            "{}",
+            stderr(&out)
+        );
+        let _ = Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(&bundle)
+            .status();
+    }
 }
 
 /// A registry's front that asks for a bearer token (its realm hands one out) and answers the
