@@ -767,3 +767,50 @@ fn pushes_get_tokens_and_wait_out_throttling() {
         assert_eq!(json_of(&out)["Digest"], built["digest"]);
     }
 }
+
+/// A base that cannot carry this machine's store paths is refused before anything is written:
+/// one for another architecture, a layout without the tag asked for.
+#[test]
+fn bases_for_other_machines_are_refused_with_the_reason() {
+    let w = World::new();
+    w.write_spec(&w.default_spec());
+    assert!(realize(&w, "v1", &w.env.path("home"), &[]).status.success());
+    // An OCI layout holding one image for arm64, written by hand (no layers: a config is enough).
+    let base = w.env.path("arm-base");
+    let blobs = base.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> Value {
+        let hex = sha256_hex(bytes);
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        json!({ "digest": format!("sha256:{hex}"), "size": bytes.len() })
+    };
+    let config = put(json!({"architecture": "arm64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).to_string().as_bytes());
+    let mut config_ref = config.clone();
+    config_ref["mediaType"] = json!("application/vnd.oci.image.config.v1+json");
+    let manifest = put(json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config_ref, "layers": []}).to_string().as_bytes());
+    let mut entry = manifest.clone();
+    entry["mediaType"] = json!("application/vnd.oci.image.manifest.v1+json");
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": "arm"});
+    std::fs::write(
+        base.join("index.json"),
+        json!({"schemaVersion": 2, "manifests": [entry]}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(base.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+
+    let out_dir = w.env.path("image");
+    for (from, expected) in [
+        (format!("{}:arm", base.display()), "it is for linux/arm64"),
+        (format!("{}:nope", base.display()), "no image tagged `nope`"),
+    ] {
+        let out = w
+            .cmd(&w.env.store)
+            .args(["image", "build", "v1", "--from", &from, "-o"])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+        assert!(!out_dir.join("index.json").exists(), "nothing written");
+    }
+}
