@@ -46,10 +46,11 @@ pub struct BuildArgs {
     /// Also write a `docker load` archive
     #[arg(long, value_name = "FILE")]
     pub docker_archive: Option<PathBuf>,
-    /// The image to build on, an OCI image layout `DIR[:TAG]` (its layers are kept as they
-    /// are; it must be for this machine's architecture) [default: none — the store and comfix
-    /// alone, which need a libc and the version's Python from the base to run]
-    #[arg(long, value_name = "DIR[:TAG]")]
+    /// The image to build on: an OCI image layout `DIR[:TAG]`, or a registry's image by digest,
+    /// `HOST/REPOSITORY@sha256:…` (pulled, checked); its layers are kept as they are; it must be
+    /// for this machine's architecture [default: none — the store and comfix alone, which need a
+    /// libc and the version's Python from the base to run]
+    #[arg(long, value_name = "BASE")]
     pub from: Option<String>,
     /// Which models the image carries
     #[arg(long, value_enum, default_value_t = ImageModels::Bake)]
@@ -117,11 +118,18 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
         (None, None) => unreachable!("a scratch layout when no -o"),
     };
     let id = &lock.version_id;
-    let base = args
-        .from
-        .as_deref()
-        .map(crate::image::Base::open)
-        .transpose()?;
+    let env = |k: &str| std::env::var(k).ok();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // A base from a registry is pulled into the layout the image is written to.
+    let base = match args.from.as_deref() {
+        Some(from) if crate::image::push::is_registry_base(from) => {
+            Some(runtime.block_on(crate::image::push::pull_base(from, &layout, &env))?)
+        }
+        Some(from) => Some(crate::image::Base::open(from)?),
+        None => None,
+    };
     let options = crate::image::BuildOptions {
         models,
         base: base.as_ref(),
@@ -154,10 +162,6 @@ fn build(args: BuildArgs, context: &Context) -> anyhow::Result<Outcome> {
     }
     let pushed = match &reference {
         Some(reference) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let env = |k: &str| std::env::var(k).ok();
             let report =
                 runtime.block_on(crate::image::push::push(&layout, id, reference, &env))?;
             tracing::info!(

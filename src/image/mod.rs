@@ -413,6 +413,21 @@ impl Base {
             &dir,
             entry["digest"].as_str().unwrap_or_default(),
         ))?;
+        let config = read_json(&blob_path(
+            &dir,
+            manifest["config"]["digest"].as_str().unwrap_or_default(),
+        ))?;
+        Base::checked(text, dir, &manifest, config)
+    }
+
+    /// The base of `manifest` and `config` (its blobs in the layout `dir`), when this machine can
+    /// build on it.
+    fn checked(
+        text: &str,
+        dir: PathBuf,
+        manifest: &Value,
+        config: Value,
+    ) -> Result<Base, ImageError> {
         if manifest["mediaType"]
             .as_str()
             .is_some_and(|m| m.contains("index") || m.contains("list"))
@@ -422,10 +437,6 @@ impl Base {
                 reason: "it is an index of images for several platforms: name the one for this machine by its manifest".into(),
             });
         }
-        let config = read_json(&blob_path(
-            &dir,
-            manifest["config"]["digest"].as_str().unwrap_or_default(),
-        ))?;
         let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
         let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
         if diff_ids != layers.len() {

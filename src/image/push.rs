@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CON
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::{ImageError, MANIFEST};
+use super::{Base, ImageError, MANIFEST};
 
 /// Where an image goes: `HOST[:PORT]/REPOSITORY[:TAG]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -416,6 +416,143 @@ pub async fn push(
         return Err(registry.failed(&what, format!("it answered {status}: {}", body.trim())));
     }
     Ok(report)
+}
+
+/// The media types a manifest may come as, asked for in this order.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// `HOST[:PORT]/REPOSITORY@sha256:HEX`: a base named by its digest (a tag moves; a digest is
+/// the lock of its layers).
+pub fn is_registry_base(text: &str) -> bool {
+    text.contains("@sha256:")
+}
+
+impl Registry {
+    /// GET `url`, answered 200, checked against `digest` while written to a blob of the layout
+    /// `dir` (kept only when it matches).
+    async fn fetch_blob(&mut self, dir: &Path, digest: &str) -> Result<(), ImageError> {
+        use sha2::Digest as _;
+        use std::io::Write as _;
+        let to = super::blob_path(dir, digest);
+        if to.exists() {
+            return Ok(());
+        }
+        let what = format!("blob {digest}");
+        let url = format!("{}/blobs/{digest}", self.reference.base());
+        let mut answer = self.send(&what, |c| Ok(c.get(&url))).await?;
+        if !answer.status().is_success() {
+            return Err(self.failed(&what, format!("it answered {}", answer.status())));
+        }
+        let blobs = dir.join("blobs/sha256");
+        let mut part = tempfile::NamedTempFile::new_in(&blobs).map_err(super::io(&blobs))?;
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = answer
+            .chunk()
+            .await
+            .map_err(|e| self.failed(&what, e.to_string()))?
+        {
+            hasher.update(&chunk);
+            part.write_all(&chunk).map_err(super::io(&blobs))?;
+        }
+        let got = format!("sha256:{}", crate::files::hex(&hasher.finalize()));
+        if got != digest {
+            return Err(self.failed(&what, format!("its bytes hash to {got}, not {digest}")));
+        }
+        part.persist(&to).map_err(|e| super::io(&to)(e.error))?;
+        Ok(())
+    }
+
+    /// The manifest `digest`, checked against it.
+    async fn manifest(&mut self, digest: &str) -> Result<Value, ImageError> {
+        use sha2::Digest as _;
+        let what = format!("manifest {digest}");
+        let url = format!("{}/manifests/{digest}", self.reference.base());
+        let answer = self
+            .send(&what, |c| {
+                Ok(c.get(&url).header(reqwest::header::ACCEPT, MANIFEST_TYPES))
+            })
+            .await?;
+        if !answer.status().is_success() {
+            return Err(self.failed(&what, format!("it answered {}", answer.status())));
+        }
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| self.failed(&what, e.to_string()))?;
+        let got = format!(
+            "sha256:{}",
+            crate::files::hex(&sha2::Sha256::digest(&bytes))
+        );
+        if got != digest {
+            return Err(self.failed(&what, format!("its bytes hash to {got}, not {digest}")));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| self.failed(&what, format!("not JSON: {e}")))
+    }
+}
+
+/// Pull the base `text` (`HOST[:PORT]/REPOSITORY@sha256:HEX`) into the layout `dir`: its
+/// manifest (this machine's, when the digest names an index of platforms), config and layers,
+/// each checked against its digest; blobs the layout has are not fetched again.
+pub async fn pull_base(
+    text: &str,
+    dir: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Base, ImageError> {
+    let (name, digest) = text.split_once('@').unwrap_or((text, ""));
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ImageError::BadBase {
+            base: text.to_string(),
+            reason: "a registry base is named by its digest, `HOST/REPOSITORY@sha256:<64 hex>`"
+                .into(),
+        });
+    }
+    let reference = Reference::parse(name)?;
+    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(super::io(dir))?;
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| ImageError::Registry {
+            registry: reference.registry.clone(),
+            what: "the HTTP client".into(),
+            reason: e.to_string(),
+        })?;
+    let mut registry = Registry {
+        http,
+        basic: credentials(&reference.registry, env),
+        reference,
+        authorization: None,
+    };
+    let mut manifest = registry.manifest(digest).await?;
+    if let Some(platforms) = manifest["manifests"].as_array() {
+        let arch = super::architecture();
+        let own = platforms
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+            .and_then(|m| m["digest"].as_str())
+            .map(str::to_string)
+            .ok_or_else(|| ImageError::BadBase {
+                base: text.to_string(),
+                reason: format!("its index has no image for linux/{arch}"),
+            })?;
+        manifest = registry.manifest(&own).await?;
+    }
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    registry.fetch_blob(dir, &config_digest).await?;
+    for layer in manifest["layers"].as_array().cloned().unwrap_or_default() {
+        registry
+            .fetch_blob(dir, layer["digest"].as_str().unwrap_or_default())
+            .await?;
+    }
+    let config = super::read_json(&super::blob_path(dir, &config_digest))?;
+    Base::checked(text, dir.to_path_buf(), &manifest, config)
 }
 
 #[cfg(test)]

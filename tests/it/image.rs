@@ -410,6 +410,52 @@ fn pushing_sends_what_the_registry_lacks_and_tags_last() {
         assert_eq!(digests, built);
     }
 
+    // The first image as a base, pulled from the registry by its digest: its layers come first,
+    // as they are; a digest the registry lacks is refused.
+    let from = format!(
+        "{}/comfy/demo@{}",
+        registry.addr,
+        first["digest"].as_str().unwrap()
+    );
+    let on_base = w.env.path("on-base");
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "image", "build", "v2", "--from", &from, "-o"])
+        .arg(&on_base)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let layered = read_layout(&on_base, "v2");
+    let base_digests: Vec<&Value> = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    let bottom: Vec<&Value> = layered["manifest"]["layers"].as_array().unwrap()
+        [..base_digests.len()]
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    assert_eq!(bottom, base_digests);
+    assert_eq!(
+        layered["config"]["config"]["Labels"]["org.comfix.base"],
+        from.as_str()
+    );
+    let missing = format!("{}/comfy/demo@sha256:{}", registry.addr, "0".repeat(64));
+    let out = w
+        .cmd(&w.env.store)
+        .args(["image", "build", "v2", "--from", &missing, "-o"])
+        .arg(w.env.path("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("manifest sha256:000"),
+        "{}",
+        stderr(&out)
+    );
+
     // A registry that refuses writes: the push fails naming it, and no tag appears.
     let refusing = TestRegistry::start(&w.env.path("registry-ro"), true);
     let tag = format!("{}/comfy/demo:v1", refusing.addr);

@@ -223,3 +223,105 @@ fn the_local_endpoint_runs_jobs_as_runpod_s_local_api() {
     assert_eq!(status.code(), Some(143));
     rig.assert_no_comfyui_left();
 }
+
+/// A job API that cannot be reached yet is asked again (said on stderr) until it answers; a
+/// ComfyUI that does not start again after dying fails its job asking RunPod for a new worker
+/// (`stopPod`), and the worker stops taking jobs.
+#[test]
+fn an_unreachable_job_api_is_waited_for_and_a_broken_worker_asks_to_be_replaced() {
+    let rig = Rig::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The API's address, with nothing listening there yet.
+    let env_of = JobApi::start(Vec::new());
+    let mut cmd = rig.cmd();
+    cmd.args(["serve", "--runpod", "--max-jobs", "1", "--target"])
+        .arg(&rig.home);
+    env_of.env(&mut cmd);
+    let api_url = format!("http://127.0.0.1:{port}");
+    cmd.env(
+        "RUNPOD_WEBHOOK_GET_JOB",
+        format!("{api_url}/job-take/$ID?gpu=none"),
+    )
+    .env(
+        "RUNPOD_WEBHOOK_POST_OUTPUT",
+        format!("{api_url}/job-done/$RUNPOD_POD_ID/$ID?isStream=false"),
+    )
+    .env(
+        "RUNPOD_WEBHOOK_PING",
+        format!("{api_url}/ping/$RUNPOD_POD_ID"),
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        err.read_to_string(&mut text).unwrap();
+        text
+    });
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker waits for the job API"
+    );
+    let api = JobApi::start_on(
+        port,
+        vec![json!({"id": "late", "input": {"workflow": crate::support::rig::workflow_ok()}})],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker did not finish its job"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr_text = reader.join().unwrap();
+    assert!(status.success(), "{stderr_text}");
+    assert!(
+        stderr_text.contains("the job API is unreachable"),
+        "{stderr_text}"
+    );
+    png_of(&api.result("late").unwrap()["output"]);
+
+    // A crash that leaves ComfyUI unable to start again.
+    let fatal = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 2, "height": 2, "batch_size": 1, "color": 1}},
+        "2": {"class_type": "Crash", "inputs": {"images": ["1", 0], "fatal": true}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "x"}}
+    });
+    let api = JobApi::start(vec![
+        json!({"id": "fatal", "input": {"workflow": fatal}}),
+        json!({"id": "after", "input": {"workflow": crate::support::rig::workflow_ok()}}),
+    ]);
+    let mut cmd = rig.cmd();
+    cmd.args(["serve", "--runpod", "--max-jobs", "2", "--target"])
+        .arg(&rig.home);
+    api.env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "a worker that cannot recover stops");
+    let result = api.result("fatal").unwrap();
+    assert_eq!(result["stopPod"], true, "{result}");
+    assert!(
+        result["error"].as_str().unwrap().contains("ComfyUI died"),
+        "{result}"
+    );
+    assert!(
+        api.result("after").is_none(),
+        "no job taken after asking to be replaced"
+    );
+    assert!(
+        stderr(&out).contains("asked to be replaced"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = fs::remove_file(rig.home.join("data/output/.broken"));
+    rig.assert_no_comfyui_left();
+}

@@ -222,13 +222,16 @@ class Crash:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"images": ("IMAGE",)}}
+        return {"required": {"images": ("IMAGE",)}, "optional": {"fatal": ("BOOLEAN", {"default": False})}}
 
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "crash"
     CATEGORY = "utils"
 
-    def crash(self, images):
+    def crash(self, images, fatal=False):
+        if fatal:
+            # A damage that outlives the process: the server no longer starts.
+            open(os.path.join(OUTPUT_DIR, ".broken"), "w").close()
         print("Crash: the process dies now", flush=True)
         os._exit(3)
 
@@ -589,6 +592,9 @@ def main():
         load_extra_model_paths(config)
     OUTPUT_DIR = os.path.realpath(args.output_directory or os.path.join(HERE, "output"))
     INPUT_DIR = os.path.realpath(args.input_directory or os.path.join(HERE, "input"))
+    if os.path.exists(os.path.join(OUTPUT_DIR, ".broken")):
+        print("the server is broken (a fatal Crash ran): it does not start", flush=True)
+        return 1
     load_custom_nodes()
     if args.quick_test_for_ci:
         return 0

@@ -32,7 +32,12 @@ pub struct JobApi {
 
 impl JobApi {
     pub fn start(jobs: Vec<Value>) -> JobApi {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        JobApi::start_on(0, jobs)
+    }
+
+    /// On `port` (0: any free one).
+    pub fn start_on(port: u16, jobs: Vec<Value>) -> JobApi {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
             jobs: jobs.into(),
