@@ -111,6 +111,8 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// The blobs the registry had already.
     pub present: usize,
+    /// The base's blobs the registry linked from the base's repository (no bytes sent).
+    pub mounted: usize,
 }
 
 /// `user:password` for `registry` from the container tools' credential files.
@@ -221,8 +223,12 @@ impl Registry {
         if let Some(service) = get("service") {
             url.query_pairs_mut().append_pair("service", &service);
         }
-        let scope = format!("repository:{}:pull,push", self.reference.repository);
-        url.query_pairs_mut().append_pair("scope", &scope);
+        // The scope the registry asked for (a mount's names the other repository too), and ours.
+        let ours = format!("repository:{}:pull,push", self.reference.repository);
+        if let Some(asked) = get("scope").filter(|s| *s != ours) {
+            url.query_pairs_mut().append_pair("scope", &asked);
+        }
+        url.query_pairs_mut().append_pair("scope", &ours);
         let mut request = self.http.get(url);
         if let Some(basic) = &basic {
             request = request.header(AUTHORIZATION, basic);
@@ -315,6 +321,21 @@ impl Registry {
         }
     }
 
+    /// Link blob `digest` from this registry's repository `from` (a cross-repository mount):
+    /// whether it did (`201`); a registry that will not starts an upload instead, left unused.
+    async fn mount(&mut self, digest: &str, from: &str) -> Result<bool, ImageError> {
+        let what = format!("mount of {digest} from `{from}`");
+        let mut url = url::Url::parse(&format!("{}/blobs/uploads/", self.reference.base()))
+            .map_err(|e| self.failed(&what, e.to_string()))?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        let answer = self
+            .send(&what, |c| Ok(c.post(url.clone()).header(CONTENT_LENGTH, 0)))
+            .await?;
+        Ok(answer.status() == StatusCode::CREATED)
+    }
+
     /// Upload blob `digest` from `file`: a session (`POST`), then the bytes in one `PUT`.
     async fn upload(&mut self, digest: &str, file: &Path, size: u64) -> Result<(), ImageError> {
         let what = format!("upload of {digest}");
@@ -357,6 +378,13 @@ impl Registry {
     }
 }
 
+/// The base an image's config names (`org.comfix.base`), when it came from a registry.
+fn read_base_label(dir: &Path, config: &str) -> Option<String> {
+    let config = super::read_json(&super::blob_path(dir, config)).ok()?;
+    let base = config["config"]["Labels"]["org.comfix.base"].as_str()?;
+    is_registry_base(base).then(|| base.to_string())
+}
+
 /// Push the image tagged `id` in the layout `dir` to `reference`.
 pub async fn push(
     dir: &Path,
@@ -387,10 +415,23 @@ pub async fn push(
         digest: digest.clone(),
         ..PushReport::default()
     };
+    // A base pulled from this registry's other repository: its layers are mounted from there.
+    let mount_from = read_base_label(dir, &image.blobs[0].0)
+        .and_then(|base| Reference::parse(base.split_once('@')?.0).ok())
+        .filter(|base| {
+            base.registry == reference.registry && base.repository != reference.repository
+        })
+        .map(|base| base.repository);
     for (digest, size) in &image.blobs {
         if registry.has(digest).await? {
             report.present += 1;
             continue;
+        }
+        if let Some(from) = &mount_from {
+            if registry.mount(digest, from).await? {
+                report.mounted += 1;
+                continue;
+            }
         }
         registry
             .upload(digest, &super::blob_path(dir, digest), *size)

@@ -442,6 +442,26 @@ fn pushing_sends_what_the_registry_lacks_and_tags_last() {
         layered["config"]["config"]["Labels"]["org.comfix.base"],
         from.as_str()
     );
+    // Pushed to another repository of the same registry: the base's layers are mounted from
+    // the base's repository, not sent again.
+    let out = w
+        .cmd(&w.env.store)
+        .args(["--json", "image", "build", "v2", "--from", &from, "-o"])
+        .arg(&on_base)
+        .args(["--push", &format!("{}/comfy/other:v2", registry.addr)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pushed = json_of(&out)["pushed"].clone();
+    // (v2's own layers are in the base's repository too, from the push above: mounted as well.)
+    assert!(
+        pushed["mounted"].as_u64().unwrap() as usize >= base_digests.len(),
+        "{pushed}"
+    );
+    assert!(
+        pushed["uploaded_bytes"].as_u64().unwrap() < 64 << 10,
+        "only the new config: {pushed}"
+    );
     let missing = format!("{}/comfy/demo@sha256:{}", registry.addr, "0".repeat(64));
     let out = w
         .cmd(&w.env.store)
