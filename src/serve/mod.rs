@@ -244,6 +244,25 @@ impl Worker {
         ))
     }
 
+    /// After a failed job: whether ComfyUI died under it. A server that stopped answering is
+    /// given a few seconds to be seen exiting (its connections drop before the process is gone).
+    async fn died_during_job(&mut self) -> Option<String> {
+        if let Some(why) = self.died() {
+            return Some(why);
+        }
+        let comfy = self.server.as_ref()?.comfy.clone();
+        if comfy.probe().await.is_ok() {
+            return None; // alive: the workflow failed on its own
+        }
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(why) = self.died() {
+                return Some(why);
+            }
+        }
+        None
+    }
+
     /// Run one job to its end.
     pub async fn run_job(&mut self, id: &str, input: &Value, reporter: &dyn Reporter) -> JobResult {
         let job = match job_input(input, self.options.max_image_bytes) {
@@ -288,7 +307,7 @@ impl Worker {
         let report = test::execute(&comfy, &workflow, &self.options_for_test, reporter, 0).await;
         if report.status != Status::Passed {
             // Died under the job: the job fails with why; ComfyUI comes back for the next one.
-            if let Some(why) = self.died() {
+            if let Some(why) = self.died_during_job().await {
                 let refresh = match self.restart().await {
                     Ok(()) => false,
                     Err(e) => {
