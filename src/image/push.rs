@@ -181,6 +181,28 @@ fn challenge(header: &str) -> Option<Vec<(String, String)>> {
 }
 
 impl Registry {
+    /// A session with `reference`'s registry, with the credentials the environment's files hold.
+    fn open(
+        reference: Reference,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Registry, ImageError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ImageError::Registry {
+                registry: reference.registry.clone(),
+                what: "the HTTP client".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Registry {
+            http,
+            basic: credentials(&reference.registry, env),
+            reference,
+            authorization: None,
+        })
+    }
+
     fn failed(&self, what: &str, reason: String) -> ImageError {
         ImageError::Registry {
             registry: self.reference.registry.clone(),
@@ -395,21 +417,7 @@ pub async fn push(
     let image = super::read_image(dir, id)?;
     let digest = image.digest.clone();
     let manifest_bytes = image.manifest_bytes;
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ImageError::Registry {
-            registry: reference.registry.clone(),
-            what: "the HTTP client".into(),
-            reason: e.to_string(),
-        })?;
-    let mut registry = Registry {
-        http,
-        reference: reference.clone(),
-        basic: credentials(&reference.registry, env),
-        authorization: None,
-    };
+    let mut registry = Registry::open(reference.clone(), env)?;
     let mut report = PushReport {
         reference: reference.to_string(),
         digest: digest.clone(),
@@ -553,21 +561,7 @@ pub async fn pull_base(
     }
     let reference = Reference::parse(name)?;
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(super::io(dir))?;
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("comfix/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| ImageError::Registry {
-            registry: reference.registry.clone(),
-            what: "the HTTP client".into(),
-            reason: e.to_string(),
-        })?;
-    let mut registry = Registry {
-        http,
-        basic: credentials(&reference.registry, env),
-        reference,
-        authorization: None,
-    };
+    let mut registry = Registry::open(reference, env)?;
     let mut manifest = registry.manifest(digest).await?;
     if let Some(platforms) = manifest["manifests"].as_array() {
         let arch = super::architecture();
