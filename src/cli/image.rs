@@ -43,7 +43,7 @@ pub struct BuildArgs {
     /// the tag is set last)
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
-    /// Also write a `docker load` archive
+    /// Write a `docker load` archive of the image (beside the layout or instead of it)
     #[arg(long, value_name = "FILE")]
     pub docker_archive: Option<PathBuf>,
     /// The image to build on: an OCI image layout `DIR[:TAG]`, or a registry's image by digest,
