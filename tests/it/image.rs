@@ -517,6 +517,10 @@ fn the_image_runs_the_version_s_workflows_in_a_chroot() {
         eprintln!("COMFIX_TEST_IMAGE_BASE is not set: the image was not run (see the test's doc)");
         return;
     };
+    assert!(
+        Path::new(&base_root).join("usr/bin/python3").is_file(),
+        "COMFIX_TEST_IMAGE_BASE {base_root:?} is no root filesystem with python3"
+    );
     if !rustix::process::geteuid().is_root() || !have("umoci") {
         eprintln!("not root or no umoci: the image was not run");
         return;
