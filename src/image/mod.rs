@@ -3,9 +3,11 @@
 //! path of the version's closure — a deterministic tar (sorted entries, uid/gid 0, mtime 0, the
 //! store's read-only modes) of `/comfix/store/paths/<name>` and its sidecar `meta/<name>.json` —
 //! so two versions share every layer of the paths they share, and a one-node change makes one new
-//! layer. A layer's digest is computed once per store path and remembered
-//! (`cache/image-layers/`): a path never changes. The top layer holds the version's spec and lock.
-//! The same version gives the same image digest on any store.
+//! path layer. A layer's digest is computed once per store path and remembered
+//! (`cache/image-layers/`): a path never changes. comfix has a layer of its own; the top layer
+//! holds the store's database of exactly the image's paths, and the version's spec, lock and
+//! workflows; a base's layers (`--from`) lie below, as they are. The same version gives the same
+//! image digest on any store. `push.rs` sends an image to a registry (and pulls bases from one).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,8 @@ pub const VERSIONS_DIR: &str = "comfix/versions";
 const LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The `oci-layout` file of an image layout.
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// The annotation that tags an image in a layout's `index.json`.
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The annotation naming the store path a layer holds.
@@ -106,7 +110,7 @@ pub struct Blob {
 /// One layer of a built image.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Layer {
-    /// The store path it holds (`None`: the top layer).
+    /// The store path it holds (`None`: comfix's layer, a group of small paths, the top layer).
     pub path: Option<String>,
     #[serde(flatten)]
     pub blob: Blob,
@@ -153,7 +157,7 @@ impl Layout {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
         let marker = dir.join("oci-layout");
-        std::fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(&marker))?;
+        std::fs::write(&marker, OCI_LAYOUT).map_err(io(&marker))?;
         Ok(Layout {
             dir: dir.to_path_buf(),
             blobs,
@@ -213,9 +217,19 @@ fn append_dirs<W: Write>(tar: &mut tar::Builder<W>, dirs: &[&str]) -> std::io::R
 
 /// A regular file entry (mode `0444`, mtime 0).
 fn append_file<W: Write>(tar: &mut tar::Builder<W>, at: &str, bytes: &[u8]) -> std::io::Result<()> {
+    append_regular(tar, at, bytes, 0o444)
+}
+
+/// A regular file entry with `mode` (mtime 0).
+fn append_regular<W: Write>(
+    tar: &mut tar::Builder<W>,
+    at: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
-    header.set_mode(0o444);
+    header.set_mode(mode);
     header.set_size(bytes.len() as u64);
     header.set_mtime(0);
     tar.append_data(&mut header, at, bytes)
@@ -469,9 +483,15 @@ impl Base {
 }
 
 fn read_json(path: &Path) -> Result<Value, ImageError> {
+    read_json_bytes(path).map(|(_, value)| value)
+}
+
+/// A JSON file's bytes (a manifest's digest is theirs) and what they hold.
+fn read_json_bytes(path: &Path) -> Result<(Vec<u8>, Value), ImageError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    Ok((bytes, value))
 }
 
 /// A store database registering exactly `paths` (closure order: references first), as the
@@ -479,10 +499,10 @@ fn read_json(path: &Path) -> Result<Value, ImageError> {
 /// paths.
 fn image_db(store: &Store, paths: &[PathMeta], scratch: &Path) -> Result<Vec<u8>, ImageError> {
     let file = scratch.join("db.sqlite");
-    let failed = |e: String| io(&file)(std::io::Error::other(e));
+    let failed = |e: Box<dyn std::error::Error + Send + Sync>| io(&file)(std::io::Error::other(e));
     {
         let mut conn = crate::store::db::open(&file, crate::store::db::Journal::Delete)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
         for meta in paths {
             let mut record = store.query(&meta.name)?.ok_or_else(|| {
                 ImageError::Closure(ClosureError::NotInStore {
@@ -491,9 +511,9 @@ fn image_db(store: &Store, paths: &[PathMeta], scratch: &Path) -> Result<Vec<u8>
             })?;
             record.registered_at = 0;
             crate::store::db::register(&mut conn, &record, &meta.references)
-                .map_err(|e| failed(e.to_string()))?;
+                .map_err(|e| failed(e.into()))?;
         }
-        crate::store::db::make_reproducible(&conn).map_err(|e| failed(e.to_string()))?;
+        crate::store::db::make_reproducible(&conn).map_err(|e| failed(e.into()))?;
     }
     std::fs::read(&file).map_err(io(&file))
 }
@@ -516,13 +536,7 @@ fn comfix_layer(store: &Store, layout: &Layout, binary: &Path) -> Result<Layer, 
     remembered_layer(store, layout, &key, |tar| {
         let bytes = std::fs::read(binary).map_err(io(binary))?;
         append_dirs(tar, &["comfix", "comfix/bin"]).map_err(io(&layout.dir))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_mode(0o555);
-        header.set_size(bytes.len() as u64);
-        header.set_mtime(0);
-        tar.append_data(&mut header, "comfix/bin/comfix", bytes.as_slice())
-            .map_err(io(&layout.dir))
+        append_regular(tar, "comfix/bin/comfix", &bytes, 0o555).map_err(io(&layout.dir))
     })
     .map(|mut layer| {
         layer.path = None;
@@ -724,13 +738,7 @@ pub(crate) struct Stored {
 
 /// Read the image tagged `id` in the layout `dir`.
 pub(crate) fn read_image(dir: &Path, id: &str) -> Result<Stored, ImageError> {
-    let json = |path: &Path| -> Result<(Vec<u8>, Value), ImageError> {
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| io(path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-        Ok((bytes, value))
-    };
-    let (_, index) = json(&dir.join("index.json"))?;
+    let index = read_json(&dir.join("index.json"))?;
     let entry = index["manifests"]
         .as_array()
         .and_then(|m| m.iter().find(|m| m["annotations"][REF_NAME] == id))
@@ -739,7 +747,7 @@ pub(crate) fn read_image(dir: &Path, id: &str) -> Result<Stored, ImageError> {
             id: id.to_string(),
         })?;
     let digest = entry["digest"].as_str().unwrap_or_default().to_string();
-    let (manifest_bytes, manifest) = json(&blob_path(dir, &digest))?;
+    let (manifest_bytes, manifest) = read_json_bytes(&blob_path(dir, &digest))?;
     let blob = |d: &Value| {
         (
             d["digest"].as_str().unwrap_or_default().to_string(),
@@ -814,7 +822,7 @@ pub fn docker_archive(dir: &Path, id: &str, out: &Path) -> Result<(), ImageError
     append_file(&mut tar, "manifest.json", &docker).map_err(io(out))?;
     let index = serde_json::to_vec(&index).expect("json");
     append_file(&mut tar, "index.json", &index).map_err(io(out))?;
-    append_file(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io(out))?;
+    append_file(&mut tar, "oci-layout", OCI_LAYOUT).map_err(io(out))?;
     let mut buffered = tar.into_inner().map_err(io(out))?;
     buffered.flush().map_err(io(out))?;
     drop(buffered);
