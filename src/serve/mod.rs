@@ -148,10 +148,15 @@ impl<F: Fn(Value) + Send + Sync> Progress<F> {
     }
 }
 
+/// `comfix test`'s runner reports a node's steps as its length (on every event) and what each
+/// event added: the running value is kept across events, and starts again when another node's
+/// steps begin (another length, or a count past the length).
 impl<F: Fn(Value) + Send + Sync> Reporter for Progress<F> {
     fn item_length(&self, _id: u64, total: u64) {
         if let Ok(mut state) = self.state.lock() {
-            *state = (0, total);
+            if state.1 != total {
+                *state = (0, total);
+            }
         }
     }
 
@@ -159,7 +164,10 @@ impl<F: Fn(Value) + Send + Sync> Reporter for Progress<F> {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        state.0 += delta;
+        state.0 = match state.0 + delta {
+            past if state.1 > 0 && past > state.1 => delta,
+            value => value,
+        };
         let (value, max) = *state;
         drop(state);
         (self.send)(json!({ "value": value, "max": max }));
@@ -486,6 +494,22 @@ mod tests {
             refused(json!({ "workflow": {}, "images": [{"name": "a.png", "image": "!!"}] }))
                 .contains("not base64")
         );
+    }
+
+    /// As `comfix test`'s runner reports a node of 3 steps, then another of 3: the values sent
+    /// count each node's steps (they were each event's delta, 1, 1, 1, before).
+    #[test]
+    fn progress_counts_a_node_s_steps() {
+        let sent = std::sync::Mutex::new(Vec::new());
+        let progress =
+            Progress::new(|v: Value| sent.lock().unwrap().push(v["value"].as_u64().unwrap()));
+        for _node in 0..2 {
+            for _step in 0..3 {
+                progress.item_length(0, 3);
+                progress.item_advance(0, 1);
+            }
+        }
+        assert_eq!(*sent.lock().unwrap(), [1, 2, 3, 1, 2, 3]);
     }
 
     #[test]
