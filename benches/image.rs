@@ -218,11 +218,7 @@ fn push(layout: &Path, work: &Path) {
         println!("image/push                   skipped: no docker-registry");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = comfix::run::server::free_port().unwrap();
     let dir = work.join("registry");
     fs::create_dir_all(&dir).unwrap();
     let config = format!(

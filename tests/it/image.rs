@@ -249,11 +249,7 @@ struct TestRegistry {
 
 impl TestRegistry {
     fn start(dir: &Path, read_only: bool) -> TestRegistry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = comfix::run::server::free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
@@ -510,10 +506,11 @@ fn pushing_sends_what_the_registry_lacks_and_tags_last() {
 /// comes, offline, from a signed cache on the "network volume", checked against the key the image
 /// names.
 /// Opt-in: `COMFIX_TEST_IMAGE_BASE` names the root filesystem (`.ci/run` makes one with
-/// `debootstrap --variant=minbase --include=python3-minimal bookworm`); it needs root (chroot).
+/// `debootstrap --variant=minbase --include=python3 bookworm`); it needs root (chroot).
 #[test]
 fn the_image_runs_the_version_s_workflows_in_a_chroot() {
-    let Some(base_root) = std::env::var_os("COMFIX_TEST_IMAGE_BASE") else {
+    let Some(base_root) = std::env::var_os("COMFIX_TEST_IMAGE_BASE").filter(|v| !v.is_empty())
+    else {
         eprintln!("COMFIX_TEST_IMAGE_BASE is not set: the image was not run (see the test's doc)");
         return;
     };
@@ -658,7 +655,6 @@ struct Gatekeeper {
 
 impl Gatekeeper {
     fn start(upstream: String) -> Gatekeeper {
-        use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, u16)>>> = Default::default();
@@ -669,121 +665,88 @@ impl Gatekeeper {
                 let (seen, upstream, throttled) =
                     (shared.clone(), upstream.clone(), throttled.clone());
                 std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
                     let mut out = stream;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut parts = line.split_whitespace();
-                        let method = parts.next().unwrap_or("").to_string();
-                        let path = parts.next().unwrap_or("").to_string();
-                        let mut head = Vec::new();
-                        let (mut length, mut auth) = (0usize, None);
-                        loop {
-                            let mut h = String::new();
-                            reader.read_line(&mut h).unwrap();
-                            if h.trim_end().is_empty() {
-                                break;
-                            }
-                            let lower = h.to_ascii_lowercase();
-                            if let Some(v) = lower.strip_prefix("content-length:") {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                            if lower.starts_with("authorization:") {
-                                auth =
-                                    Some(h.trim_end()["authorization:".len()..].trim().to_string());
-                            }
-                            // The client's Host is kept: the registry's upload locations name the gate.
-                            if !lower.starts_with("connection:") {
-                                head.push(h.trim_end().to_string());
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).unwrap();
-                        let reply = |out: &mut std::net::TcpStream,
-                                     status: &str,
-                                     extra: &str,
-                                     body: &str| {
-                            let text = format!(
-                                "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-                                body.len()
-                            );
-                            out.write_all(text.as_bytes()).unwrap();
-                        };
-                        let code;
-                        // The token is given for the credentials of the test's docker config only.
-                        if path.starts_with("/token")
-                            && auth.as_deref() != Some("Basic Y2k6c2VjcmV0")
-                        {
-                            code = 401;
-                            reply(&mut out, "401 Unauthorized", "", "");
-                        } else if path.starts_with("/token") {
-                            code = 200;
-                            reply(
-                                &mut out,
-                                "200 OK",
-                                "Content-Type: application/json\r\n",
-                                r#"{"token": "t0k3n"}"#,
-                            );
-                        } else if auth.as_deref() != Some("Bearer t0k3n") {
-                            code = 401;
-                            let challenge = format!(
-                                "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\"\r\n"
-                            );
-                            reply(&mut out, "401 Unauthorized", &challenge, "");
-                        } else if method == "PUT"
-                            && path.contains("/blobs/uploads/")
-                            && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst)
-                        {
-                            code = 429;
-                            reply(&mut out, "429 Too Many Requests", "Retry-After: 0\r\n", "");
-                        } else {
-                            // Forward, one connection per request.
-                            let mut up = std::net::TcpStream::connect(&upstream).unwrap();
-                            let mut request =
-                                format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
-                            for h in &head {
-                                request.push_str(h);
-                                request.push_str("\r\n");
-                            }
-                            request.push_str("\r\n");
-                            up.write_all(request.as_bytes()).unwrap();
-                            up.write_all(&body).unwrap();
-                            let mut answer = Vec::new();
-                            up.read_to_end(&mut answer).unwrap();
-                            let status_line = String::from_utf8_lossy(
-                                &answer[..answer.iter().position(|b| *b == b'\r').unwrap_or(0)],
-                            )
-                            .to_string();
-                            code = status_line
-                                .split_whitespace()
-                                .nth(1)
-                                .and_then(|c| c.parse().ok())
-                                .unwrap_or(0);
-                            // Relayed as it came, but kept open: drop the upstream's `Connection: close`.
-                            let text = String::from_utf8_lossy(&answer).replacen(
-                                "Connection: close\r\n",
-                                "",
-                                1,
-                            );
-                            let (head_text, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-                            let split = answer
-                                .windows(4)
-                                .position(|w| w == b"\r\n\r\n")
-                                .map_or(answer.len(), |p| p + 4);
-                            out.write_all(head_text.as_bytes()).unwrap();
-                            out.write_all(b"\r\n\r\n").unwrap();
-                            out.write_all(&answer[split..]).unwrap();
-                        }
-                        seen.lock().unwrap().push((method, path, code));
+                    while let Some(request) = crate::support::http::read_request(&mut reader) {
+                        let code = gate(&request, &mut out, port, &upstream, &throttled);
+                        seen.lock()
+                            .unwrap()
+                            .push((request.method, request.path, code));
                     }
                 });
             }
         });
         Gatekeeper { port, seen }
     }
+}
+
+/// Answer one request at the gate (the status it got): a token for the docker config's
+/// credentials, a challenge without it, the first upload throttled, the rest forwarded.
+fn gate(
+    request: &crate::support::http::RawRequest,
+    out: &mut std::net::TcpStream,
+    port: u16,
+    upstream: &str,
+    throttled: &std::sync::atomic::AtomicBool,
+) -> u16 {
+    use std::io::{Read, Write};
+    let reply =
+        |out: &mut std::net::TcpStream, code: u16, status: &str, extra: &str, body: &str| {
+            let text = format!(
+                "HTTP/1.1 {code} {status}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            out.write_all(text.as_bytes()).unwrap();
+            code
+        };
+    let auth = request.header("authorization");
+    let (method, path) = (&request.method, &request.path);
+    // The token is given for the credentials of the test's docker config only.
+    if path.starts_with("/token") && auth != Some("Basic Y2k6c2VjcmV0") {
+        return reply(out, 401, "Unauthorized", "", "");
+    }
+    if path.starts_with("/token") {
+        let json = "Content-Type: application/json\r\n";
+        return reply(out, 200, "OK", json, r#"{"token": "t0k3n"}"#);
+    }
+    if auth != Some("Bearer t0k3n") {
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\"\r\n"
+        );
+        return reply(out, 401, "Unauthorized", &challenge, "");
+    }
+    if method == "PUT"
+        && path.contains("/blobs/uploads/")
+        && !throttled.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        return reply(out, 429, "Too Many Requests", "Retry-After: 0\r\n", "");
+    }
+    // Forwarded, one connection per request; the client's Host is kept, so the registry's upload
+    // locations name the gate.
+    let mut up = std::net::TcpStream::connect(upstream).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    for (name, value) in &request.headers {
+        if !name.eq_ignore_ascii_case("connection") {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&request.body).unwrap();
+    let mut answer = Vec::new();
+    up.read_to_end(&mut answer).unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(answer.len(), |p| p + 4);
+    // Relayed as it came, but kept open: without the upstream's `Connection: close`.
+    let head = String::from_utf8_lossy(&answer[..split]).replacen("Connection: close\r\n", "", 1);
+    out.write_all(head.as_bytes()).unwrap();
+    out.write_all(&answer[split..]).unwrap();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A registry that wants a bearer token and throttles: the push gets a token from the realm the

@@ -485,16 +485,8 @@ fn check_workflow_takes_comfyui_args_and_adds_cpu_without_a_gpu() {
 #[test]
 fn a_server_that_cannot_be_reached_is_named_with_its_cause() {
     let rig = Rig::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let other = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = comfix::run::server::free_port().unwrap();
+    let other = comfix::run::server::free_port().unwrap();
     let start = std::time::Instant::now();
     let out = rig
         .cmd()
@@ -539,11 +531,7 @@ fn http_get(port: u16, path: &str) -> (String, String) {
 fn run_serves_until_signalled_and_passes_on_comfyui_s_exit_code() {
     let rig = Rig::new();
     for (signal, code) in [(libc::SIGINT, 0), (libc::SIGTERM, 128 + libc::SIGTERM)] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = comfix::run::server::free_port().unwrap();
         let mut child = rig
             .cmd()
             .args(["run", "--target"])
@@ -674,11 +662,7 @@ fn the_real_comfyui_starts_under_comfix_run() {
         .to_path_buf();
     let _ = fs::remove_file(home.join(".venv")); // the home's own link, dangling without a venv
     std::os::unix::fs::symlink(&venv, home.join(".venv")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = comfix::run::server::free_port().unwrap();
     let mut child = env
         .cmd()
         .args(["run", "--target"])
@@ -773,11 +757,7 @@ fn jobs_run_workflows_on_servers_side_by_side() {
 fn run_started_ignoring_sigint_still_stops_comfyui_on_it() {
     use std::os::unix::process::CommandExt;
     let rig = Rig::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = comfix::run::server::free_port().unwrap();
     let mut cmd = rig.cmd();
     cmd.args(["run", "--target"])
         .arg(&rig.home)

@@ -230,11 +230,7 @@ fn the_local_endpoint_runs_jobs_as_runpod_s_local_api() {
 #[test]
 fn an_unreachable_job_api_is_waited_for_and_a_broken_worker_asks_to_be_replaced() {
     let rig = Rig::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = comfix::run::server::free_port().unwrap();
     // The API's address, with nothing listening there yet.
     let env_of = JobApi::start(Vec::new());
     let mut cmd = rig.cmd();

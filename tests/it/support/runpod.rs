@@ -5,7 +5,7 @@
 //! /ping/<worker>` counts heartbeats. It records every request with its `Authorization`.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -99,39 +99,10 @@ impl JobApi {
 fn serve(stream: std::net::TcpStream, state: &Mutex<State>) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (
-            parts.next().unwrap_or("").to_string(),
-            parts.next().unwrap_or("").to_string(),
-        );
-        let mut length = 0;
-        let mut authorization = None;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "authorization" => authorization = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let body_json = serde_json::from_slice::<Value>(&body).ok();
+    while let Some(request) = super::http::read_request(&mut reader) {
+        let (method, path, body) = (request.method.clone(), request.path.clone(), &request.body);
+        let authorization = request.header("authorization").map(str::to_string);
+        let body_json = serde_json::from_slice::<Value>(body).ok();
         let (status, reply) = {
             let mut state = state.lock().unwrap();
             state.seen.push(Seen {
