@@ -69,7 +69,8 @@ fn stalled(limit: Duration) -> object_store::Error {
     }
 }
 
-fn retry() -> RetryConfig {
+/// How S3 requests are retried (also the worker's output bucket).
+pub(crate) fn retry() -> RetryConfig {
     RetryConfig {
         max_retries: 4,
         retry_timeout: Duration::from_secs(60),
@@ -77,7 +78,8 @@ fn retry() -> RetryConfig {
     }
 }
 
-fn client_options() -> ClientOptions {
+/// Connection and request timeouts of S3 clients (also the worker's output bucket).
+pub(crate) fn client_options() -> ClientOptions {
     ClientOptions::new()
         .with_connect_timeout(Duration::from_secs(10))
         // A whole request, body included: a large archive takes a while.

@@ -418,6 +418,9 @@ impl Bucket {
             .with_bucket_name(&bucket)
             .with_region(env("BUCKET_REGION").unwrap_or_else(|| "us-east-1".into()))
             .with_endpoint(&base)
+            // Client options first: they replace all of them, `allow_http` included.
+            .with_retry(crate::cache::s3::retry())
+            .with_client_options(crate::cache::s3::client_options())
             .with_allow_http(base.starts_with("http://"))
             .with_virtual_hosted_style_request(false);
         if let (Some(id), Some(secret)) =
