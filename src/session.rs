@@ -62,6 +62,24 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// The substituters, opened with the trust, progress and concurrency settings: what the
+    /// executor asks, and what `realize --dry-run` asks the same way.
+    pub fn caches(
+        &self,
+    ) -> std::result::Result<Vec<crate::cache::Cache>, crate::closure::ClosureError> {
+        let mut caches = Vec::new();
+        for location in self.substituters.iter().filter(|s| !s.is_empty()) {
+            let mut cache = crate::cache::Cache::open(location)?;
+            cache.trust = self.trust.clone();
+            cache.show_progress(self.show_progress);
+            cache.jobs = self.jobs;
+            caches.push(cache);
+        }
+        Ok(caches)
+    }
+}
+
 /// Why a session's operation failed: the layer's error, kept whole (its cause, hint and class).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -203,11 +221,7 @@ impl Session {
         let client = Arc::new(Client::new(Arc::new(config)));
         let mut executor = Executor::new(store, client, reporter, settings.wheels_dir.clone());
         executor.models_in_place = settings.models_in_place;
-        for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
-            let mut cache = crate::cache::Cache::open(location)?;
-            cache.trust = settings.trust.clone();
-            cache.show_progress(settings.show_progress);
-            cache.jobs = settings.jobs;
+        for cache in settings.caches()? {
             executor.substituters.push(Arc::new(cache));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()

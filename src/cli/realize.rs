@@ -270,10 +270,7 @@ fn dry_run(
     }
     // The substituters realize would ask, asked the same way (what they hold, what it brings).
     let settings = args.session.settings(context, Some(&args.torch))?;
-    let mut caches = Vec::new();
-    for location in settings.substituters.iter().filter(|s| !s.is_empty()) {
-        caches.push(crate::cache::Cache::open(location)?);
-    }
+    let caches = settings.caches()?;
     let plan = crate::plan::plan_of(store.as_ref(), spec, old, derivations, &caches);
     print_plan(context, &plan, target)?;
     Ok(Outcome::Success)
