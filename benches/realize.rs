@@ -4,7 +4,9 @@
 //!   realized into a fresh home, next to `minimal_copy_and_link`: a plain sequential program that
 //!   creates the same directories, copies the same files and symlinks the same models.
 //! - `noop_realize`: realizing the same lock into the same home again (library call), and
-//!   `noop_realize_cli`: the whole `comfix realize --offline` process doing that.
+//!   `noop_realize_cli`: the whole `comfix realize --offline` process doing that, next to
+//!   `cli_version`: `comfix --version`, the process's own start and exit. Both no-ops trust the
+//!   directory stamps of `.comfix/checked.json` (recorded after the home is a second old).
 //!
 //! Run: `cargo bench --bench realize`. Data goes under `COMFIX_BENCH_DIR` (default: temp dir).
 
@@ -241,6 +243,10 @@ fn bench(c: &mut Criterion) {
     });
     let home = fx.dir.path().join("noop-home");
     realize::realize(&fx.store, &fx.lock, &options(home.clone())).unwrap();
+    // Stamps less than a second old are not trusted: let the home age, then record them.
+    std::thread::sleep(Duration::from_millis(1100));
+    realize::realize(&fx.store, &fx.lock, &options(home.clone())).unwrap();
+    assert!(home.join(".comfix/checked.json").is_file());
     group.bench_function("noop_realize", |b| {
         b.iter(|| {
             let report = realize::realize(&fx.store, &fx.lock, &options(home.clone())).unwrap();
@@ -264,6 +270,12 @@ fn bench(c: &mut Criterion) {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        })
+    });
+    group.bench_function("cli_version", |b| {
+        b.iter(|| {
+            let out = Command::new(exe).arg("--version").output().unwrap();
+            assert!(out.status.success());
         })
     });
     group.finish();

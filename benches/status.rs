@@ -2,8 +2,9 @@
 //!
 //! - `cheap`: the default check (size, mtime, inode and change time of every managed file), next
 //!   to `find -printf` of the same metadata (one `fstatat` per file, single-threaded);
-//! - `noop_realize`: realizing the same lock into that home again (library call: the drift check
-//!   and nothing else);
+//! - `noop_realize`: realizing the same lock into that home again (library call), trusting the
+//!   directory stamps a clean full check recorded (`.comfix/checked.json`), and
+//!   `noop_realize_full_check`: the same with that record removed first, so every file is looked at;
 //! - `check_contents`: hashing every managed file, next to `b3sum --num-threads 2` of the same
 //!   files (when `b3sum` is installed: `cargo install b3sum`) in the same run.
 //!
@@ -97,6 +98,21 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     group.bench_function("cheap", |b| {
         b.iter(|| realize::status(&store, &home, false).unwrap())
+    });
+    // Stamps less than a second old are not trusted: let the home age, then record them.
+    std::thread::sleep(Duration::from_millis(1100));
+    realize::realize(&store, &lock, &options).unwrap();
+    let checked = home.join(".comfix/checked.json");
+    assert!(checked.is_file());
+    group.bench_function("noop_realize_full_check", |b| {
+        b.iter(|| {
+            fs::remove_file(&checked).unwrap();
+            assert!(
+                realize::realize(&store, &lock, &options)
+                    .unwrap()
+                    .up_to_date
+            )
+        })
     });
     group.bench_function("noop_realize", |b| {
         b.iter(|| {

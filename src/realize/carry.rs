@@ -34,9 +34,9 @@ pub(super) fn known_files<'a>(
 /// its mtime and inode are unchanged, nothing was added to it or removed from it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct DirStamp {
-    path: String,
-    mtime_ns: i128,
-    ino: u64,
+    pub(super) path: String,
+    pub(super) mtime_ns: i128,
+    pub(super) ino: u64,
 }
 
 /// The directories under `ComfyUI/` and `models/` of the generation being built at `building`

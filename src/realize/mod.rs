@@ -18,6 +18,7 @@
 
 mod assemble;
 mod carry;
+mod checked;
 mod home;
 mod link;
 mod manager;
@@ -35,10 +36,10 @@ pub use home::{check_apart, default_target, disabled_dir_name, locate, reroot, H
 use home::{sync_dir, Unfinished};
 use link::Placed;
 pub use link::{LinkMode, UsedMode};
-use status::drift;
 pub use status::{
     current_manifest, history, rollback, status, HistoryEntry, RollbackReport, StatusReport,
 };
+use status::{drift, mounts_drift};
 
 use crate::fault::pause_point;
 use crate::hint::Hint;
@@ -536,31 +537,52 @@ fn current_state(
             files: None,
         });
     };
+    let report = |up_to_date: bool, drift: Vec<String>| {
+        Current::UpToDate(Box::new(RealizeReport {
+            target: home.root.clone(),
+            version_id: lock.version_id.clone(),
+            generation: n,
+            previous: None,
+            up_to_date,
+            link_modes: modes_of(&generation.mounts),
+            models_dir: models_dir.to_path_buf(),
+            carried_user_files: 0,
+            drift,
+            saved: Vec::new(),
+        }))
+    };
+    let top_links = || {
+        home.ensure_top_links(options.models_dir.is_none(), options.venv.is_some())
+            .is_ok()
+    };
+    // The same realization, and no directory touched since a full check found every file in
+    // place: up to date without a look at each file (`checked`). The mounts are looked at
+    // every time: few, and models may lie outside those directories.
+    if !options.check
+        && generation.key == key
+        && checked::untouched(home, n)
+        && mounts_drift(home, n, &generation, false).is_empty()
+        && top_links()
+    {
+        return Ok(report(true, Vec::new()));
+    }
+    // Taken before the files are looked at: a change during the check shows next time.
+    let stamps = (generation.key == key && !options.check)
+        .then(|| checked::take(home, n))
+        .flatten();
     let placed = home.read_files(n);
     let found = drift(store, home, n, &generation, &placed, false)?;
     let mut drifted = Vec::new();
     drifted.extend(found.changed.iter().map(|p| format!("changed:{p}")));
     drifted.extend(found.missing.iter().map(|p| format!("missing:{p}")));
     let same = generation.key == key && drifted.is_empty();
-    let local_models = options.models_dir.is_none();
-    if options.check
-        || (same
-            && home
-                .ensure_top_links(local_models, options.venv.is_some())
-                .is_ok())
-    {
-        return Ok(Current::UpToDate(Box::new(RealizeReport {
-            target: home.root.clone(),
-            version_id: lock.version_id.clone(),
-            generation: n,
-            previous: None,
-            up_to_date: same,
-            link_modes: modes_of(&generation.mounts),
-            models_dir: models_dir.to_path_buf(),
-            carried_user_files: 0,
-            drift: drifted,
-            saved: Vec::new(),
-        })));
+    match stamps {
+        _ if !drifted.is_empty() => checked::forget(home),
+        Some(stamps) if same => checked::record(home, n, stamps),
+        _ => {}
+    }
+    if options.check || (same && top_links()) {
+        return Ok(report(same, drifted));
     }
     if !found.changed.is_empty() {
         tracing::warn!(

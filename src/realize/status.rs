@@ -149,6 +149,9 @@ pub fn status(
     let generation = home.read_generation(n)?;
     let placed = home.read_files(n);
     let drift = drift(store, &home, n, &generation, &placed, check_contents)?;
+    if !drift.is_empty() {
+        super::checked::forget(&home); // the next realize looks at every file and heals
+    }
     let mut added: Vec<String> = user_added(&home, n, &generation, &placed)?
         .into_iter()
         .map(|(rel, _)| rel)
@@ -175,6 +178,12 @@ pub fn status(
 pub(super) struct Drift {
     pub(super) changed: Vec<String>,
     pub(super) missing: Vec<String>,
+}
+
+impl Drift {
+    pub(super) fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.missing.is_empty()
+    }
 }
 
 // Long on purpose: one walk comparing every placed file with its stamp, then the directories.
@@ -278,6 +287,25 @@ pub(super) fn drift(
             State::Missing => missing.push(file.path.clone()),
         }
     }
+    let mounts = mounts_drift(home, n, generation, check_contents);
+    changed.extend(mounts.changed);
+    missing.extend(mounts.missing);
+    changed.sort();
+    missing.sort();
+    Ok(Drift { changed, missing })
+}
+
+/// The mounts of generation `n` that drifted: a model gone from the home, or one linked where it
+/// lies whose link or file changed.
+pub(super) fn mounts_drift(
+    home: &Home,
+    n: u32,
+    generation: &Generation,
+    check_contents: bool,
+) -> Drift {
+    let dir = home.generation_dir(n);
+    let mut changed = Vec::new();
+    let mut missing = Vec::new();
     for mount in &generation.mounts {
         let at = match mount.at.starts_with('/') {
             true => PathBuf::from(&mount.at),
@@ -302,9 +330,7 @@ pub(super) fn drift(
             }
         }
     }
-    changed.sort();
-    missing.sort();
-    Ok(Drift { changed, missing })
+    Drift { changed, missing }
 }
 
 /// Compare a realized file with its source in the store, byte for byte.

@@ -302,6 +302,79 @@ fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
     assert_eq!(again["generation"], 2);
 }
 
+/// A no-op `realize` trusts the directories' stamps once a full check found every file in
+/// place: a file added, removed or replaced changes its directory and is looked at and healed; an
+/// edit in place is not looked for (that is the no-op's speed), but `status` finds it and makes
+/// the next `realize` look at every file and heal it.
+#[test]
+fn a_no_op_trusts_directory_stamps_until_a_check_finds_drift() {
+    let w = World::new();
+    w.write_spec_as("v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    let comfy = home.join("ComfyUI");
+    let checked = home.join(".comfix/checked.json");
+    // Directories changed within the last second are not trusted (the clock's tick): age them.
+    let age_dirs = || {
+        let ten_s_ago = std::time::SystemTime::now() - Duration::from_secs(10);
+        for entry in walkdir::WalkDir::new(home.join(".comfix/generations")) {
+            let entry = entry.unwrap();
+            if entry.file_type().is_dir() && !entry.path().ends_with(".git") {
+                let dir = fs::File::open(entry.path()).unwrap();
+                if dir.set_modified(ten_s_ago).is_err() {
+                    continue; // a read-only `.git` inside
+                }
+            }
+        }
+    };
+    age_dirs();
+    let first = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(first["up_to_date"], true);
+    assert!(checked.is_file(), "a clean full check records the stamps");
+
+    // Python's bytecode directory in a core directory: looked at, nothing drifted, trusted again.
+    fs::create_dir(comfy.join("__pycache__")).unwrap();
+    age_dirs();
+    assert_eq!(realize_ok(&w, "v1", &home, &[])["up_to_date"], true);
+    assert!(checked.is_file());
+
+    // An edit in place leaves the directory's stamp: the no-op does not see it.
+    let pristine = fs::read(comfy.join("main.py")).unwrap();
+    fs::write(comfy.join("main.py"), b"print('edited in place')\n").unwrap();
+    let blind = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(blind["up_to_date"], true, "{blind}");
+    assert_eq!(blind["generation"], 1);
+    // `status` looks at every file, finds it, and forgets the stamps...
+    let status = status_with(&w, &home, &[]);
+    assert_eq!(status["changed"], json!(["ComfyUI/main.py"]));
+    assert!(!checked.exists());
+    // ...so the next realize looks too, and heals it, keeping the edit.
+    let healed = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(healed["up_to_date"], false);
+    assert_eq!(healed["generation"], 2);
+    assert_eq!(fs::read(comfy.join("main.py")).unwrap(), pristine);
+    assert!(home.join(".comfix/saved/1/ComfyUI/main.py").is_file());
+
+    // A file removed changes its directory: the no-op looks and heals at once.
+    age_dirs();
+    assert_eq!(realize_ok(&w, "v1", &home, &[])["up_to_date"], true);
+    assert!(checked.is_file());
+    fs::remove_file(comfy.join("custom_nodes/node-b/__init__.py")).unwrap();
+    let back = realize_ok(&w, "v1", &home, &[]);
+    assert_eq!(back["up_to_date"], false, "{back}");
+    assert_eq!(
+        back["drift"],
+        json!(["missing:ComfyUI/custom_nodes/node-b/__init__.py"])
+    );
+    assert!(comfy.join("custom_nodes/node-b/__init__.py").is_file());
+
+    // `realize --check` never trusts the stamps: it looks at every file.
+    age_dirs();
+    assert_eq!(realize_ok(&w, "v1", &home, &[])["up_to_date"], true);
+    fs::write(comfy.join("main.py"), b"print('again')\n").unwrap();
+    assert_eq!(realize_check(&w, &home).status.code(), Some(1));
+}
+
 fn filetime_of(meta: &fs::Metadata) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     (meta.mtime(), meta.mtime_nsec())
