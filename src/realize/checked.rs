@@ -39,11 +39,12 @@ pub(super) fn take(home: &Home, n: u32) -> Option<(i128, Vec<DirStamp>)> {
     let dir = home.generation_dir(n);
     let listed: Vec<DirStamp> =
         serde_json::from_slice(&fs::read(dir.join("dirs.json")).ok()?).ok()?;
+    let fd = open_dir(&dir).ok()?;
     let taken_ns = now_ns();
     let dirs: Option<Vec<DirStamp>> = listed
         .into_par_iter()
         .map(|d| {
-            let now = Stamp::of_path(&dir.join(&d.path))?;
+            let now = Stamp::at(&fd, d.path.as_str())?;
             Some(DirStamp {
                 path: d.path,
                 mtime_ns: now.mtime_ns,
@@ -89,12 +90,24 @@ pub(super) fn untouched(home: &Home, n: u32) -> bool {
     if checked.generation != n || checked.dirs.is_empty() {
         return false;
     }
-    let dir = home.generation_dir(n);
+    // Relative to the generation's directory: a short path walk for each of thousands.
+    let Ok(dir) = open_dir(&home.generation_dir(n)) else {
+        return false;
+    };
     checked.dirs.par_iter().all(|d| {
         d.mtime_ns < checked.taken_ns - RACY_NS
-            && Stamp::of_path(&dir.join(&d.path))
+            && Stamp::at(&dir, d.path.as_str())
                 .is_some_and(|now| now.mtime_ns == d.mtime_ns && now.ino == d.ino)
     })
+}
+
+fn open_dir(path: &std::path::Path) -> rustix::io::Result<rustix::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 fn now_ns() -> i128 {

@@ -484,12 +484,13 @@ pub enum RegisterError {
     },
 }
 
+/// The record of `name`, when it is registered (the statement is prepared once per connection:
+/// a realize asks this of every path of a version, twice).
 pub fn query(conn: &Connection, name: &str) -> rusqlite::Result<Option<PathRecord>> {
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM valid_paths WHERE name = ?1"),
-        [name],
-        row_to_record,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM valid_paths WHERE name = ?1"
+    ))?
+    .query_row([name], row_to_record)
     .optional()
 }
 
@@ -519,7 +520,7 @@ pub fn with_tree_hash(conn: &Connection, tree_hash: &str) -> rusqlite::Result<Ve
 
 /// The names of the paths `id` references directly, sorted.
 pub fn references(conn: &Connection, id: i64) -> rusqlite::Result<Vec<String>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT p.name FROM refs r JOIN valid_paths p ON p.id = r.reference WHERE r.referrer = ?1 ORDER BY p.name",
     )?;
     let rows = stmt.query_map([id], |r| r.get(0))?;

@@ -13,7 +13,7 @@
 //! the file it locked is still the one at the path, and starts again when it is not — so two
 //! processes never both hold "the" lock of a path, one on a removed file and one on a new one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -172,12 +172,20 @@ fn try_lock(file: File, path: &Path) -> std::io::Result<Locked> {
 #[derive(Debug)]
 pub struct TempRoots {
     dir: PathBuf,
-    file: Mutex<Option<Arc<Mutex<File>>>>,
+    file: Mutex<Option<Arc<Mutex<OpenRoots>>>>,
+}
+
+/// An open temporary roots file and the names written to it: a name is written once (a
+/// realize protects each of a version's paths when resolving, planning and assembling).
+#[derive(Debug)]
+struct OpenRoots {
+    file: File,
+    written: HashSet<String>,
 }
 
 /// The temporary roots files this process has open, by path.
-fn open_temp_roots() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<File>>>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<File>>>>> = OnceLock::new();
+fn open_temp_roots() -> &'static Mutex<HashMap<PathBuf, Arc<Mutex<OpenRoots>>>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<OpenRoots>>>>> = OnceLock::new();
     OPEN.get_or_init(Default::default)
 }
 
@@ -210,7 +218,10 @@ impl TempRoots {
                     // A stale file of a dead process with our pid is ours to reuse.
                     file.lock()?;
                     file.set_len(0)?;
-                    let shared = Arc::new(Mutex::new(file));
+                    let shared = Arc::new(Mutex::new(OpenRoots {
+                        file,
+                        written: HashSet::new(),
+                    }));
                     open.insert(path, shared.clone());
                     shared
                 }
@@ -218,9 +229,26 @@ impl TempRoots {
             *guard = Some(shared);
         }
         let shared = guard.as_ref().expect("opened above");
-        let mut file = shared.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(file, "{name}")?;
-        file.flush()
+        let mut open = shared.lock().unwrap_or_else(|e| e.into_inner());
+        if open.written.contains(name) {
+            return Ok(());
+        }
+        writeln!(open.file, "{name}")?;
+        open.file.flush()?;
+        open.written.insert(name.to_string());
+        Ok(())
+    }
+
+    /// Whether `name` is already recorded (by any `Store` of this root in the process).
+    pub fn has(&self, name: &str) -> bool {
+        let guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().is_some_and(|shared| {
+            shared
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .written
+                .contains(name)
+        })
     }
 }
 

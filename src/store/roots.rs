@@ -104,8 +104,17 @@ impl Store {
         if self.read_only {
             return Ok(()); // no collector can run on it
         }
+        // Temporary roots last the process: a name recorded once stays protected.
+        let new: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.temp_roots.has(n))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
         let _gc = flock::shared(&self.root.join(super::layout::GC_LOCK))?;
-        for name in names {
+        for name in new {
             self.temp_roots.add(name)?;
         }
         Ok(())
