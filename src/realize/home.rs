@@ -244,11 +244,16 @@ impl Home {
         })
     }
 
+    /// What generation `n` placed: `files.bin`, or `files.json` in homes from before it.
     pub(super) fn read_files(&self, n: u32) -> Vec<Placed> {
-        fs::read(self.generation_dir(n).join("files.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let dir = self.generation_dir(n);
+        match fs::read(dir.join("files.bin")) {
+            Ok(bytes) => super::records::decode(&bytes),
+            Err(_) => fs::read(dir.join("files.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
+        }
+        .unwrap_or_default()
     }
 
     pub(super) fn lock(&self) -> Result<crate::store::flock::LockGuard, RealizeError> {

@@ -7,7 +7,7 @@
 //! <home>/models  -> .comfix/current/models      unless --models-dir / $MODELS_DIR
 //! <home>/data/{output,input,user,temp}/        user data; ComfyUI/<dir> links here
 //! <home>/.comfix/current -> generations/<N>     switched atomically by rename
-//! <home>/.comfix/generations/<N>/               ComfyUI/, models/, generation.json, files.json
+//! <home>/.comfix/generations/<N>/               ComfyUI/, models/, generation.json, files.bin
 //! ```
 //!
 //! A new generation is built beside the current one, made durable, then `current` is replaced in
@@ -22,6 +22,7 @@ mod checked;
 mod home;
 mod link;
 mod manager;
+mod records;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -621,20 +622,34 @@ fn save_edits(home: &Home, n: u32, drifted: &[String]) -> Result<Vec<PathBuf>, R
     Ok(saved)
 }
 
-/// `files.json`, `dirs.json` and `generation.json` of a built generation, made durable.
+/// `files.bin` (or `files.json`), `dirs.json` and `generation.json` of a built generation, made
+/// durable.
 fn write_records(
     building: &Path,
     generation: &Generation,
     placed: &[Placed],
 ) -> Result<(), RealizeError> {
     let dirs = dir_stamps(building);
-    for (name, text) in [
-        ("files.json", serde_json::to_string(placed)),
-        ("dirs.json", serde_json::to_string(&dirs)),
-        ("generation.json", serde_json::to_string_pretty(generation)),
+    let files = match records::encode(placed) {
+        Some(bytes) => ("files.bin", bytes),
+        None => (
+            "files.json",
+            serde_json::to_vec(placed).expect("serializable"),
+        ),
+    };
+    for (name, bytes) in [
+        files,
+        (
+            "dirs.json",
+            serde_json::to_vec(&dirs).expect("serializable"),
+        ),
+        (
+            "generation.json",
+            serde_json::to_vec_pretty(generation).expect("serializable"),
+        ),
     ] {
         let path = building.join(name);
-        fs::write(&path, text.expect("serializable")).map_err(io(&path))?;
+        fs::write(&path, bytes).map_err(io(&path))?;
     }
     sync_dir(building);
     Ok(())
