@@ -2,6 +2,7 @@
 //!
 //! - `cheap`: the default check (size, mtime, inode and change time of every managed file), next
 //!   to `find -printf` of the same metadata (one `fstatat` per file, single-threaded);
+//! - `cheap_cli`: `comfix status` as a process, next to `cli_version` (`comfix --version`);
 //! - `noop_realize`: realizing the same lock into that home again (library call), trusting the
 //!   directory stamps a clean full check recorded (`.comfix/checked.json`), and
 //!   `noop_realize_full_check`: the same with that record removed first, so every file is looked at;
@@ -121,6 +122,26 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
                     .up_to_date
             )
+        })
+    });
+    // The same through the command line, next to the process's own start and exit.
+    let exe = env!("CARGO_BIN_EXE_comfix");
+    group.bench_function("cheap_cli", |b| {
+        b.iter(|| {
+            let out = Command::new(exe)
+                .arg("--store")
+                .arg(store.root())
+                .args(["status", "--target"])
+                .arg(&home)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        })
+    });
+    group.bench_function("cli_version", |b| {
+        b.iter(|| {
+            let out = Command::new(exe).arg("--version").output().unwrap();
+            assert!(out.status.success());
         })
     });
     group.bench_function("find_printf_stat", |b| {

@@ -83,6 +83,29 @@ pub(super) fn user_added(
     placed: &[Placed],
 ) -> Result<Vec<(String, PathBuf)>, RealizeError> {
     let dir = home.generation_dir(n);
+    let stamps: Option<Vec<DirStamp>> = fs::read(dir.join("dirs.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    // The directories whose stamp changed (thousands looked at, on every core, relative to the
+    // generation's directory); with none, nothing was added anywhere.
+    let changed: Option<Vec<&DirStamp>> = stamps.as_ref().map(|stamps| {
+        use rayon::prelude::*;
+        let fd = super::checked::open_dir(&dir).ok();
+        stamps
+            .par_iter()
+            .filter(|stamp| {
+                let now = match &fd {
+                    Some(fd) => link::Stamp::at(fd, stamp.path.as_str()),
+                    None => link::Stamp::of_path(&dir.join(&stamp.path)),
+                };
+                // Gone: its files show as missing.
+                now.is_some_and(|now| now.mtime_ns != stamp.mtime_ns || now.ino != stamp.ino)
+            })
+            .collect()
+    });
+    if changed.as_ref().is_some_and(|c| c.is_empty()) {
+        return Ok(Vec::new());
+    }
     let known = known_files(generation, placed);
     let skipped = |rel: &str, name: &std::ffi::OsStr| {
         name == "__pycache__"
@@ -115,10 +138,7 @@ pub(super) fn user_added(
             add(inner.to_string_lossy().into_owned(), entry.into_path());
         }
     };
-    let stamps: Option<Vec<DirStamp>> = fs::read(dir.join("dirs.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let Some(stamps) = stamps else {
+    let (Some(stamps), Some(changed)) = (&stamps, changed) else {
         for top in ["ComfyUI", "models"] {
             if dir.join(top).is_dir() {
                 walk_all(top, &mut add);
@@ -127,13 +147,7 @@ pub(super) fn user_added(
         return Ok(out);
     };
     let made: HashSet<&str> = stamps.iter().map(|d| d.path.as_str()).collect();
-    for stamp in &stamps {
-        let Some(now) = link::Stamp::of_path(&dir.join(&stamp.path)) else {
-            continue; // gone: its files show as missing
-        };
-        if now.mtime_ns == stamp.mtime_ns && now.ino == stamp.ino {
-            continue;
-        }
+    for stamp in changed {
         // Changed: its own entries are read, directories it did not have are read whole.
         let Ok(entries) = fs::read_dir(dir.join(&stamp.path)) else {
             continue;

@@ -101,7 +101,7 @@ pub(super) fn untouched(home: &Home, n: u32) -> bool {
     })
 }
 
-fn open_dir(path: &std::path::Path) -> rustix::io::Result<rustix::fd::OwnedFd> {
+pub(super) fn open_dir(path: &std::path::Path) -> rustix::io::Result<rustix::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     rustix::fs::open(
         path,
