@@ -33,17 +33,18 @@ struct Checked {
 }
 
 /// The stamps of generation `n`'s directories (the ones `dirs.json` lists) as they are now,
-/// taken before a full check looks at the files; `None` when one is gone or the generation has
-/// no `dirs.json`.
+/// taken before a full check looks at the files; `None` when the generation has no `dirs.json`.
+/// A directory gone is left out: its managed files show as missing in the check (and then
+/// nothing is recorded), and it cannot come back without changing its parent's stamp.
 pub(super) fn take(home: &Home, n: u32) -> Option<(i128, Vec<DirStamp>)> {
     let dir = home.generation_dir(n);
     let listed: Vec<DirStamp> =
         serde_json::from_slice(&fs::read(dir.join("dirs.json")).ok()?).ok()?;
     let fd = open_dir(&dir).ok()?;
     let taken_ns = now_ns();
-    let dirs: Option<Vec<DirStamp>> = listed
+    let dirs: Vec<DirStamp> = listed
         .into_par_iter()
-        .map(|d| {
+        .filter_map(|d| {
             let now = Stamp::at(&fd, d.path.as_str())?;
             Some(DirStamp {
                 path: d.path,
@@ -52,7 +53,7 @@ pub(super) fn take(home: &Home, n: u32) -> Option<(i128, Vec<DirStamp>)> {
             })
         })
         .collect();
-    Some((taken_ns, dirs?))
+    Some((taken_ns, dirs))
 }
 
 /// Record `dirs` (from [`take`]) as generation `n`'s after a full check found nothing drifted.
@@ -162,9 +163,15 @@ mod tests {
         assert!(untouched(&home, 1));
         forget(&home);
         assert!(!untouched(&home, 1));
-        // A directory gone: nothing to take.
+        // An empty directory gone (no managed file in it to miss): left out of the record, and
+        // its parent's changed stamp is what the next no-op sees.
         fs::remove_file(comfy.join("comfy/new.py")).expect("rm");
         fs::remove_dir(comfy.join("comfy")).expect("rmdir");
-        assert!(take(&home, 1).is_none());
+        assert!(!untouched(&home, 1));
+        backdate(&comfy, 10);
+        let (_, dirs) = take(&home, 1).expect("stamps");
+        assert_eq!(dirs.len(), 1, "only ComfyUI/ is left");
+        record(&home, 1, take(&home, 1).expect("stamps"));
+        assert!(untouched(&home, 1));
     }
 }
