@@ -344,7 +344,16 @@ impl Comfy {
 
     /// The files prompt `id` produced, from its history, in node order.
     pub async fn outputs(&self, id: &str) -> Result<Vec<OutputFile>, RunError> {
-        let history = self.get_json(&format!("/history/{id}")).await?;
+        // ComfyUI says a prompt ended (on its socket) just before it records the prompt's
+        // history: a prompt missing from it is asked for again for a few seconds.
+        let started = Instant::now();
+        let history = loop {
+            let history = self.get_json(&format!("/history/{id}")).await?;
+            if history.get(id).is_some() || started.elapsed() > Duration::from_secs(5) {
+                break history;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let mut out = Vec::new();
         let outputs = history[id]["outputs"]
             .as_object()
