@@ -102,6 +102,7 @@ pub(super) fn untouched(home: &Home, n: u32) -> bool {
     })
 }
 
+/// A directory opened to look up names in it (`O_PATH`: no read permission needed).
 pub(super) fn open_dir(path: &std::path::Path) -> rustix::io::Result<rustix::fd::OwnedFd> {
     use rustix::fs::{Mode, OFlags};
     rustix::fs::open(

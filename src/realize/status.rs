@@ -208,14 +208,7 @@ pub(super) fn drift(
     let stats: Vec<(usize, Option<link::Stamp>)> = groups
         .par_iter()
         .flat_map_iter(|(parent, members)| {
-            let fd = rustix::fs::open(
-                dir.join(parent),
-                rustix::fs::OFlags::PATH
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .ok();
+            let fd = super::checked::open_dir(&dir.join(parent)).ok();
             members
                 .iter()
                 .map(|&i| {
