@@ -6,7 +6,8 @@
 //! - `noop_realize`: realizing the same lock into the same home again (library call), and
 //!   `noop_realize_cli`: the whole `comfix realize --offline` process doing that, next to
 //!   `cli_version`: `comfix --version`, the process's own start and exit. Both no-ops trust the
-//!   directory stamps of `.comfix/checked.json` (recorded after the home is a second old).
+//!   directory stamps of `.comfix/checked.json` (recorded after the home is a second old); the
+//!   CLI's, from its second run on, is answered from `.comfix/request.json` before any session.
 //!
 //! Run: `cargo bench --bench realize`. Data goes under `COMFIX_BENCH_DIR` (default: temp dir).
 
@@ -272,6 +273,10 @@ fn bench(c: &mut Criterion) {
             );
         })
     });
+    assert!(
+        home.join(".comfix/request.json").is_file(),
+        "the CLI's no-op records its request"
+    );
     group.bench_function("cli_version", |b| {
         b.iter(|| {
             let out = Command::new(exe).arg("--version").output().unwrap();

@@ -23,6 +23,7 @@ mod home;
 mod link;
 mod manager;
 mod records;
+pub mod request;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -262,7 +263,7 @@ pub struct Generation {
 }
 
 /// What `realize` did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RealizeReport {
     pub target: PathBuf,
     pub version_id: String,

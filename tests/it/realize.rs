@@ -314,19 +314,7 @@ fn a_no_op_trusts_directory_stamps_until_a_check_finds_drift() {
     realize_ok(&w, "v1", &home, &[]);
     let comfy = home.join("ComfyUI");
     let checked = home.join(".comfix/checked.json");
-    // Directories changed within the last second are not trusted (the clock's tick): age them.
-    let age_dirs = || {
-        let ten_s_ago = std::time::SystemTime::now() - Duration::from_secs(10);
-        for entry in walkdir::WalkDir::new(home.join(".comfix/generations")) {
-            let entry = entry.unwrap();
-            if entry.file_type().is_dir() && !entry.path().ends_with(".git") {
-                let dir = fs::File::open(entry.path()).unwrap();
-                if dir.set_modified(ten_s_ago).is_err() {
-                    continue; // a read-only `.git` inside
-                }
-            }
-        }
-    };
+    let age_dirs = || age_generations(&home);
     age_dirs();
     let first = realize_ok(&w, "v1", &home, &[]);
     assert_eq!(first["up_to_date"], true);
@@ -373,6 +361,116 @@ fn a_no_op_trusts_directory_stamps_until_a_check_finds_drift() {
     assert_eq!(realize_ok(&w, "v1", &home, &[])["up_to_date"], true);
     fs::write(comfy.join("main.py"), b"print('again')\n").unwrap();
     assert_eq!(realize_check(&w, &home).status.code(), Some(1));
+}
+
+/// Directories changed within the last second are not trusted by a no-op (the clock's tick):
+/// age the home's generations by ten seconds.
+fn age_generations(home: &Path) {
+    let ten_s_ago = std::time::SystemTime::now() - Duration::from_secs(10);
+    for entry in walkdir::WalkDir::new(home.join(".comfix/generations")) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_dir() && !entry.path().ends_with(".git") {
+            let dir = fs::File::open(entry.path()).unwrap();
+            if dir.set_modified(ten_s_ago).is_err() {
+                continue; // a read-only `.git` inside
+            }
+        }
+    }
+}
+
+/// A no-op `realize` of `v1` into `home` with `env` added: its JSON, and whether the home's
+/// record of the request answered it (no session).
+fn noop_with(w: &World, home: &Path, env: &[(&str, &std::ffi::OsStr)]) -> (Value, bool) {
+    let out = w
+        .cmd(&w.env.store)
+        .args(["-v", "--json", "realize", "v1", "--target"])
+        .arg(home)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answered = stderr(&out).contains("the home's record of this request answers it");
+    let report = json_of(&out);
+    assert_eq!(report["up_to_date"], true, "{report}");
+    assert_eq!(report["generation"], 1, "{report}");
+    (report, answered)
+}
+
+/// The same request again is answered from the home's record, as the whole way answers it;
+/// another spec text, environment, program on `PATH`, a home touched, or a store path it links
+/// gone takes the whole way again (which records the new request).
+#[test]
+fn the_same_request_again_is_answered_from_the_homes_record() {
+    let w = World::new();
+    w.write_spec_as("v1", &full_spec(&w, "v1"));
+    let home = w.env.path("home");
+    realize_ok(&w, "v1", &home, &[]);
+    age_generations(&home);
+    let (whole_way, answered) = noop_with(&w, &home, &[]);
+    assert!(!answered, "nothing recorded yet");
+    assert!(!whole_way["derivations"].as_array().unwrap().is_empty());
+    let (recorded, answered) = noop_with(&w, &home, &[]);
+    assert!(answered);
+    assert_eq!(recorded, whole_way, "the same answer as the whole way");
+
+    // The environment is part of the request (uv, Python and comfix read it).
+    let other = std::ffi::OsStr::new("1");
+    assert!(!noop_with(&w, &home, &[("UV_OFFLINE", other)]).1);
+    assert!(noop_with(&w, &home, &[("UV_OFFLINE", other)]).1);
+    assert!(!noop_with(&w, &home, &[]).1, "one request is recorded");
+    assert!(noop_with(&w, &home, &[]).1);
+
+    // A program appearing on `PATH` (a new uv, another Python) changes the machine.
+    let bin = w.env.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let path = std::env::join_paths(std::iter::once(bin.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let with_bin = [("PATH", path.as_os_str())];
+    assert!(!noop_with(&w, &home, &with_bin).1);
+    assert!(noop_with(&w, &home, &with_bin).1);
+    fs::write(bin.join("python3.11"), b"#!/bin/sh\n").unwrap();
+    assert!(!noop_with(&w, &home, &with_bin).1);
+    assert!(noop_with(&w, &home, &with_bin).1);
+
+    // The spec's text, even one that means the same.
+    let spec_file = w.env.work.join("versions/v1.json");
+    let text = fs::read_to_string(&spec_file).unwrap();
+    fs::write(&spec_file, format!("{text}\n")).unwrap();
+    assert!(!noop_with(&w, &home, &with_bin).1);
+    assert!(noop_with(&w, &home, &with_bin).1);
+
+    // A file added to the home: its directory changed, so the whole way (which keeps it).
+    fs::write(home.join("ComfyUI/mine.txt"), b"mine").unwrap();
+    assert!(!noop_with(&w, &home, &with_bin).1);
+    age_generations(&home);
+    assert!(!noop_with(&w, &home, &with_bin).1, "looked at again");
+    assert!(noop_with(&w, &home, &with_bin).1);
+
+    // A model the home links, gone from the store: never answered from the record.
+    let link = fs::read_dir(home.join("models/unet"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let object = fs::canonicalize(&link).unwrap();
+    let parent = object.parent().unwrap();
+    let mode = fs::metadata(parent).unwrap().permissions();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::remove_file(&object).unwrap();
+    fs::set_permissions(parent, mode).unwrap();
+    let out = w
+        .cmd(&w.env.store)
+        .args(["-v", "--json", "realize", "v1", "--target"])
+        .arg(&home)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(!stderr(&out).contains("the home's record of this request answers it"));
 }
 
 fn filetime_of(meta: &fs::Metadata) -> (i64, i64) {
