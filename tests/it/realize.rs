@@ -191,6 +191,14 @@ fn realized_home_has_the_tree_markers_and_model_paths() {
     assert_eq!(status["changed"], json!(["ComfyUI/main.py"]));
 }
 
+/// `full_spec` as `v1`, realized into the home `home`; returns the home.
+fn realized_full_v1(w: &World) -> PathBuf {
+    w.write_spec_as("v1", &full_spec(w, "v1"));
+    let home = w.env.path("home");
+    realize_ok(w, "v1", &home, &[]);
+    home
+}
+
 fn realize_check(w: &World, home: &Path) -> Output {
     w.cmd(&w.env.store)
         .args(["--json", "realize", "v1", "--check", "--target"])
@@ -215,9 +223,7 @@ fn status_with(w: &World, home: &Path, args: &[&str]) -> Value {
 #[test]
 fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
     let w = World::new();
-    w.write_spec_as("v1", &full_spec(&w, "v1"));
-    let home = w.env.path("home");
-    realize_ok(&w, "v1", &home, &[]);
+    let home = realized_full_v1(&w);
     let comfy = home.join("ComfyUI");
     let pristine_main = fs::read(comfy.join("main.py")).unwrap();
     assert_eq!(realize_check(&w, &home).status.code(), Some(0));
@@ -309,9 +315,7 @@ fn a_drifted_home_is_reported_restored_and_its_edits_kept() {
 #[test]
 fn a_no_op_trusts_directory_stamps_until_a_check_finds_drift() {
     let w = World::new();
-    w.write_spec_as("v1", &full_spec(&w, "v1"));
-    let home = w.env.path("home");
-    realize_ok(&w, "v1", &home, &[]);
+    let home = realized_full_v1(&w);
     let comfy = home.join("ComfyUI");
     let checked = home.join(".comfix/checked.json");
     let age_dirs = || age_generations(&home);
@@ -402,9 +406,7 @@ fn noop_with(w: &World, home: &Path, env: &[(&str, &std::ffi::OsStr)]) -> (Value
 #[test]
 fn the_same_request_again_is_answered_from_the_homes_record() {
     let w = World::new();
-    w.write_spec_as("v1", &full_spec(&w, "v1"));
-    let home = w.env.path("home");
-    realize_ok(&w, "v1", &home, &[]);
+    let home = realized_full_v1(&w);
     age_generations(&home);
     let (whole_way, answered) = noop_with(&w, &home, &[]);
     assert!(!answered, "nothing recorded yet");
