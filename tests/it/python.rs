@@ -990,6 +990,21 @@ fn a_wheel_whose_bytes_differ_from_the_lock_is_rejected() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     says(&out, &expected);
+    // Checked on the copy the store was to get: nothing registered, the copy gone with its
+    // staging directory.
+    let third = world.env.path("third-store");
+    let names: Vec<String> = fs::read_dir(third.join("paths"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("gamma")), "{names:?}");
+    let staged: Vec<_> = walkdir::WalkDir::new(third.join("tmp"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("gamma"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
 }
 
 #[test]
