@@ -441,6 +441,55 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// The SHA-256 of everything `reader` gives, in hexadecimal.
+/// Which side of a [`copy_hashing`] failed.
+#[derive(Debug)]
+pub enum CopyError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+/// Copy `from` into the new file `to` (mode 0644) as it is read, taking the bytes' BLAKE3 and,
+/// when asked, their SHA-256 (hex) on the way, one read of each byte; `progress` gets each
+/// chunk's length. Returns the written file (not synced), the size and the digests.
+pub fn copy_hashing(
+    from: &mut std::fs::File,
+    to: &Path,
+    want_sha256: bool,
+    progress: &dyn Fn(u64),
+) -> Result<(std::fs::File, u64, [u8; 32], Option<String>), CopyError> {
+    use sha2::Digest as _;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(to)
+        .map_err(CopyError::Write)?;
+    let mut b3 = blake3::Hasher::new();
+    let mut sha = want_sha256.then(sha2::Sha256::new);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        let chunk = &buf[..n];
+        out.write_all(chunk).map_err(CopyError::Write)?;
+        b3.update(chunk);
+        if let Some(sha) = &mut sha {
+            sha.update(chunk);
+        }
+        size += n as u64;
+        progress(n as u64);
+    }
+    let sha256_hex = sha.map(|s| hex(&s.finalize()));
+    Ok((out, size, *b3.finalize().as_bytes(), sha256_hex))
+}
+
 pub fn sha256_hex_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
     use sha2::Digest as _;
     let mut sha = sha2::Sha256::new();

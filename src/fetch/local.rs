@@ -7,11 +7,7 @@
 //! are checked against the expected digests are exactly the bytes that are stored.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-use sha2::Digest as _;
 
 use super::{Expected, FetchError};
 use crate::store::Add;
@@ -243,7 +239,7 @@ fn hash_in_place(
     Ok((cloned, digest, sha))
 }
 
-/// Copy `file` to `staged` as it is read, hashing the bytes on the way.
+/// Copy `file` to `staged` as it is read, hashing the bytes on the way; made durable.
 fn copy_and_hash(
     file: &mut std::fs::File,
     path: &Path,
@@ -251,35 +247,14 @@ fn copy_and_hash(
     want_sha256: bool,
     progress: &dyn Fn(u64),
 ) -> Result<(u64, crate::store::tree::Digest, Option<String>), FetchError> {
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(staged)
-        .map_err(FetchError::io(staged))?;
-    let mut b3 = blake3::Hasher::new();
-    let mut sha = want_sha256.then(sha2::Sha256::new);
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(FetchError::io(path)(e)),
-        };
-        let chunk = &buf[..n];
-        out.write_all(chunk).map_err(FetchError::io(staged))?;
-        b3.update(chunk);
-        if let Some(sha) = &mut sha {
-            sha.update(chunk);
-        }
-        size += n as u64;
-        progress(n as u64);
-    }
+    use crate::files::CopyError;
+    let (out, size, digest, sha256_hex) =
+        crate::files::copy_hashing(file, staged, want_sha256, progress).map_err(|e| match e {
+            CopyError::Read(e) => FetchError::io(path)(e),
+            CopyError::Write(e) => FetchError::io(staged)(e),
+        })?;
     out.sync_data().map_err(FetchError::io(staged))?;
-    let sha256_hex = sha.map(|s| crate::files::hex(&s.finalize()));
-    Ok((size, *b3.finalize().as_bytes(), sha256_hex))
+    Ok((size, digest, sha256_hex))
 }
 
 #[cfg(test)]

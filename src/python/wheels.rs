@@ -219,11 +219,16 @@ fn add_local_wheel(
     // One read: copied into a staging directory while both digests are taken, the SHA-256
     // checked on the bytes the store gets (not on a first read of a file that could change
     // before a second), the BLAKE3 handed to the store so it does not read the copy again.
-    let source = crate::files::open_regular(file).map_err(PythonError::io(file))?;
+    let mut source = crate::files::open_regular(file).map_err(PythonError::io(file))?;
     let staging = store.staging()?;
     let rel = options.name.clone().unwrap_or_else(|| "wheel".into());
     let staged = staging.path().join(&rel);
-    let (actual, digest) = copy_hashing(source, &staged).map_err(PythonError::io(file))?;
+    let (_, _, digest, actual) = crate::files::copy_hashing(&mut source, &staged, true, &|_| {})
+        .map_err(|e| match e {
+            crate::files::CopyError::Read(e) => PythonError::io(file)(e),
+            crate::files::CopyError::Write(e) => PythonError::io(&staged)(e),
+        })?;
+    let actual = actual.unwrap_or_default();
     Expected::new(&wheel.sha256, Origin::Lock).check(
         &format!("wheel `{}`", wheel.filename),
         &file.display().to_string(),
@@ -234,36 +239,6 @@ fn add_local_wheel(
         .add_staged(staging, &rel, options, Some(digest))?
         .record
         .name)
-}
-
-/// Copy `from` to the new file `to`, returning the bytes' SHA-256 (hex) and BLAKE3.
-fn copy_hashing(
-    mut from: std::fs::File,
-    to: &Path,
-) -> std::io::Result<(String, crate::store::tree::Digest)> {
-    use sha2::Digest as _;
-    use std::io::{Read, Write};
-    let mut out = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(to)?;
-    let (mut sha, mut b3) = (sha2::Sha256::new(), blake3::Hasher::new());
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        sha.update(&buf[..n]);
-        b3.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-    }
-    Ok((
-        crate::files::hex(&sha.finalize()),
-        *b3.finalize().as_bytes(),
-    ))
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {

@@ -964,12 +964,15 @@ fn a_wheel_whose_bytes_differ_from_the_lock_is_rejected() {
     assert!(err.contains(&expected) && err.contains(&actual), "{err}");
     assert!(err.contains("gamma-1.0-py3-none-any.whl"), "{err}");
     // Nothing was registered for it, and no home was made.
-    let names: Vec<String> = fs::read_dir(other_store.join("paths"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(!names.iter().any(|n| n.contains("gamma")), "{names:?}");
+    let no_gamma_in = |store: &Path| {
+        let names: Vec<String> = fs::read_dir(store.join("paths"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("gamma")), "{names:?}");
+    };
+    no_gamma_in(&other_store);
     assert!(!world.env.path("home").join(".venv").exists());
 
     // A local wheel with other bytes is refused the same way.
@@ -993,12 +996,7 @@ fn a_wheel_whose_bytes_differ_from_the_lock_is_rejected() {
     // Checked on the copy the store was to get: nothing registered, the copy gone with its
     // staging directory.
     let third = world.env.path("third-store");
-    let names: Vec<String> = fs::read_dir(third.join("paths"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(!names.iter().any(|n| n.contains("gamma")), "{names:?}");
+    no_gamma_in(&third);
     let staged: Vec<_> = walkdir::WalkDir::new(third.join("tmp"))
         .into_iter()
         .flatten()
